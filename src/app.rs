@@ -1,0 +1,79 @@
+//! The application: shared state, building it from settings, serving until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::KeyAuth;
+use crate::catalog::Catalog;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::files::FileStore;
+use crate::providers::Providers;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub catalog: Arc<Catalog>,
+    pub auth: Arc<KeyAuth>,
+    pub engine: Arc<Engine>,
+    pub files: FileStore,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port) and wires the parts together. The database must
+    /// already be migrated.
+    pub async fn build(mut settings: Settings, pool: PgPool) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(&settings.server.listen)
+            .await
+            .with_context(|| format!("server.listen: cannot bind {}", settings.server.listen))?;
+        let address = listener.local_addr()?;
+        if settings.server.public_base_url.is_empty() {
+            let host = if address.ip().is_unspecified() { "127.0.0.1".to_string() } else { address.ip().to_string() };
+            settings.server.public_base_url = format!("http://{host}:{}", address.port());
+        }
+        let catalog = Catalog::load(&settings)?;
+        let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
+        let providers = Providers::from_settings(&settings, &pool, &files)?;
+        let engine = Engine::new(pool.clone(), providers, settings.tasks.clone());
+        let auth = KeyAuth::new(pool.clone(), Duration::from_secs(settings.auth.key_cache_ttl_secs));
+        let state = AppState {
+            pool,
+            settings: Arc::new(settings),
+            catalog: Arc::new(catalog),
+            auth: Arc::new(auth),
+            engine,
+            files,
+        };
+        Ok(Application { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves HTTP and runs the engine until `shutdown` is cancelled; in-flight requests finish first.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let engine = tokio::spawn(Arc::clone(&self.state.engine).run(shutdown.clone()));
+        tracing::info!(address = %self.listener.local_addr()?, "serving");
+        let router = crate::http::router(self.state);
+        axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        engine.await?;
+        Ok(())
+    }
+}

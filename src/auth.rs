@@ -1,0 +1,128 @@
+//! API keys: their format, their hash, and the lookup that turns a bearer token into a caller.
+//!
+//! A key is `aio_` + 40 random base62 characters. Only its SHA-256 is stored, next to a short
+//! visible prefix for listings. Successful lookups are cached for a short TTL so that status polls
+//! do not touch the database; every kind of failure answers the same 401.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::http::error::ApiError;
+
+const KEY_PREFIX: &str = "aio_";
+const KEY_RANDOM_CHARS: usize = 40;
+const MIN_RANDOM_CHARS: usize = 32;
+/// `aio_` and the first 8 random characters: enough to tell keys apart, far too few to guess one.
+const VISIBLE_PREFIX_CHARS: usize = KEY_PREFIX.len() + 8;
+
+pub type KeyHash = [u8; 32];
+
+/// A freshly minted key. `secret` is shown to its owner once and never stored.
+pub struct NewKey {
+    pub secret: String,
+    pub prefix: String,
+    pub hash: KeyHash,
+}
+
+pub fn generate_key() -> NewKey {
+    let random: String =
+        rand::thread_rng().sample_iter(&Alphanumeric).take(KEY_RANDOM_CHARS).map(char::from).collect();
+    let secret = format!("{KEY_PREFIX}{random}");
+    NewKey { prefix: secret[..VISIBLE_PREFIX_CHARS].to_owned(), hash: hash_key(&secret), secret }
+}
+
+pub fn hash_key(secret: &str) -> KeyHash {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Checked before any lookup so that garbage never reaches the database.
+fn is_well_formed(secret: &str) -> bool {
+    secret.strip_prefix(KEY_PREFIX).is_some_and(|random| {
+        random.len() >= MIN_RANDOM_CHARS && random.len() <= 128 && random.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// Who is calling: the account and the key it used.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub account_id: i64,
+    pub key_id: String,
+}
+
+#[derive(Clone)]
+struct CachedKey {
+    caller: Caller,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+pub struct KeyAuth {
+    pool: PgPool,
+    /// Keyed by the full hash: a hit proves the caller holds the whole key.
+    cache: moka::sync::Cache<KeyHash, CachedKey>,
+}
+
+impl KeyAuth {
+    pub fn new(pool: PgPool, cache_ttl: Duration) -> Self {
+        let cache = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(cache_ttl).build();
+        Self { pool, cache }
+    }
+
+    /// Resolves an `Authorization` header value to a caller, or the one 401.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        let secret = authorization
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|s| is_well_formed(s))
+            .ok_or(ApiError::Unauthorized)?;
+        let hash = hash_key(secret);
+        let now = Utc::now();
+        if let Some(hit) = self.cache.get(&hash) {
+            if hit.expires_at.is_some_and(|at| at <= now) {
+                self.cache.invalidate(&hash);
+                return Err(ApiError::Unauthorized);
+            }
+            return Ok(hit.caller);
+        }
+        let row: Option<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "UPDATE api_keys SET last_used_at = now()
+             WHERE hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+             RETURNING id, account_id, expires_at",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let (key_id, account_id, expires_at) = row.ok_or(ApiError::Unauthorized)?;
+        let caller = Caller { account_id, key_id };
+        self.cache.insert(hash, CachedKey { caller: caller.clone(), expires_at });
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_well_formed_and_distinct() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(is_well_formed(&a.secret));
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(a.prefix.len(), 12);
+        assert!(a.secret.starts_with(&a.prefix));
+        assert_eq!(a.hash, hash_key(&a.secret));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_before_lookup() {
+        for bad in ["", "aio_", "aio_short", "sk-0123456789abcdef0123456789abcdef", "aio_0123456789abcdef0123456789abcde!"] {
+            assert!(!is_well_formed(bad), "{bad} should be malformed");
+        }
+        assert!(is_well_formed(&format!("aio_{}", "a".repeat(32))));
+    }
+}

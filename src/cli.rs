@@ -1,0 +1,214 @@
+//! The command line (SPEC §5). Admin commands print one JSON object on stdout with `--json`,
+//! readable lines without it; failures go to stderr with a non-zero exit code.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Application;
+use crate::catalog::Catalog;
+use crate::config::Settings;
+use crate::{accounts, ledger, store, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(name = "aio-gateway", version, about = "Image-generation API gateway: keys, credits, tasks, providers.")]
+pub struct Cli {
+    /// Configuration file [default: config/gateway.toml when it exists].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run migrations, then serve the API and run the task engine.
+    Serve,
+    /// Run migrations and exit.
+    Migrate,
+    /// Manage accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage credits.
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// Validate the configuration and catalog; exit non-zero if anything is wrong.
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account, optionally with starting credits.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        credits: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key; it is printed once and never stored.
+    Create {
+        #[arg(long)]
+        account: i64,
+        #[arg(long)]
+        name: Option<String>,
+        /// RFC 3339 time after which the key stops working, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// Revoke a key by its id (`key_…`).
+    Revoke { key_id: String },
+    /// List an account's keys (prefixes only).
+    List {
+        #[arg(long)]
+        account: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreditsCommand {
+    /// Add credits to an account, recorded in its ledger.
+    Grant {
+        #[arg(long)]
+        account: i64,
+        #[arg(long)]
+        amount: i64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let json = cli.json;
+    match execute(cli).await {
+        Ok(Some(output)) => {
+            print(json, &output);
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(error) => {
+            if json {
+                println!("{}", json!({"error": format!("{error:#}")}));
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command; returns what to print (admin commands) or nothing (serve).
+async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    if let Command::CheckConfig = cli.command {
+        Catalog::load(&settings)?;
+        return Ok(Some(json!({"ok": true, "models_path": settings.catalog.models_path})));
+    }
+    telemetry::init(&settings.log);
+    let pool = store::connect(&settings.database).await?;
+    store::migrate(&pool).await?;
+    Ok(match cli.command {
+        Command::Serve => {
+            serve(settings, pool).await?;
+            None
+        }
+        Command::Migrate => Some(json!({"migrated": true})),
+        Command::Accounts(AccountsCommand::Create { name, credits }) => {
+            Some(json!({"account_id": accounts::create(&pool, &name, credits).await?}))
+        }
+        Command::Keys(command) => Some(keys(&pool, command).await?),
+        Command::Credits(CreditsCommand::Grant { account, amount, reason }) => {
+            anyhow::ensure!(amount > 0, "--amount must be above 0");
+            anyhow::ensure!(accounts::exists(&pool, account).await?, "account {account} does not exist");
+            let mut tx = pool.begin().await?;
+            let balance = ledger::grant(&mut tx, account, amount, reason.as_deref().unwrap_or("granted by CLI")).await?;
+            tx.commit().await?;
+            Some(json!({"balance": balance}))
+        }
+        Command::CheckConfig => unreachable!("handled before connecting"),
+    })
+}
+
+async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<Value> {
+    Ok(match command {
+        KeysCommand::Create { account, name, expires_at } => {
+            serde_json::to_value(accounts::create_key(pool, account, name.as_deref(), expires_at).await?)?
+        }
+        KeysCommand::Revoke { key_id } => {
+            anyhow::ensure!(accounts::revoke_key(pool, &key_id).await?, "no active key {key_id}");
+            json!({"key_id": key_id, "revoked": true})
+        }
+        KeysCommand::List { account } => json!({"keys": accounts::list_keys(pool, account).await?}),
+    })
+}
+
+async fn serve(settings: Settings, pool: PgPool) -> anyhow::Result<()> {
+    if settings.bootstrap.enabled {
+        if let Some(key) = store::bootstrap(&pool, settings.bootstrap.credits).await? {
+            // Printed once, on stdout only: it is never logged and cannot be shown again.
+            println!(
+                "Created account `default` with {} credits.\nIts API key (shown once, store it now):\n\n    {}\n",
+                settings.bootstrap.credits, key.api_key
+            );
+        }
+    }
+    let application = Application::build(settings, pool).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    application.run(shutdown).await
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+fn print(json: bool, output: &Value) {
+    if json {
+        println!("{output}");
+        return;
+    }
+    match output {
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                match value {
+                    Value::String(s) => println!("{key}: {s}"),
+                    Value::Array(items) => {
+                        for item in items {
+                            println!("{item}");
+                        }
+                    }
+                    other => println!("{key}: {other}"),
+                }
+            }
+        }
+        other => println!("{other}"),
+    }
+}

@@ -1,0 +1,36 @@
+//! `GET /api/v1/billing/credits` (and `/billing/credits`): balance, holds, recent ledger.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::ledger::{self, Entry};
+
+const RECENT_ENTRIES: i64 = 20;
+
+#[derive(Debug, Serialize)]
+pub struct Credits {
+    /// What the account can spend now.
+    balance: i64,
+    /// What its unfinished tasks have reserved.
+    held: i64,
+    currency: &'static str,
+    usd_per_credit: f64,
+    /// The newest entries first.
+    ledger: Vec<Entry>,
+}
+
+pub async fn credits(State(state): State<AppState>, caller: Caller) -> Result<Json<Credits>, ApiError> {
+    let balance = ledger::balance(&state.pool, caller.account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    let ledger = ledger::recent(&state.pool, caller.account_id, RECENT_ENTRIES).await?;
+    Ok(Json(Credits {
+        balance: balance.balance,
+        held: balance.held,
+        currency: "credits",
+        usd_per_credit: state.settings.billing.usd_per_credit,
+        ledger,
+    }))
+}

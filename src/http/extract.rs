@@ -1,0 +1,128 @@
+//! Request extractors that fail with our envelope: JSON bodies, query strings, the calling key.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::auth::Caller;
+
+/// A JSON body: 415 unless `application/json`, 413 over the body limit, 400 naming the field that
+/// does not fit (unknown, wrong type, malformed).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let limit = request.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(usize::MAX);
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::InvalidRequest("The request body could not be read.".into())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The configured body limit, published to extractors by the router so 413 can name it.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                format!("The body is not valid JSON: {inner}.")
+            }
+            _ if path.is_empty() || path == "." => format!("{}.", strip_position(&inner.to_string())),
+            _ => format!("`{path}`: {}.", strip_position(&inner.to_string())),
+        };
+        ApiError::InvalidRequest(message)
+    })
+}
+
+/// serde_json appends " at line 1 column 12"; the field path already says where.
+fn strip_position(message: &str) -> &str {
+    message.rfind(" at line ").map_or(message, |at| &message[..at])
+}
+
+/// A query string, 400 naming the parameter that does not fit.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                ApiError::InvalidRequest(format!("`{path}`: {}.", error.into_inner()))
+            })
+    }
+}
+
+/// The caller of an API-key route. Every route that takes it requires a valid key.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let caller = state.auth.authenticate(authorization).await?;
+        tracing::Span::current().record("account_id", caller.account_id);
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        prompt: Option<String>,
+        image_urls: Option<Vec<String>>,
+    }
+
+    fn message(body: &str) -> String {
+        match parse_json::<Body>(body.as_bytes()) {
+            Err(ApiError::InvalidRequest(m)) => m,
+            other => panic!("expected invalid_request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(message(r#"{"prompt": 5}"#).starts_with("`prompt`: invalid type"));
+        assert!(message(r#"{"image_urls": [1]}"#).starts_with("`image_urls[0]`: invalid type"));
+        assert!(message(r#"{"colour": "red"}"#).contains("unknown field `colour`"));
+        assert!(message(r#"{"prompt": "#).starts_with("The body is not valid JSON"));
+        assert!(message("[]").contains("invalid type"));
+    }
+}

@@ -1,0 +1,80 @@
+//! The HTTP API: routes, the middleware stack, and the one error envelope.
+
+mod billing;
+pub mod error;
+pub mod extract;
+mod files;
+mod health;
+mod images;
+mod models;
+mod tasks;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post};
+use axum::{middleware, Extension, Router};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::app::AppState;
+use error::ApiError;
+use extract::BodyLimit;
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.server.body_limit_bytes;
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/api/v1/images/generations", post(images::create))
+        .route("/api/v1/tasks", get(tasks::list))
+        .route("/api/v1/tasks/{task_id}", get(tasks::get))
+        .route("/api/v1/billing/credits", get(billing::credits))
+        .route("/billing/credits", get(billing::credits))
+        .route("/api/v1/models", get(models::list))
+        .route("/api/v1/models/{model_id}", get(models::get))
+        .route("/files/{name}", get(files::get))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .fallback(|| async { ApiError::NotFound("No route matches this path.".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(BodyLimit(body_limit)))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUlid))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                .layer(middleware::from_fn(error::render_errors))
+                .layer(CatchPanicLayer::custom(error::panic_response)),
+        )
+        .with_state(state)
+}
+
+/// Request ids for requests that come without one: `req_` + a ULID.
+#[derive(Clone, Copy)]
+struct MakeRequestUlid;
+
+impl MakeRequestId for MakeRequestUlid {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        format!("req_{}", ulid::Ulid::new()).parse().ok().map(RequestId::new)
+    }
+}
+
+/// One span per request; `account_id` is filled in once the key is known. The query string is
+/// left out: it is the client's, and never needed to follow a request.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+        account_id = tracing::field::Empty,
+    )
+}

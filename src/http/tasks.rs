@@ -1,0 +1,119 @@
+//! `GET /api/v1/tasks/{task_id}` and `GET /api/v1/tasks`, and the task object clients see.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::extract::ApiQuery;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::tasks::{self, Task, TaskStatus};
+
+/// The task object of SPEC §2.2.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub task_id: String,
+    pub model: String,
+    pub sub_model: String,
+    pub status: TaskStatus,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<Value>,
+    pub credits: CreditsView,
+    pub callback_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub completed_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreditsView {
+    pub price: i64,
+    pub charged: i64,
+    /// `held` while unfinished, `charged` after success, `refunded` after failure.
+    pub state: &'static str,
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl From<&Task> for TaskView {
+    fn from(task: &Task) -> Self {
+        let (charged, state) = match task.status {
+            TaskStatus::Pending | TaskStatus::Running => (0, "held"),
+            TaskStatus::Succeeded => (task.price, "charged"),
+            TaskStatus::Failed => (0, "refunded"),
+        };
+        TaskView {
+            task_id: task.id.clone(),
+            model: task.model.clone(),
+            sub_model: task.sub_model.clone(),
+            status: task.status,
+            input: serde_json::to_value(&task.input.0).unwrap_or_default(),
+            output: task.output.as_ref().and_then(|o| serde_json::to_value(&o.0).ok()),
+            error: task.error.as_ref().and_then(|e| serde_json::to_value(&e.0).ok()),
+            credits: CreditsView { price: task.price, charged, state },
+            callback_url: task.callback_url.clone(),
+            created_at: timestamp(task.created_at),
+            updated_at: timestamp(task.updated_at),
+            completed_at: task.completed_at.map(timestamp),
+        }
+    }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let task = tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| ApiError::not_found("Task"))?;
+    Ok(Json(TaskView::from(&task)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskPage {
+    data: Vec<TaskView>,
+    /// Pass as `?cursor=` for the next (older) page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<TaskPage>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!("`limit`: must be between 1 and {MAX_PAGE}.")));
+    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(value) => Some(TaskStatus::parse(value).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("`status`: `{value}` is not one of pending, running, succeeded, failed."))
+        })?),
+    };
+    // The cursor is the id of the last task of the previous page.
+    if let Some(cursor) = &query.cursor {
+        if !cursor.starts_with("task_") || cursor.len() > 64 {
+            return Err(ApiError::InvalidRequest("`cursor`: not a cursor from a previous page.".into()));
+        }
+    }
+    let page = tasks::list(&state.pool, caller.account_id, limit, query.cursor.as_deref(), status).await?;
+    let next_cursor = (page.len() as i64 == limit).then(|| page.last().map(|t| t.id.clone())).flatten();
+    Ok(Json(TaskPage { data: page.iter().map(TaskView::from).collect(), next_cursor }))
+}

@@ -1,0 +1,131 @@
+//! The credits ledger. Every change of an account's balance goes through here, in the caller's
+//! transaction, as one `UPDATE accounts` plus one appended ledger row, so that for every account
+//! `balance == sum(ledger.amount)` and `held == holds not yet settled`.
+//!
+//! A task is held once (on create) and then captured (success) or released (failure) once. The
+//! callers guarantee "once" with guarded task transitions; the unique indexes on `ledger (task_id, …)`
+//! make the database refuse a second settlement even if a caller got it wrong.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    Held { balance_after: i64 },
+    Insufficient { available: i64 },
+}
+
+/// Reserves `price` for `task_id`: the balance drops by the price, `held` grows by it. Never lets the
+/// balance go below zero; concurrent holds on one account serialise on its row.
+pub async fn hold(tx: &mut PgConnection, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<Hold> {
+    let updated: Option<(i64,)> = sqlx::query_as(
+        "UPDATE accounts SET balance = balance - $2, held = held + $2
+         WHERE id = $1 AND balance >= $2 RETURNING balance",
+    )
+    .bind(account_id)
+    .bind(price)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((balance_after,)) = updated else {
+        let (available,): (i64,) =
+            sqlx::query_as("SELECT balance FROM accounts WHERE id = $1").bind(account_id).fetch_one(&mut *tx).await?;
+        return Ok(Hold::Insufficient { available });
+    };
+    append(tx, account_id, "hold", -price, Some(task_id), balance_after, None).await?;
+    Ok(Hold::Held { balance_after })
+}
+
+/// The held credits are spent: `held` shrinks, the balance stays (it already paid on hold).
+pub async fn capture(tx: &mut PgConnection, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
+    let (balance_after,): (i64,) =
+        sqlx::query_as("UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance")
+            .bind(account_id)
+            .bind(price)
+            .fetch_one(&mut *tx)
+            .await?;
+    append(tx, account_id, "capture", 0, Some(task_id), balance_after, None).await
+}
+
+/// The hold goes back to the balance.
+pub async fn release(tx: &mut PgConnection, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
+    let (balance_after,): (i64,) = sqlx::query_as(
+        "UPDATE accounts SET balance = balance + $2, held = held - $2 WHERE id = $1 RETURNING balance",
+    )
+    .bind(account_id)
+    .bind(price)
+    .fetch_one(&mut *tx)
+    .await?;
+    append(tx, account_id, "release", price, Some(task_id), balance_after, None).await
+}
+
+/// Adds credits to an account; returns the new balance.
+pub async fn grant(tx: &mut PgConnection, account_id: i64, amount: i64, reason: &str) -> sqlx::Result<i64> {
+    let (balance_after,): (i64,) =
+        sqlx::query_as("UPDATE accounts SET balance = balance + $2 WHERE id = $1 RETURNING balance")
+            .bind(account_id)
+            .bind(amount)
+            .fetch_one(&mut *tx)
+            .await?;
+    append(tx, account_id, "grant", amount, None, balance_after, Some(reason)).await?;
+    Ok(balance_after)
+}
+
+async fn append(
+    tx: &mut PgConnection,
+    account_id: i64,
+    kind: &str,
+    amount: i64,
+    task_id: Option<&str>,
+    balance_after: i64,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO ledger (account_id, kind, amount, task_id, balance_after, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(account_id)
+    .bind(kind)
+    .bind(amount)
+    .bind(task_id)
+    .bind(balance_after)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Entry {
+    pub id: i64,
+    pub kind: String,
+    pub amount: i64,
+    pub task_id: Option<String>,
+    pub balance_after: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Balance {
+    pub balance: i64,
+    pub held: i64,
+}
+
+pub async fn balance(pool: &PgPool, account_id: i64) -> sqlx::Result<Option<Balance>> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1").bind(account_id).fetch_optional(pool).await?;
+    Ok(row.map(|(balance, held)| Balance { balance, held }))
+}
+
+/// The newest `limit` entries of an account.
+pub async fn recent(pool: &PgPool, account_id: i64, limit: i64) -> sqlx::Result<Vec<Entry>> {
+    sqlx::query_as(
+        "SELECT id, kind, amount, task_id, balance_after, reason, created_at
+         FROM ledger WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(account_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,15 @@
+pub mod accounts;
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod files;
+pub mod http;
+pub mod ledger;
+pub mod outbound;
+pub mod providers;
+pub mod store;
+pub mod tasks;
+pub mod telemetry;

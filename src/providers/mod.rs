@@ -1,0 +1,105 @@
+//! Upstream providers behind one trait. A provider is an asynchronous job service: `submit` starts a
+//! job and returns the provider's job id (or, for synchronous APIs, the result at once); `poll` asks
+//! how the job is doing. Nothing outside a provider's own file knows its wire format.
+
+mod picture;
+pub mod simulated;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+
+use crate::config::{ProviderKind, Settings};
+use crate::files::FileStore;
+use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+
+/// What a provider is asked to do for one task.
+pub struct SubmitRequest<'a> {
+    /// Providers that support idempotency keys get one derived from this, so that a resubmit after a
+    /// crash never starts a second job.
+    pub task_id: &'a str,
+    /// The provider's own name for the model, from the catalog route.
+    pub upstream_model: &'a str,
+    pub input: &'a TaskInput,
+}
+
+pub enum Submitted {
+    /// The provider started a job with this id; poll it.
+    Accepted { upstream_id: String },
+    /// A synchronous provider finished the job within the submit call.
+    Completed { images: Vec<OutputImage> },
+}
+
+pub enum JobState {
+    /// Still working. `check_after` is the provider's hint of when to look again.
+    Running { check_after: Option<Duration> },
+    Succeeded { images: Vec<OutputImage> },
+    Failed(TaskError),
+}
+
+/// A provider call that did not work. `retriable` errors (rate limits, 5xx, network) are tried again
+/// with backoff; the others end the task with `code` and `message`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub retriable: bool,
+    pub code: TaskErrorCode,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn permanent(code: TaskErrorCode, message: impl Into<String>) -> Self {
+        Self { retriable: false, code, message: message.into() }
+    }
+
+    pub fn retriable(message: impl Into<String>) -> Self {
+        Self { retriable: true, code: TaskErrorCode::UpstreamFailed, message: message.into() }
+    }
+
+    pub fn into_task_error(self) -> TaskError {
+        TaskError { code: self.code, message: self.message }
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError>;
+
+    async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError>;
+
+    /// Best effort, for jobs the gateway gave up on (deadline). Providers without cancel do nothing.
+    async fn cancel(&self, _upstream_id: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+/// The configured providers, by id (`[providers.<id>]`).
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_id: HashMap<String, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    pub fn from_settings(settings: &Settings, pool: &PgPool, files: &FileStore) -> anyhow::Result<Providers> {
+        let mut by_id: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        for (id, config) in &settings.providers {
+            let provider: Arc<dyn Provider> = match config.kind {
+                ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
+                    pool.clone(),
+                    files.clone(),
+                    Duration::from_millis(config.delay_ms.unwrap_or(simulated::DEFAULT_DELAY_MS)),
+                )),
+                other => anyhow::bail!("providers.{id}.kind: `{other:?}` is not available in this build"),
+            };
+            by_id.insert(id.clone(), provider);
+        }
+        Ok(Providers { by_id })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn Provider>> {
+        self.by_id.get(id)
+    }
+}

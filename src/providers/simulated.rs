@@ -1,0 +1,119 @@
+//! The built-in simulated provider: an asynchronous upstream that needs no account. It keeps its jobs
+//! in its own table (as a real provider keeps them on its side), so they outlive a gateway crash,
+//! and finishes each one after a delay with a real PNG stored in the gateway's file store.
+//!
+//! Prompt markers drive it, like a payment provider's test mode: `[simulate:fail]` fails the job,
+//! `[simulate:reject]` refuses the submit, `[simulate:delay=MS]` sets the completion delay.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::{picture, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use crate::files::FileStore;
+use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
+
+pub const DEFAULT_DELAY_MS: u64 = 3000;
+
+pub struct Simulated {
+    pool: PgPool,
+    files: FileStore,
+    default_delay: Duration,
+}
+
+impl Simulated {
+    pub fn new(pool: PgPool, files: FileStore, default_delay: Duration) -> Self {
+        Self { pool, files, default_delay }
+    }
+}
+
+/// The delay asked for by `[simulate:delay=MS]`, if the prompt has a readable one.
+fn delay_marker(prompt: &str) -> Option<Duration> {
+    let rest = &prompt[prompt.find("[simulate:delay=")? + "[simulate:delay=".len()..];
+    let millis: u64 = rest[..rest.find(']')?].trim().parse().ok()?;
+    Some(Duration::from_millis(millis))
+}
+
+fn upstream_unavailable(error: sqlx::Error) -> ProviderError {
+    tracing::warn!(error = %error, "simulated provider storage failed");
+    ProviderError::retriable("The simulated provider is unavailable.")
+}
+
+#[async_trait]
+impl Provider for Simulated {
+    async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
+        let prompt = &request.input.prompt;
+        if prompt.contains("[simulate:reject]") {
+            return Err(ProviderError::permanent(
+                TaskErrorCode::UpstreamRejected,
+                "The provider refused the request ([simulate:reject]).",
+            ));
+        }
+        let delay = delay_marker(prompt).unwrap_or(self.default_delay);
+        let job_id = format!("sim_{}", ulid::Ulid::new());
+        // One job per task: a resubmit of the same task (after a crash) gets the first job back.
+        let (upstream_id,): (String,) = sqlx::query_as(
+            "INSERT INTO simulated_jobs (id, task_id, prompt, aspect_ratio, fails, due_at, file_name)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
+             ON CONFLICT (task_id) DO UPDATE SET task_id = EXCLUDED.task_id
+             RETURNING id",
+        )
+        .bind(&job_id)
+        .bind(request.task_id)
+        .bind(prompt)
+        .bind(request.input.aspect_ratio.as_deref().unwrap_or("1:1"))
+        .bind(prompt.contains("[simulate:fail]"))
+        .bind(delay.as_secs_f64())
+        .bind(FileStore::new_name("png"))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(upstream_unavailable)?;
+        Ok(Submitted::Accepted { upstream_id })
+    }
+
+    async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError> {
+        let job: Option<(String, String, bool, DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT prompt, aspect_ratio, fails, due_at, file_name FROM simulated_jobs WHERE id = $1",
+        )
+        .bind(upstream_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(upstream_unavailable)?;
+        let Some((prompt, aspect_ratio, fails, due_at, file_name)) = job else {
+            return Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider lost the job."));
+        };
+        let remaining = (due_at - Utc::now()).to_std().unwrap_or_default();
+        if !remaining.is_zero() {
+            return Ok(JobState::Running { check_after: Some(remaining) });
+        }
+        if fails {
+            return Ok(JobState::Failed(TaskError {
+                code: TaskErrorCode::UpstreamFailed,
+                message: "The provider could not generate the image ([simulate:fail]).".into(),
+            }));
+        }
+        if !self.files.exists(&file_name).await {
+            let png = picture::render(&prompt, &aspect_ratio);
+            self.files.save(&file_name, &png).await.map_err(|error| {
+                tracing::error!(error = %error, "cannot store a simulated result");
+                ProviderError::retriable("The result could not be stored.")
+            })?;
+        }
+        Ok(JobState::Succeeded { images: vec![OutputImage { url: self.files.url(&file_name) }] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_delay_marker() {
+        assert_eq!(delay_marker("a cat [simulate:delay=250]"), Some(Duration::from_millis(250)));
+        assert_eq!(delay_marker("[simulate:delay=abc] a cat"), None);
+        assert_eq!(delay_marker("[simulate:delay=12"), None);
+        assert_eq!(delay_marker("a cat"), None);
+    }
+}

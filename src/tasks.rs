@@ -1,0 +1,292 @@
+//! Tasks: the type, its state machine and its queries.
+//!
+//! `pending → running → succeeded | failed`. Every transition is an `UPDATE … WHERE status IN (…)`,
+//! so when two workers race, the row count tells exactly one of them that it won. Terminal
+//! transitions settle the credits in the same transaction.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+
+use crate::ledger;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl TaskStatus {
+    pub fn parse(value: &str) -> Option<TaskStatus> {
+        match value {
+            "pending" => Some(TaskStatus::Pending),
+            "running" => Some(TaskStatus::Running),
+            "succeeded" => Some(TaskStatus::Succeeded),
+            "failed" => Some(TaskStatus::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed)
+    }
+}
+
+/// The validated request, as stored and as forwarded to the provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInput {
+    pub prompt: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aspect_ratio: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    pub image_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    pub images: Vec<OutputImage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputImage {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskErrorCode {
+    UpstreamFailed,
+    UpstreamRejected,
+    Timeout,
+    ContentPolicy,
+}
+
+/// Why a task failed, in words a client can act on: never credentials or raw provider internals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub code: TaskErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Task {
+    pub id: String,
+    pub account_id: i64,
+    pub model: String,
+    pub sub_model: String,
+    pub status: TaskStatus,
+    pub input: Json<TaskInput>,
+    pub output: Option<Json<TaskOutput>>,
+    pub error: Option<Json<TaskError>>,
+    pub price: i64,
+    pub callback_url: Option<String>,
+    pub provider: String,
+    pub upstream_model: String,
+    pub upstream_id: Option<String>,
+    pub attempts: i32,
+    pub deadline_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, account_id, model, sub_model, status, input, output, error, price, callback_url, \
+     provider, upstream_model, upstream_id, attempts, deadline_at, created_at, updated_at, completed_at";
+
+/// A task to insert; its id is minted by [`new_task_id`].
+pub struct NewTask<'a> {
+    pub id: &'a str,
+    pub account_id: i64,
+    pub model: &'a str,
+    pub sub_model: &'a str,
+    pub input: &'a TaskInput,
+    pub price: i64,
+    pub callback_url: Option<&'a str>,
+    pub provider: &'a str,
+    pub upstream_model: &'a str,
+    pub deadline: Duration,
+}
+
+/// `task_` + a ULID: sorts by creation time and carries 80 random bits, so ids cannot be guessed.
+pub fn new_task_id() -> String {
+    format!("task_{}", ulid::Ulid::new())
+}
+
+/// How a create ended: the task with its credits held, or not enough credits (nothing written).
+pub enum Created {
+    Task(Task),
+    Insufficient { available: i64 },
+}
+
+/// Inserts the task and holds its price in one transaction: both happen or neither does.
+pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
+    let mut tx = pool.begin().await?;
+    let task: Task = sqlx::query_as(&format!(
+        "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
+                            upstream_model, deadline_at)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, now() + make_interval(secs => $10))
+         RETURNING {COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(new.account_id)
+    .bind(new.model)
+    .bind(new.sub_model)
+    .bind(Json(new.input))
+    .bind(new.price)
+    .bind(new.callback_url)
+    .bind(new.provider)
+    .bind(new.upstream_model)
+    .bind(new.deadline.as_secs_f64())
+    .fetch_one(&mut *tx)
+    .await?;
+    match ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
+        ledger::Hold::Held { .. } => {
+            tx.commit().await?;
+            Ok(Created::Task(task))
+        }
+        ledger::Hold::Insufficient { available } => {
+            tx.rollback().await?;
+            Ok(Created::Insufficient { available })
+        }
+    }
+}
+
+/// One task of one account: another account's task is indistinguishable from a missing one.
+pub async fn get(pool: &PgPool, account_id: i64, task_id: &str) -> sqlx::Result<Option<Task>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 AND account_id = $2"))
+        .bind(task_id)
+        .bind(account_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// An account's tasks, newest first, strictly older than `before` (the cursor) when given.
+pub async fn list(
+    pool: &PgPool,
+    account_id: i64,
+    limit: i64,
+    before: Option<&str>,
+    status: Option<TaskStatus>,
+) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM tasks
+         WHERE account_id = $1 AND ($2::text IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3)
+         ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(account_id)
+    .bind(before)
+    .bind(status)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Claims one unfinished task that is due (the create fast path), hiding it from other workers for
+/// `lease`. `None` when someone else holds it or it is not due.
+pub async fn claim(pool: &PgPool, task_id: &str, lease: Duration) -> sqlx::Result<Option<Task>> {
+    sqlx::query_as(&format!(
+        "UPDATE tasks SET next_poll_at = now() + make_interval(secs => $2)
+         WHERE id = $1 AND status IN ('pending', 'running') AND next_poll_at <= now()
+         RETURNING {COLUMNS}"
+    ))
+    .bind(task_id)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Claims up to `limit` due tasks, oldest due first. `SKIP LOCKED` lets several gateways share the
+/// queue without waiting on each other; the lease keeps a claimed task from being claimed twice.
+pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as(&format!(
+        "WITH due AS (
+             SELECT id FROM tasks
+             WHERE status IN ('pending', 'running') AND next_poll_at <= now()
+             ORDER BY next_poll_at LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+         UPDATE tasks t SET next_poll_at = now() + make_interval(secs => $2)
+         FROM due WHERE t.id = due.id
+         RETURNING {}",
+        COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+    ))
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// The provider accepted the task: remember its job id and when to look again.
+pub async fn mark_running(pool: &PgPool, task_id: &str, upstream_id: &str, next_poll_in: Duration) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = now(),
+                          next_poll_at = LEAST(now() + make_interval(secs => $3), deadline_at)
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(task_id)
+    .bind(upstream_id)
+    .bind(next_poll_in.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Not finished yet: look again after `next_poll_in` (never after the deadline).
+pub async fn reschedule(pool: &PgPool, task_id: &str, next_poll_in: Duration) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET attempts = attempts + 1,
+                          next_poll_at = LEAST(now() + make_interval(secs => $2), deadline_at)
+         WHERE id = $1 AND status IN ('pending', 'running')",
+    )
+    .bind(task_id)
+    .bind(next_poll_in.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub enum Outcome {
+    Succeeded(TaskOutput),
+    Failed(TaskError),
+}
+
+/// The terminal transition and its settlement, in one transaction. Returns the settled task when
+/// this call made the transition, `None` when the task was already terminal (someone else settled).
+pub async fn settle(pool: &PgPool, task_id: &str, outcome: Outcome) -> sqlx::Result<Option<Task>> {
+    let mut tx = pool.begin().await?;
+    let (status, output, error) = match &outcome {
+        Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
+        Outcome::Failed(error) => (TaskStatus::Failed, None, Some(Json(error))),
+    };
+    let settled: Option<Task> = sqlx::query_as(&format!(
+        "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = now(), completed_at = now()
+         WHERE id = $1 AND status IN ('pending', 'running')
+         RETURNING {COLUMNS}"
+    ))
+    .bind(task_id)
+    .bind(status)
+    .bind(output)
+    .bind(error)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(task) = settled else {
+        return Ok(None);
+    };
+    settle_credits(&mut tx, &task).await?;
+    tx.commit().await?;
+    Ok(Some(task))
+}
+
+async fn settle_credits(tx: &mut PgConnection, task: &Task) -> sqlx::Result<()> {
+    match task.status {
+        TaskStatus::Succeeded => ledger::capture(tx, task.account_id, &task.id, task.price).await,
+        _ => ledger::release(tx, task.account_id, &task.id, task.price).await,
+    }
+}
