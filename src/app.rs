@@ -69,11 +69,14 @@ impl Application {
 
     /// Serves HTTP and runs the engine until `shutdown` is cancelled; in-flight requests finish first.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let engine = tokio::spawn(Arc::clone(&self.state.engine).run(shutdown.clone()));
-        tracing::info!(address = %self.listener.local_addr()?, "serving");
+        let role = self.state.settings.server.role;
+        let engine = role.runs_engine().then(|| tokio::spawn(Arc::clone(&self.state.engine).run(shutdown.clone())));
+        tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let router = crate::http::router(self.state);
         axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
-        engine.await?;
+        if let Some(engine) = engine {
+            engine.await?;
+        }
         Ok(())
     }
 }

@@ -37,6 +37,29 @@ pub struct ServerSettings {
     pub public_base_url: String,
     pub body_limit_bytes: usize,
     pub request_timeout_secs: u64,
+    /// What this process does; several processes with different roles can share one database.
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The API and the task engine.
+    All,
+    /// The API only: new tasks wait for a process that runs the engine.
+    Api,
+    /// The task engine only; HTTP answers `/healthz` and `/readyz`.
+    Worker,
+}
+
+impl Role {
+    pub fn runs_engine(self) -> bool {
+        self != Role::Api
+    }
+
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
 }
 
 impl Default for ServerSettings {
@@ -46,6 +69,7 @@ impl Default for ServerSettings {
             public_base_url: String::new(),
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
+            role: Role::All,
         }
     }
 }

@@ -48,7 +48,7 @@ pub async fn is_ready(pool: &PgPool) -> bool {
 /// advisory lock so two replicas starting together do not both do it. Returns the new key.
 pub async fn bootstrap(pool: &PgPool, credits: i64) -> anyhow::Result<Option<crate::accounts::CreatedKey>> {
     let mut lock = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock(736_241)").execute(&mut *lock).await?;
+    sqlx::query("SELECT pg_advisory_lock(736241)").execute(&mut *lock).await?;
     let result = async {
         let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(pool).await?;
         if accounts > 0 {
@@ -59,6 +59,6 @@ pub async fn bootstrap(pool: &PgPool, credits: i64) -> anyhow::Result<Option<cra
         Ok(Some(key))
     }
     .await;
-    sqlx::query("SELECT pg_advisory_unlock(736_241)").execute(&mut *lock).await?;
+    sqlx::query("SELECT pg_advisory_unlock(736241)").execute(&mut *lock).await?;
     result
 }

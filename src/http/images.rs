@@ -45,7 +45,9 @@ pub async fn create(
     };
     tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
 
-    state.engine.dispatch(&task.id).await;
+    if state.settings.server.role.runs_engine() {
+        state.engine.dispatch(&task.id).await;
+    }
     let task = tasks::get(&state.pool, caller.account_id, &task.id).await?.unwrap_or(task);
     // A provider that refuses the task outright is something the client must see now.
     if task.status == TaskStatus::Failed {

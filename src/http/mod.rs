@@ -26,17 +26,9 @@ use extract::BodyLimit;
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.body_limit_bytes;
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/api/v1/images/generations", post(images::create))
-        .route("/api/v1/tasks", get(tasks::list))
-        .route("/api/v1/tasks/{task_id}", get(tasks::get))
-        .route("/api/v1/billing/credits", get(billing::credits))
-        .route("/billing/credits", get(billing::credits))
-        .route("/api/v1/models", get(models::list))
-        .route("/api/v1/models/{model_id}", get(models::get))
-        .route("/files/{name}", get(files::get))
-        .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready))
+    let routes = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
+    let routes = if state.settings.server.role.serves_api() { routes.merge(api_routes()) } else { routes };
+    routes
         .fallback(|| async { ApiError::NotFound("No route matches this path.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -54,6 +46,18 @@ pub fn router(state: AppState) -> Router {
                 .layer(CatchPanicLayer::custom(error::panic_response)),
         )
         .with_state(state)
+}
+
+fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/images/generations", post(images::create))
+        .route("/api/v1/tasks", get(tasks::list))
+        .route("/api/v1/tasks/{task_id}", get(tasks::get))
+        .route("/api/v1/billing/credits", get(billing::credits))
+        .route("/billing/credits", get(billing::credits))
+        .route("/api/v1/models", get(models::list))
+        .route("/api/v1/models/{model_id}", get(models::get))
+        .route("/files/{name}", get(files::get))
 }
 
 /// Request ids for requests that come without one: `req_` + a ULID.

@@ -4,13 +4,12 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::tasks::{self, Task, TaskStatus};
+use crate::tasks::{self, Task, TaskError, TaskInput, TaskOutput, TaskStatus};
 
 /// The task object of SPEC §2.2.
 #[derive(Debug, Serialize)]
@@ -19,9 +18,9 @@ pub struct TaskView {
     pub model: String,
     pub sub_model: String,
     pub status: TaskStatus,
-    pub input: Value,
-    pub output: Option<Value>,
-    pub error: Option<Value>,
+    pub input: TaskInput,
+    pub output: Option<TaskOutput>,
+    pub error: Option<TaskError>,
     pub credits: CreditsView,
     pub callback_url: Option<String>,
     pub created_at: String,
@@ -53,9 +52,9 @@ impl From<&Task> for TaskView {
             model: task.model.clone(),
             sub_model: task.sub_model.clone(),
             status: task.status,
-            input: serde_json::to_value(&task.input.0).unwrap_or_default(),
-            output: task.output.as_ref().and_then(|o| serde_json::to_value(&o.0).ok()),
-            error: task.error.as_ref().and_then(|e| serde_json::to_value(&e.0).ok()),
+            input: task.input.0.clone(),
+            output: task.output.as_ref().map(|o| o.0.clone()),
+            error: task.error.as_ref().map(|e| e.0.clone()),
             credits: CreditsView { price: task.price, charged, state },
             callback_url: task.callback_url.clone(),
             created_at: timestamp(task.created_at),
