@@ -36,7 +36,6 @@ pub struct ServerSettings {
     /// Empty: `http://` + the bound address.
     pub public_base_url: String,
     pub body_limit_bytes: usize,
-    pub request_timeout_secs: u64,
     /// What this process does; several processes with different roles can share one database.
     pub role: Role,
 }
@@ -68,7 +67,6 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             public_base_url: String::new(),
             body_limit_bytes: 1024 * 1024,
-            request_timeout_secs: 30,
             role: Role::All,
         }
     }

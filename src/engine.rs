@@ -52,7 +52,7 @@ impl Engine {
     /// Runs until `shutdown`: every tick, claim what is due and work on it.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.settings.tick_ms);
-        loop {
+        while !shutdown.is_cancelled() {
             let claimed = match self.tick().await {
                 Ok(claimed) => claimed,
                 Err(error) => {
@@ -70,6 +70,10 @@ impl Engine {
                 _ = self.wake.notified() => {}
             }
         }
+        // Let provider calls in flight finish (briefly); whatever is cut off is picked up again after
+        // its lease by the next process.
+        let all = self.settings.max_in_flight as u32;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.in_flight.acquire_many(all)).await;
         tracing::info!("engine stopped");
     }
 

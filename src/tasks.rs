@@ -122,7 +122,7 @@ pub fn new_task_id() -> String {
 
 /// How a create ended: the task with its credits held, or not enough credits (nothing written).
 pub enum Created {
-    Task(Task),
+    Task(Box<Task>),
     Insufficient { available: i64 },
 }
 
@@ -150,7 +150,7 @@ pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
     match ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
         ledger::Hold::Held { .. } => {
             tx.commit().await?;
-            Ok(Created::Task(task))
+            Ok(Created::Task(Box::new(task)))
         }
         ledger::Hold::Insufficient { available } => {
             tx.rollback().await?;

@@ -25,7 +25,8 @@ CREATE TABLE api_keys (
 CREATE INDEX api_keys_account ON api_keys (account_id);
 
 CREATE TABLE tasks (
-    id                   TEXT PRIMARY KEY,
+    -- "C" collation: ids (task_ + ULID) then sort by creation time whatever the database's locale.
+    id                   TEXT COLLATE "C" PRIMARY KEY,
     account_id           BIGINT NOT NULL REFERENCES accounts (id),
     model                TEXT NOT NULL,
     sub_model            TEXT NOT NULL,

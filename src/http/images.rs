@@ -38,7 +38,7 @@ pub async fn create(
     )
     .await?;
     let task = match created {
-        Created::Task(task) => task,
+        Created::Task(task) => *task,
         Created::Insufficient { available } => {
             return Err(ApiError::InsufficientCredits { price: valid.price, available });
         }
