@@ -75,8 +75,9 @@ impl KeyAuth {
     /// Resolves an `Authorization` header value to a caller, or the one 401.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
         let secret = authorization
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, secret)| secret.trim())
             .filter(|s| is_well_formed(s))
             .ok_or(ApiError::Unauthorized)?;
         let hash = hash_key(secret);

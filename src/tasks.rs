@@ -116,8 +116,13 @@ pub struct NewTask<'a> {
 }
 
 /// `task_` + a ULID: sorts by creation time and carries 80 random bits, so ids cannot be guessed.
+/// Monotonic within the process, so tasks created in the same millisecond still list in order.
 pub fn new_task_id() -> String {
-    format!("task_{}", ulid::Ulid::new())
+    static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // `generate` fails only when the random part overflows within one millisecond.
+    let id = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
+    format!("task_{id}")
 }
 
 /// How a create ended: the task with its credits held, or not enough credits (nothing written).

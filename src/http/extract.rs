@@ -48,8 +48,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 pub struct BodyLimit(pub usize);
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde reads a struct from an array too (fields by position): only an object is a request.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidRequest("The body must be a JSON object.".into()));
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let message = match inner.classify() {
@@ -60,7 +64,10 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             _ => format!("`{path}`: {}.", strip_position(&inner.to_string())),
         };
         ApiError::InvalidRequest(message)
-    })
+    })?;
+    // Nothing but white space may follow the object.
+    deserializer.end().map_err(|error| ApiError::InvalidRequest(format!("The body is not valid JSON: {error}.")))?;
+    Ok(value)
 }
 
 /// serde_json appends " at line 1 column 12"; the field path already says where.
@@ -123,6 +130,7 @@ mod tests {
         assert!(message(r#"{"image_urls": [1]}"#).starts_with("`image_urls[0]`: invalid type"));
         assert!(message(r#"{"colour": "red"}"#).contains("unknown field `colour`"));
         assert!(message(r#"{"prompt": "#).starts_with("The body is not valid JSON"));
-        assert!(message("[]").contains("invalid type"));
+        assert!(message("[]").contains("JSON object"));
+        assert!(message(r#"{"prompt": "a"} trailing"#).starts_with("The body is not valid JSON"));
     }
 }

@@ -1,0 +1,163 @@
+//! The command line against a real database: admin commands with `--json`, `check-config`, and the
+//! first-start bootstrap that prints a key once.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{http_client, models_path, spawn_app, TestDatabase};
+
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml");
+
+fn gateway(database_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aio-gateway"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--config", CONFIG])
+        .env("DATABASE_URL", database_url)
+        .env("AIO__CATALOG__MODELS_PATH", models_path())
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Runs an admin command with `--json` and returns its exit status and the one JSON object it printed.
+fn run_json(database_url: &str, args: &[&str]) -> (bool, Value) {
+    let Output { status, stdout, stderr } = gateway(database_url).arg("--json").args(args).output().expect("run the CLI");
+    let text = String::from_utf8(stdout).expect("utf-8 output");
+    let value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!("one JSON object, got {text:?}: {e}; stderr: {}", String::from_utf8_lossy(&stderr))
+    });
+    (status.success(), value)
+}
+
+#[tokio::test]
+async fn admin_commands_manage_accounts_keys_and_credits() {
+    let app = spawn_app().await;
+    let db = app.database_url().to_owned();
+
+    let (ok, created) = run_json(&db, &["accounts", "create", "--name", "acme", "--credits", "50"]);
+    assert!(ok, "{created}");
+    let account = created["account_id"].as_i64().expect("account_id");
+
+    let (ok, key) = run_json(&db, &["keys", "create", "--account", &account.to_string(), "--name", "ci"]);
+    assert!(ok, "{key}");
+    let api_key = key["api_key"].as_str().expect("api_key").to_owned();
+    let key_id = key["key_id"].as_str().expect("key_id").to_owned();
+    assert!(api_key.starts_with("aio_") && api_key.len() >= 36);
+
+    let (ok, granted) = run_json(&db, &["credits", "grant", "--account", &account.to_string(), "--amount", "100"]);
+    assert!(ok, "{granted}");
+    assert_eq!(granted["balance"], 150);
+
+    // The key minted by the CLI works over HTTP and sees the granted balance and its history.
+    let credits = app.credits(&api_key).await;
+    assert_eq!(credits["balance"], 150, "{credits}");
+    let kinds: Vec<&str> = credits["ledger"].as_array().expect("ledger").iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["grant", "grant"]);
+
+    // Listings show the prefix, never the key or its hash.
+    let (ok, listed) = run_json(&db, &["keys", "list", "--account", &account.to_string()]);
+    assert!(ok, "{listed}");
+    let keys = listed["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["key_id"], key_id.as_str());
+    assert!(api_key.starts_with(keys[0]["prefix"].as_str().expect("prefix")));
+    assert!(!listed.to_string().contains(&api_key), "the listing must not contain the key");
+
+    let (ok, revoked) = run_json(&db, &["keys", "revoke", &key_id]);
+    assert!(ok && revoked["revoked"] == true, "{revoked}");
+    let (ok, again) = run_json(&db, &["keys", "revoke", &key_id]);
+    assert!(!ok, "revoking twice fails: {again}");
+    assert!(again["error"].as_str().is_some_and(|e| e.contains(&key_id)), "{again}");
+
+    // Bad input fails with a message, not a panic.
+    let (ok, refused) = run_json(&db, &["credits", "grant", "--account", "999999", "--amount", "5"]);
+    assert!(!ok && refused["error"].as_str().is_some_and(|e| e.contains("999999")), "{refused}");
+    let (ok, refused) = run_json(&db, &["credits", "grant", "--account", &account.to_string(), "--amount=-5"]);
+    assert!(!ok, "{refused}");
+}
+
+#[test]
+fn check_config_reports_every_problem_and_fails() {
+    let ok = gateway("postgres://unused@127.0.0.1/none").arg("check-config").output().expect("run check-config");
+    assert!(ok.status.success(), "the shipped config is valid: {}", String::from_utf8_lossy(&ok.stderr));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = dir.path().join("models.toml");
+    let text = std::fs::read_to_string(models_path())
+        .expect("read the catalog")
+        .replace("credits = 12", "credits = -12")
+        .replace("provider = \"simulated\"\nupstream_model = \"seedream/4.5-edit\"", "provider = \"nowhere\"\nupstream_model = \"x\"");
+    std::fs::write(&catalog, text).expect("write the broken catalog");
+    let bad = gateway("postgres://unused@127.0.0.1/none")
+        .arg("check-config")
+        .env("AIO__CATALOG__MODELS_PATH", &catalog)
+        .env("AIO__TASKS__DEADLINE_SECS", "0")
+        .output()
+        .expect("run check-config");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("tasks.deadline_secs"), "{stderr}");
+
+    let bad = gateway("postgres://unused@127.0.0.1/none")
+        .arg("check-config")
+        .env("AIO__CATALOG__MODELS_PATH", &catalog)
+        .output()
+        .expect("run check-config");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("credits must not be negative"), "{stderr}");
+    assert!(stderr.contains("provider `nowhere`"), "{stderr}");
+}
+
+/// Starts `serve` on a free port; returns the child and the first stdout line that holds a key, if any
+/// appears before the gateway answers `/healthz`.
+async fn serve_once(database_url: &str, files: &std::path::Path) -> Option<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let mut child = gateway(database_url)
+        .arg("serve")
+        .env("AIO__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("AIO__FILES__DIR", files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let client = http_client();
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|response| response.status() == StatusCode::OK)
+    {
+        assert!(std::time::Instant::now() < give_up, "serve never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).lines().map_while(Result::ok).find_map(|line| {
+        line.split_whitespace().find(|word| word.starts_with("aio_")).map(str::to_owned)
+    })
+}
+
+#[tokio::test]
+async fn first_start_creates_the_default_account_and_prints_its_key_once() {
+    let database = TestDatabase::new(2).await;
+    let files = tempfile::tempdir().expect("tempdir");
+    let key = serve_once(&database.url, files.path()).await.expect("the first start prints a key");
+    assert!(key.len() >= 36);
+
+    let (name, balance): (String, i64) =
+        sqlx::query_as("SELECT name, balance FROM accounts").fetch_one(&database.pool).await.expect("one account");
+    assert_eq!((name.as_str(), balance), ("default", 1000));
+    let (hash,): (Vec<u8>,) = sqlx::query_as("SELECT hash FROM api_keys").fetch_one(&database.pool).await.expect("one key");
+    assert_eq!(hash, aio_gateway::auth::hash_key(&key).to_vec(), "only the hash is stored");
+
+    assert_eq!(serve_once(&database.url, files.path()).await, None, "a second start prints no key");
+    let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&database.pool).await.expect("count");
+    assert_eq!(accounts, 1);
+}

@@ -1,0 +1,379 @@
+//! The test harness: one fresh PostgreSQL database per test, the gateway served in-process on a
+//! random port with fast engine settings, an HTTP client, and the ledger invariants of SPEC §2.3.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aio_gateway::app::Application;
+use aio_gateway::config::{ProviderKind, ProviderSettings, Role, Settings};
+use aio_gateway::{accounts, store};
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// The PostgreSQL server the tests use, without a database name. `AIO_TEST_POSTGRES` overrides it.
+pub fn postgres_server() -> String {
+    std::env::var("AIO_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+pub fn models_path() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml"))
+}
+
+/// The seed request of the spec (§2.1).
+pub fn seed_request() -> Value {
+    serde_json::json!({
+        "model": "seedream/4.5-text-to-image",
+        "prompt": "A serene mountain lake at sunrise with reflections, photorealistic",
+        "aspect_ratio": "16:9",
+        "quality": "high"
+    })
+}
+
+/// A freshly created, migrated database that is dropped (with its connections) when this is dropped.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    pub async fn new(max_connections: u32) -> TestDatabase {
+        let name = format!("aio_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let url = format!("{}/{name}", postgres_server());
+        let settings = aio_gateway::config::DatabaseSettings { url: url.clone(), max_connections, acquire_timeout_secs: 30 };
+        let pool = store::connect(&settings).await.expect("connect to (and create) the test database");
+        store::migrate(&pool).await.expect("migrate the test database");
+        TestDatabase { name, url, pool }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = format!("{}/postgres", postgres_server());
+        let statement = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread with its own.
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(mut connection) = PgConnection::connect(&admin_url).await {
+                    let _ = connection.execute(statement.as_str()).await;
+                    let _ = connection.close().await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+/// Settings for a test gateway: random port, the repository's catalog, the simulated provider with a
+/// 200 ms delay, and an engine that ticks every 50 ms.
+pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
+    let mut settings = Settings::default();
+    settings.server.listen = "127.0.0.1:0".into();
+    settings.server.public_base_url = String::new();
+    settings.server.role = Role::All;
+    settings.database.url = database_url.to_owned();
+    settings.database.max_connections = 10;
+    settings.catalog.models_path = models_path();
+    settings.files.dir = files_dir;
+    settings.bootstrap.enabled = false;
+    settings.tasks.tick_ms = 50;
+    settings.tasks.poll_initial_ms = 50;
+    settings.tasks.poll_max_ms = 1000;
+    settings.tasks.retry_initial_ms = 50;
+    settings.tasks.lease_secs = 2;
+    settings.tasks.dispatch_wait_ms = 2000;
+    settings.providers = BTreeMap::from([(
+        "simulated".to_string(),
+        ProviderSettings {
+            kind: ProviderKind::Simulated,
+            label: Some("Simulated".into()),
+            base_url: None,
+            api_key_env: None,
+            timeout_secs: None,
+            delay_ms: Some(200),
+        },
+    )]);
+    settings
+}
+
+pub struct TestApp {
+    /// `http://127.0.0.1:{port}`
+    pub address: String,
+    /// A pool on the app's database (the same pool the app uses).
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    _files: TempDir,
+    // Declared last: dropped after the server was told to stop.
+    _database: TestDatabase,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with `configure` applied to the settings before the app is built.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let files = tempfile::tempdir().expect("create a files directory");
+    let mut settings = test_settings("postgres://unused", files.path().to_path_buf());
+    configure(&mut settings);
+    settings.validate().expect("test settings are valid");
+    let database = TestDatabase::new(settings.database.max_connections).await;
+    settings.database.url = database.url.clone();
+    let pool = database.pool.clone();
+
+    let application = Application::build(settings, pool.clone()).await.expect("build the application");
+    let port = application.port();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(application.run(shutdown.clone()));
+
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        pool,
+        client: http_client(),
+        shutdown,
+        _files: files,
+        _database: database,
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("build the HTTP client")
+}
+
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+impl TestApp {
+    pub fn database_url(&self) -> &str {
+        &self._database.url
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A new account holding `credits`, and an API key for it.
+    pub async fn new_account(&self, credits: i64) -> (i64, String) {
+        new_account(&self.pool, credits).await
+    }
+
+    pub async fn create(&self, key: &str, body: Value) -> Response {
+        self.client
+            .post(self.url("/api/v1/images/generations"))
+            .header(AUTHORIZATION, bearer(key))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /api/v1/images/generations")
+    }
+
+    /// A create with a raw body and content type (or none).
+    pub async fn create_raw(&self, key: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Response {
+        let mut request =
+            self.client.post(self.url("/api/v1/images/generations")).header(AUTHORIZATION, bearer(key)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        request.send().await.expect("POST /api/v1/images/generations")
+    }
+
+    /// A create that must answer 200; returns the task object.
+    pub async fn create_ok(&self, key: &str, body: Value) -> Value {
+        let response = self.create(key, body.clone()).await;
+        let status = response.status();
+        let task: Value = response.json().await.expect("create answers JSON");
+        assert_eq!(status, StatusCode::OK, "create {body} answered {task}");
+        task
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> Response {
+        self.client.get(self.url(path)).header(AUTHORIZATION, bearer(key)).send().await.expect("GET")
+    }
+
+    /// `GET path` with a key, expecting 200 and JSON.
+    pub async fn get_json(&self, key: &str, path: &str) -> Value {
+        let response = self.get(key, path).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, StatusCode::OK, "GET {path} answered {body}");
+        body
+    }
+
+    pub async fn get_task(&self, key: &str, task_id: &str) -> Value {
+        self.get_json(key, &format!("/api/v1/tasks/{task_id}")).await
+    }
+
+    /// Polls the task every 50 ms until it is `succeeded` or `failed`. The 30 s bound only keeps a
+    /// broken engine from hanging the suite; it is not a timing assertion.
+    pub async fn wait_terminal(&self, key: &str, task_id: &str) -> Value {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let task = self.get_task(key, task_id).await;
+            if matches!(task["status"].as_str(), Some("succeeded" | "failed")) {
+                return task;
+            }
+            assert!(tokio::time::Instant::now() < give_up, "task {task_id} did not finish: {task}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn credits(&self, key: &str) -> Value {
+        self.get_json(key, "/api/v1/billing/credits").await
+    }
+
+    pub async fn count_tasks(&self) -> i64 {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM tasks").fetch_one(&self.pool).await.expect("count tasks");
+        count
+    }
+}
+
+pub async fn new_account(pool: &PgPool, credits: i64) -> (i64, String) {
+    let account_id = accounts::create(pool, "test", credits).await.expect("create an account");
+    let key = accounts::create_key(pool, account_id, Some("test"), None).await.expect("create a key");
+    (account_id, key.api_key)
+}
+
+/// Asserts the error envelope of SPEC §3 and returns `(code, message)`.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> (String, String) {
+    let actual = response.status();
+    let headers: HeaderMap = response.headers().clone();
+    let text = response.text().await.expect("error body");
+    assert_eq!(actual, status, "expected {status} {code}, got {actual}: {text}");
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(content_type.starts_with("application/json"), "error content-type {content_type:?}: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    let error = &body["error"];
+    assert_eq!(error["code"], code, "error code in {body}");
+    let message = error["message"].as_str().unwrap_or_else(|| panic!("no error.message in {body}")).to_owned();
+    assert!(!message.is_empty(), "empty error.message in {body}");
+    let request_id = error["request_id"].as_str().unwrap_or_else(|| panic!("no error.request_id in {body}"));
+    let header_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    assert_eq!(Some(request_id), header_id, "error.request_id matches the x-request-id header in {body}");
+    assert!(!request_id.is_empty(), "empty request id in {body}");
+    (code.to_owned(), message)
+}
+
+/// One task and the sums of its ledger rows, by kind.
+#[derive(sqlx::FromRow)]
+struct TaskSettlement {
+    id: String,
+    status: String,
+    price: i64,
+    holds: i64,
+    captures: i64,
+    releases: i64,
+    hold: i64,
+    capture: i64,
+    release: i64,
+    foreign_rows: i64,
+}
+
+/// The ledger invariants of SPEC §2.3, over every account and task in the database:
+/// balance = sum of ledger amounts ≥ 0; held = the prices of unfinished tasks; every task has exactly
+/// one hold (−price), then after success exactly one capture (0) and no release, after failure exactly
+/// one release (+price) and no capture, and while unfinished neither; each ledger row's
+/// `balance_after` is the running sum of its account's amounts.
+pub async fn assert_ledger_consistent(pool: &PgPool) {
+    let accounts: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT a.id, a.balance, a.held,
+                COALESCE((SELECT SUM(l.amount) FROM ledger l WHERE l.account_id = a.id), 0)::bigint,
+                COALESCE((SELECT SUM(t.price) FROM tasks t
+                          WHERE t.account_id = a.id AND t.status IN ('pending', 'running')), 0)::bigint
+         FROM accounts a ORDER BY a.id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read accounts");
+    for (id, balance, held, ledger_sum, open_prices) in accounts {
+        assert!(balance >= 0, "account {id}: balance {balance} is negative");
+        assert_eq!(balance, ledger_sum, "account {id}: balance {balance} != sum of its ledger {ledger_sum}");
+        assert_eq!(held, open_prices, "account {id}: held {held} != prices of its unfinished tasks {open_prices}");
+    }
+
+    let tasks: Vec<TaskSettlement> = sqlx::query_as(
+        "SELECT t.id, t.status, t.price,
+                COUNT(l.id) FILTER (WHERE l.kind = 'hold') AS holds,
+                COUNT(l.id) FILTER (WHERE l.kind = 'capture') AS captures,
+                COUNT(l.id) FILTER (WHERE l.kind = 'release') AS releases,
+                COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'hold'), 0)::bigint AS hold,
+                COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'capture'), 0)::bigint AS capture,
+                COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'release'), 0)::bigint AS release,
+                COUNT(l.id) FILTER (WHERE l.account_id <> t.account_id
+                                       OR l.kind NOT IN ('hold', 'capture', 'release')) AS foreign_rows
+         FROM tasks t LEFT JOIN ledger l ON l.task_id = t.id
+         GROUP BY t.id ORDER BY t.id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read tasks and their ledger rows");
+    for TaskSettlement { id, status, price, holds, captures, releases, hold, capture, release, foreign_rows } in tasks {
+        assert_eq!(holds, 1, "task {id} ({status}): {holds} holds");
+        assert_eq!(hold, -price, "task {id}: hold amount {hold}, price {price}");
+        assert_eq!(foreign_rows, 0, "task {id}: ledger rows of another account or kind");
+        match status.as_str() {
+            "succeeded" => {
+                assert_eq!((captures, releases), (1, 0), "task {id} succeeded: {captures} captures, {releases} releases");
+                assert_eq!(capture, 0, "task {id}: capture amount {capture}");
+            }
+            "failed" => {
+                assert_eq!((captures, releases), (0, 1), "task {id} failed: {captures} captures, {releases} releases");
+                assert_eq!(release, price, "task {id}: release amount {release}, price {price}");
+            }
+            "pending" | "running" => {
+                assert_eq!((captures, releases), (0, 0), "task {id} {status}: settled while unfinished");
+            }
+            other => panic!("task {id}: unknown status {other}"),
+        }
+    }
+
+    let broken: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, account_id, balance_after, running FROM (
+             SELECT id, account_id, balance_after,
+                    (SUM(amount) OVER (PARTITION BY account_id ORDER BY id))::bigint AS running
+             FROM ledger) entries
+         WHERE balance_after <> running",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read the ledger");
+    assert!(broken.is_empty(), "ledger rows whose balance_after is not the running sum (id, account, after, sum): {broken:?}");
+
+    let orphans: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM ledger WHERE kind IN ('hold', 'capture', 'release') AND task_id IS NULL
+            OR kind NOT IN ('hold', 'capture', 'release') AND task_id IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read the ledger");
+    assert!(orphans.is_empty(), "ledger rows with a wrong task link: {orphans:?}");
+}
+
+/// The ledger of one account, oldest first: `(kind, amount, task_id)`.
+pub async fn ledger_of(pool: &PgPool, account_id: i64) -> Vec<(String, i64, Option<String>)> {
+    sqlx::query_as("SELECT kind, amount, task_id FROM ledger WHERE account_id = $1 ORDER BY id")
+        .bind(account_id)
+        .fetch_all(pool)
+        .await
+        .expect("read the ledger")
+}
