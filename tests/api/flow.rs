@@ -284,10 +284,8 @@ async fn upstream_failure_fails_the_task_and_refunds() {
     assert!(done["output"].is_null(), "{done}");
     assert_eq!(done["credits"], json!({"price": 12, "charged": 0, "state": "refunded"}));
 
-    let credits = app.credits(&key).await;
-    assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(100), Some(0)), "{credits}");
-    let kinds: Vec<String> = ledger_of(&app.pool, account_id).await.into_iter().map(|e| e.0).collect();
-    assert_eq!(kinds, ["grant", "hold", "release"]);
+    app.assert_balance(&key, 100, 0).await;
+    assert_eq!(app.ledger_kinds(account_id).await, ["grant", "hold", "release"]);
     assert_ledger_consistent(&app.pool).await;
 }
 
@@ -309,10 +307,8 @@ async fn refused_submit_answers_502_and_charges_nothing() {
     assert_eq!(task["credits"], json!({"price": 12, "charged": 0, "state": "refunded"}));
     assert_eq!(app.get_task(&key, &id).await, *task);
 
-    let credits = app.credits(&key).await;
-    assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(100), Some(0)), "{credits}");
-    let kinds: Vec<String> = ledger_of(&app.pool, account_id).await.into_iter().map(|e| e.0).collect();
-    assert_eq!(kinds, ["grant", "hold", "release"]);
+    app.assert_balance(&key, 100, 0).await;
+    assert_eq!(app.ledger_kinds(account_id).await, ["grant", "hold", "release"]);
     assert_ledger_consistent(&app.pool).await;
 }
 
@@ -325,7 +321,6 @@ async fn a_task_past_its_deadline_times_out_and_refunds() {
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "timeout", "{done}");
     assert_eq!(done["credits"], json!({"price": 12, "charged": 0, "state": "refunded"}));
-    let credits = app.credits(&key).await;
-    assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(100), Some(0)), "{credits}");
+    app.assert_balance(&key, 100, 0).await;
     assert_ledger_consistent(&app.pool).await;
 }

@@ -241,6 +241,17 @@ impl TestApp {
         self.get_json(key, "/api/v1/billing/credits").await
     }
 
+    /// The account's balance and held credits, as billing reports them, must be these.
+    pub async fn assert_balance(&self, key: &str, balance: i64, held: i64) {
+        let credits = self.credits(key).await;
+        assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(balance), Some(held)), "{credits}");
+    }
+
+    /// The kinds of the account's ledger entries, oldest first.
+    pub async fn ledger_kinds(&self, account_id: i64) -> Vec<String> {
+        ledger_of(&self.pool, account_id).await.into_iter().map(|entry| entry.0).collect()
+    }
+
     pub async fn count_tasks(&self) -> i64 {
         let (count,): (i64,) =
             sqlx::query_as("SELECT count(*) FROM tasks").fetch_one(&self.pool).await.expect("count tasks");

@@ -45,8 +45,7 @@ async fn concurrent_creates_never_spend_more_than_the_balance() {
         let done = app.wait_terminal(&key, id).await;
         assert_eq!(done["status"], "succeeded", "{done}");
     }
-    let credits = app.credits(&key).await;
-    assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(0), Some(0)), "{credits}");
+    app.assert_balance(&key, 0, 0).await;
     let ledger = ledger_of(&app.pool, account_id).await;
     let count = |kind: &str| ledger.iter().filter(|e| e.0 == kind).count();
     assert_eq!((count("grant"), count("hold"), count("capture"), count("release")), (1, 50, 50, 0));
@@ -63,8 +62,7 @@ async fn a_create_the_balance_cannot_cover_holds_nothing() {
 
     assert_eq!(app.count_tasks().await, 0, "no task row");
     assert_eq!(ledger_of(&app.pool, account_id).await, vec![("grant".to_string(), 11, None)], "no ledger row");
-    let credits = app.credits(&key).await;
-    assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(11), Some(0)), "{credits}");
+    app.assert_balance(&key, 11, 0).await;
 
     // An account with nothing at all gets the same answer.
     let (_, broke) = app.new_account(0).await;
