@@ -33,19 +33,13 @@ impl Engine {
         Arc::new(Engine { pool, providers, settings, wake: Notify::new(), in_flight })
     }
 
-    /// The create fast path: submit the new task right away instead of at the next tick, and wait a
-    /// little for the provider to accept it. The work is spawned, so it completes even if the
-    /// client hangs up; if this gateway dies first, the task is still due and another tick takes it.
-    pub async fn dispatch(self: &Arc<Self>, task_id: &str) {
+    /// The create fast path: submit a task this process just created (born claimed, see
+    /// [`Engine::lease`]) instead of waiting for a tick, and wait a little for the provider to
+    /// accept it. The work is spawned, so it completes even if the client hangs up; if this process
+    /// dies first, the lease runs out and another process takes the task.
+    pub async fn dispatch(self: &Arc<Self>, task: Task) {
         let engine = Arc::clone(self);
-        let id = task_id.to_owned();
-        let work = tokio::spawn(async move {
-            match tasks::claim(&engine.pool, &id, engine.lease()).await {
-                Ok(Some(task)) => engine.process(task).await,
-                Ok(None) => {}
-                Err(error) => tracing::warn!(task_id = %id, error = %error, "fast-path claim failed"),
-            }
-        });
+        let work = tokio::spawn(async move { engine.process(task).await });
         let _ = tokio::time::timeout(Duration::from_millis(self.settings.dispatch_wait_ms), work).await;
     }
 
@@ -99,7 +93,8 @@ impl Engine {
         Ok(claimed)
     }
 
-    fn lease(&self) -> Duration {
+    /// How long a claimed task stays hidden from other workers.
+    pub fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.lease_secs)
     }
 

@@ -113,6 +113,9 @@ pub struct NewTask<'a> {
     pub provider: &'a str,
     pub upstream_model: &'a str,
     pub deadline: Duration,
+    /// `Some(lease)`: the creating process works on the task itself (the create fast path), so it is
+    /// born claimed; other workers take it only if the lease runs out. `None`: due at once.
+    pub lease: Option<Duration>,
 }
 
 /// `task_` + a ULID: sorts by creation time and carries 80 random bits, so ids cannot be guessed.
@@ -136,8 +139,9 @@ pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
     let mut tx = pool.begin().await?;
     let task: Task = sqlx::query_as(&format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
-                            upstream_model, deadline_at)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, now() + make_interval(secs => $10))
+                            upstream_model, deadline_at, next_poll_at)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, now() + make_interval(secs => $10),
+                 now() + make_interval(secs => $11))
          RETURNING {COLUMNS}"
     ))
     .bind(new.id)
@@ -150,6 +154,7 @@ pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
     .bind(new.provider)
     .bind(new.upstream_model)
     .bind(new.deadline.as_secs_f64())
+    .bind(new.lease.unwrap_or_default().as_secs_f64())
     .fetch_one(&mut *tx)
     .await?;
     match ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
@@ -191,20 +196,6 @@ pub async fn list(
     .bind(status)
     .bind(limit)
     .fetch_all(pool)
-    .await
-}
-
-/// Claims one unfinished task that is due (the create fast path), hiding it from other workers for
-/// `lease`. `None` when someone else holds it or it is not due.
-pub async fn claim(pool: &PgPool, task_id: &str, lease: Duration) -> sqlx::Result<Option<Task>> {
-    sqlx::query_as(&format!(
-        "UPDATE tasks SET next_poll_at = now() + make_interval(secs => $2)
-         WHERE id = $1 AND status IN ('pending', 'running') AND next_poll_at <= now()
-         RETURNING {COLUMNS}"
-    ))
-    .bind(task_id)
-    .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
     .await
 }
 

@@ -21,6 +21,8 @@ pub async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let valid = state.catalog.validate(request, false)?;
     let task_id = tasks::new_task_id();
+    // An API-only process leaves new tasks to the processes that run the engine.
+    let fast_path = state.settings.server.role.runs_engine();
     let created = tasks::create(
         &state.pool,
         NewTask {
@@ -34,6 +36,7 @@ pub async fn create(
             provider: &valid.route.provider,
             upstream_model: &valid.route.upstream_model,
             deadline: std::time::Duration::from_secs(state.settings.tasks.deadline_secs),
+            lease: fast_path.then(|| state.engine.lease()),
         },
     )
     .await?;
@@ -45,10 +48,12 @@ pub async fn create(
     };
     tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
 
-    if state.settings.server.role.runs_engine() {
-        state.engine.dispatch(&task.id).await;
-    }
-    let task = tasks::get(&state.pool, caller.account_id, &task.id).await?.unwrap_or(task);
+    let task = if fast_path {
+        state.engine.dispatch(task.clone()).await;
+        tasks::get(&state.pool, caller.account_id, &task.id).await?.unwrap_or(task)
+    } else {
+        task
+    };
     // A provider that refuses the task outright is something the client must see now.
     if task.status == TaskStatus::Failed {
         if let Some(error) = task.error.as_ref().filter(|e| e.code == TaskErrorCode::UpstreamRejected) {
