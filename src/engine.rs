@@ -17,20 +17,23 @@ use tracing::Instrument;
 use crate::config::TaskSettings;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
 use crate::tasks::{self, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
+use crate::webhooks::Webhooks;
 
 pub struct Engine {
     pool: PgPool,
     providers: Providers,
     settings: TaskSettings,
+    /// Settling a task with a `callback_url` enqueues its webhook; the delivery loop is woken for it.
+    webhooks: Arc<Webhooks>,
     wake: Notify,
     /// Bounds the provider calls the background loop has in flight.
     in_flight: Arc<Semaphore>,
 }
 
 impl Engine {
-    pub fn new(pool: PgPool, providers: Providers, settings: TaskSettings) -> Arc<Engine> {
+    pub fn new(pool: PgPool, providers: Providers, settings: TaskSettings, webhooks: Arc<Webhooks>) -> Arc<Engine> {
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
-        Arc::new(Engine { pool, providers, settings, wake: Notify::new(), in_flight })
+        Arc::new(Engine { pool, providers, settings, webhooks, wake: Notify::new(), in_flight })
     }
 
     /// The create fast path: submit the new task right away instead of at the next tick, and wait a
@@ -188,9 +191,12 @@ impl Engine {
     }
 
     async fn finish(&self, task: &Task, outcome: Outcome) -> sqlx::Result<()> {
-        if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome).await? {
+        if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay()).await? {
             let code = settled.error.as_ref().map(|e| e.code);
             tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
+            if settled.callback_url.is_some() {
+                self.webhooks.wake();
+            }
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
-use crate::ledger;
+use crate::{ids, ledger, webhooks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -115,14 +115,9 @@ pub struct NewTask<'a> {
     pub deadline: Duration,
 }
 
-/// `task_` + a ULID: sorts by creation time and carries 80 random bits, so ids cannot be guessed.
-/// Monotonic within the process, so tasks created in the same millisecond still list in order.
+/// `task_` + a ULID (see [`ids::new_id`]): tasks created in the same millisecond still list in order.
 pub fn new_task_id() -> String {
-    static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
-    let mut generator = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // `generate` fails only when the random part overflows within one millisecond.
-    let id = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
-    format!("task_{id}")
+    ids::new_id("task")
 }
 
 /// How a create ended: the task with its credits held, or not enough credits (nothing written).
@@ -262,9 +257,15 @@ pub enum Outcome {
     Failed(TaskError),
 }
 
-/// The terminal transition and its settlement, in one transaction. Returns the settled task when
-/// this call made the transition, `None` when the task was already terminal (someone else settled).
-pub async fn settle(pool: &PgPool, task_id: &str, outcome: Outcome) -> sqlx::Result<Option<Task>> {
+/// The terminal transition, its settlement and, for a task with a `callback_url`, its webhook delivery
+/// (due after `webhook_delay`), in one transaction. Returns the settled task when this call made the
+/// transition, `None` when the task was already terminal (someone else settled).
+pub async fn settle(
+    pool: &PgPool,
+    task_id: &str,
+    outcome: Outcome,
+    webhook_delay: Duration,
+) -> sqlx::Result<Option<Task>> {
     let mut tx = pool.begin().await?;
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
@@ -285,6 +286,7 @@ pub async fn settle(pool: &PgPool, task_id: &str, outcome: Outcome) -> sqlx::Res
         return Ok(None);
     };
     settle_credits(&mut tx, &task).await?;
+    webhooks::queue::enqueue(&mut tx, &task, webhook_delay).await?;
     tx.commit().await?;
     Ok(Some(task))
 }

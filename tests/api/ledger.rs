@@ -2,6 +2,7 @@
 //! settled exactly once however many settlements race.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aio_gateway::config::Role;
 use aio_gateway::tasks::{self, OutputImage, Outcome, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
@@ -103,7 +104,7 @@ async fn racing_settlements_settle_each_task_once() {
                 } else {
                     Outcome::Failed(TaskError { code: TaskErrorCode::UpstreamFailed, message: "raced".into() })
                 };
-                let settled = tasks::settle(&pool, &id, outcome).await.expect("settle");
+                let settled = tasks::settle(&pool, &id, outcome, Duration::ZERO).await.expect("settle");
                 (id, settled.map(|task| task.status))
             }));
         }
@@ -140,6 +141,7 @@ async fn racing_settlements_settle_each_task_once() {
         &app.pool,
         &ids[0],
         Outcome::Failed(TaskError { code: TaskErrorCode::Timeout, message: "late".into() }),
+        Duration::ZERO,
     )
     .await
     .expect("settle");
