@@ -254,7 +254,7 @@ pub fn format_duration(duration: Duration) -> String {
         return "0s".into();
     }
     for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if millis % size == 0 {
+        if millis.is_multiple_of(size) {
             return format!("{}{unit}", millis / size);
         }
     }
@@ -476,8 +476,8 @@ fn describe_figment_error(error: figment::Error) -> String {
 mod tests {
     use super::*;
 
-    fn with(key: &str, value: impl Serialize) -> Result<Settings, figment::Error> {
-        Figment::from(Serialized::defaults(Settings::default())).merge((key, value)).extract()
+    fn with(key: &str, value: impl Serialize) -> Result<Settings, String> {
+        Figment::from(Serialized::defaults(Settings::default())).merge((key, value)).extract().map_err(|e| e.to_string())
     }
 
     #[test]

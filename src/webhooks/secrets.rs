@@ -23,17 +23,25 @@ impl Signing {
 
 /// The account's secrets, creating its secret on first use. The account must exist.
 pub async fn signing(pool: &PgPool, account_id: i64) -> sqlx::Result<Signing> {
+    if let Some(found) = read(pool, account_id).await? {
+        return Ok(found);
+    }
+    // Two first uses at once: one insert wins, both read the winner.
     sqlx::query("INSERT INTO webhook_secrets (account_id, secret) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING")
         .bind(account_id)
         .bind(signing::generate_secret())
         .execute(pool)
         .await?;
+    read(pool, account_id).await?.ok_or(sqlx::Error::RowNotFound)
+}
+
+async fn read(pool: &PgPool, account_id: i64) -> sqlx::Result<Option<Signing>> {
     sqlx::query_as(
         "SELECT secret AS current, CASE WHEN previous_expires_at > now() THEN previous_secret END AS previous
          FROM webhook_secrets WHERE account_id = $1",
     )
     .bind(account_id)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await
 }
 
