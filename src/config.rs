@@ -414,6 +414,9 @@ impl Settings {
             ("tasks.tick_ms", t.tick_ms),
             ("tasks.lease_secs", t.lease_secs),
             ("tasks.max_in_flight", t.max_in_flight as u64),
+            ("webhooks.timeout_secs", self.webhooks.timeout_secs),
+            ("webhooks.tick_ms", self.webhooks.tick_ms),
+            ("webhooks.max_in_flight", self.webhooks.max_in_flight as u64),
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be above 0"));
@@ -422,18 +425,8 @@ impl Settings {
         if t.batch_size <= 0 {
             problems.push("tasks.batch_size: must be above 0".into());
         }
-        let w = &self.webhooks;
-        if w.retry_schedule.is_empty() {
+        if self.webhooks.retry_schedule.is_empty() {
             problems.push("webhooks.retry_schedule: needs at least one entry (the first attempt, e.g. 0s)".into());
-        }
-        for (key, value) in [
-            ("webhooks.timeout_secs", w.timeout_secs),
-            ("webhooks.tick_ms", w.tick_ms),
-            ("webhooks.max_in_flight", w.max_in_flight as u64),
-        ] {
-            if value == 0 {
-                problems.push(format!("{key}: must be above 0"));
-            }
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             problems.push(format!("log.format: `{}` is not one of pretty, json", self.log.format));

@@ -15,3 +15,4 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod webhooks;
+pub mod worker;

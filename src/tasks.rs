@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{ids, ledger, webhooks};
+use crate::{ids, ledger, store, webhooks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -203,24 +203,13 @@ pub async fn claim(pool: &PgPool, task_id: &str, lease: Duration) -> sqlx::Resul
     .await
 }
 
-/// Claims up to `limit` due tasks, oldest due first. `SKIP LOCKED` lets several gateways share the
-/// queue without waiting on each other; the lease keeps a claimed task from being claimed twice.
+/// Claims up to `limit` due unfinished tasks for `lease` (see [`store::claim_due_sql`]).
 pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
-    sqlx::query_as(&format!(
-        "WITH due AS (
-             SELECT id FROM tasks
-             WHERE status IN ('pending', 'running') AND next_poll_at <= now()
-             ORDER BY next_poll_at LIMIT $1
-             FOR UPDATE SKIP LOCKED)
-         UPDATE tasks t SET next_poll_at = now() + make_interval(secs => $2)
-         FROM due WHERE t.id = due.id
-         RETURNING {}",
-        COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
-    ))
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(&store::claim_due_sql("tasks", "status IN ('pending', 'running')", "next_poll_at", COLUMNS))
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await
 }
 
 /// The provider accepted the task: remember its job id and when to look again.

@@ -10,7 +10,6 @@ use reqwest::dns::Resolve;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -19,6 +18,7 @@ use super::retry::{self, Schedule};
 use super::{secrets, signing};
 use crate::config::WebhookSettings;
 use crate::outbound::{self, Guard};
+use crate::worker::{Job, Runner};
 
 /// How much of a receiver's answer is kept in the delivery log.
 const EXCERPT_BYTES: usize = 2048;
@@ -32,9 +32,8 @@ pub struct Webhooks {
     guard: Guard,
     schedule: Schedule,
     settings: WebhookSettings,
-    wake: Notify,
-    /// Bounds the deliveries in flight.
-    in_flight: Arc<Semaphore>,
+    /// The background loop; it bounds the deliveries in flight.
+    runner: Runner,
 }
 
 /// What one HTTP attempt came back with.
@@ -56,8 +55,7 @@ impl Webhooks {
             guard,
             schedule: Schedule::new(settings.retry_schedule.clone()),
             settings: settings.clone(),
-            wake: Notify::new(),
-            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            runner: Runner::new("webhooks", Duration::from_millis(settings.tick_ms), BATCH, settings.max_in_flight),
         }))
     }
 
@@ -68,52 +66,17 @@ impl Webhooks {
 
     /// Something became due: look now rather than at the next tick (this process only).
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.runner.wake();
     }
 
     /// Runs until `shutdown`: every tick, claim what is due and deliver it.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let tick = Duration::from_millis(self.settings.tick_ms);
-        while !shutdown.is_cancelled() {
-            let claimed = self.tick().await.unwrap_or_else(|error| {
-                tracing::error!(error = %error, "webhook tick failed");
-                0
-            });
-            if claimed == BATCH {
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(tick) => {}
-                _ = self.wake.notified() => {}
-            }
-        }
-        // Attempts in flight finish (briefly); one cut off is due again after its lease.
-        let all = self.settings.max_in_flight as u32;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.in_flight.acquire_many(all)).await;
-        tracing::info!("webhook deliveries stopped");
+        self.runner.run(&self, shutdown).await;
     }
 
-    /// Claims up to a batch of due deliveries (as many as there are free slots) and starts them.
-    /// Returns how many it claimed.
+    /// Claims what is due now and starts delivering it; returns how many it claimed.
     pub async fn tick(self: &Arc<Self>) -> sqlx::Result<usize> {
-        let free = self.in_flight.available_permits().min(BATCH);
-        if free == 0 {
-            return Ok(0);
-        }
-        let due = queue::claim_due(&self.pool, free as i64, self.lease()).await?;
-        let claimed = due.len();
-        for delivery in due {
-            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
-                break;
-            };
-            let webhooks = Arc::clone(self);
-            tokio::spawn(async move {
-                webhooks.attempt(delivery).await;
-                drop(permit);
-            });
-        }
-        Ok(claimed)
+        self.runner.tick(self).await
     }
 
     /// Longer than an attempt can take, so a delivery is not claimed twice while it is being sent.
@@ -223,6 +186,18 @@ impl Webhooks {
         }
         let what = if error.is_connect() { "connection failed" } else { "request failed" };
         format!("{what}: {cause}")
+    }
+}
+
+impl Job for Webhooks {
+    type Item = Delivery;
+
+    async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Delivery>> {
+        queue::claim_due(&self.pool, limit as i64, self.lease()).await
+    }
+
+    async fn work(self: Arc<Self>, delivery: Delivery) {
+        self.attempt(delivery).await;
     }
 }
 

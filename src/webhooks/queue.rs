@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
 use crate::http::TaskView;
-use crate::ids;
+use crate::{ids, store};
 use crate::tasks::Task;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
@@ -80,26 +80,43 @@ fn body(task: &Task) -> Vec<u8> {
     serde_json::to_vec(&TaskView::from(task)).expect("a task view always serialises")
 }
 
+/// A delivery of `task`'s event to `url`, due after `delay`.
+struct NewDelivery<'a> {
+    task: &'a Task,
+    url: &'a str,
+    webhook_id: String,
+    body: Vec<u8>,
+    trigger: Trigger,
+    delay: Duration,
+}
+
+async fn insert(conn: &mut PgConnection, new: NewDelivery<'_>) -> sqlx::Result<Delivery> {
+    sqlx::query_as(&format!(
+        "INSERT INTO webhook_deliveries (id, task_id, account_id, url, webhook_id, body, trigger, status,
+                                         next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', now() + make_interval(secs => $8))
+         RETURNING {COLUMNS}"
+    ))
+    .bind(ids::new_id("dlv"))
+    .bind(&new.task.id)
+    .bind(new.task.account_id)
+    .bind(new.url)
+    .bind(new.webhook_id)
+    .bind(new.body)
+    .bind(new.trigger)
+    .bind(new.delay.as_secs_f64())
+    .fetch_one(conn)
+    .await
+}
+
 /// In the settling transaction: a task with a `callback_url` gets its delivery, due after `delay`,
 /// with a new `webhook-id` and its body frozen now.
 pub async fn enqueue(tx: &mut PgConnection, task: &Task, delay: Duration) -> sqlx::Result<()> {
     let Some(url) = &task.callback_url else {
         return Ok(());
     };
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (id, task_id, account_id, url, webhook_id, body, trigger, status,
-                                         next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'settled', 'pending', now() + make_interval(secs => $7))",
-    )
-    .bind(ids::new_id("dlv"))
-    .bind(&task.id)
-    .bind(task.account_id)
-    .bind(url)
-    .bind(ids::new_id("msg"))
-    .bind(body(task))
-    .bind(delay.as_secs_f64())
-    .execute(tx)
-    .await?;
+    let (webhook_id, body) = (ids::new_id("msg"), body(task));
+    insert(tx, NewDelivery { task, url, webhook_id, body, trigger: Trigger::Settled, delay }).await?;
     Ok(())
 }
 
@@ -113,38 +130,17 @@ pub async fn enqueue_retry(pool: &PgPool, task: &Task, url: &str) -> sqlx::Resul
             .fetch_optional(pool)
             .await?;
     let (webhook_id, body) = first.unwrap_or_else(|| (ids::new_id("msg"), body(task)));
-    sqlx::query_as(&format!(
-        "INSERT INTO webhook_deliveries (id, task_id, account_id, url, webhook_id, body, trigger, status)
-         VALUES ($1, $2, $3, $4, $5, $6, 'manual', 'pending')
-         RETURNING {COLUMNS}"
-    ))
-    .bind(ids::new_id("dlv"))
-    .bind(&task.id)
-    .bind(task.account_id)
-    .bind(url)
-    .bind(webhook_id)
-    .bind(body)
-    .fetch_one(pool)
-    .await
+    let mut conn = pool.acquire().await?;
+    insert(&mut conn, NewDelivery { task, url, webhook_id, body, trigger: Trigger::Manual, delay: Duration::ZERO }).await
 }
 
-/// Claims up to `limit` due deliveries, oldest due first, hiding them from other workers for `lease`.
+/// Claims up to `limit` due deliveries for `lease` (see [`store::claim_due_sql`]).
 pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as(&format!(
-        "WITH due AS (
-             SELECT id FROM webhook_deliveries
-             WHERE status = 'pending' AND next_attempt_at <= now()
-             ORDER BY next_attempt_at LIMIT $1
-             FOR UPDATE SKIP LOCKED)
-         UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2)
-         FROM due WHERE d.id = due.id
-         RETURNING {}",
-        COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
-    ))
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(&store::claim_due_sql("webhook_deliveries", "status = 'pending'", "next_attempt_at", COLUMNS))
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await
 }
 
 /// Records an attempt and moves its delivery on, in one transaction.

@@ -31,6 +31,28 @@ fn loopback(schedule: &str) -> impl FnOnce(&mut Settings) + '_ {
     }
 }
 
+/// A gateway with [`loopback`] webhooks, a receiver on 127.0.0.1 that answers with `script` first, and
+/// an account with 100 credits.
+struct Setup {
+    app: TestApp,
+    receiver: Receiver,
+    account_id: i64,
+    key: String,
+}
+
+async fn setup(schedule: &str, script: impl IntoIterator<Item = Reply>) -> Setup {
+    let app = spawn_app_with(loopback(schedule)).await;
+    let receiver = Receiver::start("127.0.0.1").await;
+    receiver.script(script);
+    let (account_id, key) = app.new_account(100).await;
+    Setup { app, receiver, account_id, key }
+}
+
+async fn post_retry(app: &TestApp, key: &str, task_id: &str) -> reqwest::Response {
+    let path = format!("{}/retry", deliveries_path(task_id));
+    app.client.post(app.url(&path)).header(AUTHORIZATION, bearer(key)).send().await.expect("POST …/deliveries/retry")
+}
+
 async fn create_with_callback(app: &TestApp, key: &str, prompt: &str, callback_url: &str) -> String {
     let task = app.create_ok(key, json!({"prompt": prompt, "callback_url": callback_url})).await;
     assert_eq!(task["callback_url"], callback_url, "{task}");
@@ -70,9 +92,7 @@ fn unix_now() -> i64 {
 
 #[tokio::test]
 async fn succeeded_and_failed_tasks_deliver_their_task_object_signed() {
-    let app = spawn_app_with(loopback("0s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
-    let (account_id, key) = app.new_account(100).await;
+    let Setup { app, receiver, account_id, key, .. } = setup("0s", []).await;
     let succeeded = create_with_callback(&app, &key, "A lighthouse at dusk", &receiver.url).await;
     let failed = create_with_callback(&app, &key, "A storm at sea [simulate:fail]", &receiver.url).await;
 
@@ -117,10 +137,7 @@ async fn succeeded_and_failed_tasks_deliver_their_task_object_signed() {
 
 #[tokio::test]
 async fn retries_keep_the_webhook_id_follow_the_schedule_and_record_every_attempt() {
-    let app = spawn_app_with(loopback("0s,1s,2s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
-    receiver.script([Reply::Hang(Duration::from_secs(3)), Reply::Status(500)]);
-    let (account_id, key) = app.new_account(100).await;
+    let Setup { app, receiver, account_id, key, .. } = setup("0s,1s,2s", [Reply::Hang(Duration::from_secs(3)), Reply::Status(500)]).await;
     let task_id = create_with_callback(&app, &key, "A quiet harbour", &receiver.url).await;
 
     let received = receiver.wait_for(3).await;
@@ -154,10 +171,7 @@ async fn retries_keep_the_webhook_id_follow_the_schedule_and_record_every_attemp
 
 #[tokio::test]
 async fn a_delivery_is_dead_after_its_last_scheduled_attempt() {
-    let app = spawn_app_with(loopback("0s,1s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
-    receiver.script([Reply::Status(500), Reply::Status(502), Reply::Status(500)]);
-    let (_, key) = app.new_account(100).await;
+    let Setup { app, receiver, key, .. } = setup("0s,1s", [Reply::Status(500), Reply::Status(502), Reply::Status(500)]).await;
     let task_id = create_with_callback(&app, &key, "A desert road", &receiver.url).await;
 
     let log = finished_deliveries(&app, &key, &task_id, 1).await;
@@ -170,10 +184,7 @@ async fn a_delivery_is_dead_after_its_last_scheduled_attempt() {
 
 #[tokio::test]
 async fn a_410_ends_the_delivery_at_once() {
-    let app = spawn_app_with(loopback("0s,1s,1s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
-    receiver.script([Reply::Status(410)]);
-    let (_, key) = app.new_account(100).await;
+    let Setup { app, receiver, key, .. } = setup("0s,1s,1s", [Reply::Status(410)]).await;
     let task_id = create_with_callback(&app, &key, "A frozen lake", &receiver.url).await;
 
     let log = finished_deliveries(&app, &key, &task_id, 1).await;
@@ -184,11 +195,8 @@ async fn a_410_ends_the_delivery_at_once() {
 
 #[tokio::test]
 async fn redirects_are_not_followed() {
-    let app = spawn_app_with(loopback("0s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
     let target = Receiver::start("127.0.0.1").await;
-    receiver.script([Reply::Redirect(target.url.clone())]);
-    let (_, key) = app.new_account(100).await;
+    let Setup { app, receiver, key, .. } = setup("0s", [Reply::Redirect(target.url.clone())]).await;
     let task_id = create_with_callback(&app, &key, "A mountain pass", &receiver.url).await;
 
     let log = finished_deliveries(&app, &key, &task_id, 1).await;
@@ -202,11 +210,9 @@ async fn redirects_are_not_followed() {
 
 #[tokio::test]
 async fn retry_after_is_honoured_within_bounds() {
-    let app = spawn_app_with(loopback("0s,1s,1s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
     let in_an_hour = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
-    receiver.script([Reply::RetryAfter(503, "2".into()), Reply::RetryAfter(429, in_an_hour)]);
-    let (_, key) = app.new_account(100).await;
+    let script = [Reply::RetryAfter(503, "2".into()), Reply::RetryAfter(429, in_an_hour)];
+    let Setup { app, receiver, key, .. } = setup("0s,1s,1s", script).await;
     let task_id = create_with_callback(&app, &key, "A bamboo forest", &receiver.url).await;
 
     let received = receiver.wait_for(3).await;
@@ -222,10 +228,7 @@ async fn retry_after_is_honoured_within_bounds() {
 
 #[tokio::test]
 async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
-    let app = spawn_app_with(loopback("0s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
-    receiver.script([Reply::Status(500)]);
-    let (account_id, key) = app.new_account(100).await;
+    let Setup { app, receiver, account_id, key, .. } = setup("0s", [Reply::Status(500)]).await;
     let (_, other_key) = app.new_account(100).await;
     let task_id = create_with_callback(&app, &key, "An old library", &receiver.url).await;
 
@@ -242,15 +245,13 @@ async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
     assert!(attempt["latency_ms"].is_i64() && attempt["attempted_at"].is_string(), "{attempt}");
 
     // Another account's task is not found, on both routes, exactly like a missing one.
-    let retry_path = format!("{}/retry", deliveries_path(&task_id));
     assert_error(app.get(&other_key, &deliveries_path(&task_id)).await, StatusCode::NOT_FOUND, "not_found").await;
-    let foreign = app.client.post(app.url(&retry_path)).header(AUTHORIZATION, bearer(&other_key)).send().await;
-    assert_error(foreign.expect("POST"), StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(post_retry(&app, &other_key, &task_id).await, StatusCode::NOT_FOUND, "not_found").await;
     let missing = deliveries_path("task_01M8BTWSJ3R2SJAAFWFF8FZYZ3");
     assert_error(app.get(&key, &missing).await, StatusCode::NOT_FOUND, "not_found").await;
 
     // The owner re-sends it: a new delivery, due now, of the same event (same webhook-id, same bytes).
-    let response = app.client.post(app.url(&retry_path)).header(AUTHORIZATION, bearer(&key)).send().await.expect("POST");
+    let response = post_retry(&app, &key, &task_id).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let retried: Value = response.json().await.expect("delivery JSON");
     assert_eq!(retried["trigger"], "manual", "{retried}");
@@ -269,15 +270,12 @@ async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
 
     // Nothing to re-send: a task without a callback_url, and one that has not finished.
     let plain = app.create_ok(&key, json!({"prompt": "No callback"})).await;
-    let plain_retry = format!("/api/v1/tasks/{}/deliveries/retry", plain["task_id"].as_str().expect("id"));
-    app.wait_terminal(&key, plain["task_id"].as_str().expect("id")).await;
-    let response = app.client.post(app.url(&plain_retry)).header(AUTHORIZATION, bearer(&key)).send().await;
-    let (_, message) = assert_error(response.expect("POST"), StatusCode::CONFLICT, "conflict").await;
+    let plain_id = plain["task_id"].as_str().expect("task_id");
+    app.wait_terminal(&key, plain_id).await;
+    let (_, message) = assert_error(post_retry(&app, &key, plain_id).await, StatusCode::CONFLICT, "conflict").await;
     assert!(message.contains("callback_url"), "{message}");
     let slow = create_with_callback(&app, &key, "A slow one [simulate:delay=60000]", &receiver.url).await;
-    let slow_retry = format!("{}/retry", deliveries_path(&slow));
-    let response = app.client.post(app.url(&slow_retry)).header(AUTHORIZATION, bearer(&key)).send().await;
-    let (_, message) = assert_error(response.expect("POST"), StatusCode::CONFLICT, "conflict").await;
+    let (_, message) = assert_error(post_retry(&app, &key, &slow).await, StatusCode::CONFLICT, "conflict").await;
     assert!(message.contains("not finished"), "{message}");
     assert_eq!(app.get_json(&key, &deliveries_path(&slow)).await, json!({"data": []}));
     assert_ledger_consistent(&app.pool).await;
@@ -285,9 +283,7 @@ async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
 
 #[tokio::test]
 async fn a_rotation_signs_with_both_secrets_during_the_overlap_then_with_the_new_one() {
-    let app = spawn_app_with(loopback("0s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
-    let (account_id, key) = app.new_account(100).await;
+    let Setup { app, receiver, account_id, key, .. } = setup("0s", []).await;
     let old = secret_of(&app, account_id).await;
     let new = secrets::rotate(&app.pool, account_id, Duration::from_secs(3600)).await.expect("rotate");
     assert_ne!(old, new);
@@ -309,9 +305,7 @@ async fn a_rotation_signs_with_both_secrets_during_the_overlap_then_with_the_new
         .execute(&app.pool)
         .await
         .expect("end the overlap");
-    let retry = format!("{}/retry", deliveries_path(&task_id));
-    let response = app.client.post(app.url(&retry)).header(AUTHORIZATION, bearer(&key)).send().await.expect("POST");
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(post_retry(&app, &key, &task_id).await.status(), StatusCode::ACCEPTED);
     let after = receiver.wait_for(2).await.remove(1);
     assert_eq!(after.signatures().len(), 1, "{:?}", after.signatures());
     after.verify(&new).expect("signed with the new secret");
@@ -320,10 +314,7 @@ async fn a_rotation_signs_with_both_secrets_during_the_overlap_then_with_the_new
 
 #[tokio::test]
 async fn a_pending_delivery_survives_a_restart() {
-    let app = spawn_app_with(loopback("0s,3s")).await;
-    let receiver = Receiver::start("127.0.0.1").await;
-    receiver.script([Reply::Status(503)]);
-    let (account_id, key) = app.new_account(100).await;
+    let Setup { app, receiver, account_id, key, .. } = setup("0s,3s", [Reply::Status(503)]).await;
     let task_id = create_with_callback(&app, &key, "Across a restart", &receiver.url).await;
 
     // The first attempt failed and is recorded; the next is due in about 3 s.
