@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use reqwest::dns::Resolve;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,9 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::FileStore;
+use crate::outbound::{Guard, SystemResolver};
 use crate::providers::Providers;
+use crate::webhooks::Webhooks;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -23,6 +26,9 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub auth: Arc<KeyAuth>,
     pub engine: Arc<Engine>,
+    pub webhooks: Arc<Webhooks>,
+    /// The outbound URL guard, for URLs in requests.
+    pub guard: Arc<Guard>,
     pub files: FileStore,
 }
 
@@ -34,7 +40,17 @@ pub struct Application {
 impl Application {
     /// Binds the listener (port 0 picks a free port) and wires the parts together. The database must
     /// already be migrated.
-    pub async fn build(mut settings: Settings, pool: PgPool) -> anyhow::Result<Application> {
+    pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Application> {
+        Application::build_with_resolver(settings, pool, Arc::new(SystemResolver)).await
+    }
+
+    /// [`Application::build`] with the resolver outbound requests look host names up with (before the
+    /// guard filters the addresses): tests map names of their own to the addresses they need.
+    pub async fn build_with_resolver(
+        mut settings: Settings,
+        pool: PgPool,
+        resolver: Arc<dyn Resolve>,
+    ) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(&settings.server.listen)
             .await
             .with_context(|| format!("server.listen: cannot bind {}", settings.server.listen))?;
@@ -46,7 +62,9 @@ impl Application {
         let catalog = Catalog::load(&settings)?;
         let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
         let providers = Providers::from_settings(&settings, &pool, &files)?;
-        let engine = Engine::new(pool.clone(), providers, settings.tasks.clone());
+        let webhooks = Webhooks::new(pool.clone(), &settings.webhooks, resolver)?;
+        let engine = Engine::new(pool.clone(), providers, settings.tasks.clone(), Arc::clone(&webhooks));
+        let guard = Arc::new(Guard::new(&settings.webhooks));
         let auth = KeyAuth::new(pool.clone(), Duration::from_secs(settings.auth.key_cache_ttl_secs));
         let state = AppState {
             pool,
@@ -54,6 +72,8 @@ impl Application {
             catalog: Arc::new(catalog),
             auth: Arc::new(auth),
             engine,
+            webhooks,
+            guard,
             files,
         };
         Ok(Application { listener, state })
@@ -67,15 +87,18 @@ impl Application {
         &self.state
     }
 
-    /// Serves HTTP and runs the engine until `shutdown` is cancelled; in-flight requests finish first.
+    /// Serves HTTP and runs the engine and the webhook deliveries until `shutdown` is cancelled;
+    /// in-flight requests finish first.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let role = self.state.settings.server.role;
         let engine = role.runs_engine().then(|| tokio::spawn(Arc::clone(&self.state.engine).run(shutdown.clone())));
+        let webhooks =
+            role.runs_engine().then(|| tokio::spawn(Arc::clone(&self.state.webhooks).run(shutdown.clone())));
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let router = crate::http::router(self.state);
         axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
-        if let Some(engine) = engine {
-            engine.await?;
+        for background in [engine, webhooks].into_iter().flatten() {
+            background.await?;
         }
         Ok(())
     }

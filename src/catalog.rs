@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::config::Settings;
 use crate::http::error::ApiError;
-use crate::outbound;
+use crate::outbound::Guard;
 use crate::tasks::TaskInput;
 
 /// The request parameters a model may declare, besides the prompt and image URLs every model has.
@@ -142,7 +142,7 @@ impl Catalog {
     }
 
     /// Checks every field of a create request against the catalog and fills in the defaults.
-    pub fn validate(&self, request: CreateRequest, allow_http: bool) -> Result<ValidRequest<'_>, ApiError> {
+    pub fn validate(&self, request: CreateRequest, guard: &Guard) -> Result<ValidRequest<'_>, ApiError> {
         let (model, sub_model) = self.resolve(request.model.as_deref())?;
         let invalid = |message: String| Err(ApiError::InvalidRequest(message));
 
@@ -174,7 +174,7 @@ impl Catalog {
             return invalid(format!("`image_urls`: {} takes {min} to {max} image URLs; got {}.", sub_model.id, image_urls.len()));
         }
         for (i, url) in image_urls.iter().enumerate() {
-            outbound::check_url(url, true).map_err(|why| ApiError::InvalidRequest(format!("`image_urls[{i}]`: {why}")))?;
+            guard.check_url(url).map_err(|why| ApiError::InvalidRequest(format!("`image_urls[{i}]`: {why}")))?;
         }
 
         if let Some(url) = &request.callback_url {
@@ -184,7 +184,7 @@ impl Catalog {
                     model.id
                 ));
             }
-            outbound::check_url(url, allow_http).map_err(|why| ApiError::InvalidRequest(format!("`callback_url`: {why}")))?;
+            guard.check_url(url).map_err(|why| ApiError::InvalidRequest(format!("`callback_url`: {why}")))?;
         }
 
         Ok(ValidRequest {

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Application;
 use crate::catalog::Catalog;
 use crate::config::Settings;
+use crate::webhooks::secrets;
 use crate::{accounts, ledger, store, telemetry};
 
 #[derive(Debug, Parser)]
@@ -44,6 +46,9 @@ pub enum Command {
     /// Manage credits.
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Manage outgoing webhooks.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Validate the configuration and catalog; exit non-zero if anything is wrong.
     CheckConfig,
 }
@@ -93,6 +98,28 @@ pub enum CreditsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// An account's webhook signing secret.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print the account's current secret (`whsec_…`), creating it on first use.
+    Show {
+        #[arg(long)]
+        account: i64,
+    },
+    /// Replace the account's secret and print the new one; the previous one keeps signing, next to
+    /// it, for `webhooks.secret_overlap_secs`.
+    Rotate {
+        #[arg(long)]
+        account: i64,
+    },
+}
+
 pub async fn run(cli: Cli) -> ExitCode {
     let json = cli.json;
     match execute(cli).await {
@@ -139,6 +166,7 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             tx.commit().await?;
             Some(json!({"balance": balance}))
         }
+        Command::Webhooks(WebhooksCommand::Secret(command)) => Some(webhook_secret(&pool, &settings, command).await?),
         Command::CheckConfig => unreachable!("handled before connecting"),
     })
 }
@@ -154,6 +182,18 @@ async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<Value> {
         }
         KeysCommand::List { account } => json!({"keys": accounts::list_keys(pool, account).await?}),
     })
+}
+
+async fn webhook_secret(pool: &PgPool, settings: &Settings, command: SecretCommand) -> anyhow::Result<Value> {
+    let (SecretCommand::Show { account } | SecretCommand::Rotate { account }) = command;
+    anyhow::ensure!(accounts::exists(pool, account).await?, "account {account} does not exist");
+    let secret = match command {
+        SecretCommand::Show { .. } => secrets::signing(pool, account).await?.current,
+        SecretCommand::Rotate { .. } => {
+            secrets::rotate(pool, account, Duration::from_secs(settings.webhooks.secret_overlap_secs)).await?
+        }
+    };
+    Ok(json!({"secret": secret}))
 }
 
 async fn serve(settings: Settings, pool: PgPool) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::bail;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -23,6 +24,7 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     pub tasks: TaskSettings,
     pub files: FileSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
     pub providers: BTreeMap<String, ProviderSettings>,
 }
@@ -189,6 +191,125 @@ impl Default for FileSettings {
     }
 }
 
+/// Outgoing webhooks (SPEC §4) and the outbound URL guard (SPEC §8).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// The wait before each delivery attempt, ±20 % jitter: the first entry counts from the task's end,
+    /// each later one from the previous attempt. Its length is the number of attempts; after the last
+    /// failed one the delivery is `dead`. A list, or from the environment a comma-separated string.
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// One attempt (connect, send, first 2 KiB of the answer) may take this long.
+    pub timeout_secs: u64,
+    /// Accept `http://` for `callback_url` and `image_urls` (otherwise https only).
+    pub allow_http: bool,
+    /// Private ranges the guard lets through, e.g. `10.20.0.0/16`. A list or a comma-separated string.
+    #[serde(with = "cidr_list")]
+    pub allowed_private_cidrs: Vec<ipnet::IpNet>,
+    /// After a secret rotation the previous secret still signs (a second signature) this long.
+    pub secret_overlap_secs: u64,
+    /// How often the delivery loop looks for due deliveries.
+    pub tick_ms: u64,
+    /// Deliveries in flight at once, per process.
+    pub max_in_flight: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let schedule = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"];
+        Self {
+            retry_schedule: schedule.iter().filter_map(|d| parse_duration(d).ok()).collect(),
+            timeout_secs: 15,
+            allow_http: false,
+            allowed_private_cidrs: Vec::new(),
+            secret_overlap_secs: 86_400,
+            tick_ms: 500,
+            max_in_flight: 32,
+        }
+    }
+}
+
+/// `500ms`, `0s`, `5s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 5s, 5m or 2h"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{text}` is not a duration like 5s, 5m or 2h (units: ms, s, m, h, d)")),
+    };
+    number.checked_mul(millis).map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// The inverse of [`parse_duration`], in the largest unit that divides the duration.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis == 0 {
+        return "0s".into();
+    }
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if millis.is_multiple_of(size) {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    format!("{millis}ms")
+}
+
+/// A list of values from TOML (`["a", "b"]`) or an environment variable (`a,b`).
+fn deserialize_list<'de, D, T>(deserializer: D, parse: fn(&str) -> Result<T, String>) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    let items = match ListOrCsv::deserialize(deserializer)
+        .map_err(|_| serde::de::Error::custom("expected a list of strings or a comma-separated string"))?
+    {
+        ListOrCsv::List(items) => items,
+        ListOrCsv::Csv(csv) => csv.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    };
+    items.iter().map(|item| parse(item).map_err(serde::de::Error::custom)).collect()
+}
+
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(items: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(items.iter().map(|d| super::format_duration(*d)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+        super::deserialize_list(deserializer, super::parse_duration)
+    }
+}
+
+mod cidr_list {
+    use ipnet::IpNet;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(items: &[IpNet], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(items.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+        super::deserialize_list(deserializer, |text| {
+            text.parse().map_err(|_| format!("`{text}` is not a CIDR range like 10.0.0.0/8 or fd00::/8"))
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
@@ -293,6 +414,9 @@ impl Settings {
             ("tasks.tick_ms", t.tick_ms),
             ("tasks.lease_secs", t.lease_secs),
             ("tasks.max_in_flight", t.max_in_flight as u64),
+            ("webhooks.timeout_secs", self.webhooks.timeout_secs),
+            ("webhooks.tick_ms", self.webhooks.tick_ms),
+            ("webhooks.max_in_flight", self.webhooks.max_in_flight as u64),
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be above 0"));
@@ -300,6 +424,9 @@ impl Settings {
         }
         if t.batch_size <= 0 {
             problems.push("tasks.batch_size: must be above 0".into());
+        }
+        if self.webhooks.retry_schedule.is_empty() {
+            problems.push("webhooks.retry_schedule: needs at least one entry (the first attempt, e.g. 0s)".into());
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             problems.push(format!("log.format: `{}` is not one of pretty, json", self.log.format));
@@ -336,4 +463,51 @@ fn describe_figment_error(error: figment::Error) -> String {
         })
         .collect();
     format!("invalid configuration:\n  {}", lines.join("\n  "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(key: &str, value: impl Serialize) -> Result<Settings, String> {
+        Figment::from(Serialized::defaults(Settings::default())).merge((key, value)).extract().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn webhook_lists_come_as_lists_or_comma_separated_strings() {
+        let defaults = Settings::default().webhooks;
+        let expected: Vec<String> = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"].map(String::from).to_vec();
+        assert_eq!(defaults.retry_schedule.iter().map(|d| format_duration(*d)).collect::<Vec<_>>(), expected);
+
+        // What an environment variable such as AIO__WEBHOOKS__RETRY_SCHEDULE=0s,1s,2s produces: a string.
+        let csv = with("webhooks.retry_schedule", "0s, 1s,2s,500ms").expect("comma-separated");
+        let millis = [0, 1000, 2000, 500].map(Duration::from_millis).to_vec();
+        assert_eq!(csv.webhooks.retry_schedule, millis);
+        let list = with("webhooks.retry_schedule", ["0s", "1s", "2s", "500ms"]).expect("list");
+        assert_eq!(list.webhooks.retry_schedule, millis);
+        assert!(with("webhooks.retry_schedule", "0s,soon").is_err());
+        assert!(with("webhooks.retry_schedule", "5").is_err(), "a duration needs a unit");
+
+        let cidrs = with("webhooks.allowed_private_cidrs", "10.0.0.0/8,fd00::/8").expect("cidrs");
+        let nets: Vec<String> = cidrs.webhooks.allowed_private_cidrs.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "fd00::/8"]);
+        assert!(with("webhooks.allowed_private_cidrs", "").expect("empty").webhooks.allowed_private_cidrs.is_empty());
+        assert!(with("webhooks.allowed_private_cidrs", "10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn durations_parse_and_format_both_ways() {
+        for text in ["0s", "500ms", "5s", "5m", "2h", "1d", "90s"] {
+            assert_eq!(format_duration(parse_duration(text).expect(text)), text);
+        }
+        assert!(parse_duration("5x").is_err() && parse_duration("").is_err() && parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn an_empty_schedule_is_refused() {
+        let mut settings = Settings::default();
+        settings.webhooks.retry_schedule.clear();
+        let error = settings.validate().expect_err("refused").to_string();
+        assert!(error.contains("webhooks.retry_schedule"), "{error}");
+    }
 }

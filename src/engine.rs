@@ -10,27 +10,30 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::TaskSettings;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
 use crate::tasks::{self, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
+use crate::webhooks::Webhooks;
+use crate::worker::{Job, Runner};
 
 pub struct Engine {
     pool: PgPool,
     providers: Providers,
     settings: TaskSettings,
-    wake: Notify,
-    /// Bounds the provider calls the background loop has in flight.
-    in_flight: Arc<Semaphore>,
+    /// Settling a task with a `callback_url` enqueues its webhook; the delivery loop is woken for it.
+    webhooks: Arc<Webhooks>,
+    /// The background loop; it bounds the provider calls in flight.
+    runner: Runner,
 }
 
 impl Engine {
-    pub fn new(pool: PgPool, providers: Providers, settings: TaskSettings) -> Arc<Engine> {
-        let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
-        Arc::new(Engine { pool, providers, settings, wake: Notify::new(), in_flight })
+    pub fn new(pool: PgPool, providers: Providers, settings: TaskSettings, webhooks: Arc<Webhooks>) -> Arc<Engine> {
+        let tick = Duration::from_millis(settings.tick_ms);
+        let runner = Runner::new("engine", tick, settings.batch_size as usize, settings.max_in_flight);
+        Arc::new(Engine { pool, providers, settings, webhooks, runner })
     }
 
     /// The create fast path: submit a task this process just created (born claimed, see
@@ -45,52 +48,7 @@ impl Engine {
 
     /// Runs until `shutdown`: every tick, claim what is due and work on it.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let tick = Duration::from_millis(self.settings.tick_ms);
-        while !shutdown.is_cancelled() {
-            let claimed = match self.tick().await {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::error!(error = %error, "engine tick failed");
-                    0
-                }
-            };
-            // A full batch means more may be due: go again at once.
-            if claimed as i64 >= self.settings.batch_size {
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(tick) => {}
-                _ = self.wake.notified() => {}
-            }
-        }
-        // Let provider calls in flight finish (briefly); whatever is cut off is picked up again after
-        // its lease by the next process.
-        let all = self.settings.max_in_flight as u32;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.in_flight.acquire_many(all)).await;
-        tracing::info!("engine stopped");
-    }
-
-    /// Claims up to a batch of due tasks (as many as there are free slots) and starts working on
-    /// them. Returns how many it claimed.
-    pub async fn tick(self: &Arc<Self>) -> sqlx::Result<usize> {
-        let free = self.in_flight.available_permits().min(self.settings.batch_size as usize);
-        if free == 0 {
-            return Ok(0);
-        }
-        let due = tasks::claim_due(&self.pool, free as i64, self.lease()).await?;
-        let claimed = due.len();
-        for task in due {
-            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
-                break;
-            };
-            let engine = Arc::clone(self);
-            tokio::spawn(async move {
-                engine.process(task).await;
-                drop(permit);
-            });
-        }
-        Ok(claimed)
+        self.runner.run(&self, shutdown).await;
     }
 
     /// How long a claimed task stays hidden from other workers.
@@ -183,9 +141,12 @@ impl Engine {
     }
 
     async fn finish(&self, task: &Task, outcome: Outcome) -> sqlx::Result<()> {
-        if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome).await? {
+        if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay()).await? {
             let code = settled.error.as_ref().map(|e| e.code);
             tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
+            if settled.callback_url.is_some() {
+                self.webhooks.wake();
+            }
         }
         Ok(())
     }
@@ -204,5 +165,17 @@ impl Engine {
     fn retry_delay(&self, attempts: i32) -> Duration {
         let delay = Duration::from_millis(self.settings.retry_initial_ms).mul_f64(2f64.powi(attempts.clamp(0, 30)));
         delay.min(Duration::from_millis(self.settings.poll_max_ms))
+    }
+}
+
+impl Job for Engine {
+    type Item = Task;
+
+    async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Task>> {
+        tasks::claim_due(&self.pool, limit as i64, self.lease()).await
+    }
+
+    async fn work(self: Arc<Self>, task: Task) {
+        self.process(task).await;
     }
 }

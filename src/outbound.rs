@@ -1,60 +1,113 @@
-//! The outbound URL guard, as far as a URL can be judged without resolving it: URLs the gateway will
-//! fetch or call (`image_urls`, `callback_url`) must be http(s), carry no credentials and not name a
-//! private, loopback or link-local address. (Checking the address actually connected to comes with
-//! outgoing webhooks.)
+//! The outbound URL guard (SPEC §8), the one place that decides where the gateway may send a request:
+//! webhook deliveries, and every URL a client gives it to fetch (`image_urls`).
+//!
+//! Two checks, because a URL alone cannot tell where a host name leads:
+//! - [`Guard::check_url`] at validation and again before each request: the scheme (https, or http
+//!   where `webhooks.allow_http`), no credentials, no `localhost` names, and no literal address that is
+//!   not public in any spelling the URL parser accepts (decimal, octal, hex and short IPv4, IPv4-mapped
+//!   IPv6, …: the `url` crate turns them all into one address before we look).
+//! - [`GuardedResolver`] at connect time: host names resolve through it, and it drops every address
+//!   that is not public, so a name that resolves (or later re-resolves: DNS rebinding) to a private
+//!   address is never connected to. Literal addresses never reach a resolver, hence the first check.
+//!
+//! Ranges listed in `webhooks.allowed_private_cidrs` pass both checks. The client from [`client`]
+//! never follows redirects and ignores proxy environment variables (a proxy would resolve for us).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
+use ipnet::IpNet;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::Url;
 
-/// `Err` says why the URL is refused, in words for the client.
-pub fn check_url(raw: &str, allow_http: bool) -> Result<(), String> {
-    let url = Url::parse(raw).map_err(|_| format!("`{}` is not a valid URL.", shorten(raw)))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if allow_http => {}
-        "http" => return Err("must use https.".into()),
-        other => return Err(format!("scheme `{other}` is not allowed; use https.")),
+use crate::config::WebhookSettings;
+
+/// What the guard lets through besides public https URLs.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    allow_http: bool,
+    allowed: Vec<IpNet>,
+}
+
+impl Guard {
+    pub fn new(settings: &WebhookSettings) -> Guard {
+        Guard { allow_http: settings.allow_http, allowed: settings.allowed_private_cidrs.clone() }
     }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not contain credentials.".into());
-    }
-    match url.host() {
-        None => Err("must have a host.".into()),
-        Some(url::Host::Domain(domain)) => {
-            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-            if domain == "localhost" || domain.ends_with(".localhost") {
-                Err("must not point at this machine.".into())
-            } else {
-                Ok(())
-            }
+
+    /// The parsed URL, or why it is refused, in words for the client.
+    pub fn check_url(&self, raw: &str) -> Result<Url, String> {
+        let url = Url::parse(raw).map_err(|_| format!("`{}` is not a valid URL.", shorten(raw)))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            "http" => return Err("must use https.".into()),
+            other => return Err(format!("scheme `{other}` is not allowed; use https.")),
         }
-        Some(url::Host::Ipv4(ip)) => public(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => public(IpAddr::V6(ip)),
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not contain credentials.".into());
+        }
+        let refused = match url.host() {
+            None => return Err("must have a host.".into()),
+            // `localhost` names mean this machine whatever DNS says: judged as the loopback address.
+            Some(url::Host::Domain(domain)) => is_localhost(domain) && !self.allows(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some(url::Host::Ipv4(ip)) => !self.allows(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => !self.allows(IpAddr::V6(ip)),
+        };
+        if refused {
+            return Err("must not point at a private, loopback, link-local or otherwise non-public address.".into());
+        }
+        Ok(url)
+    }
+
+    /// Whether the gateway may connect to `ip`: public, or inside `allowed_private_cidrs`.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        is_public(ip) || self.allowed.iter().any(|net| net.contains(&ip))
     }
 }
 
-fn public(ip: IpAddr) -> Result<(), String> {
-    if is_public(ip) {
-        Ok(())
+fn is_localhost(domain: &str) -> bool {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    domain == "localhost" || domain.ends_with(".localhost")
+}
+
+/// An IPv6 address that carries an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
+/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) is judged as that IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let segments = v6.segments();
+    let embedded = Ipv4Addr::from((u32::from(segments[6]) << 16) | u32::from(segments[7]));
+    let compatible = segments[..6].iter().all(|&s| s == 0) && !v6.is_loopback() && !v6.is_unspecified();
+    let nat64 = segments[0] == 0x64 && segments[1] == 0xff9b && segments[2..6].iter().all(|&s| s == 0);
+    if compatible || nat64 {
+        IpAddr::V4(embedded)
     } else {
-        Err("must not point at a private, loopback or link-local address.".into())
+        ip
     }
 }
 
+/// Public: none of loopback, private, link-local (cloud metadata), CGNAT, multicast, broadcast,
+/// unspecified, documentation, benchmarking, reserved, unique-local or site-local.
 pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
+    match canonical(ip) {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => is_public_v6(v6),
-        },
+        IpAddr::V6(v6) => is_public_v6(v6),
     }
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     let cgnat = a == 100 && (64..128).contains(&b);
+    let protocol_assignments = a == 192 && b == 0 && c == 0;
+    let benchmarking = a == 198 && (b == 18 || b == 19);
     !(ip.is_private()
         || ip.is_loopback()
         || ip.is_link_local()
@@ -63,6 +116,8 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_broadcast()
         || ip.is_documentation()
         || cgnat
+        || protocol_assignments
+        || benchmarking
         || a == 0
         || a >= 240)
 }
@@ -71,16 +126,109 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     let first = ip.segments()[0];
     let unique_local = (first & 0xfe00) == 0xfc00;
     let link_local = (first & 0xffc0) == 0xfe80;
-    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || unique_local || link_local)
+    let site_local = (first & 0xffc0) == 0xfec0;
+    let documentation = first == 0x2001 && ip.segments()[1] == 0x0db8;
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || unique_local
+        || link_local
+        || site_local
+        || documentation)
 }
 
 fn shorten(raw: &str) -> String {
     raw.chars().take(100).collect()
 }
 
+/// Resolves with an inner resolver (the system's, or a test's) and keeps only the addresses the guard
+/// allows; none left is an error, so the connection is never attempted.
+pub struct GuardedResolver {
+    inner: Arc<dyn Resolve>,
+    guard: Guard,
+}
+
+impl GuardedResolver {
+    pub fn new(inner: Arc<dyn Resolve>, guard: Guard) -> GuardedResolver {
+        GuardedResolver { inner, guard }
+    }
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        let guard = self.guard.clone();
+        let resolving = self.inner.resolve(name);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = resolving.await?.collect();
+            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|addr| guard.allows(addr.ip())).collect();
+            if allowed.is_empty() || is_localhost(&host) && !guard.allows(IpAddr::V4(Ipv4Addr::LOCALHOST)) {
+                return Err(Box::new(Refused { host }) as Box<dyn StdError + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The resolver's refusal; found in a request error's source chain by [`refused_by_guard`].
+#[derive(Debug)]
+pub struct Refused {
+    host: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refused by the outbound URL guard: {} resolves to no public address", self.host)
+    }
+}
+
+impl StdError for Refused {}
+
+/// The guard's refusal, when that is what made a request fail.
+pub fn refused_by_guard<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a Refused> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(refused) = error.downcast_ref::<Refused>() {
+            return Some(refused);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// The operating system's resolver (`getaddrinfo`, through tokio).
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The HTTP client for requests to URLs the guard checked: host names resolve through a
+/// [`GuardedResolver`] over `resolver`, redirects are never followed, proxies never used.
+pub fn client(guard: &Guard, resolver: Arc<dyn Resolve>, timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("aio-gateway/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(GuardedResolver::new(resolver, guard.clone())))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn strict() -> Guard {
+        Guard::default()
+    }
 
     #[test]
     fn refuses_what_must_not_be_fetched() {
@@ -88,27 +236,87 @@ mod tests {
             "ftp://example.com/a.png",
             "http://example.com/a.png",
             "https://user:pw@example.com/a.png",
+            "https://user@example.com/a.png",
             "https://localhost/a.png",
+            "https://LOCALHOST./a.png",
+            "https://api.localhost/a.png",
             "https://127.0.0.1/a.png",
+            "https://127.0.0.1./a.png",
             "https://2130706433/a.png",
             "https://0x7f.0.0.1/a.png",
+            "https://0x7f000001/a.png",
             "https://0177.0.0.1/a.png",
+            "https://017700000001/a.png",
+            "https://127.1/a.png",
+            "https://%31%32%37.0.0.1/a.png",
+            "https://0.0.0.0/",
+            "https://0/",
             "https://10.1.2.3/a.png",
+            "https://172.16.0.1/",
+            "https://192.168.1.1/",
             "https://169.254.169.254/latest",
             "https://100.64.0.1/",
+            "https://224.0.0.1/",
+            "https://255.255.255.255/",
             "https://[::1]/",
+            "https://[::]/",
             "https://[::ffff:127.0.0.1]/",
+            "https://[::ffff:7f00:1]/",
+            "https://[::ffff:169.254.169.254]/",
+            "https://[::127.0.0.1]/",
+            "https://[64:ff9b::10.0.0.1]/",
             "https://[fd00::1]/",
+            "https://[fc00::1]/",
+            "https://[fe80::1]/",
+            "https://[ff02::1]/",
             "not a url",
         ] {
-            assert!(check_url(url, false).is_err(), "{url} should be refused");
+            assert!(strict().check_url(url).is_err(), "{url} should be refused");
         }
     }
 
     #[test]
     fn accepts_public_https() {
-        assert!(check_url("https://example.com/in.png", false).is_ok());
-        assert!(check_url("https://93.184.216.34/in.png", false).is_ok());
-        assert!(check_url("http://example.com/in.png", true).is_ok());
+        for url in ["https://example.com/in.png", "https://93.184.216.34/in.png", "https://[2606:4700::1111]/"] {
+            assert!(strict().check_url(url).is_ok(), "{url} should pass");
+        }
+        let http = Guard { allow_http: true, allowed: Vec::new() };
+        assert!(http.check_url("http://example.com/in.png").is_ok());
+        assert!(http.check_url("http://127.0.0.1/in.png").is_err());
+    }
+
+    #[test]
+    fn allowed_ranges_open_exactly_those_addresses() {
+        let guard = Guard { allow_http: true, allowed: vec!["127.0.0.0/8".parse().expect("cidr")] };
+        assert!(guard.check_url("http://127.0.0.1:9000/hook").is_ok());
+        assert!(guard.check_url("http://2130706433/hook").is_ok());
+        assert!(guard.check_url("http://[::ffff:127.0.0.1]/hook").is_ok());
+        assert!(guard.check_url("http://localhost:9000/hook").is_ok());
+        assert!(guard.check_url("http://10.0.0.1/hook").is_err());
+        assert!(guard.check_url("http://[::1]/hook").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_resolver_drops_private_addresses_and_fails_when_none_remain() {
+        struct Fixed(Vec<IpAddr>);
+        impl Resolve for Fixed {
+            fn resolve(&self, _name: Name) -> Resolving {
+                let addrs: Vec<SocketAddr> = self.0.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+                Box::pin(async move { Ok(Box::new(addrs.into_iter()) as Addrs) })
+            }
+        }
+        let name = || "rebind.test".parse::<Name>().expect("name");
+        let private = GuardedResolver::new(Arc::new(Fixed(vec!["127.0.0.1".parse().expect("ip")])), strict());
+        let error = match private.resolve(name()).await {
+            Ok(_) => panic!("a name resolving to 127.0.0.1 must be refused"),
+            Err(error) => error,
+        };
+        assert!(refused_by_guard(error.as_ref()).is_some(), "{error}");
+
+        let mixed = ["10.0.0.1", "93.184.216.34"].map(|ip| ip.parse().expect("ip")).to_vec();
+        let resolver = GuardedResolver::new(Arc::new(Fixed(mixed)), strict());
+        let Ok(addrs) = resolver.resolve(name()).await else { panic!("one public address remains") };
+        let kept: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+        assert_eq!(kept, vec!["93.184.216.34".parse::<IpAddr>().expect("ip")]);
     }
 }

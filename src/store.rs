@@ -40,6 +40,24 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::migrate!("./migrations/postgres").run(pool).await.context("running database migrations")
 }
 
+/// The claim of a work queue table: up to `$1` rows matching `pending` whose `due_column` has passed,
+/// oldest due first, locked with `SKIP LOCKED` (so several gateways share the queue without waiting on
+/// each other) and pushed `$2` seconds into the future: the lease that keeps them from being claimed
+/// twice. Returns `columns` of the claimed rows.
+pub fn claim_due_sql(table: &str, pending: &str, due_column: &str, columns: &str) -> String {
+    let returning = columns.split(", ").map(|c| format!("claimed.{c}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "WITH due AS (
+             SELECT id FROM {table}
+             WHERE {pending} AND {due_column} <= now()
+             ORDER BY {due_column} LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+         UPDATE {table} claimed SET {due_column} = now() + make_interval(secs => $2)
+         FROM due WHERE claimed.id = due.id
+         RETURNING {returning}"
+    )
+}
+
 pub async fn is_ready(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
-use crate::ledger;
+use crate::{ids, ledger, store, webhooks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -118,14 +118,9 @@ pub struct NewTask<'a> {
     pub lease: Option<Duration>,
 }
 
-/// `task_` + a ULID: sorts by creation time and carries 80 random bits, so ids cannot be guessed.
-/// Monotonic within the process, so tasks created in the same millisecond still list in order.
+/// `task_` + a ULID (see [`ids::new_id`]): tasks created in the same millisecond still list in order.
 pub fn new_task_id() -> String {
-    static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
-    let mut generator = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // `generate` fails only when the random part overflows within one millisecond.
-    let id = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
-    format!("task_{id}")
+    ids::new_id("task")
 }
 
 /// How a create ended: the task with its credits held, or not enough credits (nothing written).
@@ -199,24 +194,13 @@ pub async fn list(
     .await
 }
 
-/// Claims up to `limit` due tasks, oldest due first. `SKIP LOCKED` lets several gateways share the
-/// queue without waiting on each other; the lease keeps a claimed task from being claimed twice.
+/// Claims up to `limit` due unfinished tasks for `lease` (see [`store::claim_due_sql`]).
 pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
-    sqlx::query_as(&format!(
-        "WITH due AS (
-             SELECT id FROM tasks
-             WHERE status IN ('pending', 'running') AND next_poll_at <= now()
-             ORDER BY next_poll_at LIMIT $1
-             FOR UPDATE SKIP LOCKED)
-         UPDATE tasks t SET next_poll_at = now() + make_interval(secs => $2)
-         FROM due WHERE t.id = due.id
-         RETURNING {}",
-        COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
-    ))
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(&store::claim_due_sql("tasks", "status IN ('pending', 'running')", "next_poll_at", COLUMNS))
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await
 }
 
 /// The provider accepted the task: remember its job id and when to look again.
@@ -253,9 +237,15 @@ pub enum Outcome {
     Failed(TaskError),
 }
 
-/// The terminal transition and its settlement, in one transaction. Returns the settled task when
-/// this call made the transition, `None` when the task was already terminal (someone else settled).
-pub async fn settle(pool: &PgPool, task_id: &str, outcome: Outcome) -> sqlx::Result<Option<Task>> {
+/// The terminal transition, its settlement and, for a task with a `callback_url`, its webhook delivery
+/// (due after `webhook_delay`), in one transaction. Returns the settled task when this call made the
+/// transition, `None` when the task was already terminal (someone else settled).
+pub async fn settle(
+    pool: &PgPool,
+    task_id: &str,
+    outcome: Outcome,
+    webhook_delay: Duration,
+) -> sqlx::Result<Option<Task>> {
     let mut tx = pool.begin().await?;
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
@@ -276,6 +266,7 @@ pub async fn settle(pool: &PgPool, task_id: &str, outcome: Outcome) -> sqlx::Res
         return Ok(None);
     };
     settle_credits(&mut tx, &task).await?;
+    webhooks::queue::enqueue(&mut tx, &task, webhook_delay).await?;
     tx.commit().await?;
     Ok(Some(task))
 }

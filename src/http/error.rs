@@ -21,6 +21,9 @@ pub enum ApiError {
     InsufficientCredits { price: i64, available: i64 },
     #[error("{0}")]
     NotFound(String),
+    /// The request is fine but the resource's state does not allow it now.
+    #[error("{0}")]
+    Conflict(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("payload too large")]
@@ -43,6 +46,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::InsufficientCredits { .. } => "insufficient_credits",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -70,9 +75,11 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            ApiError::InvalidRequest(m) | ApiError::NotFound(m) | ApiError::Upstream(m) | ApiError::Unavailable(m) => {
-                m.clone()
-            }
+            ApiError::InvalidRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Upstream(m)
+            | ApiError::Unavailable(m) => m.clone(),
             ApiError::Unauthorized => {
                 "Missing or invalid API key. Send `Authorization: Bearer aio_…` with an active key.".into()
             }

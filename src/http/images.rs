@@ -19,7 +19,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let valid = state.catalog.validate(request, false)?;
+    let valid = state.catalog.validate(request, &state.guard)?;
     let task_id = tasks::new_task_id();
     // An API-only process leaves new tasks to the processes that run the engine.
     let fast_path = state.settings.server.role.runs_engine();

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the middleware stack, and the one error envelope.
 
 mod billing;
+mod deliveries;
 pub mod error;
 pub mod extract;
 mod files;
@@ -22,6 +23,7 @@ use tracing::Level;
 use crate::app::AppState;
 use error::ApiError;
 use extract::BodyLimit;
+pub use tasks::TaskView;
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.body_limit_bytes;
@@ -53,6 +55,8 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/images/generations", post(images::create))
         .route("/api/v1/tasks", get(tasks::list))
         .route("/api/v1/tasks/{task_id}", get(tasks::get))
+        .route("/api/v1/tasks/{task_id}/deliveries", get(deliveries::list))
+        .route("/api/v1/tasks/{task_id}/deliveries/retry", post(deliveries::retry))
         .route("/api/v1/billing/credits", get(billing::credits))
         .route("/billing/credits", get(billing::credits))
         .route("/api/v1/models", get(models::list))

@@ -36,7 +36,8 @@ pub struct CreditsView {
     pub state: &'static str,
 }
 
-fn timestamp(at: DateTime<Utc>) -> String {
+/// API timestamps: RFC 3339, UTC, milliseconds.
+pub(super) fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

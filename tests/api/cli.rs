@@ -113,6 +113,67 @@ fn check_config_reports_every_problem_and_fails() {
     assert!(stderr.contains("provider `nowhere`"), "{stderr}");
 }
 
+#[tokio::test]
+async fn webhook_secrets_are_shown_and_rotated_with_an_overlap() {
+    let database = TestDatabase::new(2).await;
+    let db = database.url.clone();
+    let (_, created) = run_json(&db, &["accounts", "create", "--name", "hooks"]);
+    let account = created["account_id"].as_i64().expect("account_id").to_string();
+
+    let (ok, shown) = run_json(&db, &["webhooks", "secret", "show", "--account", &account]);
+    assert!(ok, "{shown}");
+    let first = shown["secret"].as_str().expect("secret").to_owned();
+    assert!(first.starts_with("whsec_") && first.len() >= 6 + 44, "{first}");
+    assert_eq!(shown, serde_json::json!({"secret": first}), "exactly the secret");
+    let (_, again) = run_json(&db, &["webhooks", "secret", "show", "--account", &account]);
+    assert_eq!(again["secret"], first.as_str(), "showing does not change it");
+
+    let rotate = gateway(&db)
+        .args(["--json", "webhooks", "secret", "rotate", "--account", &account])
+        .env("AIO__WEBHOOKS__SECRET_OVERLAP_SECS", "600")
+        .output()
+        .expect("rotate");
+    assert!(rotate.status.success(), "{}", String::from_utf8_lossy(&rotate.stderr));
+    let rotated: Value = serde_json::from_slice(&rotate.stdout).expect("one JSON object");
+    let second = rotated["secret"].as_str().expect("secret").to_owned();
+    assert!(second.starts_with("whsec_") && second != first, "{rotated}");
+    let (_, shown) = run_json(&db, &["webhooks", "secret", "show", "--account", &account]);
+    assert_eq!(shown["secret"], second.as_str(), "the new secret is the current one");
+
+    // The previous secret signs on for the configured overlap.
+    let (previous, overlap): (String, f64) = sqlx::query_as(
+        "SELECT previous_secret, EXTRACT(EPOCH FROM previous_expires_at - rotated_at)::float8 FROM webhook_secrets",
+    )
+    .fetch_one(&database.pool)
+    .await
+    .expect("the secrets row");
+    assert_eq!(previous, first);
+    assert!((overlap - 600.0).abs() < 1.0, "overlap {overlap}");
+
+    let (ok, refused) = run_json(&db, &["webhooks", "secret", "show", "--account", "999999"]);
+    assert!(!ok && refused["error"].as_str().is_some_and(|e| e.contains("999999")), "{refused}");
+}
+
+#[test]
+fn webhook_lists_can_be_set_from_the_environment_as_comma_separated_values() {
+    let check = |schedule: &str, cidrs: &str| {
+        gateway("postgres://unused@127.0.0.1/none")
+            .arg("check-config")
+            .env("AIO__WEBHOOKS__RETRY_SCHEDULE", schedule)
+            .env("AIO__WEBHOOKS__ALLOWED_PRIVATE_CIDRS", cidrs)
+            .output()
+            .expect("run check-config")
+    };
+    let ok = check("0s,1s,2s", "10.0.0.0/8,fd00::/8");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = check("0s,soon", "10.0.0.0/8");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("webhooks.retry_schedule"));
+    let bad = check("0s", "10.0.0.0/99");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("webhooks.allowed_private_cidrs"));
+}
+
 /// Starts `serve` on a free port; returns the child and the first stdout line that holds a key, if any
 /// appears before the gateway answers `/healthz`.
 async fn serve_once(database_url: &str, files: &std::path::Path) -> Option<String> {

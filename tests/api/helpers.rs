@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aio_gateway::app::Application;
 use aio_gateway::config::{ProviderKind, ProviderSettings, Role, Settings};
+use aio_gateway::outbound::SystemResolver;
 use aio_gateway::{accounts, store};
+use reqwest::dns::Resolve;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
@@ -111,9 +114,13 @@ pub struct TestApp {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub shutdown: CancellationToken,
-    _files: TempDir,
-    // Declared last: dropped after the server was told to stop.
-    _database: TestDatabase,
+    /// What [`TestApp::restart`] builds the next gateway from.
+    settings: Settings,
+    resolver: Arc<dyn Resolve>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    // Options only so that `restart` can hand them on; dropped after the server was told to stop.
+    files: Option<TempDir>,
+    database: Option<TestDatabase>,
 }
 
 impl Drop for TestApp {
@@ -128,26 +135,39 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], with `configure` applied to the settings before the app is built.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_resolving(Arc::new(SystemResolver), configure).await
+}
+
+/// Like [`spawn_app_with`], with the resolver outbound requests look host names up with.
+pub async fn spawn_app_resolving(resolver: Arc<dyn Resolve>, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let files = tempfile::tempdir().expect("create a files directory");
     let mut settings = test_settings("postgres://unused", files.path().to_path_buf());
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
     let database = TestDatabase::new(settings.database.max_connections).await;
     settings.database.url = database.url.clone();
-    let pool = database.pool.clone();
+    start(settings, resolver, files, database).await
+}
 
-    let application = Application::build(settings, pool.clone()).await.expect("build the application");
+async fn start(settings: Settings, resolver: Arc<dyn Resolve>, files: TempDir, database: TestDatabase) -> TestApp {
+    let pool = database.pool.clone();
+    let application = Application::build_with_resolver(settings.clone(), pool.clone(), Arc::clone(&resolver))
+        .await
+        .expect("build the application");
     let port = application.port();
     let shutdown = CancellationToken::new();
-    tokio::spawn(application.run(shutdown.clone()));
+    let running = tokio::spawn(application.run(shutdown.clone()));
 
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         pool,
         client: http_client(),
         shutdown,
-        _files: files,
-        _database: database,
+        settings,
+        resolver,
+        running: Some(running),
+        files: Some(files),
+        database: Some(database),
     }
 }
 
@@ -165,7 +185,19 @@ pub fn bearer(key: &str) -> String {
 
 impl TestApp {
     pub fn database_url(&self) -> &str {
-        &self._database.url
+        self.database.as_ref().map_or("", |d| d.url.as_str())
+    }
+
+    /// Shuts this gateway down the way SIGTERM does (and waits until it has stopped), then starts a
+    /// new one with the same settings on the same database and files.
+    pub async fn restart(mut self) -> TestApp {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.expect("the gateway task").expect("the gateway stops cleanly");
+        }
+        let files = self.files.take().expect("files directory");
+        let database = self.database.take().expect("database");
+        start(self.settings.clone(), Arc::clone(&self.resolver), files, database).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -2,6 +2,7 @@
 //! settled exactly once however many settlements race.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aio_gateway::config::Role;
 use aio_gateway::tasks::{self, OutputImage, Outcome, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
@@ -101,7 +102,7 @@ async fn racing_settlements_settle_each_task_once() {
                 } else {
                     Outcome::Failed(TaskError { code: TaskErrorCode::UpstreamFailed, message: "raced".into() })
                 };
-                let settled = tasks::settle(&pool, &id, outcome).await.expect("settle");
+                let settled = tasks::settle(&pool, &id, outcome, Duration::ZERO).await.expect("settle");
                 (id, settled.map(|task| task.status))
             }));
         }
@@ -138,6 +139,7 @@ async fn racing_settlements_settle_each_task_once() {
         &app.pool,
         &ids[0],
         Outcome::Failed(TaskError { code: TaskErrorCode::Timeout, message: "late".into() }),
+        Duration::ZERO,
     )
     .await
     .expect("settle");

@@ -3,8 +3,11 @@
 mod auth;
 mod cli;
 mod flow;
+mod guard;
 mod helpers;
 mod http_errors;
 mod ledger;
+mod receiver;
 mod recovery;
 mod validation;
+mod webhooks;

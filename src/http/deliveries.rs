@@ -1,0 +1,113 @@
+//! `GET /api/v1/tasks/{task_id}/deliveries` (the webhook log of a task) and
+//! `POST /api/v1/tasks/{task_id}/deliveries/retry` (send its webhook once more, now). Owner only: another
+//! account's task is `404`, exactly like a missing one.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::tasks::timestamp;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::tasks::{self, Task};
+use crate::webhooks::queue::{self, Attempt, Delivery, DeliveryStatus, Trigger};
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    delivery_id: String,
+    task_id: String,
+    /// The `webhook-id` header: the same on every attempt of the event, and on manual re-sends.
+    webhook_id: String,
+    url: String,
+    trigger: Trigger,
+    status: DeliveryStatus,
+    /// When the next attempt is due; `null` once delivered or dead.
+    next_attempt_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    attempts: Vec<AttemptView>,
+}
+
+#[derive(Debug, Serialize)]
+struct AttemptView {
+    attempted_at: String,
+    /// `null` when no HTTP answer came (refused, connection error, timeout).
+    status_code: Option<i32>,
+    latency_ms: i32,
+    error: Option<String>,
+    /// The first 2 KiB of the answer.
+    response_excerpt: Option<String>,
+}
+
+impl DeliveryView {
+    fn new(delivery: Delivery, attempts: Vec<Attempt>) -> DeliveryView {
+        DeliveryView {
+            next_attempt_at: (delivery.status == DeliveryStatus::Pending).then(|| timestamp(delivery.next_attempt_at)),
+            delivery_id: delivery.id,
+            task_id: delivery.task_id,
+            webhook_id: delivery.webhook_id,
+            url: delivery.url,
+            trigger: delivery.trigger,
+            status: delivery.status,
+            created_at: timestamp(delivery.created_at),
+            updated_at: timestamp(delivery.updated_at),
+            attempts: attempts
+                .into_iter()
+                .map(|a| AttemptView {
+                    attempted_at: timestamp(a.attempted_at),
+                    status_code: a.status_code,
+                    latency_ms: a.latency_ms,
+                    error: a.error,
+                    response_excerpt: a.response_excerpt,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryList {
+    data: Vec<DeliveryView>,
+}
+
+async fn owned_task(state: &AppState, caller: &Caller, task_id: &str) -> Result<Task, ApiError> {
+    tasks::get(&state.pool, caller.account_id, task_id).await?.ok_or_else(|| ApiError::not_found("Task"))
+}
+
+/// The task's deliveries, oldest first, each with its attempts.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let task = owned_task(&state, &caller, &task_id).await?;
+    let deliveries = queue::list_for_task(&state.pool, &task.id).await?;
+    Ok(Json(DeliveryList { data: deliveries.into_iter().map(|(d, a)| DeliveryView::new(d, a)).collect() }))
+}
+
+/// A new delivery of the task's event, due now: `202` with it. `409 conflict` while the task is
+/// unfinished or when it has no `callback_url`.
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
+    let task = owned_task(&state, &caller, &task_id).await?;
+    if !task.status.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "Task {} has not finished; its webhook is sent when it succeeds or fails.",
+            task.id
+        )));
+    }
+    let Some(url) = task.callback_url.as_deref() else {
+        return Err(ApiError::Conflict(format!("Task {} has no callback_url; there is no webhook to send.", task.id)));
+    };
+    let delivery = queue::enqueue_retry(&state.pool, &task, url).await?;
+    tracing::info!(task_id = %task.id, delivery_id = %delivery.id, "manual webhook retry");
+    if state.settings.server.role.runs_engine() {
+        state.webhooks.wake();
+    }
+    Ok((StatusCode::ACCEPTED, Json(DeliveryView::new(delivery, Vec::new()))))
+}

@@ -1,0 +1,203 @@
+//! The delivery queue: `webhook_deliveries` rows and their `webhook_attempts`.
+//!
+//! A delivery is enqueued in the transaction that settles its task, so a settled task with a
+//! `callback_url` always has one, and claimed like the engine claims tasks: `FOR UPDATE SKIP LOCKED`
+//! with `next_attempt_at` as both the schedule and the lease. Each attempt and the delivery's new
+//! state are written together.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+
+use crate::http::TaskView;
+use crate::{ids, store};
+use crate::tasks::Task;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt (or in one).
+    Pending,
+    /// A 2xx answer.
+    Delivered,
+    /// Given up: a 410 answer, or the last scheduled attempt failed.
+    Dead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The task reached a terminal state.
+    Settled,
+    /// `POST /api/v1/tasks/{task_id}/deliveries/retry`.
+    Manual,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Delivery {
+    pub id: String,
+    pub task_id: String,
+    pub account_id: i64,
+    pub url: String,
+    pub webhook_id: String,
+    pub body: Vec<u8>,
+    pub trigger: Trigger,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "id, task_id, account_id, url, webhook_id, body, trigger, status, attempts, next_attempt_at, created_at, updated_at";
+
+/// One attempt, as recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Attempt {
+    pub delivery_id: String,
+    pub attempted_at: DateTime<Utc>,
+    pub status_code: Option<i32>,
+    pub latency_ms: i32,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// What an attempt leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    RetryIn(Duration),
+    Dead,
+}
+
+/// The body of a task's webhook: its task object (SPEC §2.2), as `GET /api/v1/tasks/{id}` shows it.
+fn body(task: &Task) -> Vec<u8> {
+    serde_json::to_vec(&TaskView::from(task)).expect("a task view always serialises")
+}
+
+/// A delivery of `task`'s event to `url`, due after `delay`.
+struct NewDelivery<'a> {
+    task: &'a Task,
+    url: &'a str,
+    webhook_id: String,
+    body: Vec<u8>,
+    trigger: Trigger,
+    delay: Duration,
+}
+
+async fn insert(conn: &mut PgConnection, new: NewDelivery<'_>) -> sqlx::Result<Delivery> {
+    sqlx::query_as(&format!(
+        "INSERT INTO webhook_deliveries (id, task_id, account_id, url, webhook_id, body, trigger, status,
+                                         next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', now() + make_interval(secs => $8))
+         RETURNING {COLUMNS}"
+    ))
+    .bind(ids::new_id("dlv"))
+    .bind(&new.task.id)
+    .bind(new.task.account_id)
+    .bind(new.url)
+    .bind(new.webhook_id)
+    .bind(new.body)
+    .bind(new.trigger)
+    .bind(new.delay.as_secs_f64())
+    .fetch_one(conn)
+    .await
+}
+
+/// In the settling transaction: a task with a `callback_url` gets its delivery, due after `delay`,
+/// with a new `webhook-id` and its body frozen now.
+pub async fn enqueue(tx: &mut PgConnection, task: &Task, delay: Duration) -> sqlx::Result<()> {
+    let Some(url) = &task.callback_url else {
+        return Ok(());
+    };
+    let (webhook_id, body) = (ids::new_id("msg"), body(task));
+    insert(tx, NewDelivery { task, url, webhook_id, body, trigger: Trigger::Settled, delay }).await?;
+    Ok(())
+}
+
+/// A manual re-send, due now, of the task's event: the same `webhook-id` and the same bytes as its
+/// first delivery (a task without one, e.g. settled before webhooks existed, gets a new event).
+/// The caller checked that the task is terminal and has a `callback_url`.
+pub async fn enqueue_retry(pool: &PgPool, task: &Task, url: &str) -> sqlx::Result<Delivery> {
+    let first: Option<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT webhook_id, body FROM webhook_deliveries WHERE task_id = $1 ORDER BY id LIMIT 1")
+            .bind(&task.id)
+            .fetch_optional(pool)
+            .await?;
+    let (webhook_id, body) = first.unwrap_or_else(|| (ids::new_id("msg"), body(task)));
+    let mut conn = pool.acquire().await?;
+    insert(&mut conn, NewDelivery { task, url, webhook_id, body, trigger: Trigger::Manual, delay: Duration::ZERO }).await
+}
+
+/// Claims up to `limit` due deliveries for `lease` (see [`store::claim_due_sql`]).
+pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Delivery>> {
+    sqlx::query_as(&store::claim_due_sql("webhook_deliveries", "status = 'pending'", "next_attempt_at", COLUMNS))
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await
+}
+
+/// Records an attempt and moves its delivery on, in one transaction.
+pub async fn record(pool: &PgPool, attempt: &Attempt, next: Next) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, latency_ms, error, response_excerpt)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&attempt.delivery_id)
+    .bind(attempt.attempted_at)
+    .bind(attempt.status_code)
+    .bind(attempt.latency_ms)
+    .bind(&attempt.error)
+    .bind(&attempt.response_excerpt)
+    .execute(&mut *tx)
+    .await?;
+    let (status, retry_in) = match next {
+        Next::Delivered => (DeliveryStatus::Delivered, None),
+        Next::RetryIn(delay) => (DeliveryStatus::Pending, Some(delay.as_secs_f64())),
+        Next::Dead => (DeliveryStatus::Dead, None),
+    };
+    sqlx::query(
+        "UPDATE webhook_deliveries
+         SET status = $2, attempts = attempts + 1, updated_at = now(),
+             next_attempt_at = COALESCE(now() + make_interval(secs => $3), next_attempt_at)
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(&attempt.delivery_id)
+    .bind(status)
+    .bind(retry_in)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// A task's deliveries, oldest first, each with its attempts in order.
+pub async fn list_for_task(pool: &PgPool, task_id: &str) -> sqlx::Result<Vec<(Delivery, Vec<Attempt>)>> {
+    let deliveries: Vec<Delivery> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE task_id = $1 ORDER BY id"))
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?;
+    let mut attempts: Vec<Attempt> = sqlx::query_as(
+        "SELECT a.delivery_id, a.attempted_at, a.status_code, a.latency_ms, a.error, a.response_excerpt
+         FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+         WHERE d.task_id = $1 ORDER BY a.id",
+    )
+    .bind(task_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(deliveries
+        .into_iter()
+        .map(|delivery| {
+            let (own, rest) = attempts.drain(..).partition(|a| a.delivery_id == delivery.id);
+            attempts = rest;
+            (delivery, own)
+        })
+        .collect())
+}

@@ -1,0 +1,64 @@
+//! Each account's webhook signing secret: created on first use, rotated by the CLI. After a rotation
+//! the previous secret keeps signing, next to the new one, for `webhooks.secret_overlap_secs`, so
+//! receivers can switch without dropping a webhook.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use super::signing;
+
+/// The secrets that sign now: the current one first, then the previous one while its overlap lasts.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Signing {
+    pub current: String,
+    pub previous: Option<String>,
+}
+
+impl Signing {
+    pub fn all(&self) -> Vec<&str> {
+        std::iter::once(self.current.as_str()).chain(self.previous.as_deref()).collect()
+    }
+}
+
+/// The account's secrets, creating its secret on first use. The account must exist.
+pub async fn signing(pool: &PgPool, account_id: i64) -> sqlx::Result<Signing> {
+    if let Some(found) = read(pool, account_id).await? {
+        return Ok(found);
+    }
+    // Two first uses at once: one insert wins, both read the winner.
+    sqlx::query("INSERT INTO webhook_secrets (account_id, secret) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING")
+        .bind(account_id)
+        .bind(signing::generate_secret())
+        .execute(pool)
+        .await?;
+    read(pool, account_id).await?.ok_or(sqlx::Error::RowNotFound)
+}
+
+async fn read(pool: &PgPool, account_id: i64) -> sqlx::Result<Option<Signing>> {
+    sqlx::query_as(
+        "SELECT secret AS current, CASE WHEN previous_expires_at > now() THEN previous_secret END AS previous
+         FROM webhook_secrets WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A new current secret; the one it replaces signs too until `overlap` has passed. Rotating again
+/// within the overlap retires the oldest secret at once. Returns the new secret.
+pub async fn rotate(pool: &PgPool, account_id: i64, overlap: Duration) -> sqlx::Result<String> {
+    signing(pool, account_id).await?;
+    let (secret,): (String,) = sqlx::query_as(
+        "UPDATE webhook_secrets
+         SET previous_secret = secret, previous_expires_at = now() + make_interval(secs => $3),
+             secret = $2, rotated_at = now()
+         WHERE account_id = $1 RETURNING secret",
+    )
+    .bind(account_id)
+    .bind(signing::generate_secret())
+    .bind(overlap.as_secs_f64())
+    .fetch_one(pool)
+    .await?;
+    Ok(secret)
+}

@@ -1,0 +1,89 @@
+//! The background loop of a Postgres work queue, shared by the task engine and the webhook deliveries:
+//! every tick (or when woken), claim what is due, as many rows as there are free slots, and work on
+//! each in its own task, at most `max_in_flight` at once. On shutdown the work in flight may finish
+//! briefly; what is cut off comes due again after its lease, for this process or another.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// What a [`Runner`] drives.
+pub trait Job: Send + Sync + 'static {
+    type Item: Send + 'static;
+
+    /// Claims up to `limit` due items, hiding them from other workers for a lease.
+    fn claim(&self, limit: usize) -> impl Future<Output = sqlx::Result<Vec<Self::Item>>> + Send;
+
+    /// Works on one claimed item; its errors are the job's to log and its lease's to retry.
+    fn work(self: Arc<Self>, item: Self::Item) -> impl Future<Output = ()> + Send;
+}
+
+pub struct Runner {
+    /// Names the loop in logs.
+    name: &'static str,
+    tick: Duration,
+    /// Items claimed per tick, at most.
+    batch: usize,
+    max_in_flight: usize,
+    in_flight: Arc<Semaphore>,
+    wake: Notify,
+}
+
+impl Runner {
+    pub fn new(name: &'static str, tick: Duration, batch: usize, max_in_flight: usize) -> Runner {
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        Runner { name, tick, batch, max_in_flight, in_flight, wake: Notify::new() }
+    }
+
+    /// Something became due: look now rather than at the next tick.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs `job` until `shutdown`.
+    pub async fn run<J: Job>(&self, job: &Arc<J>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let claimed = self.tick(job).await.unwrap_or_else(|error| {
+                tracing::error!(error = %error, worker = self.name, "tick failed");
+                0
+            });
+            // A full batch means more may be due: go again at once.
+            if claimed == self.batch {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.tick) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+        let all = self.max_in_flight as u32;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.in_flight.acquire_many(all)).await;
+        tracing::info!(worker = self.name, "stopped");
+    }
+
+    /// Claims up to a batch of due items (as many as there are free slots) and starts working on them.
+    /// Returns how many it claimed.
+    pub async fn tick<J: Job>(&self, job: &Arc<J>) -> sqlx::Result<usize> {
+        let free = self.in_flight.available_permits().min(self.batch);
+        if free == 0 {
+            return Ok(0);
+        }
+        let due = job.claim(free).await?;
+        let claimed = due.len();
+        for item in due {
+            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                break;
+            };
+            let job = Arc::clone(job);
+            tokio::spawn(async move {
+                job.work(item).await;
+                drop(permit);
+            });
+        }
+        Ok(claimed)
+    }
+}
