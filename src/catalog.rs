@@ -93,6 +93,7 @@ impl Catalog {
         let provider_labels: BTreeMap<String, String> = settings
             .providers
             .iter()
+            .filter(|(_, p)| p.is_active())
             .map(|(id, p)| (id.clone(), p.label.clone().unwrap_or_else(|| id.clone())))
             .collect();
         let models = file

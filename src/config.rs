@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -354,6 +355,39 @@ pub struct ProviderSettings {
     /// Simulated provider: completion delay when the prompt has no `[simulate:delay=MS]`.
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// The key read from `api_key_env` at start-up ([`Settings::load`]); never serialised. A real
+    /// provider without one is inactive: its routes are not used.
+    #[serde(skip)]
+    pub api_key: Option<SecretString>,
+}
+
+pub const DEFAULT_PROVIDER_TIMEOUT_SECS: u64 = 30;
+
+impl ProviderSettings {
+    /// A provider of this kind with nothing else set.
+    pub fn new(kind: ProviderKind) -> ProviderSettings {
+        ProviderSettings { kind, label: None, base_url: None, api_key_env: None, timeout_secs: None, delay_ms: None, api_key: None }
+    }
+
+    /// Whether this provider serves: the simulated one always, the others once their key is set.
+    pub fn is_active(&self) -> bool {
+        self.kind == ProviderKind::Simulated || self.api_key.is_some()
+    }
+
+    /// One upstream request may take this long (connect, send, answer).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.unwrap_or(DEFAULT_PROVIDER_TIMEOUT_SECS))
+    }
+
+    /// Reads the key from the environment variable `api_key_env` names; unset or empty: none.
+    fn read_key(&mut self) {
+        self.api_key = self
+            .api_key_env
+            .as_deref()
+            .and_then(|name| std::env::var(name).ok())
+            .filter(|key| !key.trim().is_empty())
+            .map(|key| SecretString::from(key.trim().to_owned()));
+    }
 }
 
 impl Settings {
@@ -376,8 +410,11 @@ impl Settings {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             figment = figment.merge(("database.url", url));
         }
-        let settings: Settings = figment.extract().map_err(|e| anyhow::anyhow!(describe_figment_error(e)))?;
+        let mut settings: Settings = figment.extract().map_err(|e| anyhow::anyhow!(describe_figment_error(e)))?;
         settings.validate()?;
+        for provider in settings.providers.values_mut() {
+            provider.read_key();
+        }
         Ok(settings)
     }
 
@@ -432,11 +469,20 @@ impl Settings {
             problems.push(format!("log.format: `{}` is not one of pretty, json", self.log.format));
         }
         for (id, provider) in &self.providers {
-            if provider.kind != ProviderKind::Simulated {
-                problems.push(format!(
-                    "providers.{id}.kind: `{:?}` is not available in this build (only `simulated` is)",
-                    provider.kind
-                ));
+            match provider.kind {
+                ProviderKind::Simulated => {}
+                ProviderKind::Kie => {
+                    match provider.base_url.as_deref().map(reqwest::Url::parse) {
+                        Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
+                        _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
+                    }
+                    if provider.timeout_secs == Some(0) {
+                        problems.push(format!("providers.{id}.timeout_secs: must be above 0"));
+                    }
+                }
+                other => problems.push(format!(
+                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated and kie are)"
+                )),
             }
         }
         if problems.is_empty() {
@@ -501,6 +547,20 @@ mod tests {
             assert_eq!(format_duration(parse_duration(text).expect(text)), text);
         }
         assert!(parse_duration("5x").is_err() && parse_duration("").is_err() && parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn a_provider_is_active_only_once_its_key_variable_is_set() {
+        let mut kie =
+            ProviderSettings { api_key_env: Some("AIO_SURELY_UNSET_VARIABLE".into()), ..ProviderSettings::new(ProviderKind::Kie) };
+        kie.read_key();
+        assert!(!kie.is_active());
+        // Any variable that is set will do for the test; PATH always is.
+        kie.api_key_env = Some("PATH".into());
+        kie.read_key();
+        assert!(kie.is_active());
+        assert!(!format!("{kie:?}").contains(&std::env::var("PATH").unwrap_or_default()), "the key is redacted in Debug");
+        assert!(ProviderSettings::new(ProviderKind::Simulated).is_active());
     }
 
     #[test]

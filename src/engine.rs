@@ -84,8 +84,12 @@ impl Engine {
             };
             return self.finish(task, Outcome::Failed(error)).await;
         };
-        let request =
-            SubmitRequest { task_id: &task.id, upstream_model: &task.upstream_model, input: &task.input };
+        let request = SubmitRequest {
+            task_id: &task.id,
+            upstream_model: &task.upstream_model,
+            input: &task.input,
+            callback_url: None,
+        };
         match provider.submit(request).await {
             Ok(Submitted::Accepted { upstream_id }) => {
                 tracing::info!(upstream_id = %upstream_id, "accepted upstream");

@@ -2,8 +2,10 @@
 //! job and returns the provider's job id (or, for synchronous APIs, the result at once); `poll` asks
 //! how the job is doing. Nothing outside a provider's own file knows its wire format.
 
+pub mod kie;
 mod picture;
 pub mod simulated;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use sqlx::PgPool;
 use crate::config::{ProviderKind, Settings};
 use crate::files::FileStore;
 use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+use upstream::Upstream;
 
 /// What a provider is asked to do for one task.
 pub struct SubmitRequest<'a> {
@@ -24,6 +27,8 @@ pub struct SubmitRequest<'a> {
     /// The provider's own name for the model, from the catalog route.
     pub upstream_model: &'a str,
     pub input: &'a TaskInput,
+    /// Where the provider may call back when the job ends (providers that support it).
+    pub callback_url: Option<&'a str>,
 }
 
 pub enum Submitted {
@@ -83,10 +88,19 @@ pub struct Providers {
 }
 
 impl Providers {
+    /// The active providers: a real provider without its key is left out.
     pub fn from_settings(settings: &Settings, pool: &PgPool, files: &FileStore) -> anyhow::Result<Providers> {
         let mut by_id: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         for (id, config) in &settings.providers {
+            if !config.is_active() {
+                tracing::info!(provider = %id, key_variable = ?config.api_key_env, "provider inactive: its key is not set");
+                continue;
+            }
+            let upstream = || -> anyhow::Result<Upstream> {
+                Upstream::new(id, config)?.ok_or_else(|| anyhow::anyhow!("providers.{id}: needs base_url"))
+            };
             let provider: Arc<dyn Provider> = match config.kind {
+                ProviderKind::Kie => Arc::new(kie::Kie::new(upstream()?)),
                 ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
                     pool.clone(),
                     files.clone(),

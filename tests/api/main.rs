@@ -2,10 +2,12 @@
 
 mod auth;
 mod cli;
+mod fakes;
 mod flow;
 mod guard;
 mod helpers;
 mod http_errors;
+mod kie;
 mod ledger;
 mod receiver;
 mod recovery;
