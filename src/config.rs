@@ -359,14 +359,49 @@ pub struct ProviderSettings {
     /// provider without one is inactive: its routes are not used.
     #[serde(skip)]
     pub api_key: Option<SecretString>,
+    /// Give the provider a callback URL (`/api/v1/callbacks/{id}/{token}`), for kinds that call back.
+    #[serde(default = "default_true")]
+    pub callbacks: bool,
+    /// With callbacks on, polling is only the fallback: at most one poll per this many seconds.
+    #[serde(default)]
+    pub callback_poll_secs: Option<u64>,
+    /// Settle from a callback's own body instead of confirming it with the provider's status API.
+    #[serde(default)]
+    pub trust_callback_payload: bool,
+    /// The name of the environment variable with the provider's callback signing key (KIE's
+    /// `webhookHmacKey`); when set, unsigned or badly signed callbacks are refused.
+    #[serde(default)]
+    pub webhook_hmac_key_env: Option<String>,
+    /// Read from `webhook_hmac_key_env` at start-up; never serialised.
+    #[serde(skip)]
+    pub webhook_hmac_key: Option<SecretString>,
 }
+
+fn default_true() -> bool {
+    true
+}
+
+pub const DEFAULT_CALLBACK_POLL_SECS: u64 = 30;
 
 pub const DEFAULT_PROVIDER_TIMEOUT_SECS: u64 = 30;
 
 impl ProviderSettings {
     /// A provider of this kind with nothing else set.
     pub fn new(kind: ProviderKind) -> ProviderSettings {
-        ProviderSettings { kind, label: None, base_url: None, api_key_env: None, timeout_secs: None, delay_ms: None, api_key: None }
+        ProviderSettings {
+            kind,
+            label: None,
+            base_url: None,
+            api_key_env: None,
+            timeout_secs: None,
+            delay_ms: None,
+            api_key: None,
+            callbacks: true,
+            callback_poll_secs: None,
+            trust_callback_payload: false,
+            webhook_hmac_key_env: None,
+            webhook_hmac_key: None,
+        }
     }
 
     /// Whether this provider serves: the simulated one always, the others once their key is set.
@@ -379,15 +414,23 @@ impl ProviderSettings {
         Duration::from_secs(self.timeout_secs.unwrap_or(DEFAULT_PROVIDER_TIMEOUT_SECS))
     }
 
-    /// Reads the key from the environment variable `api_key_env` names; unset or empty: none.
+    /// Reads the keys from the environment variables `api_key_env` and `webhook_hmac_key_env` name.
     fn read_key(&mut self) {
-        self.api_key = self
-            .api_key_env
-            .as_deref()
-            .and_then(|name| std::env::var(name).ok())
-            .filter(|key| !key.trim().is_empty())
-            .map(|key| SecretString::from(key.trim().to_owned()));
+        self.api_key = secret_from_env(self.api_key_env.as_deref());
+        self.webhook_hmac_key = secret_from_env(self.webhook_hmac_key_env.as_deref());
     }
+
+    /// The slowest polling for a task whose provider calls back.
+    pub fn callback_poll(&self) -> Duration {
+        Duration::from_secs(self.callback_poll_secs.unwrap_or(DEFAULT_CALLBACK_POLL_SECS))
+    }
+}
+
+/// The value of the environment variable `name`; unset or empty: none.
+fn secret_from_env(name: Option<&str>) -> Option<SecretString> {
+    let value = std::env::var(name?).ok()?;
+    let value = value.trim();
+    (!value.is_empty()).then(|| SecretString::from(value.to_owned()))
 }
 
 impl Settings {

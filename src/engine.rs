@@ -84,16 +84,22 @@ impl Engine {
             };
             return self.finish(task, Outcome::Failed(error)).await;
         };
+        // A new token per attempt, stored before the provider can use it: a callback may arrive
+        // before the submit answers.
+        let callback_url = match self.providers.callback_poll(&task.provider) {
+            Some(_) => Some(self.providers.callback_url(&task.provider, &tasks::new_callback_token(&self.pool, &task.id).await?)),
+            None => None,
+        };
         let request = SubmitRequest {
             task_id: &task.id,
             upstream_model: &task.upstream_model,
             input: &task.input,
-            callback_url: None,
+            callback_url: callback_url.as_deref(),
         };
         match provider.submit(request).await {
             Ok(Submitted::Accepted { upstream_id }) => {
                 tracing::info!(upstream_id = %upstream_id, "accepted upstream");
-                tasks::mark_running(&self.pool, &task.id, &upstream_id, self.poll_delay(0, None)).await?;
+                tasks::mark_running(&self.pool, &task.id, &upstream_id, self.poll_delay(task, 0, None)).await?;
                 Ok(())
             }
             Ok(Submitted::Completed { images }) => self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
@@ -132,7 +138,7 @@ impl Engine {
             }
             return self.time_out(task).await;
         }
-        tasks::reschedule(&self.pool, &task.id, self.poll_delay(task.attempts, check_after)).await
+        tasks::reschedule(&self.pool, &task.id, self.poll_delay(task, task.attempts, check_after)).await
     }
 
     async fn time_out(&self, task: &Task) -> sqlx::Result<()> {
@@ -156,13 +162,40 @@ impl Engine {
     }
 
     /// Next poll: the provider's hint when it gave one, else 1.5× backoff; within [50 ms, poll_max].
-    fn poll_delay(&self, attempts: i32, hint: Option<Duration>) -> Duration {
+    /// For a provider that calls back, polling is the fallback: its slower interval is the floor.
+    fn poll_delay(&self, task: &Task, attempts: i32, hint: Option<Duration>) -> Duration {
         let max = Duration::from_millis(self.settings.poll_max_ms);
         let backoff = || {
             let factor = 1.5f64.powi(attempts.clamp(0, 30));
             Duration::from_millis(self.settings.poll_initial_ms).mul_f64(factor)
         };
-        hint.unwrap_or_else(backoff).clamp(Duration::from_millis(50), max.max(Duration::from_millis(50)))
+        let delay = hint.unwrap_or_else(backoff).clamp(Duration::from_millis(50), max.max(Duration::from_millis(50)));
+        delay.max(self.providers.callback_poll(&task.provider).unwrap_or_default())
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// A callback for `task` arrived. Unless the provider's callback payloads are trusted (`state`
+    /// is then what the callback says), the task is polled now and settles on what the provider's
+    /// status API says. Settled tasks stay as they are.
+    pub async fn callback(&self, task: &Task, state: Option<JobState>) -> sqlx::Result<()> {
+        if task.status.is_terminal() {
+            return Ok(());
+        }
+        if self.providers.trusts_callback_payload(&task.provider) && task.status == TaskStatus::Running {
+            match state {
+                Some(JobState::Succeeded { images }) => {
+                    return self.finish(task, Outcome::Succeeded(TaskOutput { images })).await
+                }
+                Some(JobState::Failed(error)) => return self.finish(task, Outcome::Failed(error)).await,
+                _ => {}
+            }
+        }
+        tasks::callback_arrived(&self.pool, &task.id).await?;
+        self.runner.wake();
+        Ok(())
     }
 
     /// Next submit attempt after a retriable failure: doubling, up to poll_max.

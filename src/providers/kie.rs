@@ -5,20 +5,49 @@
 //! HTTP 200. `resultJson` is a JSON document inside a string: decoded twice.
 
 use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use reqwest::header::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::upstream::{self, Upstream};
-use super::{JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use super::{Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
 use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
 
 pub struct Kie {
     upstream: Upstream,
+    /// KIE's `webhookHmacKey`: when configured, callbacks must carry its signature.
+    hmac_key: Option<SecretString>,
 }
 
+/// A callback's timestamp may be this far from now.
+const CALLBACK_TOLERANCE_SECS: i64 = 300;
+
 impl Kie {
-    pub fn new(upstream: Upstream) -> Kie {
-        Kie { upstream }
+    pub fn new(upstream: Upstream, hmac_key: Option<SecretString>) -> Kie {
+        Kie { upstream, hmac_key }
+    }
+
+    /// `X-Webhook-Signature` = base64(HMAC-SHA256(key, taskId + "." + X-Webhook-Timestamp)). KIE
+    /// does not sign the body, which is one reason a callback is confirmed with recordInfo.
+    fn verify(&self, key: &SecretString, headers: &HeaderMap, task_id: &str) -> Result<(), CallbackRefused> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let (Some(timestamp), Some(signature)) = (header("x-webhook-timestamp"), header("x-webhook-signature")) else {
+            return Err(CallbackRefused("The callback is not signed."));
+        };
+        let seconds: i64 = timestamp.parse().map_err(|_| CallbackRefused("The callback timestamp is not a number."))?;
+        if (chrono::Utc::now().timestamp() - seconds).abs() > CALLBACK_TOLERANCE_SECS {
+            return Err(CallbackRefused("The callback timestamp is too far from now."));
+        }
+        let signature = BASE64.decode(signature).map_err(|_| CallbackRefused("The callback signature is not base64."))?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
+            .map_err(|_| CallbackRefused("The callback key is unusable."))?;
+        mac.update(format!("{task_id}.{timestamp}").as_bytes());
+        mac.verify_slice(&signature).map_err(|_| CallbackRefused("The callback signature is wrong."))
     }
 
     /// Sends one request and opens the envelope: `data` when `code` is 200, else the mapped error.
@@ -148,5 +177,21 @@ impl Provider for Kie {
         let record: Record =
             serde_json::from_value(data).map_err(|error| self.upstream.malformed("recordInfo", error))?;
         record.job_state(&self.upstream)
+    }
+
+    fn calls_back(&self) -> bool {
+        true
+    }
+
+    /// The body reuses recordInfo's shape: `{code, msg, data: {taskId | task_id, state, resultJson, …}}`.
+    fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
+        let data = serde_json::from_slice::<Envelope>(body).ok().and_then(|envelope| envelope.data).unwrap_or_default();
+        let upstream_id =
+            data.get("taskId").or_else(|| data.get("task_id")).and_then(Value::as_str).map(str::to_owned);
+        if let Some(key) = &self.hmac_key {
+            self.verify(key, headers, upstream_id.as_deref().unwrap_or_default())?;
+        }
+        let state = serde_json::from_value::<Record>(data).ok().and_then(|record| record.job_state(&self.upstream).ok());
+        Ok(Callback { upstream_id, state })
     }
 }

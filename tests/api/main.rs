@@ -1,6 +1,7 @@
 //! The integration suite: one binary, one fresh database per test (see `helpers`).
 
 mod auth;
+mod callbacks;
 mod cli;
 mod fakes;
 mod flow;

@@ -28,6 +28,16 @@ pub enum Outcome {
 struct Job {
     polls_left: usize,
     outcome: Outcome,
+    callback_url: Option<String>,
+}
+
+/// How the fake signs the callbacks it sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Signing {
+    /// No `X-Webhook-*` headers.
+    Unsigned,
+    /// Signed with this key, as KIE does.
+    With(&'static str),
 }
 
 struct Fake {
@@ -36,6 +46,8 @@ struct Fake {
     polls: Mutex<usize>,
     outcome: Mutex<Outcome>,
     jobs: Mutex<HashMap<String, Job>>,
+    /// Finish each new job at once and call back before answering createTask, signed like this.
+    call_back_first: Mutex<Option<Signing>>,
 }
 
 pub struct FakeKie {
@@ -53,6 +65,7 @@ impl FakeKie {
             polls: Mutex::new(2),
             outcome: Mutex::new(Outcome::Success),
             jobs: Mutex::new(HashMap::new()),
+            call_back_first: Mutex::new(None),
         });
         let router = Router::new()
             .route("/api/v1/jobs/createTask", post(create))
@@ -125,11 +138,22 @@ async fn create(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
     if request["model"].as_str().is_none() || request["input"]["prompt"].as_str().is_none() {
         return error_under_200(422, "model and input.prompt are required").into_response();
     }
-    let mut jobs = fake.jobs.lock().expect("jobs");
-    let task_id = format!("task_kie_{}", jobs.len() + 1);
-    let job =
-        Job { polls_left: *fake.polls.lock().expect("polls"), outcome: fake.outcome.lock().expect("outcome").clone() };
-    jobs.insert(task_id.clone(), job);
+    let first = *fake.call_back_first.lock().expect("call_back_first");
+    let task_id = {
+        let mut jobs = fake.jobs.lock().expect("jobs");
+        let task_id = format!("task_kie_{}", jobs.len() + 1);
+        let job = Job {
+            polls_left: if first.is_some() { 0 } else { *fake.polls.lock().expect("polls") },
+            outcome: fake.outcome.lock().expect("outcome").clone(),
+            callback_url: request["callBackUrl"].as_str().map(str::to_owned),
+        };
+        jobs.insert(task_id.clone(), job);
+        task_id
+    };
+    if let Some(signing) = first {
+        let status = fake.call_back(&task_id, signing).await;
+        assert_eq!(status, 200, "the gateway takes a callback that comes before the createTask answer");
+    }
     axum::Json(json!({"code": 200, "msg": "success", "data": {"taskId": task_id}})).into_response()
 }
 
@@ -192,12 +216,99 @@ async fn result_image() -> impl IntoResponse {
     ([("content-type", "image/png")], png_bytes(7))
 }
 
+impl Fake {
+    /// The callback body KIE sends for the job as it now stands (success or fail).
+    fn callback_body(&self, task_id: &str) -> Value {
+        let jobs = self.jobs.lock().expect("jobs");
+        let job = jobs.get(task_id).expect("a job of this fake");
+        let data = match &job.outcome {
+            Outcome::Success => {
+                let result = json!({"resultUrls": [format!("{}/results/{task_id}.png", self.base_url)]});
+                record(task_id, "success", Some(result.to_string()), None)
+            }
+            Outcome::Fail { code, message } => record(task_id, "fail", None, Some((code, message))),
+        };
+        json!({"code": 200, "msg": "success", "data": data})
+    }
+
+    /// POSTs `body` to the job's callBackUrl; returns the gateway's status.
+    async fn send(&self, task_id: &str, body: Value, signing: Signing) -> u16 {
+        let url = self.jobs.lock().expect("jobs")[task_id].callback_url.clone().expect("the job has a callBackUrl");
+        let mut request = reqwest::Client::new().post(url).json(&body);
+        if let Signing::With(key) = signing {
+            let timestamp = chrono::Utc::now().timestamp().to_string();
+            request = request
+                .header("X-Webhook-Timestamp", &timestamp)
+                .header("X-Webhook-Signature", sign(key, task_id, &timestamp));
+        }
+        request.send().await.expect("POST the callback").status().as_u16()
+    }
+
+    async fn call_back(&self, task_id: &str, signing: Signing) -> u16 {
+        let body = self.callback_body(task_id);
+        self.send(task_id, body, signing).await
+    }
+}
+
+/// KIE's callback signature: base64(HMAC-SHA256(key, taskId + "." + timestamp)).
+pub fn sign(key: &str, task_id: &str, timestamp: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(format!("{task_id}.{timestamp}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
 impl FakeKie {
+    /// Ends the job now (as its outcome says) and sends its callback; returns the gateway's status.
+    pub async fn finish_and_call_back(&self, task_id: &str, signing: Signing) -> u16 {
+        self.finish(task_id);
+        self.state.call_back(task_id, signing).await
+    }
+
+    /// Ends the job: the next recordInfo answers its outcome.
+    pub fn finish(&self, task_id: &str) {
+        self.state.jobs.lock().expect("jobs").get_mut(task_id).expect("a job").polls_left = 0;
+    }
+
+    /// Sends the job's callback as it now stands, without changing the job.
+    pub async fn call_back(&self, task_id: &str, signing: Signing) -> u16 {
+        self.state.call_back(task_id, signing).await
+    }
+
+    /// Sends a callback for the job with this body instead (a forgery).
+    pub async fn call_back_with(&self, task_id: &str, body: Value, signing: Signing) -> u16 {
+        self.state.send(task_id, body, signing).await
+    }
+
+    /// Finish every new job at once and call back before answering createTask.
+    pub fn call_back_before_answering(&self, signing: Signing) -> &Self {
+        *self.state.call_back_first.lock().expect("call_back_first") = Some(signing);
+        self
+    }
+
+    /// The callBackUrl the gateway sent with the job.
+    pub fn callback_url(&self, task_id: &str) -> Option<String> {
+        self.state.jobs.lock().expect("jobs").get(task_id).and_then(|job| job.callback_url.clone())
+    }
+
     /// Points the settings' `kie` provider at this fake, with its key and a 1 s timeout.
     pub fn configure(&self, settings: &mut aio_gateway::config::Settings) {
         let kie = settings.providers.get_mut("kie").expect("the test settings have a kie provider");
         kie.base_url = Some(self.base_url().to_owned());
         kie.api_key = Some(KEY.into());
         kie.timeout_secs = Some(1);
+        // These tests poll; the callback tests turn callbacks on.
+        kie.callbacks = false;
+    }
+
+    /// Like [`FakeKie::configure`], with callbacks on and polling so slow (60 s) that only a
+    /// callback can end a task within a test.
+    pub fn configure_callbacks(&self, settings: &mut aio_gateway::config::Settings, hmac_key: Option<&str>) {
+        self.configure(settings);
+        let kie = settings.providers.get_mut("kie").expect("kie");
+        kie.callbacks = true;
+        kie.callback_poll_secs = Some(60);
+        kie.webhook_hmac_key = hmac_key.map(Into::into);
     }
 }
