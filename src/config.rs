@@ -161,6 +161,10 @@ pub struct TaskSettings {
     pub max_in_flight: usize,
     /// How long the create request waits for the provider to accept the task before answering `pending`.
     pub dispatch_wait_ms: u64,
+    /// A route's circuit opens after this many retriable submit failures in a row…
+    pub breaker_failures: u32,
+    /// …for this long; then one trial request decides whether it closes.
+    pub breaker_cooldown_secs: u64,
 }
 
 impl Default for TaskSettings {
@@ -175,6 +179,8 @@ impl Default for TaskSettings {
             batch_size: 100,
             max_in_flight: 64,
             dispatch_wait_ms: 5000,
+            breaker_failures: 3,
+            breaker_cooldown_secs: 30,
         }
     }
 }

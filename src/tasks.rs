@@ -221,6 +221,17 @@ pub async fn mark_running(pool: &PgPool, task_id: &str, upstream_id: &str, next_
     Ok(done.rows_affected() == 1)
 }
 
+/// Submit to another route (failover): only while the task is still pending.
+pub async fn switch_route(pool: &PgPool, task_id: &str, provider: &str, upstream_model: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE tasks SET provider = $2, upstream_model = $3 WHERE id = $1 AND status = 'pending'")
+        .bind(task_id)
+        .bind(provider)
+        .bind(upstream_model)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// A fresh callback token for the task's next submit: only its SHA-256 is kept.
 pub async fn new_callback_token(pool: &PgPool, task_id: &str) -> sqlx::Result<String> {
     let token = ids::new_secret(32);

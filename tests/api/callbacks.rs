@@ -13,7 +13,11 @@ use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_with, Tes
 const HMAC_KEY: &str = "kie-webhook-hmac-key";
 
 async fn app(fake: &FakeKie, hmac_key: Option<&str>) -> TestApp {
-    spawn_app_with(|settings| fake.configure_callbacks(settings, hmac_key)).await
+    spawn_app_with(|settings| {
+        fake.configure_callbacks(settings, hmac_key);
+        settings.catalog.models_path = crate::kie::kie_only_catalog();
+    })
+    .await
 }
 
 /// Creates the seed request and waits until KIE accepted it; returns the task id.
@@ -141,6 +145,7 @@ async fn a_trusted_callback_payload_settles_without_a_poll() {
     let app = spawn_app_with(|settings| {
         fake.configure_callbacks(settings, Some(HMAC_KEY));
         settings.providers.get_mut("kie").expect("kie").trust_callback_payload = true;
+        settings.catalog.models_path = crate::kie::kie_only_catalog();
     })
     .await;
     let (_, key) = app.new_account(100).await;

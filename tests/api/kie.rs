@@ -8,8 +8,17 @@ use crate::fakes::kie::{self, FakeKie, Outcome};
 use crate::fakes::Step;
 use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn_app_with, TestApp};
 
+/// A gateway whose Seedream 4.5 runs on the fake KIE only (no fallback route).
 async fn app(fake: &FakeKie) -> TestApp {
-    spawn_app_with(|settings| fake.configure(settings)).await
+    spawn_app_with(|settings| {
+        fake.configure(settings);
+        settings.catalog.models_path = kie_only_catalog();
+    })
+    .await
+}
+
+pub fn kie_only_catalog() -> std::path::PathBuf {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/catalogs/kie_only.toml").into()
 }
 
 /// Creates the seed request and waits until it is terminal.

@@ -3,6 +3,7 @@
 mod auth;
 mod callbacks;
 mod cli;
+mod failover;
 mod fakes;
 mod flow;
 mod guard;
