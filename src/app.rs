@@ -63,13 +63,15 @@ impl Application {
         let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
         let providers = Providers::from_settings(&settings, &pool, &files)?;
         let webhooks = Webhooks::new(pool.clone(), &settings.webhooks, resolver)?;
-        let engine = Engine::new(pool.clone(), providers, settings.tasks.clone(), Arc::clone(&webhooks));
+        let catalog = Arc::new(catalog);
+        let engine =
+            Engine::new(pool.clone(), providers, Arc::clone(&catalog), settings.tasks.clone(), Arc::clone(&webhooks));
         let guard = Arc::new(Guard::new(&settings.webhooks));
         let auth = KeyAuth::new(pool.clone(), Duration::from_secs(settings.auth.key_cache_ttl_secs));
         let state = AppState {
             pool,
             settings: Arc::new(settings),
-            catalog: Arc::new(catalog),
+            catalog,
             auth: Arc::new(auth),
             engine,
             webhooks,

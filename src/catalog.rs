@@ -67,6 +67,31 @@ pub struct SubModel {
 pub struct Route {
     pub provider: String,
     pub upstream_model: String,
+    /// Lower is tried first; routes of equal priority share the load by `weight`.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl SubModel {
+    /// Its active routes in the order to try them: by priority, and within one priority a weighted
+    /// random order.
+    pub fn routes_in_order(&self) -> Vec<&Route> {
+        let mut rng = rand::thread_rng();
+        // Weighted random order: sort by U^(1/weight), descending (Efraimidis–Spirakis).
+        let mut keyed: Vec<(i32, f64, &Route)> = self
+            .routes
+            .iter()
+            .map(|route| (route.priority, rand::Rng::gen::<f64>(&mut rng).powf(1.0 / f64::from(route.weight.max(1))), route))
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+        keyed.into_iter().map(|(_, _, route)| route).collect()
+    }
 }
 
 impl Model {
@@ -93,6 +118,7 @@ impl Catalog {
         let provider_labels: BTreeMap<String, String> = settings
             .providers
             .iter()
+            .filter(|(_, p)| p.is_active())
             .map(|(id, p)| (id.clone(), p.label.clone().unwrap_or_else(|| id.clone())))
             .collect();
         let models = file
@@ -119,6 +145,10 @@ impl Catalog {
 
     pub fn get(&self, model_id: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.id == model_id)
+    }
+
+    pub fn sub_model(&self, sub_model_id: &str) -> Option<&SubModel> {
+        self.models.iter().flat_map(|m| &m.sub_models).find(|s| s.id == sub_model_id)
     }
 
     pub fn provider_label<'a>(&'a self, provider_id: &'a str) -> &'a str {
@@ -190,7 +220,7 @@ impl Catalog {
         Ok(ValidRequest {
             model,
             sub_model,
-            route: &sub_model.routes[0],
+            route: sub_model.routes_in_order()[0],
             input: TaskInput { prompt: prompt.to_owned(), aspect_ratio, quality, image_urls },
             callback_url: request.callback_url,
             price: model.credits,

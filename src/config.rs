@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -160,6 +161,10 @@ pub struct TaskSettings {
     pub max_in_flight: usize,
     /// How long the create request waits for the provider to accept the task before answering `pending`.
     pub dispatch_wait_ms: u64,
+    /// A route's circuit opens after this many retriable submit failures in a row…
+    pub breaker_failures: u32,
+    /// …for this long; then one trial request decides whether it closes.
+    pub breaker_cooldown_secs: u64,
 }
 
 impl Default for TaskSettings {
@@ -174,6 +179,8 @@ impl Default for TaskSettings {
             batch_size: 100,
             max_in_flight: 64,
             dispatch_wait_ms: 5000,
+            breaker_failures: 3,
+            breaker_cooldown_secs: 30,
         }
     }
 }
@@ -354,6 +361,82 @@ pub struct ProviderSettings {
     /// Simulated provider: completion delay when the prompt has no `[simulate:delay=MS]`.
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// The key read from `api_key_env` at start-up ([`Settings::load`]); never serialised. A real
+    /// provider without one is inactive: its routes are not used.
+    #[serde(skip)]
+    pub api_key: Option<SecretString>,
+    /// Give the provider a callback URL (`/api/v1/callbacks/{id}/{token}`), for kinds that call back.
+    #[serde(default = "default_true")]
+    pub callbacks: bool,
+    /// With callbacks on, polling is only the fallback: at most one poll per this many seconds.
+    #[serde(default)]
+    pub callback_poll_secs: Option<u64>,
+    /// Settle from a callback's own body instead of confirming it with the provider's status API.
+    #[serde(default)]
+    pub trust_callback_payload: bool,
+    /// The name of the environment variable with the provider's callback signing key (KIE's
+    /// `webhookHmacKey`); when set, unsigned or badly signed callbacks are refused.
+    #[serde(default)]
+    pub webhook_hmac_key_env: Option<String>,
+    /// Read from `webhook_hmac_key_env` at start-up; never serialised.
+    #[serde(skip)]
+    pub webhook_hmac_key: Option<SecretString>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+pub const DEFAULT_CALLBACK_POLL_SECS: u64 = 30;
+
+pub const DEFAULT_PROVIDER_TIMEOUT_SECS: u64 = 30;
+
+impl ProviderSettings {
+    /// A provider of this kind with nothing else set.
+    pub fn new(kind: ProviderKind) -> ProviderSettings {
+        ProviderSettings {
+            kind,
+            label: None,
+            base_url: None,
+            api_key_env: None,
+            timeout_secs: None,
+            delay_ms: None,
+            api_key: None,
+            callbacks: true,
+            callback_poll_secs: None,
+            trust_callback_payload: false,
+            webhook_hmac_key_env: None,
+            webhook_hmac_key: None,
+        }
+    }
+
+    /// Whether this provider serves: the simulated one always, the others once their key is set.
+    pub fn is_active(&self) -> bool {
+        self.kind == ProviderKind::Simulated || self.api_key.is_some()
+    }
+
+    /// One upstream request may take this long (connect, send, answer).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.unwrap_or(DEFAULT_PROVIDER_TIMEOUT_SECS))
+    }
+
+    /// Reads the keys from the environment variables `api_key_env` and `webhook_hmac_key_env` name.
+    fn read_key(&mut self) {
+        self.api_key = secret_from_env(self.api_key_env.as_deref());
+        self.webhook_hmac_key = secret_from_env(self.webhook_hmac_key_env.as_deref());
+    }
+
+    /// The slowest polling for a task whose provider calls back.
+    pub fn callback_poll(&self) -> Duration {
+        Duration::from_secs(self.callback_poll_secs.unwrap_or(DEFAULT_CALLBACK_POLL_SECS))
+    }
+}
+
+/// The value of the environment variable `name`; unset or empty: none.
+fn secret_from_env(name: Option<&str>) -> Option<SecretString> {
+    let value = std::env::var(name?).ok()?;
+    let value = value.trim();
+    (!value.is_empty()).then(|| SecretString::from(value.to_owned()))
 }
 
 impl Settings {
@@ -376,8 +459,11 @@ impl Settings {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             figment = figment.merge(("database.url", url));
         }
-        let settings: Settings = figment.extract().map_err(|e| anyhow::anyhow!(describe_figment_error(e)))?;
+        let mut settings: Settings = figment.extract().map_err(|e| anyhow::anyhow!(describe_figment_error(e)))?;
         settings.validate()?;
+        for provider in settings.providers.values_mut() {
+            provider.read_key();
+        }
         Ok(settings)
     }
 
@@ -432,11 +518,20 @@ impl Settings {
             problems.push(format!("log.format: `{}` is not one of pretty, json", self.log.format));
         }
         for (id, provider) in &self.providers {
-            if provider.kind != ProviderKind::Simulated {
-                problems.push(format!(
-                    "providers.{id}.kind: `{:?}` is not available in this build (only `simulated` is)",
-                    provider.kind
-                ));
+            match provider.kind {
+                ProviderKind::Simulated => {}
+                ProviderKind::Kie => {
+                    match provider.base_url.as_deref().map(reqwest::Url::parse) {
+                        Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
+                        _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
+                    }
+                    if provider.timeout_secs == Some(0) {
+                        problems.push(format!("providers.{id}.timeout_secs: must be above 0"));
+                    }
+                }
+                other => problems.push(format!(
+                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated and kie are)"
+                )),
             }
         }
         if problems.is_empty() {
@@ -501,6 +596,20 @@ mod tests {
             assert_eq!(format_duration(parse_duration(text).expect(text)), text);
         }
         assert!(parse_duration("5x").is_err() && parse_duration("").is_err() && parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn a_provider_is_active_only_once_its_key_variable_is_set() {
+        let mut kie =
+            ProviderSettings { api_key_env: Some("AIO_SURELY_UNSET_VARIABLE".into()), ..ProviderSettings::new(ProviderKind::Kie) };
+        kie.read_key();
+        assert!(!kie.is_active());
+        // Any variable that is set will do for the test; PATH always is.
+        kie.api_key_env = Some("PATH".into());
+        kie.read_key();
+        assert!(kie.is_active());
+        assert!(!format!("{kie:?}").contains(&std::env::var("PATH").unwrap_or_default()), "the key is redacted in Debug");
+        assert!(ProviderSettings::new(ProviderKind::Simulated).is_active());
     }
 
     #[test]

@@ -13,8 +13,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::catalog::Catalog;
 use crate::config::TaskSettings;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
+use crate::routing::Breakers;
 use crate::tasks::{self, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
 use crate::webhooks::Webhooks;
 use crate::worker::{Job, Runner};
@@ -22,6 +24,10 @@ use crate::worker::{Job, Runner};
 pub struct Engine {
     pool: PgPool,
     providers: Providers,
+    /// The routes of each sub-model, for failover.
+    catalog: Arc<Catalog>,
+    /// Per-route circuit breakers.
+    breakers: Breakers,
     settings: TaskSettings,
     /// Settling a task with a `callback_url` enqueues its webhook; the delivery loop is woken for it.
     webhooks: Arc<Webhooks>,
@@ -30,10 +36,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(pool: PgPool, providers: Providers, settings: TaskSettings, webhooks: Arc<Webhooks>) -> Arc<Engine> {
+    pub fn new(
+        pool: PgPool,
+        providers: Providers,
+        catalog: Arc<Catalog>,
+        settings: TaskSettings,
+        webhooks: Arc<Webhooks>,
+    ) -> Arc<Engine> {
         let tick = Duration::from_millis(settings.tick_ms);
         let runner = Runner::new("engine", tick, settings.batch_size as usize, settings.max_in_flight);
-        Arc::new(Engine { pool, providers, settings, webhooks, runner })
+        let breakers = Breakers::new(settings.breaker_failures, Duration::from_secs(settings.breaker_cooldown_secs));
+        Arc::new(Engine { pool, providers, catalog, breakers, settings, webhooks, runner })
     }
 
     /// The create fast path: submit a task this process just created (born claimed, see
@@ -77,28 +90,69 @@ impl Engine {
         if Utc::now() >= task.deadline_at {
             return self.time_out(task).await;
         }
-        let Some(provider) = self.providers.get(&task.provider) else {
+        // The task's route first (while its breaker lets it through), then the sub-model's other
+        // routes in order: a retriable failure moves on to the next one.
+        let mut routes: Vec<(String, String)> = vec![(task.provider.clone(), task.upstream_model.clone())];
+        if let Some(sub_model) = self.catalog.sub_model(&task.sub_model) {
+            for route in sub_model.routes_in_order() {
+                let route = (route.provider.clone(), route.upstream_model.clone());
+                if !routes.contains(&route) {
+                    routes.push(route);
+                }
+            }
+        }
+        let mut tried = 0;
+        for (provider_id, upstream_model) in &routes {
+            let Some(provider) = self.providers.get(provider_id) else { continue };
+            if !self.breakers.allow(provider_id, upstream_model) {
+                continue;
+            }
+            if (provider_id, upstream_model) != (&task.provider, &task.upstream_model)
+                && !tasks::switch_route(&self.pool, &task.id, provider_id, upstream_model).await?
+            {
+                return Ok(());
+            }
+            tried += 1;
+            // A new token per attempt, stored before the provider can use it: a callback may arrive
+            // before the submit answers.
+            let callback_url = match self.providers.callback_poll(provider_id) {
+                Some(_) => {
+                    Some(self.providers.callback_url(provider_id, &tasks::new_callback_token(&self.pool, &task.id).await?))
+                }
+                None => None,
+            };
+            let request =
+                SubmitRequest { task_id: &task.id, upstream_model, input: &task.input, callback_url: callback_url.as_deref() };
+            let result = provider.submit(request).await;
+            match &result {
+                Err(error) if error.retriable => self.breakers.failed(provider_id, upstream_model),
+                _ => self.breakers.succeeded(provider_id, upstream_model),
+            }
+            match result {
+                Ok(Submitted::Accepted { upstream_id }) => {
+                    tracing::info!(upstream_id = %upstream_id, provider = %provider_id, "accepted upstream");
+                    let delay = self.poll_delay(provider_id, 0, None);
+                    tasks::mark_running(&self.pool, &task.id, &upstream_id, delay).await?;
+                    return Ok(());
+                }
+                Ok(Submitted::Completed { images }) => {
+                    return self.finish(task, Outcome::Succeeded(TaskOutput { images })).await
+                }
+                Err(error) if error.retriable => {
+                    tracing::warn!(error = %error, provider = %provider_id, attempt = task.attempts, "submit failed");
+                }
+                Err(error) => return self.finish(task, Outcome::Failed(error.into_task_error())).await,
+            }
+        }
+        if tried == 0 && routes.iter().all(|(provider_id, _)| self.providers.get(provider_id).is_none()) {
             let error = TaskError {
                 code: TaskErrorCode::UpstreamFailed,
                 message: "No provider serves this model any more.".into(),
             };
             return self.finish(task, Outcome::Failed(error)).await;
-        };
-        let request =
-            SubmitRequest { task_id: &task.id, upstream_model: &task.upstream_model, input: &task.input };
-        match provider.submit(request).await {
-            Ok(Submitted::Accepted { upstream_id }) => {
-                tracing::info!(upstream_id = %upstream_id, "accepted upstream");
-                tasks::mark_running(&self.pool, &task.id, &upstream_id, self.poll_delay(0, None)).await?;
-                Ok(())
-            }
-            Ok(Submitted::Completed { images }) => self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
-            Err(error) if error.retriable => {
-                tracing::warn!(error = %error, attempt = task.attempts, "submit failed; retrying");
-                tasks::reschedule(&self.pool, &task.id, self.retry_delay(task.attempts)).await
-            }
-            Err(error) => self.finish(task, Outcome::Failed(error.into_task_error())).await,
         }
+        // Every route failed or is resting: try again later.
+        tasks::reschedule(&self.pool, &task.id, self.retry_delay(task.attempts)).await
     }
 
     async fn poll(&self, task: &Task) -> sqlx::Result<()> {
@@ -128,7 +182,7 @@ impl Engine {
             }
             return self.time_out(task).await;
         }
-        tasks::reschedule(&self.pool, &task.id, self.poll_delay(task.attempts, check_after)).await
+        tasks::reschedule(&self.pool, &task.id, self.poll_delay(&task.provider, task.attempts, check_after)).await
     }
 
     async fn time_out(&self, task: &Task) -> sqlx::Result<()> {
@@ -152,13 +206,40 @@ impl Engine {
     }
 
     /// Next poll: the provider's hint when it gave one, else 1.5× backoff; within [50 ms, poll_max].
-    fn poll_delay(&self, attempts: i32, hint: Option<Duration>) -> Duration {
+    /// For a provider that calls back, polling is the fallback: its slower interval is the floor.
+    fn poll_delay(&self, provider: &str, attempts: i32, hint: Option<Duration>) -> Duration {
         let max = Duration::from_millis(self.settings.poll_max_ms);
         let backoff = || {
             let factor = 1.5f64.powi(attempts.clamp(0, 30));
             Duration::from_millis(self.settings.poll_initial_ms).mul_f64(factor)
         };
-        hint.unwrap_or_else(backoff).clamp(Duration::from_millis(50), max.max(Duration::from_millis(50)))
+        let delay = hint.unwrap_or_else(backoff).clamp(Duration::from_millis(50), max.max(Duration::from_millis(50)));
+        delay.max(self.providers.callback_poll(provider).unwrap_or_default())
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// A callback for `task` arrived. Unless the provider's callback payloads are trusted (`state`
+    /// is then what the callback says), the task is polled now and settles on what the provider's
+    /// status API says. Settled tasks stay as they are.
+    pub async fn callback(&self, task: &Task, state: Option<JobState>) -> sqlx::Result<()> {
+        if task.status.is_terminal() {
+            return Ok(());
+        }
+        if self.providers.trusts_callback_payload(&task.provider) && task.status == TaskStatus::Running {
+            match state {
+                Some(JobState::Succeeded { images }) => {
+                    return self.finish(task, Outcome::Succeeded(TaskOutput { images })).await
+                }
+                Some(JobState::Failed(error)) => return self.finish(task, Outcome::Failed(error)).await,
+                _ => {}
+            }
+        }
+        tasks::callback_arrived(&self.pool, &task.id).await?;
+        self.runner.wake();
+        Ok(())
     }
 
     /// Next submit attempt after a retriable failure: doubling, up to poll_max.

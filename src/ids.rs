@@ -10,3 +10,10 @@ pub fn new_id(prefix: &str) -> String {
     let id = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
     format!("{prefix}_{id}")
 }
+
+/// `chars` random letters and digits (about 5.95 bits each): tokens that must not be guessed.
+pub fn new_secret(chars: usize) -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&Alphanumeric).take(chars).map(char::from).collect()
+}

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod ledger;
 pub mod outbound;
 pub mod providers;
+pub mod routing;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
+use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
 use crate::{ids, ledger, store, webhooks};
@@ -203,11 +204,13 @@ pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Resu
         .await
 }
 
-/// The provider accepted the task: remember its job id and when to look again.
+/// The provider accepted the task: remember its job id and when to look again (at once when its
+/// callback already arrived).
 pub async fn mark_running(pool: &PgPool, task_id: &str, upstream_id: &str, next_poll_in: Duration) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = now(),
-                          next_poll_at = LEAST(now() + make_interval(secs => $3), deadline_at)
+                          next_poll_at = CASE WHEN callback_at IS NOT NULL THEN now()
+                                              ELSE LEAST(now() + make_interval(secs => $3), deadline_at) END
          WHERE id = $1 AND status = 'pending'",
     )
     .bind(task_id)
@@ -216,6 +219,50 @@ pub async fn mark_running(pool: &PgPool, task_id: &str, upstream_id: &str, next_
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Submit to another route (failover): only while the task is still pending.
+pub async fn switch_route(pool: &PgPool, task_id: &str, provider: &str, upstream_model: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE tasks SET provider = $2, upstream_model = $3 WHERE id = $1 AND status = 'pending'")
+        .bind(task_id)
+        .bind(provider)
+        .bind(upstream_model)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A fresh callback token for the task's next submit: only its SHA-256 is kept.
+pub async fn new_callback_token(pool: &PgPool, task_id: &str) -> sqlx::Result<String> {
+    let token = ids::new_secret(32);
+    sqlx::query("UPDATE tasks SET callback_token_hash = $2, callback_at = NULL WHERE id = $1")
+        .bind(task_id)
+        .bind(Sha256::digest(token.as_bytes()).to_vec())
+        .execute(pool)
+        .await?;
+    Ok(token)
+}
+
+/// The task a provider's callback token belongs to, if that provider serves it.
+pub async fn by_callback_token(pool: &PgPool, provider: &str, token: &str) -> sqlx::Result<Option<Task>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM tasks WHERE callback_token_hash = $1 AND provider = $2"))
+        .bind(Sha256::digest(token.as_bytes()).to_vec())
+        .bind(provider)
+        .fetch_optional(pool)
+        .await
+}
+
+/// A callback arrived: an unfinished task is looked at now (a pending one right after its submit).
+pub async fn callback_arrived(pool: &PgPool, task_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET callback_at = now(),
+                          next_poll_at = CASE WHEN status = 'running' THEN now() ELSE next_poll_at END
+         WHERE id = $1 AND status IN ('pending', 'running')",
+    )
+    .bind(task_id)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Not finished yet: look again after `next_poll_in` (never after the deadline).

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the middleware stack, and the one error envelope.
 
 mod billing;
+mod callbacks;
 mod deliveries;
 pub mod error;
 pub mod extract;
@@ -62,6 +63,7 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/models", get(models::list))
         .route("/api/v1/models/{model_id}", get(models::get))
         .route("/files/{name}", get(files::get))
+        .route("/api/v1/callbacks/{provider}/{token}", post(callbacks::receive))
 }
 
 /// Request ids for requests that come without one: `req_` + a ULID.

@@ -2,19 +2,23 @@
 //! job and returns the provider's job id (or, for synchronous APIs, the result at once); `poll` asks
 //! how the job is doing. Nothing outside a provider's own file knows its wire format.
 
+pub mod kie;
 mod picture;
 pub mod simulated;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use reqwest::header::HeaderMap;
 use sqlx::PgPool;
 
 use crate::config::{ProviderKind, Settings};
 use crate::files::FileStore;
 use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+use upstream::Upstream;
 
 /// What a provider is asked to do for one task.
 pub struct SubmitRequest<'a> {
@@ -24,6 +28,8 @@ pub struct SubmitRequest<'a> {
     /// The provider's own name for the model, from the catalog route.
     pub upstream_model: &'a str,
     pub input: &'a TaskInput,
+    /// Where the provider may call back when the job ends (providers that support it).
+    pub callback_url: Option<&'a str>,
 }
 
 pub enum Submitted {
@@ -74,19 +80,64 @@ pub trait Provider: Send + Sync {
     async fn cancel(&self, _upstream_id: &str) -> Result<(), ProviderError> {
         Ok(())
     }
+
+    /// Whether this provider can call back when a job ends (it gets a callback URL on submit).
+    fn calls_back(&self) -> bool {
+        false
+    }
+
+    /// Checks an inbound callback's signature, where the provider signs and its key is configured,
+    /// and reads what the callback claims. The claim is a hint: unless the operator trusts callback
+    /// payloads, the engine confirms it with [`Provider::poll`].
+    fn read_callback(&self, _headers: &HeaderMap, _body: &[u8]) -> Result<Callback, CallbackRefused> {
+        Ok(Callback::default())
+    }
+}
+
+/// What an inbound callback claims.
+#[derive(Default)]
+pub struct Callback {
+    /// The provider's job id, when the body names it.
+    pub upstream_id: Option<String>,
+    /// The job's state, when the body carries one the adapter can read.
+    pub state: Option<JobState>,
+}
+
+/// A callback whose signature is missing or wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CallbackRefused(pub &'static str);
+
+/// One active provider and how the engine treats it.
+struct Entry {
+    provider: Arc<dyn Provider>,
+    /// `Some(slowest polling)` when the provider calls back.
+    callback_poll: Option<Duration>,
+    trust_callback_payload: bool,
 }
 
 /// The configured providers, by id (`[providers.<id>]`).
 #[derive(Clone, Default)]
 pub struct Providers {
-    by_id: HashMap<String, Arc<dyn Provider>>,
+    by_id: HashMap<String, Arc<Entry>>,
+    /// `server.public_base_url`, which callback URLs are built from.
+    public_base_url: String,
 }
 
 impl Providers {
+    /// The active providers: a real provider without its key is left out.
     pub fn from_settings(settings: &Settings, pool: &PgPool, files: &FileStore) -> anyhow::Result<Providers> {
-        let mut by_id: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let mut by_id: HashMap<String, Arc<Entry>> = HashMap::new();
         for (id, config) in &settings.providers {
+            if !config.is_active() {
+                tracing::info!(provider = %id, key_variable = ?config.api_key_env, "provider inactive: its key is not set");
+                continue;
+            }
+            let upstream = || -> anyhow::Result<Upstream> {
+                Upstream::new(id, config)?.ok_or_else(|| anyhow::anyhow!("providers.{id}: needs base_url"))
+            };
             let provider: Arc<dyn Provider> = match config.kind {
+                ProviderKind::Kie => Arc::new(kie::Kie::new(upstream()?, config.webhook_hmac_key.clone())),
                 ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
                     pool.clone(),
                     files.clone(),
@@ -94,12 +145,29 @@ impl Providers {
                 )),
                 other => anyhow::bail!("providers.{id}.kind: `{other:?}` is not available in this build"),
             };
-            by_id.insert(id.clone(), provider);
+            let callback_poll = (config.callbacks && provider.calls_back()).then(|| config.callback_poll());
+            let entry = Entry { provider, callback_poll, trust_callback_payload: config.trust_callback_payload };
+            by_id.insert(id.clone(), Arc::new(entry));
         }
-        Ok(Providers { by_id })
+        let public_base_url = settings.server.public_base_url.trim_end_matches('/').to_owned();
+        Ok(Providers { by_id, public_base_url })
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<dyn Provider>> {
-        self.by_id.get(id)
+        self.by_id.get(id).map(|entry| &entry.provider)
+    }
+
+    /// Whether the provider gets a callback URL; if so, it is polled at most once per this long.
+    pub fn callback_poll(&self, id: &str) -> Option<Duration> {
+        self.by_id.get(id).and_then(|entry| entry.callback_poll)
+    }
+
+    pub fn trusts_callback_payload(&self, id: &str) -> bool {
+        self.by_id.get(id).is_some_and(|entry| entry.trust_callback_payload)
+    }
+
+    /// The URL a provider calls back on for the task holding `token`.
+    pub fn callback_url(&self, id: &str, token: &str) -> String {
+        format!("{}/api/v1/callbacks/{id}/{token}", self.public_base_url)
     }
 }

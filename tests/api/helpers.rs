@@ -93,17 +93,16 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     settings.tasks.retry_initial_ms = 50;
     settings.tasks.lease_secs = 2;
     settings.tasks.dispatch_wait_ms = 2000;
-    settings.providers = BTreeMap::from([(
-        "simulated".to_string(),
-        ProviderSettings {
-            kind: ProviderKind::Simulated,
-            label: Some("Simulated".into()),
-            base_url: None,
-            api_key_env: None,
-            timeout_secs: None,
-            delay_ms: Some(200),
-        },
-    )]);
+    let simulated =
+        ProviderSettings { label: Some("Simulated".into()), delay_ms: Some(200), ..ProviderSettings::new(ProviderKind::Simulated) };
+    // The shipped real providers, inactive (no key) unless a test points one at its fake.
+    let kie = ProviderSettings {
+        label: Some("KIE".into()),
+        base_url: Some("http://127.0.0.1:9".into()),
+        api_key_env: Some("AIO_TEST_UNSET_KIE_KEY".into()),
+        ..ProviderSettings::new(ProviderKind::Kie)
+    };
+    settings.providers = BTreeMap::from([("simulated".to_string(), simulated), ("kie".to_string(), kie)]);
     settings
 }
 

@@ -1,11 +1,15 @@
 //! The integration suite: one binary, one fresh database per test (see `helpers`).
 
 mod auth;
+mod callbacks;
 mod cli;
+mod failover;
+mod fakes;
 mod flow;
 mod guard;
 mod helpers;
 mod http_errors;
+mod kie;
 mod ledger;
 mod receiver;
 mod recovery;

@@ -1,0 +1,42 @@
+//! `POST /api/v1/callbacks/{provider}/{token}`: a provider says a job ended. The token (one per
+//! submit, only its hash stored) finds the task; the provider's signature is checked where it signs;
+//! then the engine looks at the task now. A callback never settles anything by itself unless the
+//! operator trusts that provider's payloads, so duplicate, late, forged or out-of-order callbacks
+//! cannot double-settle a task or fail a succeeded one.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::tasks;
+
+pub async fn receive(
+    State(state): State<AppState>,
+    Path((provider_id, token)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let providers = state.engine.providers();
+    let (Some(provider), Some(task)) = (
+        providers.get(&provider_id),
+        tasks::by_callback_token(&state.pool, &provider_id, &token).await?,
+    ) else {
+        return Err(ApiError::not_found("Callback"));
+    };
+    let callback = provider.read_callback(&headers, &body).map_err(|refused| {
+        tracing::warn!(task_id = %task.id, provider = %provider_id, reason = %refused, "callback refused");
+        ApiError::Unauthorized
+    })?;
+    // A callback about another job (an earlier submit's) is only a reason to look, never a result.
+    let about_this_job = match (&callback.upstream_id, &task.upstream_id) {
+        (Some(claimed), Some(known)) => claimed == known,
+        _ => false,
+    };
+    tracing::info!(task_id = %task.id, provider = %provider_id, status = ?task.status, about_this_job, "callback received");
+    state.engine.callback(&task, callback.state.filter(|_| about_this_job)).await?;
+    Ok(Json(json!({"received": true})))
+}

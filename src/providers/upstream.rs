@@ -1,0 +1,121 @@
+//! What every HTTP provider shares: the client (with the provider's timeout), and how HTTP-level
+//! failures become [`ProviderError`]s: retriable (rate limits, 5xx, network, timeouts) or permanent
+//! (invalid input, or an operator problem such as a bad key or an empty account, which clients see
+//! only as "unavailable" and operators find in the log).
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::ProviderError;
+use crate::config::ProviderSettings;
+use crate::tasks::TaskErrorCode;
+
+/// The neutral message for an upstream account problem: never the provider's own words.
+pub const UNAVAILABLE: &str = "The provider is unavailable.";
+
+/// How one configured HTTP provider is reached.
+pub struct Upstream {
+    /// The provider id, for logs.
+    pub id: String,
+    pub http: reqwest::Client,
+    pub base_url: String,
+    key: SecretString,
+}
+
+impl Upstream {
+    /// `None` when the provider has no key (it is inactive) or no base URL.
+    pub fn new(id: &str, settings: &ProviderSettings) -> anyhow::Result<Option<Upstream>> {
+        let (Some(key), Some(base_url)) = (settings.api_key.clone(), settings.base_url.as_deref()) else {
+            return Ok(None);
+        };
+        let timeout = settings.timeout();
+        // Provider URLs come from the operator's configuration, not from clients: a plain client,
+        // without proxies from the environment so that where it connects is what the config says.
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .no_proxy()
+            .user_agent(concat!("aio-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Some(Upstream { id: id.to_owned(), http, base_url: base_url.trim_end_matches('/').to_owned(), key }))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// `Bearer <key>`, or with another scheme (`Key <key>` for fal).
+    pub fn authorization(&self, scheme: &str) -> String {
+        format!("{scheme} {}", self.key.expose_secret())
+    }
+
+    /// Sends the request and reads the whole answer: `(status, body)`. Network errors and timeouts
+    /// are retriable.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), ProviderError> {
+        let response = request.send().await.map_err(|error| self.transport_error(&error))?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|error| self.transport_error(&error))?;
+        Ok((status, body))
+    }
+
+    fn transport_error(&self, error: &reqwest::Error) -> ProviderError {
+        // reqwest's error text names the URL (never headers), so it is safe to log.
+        tracing::warn!(provider = %self.id, error = %error, timeout = error.is_timeout(), "upstream request failed");
+        if error.is_timeout() {
+            ProviderError::retriable("The provider did not answer in time.")
+        } else {
+            ProviderError::retriable("The provider could not be reached.")
+        }
+    }
+
+    /// A JSON answer the adapter cannot read: logged, retried (a proxy's error page, a deploy).
+    pub fn malformed(&self, what: &str, error: impl std::fmt::Display) -> ProviderError {
+        tracing::warn!(provider = %self.id, error = %error, "unreadable {what} from the provider");
+        ProviderError::retriable("The provider sent an answer the gateway could not read.")
+    }
+
+    /// The usual meaning of an HTTP-style status `code` with the provider's `detail`.
+    pub fn error_for(&self, code: u16, detail: &str) -> ProviderError {
+        match code {
+            429 | 500 | 502..=504 => {
+                tracing::warn!(provider = %self.id, code, detail = %short(detail), "provider busy or failing");
+                ProviderError::retriable(format!("The provider answered {code}; retrying."))
+            }
+            400 | 422 => ProviderError::permanent(
+                TaskErrorCode::UpstreamRejected,
+                format!("The provider rejected the request: {}", short(detail)),
+            ),
+            404 => ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider lost the job."),
+            _ => self.unavailable(code, detail),
+        }
+    }
+
+    /// An operator problem (credentials, billing, a disabled feature, an unexpected status): the
+    /// client gets the neutral message; the provider's words go to the log only.
+    pub fn unavailable(&self, code: u16, detail: &str) -> ProviderError {
+        tracing::error!(provider = %self.id, code, detail = %short(detail), "provider refused the gateway's account");
+        ProviderError::permanent(TaskErrorCode::UpstreamFailed, UNAVAILABLE)
+    }
+}
+
+/// At most 300 characters of a provider's text, for messages and logs.
+pub fn short(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// A failure message naming the provider's reason, or a general one when it gave none.
+pub fn generation_failed(reason: Option<&str>) -> String {
+    match reason.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(reason) => format!("The provider could not generate the image: {}", short(reason)),
+        None => "The provider could not generate the image.".to_owned(),
+    }
+}
+
+/// Whether a provider's failure reason says its content filter blocked the request.
+pub fn is_content_policy(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    ["nsfw", "content policy", "sensitive", "safety", "moderation"].iter().any(|word| reason.contains(word))
+}

@@ -1,0 +1,144 @@
+//! Fake upstream providers: each an axum app on 127.0.0.1:0 that speaks one provider's real protocol,
+//! records every request, and answers from per-endpoint scripts (then its normal behaviour).
+
+pub mod kie;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::Value;
+
+/// One request a fake received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{} body is not JSON ({e})", self.path))
+    }
+
+    /// The value of one query parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// This status and JSON body.
+    Json(u16, Value),
+    /// This status and a body that is not JSON.
+    Text(u16, &'static str),
+    /// Wait this long (past the gateway's timeout), then answer as the fake normally would.
+    Hang(Duration),
+}
+
+impl Step {
+    pub fn into_response(self) -> Response {
+        match self {
+            Step::Json(status, body) => (status_code(status), axum::Json(body)).into_response(),
+            Step::Text(status, body) => (status_code(status), body).into_response(),
+            Step::Hang(_) => StatusCode::OK.into_response(),
+        }
+    }
+}
+
+fn status_code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).expect("a status code")
+}
+
+/// The recorded requests and the scripts, by endpoint name.
+#[derive(Default)]
+pub struct Recorder {
+    requests: Mutex<Vec<Request>>,
+    scripts: Mutex<HashMap<&'static str, VecDeque<Step>>>,
+}
+
+impl Recorder {
+    pub fn record(&self, method: Method, uri: &Uri, headers: HeaderMap, body: Bytes) {
+        let request = Request {
+            method,
+            path: uri.path().to_owned(),
+            query: uri.query().unwrap_or_default().to_owned(),
+            headers,
+            body,
+        };
+        self.requests.lock().expect("requests").push(request);
+    }
+
+    pub fn script(&self, endpoint: &'static str, steps: impl IntoIterator<Item = Step>) {
+        self.scripts.lock().expect("scripts").entry(endpoint).or_default().extend(steps);
+    }
+
+    /// The next scripted answer for `endpoint`, after waiting out any `Hang`s in front of it.
+    pub async fn next(&self, endpoint: &'static str) -> Option<Step> {
+        let step = self.scripts.lock().expect("scripts").get_mut(endpoint).and_then(VecDeque::pop_front);
+        match step {
+            Some(Step::Hang(delay)) => {
+                tokio::time::sleep(delay).await;
+                None
+            }
+            other => other,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().expect("requests").clone()
+    }
+
+    /// The requests to paths that start with `prefix`.
+    pub fn requests_to(&self, prefix: &str) -> Vec<Request> {
+        self.requests().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
+    }
+}
+
+/// A running fake's server task, stopped on drop.
+pub struct Server {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    /// Serves `router` on a listener bound beforehand (so the router may know its own URL).
+    pub fn serve(listener: tokio::net::TcpListener, router: Router) -> Server {
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Server { task }
+    }
+}
+
+/// A small valid PNG, as a provider's result image.
+pub fn png_bytes(seed: u8) -> Vec<u8> {
+    // 1×1 RGBA, with `seed` as the red channel, through the `png` crate the gateway also uses.
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, 1, 1);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().expect("png header");
+        writer.write_image_data(&[seed, 10, 20, 255]).expect("png data");
+    }
+    out
+}
