@@ -1,5 +1,6 @@
 //! The application: shared state, building it from settings, serving until shutdown.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::FileStore;
 use crate::providers::Providers;
+use crate::ratelimit::RateLimiter;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -24,10 +26,13 @@ pub struct AppState {
     pub auth: Arc<KeyAuth>,
     pub engine: Arc<Engine>,
     pub files: FileStore,
+    pub limits: Arc<RateLimiter>,
 }
 
 pub struct Application {
     listener: TcpListener,
+    /// `server.metrics_listen`, when set: `/metrics` alone.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -39,6 +44,15 @@ impl Application {
             .await
             .with_context(|| format!("server.listen: cannot bind {}", settings.server.listen))?;
         let address = listener.local_addr()?;
+        let metrics_listener = match settings.server.metrics_listen.as_str() {
+            "" => None,
+            metrics_listen => Some(
+                TcpListener::bind(metrics_listen)
+                    .await
+                    .with_context(|| format!("server.metrics_listen: cannot bind {metrics_listen}"))?,
+            ),
+        };
+        crate::monitoring::handle();
         if settings.server.public_base_url.is_empty() {
             let host = if address.ip().is_unspecified() { "127.0.0.1".to_string() } else { address.ip().to_string() };
             settings.server.public_base_url = format!("http://{host}:{}", address.port());
@@ -47,6 +61,7 @@ impl Application {
         let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
         let providers = Providers::from_settings(&settings, &pool, &files)?;
         let engine = Engine::new(pool.clone(), providers, settings.tasks.clone());
+        let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
         let auth = KeyAuth::new(pool.clone(), Duration::from_secs(settings.auth.key_cache_ttl_secs));
         let state = AppState {
             pool,
@@ -55,12 +70,18 @@ impl Application {
             auth: Arc::new(auth),
             engine,
             files,
+            limits,
         };
-        Ok(Application { listener, state })
+        Ok(Application { listener, metrics_listener, state })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The port of `server.metrics_listen`, when set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
     }
 
     pub fn state(&self) -> &AppState {
@@ -72,8 +93,15 @@ impl Application {
         let role = self.state.settings.server.role;
         let engine = role.runs_engine().then(|| tokio::spawn(Arc::clone(&self.state.engine).run(shutdown.clone())));
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
+        let metrics = self.metrics_listener.map(|listener| {
+            let router = crate::http::metrics_router(self.state.clone());
+            tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future())
+        });
         let router = crate::http::router(self.state);
         axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        if let Some(metrics) = metrics {
+            metrics.await??;
+        }
         if let Some(engine) = engine {
             engine.await?;
         }

@@ -52,6 +52,8 @@ fn is_well_formed(secret: &str) -> bool {
 pub struct Caller {
     pub account_id: i64,
     pub key_id: String,
+    /// The key's own rate limit, when it has one.
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 #[derive(Clone)]
@@ -89,16 +91,17 @@ impl KeyAuth {
             }
             return Ok(hit.caller);
         }
-        let row: Option<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+        let row: Option<(String, i64, Option<DateTime<Utc>>, Option<i32>)> = sqlx::query_as(
             "UPDATE api_keys SET last_used_at = now()
              WHERE hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-             RETURNING id, account_id, expires_at",
+             RETURNING id, account_id, expires_at, rate_limit_per_minute",
         )
         .bind(&hash[..])
         .fetch_optional(&self.pool)
         .await?;
-        let (key_id, account_id, expires_at) = row.ok_or(ApiError::Unauthorized)?;
-        let caller = Caller { account_id, key_id };
+        let (key_id, account_id, expires_at, rate_limit) = row.ok_or(ApiError::Unauthorized)?;
+        let rate_limit_per_minute = rate_limit.and_then(|r| u32::try_from(r).ok());
+        let caller = Caller { account_id, key_id, rate_limit_per_minute };
         self.cache.insert(hash, CachedKey { caller: caller.clone(), expires_at });
         Ok(caller)
     }

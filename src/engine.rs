@@ -6,7 +6,7 @@
 //! `FOR UPDATE SKIP LOCKED`, and terminal transitions are guarded so only one of them settles.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -15,8 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::TaskSettings;
+use crate::{idempotency, monitoring};
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
 use crate::tasks::{self, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
+
+/// How often the engine purges expired idempotency keys.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Engine {
     pool: PgPool,
@@ -52,7 +56,12 @@ impl Engine {
     /// Runs until `shutdown`: every tick, claim what is due and work on it.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.settings.tick_ms);
+        let mut next_purge = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
+            if tokio::time::Instant::now() >= next_purge {
+                next_purge += PURGE_EVERY;
+                self.housekeeping().await;
+            }
             let claimed = match self.tick().await {
                 Ok(claimed) => claimed,
                 Err(error) => {
@@ -99,6 +108,15 @@ impl Engine {
         Ok(claimed)
     }
 
+    /// Periodic chores that no request waits for: expired idempotency keys.
+    async fn housekeeping(&self) {
+        match idempotency::purge(&self.pool).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
+            Err(error) => tracing::warn!(error = %error, "purging idempotency keys failed"),
+        }
+    }
+
     fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.lease_secs)
     }
@@ -133,7 +151,10 @@ impl Engine {
         };
         let request =
             SubmitRequest { task_id: &task.id, upstream_model: &task.upstream_model, input: &task.input };
-        match provider.submit(request).await {
+        let started = Instant::now();
+        let submitted = provider.submit(request).await;
+        monitoring::upstream_call(&task.provider, "submit", started, submitted.as_ref().err());
+        match submitted {
             Ok(Submitted::Accepted { upstream_id }) => {
                 tracing::info!(upstream_id = %upstream_id, "accepted upstream");
                 tasks::mark_running(&self.pool, &task.id, &upstream_id, self.poll_delay(0, None)).await?;
@@ -153,7 +174,10 @@ impl Engine {
         else {
             return self.time_out_or_wait(task, None).await;
         };
-        match provider.poll(upstream_id).await {
+        let started = Instant::now();
+        let polled = provider.poll(upstream_id).await;
+        monitoring::upstream_call(&task.provider, "poll", started, polled.as_ref().err());
+        match polled {
             Ok(JobState::Succeeded { images }) => self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
             Ok(JobState::Failed(error)) => self.finish(task, Outcome::Failed(error)).await,
             Ok(JobState::Running { check_after }) => self.time_out_or_wait(task, check_after).await,
@@ -169,7 +193,10 @@ impl Engine {
     async fn time_out_or_wait(&self, task: &Task, check_after: Option<Duration>) -> sqlx::Result<()> {
         if Utc::now() >= task.deadline_at {
             if let (Some(provider), Some(upstream_id)) = (self.providers.get(&task.provider), &task.upstream_id) {
-                if let Err(error) = provider.cancel(upstream_id).await {
+                let started = Instant::now();
+                let cancelled = provider.cancel(upstream_id).await;
+                monitoring::upstream_call(&task.provider, "cancel", started, cancelled.as_ref().err());
+                if let Err(error) = cancelled {
                     tracing::info!(error = %error, "upstream cancel failed");
                 }
             }
@@ -191,6 +218,7 @@ impl Engine {
         if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome).await? {
             let code = settled.error.as_ref().map(|e| e.code);
             tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
+            monitoring::task_settled(&settled);
         }
         Ok(())
     }

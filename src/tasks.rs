@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
+use crate::idempotency::{self, IdempotencyKey};
 use crate::ledger;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
@@ -113,6 +114,8 @@ pub struct NewTask<'a> {
     pub provider: &'a str,
     pub upstream_model: &'a str,
     pub deadline: Duration,
+    /// The client's `Idempotency-Key`, recorded with the task.
+    pub idempotency: Option<&'a IdempotencyKey>,
 }
 
 /// `task_` + a ULID: sorts by creation time and carries 80 random bits, so ids cannot be guessed.
@@ -125,14 +128,38 @@ pub fn new_task_id() -> String {
     format!("task_{id}")
 }
 
-/// How a create ended: the task with its credits held, or not enough credits (nothing written).
+/// How a create ended: the task with its credits held, not enough credits (nothing written), or an
+/// idempotency key already used: the first task again (nothing held), or a conflict (another request).
 pub enum Created {
     Task(Box<Task>),
     Insufficient { available: i64 },
+    Replayed(Box<Task>),
+    Conflict,
 }
 
-/// Inserts the task and holds its price in one transaction: both happen or neither does.
+/// Inserts the task, records its idempotency key and holds its price in one transaction: all happen
+/// or none does. A key already in use answers its first task (same request) or a conflict.
 pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
+    // A key that expires (or is purged) between our insert and our lookup is simply taken again.
+    for _ in 0..3 {
+        if let Some(created) = try_create(pool, &new).await? {
+            return Ok(created);
+        }
+        let Some(key) = new.idempotency else { break };
+        if let Some((hash, task_id)) = idempotency::find(pool, new.account_id, &key.key).await? {
+            if hash != key.request_hash {
+                return Ok(Created::Conflict);
+            }
+            if let Some(task) = get(pool, new.account_id, &task_id).await? {
+                return Ok(Created::Replayed(Box::new(task)));
+            }
+        }
+    }
+    Err(sqlx::Error::Protocol("idempotency key kept changing hands".into()))
+}
+
+/// `None` when the idempotency key is taken (nothing written).
+async fn try_create(pool: &PgPool, new: &NewTask<'_>) -> sqlx::Result<Option<Created>> {
     let mut tx = pool.begin().await?;
     let task: Task = sqlx::query_as(&format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
@@ -152,14 +179,20 @@ pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
     .bind(new.deadline.as_secs_f64())
     .fetch_one(&mut *tx)
     .await?;
+    if let Some(key) = new.idempotency {
+        if !idempotency::claim(&mut tx, new.account_id, key, new.id).await? {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+    }
     match ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
         ledger::Hold::Held { .. } => {
             tx.commit().await?;
-            Ok(Created::Task(Box::new(task)))
+            Ok(Some(Created::Task(Box::new(task))))
         }
         ledger::Hold::Insufficient { available } => {
             tx.rollback().await?;
-            Ok(Created::Insufficient { available })
+            Ok(Some(Created::Insufficient { available }))
         }
     }
 }
@@ -294,4 +327,14 @@ async fn settle_credits(tx: &mut PgConnection, task: &Task) -> sqlx::Result<()> 
         TaskStatus::Succeeded => ledger::capture(tx, task.account_id, &task.id, task.price).await,
         _ => ledger::release(tx, task.account_id, &task.id, task.price).await,
     }
+}
+
+/// Unfinished tasks: `(pending, running)`. Served by the partial index of the work queue.
+pub async fn count_open(pool: &PgPool) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'running')
+         FROM tasks WHERE status IN ('pending', 'running')",
+    )
+    .fetch_one(pool)
+    .await
 }

@@ -21,12 +21,16 @@ pub enum ApiError {
     InsufficientCredits { price: i64, available: i64 },
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    #[error("{message}")]
+    RateLimited { retry_after_secs: u64, message: String },
     #[error("{0}")]
     Upstream(String),
     #[error("{0}")]
@@ -43,9 +47,11 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -59,9 +65,11 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::InsufficientCredits { .. } => "insufficient_credits",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Upstream(_) => "upstream_error",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -70,9 +78,12 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            ApiError::InvalidRequest(m) | ApiError::NotFound(m) | ApiError::Upstream(m) | ApiError::Unavailable(m) => {
-                m.clone()
-            }
+            ApiError::InvalidRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Upstream(m)
+            | ApiError::Unavailable(m)
+            | ApiError::RateLimited { message: m, .. } => m.clone(),
             ApiError::Unauthorized => {
                 "Missing or invalid API key. Send `Authorization: Bearer aio_…` with an active key.".into()
             }
@@ -116,7 +127,10 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?cause, "internal error");
         }
         let mut response = self.status().into_response();
-        match self {
+        match &self {
+            ApiError::RateLimited { retry_after_secs, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
             ApiError::Unavailable(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }

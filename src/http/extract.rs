@@ -93,7 +93,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The caller of an API-key route. Every route that takes it requires a valid key.
+/// The optional `Idempotency-Key` header of a create, checked (1–255 characters, visible ASCII).
+pub struct IdempotencyHeader(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyHeader(None));
+        };
+        let key = value.to_str().map_err(|_| {
+            ApiError::InvalidRequest("`Idempotency-Key`: must be printable ASCII characters.".into())
+        })?;
+        crate::idempotency::check_key(key).map_err(ApiError::InvalidRequest)?;
+        Ok(IdempotencyHeader(Some(key.to_owned())))
+    }
+}
+
+/// The caller of an API-key route. Every route that takes it requires a valid key, and counts against
+/// the key's rate limit.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -101,6 +120,7 @@ impl FromRequestParts<AppState> for Caller {
         let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
         let caller = state.auth.authenticate(authorization).await?;
         tracing::Span::current().record("account_id", caller.account_id);
+        state.limits.check_key(&caller.key_id, caller.rate_limit_per_minute).await?;
         Ok(caller)
     }
 }

@@ -7,19 +7,27 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, IdempotencyHeader};
 use super::tasks::TaskView;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::catalog::CreateRequest;
+use crate::idempotency::{self, IdempotencyKey};
+use crate::monitoring;
 use crate::tasks::{self, Created, NewTask, TaskErrorCode, TaskStatus};
 
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    IdempotencyHeader(key): IdempotencyHeader,
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _slot = state.limits.create_permit()?;
     let valid = state.catalog.validate(request, false)?;
+    let key = key.map(|key| IdempotencyKey {
+        request_hash: idempotency::request_hash(&valid.sub_model.id, &valid.input, valid.callback_url.as_deref()),
+        key,
+    });
     let task_id = tasks::new_task_id();
     let created = tasks::create(
         &state.pool,
@@ -34,21 +42,36 @@ pub async fn create(
             provider: &valid.route.provider,
             upstream_model: &valid.route.upstream_model,
             deadline: std::time::Duration::from_secs(state.settings.tasks.deadline_secs),
+            idempotency: key.as_ref(),
         },
     )
     .await?;
     let task = match created {
-        Created::Task(task) => *task,
+        Created::Task(task) => {
+            tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
+            monitoring::task_created(&task);
+            if state.settings.server.role.runs_engine() {
+                state.engine.dispatch(&task.id).await;
+            }
+            tasks::get(&state.pool, caller.account_id, &task.id).await?.unwrap_or(*task)
+        }
+        // The same key and request again: the first task, as it is now; nothing new is held.
+        Created::Replayed(task) => {
+            tracing::info!(task_id = %task.id, "idempotent replay");
+            monitoring::idempotent_replay();
+            *task
+        }
+        Created::Conflict => {
+            return Err(ApiError::Conflict(
+                "This Idempotency-Key was already used with a different request in the last 24 hours; \
+                 use a new key for a new request."
+                    .into(),
+            ));
+        }
         Created::Insufficient { available } => {
             return Err(ApiError::InsufficientCredits { price: valid.price, available });
         }
     };
-    tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
-
-    if state.settings.server.role.runs_engine() {
-        state.engine.dispatch(&task.id).await;
-    }
-    let task = tasks::get(&state.pool, caller.account_id, &task.id).await?.unwrap_or(task);
     // A provider that refuses the task outright is something the client must see now.
     if task.status == TaskStatus::Failed {
         if let Some(error) = task.error.as_ref().filter(|e| e.code == TaskErrorCode::UpstreamRejected) {

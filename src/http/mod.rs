@@ -20,17 +20,35 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::app::AppState;
+use crate::monitoring;
 use error::ApiError;
 use extract::BodyLimit;
 
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.settings.server.body_limit_bytes;
-    let request_id = HeaderName::from_static("x-request-id");
     let routes = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
     let routes = if state.settings.server.role.serves_api() { routes.merge(api_routes()) } else { routes };
+    let routes = if state.settings.server.metrics_listen.is_empty() {
+        routes.route("/metrics", get(monitoring::render))
+    } else {
+        routes
+    };
+    with_middleware(routes, state)
+}
+
+/// The router of `server.metrics_listen`: `/metrics` alone.
+pub fn metrics_router(state: AppState) -> Router {
+    with_middleware(Router::new().route("/metrics", get(monitoring::render)), state)
+}
+
+/// The middleware every listener shares: request ids, the request span, metrics, the error envelope,
+/// body limits, panics as 500s.
+fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
+    let body_limit = state.settings.server.body_limit_bytes;
+    let request_id = HeaderName::from_static("x-request-id");
     routes
         .fallback(|| async { ApiError::NotFound("No route matches this path.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(monitoring::track_http))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(BodyLimit(body_limit)))
         .layer(
@@ -79,6 +97,7 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %request_id,
+        route = tracing::field::Empty,
         account_id = tracing::field::Empty,
     )
 }

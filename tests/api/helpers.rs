@@ -90,6 +90,9 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     settings.tasks.retry_initial_ms = 50;
     settings.tasks.lease_secs = 2;
     settings.tasks.dispatch_wait_ms = 2000;
+    // Polling loops would trip the per-key limit; the rate-limit tests set their own.
+    settings.rate_limit.requests_per_minute = 1_000_000;
+    settings.rate_limit.burst = 100_000;
     settings.providers = BTreeMap::from([(
         "simulated".to_string(),
         ProviderSettings {
