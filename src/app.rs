@@ -14,6 +14,7 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::FileStore;
+use crate::jwt::JwtAuth;
 use crate::providers::Providers;
 use crate::ratelimit::RateLimiter;
 
@@ -27,6 +28,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub files: FileStore,
     pub limits: Arc<RateLimiter>,
+    /// Session tokens of the dashboard and admin routes; `None` when no key is configured.
+    pub jwt: Option<Arc<JwtAuth>>,
 }
 
 pub struct Application {
@@ -62,6 +65,10 @@ impl Application {
         let providers = Providers::from_settings(&settings, &pool, &files)?;
         let engine = Engine::new(pool.clone(), providers, settings.tasks.clone());
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
+        let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
+        if jwt.is_none() {
+            tracing::warn!("auth.jwt has no key (HS256: ${} unset): dashboard and admin routes answer 401", settings.auth.jwt.secret_env);
+        }
         let auth = KeyAuth::new(pool.clone(), Duration::from_secs(settings.auth.key_cache_ttl_secs));
         let state = AppState {
             pool,
@@ -71,6 +78,7 @@ impl Application {
             engine,
             files,
             limits,
+            jwt,
         };
         Ok(Application { listener, metrics_listener, state })
     }

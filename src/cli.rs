@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Application;
 use crate::catalog::Catalog;
 use crate::config::Settings;
+use crate::jwt::{self, JwtAuth, Role};
 use crate::{accounts, ledger, store, telemetry};
 
 #[derive(Debug, Parser)]
@@ -44,8 +45,31 @@ pub enum Command {
     /// Manage credits.
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Session tokens (JWT) for the dashboard and admin routes.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Validate the configuration and catalog; exit non-zero if anything is wrong.
     CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Sign an HS256 token with the secret in the environment variable `auth.jwt.secret_env`.
+    Mint {
+        #[arg(long)]
+        account: i64,
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// Lifetime: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TokenRole {
+    Admin,
+    User,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,9 +138,23 @@ pub async fn run(cli: Cli) -> ExitCode {
 /// Runs a command; returns what to print (admin commands) or nothing (serve).
 async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
     let settings = Settings::load(cli.config.as_deref())?;
-    if let Command::CheckConfig = cli.command {
-        Catalog::load(&settings)?;
-        return Ok(Some(json!({"ok": true, "models_path": settings.catalog.models_path})));
+    match &cli.command {
+        Command::CheckConfig => {
+            Catalog::load(&settings)?;
+            JwtAuth::from_settings(&settings.auth.jwt)?;
+            return Ok(Some(json!({"ok": true, "models_path": settings.catalog.models_path})));
+        }
+        // Signing needs no database: a token for an account that does not exist is refused when used.
+        Command::Token(TokenCommand::Mint { account, role, ttl }) => {
+            anyhow::ensure!(*account > 0, "--account must be an account id");
+            let role = match role {
+                TokenRole::Admin => Role::Admin,
+                TokenRole::User => Role::User,
+            };
+            let token = jwt::mint(&settings.auth.jwt, *account, role, jwt::parse_ttl(ttl)?)?;
+            return Ok(Some(json!({"token": token})));
+        }
+        _ => {}
     }
     telemetry::init(&settings.log);
     let pool = store::connect(&settings.database).await?;
@@ -139,7 +177,7 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             tx.commit().await?;
             Some(json!({"balance": balance}))
         }
-        Command::CheckConfig => unreachable!("handled before connecting"),
+        Command::CheckConfig | Command::Token(_) => unreachable!("handled before connecting"),
     })
 }
 

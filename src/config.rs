@@ -382,7 +382,8 @@ impl Settings {
                 problems.push(format!("{key}: must be above 0"));
             }
         }
-        if !r.redis_url.is_empty() && !(r.redis_url.starts_with("redis://") || r.redis_url.starts_with("rediss://")) {
+        let redis_scheme = r.redis_url.starts_with("redis://") || r.redis_url.starts_with("rediss://");
+        if !r.redis_url.is_empty() && !redis_scheme {
             problems.push("rate_limit.redis_url: must start with redis:// or rediss://".into());
         }
         if t.batch_size <= 0 {

@@ -112,6 +112,6 @@ mod tests {
         assert!(check_key("k").is_ok());
         assert!(check_key(&"é".repeat(255)).is_ok());
         assert!(check_key("").is_err());
-        assert!(check_key(&"k".repeat(256)).unwrap_err().contains("256"));
+        assert!(check_key(&"k".repeat(256)).is_err_and(|e| e.contains("256")));
     }
 }

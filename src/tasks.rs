@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ledger;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -41,7 +41,7 @@ impl TaskStatus {
 }
 
 /// The validated request, as stored and as forwarded to the provider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskInput {
     pub prompt: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,17 +51,17 @@ pub struct TaskInput {
     pub image_urls: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskOutput {
     pub images: Vec<OutputImage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputImage {
     pub url: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskErrorCode {
     UpstreamFailed,
@@ -71,7 +71,7 @@ pub enum TaskErrorCode {
 }
 
 /// Why a task failed, in words a client can act on: never credentials or raw provider internals.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskError {
     pub code: TaskErrorCode,
     pub message: String,
@@ -206,6 +206,16 @@ pub async fn get(pool: &PgPool, account_id: i64, task_id: &str) -> sqlx::Result<
         .await
 }
 
+/// A page cursor is the id of the last task of the previous page.
+pub fn check_cursor<'a>(parameter: &str, cursor: &'a str) -> Result<&'a str, crate::http::error::ApiError> {
+    if cursor.starts_with("task_") && cursor.len() <= 64 {
+        Ok(cursor)
+    } else {
+        let message = format!("`{parameter}`: not a cursor from a previous page.");
+        Err(crate::http::error::ApiError::InvalidRequest(message))
+    }
+}
+
 /// An account's tasks, newest first, strictly older than `before` (the cursor) when given.
 pub async fn list(
     pool: &PgPool,
@@ -224,6 +234,58 @@ pub async fn list(
     .bind(status)
     .bind(limit)
     .fetch_all(pool)
+    .await
+}
+
+/// The usage filters of the dashboard: a creation-time range `[from, to)` and a model or sub-model id.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UsageFilter<'a> {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub model: Option<&'a str>,
+}
+
+/// An account's tasks matching `filter`, newest first, strictly older than `before` when given.
+pub async fn usage_page(
+    pool: &PgPool,
+    account_id: i64,
+    filter: &UsageFilter<'_>,
+    before: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM tasks
+         WHERE account_id = $1 AND ($2::text IS NULL OR id < $2)
+           AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
+           AND ($5::text IS NULL OR model = $5 OR sub_model = $5)
+         ORDER BY id DESC LIMIT $6"
+    ))
+    .bind(account_id)
+    .bind(before)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(filter.model)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Totals over everything `filter` matches: `(tasks, succeeded, failed, unfinished, credits charged)`.
+pub async fn usage_totals(pool: &PgPool, account_id: i64, filter: &UsageFilter<'_>) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),
+                count(*) FILTER (WHERE status IN ('pending', 'running')),
+                COALESCE(SUM(price) FILTER (WHERE status = 'succeeded'), 0)::bigint
+         FROM tasks
+         WHERE account_id = $1
+           AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
+           AND ($4::text IS NULL OR model = $4 OR sub_model = $4)",
+    )
+    .bind(account_id)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(filter.model)
+    .fetch_one(pool)
     .await
 }
 

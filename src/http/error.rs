@@ -17,6 +17,11 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("unauthorized")]
     Unauthorized,
+    /// A dashboard or admin route without a valid session token (every reason, one answer).
+    #[error("invalid session token")]
+    InvalidToken,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("insufficient credits")]
     InsufficientCredits { price: i64, available: i64 },
     #[error("{0}")]
@@ -44,7 +49,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -62,7 +68,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::InvalidToken => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::InsufficientCredits { .. } => "insufficient_credits",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -81,11 +88,15 @@ impl ApiError {
             ApiError::InvalidRequest(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::Forbidden(m)
             | ApiError::Upstream(m)
             | ApiError::Unavailable(m)
             | ApiError::RateLimited { message: m, .. } => m.clone(),
             ApiError::Unauthorized => {
                 "Missing or invalid API key. Send `Authorization: Bearer aio_…` with an active key.".into()
+            }
+            ApiError::InvalidToken => {
+                "Missing, invalid or expired session token. Send `Authorization: Bearer <JWT>`.".into()
             }
             ApiError::InsufficientCredits { price, available } => {
                 format!("This request costs {price} credits; {available} are available.")
@@ -108,6 +119,10 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 tracing::error!(error = %error, "database unavailable");
                 ApiError::Unavailable("The database is unavailable; retry shortly.".into())
+            }
+            // A number beyond what the database holds (e.g. a balance past 2^63).
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
+                ApiError::InvalidRequest("A number in this request is out of range.".into())
             }
             other => ApiError::Internal(other.into()),
         }
@@ -134,7 +149,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::InvalidToken => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}

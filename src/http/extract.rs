@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::jwt::{Role, Session};
 
 /// A JSON body: 415 unless `application/json`, 413 over the body limit, 400 naming the field that
 /// does not fit (unknown, wrong type, malformed).
@@ -75,6 +76,20 @@ fn strip_position(message: &str) -> &str {
     message.rfind(" at line ").map_or(message, |at| &message[..at])
 }
 
+/// Path parameters; a value that does not fit (bad percent-encoding) is a 404 like any unknown path.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|_| ApiError::NotFound("No route matches this path.".into()))
+    }
+}
+
 /// A query string, 400 naming the parameter that does not fit.
 pub struct ApiQuery<T>(pub T);
 
@@ -122,6 +137,45 @@ impl FromRequestParts<AppState> for Caller {
         tracing::Span::current().record("account_id", caller.account_id);
         state.limits.check_key(&caller.key_id, caller.rate_limit_per_minute).await?;
         Ok(caller)
+    }
+}
+
+/// The holder of a valid session token (dashboard routes): any role, acting on its own account.
+impl FromRequestParts<AppState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or(ApiError::InvalidToken)?;
+        let jwt = state.jwt.as_ref().ok_or(ApiError::InvalidToken)?;
+        let session = jwt.verify(token).ok_or(ApiError::InvalidToken)?;
+        // A token for an account that does not exist is no session.
+        if !crate::accounts::exists(&state.pool, session.account_id).await.map_err(ApiError::Internal)? {
+            return Err(ApiError::InvalidToken);
+        }
+        tracing::Span::current().record("account_id", session.account_id);
+        Ok(session)
+    }
+}
+
+/// A session with the `admin` role; a `user` session gets 403.
+pub struct Admin(pub Session);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let session = Session::from_request_parts(parts, state).await?;
+        if session.role != Role::Admin {
+            return Err(ApiError::Forbidden("This route needs an admin session.".into()));
+        }
+        Ok(Admin(session))
     }
 }
 

@@ -1,17 +1,20 @@
 //! The HTTP API: routes, the middleware stack, and the one error envelope.
 
+mod admin;
 mod billing;
 pub mod error;
 pub mod extract;
 mod files;
 mod health;
 mod images;
+mod keys;
 mod models;
 mod tasks;
+mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{middleware, Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -76,6 +79,14 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/models", get(models::list))
         .route("/api/v1/models/{model_id}", get(models::get))
         .route("/files/{name}", get(files::get))
+        // Dashboard (session token): the caller's own keys and usage.
+        .route("/api/v1/keys", get(keys::list).post(keys::create))
+        .route("/api/v1/keys/{key_id}", delete(keys::revoke))
+        .route("/api/v1/usage", get(usage::usage))
+        // Admin (session token with role admin).
+        .route("/api/v1/admin/accounts", get(admin::list).post(admin::create))
+        .route("/api/v1/admin/accounts/{account_id}", get(admin::get))
+        .route("/api/v1/admin/accounts/{account_id}/credits", post(admin::change_credits))
 }
 
 /// Request ids for requests that come without one: `req_` + a ULID.

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::extract::ApiPath;
 use crate::app::AppState;
 use crate::catalog::{Catalog, Model};
 
@@ -138,7 +139,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"data": models, "endpoint_summary": summary}))
 }
 
-pub async fn get(State(state): State<AppState>, Path(model_id): Path<String>) -> Result<Json<ModelView>, ApiError> {
+pub async fn get(State(state): State<AppState>, ApiPath(model_id): ApiPath<String>) -> Result<Json<ModelView>, ApiError> {
     let model = state.catalog.get(&model_id).ok_or_else(|| ApiError::not_found("Model"))?;
     let base_url = &state.settings.server.public_base_url;
     Ok(Json(view(&state.catalog, model, state.settings.billing.usd_per_credit, base_url)))

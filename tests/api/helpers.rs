@@ -380,3 +380,40 @@ pub async fn ledger_of(pool: &PgPool, account_id: i64) -> Vec<(String, i64, Opti
         .await
         .expect("read the ledger")
 }
+
+/// The environment variable that holds the tests' HS256 secret (`auth.jwt.secret_env`).
+pub const JWT_SECRET_ENV: &str = "AIO_TEST_JWT_SECRET";
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+/// Sets the tests' HS256 secret in this process's environment, once, before any app reads it.
+pub fn jwt_secret() -> &'static str {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| std::env::set_var(JWT_SECRET_ENV, JWT_SECRET));
+    JWT_SECRET
+}
+
+/// A gateway whose dashboard and admin routes take HS256 tokens signed with [`JWT_SECRET`].
+pub async fn spawn_dashboard_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    jwt_secret();
+    spawn_app_with(|settings| {
+        settings.auth.jwt.algorithm = "HS256".into();
+        settings.auth.jwt.secret_env = JWT_SECRET_ENV.into();
+        configure(settings);
+    })
+    .await
+}
+
+/// An HS256 session token for `account_id` with `role`, as `token mint` makes them.
+pub fn session_token(account_id: i64, role: aio_gateway::jwt::Role) -> String {
+    let mut settings = aio_gateway::config::JwtSettings::default();
+    jwt_secret();
+    settings.secret_env = JWT_SECRET_ENV.into();
+    aio_gateway::jwt::mint(&settings, account_id, role, Duration::from_secs(3600)).expect("mint a token")
+}
+
+impl TestApp {
+    /// A request with a bearer token (API key or session token).
+    pub fn with_bearer(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).header(AUTHORIZATION, bearer(token))
+    }
+}

@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod dashboard;
 mod flow;
 mod helpers;
 mod http_errors;
