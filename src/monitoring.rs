@@ -143,6 +143,13 @@ pub fn webhook_attempt(outcome: &'static str) {
 
 /// `GET /metrics`: samples the gauges (one cheap count on the partial index of unfinished tasks, the
 /// pool's own numbers), then renders everything in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format. Bind it privately (`server.metrics_listen`).", body = String, content_type = "text/plain"))
+)]
 pub async fn render(State(state): State<AppState>) -> Response {
     match crate::tasks::count_open(&state.pool).await {
         Ok((pending, running)) => {

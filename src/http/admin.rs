@@ -7,6 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::openapi::ErrorEnvelope;
 use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use super::tasks::check_limit;
 use crate::accounts::{self, Account};
@@ -22,11 +23,30 @@ const MAX_REASON_CHARS: usize = 500;
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
     /// 1–200 characters.
+    #[schema(min_length = 1, max_length = 200, example = "acme")]
     name: String,
     /// Starting credits, granted through the ledger (default 0).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000i64)]
     credits: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/accounts",
+    operation_id = "createAccount",
+    tag = "admin",
+    request_body = NewAccount,
+    responses(
+        (status = 201, description = "The new account.", body = Account),
+        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
+        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
+        (status = 403, description = "The session is not an admin's.", body = ErrorEnvelope),
+        (status = 413, description = "The body is over the limit.", body = ErrorEnvelope),
+        (status = 415, description = "The body is not JSON.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("session" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -51,8 +71,10 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 pub struct AccountsQuery {
     /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,18}$")]
     cursor: Option<String>,
 }
 
@@ -63,6 +85,21 @@ pub struct AccountPage {
     next_cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/accounts",
+    operation_id = "listAccounts",
+    tag = "admin",
+    params(AccountsQuery),
+    responses(
+        (status = 200, description = "Accounts by id.", body = AccountPage),
+        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
+        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
+        (status = 403, description = "The session is not an admin's.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("session" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     _admin: Admin,
@@ -88,6 +125,21 @@ fn account_id(text: &str) -> Result<i64, ApiError> {
     text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| ApiError::not_found("Account"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/accounts/{account_id}",
+    operation_id = "getAccount",
+    tag = "admin",
+    params(("account_id" = String, Path, description = "The account id.", example = "1")),
+    responses(
+        (status = 200, description = "The account.", body = Account),
+        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
+        (status = 403, description = "The session is not an admin's.", body = ErrorEnvelope),
+        (status = 404, description = "No such account.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("session" = []))
+)]
 pub async fn get(
     State(state): State<AppState>,
     _admin: Admin,
@@ -102,8 +154,10 @@ pub async fn get(
 pub struct CreditChange {
     /// Positive: a grant. Negative: an adjustment, refused (409) if it would take the balance below 0.
     /// Not 0; at most 10^12 either way.
+    #[schema(minimum = -1_000_000_000_000i64, maximum = 1_000_000_000_000i64, example = 100)]
     amount: i64,
     /// Why, recorded in the ledger: 1–500 characters.
+    #[schema(min_length = 1, max_length = 500, example = "invoice 42")]
     reason: String,
 }
 
@@ -114,6 +168,26 @@ pub struct CreditChanged {
     entry: Entry,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/accounts/{account_id}/credits",
+    operation_id = "changeCredits",
+    tag = "admin",
+    params(("account_id" = String, Path, description = "The account id.", example = "1")),
+    request_body = CreditChange,
+    responses(
+        (status = 200, description = "The account after the change, and its ledger row.", body = CreditChanged),
+        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
+        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
+        (status = 403, description = "The session is not an admin's.", body = ErrorEnvelope),
+        (status = 404, description = "No such account.", body = ErrorEnvelope),
+        (status = 409, description = "The adjustment would take the balance below 0.", body = ErrorEnvelope),
+        (status = 413, description = "The body is over the limit.", body = ErrorEnvelope),
+        (status = 415, description = "The body is not JSON.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("session" = []))
+)]
 pub async fn change_credits(
     State(state): State<AppState>,
     Admin(admin): Admin,

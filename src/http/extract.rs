@@ -156,7 +156,7 @@ impl FromRequestParts<AppState> for Session {
         let jwt = state.jwt.as_ref().ok_or(ApiError::InvalidToken)?;
         let session = jwt.verify(token).ok_or(ApiError::InvalidToken)?;
         // A token for an account that does not exist is no session.
-        if !crate::accounts::exists(&state.pool, session.account_id).await.map_err(ApiError::Internal)? {
+        if crate::accounts::get(&state.pool, session.account_id).await?.is_none() {
             return Err(ApiError::InvalidToken);
         }
         tracing::Span::current().record("account_id", session.account_id);

@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::error::ApiError;
+use super::openapi::ErrorEnvelope;
 use super::extract::{ApiJson, IdempotencyHeader};
 use super::tasks::TaskView;
 use crate::app::AppState;
@@ -16,6 +17,28 @@ use crate::idempotency::{self, IdempotencyKey};
 use crate::monitoring;
 use crate::tasks::{self, Created, NewTask, TaskErrorCode, TaskStatus};
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/images/generations",
+    operation_id = "createTask",
+    tag = "tasks",
+    request_body = CreateRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 characters. The same key and request within 24 h return the first task and hold nothing new; another request with it is 409.")),
+    responses(
+        (status = 200, description = "The task, pending or running; its price is held.", body = TaskView,
+         headers(("Location" = String, description = "/api/v1/tasks/{task_id}"))),
+        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid API key.", body = ErrorEnvelope),
+        (status = 402, description = "The price is above the available credits.", body = ErrorEnvelope),
+        (status = 409, description = "The Idempotency-Key was used with another request.", body = ErrorEnvelope),
+        (status = 413, description = "The body is over the limit.", body = ErrorEnvelope),
+        (status = 415, description = "The body is not JSON.", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited; see Retry-After.", body = ErrorEnvelope),
+        (status = 502, description = "The provider refused the task; nothing is charged.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::openapi::ErrorEnvelope;
 use super::extract::{ApiJson, ApiPath};
 use crate::accounts::{self, KeyInfo, OwnRevoke};
 use crate::app::AppState;
@@ -21,6 +22,18 @@ pub struct KeyList {
     data: Vec<KeyInfo>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    operation_id = "listKeys",
+    tag = "dashboard",
+    responses(
+        (status = 200, description = "The caller's keys (prefixes only).", body = KeyList),
+        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("session" = []))
+)]
 pub async fn list(State(state): State<AppState>, session: Session) -> Result<Json<KeyList>, ApiError> {
     let data = accounts::list_keys(&state.pool, session.account_id).await?;
     Ok(Json(KeyList { data }))
@@ -30,6 +43,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Result<Jso
 #[serde(deny_unknown_fields)]
 pub struct NewKeyRequest {
     /// A label for listings, up to 100 characters.
+    #[schema(max_length = 100, example = "ci")]
     name: Option<String>,
     /// RFC 3339 time, in the future, after which the key stops working.
     expires_at: Option<DateTime<Utc>>,
@@ -45,6 +59,22 @@ pub struct NewKey {
     expires_at: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    operation_id = "createKey",
+    tag = "dashboard",
+    request_body = NewKeyRequest,
+    responses(
+        (status = 201, description = "The new key, shown this once.", body = NewKey),
+        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
+        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
+        (status = 413, description = "The body is over the limit.", body = ErrorEnvelope),
+        (status = 415, description = "The body is not JSON.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("session" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     session: Session,
@@ -64,6 +94,20 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(key)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{key_id}",
+    operation_id = "revokeKey",
+    tag = "dashboard",
+    params(("key_id" = String, Path, description = "The key id, `key_…`.")),
+    responses(
+        (status = 204, description = "Revoked (also when it was revoked before)."),
+        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
+        (status = 404, description = "No such key of this account.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("session" = []))
+)]
 /// Revoking is idempotent: a key revoked before answers 204 too. Another account's key is 404.
 pub async fn revoke(
     State(state): State<AppState>,

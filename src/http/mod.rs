@@ -9,6 +9,7 @@ mod health;
 mod images;
 mod keys;
 mod models;
+pub mod openapi;
 mod tasks;
 mod usage;
 
@@ -75,7 +76,8 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/tasks", get(tasks::list))
         .route("/api/v1/tasks/{task_id}", get(tasks::get))
         .route("/api/v1/billing/credits", get(billing::credits))
-        .route("/billing/credits", get(billing::credits))
+        .route("/billing/credits", get(billing::credits_alias))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/models", get(models::list))
         .route("/api/v1/models/{model_id}", get(models::get))
         .route("/files/{name}", get(files::get))

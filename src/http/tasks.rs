@@ -6,6 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::openapi::ErrorEnvelope;
 use super::extract::{ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -64,6 +65,21 @@ impl From<&Task> for TaskView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{task_id}",
+    operation_id = "getTask",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id, `task_…`.")),
+    responses(
+        (status = 200, description = "The task.", body = TaskView),
+        (status = 401, description = "Missing or invalid API key.", body = ErrorEnvelope),
+        (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited; see Retry-After.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -73,15 +89,22 @@ pub async fn get(
     Ok(Json(TaskView::from(&task)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^task_", max_length = 64)]
     cursor: Option<String>,
+    /// Only tasks in this status.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskPage {
     data: Vec<TaskView>,
     /// Pass as `?cursor=` for the next (older) page; `null` on the last page.
@@ -100,6 +123,21 @@ pub fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    operation_id = "listTasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The caller's tasks, newest first.", body = TaskPage),
+        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
+        (status = 401, description = "Missing or invalid API key.", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited; see Retry-After.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::openapi::ErrorEnvelope;
 use super::extract::ApiQuery;
 use super::tasks::{check_limit, TaskView};
 use crate::app::AppState;
@@ -26,18 +27,21 @@ pub struct UsageQuery {
     /// A model or sub-model id; ledger entries without a task (grants, adjustments) then drop out.
     model: Option<String>,
     /// Page size of each list, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `tasks.next_cursor` of the previous page.
+    #[param(pattern = "^task_", max_length = 64)]
     tasks_cursor: Option<String>,
     /// `ledger.next_cursor` of the previous page.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
     ledger_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     summary: UsageSummary,
-    tasks: TaskPage,
-    ledger: LedgerPage,
+    tasks: UsageTasks,
+    ledger: UsageLedger,
 }
 
 /// Totals over every task the filter matches (not only this page).
@@ -53,17 +57,31 @@ pub struct UsageSummary {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TaskPage {
+pub struct UsageTasks {
     data: Vec<TaskView>,
     next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct LedgerPage {
+pub struct UsageLedger {
     data: Vec<Entry>,
     next_cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage",
+    operation_id = "getUsage",
+    tag = "dashboard",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "Totals, tasks and ledger entries of the caller's account.", body = Usage),
+        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
+        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+    ),
+    security(("session" = []))
+)]
 pub async fn usage(
     State(state): State<AppState>,
     session: Session,
@@ -94,11 +112,11 @@ pub async fn usage(
     let full = |len: usize| len as i64 == limit;
     Ok(Json(Usage {
         summary: UsageSummary { tasks: total, succeeded, failed, unfinished, credits_charged },
-        tasks: TaskPage {
+        tasks: UsageTasks {
             next_cursor: task_rows.last().filter(|_| full(task_rows.len())).map(|t| t.id.clone()),
             data: task_rows.iter().map(TaskView::from).collect(),
         },
-        ledger: LedgerPage {
+        ledger: UsageLedger {
             next_cursor: entries.last().filter(|_| full(entries.len())).map(|e| e.id.to_string()),
             data: entries,
         },

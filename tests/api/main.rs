@@ -9,6 +9,7 @@ mod http_errors;
 mod idempotency;
 mod ledger;
 mod metrics;
+mod openapi;
 mod rate_limits;
 mod recovery;
 mod validation;
