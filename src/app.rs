@@ -96,23 +96,48 @@ impl Application {
         &self.state
     }
 
-    /// Serves HTTP and runs the engine until `shutdown` is cancelled; in-flight requests finish first.
+    /// Serves HTTP and runs the engine until `shutdown` is cancelled. Then: stop accepting; let
+    /// in-flight requests finish and the engine's provider calls end, both within
+    /// `server.shutdown_grace_secs`; hand back the leases of tasks still unfinished.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let role = self.state.settings.server.role;
-        let engine = role.runs_engine().then(|| tokio::spawn(Arc::clone(&self.state.engine).run(shutdown.clone())));
+        let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
+        let engine = Arc::clone(&self.state.engine);
+        let engine_loop = role.runs_engine().then(|| tokio::spawn(Arc::clone(&engine).run(shutdown.clone())));
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let metrics = self.metrics_listener.map(|listener| {
             let router = crate::http::metrics_router(self.state.clone());
             tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future())
         });
         let router = crate::http::router(self.state);
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        let serve = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut server = tokio::spawn(serve.into_future());
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            served = &mut server => {
+                // The server stopped by itself: an error (or a cancel that raced this select).
+                served??;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections; finishing in-flight requests");
+        if !server.is_finished() {
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(served) => served??,
+                Err(_) => {
+                    tracing::warn!("shutdown grace over: in-flight requests cut off");
+                    server.abort();
+                }
+            }
+        }
+        if let Some(engine_loop) = engine_loop {
+            engine_loop.await?;
+            engine.drain(deadline).await;
+        }
         if let Some(metrics) = metrics {
-            metrics.await??;
+            metrics.abort();
         }
-        if let Some(engine) = engine {
-            engine.await?;
-        }
+        tracing::info!("stopped");
         Ok(())
     }
 }

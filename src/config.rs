@@ -42,6 +42,8 @@ pub struct ServerSettings {
     /// Serve `/metrics` on this separate address (e.g. `127.0.0.1:9090`) instead of on `listen`.
     /// Empty: `/metrics` is a route of the main listener.
     pub metrics_listen: String,
+    /// On SIGTERM/SIGINT: how long in-flight requests and provider calls may take to finish.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -73,6 +75,7 @@ impl Default for ServerSettings {
             body_limit_bytes: 1024 * 1024,
             role: Role::All,
             metrics_listen: String::new(),
+            shutdown_grace_secs: 30,
         }
     }
 }

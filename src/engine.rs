@@ -5,7 +5,8 @@
 //! it survives restarts and several gateways can share one database: each claims due tasks with
 //! `FOR UPDATE SKIP LOCKED`, and terminal transitions are guarded so only one of them settles.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -29,12 +30,41 @@ pub struct Engine {
     wake: Notify,
     /// Bounds the provider calls the background loop has in flight.
     in_flight: Arc<Semaphore>,
+    /// Tasks this process claimed and is working on: on shutdown it waits for them, then hands back
+    /// the leases of those still unfinished.
+    claimed: Mutex<HashSet<String>>,
+    /// Notified whenever `claimed` becomes empty.
+    idle: Notify,
+}
+
+/// Marks a task as worked on by this process while it lives.
+struct ClaimGuard<'a> {
+    engine: &'a Engine,
+    task_id: String,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        let mut claimed = self.engine.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        claimed.remove(&self.task_id);
+        if claimed.is_empty() {
+            self.engine.idle.notify_waiters();
+        }
+    }
 }
 
 impl Engine {
     pub fn new(pool: PgPool, providers: Providers, settings: TaskSettings) -> Arc<Engine> {
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
-        Arc::new(Engine { pool, providers, settings, wake: Notify::new(), in_flight })
+        Arc::new(Engine {
+            pool,
+            providers,
+            settings,
+            wake: Notify::new(),
+            in_flight,
+            claimed: Mutex::new(HashSet::new()),
+            idle: Notify::new(),
+        })
     }
 
     /// The create fast path: submit the new task right away instead of at the next tick, and wait a
@@ -79,11 +109,39 @@ impl Engine {
                 _ = self.wake.notified() => {}
             }
         }
-        // Let provider calls in flight finish (briefly); whatever is cut off is picked up again after
-        // its lease by the next process.
-        let all = self.settings.max_in_flight as u32;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.in_flight.acquire_many(all)).await;
+        tracing::info!("engine loop stopped");
+    }
+
+    /// On shutdown, after the loop stopped and the API drained: waits until `deadline` for the tasks
+    /// this process is working on, then makes those still unfinished due at once (their lease handed
+    /// back), so another process takes them now rather than after `tasks.lease_secs`.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        loop {
+            let idle = self.idle.notified();
+            if self.claimed_ids().is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                break;
+            }
+        }
+        let left = self.claimed_ids();
+        if !left.is_empty() {
+            match tasks::release(&self.pool, &left).await {
+                Ok(released) => tracing::warn!(released, "shutdown grace over: unfinished tasks handed back"),
+                Err(error) => tracing::error!(error = %error, "handing back leases failed; they expire after tasks.lease_secs"),
+            }
+        }
         tracing::info!("engine stopped");
+    }
+
+    fn claimed_ids(&self) -> Vec<String> {
+        self.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
+    }
+
+    fn track(&self, task_id: &str) -> ClaimGuard<'_> {
+        self.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(task_id.to_owned());
+        ClaimGuard { engine: self, task_id: task_id.to_owned() }
     }
 
     /// Claims up to a batch of due tasks (as many as there are free slots) and starts working on
@@ -123,6 +181,7 @@ impl Engine {
 
     /// One step for one claimed task. Errors leave the task to its lease: it becomes due again.
     async fn process(&self, task: Task) {
+        let _claim = self.track(&task.id);
         let span = tracing::info_span!("task", task_id = %task.id, provider = %task.provider, status = ?task.status);
         async {
             let result = match task.status {

@@ -323,6 +323,17 @@ pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Resu
     .await
 }
 
+/// Hands back the leases of claimed tasks (shutdown): unfinished ones are due again at once.
+pub async fn release(pool: &PgPool, task_ids: &[String]) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE tasks SET next_poll_at = now() WHERE id = ANY($1) AND status IN ('pending', 'running')",
+    )
+    .bind(task_ids)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// The provider accepted the task: remember its job id and when to look again.
 pub async fn mark_running(pool: &PgPool, task_id: &str, upstream_id: &str, next_poll_in: Duration) -> sqlx::Result<bool> {
     let done = sqlx::query(

@@ -2,7 +2,10 @@
 //! random port with fast engine settings, an HTTP client, and the ledger invariants of SPEC §2.3.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aio_gateway::app::Application;
@@ -10,7 +13,7 @@ use aio_gateway::config::{ProviderKind, ProviderSettings, Role, Settings};
 use aio_gateway::{accounts, store};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Response, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -372,6 +375,24 @@ pub async fn assert_ledger_consistent(pool: &PgPool) {
     assert!(orphans.is_empty(), "ledger rows with a wrong task link: {orphans:?}");
 }
 
+/// Waits until every task in the database is `succeeded` or `failed`. The 60 s bound only keeps a
+/// broken engine from hanging the suite.
+pub async fn wait_all_terminal(pool: &PgPool) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let open: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, status FROM tasks WHERE status IN ('pending', 'running') ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .expect("read tasks");
+        if open.is_empty() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "tasks never finished: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The ledger of one account, oldest first: `(kind, amount, task_id)`.
 pub async fn ledger_of(pool: &PgPool, account_id: i64) -> Vec<(String, i64, Option<String>)> {
     sqlx::query_as("SELECT kind, amount, task_id FROM ledger WHERE account_id = $1 ORDER BY id")
@@ -415,5 +436,105 @@ impl TestApp {
     /// A request with a bearer token (API key or session token).
     pub fn with_bearer(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
         self.client.request(method, self.url(path)).header(AUTHORIZATION, bearer(token))
+    }
+}
+
+/// A gateway process, killed (SIGKILL) and reaped when dropped, so a failing assertion never leaves
+/// one behind.
+pub struct Gateway {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Gateway {
+    pub fn start(database_url: &str, files_dir: &Path, log: &Path, role: &str) -> Gateway {
+        Gateway::start_with(database_url, files_dir, log, role, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables (set last, so they win).
+    pub fn start_with(database_url: &str, files_dir: &Path, log: &Path, role: &str, env: &[(&str, &str)]) -> Gateway {
+        let port = {
+            let probe = TcpListener::bind("127.0.0.1:0").expect("find a free port");
+            probe.local_addr().expect("probe address").port()
+        };
+        let log = File::create(log).expect("create the log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aio-gateway"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("AIO__") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("--config")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("AIO__DATABASE__MAX_CONNECTIONS", "5")
+            .env("AIO__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("AIO__SERVER__ROLE", role)
+            .env("AIO__BOOTSTRAP__ENABLED", "false")
+            .env("AIO__CATALOG__MODELS_PATH", models_path())
+            .env("AIO__FILES__DIR", files_dir)
+            .env("AIO__TASKS__LEASE_SECS", "2")
+            .env("AIO__TASKS__TICK_MS", "100")
+            .env("AIO__TASKS__POLL_INITIAL_MS", "100")
+            .env("AIO__TASKS__POLL_MAX_MS", "1000")
+            .env("AIO__TASKS__RETRY_INITIAL_MS", "100")
+            .env("AIO__PROVIDERS__SIMULATED__DELAY_MS", "3000")
+            .env("AIO__LOG__LEVEL", "info")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("start the gateway binary");
+        Gateway { child, address: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Waits until `/healthz` answers (the 30 s bound only stops a hang).
+    pub async fn ready(&mut self, client: &reqwest::Client) {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = client.get(format!("{}/healthz", self.address)).send().await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the gateway exited early with {status}");
+            }
+            assert!(tokio::time::Instant::now() < give_up, "the gateway at {} never became ready", self.address);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, no chance to release leases or finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Creates a task with `prompt`; returns its id.
+    pub async fn create(&self, client: &reqwest::Client, key: &str, prompt: &str) -> String {
+        let response = client
+            .post(format!("{}/api/v1/images/generations", self.address))
+            .header(AUTHORIZATION, bearer(key))
+            .json(&json!({"prompt": prompt}))
+            .send()
+            .await
+            .expect("POST /api/v1/images/generations");
+        let status = response.status();
+        let task: Value = response.json().await.expect("task JSON");
+        assert_eq!(status, StatusCode::OK, "create answered {task}");
+        task["task_id"].as_str().expect("task_id").to_owned()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

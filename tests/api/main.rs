@@ -12,4 +12,5 @@ mod metrics;
 mod openapi;
 mod rate_limits;
 mod recovery;
+mod shutdown;
 mod validation;
