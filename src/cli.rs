@@ -50,6 +50,13 @@ pub enum Command {
     Token(TokenCommand),
     /// Validate the configuration and catalog; exit non-zero if anything is wrong.
     CheckConfig,
+    /// Exit 0 when the gateway on `server.listen` (or `--url`) answers `/readyz` with 200: the
+    /// container HEALTHCHECK, with no curl in the image.
+    Healthcheck {
+        /// Base URL of the gateway [default: http://127.0.0.1:<port of server.listen>].
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +151,10 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             JwtAuth::from_settings(&settings.auth.jwt)?;
             return Ok(Some(json!({"ok": true, "models_path": settings.catalog.models_path})));
         }
+        Command::Healthcheck { url } => {
+            healthcheck(&settings, url.as_deref()).await?;
+            return Ok(Some(json!({"ready": true})));
+        }
         // Signing needs no database: a token for an account that does not exist is refused when used.
         Command::Token(TokenCommand::Mint { account, role, ttl }) => {
             anyhow::ensure!(*account > 0, "--account must be an account id");
@@ -177,7 +188,9 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             tx.commit().await?;
             Some(json!({"balance": balance}))
         }
-        Command::CheckConfig | Command::Token(_) => unreachable!("handled before connecting"),
+        Command::CheckConfig | Command::Token(_) | Command::Healthcheck { .. } => {
+            unreachable!("handled before connecting")
+        }
     })
 }
 
@@ -208,6 +221,20 @@ async fn serve(settings: Settings, pool: PgPool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     application.run(shutdown).await
+}
+
+async fn healthcheck(settings: &Settings, url: Option<&str>) -> anyhow::Result<()> {
+    let base = match url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let listen: std::net::SocketAddr = settings.server.listen.parse()?;
+            format!("http://127.0.0.1:{}", listen.port())
+        }
+    };
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
+    let response = client.get(format!("{base}/readyz")).send().await?;
+    anyhow::ensure!(response.status().is_success(), "{base}/readyz answered {}", response.status());
+    Ok(())
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -117,11 +117,12 @@ fn parse_algorithm(name: &str) -> anyhow::Result<Algorithm> {
     }
 }
 
-/// The HS256 secret from the environment variable the config names; `None` when it is unset.
+/// The HS256 secret from the environment variable the config names; `None` when it is unset or empty.
 fn hs256_secret(settings: &JwtSettings) -> anyhow::Result<Option<SecretString>> {
-    let Ok(secret) = std::env::var(&settings.secret_env) else {
+    let secret = std::env::var(&settings.secret_env).unwrap_or_default();
+    if secret.is_empty() {
         return Ok(None);
-    };
+    }
     if secret.len() < MIN_SECRET_BYTES {
         bail!("auth.jwt.secret_env: ${} must hold at least {MIN_SECRET_BYTES} bytes", settings.secret_env);
     }

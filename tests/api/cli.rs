@@ -195,3 +195,17 @@ async fn token_mint_signs_a_session_token_the_gateway_accepts() {
         .expect("run token mint");
     assert!(!bad_ttl.status.success() && String::from_utf8_lossy(&bad_ttl.stderr).contains("--ttl"));
 }
+
+// Multi-threaded: the in-process gateway must answer while this thread waits for the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_0_only_when_the_gateway_is_ready() {
+    let app = spawn_app().await;
+    let ready = gateway("postgres://unused@127.0.0.1/none").args(["healthcheck", "--url", &app.address]).output().expect("run");
+    assert!(ready.status.success(), "{}", String::from_utf8_lossy(&ready.stderr));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let down = gateway("postgres://unused@127.0.0.1/none")
+        .args(["healthcheck", "--url", &format!("http://127.0.0.1:{closed}")])
+        .output()
+        .expect("run");
+    assert!(!down.status.success());
+}
