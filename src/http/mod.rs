@@ -20,8 +20,7 @@ use axum::{middleware, Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use crate::monitoring;
@@ -59,11 +58,7 @@ fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUlid))
                 .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
-                )
+                .layer(TraceLayer::new_for_http().make_span_with(request_span).on_response(finish_span))
                 .layer(middleware::from_fn(error::render_errors))
                 .layer(CatchPanicLayer::custom(error::panic_response)),
         )
@@ -101,8 +96,10 @@ impl MakeRequestId for MakeRequestUlid {
     }
 }
 
-/// One span per request; `account_id` is filled in once the key is known. The query string is
-/// left out: it is the client's, and never needed to follow a request.
+/// One span per request: `route` (the matched pattern) is filled in by the metrics middleware,
+/// `account_id` once the key or session is known, `status` and `latency_ms` when the answer leaves.
+/// The query string and headers are left out: they are the client's (and `Authorization` holds its
+/// key), and never needed to follow a request.
 fn request_span<B>(request: &Request<B>) -> tracing::Span {
     let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
     tracing::info_span!(
@@ -112,5 +109,15 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         request_id = %request_id,
         route = tracing::field::Empty,
         account_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
     )
+}
+
+fn finish_span<B>(response: &axum::http::Response<B>, latency: std::time::Duration, span: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    span.record("status", status);
+    span.record("latency_ms", latency_ms);
+    tracing::info!(status, latency_ms, "request finished");
 }

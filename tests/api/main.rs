@@ -8,6 +8,7 @@ mod helpers;
 mod http_errors;
 mod idempotency;
 mod ledger;
+mod logs;
 mod metrics;
 mod openapi;
 mod rate_limits;
