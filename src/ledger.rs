@@ -145,22 +145,15 @@ pub async fn page(
     before: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<Entry>> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "SELECT l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at
          FROM ledger l LEFT JOIN tasks t ON t.id = l.task_id
          WHERE l.account_id = $1 AND ($2::bigint IS NULL OR l.id < $2)
            AND ($3::timestamptz IS NULL OR l.created_at >= $3) AND ($4::timestamptz IS NULL OR l.created_at < $4)
            AND ($5::text IS NULL OR t.model = $5 OR t.sub_model = $5)
          ORDER BY l.id DESC LIMIT $6",
-    )
-    .bind(account_id)
-    .bind(before)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(filter.model)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    );
+    filter.bind_to(query.bind(account_id).bind(before)).bind(limit).fetch_all(pool).await
 }
 
 /// The newest entry of an account, in the caller's transaction (which holds the account's row).

@@ -245,6 +245,16 @@ pub struct UsageFilter<'a> {
     pub model: Option<&'a str>,
 }
 
+impl<'a> UsageFilter<'a> {
+    /// Binds `from`, `to` and `model`, in that order, as the query's next three parameters.
+    pub fn bind_to<O>(
+        &self,
+        query: sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query.bind(self.from).bind(self.to).bind(self.model)
+    }
+}
+
 /// An account's tasks matching `filter`, newest first, strictly older than `before` when given.
 pub async fn usage_page(
     pool: &PgPool,
@@ -253,26 +263,19 @@ pub async fn usage_page(
     before: Option<&str>,
     limit: i64,
 ) -> sqlx::Result<Vec<Task>> {
-    sqlx::query_as(&format!(
+    let sql = format!(
         "SELECT {COLUMNS} FROM tasks
          WHERE account_id = $1 AND ($2::text IS NULL OR id < $2)
            AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
            AND ($5::text IS NULL OR model = $5 OR sub_model = $5)
          ORDER BY id DESC LIMIT $6"
-    ))
-    .bind(account_id)
-    .bind(before)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(filter.model)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    );
+    filter.bind_to(sqlx::query_as(&sql).bind(account_id).bind(before)).bind(limit).fetch_all(pool).await
 }
 
 /// Totals over everything `filter` matches: `(tasks, succeeded, failed, unfinished, credits charged)`.
 pub async fn usage_totals(pool: &PgPool, account_id: i64, filter: &UsageFilter<'_>) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),
                 count(*) FILTER (WHERE status IN ('pending', 'running')),
                 COALESCE(SUM(price) FILTER (WHERE status = 'succeeded'), 0)::bigint
@@ -280,13 +283,8 @@ pub async fn usage_totals(pool: &PgPool, account_id: i64, filter: &UsageFilter<'
          WHERE account_id = $1
            AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
            AND ($4::text IS NULL OR model = $4 OR sub_model = $4)",
-    )
-    .bind(account_id)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(filter.model)
-    .fetch_one(pool)
-    .await
+    );
+    filter.bind_to(query.bind(account_id)).fetch_one(pool).await
 }
 
 /// Claims one unfinished task that is due (the create fast path), hiding it from other workers for

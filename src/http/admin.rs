@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::openapi::ErrorEnvelope;
+use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope};
 use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use super::tasks::check_limit;
 use crate::accounts::{self, Account};
@@ -38,12 +38,8 @@ pub struct NewAccount {
     request_body = NewAccount,
     responses(
         (status = 201, description = "The new account.", body = Account),
-        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
-        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
-        (status = 403, description = "The session is not an admin's.", body = ErrorEnvelope),
-        (status = 413, description = "The body is over the limit.", body = ErrorEnvelope),
-        (status = 415, description = "The body is not JSON.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        BodyErrors,
+        AdminErrors,
     ),
     security(("session" = []))
 )]
@@ -93,10 +89,8 @@ pub struct AccountPage {
     params(AccountsQuery),
     responses(
         (status = 200, description = "Accounts by id.", body = AccountPage),
-        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
-        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
-        (status = 403, description = "The session is not an admin's.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
+        AdminErrors,
     ),
     security(("session" = []))
 )]
@@ -133,10 +127,8 @@ fn account_id(text: &str) -> Result<i64, ApiError> {
     params(("account_id" = String, Path, description = "The account id.", example = "1")),
     responses(
         (status = 200, description = "The account.", body = Account),
-        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
-        (status = 403, description = "The session is not an admin's.", body = ErrorEnvelope),
         (status = 404, description = "No such account.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        AdminErrors,
     ),
     security(("session" = []))
 )]
@@ -177,14 +169,10 @@ pub struct CreditChanged {
     request_body = CreditChange,
     responses(
         (status = 200, description = "The account after the change, and its ledger row.", body = CreditChanged),
-        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
-        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
-        (status = 403, description = "The session is not an admin's.", body = ErrorEnvelope),
         (status = 404, description = "No such account.", body = ErrorEnvelope),
         (status = 409, description = "The adjustment would take the balance below 0.", body = ErrorEnvelope),
-        (status = 413, description = "The body is over the limit.", body = ErrorEnvelope),
-        (status = 415, description = "The body is not JSON.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        BodyErrors,
+        AdminErrors,
     ),
     security(("session" = []))
 )]

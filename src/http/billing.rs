@@ -5,7 +5,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::openapi::ErrorEnvelope;
+use super::openapi::KeyErrors;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::ledger::{self, Entry};
@@ -31,9 +31,7 @@ pub struct Credits {
     tag = "tasks",
     responses(
         (status = 200, description = "Balance, held credits and the last 20 ledger entries.", body = Credits),
-        (status = 401, description = "Missing or invalid API key.", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited; see Retry-After.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        KeyErrors,
     ),
     security(("api_key" = []))
 )]
@@ -57,9 +55,7 @@ pub async fn credits(State(state): State<AppState>, caller: Caller) -> Result<Js
     tag = "tasks",
     responses(
         (status = 200, description = "Balance, held credits and the last 20 ledger entries.", body = Credits),
-        (status = 401, description = "Missing or invalid API key.", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited; see Retry-After.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        KeyErrors,
     ),
     security(("api_key" = []))
 )]

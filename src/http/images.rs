@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::error::ApiError;
-use super::openapi::ErrorEnvelope;
+use super::openapi::{BodyErrors, ErrorEnvelope, KeyErrors};
 use super::extract::{ApiJson, IdempotencyHeader};
 use super::tasks::TaskView;
 use crate::app::AppState;
@@ -27,15 +27,11 @@ use crate::tasks::{self, Created, NewTask, TaskErrorCode, TaskStatus};
     responses(
         (status = 200, description = "The task, pending or running; its price is held.", body = TaskView,
          headers(("Location" = String, description = "/api/v1/tasks/{task_id}"))),
-        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid API key.", body = ErrorEnvelope),
         (status = 402, description = "The price is above the available credits.", body = ErrorEnvelope),
         (status = 409, description = "The Idempotency-Key was used with another request.", body = ErrorEnvelope),
-        (status = 413, description = "The body is over the limit.", body = ErrorEnvelope),
-        (status = 415, description = "The body is not JSON.", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited; see Retry-After.", body = ErrorEnvelope),
         (status = 502, description = "The provider refused the task; nothing is charged.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        BodyErrors,
+        KeyErrors,
     ),
     security(("api_key" = []))
 )]

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::openapi::ErrorEnvelope;
+use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use super::extract::{ApiJson, ApiPath};
 use crate::accounts::{self, KeyInfo, OwnRevoke};
 use crate::app::AppState;
@@ -29,8 +29,7 @@ pub struct KeyList {
     tag = "dashboard",
     responses(
         (status = 200, description = "The caller's keys (prefixes only).", body = KeyList),
-        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        SessionErrors,
     ),
     security(("session" = []))
 )]
@@ -67,11 +66,8 @@ pub struct NewKey {
     request_body = NewKeyRequest,
     responses(
         (status = 201, description = "The new key, shown this once.", body = NewKey),
-        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
-        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
-        (status = 413, description = "The body is over the limit.", body = ErrorEnvelope),
-        (status = 415, description = "The body is not JSON.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        BodyErrors,
+        SessionErrors,
     ),
     security(("session" = []))
 )]
@@ -102,9 +98,8 @@ pub async fn create(
     params(("key_id" = String, Path, description = "The key id, `key_…`.")),
     responses(
         (status = 204, description = "Revoked (also when it was revoked before)."),
-        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
         (status = 404, description = "No such key of this account.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        SessionErrors,
     ),
     security(("session" = []))
 )]

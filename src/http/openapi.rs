@@ -3,7 +3,7 @@
 
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::{admin, billing, files, health, images, keys, models, tasks, usage};
 
@@ -123,4 +123,61 @@ impl Modify for SecuritySchemes {
 )]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+/// The errors of every route that reads a JSON body.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyErrors {
+    /// Malformed JSON, an unknown field, a bad value (the message names the field).
+    #[response(status = 400)]
+    InvalidRequest(ErrorEnvelope),
+    /// The body is over `server.body_limit_bytes`.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorEnvelope),
+    /// The body is not `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorEnvelope),
+}
+
+/// The errors of every API-key route.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum KeyErrors {
+    /// Missing, malformed, unknown, revoked or expired API key (one answer for all).
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// The key's rate limit, or too many creates at once; see `Retry-After`.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
+    RateLimited(ErrorEnvelope),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorEnvelope),
+}
+
+/// The errors of every session (dashboard) route.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum SessionErrors {
+    /// Missing, invalid or expired session token (one answer for all).
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorEnvelope),
+}
+
+/// The errors of every admin route.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum AdminErrors {
+    /// Missing, invalid or expired session token (one answer for all).
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// The session is a user's, not an admin's.
+    #[response(status = 403)]
+    Forbidden(ErrorEnvelope),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorEnvelope),
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::openapi::ErrorEnvelope;
+use super::openapi::{ErrorEnvelope, KeyErrors};
 use super::extract::{ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -73,10 +73,8 @@ impl From<&Task> for TaskView {
     params(("task_id" = String, Path, description = "The task id, `task_…`.")),
     responses(
         (status = 200, description = "The task.", body = TaskView),
-        (status = 401, description = "Missing or invalid API key.", body = ErrorEnvelope),
         (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited; see Retry-After.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        KeyErrors,
     ),
     security(("api_key" = []))
 )]
@@ -131,10 +129,8 @@ pub fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     params(ListQuery),
     responses(
         (status = 200, description = "The caller's tasks, newest first.", body = TaskPage),
-        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid API key.", body = ErrorEnvelope),
-        (status = 429, description = "Rate limited; see Retry-After.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
+        KeyErrors,
     ),
     security(("api_key" = []))
 )]

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::openapi::ErrorEnvelope;
+use super::openapi::{ErrorEnvelope, SessionErrors};
 use super::extract::ApiQuery;
 use super::tasks::{check_limit, TaskView};
 use crate::app::AppState;
@@ -76,9 +76,8 @@ pub struct UsageLedger {
     params(UsageQuery),
     responses(
         (status = 200, description = "Totals, tasks and ledger entries of the caller's account.", body = Usage),
-        (status = 400, description = "Malformed JSON, an unknown field, a bad value (the message names the field).", body = ErrorEnvelope),
-        (status = 401, description = "Missing, invalid or expired session token.", body = ErrorEnvelope),
-        (status = 503, description = "The database is unreachable; see Retry-After.", body = ErrorEnvelope),
+        (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
+        SessionErrors,
     ),
     security(("session" = []))
 )]

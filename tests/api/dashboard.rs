@@ -115,14 +115,21 @@ async fn users_get_403_on_admin_routes_and_admins_pass() {
     assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
 }
 
-#[tokio::test]
-async fn rs256_is_pinned_against_hs256_confusion() {
+/// A gateway whose sessions are `algorithm` tokens checked with the fixture public key `pem`, and an
+/// account on it.
+async fn spawn_public_key_app(algorithm: &str, pem: &str) -> (TestApp, i64) {
     let app = spawn_app_with(|s| {
-        s.auth.jwt.algorithm = "RS256".into();
-        s.auth.jwt.public_key_path = format!("{FIXTURES}/rsa_public.pem").into();
+        s.auth.jwt.algorithm = algorithm.into();
+        s.auth.jwt.public_key_path = format!("{FIXTURES}/{pem}").into();
     })
     .await;
     let (account, _) = app.new_account(100).await;
+    (app, account)
+}
+
+#[tokio::test]
+async fn rs256_is_pinned_against_hs256_confusion() {
+    let (app, account) = spawn_public_key_app("RS256", "rsa_public.pem").await;
     let valid = claims(account, Role::User, now() + 600);
     let private = EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).expect("RSA key");
     assert_eq!(status_of(&app, "/api/v1/keys", &sign(Algorithm::RS256, &private, &valid)).await, StatusCode::OK);
@@ -138,12 +145,7 @@ async fn rs256_is_pinned_against_hs256_confusion() {
 
 #[tokio::test]
 async fn es256_tokens_work_when_configured() {
-    let app = spawn_app_with(|s| {
-        s.auth.jwt.algorithm = "ES256".into();
-        s.auth.jwt.public_key_path = format!("{FIXTURES}/ec_public.pem").into();
-    })
-    .await;
-    let (account, _) = app.new_account(100).await;
+    let (app, account) = spawn_public_key_app("ES256", "ec_public.pem").await;
     let private = EncodingKey::from_ec_pem(&fixture("ec_private.pem")).expect("EC key");
     let token = sign(Algorithm::ES256, &private, &claims(account, Role::Admin, now() + 600));
     assert_eq!(status_of(&app, "/api/v1/admin/accounts", &token).await, StatusCode::OK);

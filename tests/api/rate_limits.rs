@@ -132,6 +132,17 @@ async fn with_redis_the_limit_is_enforced_and_recovers() {
     recovers_after(&app, &key, retry_after).await;
 }
 
+/// Sends `requests` checks of `key_id` to the limiters in turn; returns how many passed.
+async fn passes(limiters: &[&RateLimiter], key_id: &str, requests: usize) -> usize {
+    let mut passed = 0;
+    for i in 0..requests {
+        if limiters[i % limiters.len()].check_key(key_id, None).await.is_ok() {
+            passed += 1;
+        }
+    }
+    passed
+}
+
 /// Two limiters (two replicas) on one Redis share one budget per key; each limits alone without it.
 #[tokio::test]
 async fn replicas_share_the_limit_through_redis() {
@@ -143,24 +154,12 @@ async fn replicas_share_the_limit_through_redis() {
         redis_prefix: unique_prefix(),
     };
     let (a, b) = (RateLimiter::new(&shared).expect("limiter"), RateLimiter::new(&shared).expect("limiter"));
-    let mut passed = 0;
-    for i in 0..20 {
-        let limiter = if i % 2 == 0 { &a } else { &b };
-        if limiter.check_key("key_shared", None).await.is_ok() {
-            passed += 1;
-        }
-    }
+    let passed = passes(&[&a, &b], "key_shared", 20).await;
     assert!((6..=7).contains(&passed), "one budget of 6 for both replicas, {passed} passed");
 
     let alone = RateLimitSettings { redis_url: String::new(), ..shared };
     let (a, b) = (RateLimiter::new(&alone).expect("limiter"), RateLimiter::new(&alone).expect("limiter"));
-    let mut passed = 0;
-    for i in 0..20 {
-        let limiter = if i % 2 == 0 { &a } else { &b };
-        if limiter.check_key("key_alone", None).await.is_ok() {
-            passed += 1;
-        }
-    }
+    let passed = passes(&[&a, &b], "key_alone", 20).await;
     assert!((12..=14).contains(&passed), "a budget of 6 per process, {passed} passed");
 }
 
@@ -175,11 +174,6 @@ async fn an_unreachable_redis_falls_back_to_the_process_limit() {
         redis_prefix: unique_prefix(),
     };
     let limiter = RateLimiter::new(&settings).expect("limiter");
-    let mut passed = 0;
-    for _ in 0..10 {
-        if limiter.check_key("key_fallback", None).await.is_ok() {
-            passed += 1;
-        }
-    }
+    let passed = passes(&[&limiter], "key_fallback", 10).await;
     assert!((3..=4).contains(&passed), "{passed} passed");
 }
