@@ -208,7 +208,8 @@ pub async fn get(pool: &PgPool, account_id: i64, task_id: &str) -> sqlx::Result<
 
 /// A page cursor is the id of the last task of the previous page.
 pub fn check_cursor<'a>(parameter: &str, cursor: &'a str) -> Result<&'a str, crate::http::error::ApiError> {
-    if cursor.starts_with("task_") && cursor.len() <= 64 {
+    let id = cursor.strip_prefix("task_").unwrap_or_default();
+    if !id.is_empty() && id.len() <= 59 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         Ok(cursor)
     } else {
         let message = format!("`{parameter}`: not a cursor from a previous page.");

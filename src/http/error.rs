@@ -42,7 +42,7 @@ pub enum ApiError {
     Unavailable(String),
     /// Anything the client cannot act on: logged with its cause, answered with a generic message.
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
@@ -113,6 +113,16 @@ impl ApiError {
     }
 }
 
+/// A database error carried in an `anyhow::Error` is classified like any other database error.
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        match error.downcast::<sqlx::Error>() {
+            Ok(database) => ApiError::from(database),
+            Err(other) => ApiError::Internal(other),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
@@ -123,6 +133,10 @@ impl From<sqlx::Error> for ApiError {
             // A number beyond what the database holds (e.g. a balance past 2^63).
             sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
                 ApiError::InvalidRequest("A number in this request is out of range.".into())
+            }
+            // Text the database cannot store: a NUL character (U+0000), in text or in JSON.
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22021" | "22P05")) => {
+                ApiError::InvalidRequest("Text in this request contains a NUL character (U+0000), which is not allowed.".into())
             }
             other => ApiError::Internal(other.into()),
         }

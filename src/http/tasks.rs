@@ -95,7 +95,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^task_", max_length = 64)]
+    #[param(pattern = "^task_[0-9A-Za-z]{1,59}$")]
     cursor: Option<String>,
     /// Only tasks in this status.
     #[param(value_type = Option<TaskStatus>)]

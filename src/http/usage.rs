@@ -30,7 +30,7 @@ pub struct UsageQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `tasks.next_cursor` of the previous page.
-    #[param(pattern = "^task_", max_length = 64)]
+    #[param(pattern = "^task_[0-9A-Za-z]{1,59}$")]
     tasks_cursor: Option<String>,
     /// `ledger.next_cursor` of the previous page.
     #[param(pattern = "^[1-9][0-9]{0,17}$")]
