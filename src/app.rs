@@ -87,11 +87,6 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// The port of `server.metrics_listen`, when set.
-    pub fn metrics_port(&self) -> Option<u16> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
-    }
-
     pub fn state(&self) -> &AppState {
         &self.state
     }
