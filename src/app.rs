@@ -1,5 +1,6 @@
 //! The application: shared state, building it from settings, serving until shutdown.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,10 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::FileStore;
+use crate::jwt::JwtAuth;
 use crate::outbound::{Guard, SystemResolver};
 use crate::providers::Providers;
+use crate::ratelimit::RateLimiter;
 use crate::webhooks::Webhooks;
 
 /// What every handler can reach. Cheap to clone.
@@ -30,10 +33,15 @@ pub struct AppState {
     /// The outbound URL guard, for URLs in requests.
     pub guard: Arc<Guard>,
     pub files: FileStore,
+    pub limits: Arc<RateLimiter>,
+    /// Session tokens of the dashboard and admin routes; `None` when no key is configured.
+    pub jwt: Option<Arc<JwtAuth>>,
 }
 
 pub struct Application {
     listener: TcpListener,
+    /// `server.metrics_listen`, when set: `/metrics` alone.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -55,6 +63,15 @@ impl Application {
             .await
             .with_context(|| format!("server.listen: cannot bind {}", settings.server.listen))?;
         let address = listener.local_addr()?;
+        let metrics_listener = match settings.server.metrics_listen.as_str() {
+            "" => None,
+            metrics_listen => Some(
+                TcpListener::bind(metrics_listen)
+                    .await
+                    .with_context(|| format!("server.metrics_listen: cannot bind {metrics_listen}"))?,
+            ),
+        };
+        crate::monitoring::handle();
         if settings.server.public_base_url.is_empty() {
             let host = if address.ip().is_unspecified() { "127.0.0.1".to_string() } else { address.ip().to_string() };
             settings.server.public_base_url = format!("http://{host}:{}", address.port());
@@ -67,6 +84,11 @@ impl Application {
         let engine =
             Engine::new(pool.clone(), providers, Arc::clone(&catalog), settings.tasks.clone(), Arc::clone(&webhooks));
         let guard = Arc::new(Guard::new(&settings.webhooks));
+        let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
+        let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
+        if jwt.is_none() {
+            tracing::warn!("auth.jwt has no key (HS256: ${} unset): dashboard and admin routes answer 401", settings.auth.jwt.secret_env);
+        }
         let auth = KeyAuth::new(pool.clone(), Duration::from_secs(settings.auth.key_cache_ttl_secs));
         let state = AppState {
             pool,
@@ -77,8 +99,10 @@ impl Application {
             webhooks,
             guard,
             files,
+            limits,
+            jwt,
         };
-        Ok(Application { listener, state })
+        Ok(Application { listener, metrics_listener, state })
     }
 
     pub fn port(&self) -> u16 {
@@ -89,19 +113,53 @@ impl Application {
         &self.state
     }
 
-    /// Serves HTTP and runs the engine and the webhook deliveries until `shutdown` is cancelled;
-    /// in-flight requests finish first.
+    /// Serves HTTP and runs the engine and the webhook deliveries until `shutdown` is cancelled.
+    /// Then: stop accepting; let in-flight requests finish and the engine's provider calls end, both
+    /// within `server.shutdown_grace_secs`; hand back the leases of tasks still unfinished.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let role = self.state.settings.server.role;
-        let engine = role.runs_engine().then(|| tokio::spawn(Arc::clone(&self.state.engine).run(shutdown.clone())));
+        let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
+        let engine = Arc::clone(&self.state.engine);
+        let engine_loop = role.runs_engine().then(|| tokio::spawn(Arc::clone(&engine).run(shutdown.clone())));
         let webhooks =
             role.runs_engine().then(|| tokio::spawn(Arc::clone(&self.state.webhooks).run(shutdown.clone())));
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
+        let metrics = self.metrics_listener.map(|listener| {
+            let router = crate::http::metrics_router(self.state.clone());
+            tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future())
+        });
         let router = crate::http::router(self.state);
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
-        for background in [engine, webhooks].into_iter().flatten() {
-            background.await?;
+        let serve = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut server = tokio::spawn(serve.into_future());
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            served = &mut server => {
+                // The server stopped by itself: an error (or a cancel that raced this select).
+                served??;
+            }
         }
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections; finishing in-flight requests");
+        if !server.is_finished() {
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(served) => served??,
+                Err(_) => {
+                    tracing::warn!("shutdown grace over: in-flight requests cut off");
+                    server.abort();
+                }
+            }
+        }
+        if let Some(engine_loop) = engine_loop {
+            engine_loop.await?;
+            engine.drain(deadline).await;
+        }
+        if let Some(webhooks) = webhooks {
+            webhooks.await?;
+        }
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        tracing::info!("stopped");
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ const KEY_PREFIX: &str = "aio_";
 const KEY_RANDOM_CHARS: usize = 40;
 const MIN_RANDOM_CHARS: usize = 32;
 /// `aio_` and the first 8 random characters: enough to tell keys apart, far too few to guess one.
-const VISIBLE_PREFIX_CHARS: usize = KEY_PREFIX.len() + 8;
+pub const VISIBLE_PREFIX_CHARS: usize = KEY_PREFIX.len() + 8;
 
 pub type KeyHash = [u8; 32];
 
@@ -52,6 +52,16 @@ fn is_well_formed(secret: &str) -> bool {
 pub struct Caller {
     pub account_id: i64,
     pub key_id: String,
+    /// The key's own rate limit, when it has one.
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: String,
+    account_id: i64,
+    expires_at: Option<DateTime<Utc>>,
+    rate_limit_per_minute: Option<i32>,
 }
 
 #[derive(Clone)]
@@ -72,6 +82,13 @@ impl KeyAuth {
         Self { pool, cache }
     }
 
+    /// Drops a key from this process's cache (after revoking it); other processes notice within the TTL.
+    pub fn forget(&self, hash: &[u8]) {
+        if let Ok(hash) = KeyHash::try_from(hash) {
+            self.cache.invalidate(&hash);
+        }
+    }
+
     /// Resolves an `Authorization` header value to a caller, or the one 401.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
         let secret = authorization
@@ -89,16 +106,17 @@ impl KeyAuth {
             }
             return Ok(hit.caller);
         }
-        let row: Option<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+        let row: Option<KeyRow> = sqlx::query_as(
             "UPDATE api_keys SET last_used_at = now()
              WHERE hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-             RETURNING id, account_id, expires_at",
+             RETURNING id, account_id, expires_at, rate_limit_per_minute",
         )
         .bind(&hash[..])
         .fetch_optional(&self.pool)
         .await?;
-        let (key_id, account_id, expires_at) = row.ok_or(ApiError::Unauthorized)?;
-        let caller = Caller { account_id, key_id };
+        let KeyRow { id: key_id, account_id, expires_at, rate_limit_per_minute } = row.ok_or(ApiError::Unauthorized)?;
+        let rate_limit_per_minute = rate_limit_per_minute.and_then(|r| u32::try_from(r).ok());
+        let caller = Caller { account_id, key_id, rate_limit_per_minute };
         self.cache.insert(hash, CachedKey { caller: caller.clone(), expires_at });
         Ok(caller)
     }

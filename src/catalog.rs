@@ -305,14 +305,25 @@ pub fn check(models: &[Model], settings: &Settings) -> Vec<String> {
 }
 
 /// The body of `POST /api/v1/images/generations`. Unknown fields are refused by name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    /// A model id (its default sub-model) or a sub-model id; default `catalog.default_model`.
+    #[schema(example = "seedream/4.5-text-to-image")]
     pub model: Option<String>,
+    /// Required: not empty after trimming, at most the model's `max_prompt_chars`.
+    #[schema(example = "A serene mountain lake at sunrise with reflections, photorealistic", min_length = 1)]
     pub prompt: Option<String>,
+    /// One of the model's values (default `1:1`).
+    #[schema(example = "16:9")]
     pub aspect_ratio: Option<String>,
+    /// `basic` (default) or `high`.
+    #[schema(example = "high")]
     pub quality: Option<String>,
+    /// Edit sub-models only: public `https` URLs of the input images.
+    #[schema(max_items = 14)]
     pub image_urls: Option<Vec<String>>,
+    /// Models with webhooks only: an `https` URL that receives the task when it ends.
     pub callback_url: Option<String>,
 }
 

@@ -16,6 +16,7 @@ use crate::app::Application;
 use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::webhooks::secrets;
+use crate::jwt::{self, JwtAuth, Role};
 use crate::{accounts, ledger, store, telemetry};
 
 #[derive(Debug, Parser)]
@@ -49,8 +50,38 @@ pub enum Command {
     /// Manage outgoing webhooks.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Session tokens (JWT) for the dashboard and admin routes.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Validate the configuration and catalog; exit non-zero if anything is wrong.
     CheckConfig,
+    /// Exit 0 when the gateway on `server.listen` (or `--url`) answers `/readyz` with 200: the
+    /// container HEALTHCHECK, with no curl in the image.
+    Healthcheck {
+        /// Base URL of the gateway [default: http://127.0.0.1:<port of server.listen>].
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Sign an HS256 token with the secret in the environment variable `auth.jwt.secret_env`.
+    Mint {
+        #[arg(long)]
+        account: i64,
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// Lifetime: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TokenRole {
+    Admin,
+    User,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,9 +172,27 @@ pub async fn run(cli: Cli) -> ExitCode {
 /// Runs a command; returns what to print (admin commands) or nothing (serve).
 async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
     let settings = Settings::load(cli.config.as_deref())?;
-    if let Command::CheckConfig = cli.command {
-        Catalog::load(&settings)?;
-        return Ok(Some(json!({"ok": true, "models_path": settings.catalog.models_path})));
+    match &cli.command {
+        Command::CheckConfig => {
+            Catalog::load(&settings)?;
+            JwtAuth::from_settings(&settings.auth.jwt)?;
+            return Ok(Some(json!({"ok": true, "models_path": settings.catalog.models_path})));
+        }
+        Command::Healthcheck { url } => {
+            healthcheck(&settings, url.as_deref()).await?;
+            return Ok(Some(json!({"ready": true})));
+        }
+        // Signing needs no database: a token for an account that does not exist is refused when used.
+        Command::Token(TokenCommand::Mint { account, role, ttl }) => {
+            anyhow::ensure!(*account > 0, "--account must be an account id");
+            let role = match role {
+                TokenRole::Admin => Role::Admin,
+                TokenRole::User => Role::User,
+            };
+            let token = jwt::mint(&settings.auth.jwt, *account, role, jwt::parse_ttl(ttl)?)?;
+            return Ok(Some(json!({"token": token})));
+        }
+        _ => {}
     }
     telemetry::init(&settings.log);
     let pool = store::connect(&settings.database).await?;
@@ -167,7 +216,9 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             Some(json!({"balance": balance}))
         }
         Command::Webhooks(WebhooksCommand::Secret(command)) => Some(webhook_secret(&pool, &settings, command).await?),
-        Command::CheckConfig => unreachable!("handled before connecting"),
+        Command::CheckConfig | Command::Token(_) | Command::Healthcheck { .. } => {
+            unreachable!("handled before connecting")
+        }
     })
 }
 
@@ -210,6 +261,20 @@ async fn serve(settings: Settings, pool: PgPool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     application.run(shutdown).await
+}
+
+async fn healthcheck(settings: &Settings, url: Option<&str>) -> anyhow::Result<()> {
+    let base = match url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let listen: std::net::SocketAddr = settings.server.listen.parse()?;
+            format!("http://127.0.0.1:{}", listen.port())
+        }
+    };
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
+    let response = client.get(format!("{base}/readyz")).send().await?;
+    anyhow::ensure!(response.status().is_success(), "{base}/readyz answered {}", response.status());
+    Ok(())
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -27,6 +27,7 @@ pub struct Settings {
     pub files: FileSettings,
     pub webhooks: WebhookSettings,
     pub log: LogSettings,
+    pub rate_limit: RateLimitSettings,
     pub providers: BTreeMap<String, ProviderSettings>,
 }
 
@@ -41,6 +42,11 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// What this process does; several processes with different roles can share one database.
     pub role: Role,
+    /// Serve `/metrics` on this separate address (e.g. `127.0.0.1:9090`) instead of on `listen`.
+    /// Empty: `/metrics` is a route of the main listener.
+    pub metrics_listen: String,
+    /// On SIGTERM/SIGINT: how long in-flight requests and provider calls may take to finish.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,6 +77,8 @@ impl Default for ServerSettings {
             public_base_url: String::new(),
             body_limit_bytes: 1024 * 1024,
             role: Role::All,
+            metrics_listen: String::new(),
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -95,11 +103,71 @@ impl Default for DatabaseSettings {
 pub struct AuthSettings {
     /// How long a successful API-key lookup is served from memory. Revocation takes effect within it.
     pub key_cache_ttl_secs: u64,
+    /// Session tokens of the dashboard and admin routes.
+    pub jwt: JwtSettings,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { key_cache_ttl_secs: 30 }
+        Self { key_cache_ttl_secs: 30, jwt: JwtSettings::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtSettings {
+    /// Pinned: tokens signed any other way are refused. `HS256`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// HS256: the environment variable that holds the secret (at least 32 bytes). Unset variable: the
+    /// dashboard and admin routes answer 401.
+    pub secret_env: String,
+    /// RS256/ES256: the PEM file of the public key.
+    pub public_key_path: PathBuf,
+    /// Checked when set.
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew tolerated on `exp`.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            algorithm: "HS256".into(),
+            secret_env: "AIO_JWT_SECRET".into(),
+            public_key_path: PathBuf::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Per API key, unless the key has its own `rate_limit_per_minute`.
+    pub requests_per_minute: u32,
+    /// Requests a key may send at once above the steady rate.
+    pub burst: u32,
+    /// Creates in flight in this process at once; more get 429.
+    pub max_concurrent_creates: usize,
+    /// Share the per-key limits between replicas through this Redis (`redis://host:6379`). Empty:
+    /// each process limits on its own. May hold a password: never logged.
+    pub redis_url: String,
+    /// Prefix of the Redis keys, so several gateways (or tests) can share one Redis.
+    pub redis_prefix: String,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 600,
+            burst: 60,
+            max_concurrent_creates: 256,
+            redis_url: String::new(),
+            redis_prefix: "aio:".into(),
+        }
     }
 }
 
@@ -473,6 +541,12 @@ impl Settings {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("server.listen: `{}` is not an address like 0.0.0.0:8080", self.server.listen));
         }
+        if !self.server.metrics_listen.is_empty() && self.server.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "server.metrics_listen: `{}` is not an address like 127.0.0.1:9090",
+                self.server.metrics_listen
+            ));
+        }
         if !self.server.public_base_url.is_empty() && reqwest::Url::parse(&self.server.public_base_url).is_err() {
             problems.push("server.public_base_url: not a URL like https://gateway.example.com".to_string());
         }
@@ -507,6 +581,23 @@ impl Settings {
             if value == 0 {
                 problems.push(format!("{key}: must be above 0"));
             }
+        }
+        if !matches!(self.auth.jwt.algorithm.as_str(), "HS256" | "RS256" | "ES256") {
+            problems.push(format!("auth.jwt.algorithm: `{}` is not one of HS256, RS256, ES256", self.auth.jwt.algorithm));
+        }
+        let r = &self.rate_limit;
+        for (key, value) in [
+            ("rate_limit.requests_per_minute", u64::from(r.requests_per_minute)),
+            ("rate_limit.burst", u64::from(r.burst)),
+            ("rate_limit.max_concurrent_creates", r.max_concurrent_creates as u64),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be above 0"));
+            }
+        }
+        let redis_scheme = r.redis_url.starts_with("redis://") || r.redis_url.starts_with("rediss://");
+        if !r.redis_url.is_empty() && !redis_scheme {
+            problems.push("rate_limit.redis_url: must start with redis:// or rediss://".into());
         }
         if t.batch_size <= 0 {
             problems.push("tasks.batch_size: must be above 0".into());

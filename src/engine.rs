@@ -5,11 +5,13 @@
 //! it survives restarts and several gateways can share one database: each claims due tasks with
 //! `FOR UPDATE SKIP LOCKED`, and terminal transitions are guarded so only one of them settles.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -20,6 +22,10 @@ use crate::routing::Breakers;
 use crate::tasks::{self, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
 use crate::webhooks::Webhooks;
 use crate::worker::{Job, Runner};
+use crate::{idempotency, monitoring};
+
+/// How often the engine purges expired idempotency keys.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Engine {
     pool: PgPool,
@@ -33,6 +39,27 @@ pub struct Engine {
     webhooks: Arc<Webhooks>,
     /// The background loop; it bounds the provider calls in flight.
     runner: Runner,
+    /// Tasks this process is working on (fast path and loop): on shutdown it waits for them, then
+    /// hands back the leases of those still unfinished.
+    claimed: Mutex<HashSet<String>>,
+    /// Notified whenever `claimed` becomes empty.
+    idle: Notify,
+}
+
+/// Marks a task as worked on by this process while it lives.
+struct ClaimGuard<'a> {
+    engine: &'a Engine,
+    task_id: String,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        let mut claimed = self.engine.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        claimed.remove(&self.task_id);
+        if claimed.is_empty() {
+            self.engine.idle.notify_waiters();
+        }
+    }
 }
 
 impl Engine {
@@ -46,7 +73,17 @@ impl Engine {
         let tick = Duration::from_millis(settings.tick_ms);
         let runner = Runner::new("engine", tick, settings.batch_size as usize, settings.max_in_flight);
         let breakers = Breakers::new(settings.breaker_failures, Duration::from_secs(settings.breaker_cooldown_secs));
-        Arc::new(Engine { pool, providers, catalog, breakers, settings, webhooks, runner })
+        Arc::new(Engine {
+            pool,
+            providers,
+            catalog,
+            breakers,
+            settings,
+            webhooks,
+            runner,
+            claimed: Mutex::new(HashSet::new()),
+            idle: Notify::new(),
+        })
     }
 
     /// The create fast path: submit a task this process just created (born claimed, see
@@ -59,9 +96,62 @@ impl Engine {
         let _ = tokio::time::timeout(Duration::from_millis(self.settings.dispatch_wait_ms), work).await;
     }
 
-    /// Runs until `shutdown`: every tick, claim what is due and work on it.
+    /// Runs until `shutdown`: every tick, claim what is due and work on it; now and then, purge
+    /// expired idempotency keys.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        self.runner.run(&self, shutdown).await;
+        let housekeeping = async {
+            let mut every = tokio::time::interval(PURGE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = every.tick() => self.housekeeping().await,
+                }
+            }
+        };
+        tokio::join!(self.runner.run(&self, shutdown.clone()), housekeeping);
+    }
+
+    /// On shutdown, after the loop stopped and the API drained: waits until `deadline` for the tasks
+    /// this process is working on, then makes those still unfinished due at once (their lease handed
+    /// back), so another process takes them now rather than after `tasks.lease_secs`.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        loop {
+            let idle = self.idle.notified();
+            if self.claimed_ids().is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                break;
+            }
+        }
+        let left = self.claimed_ids();
+        if !left.is_empty() {
+            match tasks::release(&self.pool, &left).await {
+                Ok(released) => tracing::warn!(released, "shutdown grace over: unfinished tasks handed back"),
+                Err(error) => {
+                    tracing::error!(error = %error, "handing back leases failed; they expire after tasks.lease_secs")
+                }
+            }
+        }
+        tracing::info!("engine stopped");
+    }
+
+    fn claimed_ids(&self) -> Vec<String> {
+        self.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
+    }
+
+    fn track(&self, task_id: &str) -> ClaimGuard<'_> {
+        self.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(task_id.to_owned());
+        ClaimGuard { engine: self, task_id: task_id.to_owned() }
+    }
+
+    /// Periodic chores that no request waits for: expired idempotency keys.
+    async fn housekeeping(&self) {
+        match idempotency::purge(&self.pool).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
+            Err(error) => tracing::warn!(error = %error, "purging idempotency keys failed"),
+        }
     }
 
     /// How long a claimed task stays hidden from other workers.
@@ -71,6 +161,7 @@ impl Engine {
 
     /// One step for one claimed task. Errors leave the task to its lease: it becomes due again.
     async fn process(&self, task: Task) {
+        let _claim = self.track(&task.id);
         let span = tracing::info_span!("task", task_id = %task.id, provider = %task.provider, status = ?task.status);
         async {
             let result = match task.status {
@@ -123,7 +214,9 @@ impl Engine {
             };
             let request =
                 SubmitRequest { task_id: &task.id, upstream_model, input: &task.input, callback_url: callback_url.as_deref() };
+            let started = Instant::now();
             let result = provider.submit(request).await;
+            monitoring::upstream_call(provider_id, "submit", started, result.as_ref().err());
             match &result {
                 Err(error) if error.retriable => self.breakers.failed(provider_id, upstream_model),
                 _ => self.breakers.succeeded(provider_id, upstream_model),
@@ -160,7 +253,10 @@ impl Engine {
         else {
             return self.time_out_or_wait(task, None).await;
         };
-        match provider.poll(upstream_id).await {
+        let started = Instant::now();
+        let polled = provider.poll(upstream_id).await;
+        monitoring::upstream_call(&task.provider, "poll", started, polled.as_ref().err());
+        match polled {
             Ok(JobState::Succeeded { images }) => self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
             Ok(JobState::Failed(error)) => self.finish(task, Outcome::Failed(error)).await,
             Ok(JobState::Running { check_after }) => self.time_out_or_wait(task, check_after).await,
@@ -176,7 +272,10 @@ impl Engine {
     async fn time_out_or_wait(&self, task: &Task, check_after: Option<Duration>) -> sqlx::Result<()> {
         if Utc::now() >= task.deadline_at {
             if let (Some(provider), Some(upstream_id)) = (self.providers.get(&task.provider), &task.upstream_id) {
-                if let Err(error) = provider.cancel(upstream_id).await {
+                let started = Instant::now();
+                let cancelled = provider.cancel(upstream_id).await;
+                monitoring::upstream_call(&task.provider, "cancel", started, cancelled.as_ref().err());
+                if let Err(error) = cancelled {
                     tracing::info!(error = %error, "upstream cancel failed");
                 }
             }
@@ -198,6 +297,7 @@ impl Engine {
         if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay()).await? {
             let code = settled.error.as_ref().map(|e| e.code);
             tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
+            monitoring::task_settled(&settled);
             if settled.callback_url.is_some() {
                 self.webhooks.wake();
             }

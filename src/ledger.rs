@@ -71,6 +71,23 @@ pub async fn grant(tx: &mut PgConnection, account_id: i64, amount: i64, reason: 
     Ok(balance_after)
 }
 
+/// An admin correction of ±`amount` with its reason. Never takes the balance below zero: `None` (and
+/// nothing written) when it would.
+pub async fn adjust(tx: &mut PgConnection, account_id: i64, amount: i64, reason: &str) -> sqlx::Result<Option<i64>> {
+    let updated: Option<(i64,)> = sqlx::query_as(
+        "UPDATE accounts SET balance = balance + $2 WHERE id = $1 AND balance + $2 >= 0 RETURNING balance",
+    )
+    .bind(account_id)
+    .bind(amount)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((balance_after,)) = updated else {
+        return Ok(None);
+    };
+    append(tx, account_id, "adjust", amount, None, balance_after, Some(reason)).await?;
+    Ok(Some(balance_after))
+}
+
 async fn append(
     tx: &mut PgConnection,
     account_id: i64,
@@ -94,7 +111,8 @@ async fn append(
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// One ledger row. `reason` is set on grants and adjustments.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Entry {
     pub id: i64,
     pub kind: String,
@@ -116,6 +134,37 @@ pub async fn balance(pool: &PgPool, account_id: i64) -> sqlx::Result<Option<Bala
     let row: Option<(i64, i64)> =
         sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1").bind(account_id).fetch_optional(pool).await?;
     Ok(row.map(|(balance, held)| Balance { balance, held }))
+}
+
+/// An account's entries, newest first, optionally only older than `before` (an entry id), within
+/// `[from, to)`, and only those of tasks of `model` (a model or sub-model id; other entries drop out).
+pub async fn page(
+    pool: &PgPool,
+    account_id: i64,
+    filter: &crate::tasks::UsageFilter<'_>,
+    before: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<Entry>> {
+    let query = sqlx::query_as(
+        "SELECT l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at
+         FROM ledger l LEFT JOIN tasks t ON t.id = l.task_id
+         WHERE l.account_id = $1 AND ($2::bigint IS NULL OR l.id < $2)
+           AND ($3::timestamptz IS NULL OR l.created_at >= $3) AND ($4::timestamptz IS NULL OR l.created_at < $4)
+           AND ($5::text IS NULL OR t.model = $5 OR t.sub_model = $5)
+         ORDER BY l.id DESC LIMIT $6",
+    );
+    filter.bind_to(query.bind(account_id).bind(before)).bind(limit).fetch_all(pool).await
+}
+
+/// The newest entry of an account, in the caller's transaction (which holds the account's row).
+pub async fn last(tx: &mut PgConnection, account_id: i64) -> sqlx::Result<Entry> {
+    sqlx::query_as(
+        "SELECT id, kind, amount, task_id, balance_after, reason, created_at
+         FROM ledger WHERE account_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *tx)
+    .await
 }
 
 /// The newest `limit` entries of an account.

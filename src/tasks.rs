@@ -12,9 +12,10 @@ use sqlx::types::Json;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
+use crate::idempotency::{self, IdempotencyKey};
 use crate::{ids, ledger, store, webhooks};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -41,7 +42,7 @@ impl TaskStatus {
 }
 
 /// The validated request, as stored and as forwarded to the provider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskInput {
     pub prompt: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,17 +52,17 @@ pub struct TaskInput {
     pub image_urls: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskOutput {
     pub images: Vec<OutputImage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputImage {
     pub url: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskErrorCode {
     UpstreamFailed,
@@ -71,7 +72,7 @@ pub enum TaskErrorCode {
 }
 
 /// Why a task failed, in words a client can act on: never credentials or raw provider internals.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskError {
     pub code: TaskErrorCode,
     pub message: String,
@@ -117,6 +118,8 @@ pub struct NewTask<'a> {
     /// `Some(lease)`: the creating process works on the task itself (the create fast path), so it is
     /// born claimed; other workers take it only if the lease runs out. `None`: due at once.
     pub lease: Option<Duration>,
+    /// The client's `Idempotency-Key`, recorded with the task.
+    pub idempotency: Option<&'a IdempotencyKey>,
 }
 
 /// `task_` + a ULID (see [`ids::new_id`]): tasks created in the same millisecond still list in order.
@@ -124,14 +127,38 @@ pub fn new_task_id() -> String {
     ids::new_id("task")
 }
 
-/// How a create ended: the task with its credits held, or not enough credits (nothing written).
+/// How a create ended: the task with its credits held, not enough credits (nothing written), or an
+/// idempotency key already used: the first task again (nothing held), or a conflict (another request).
 pub enum Created {
     Task(Box<Task>),
     Insufficient { available: i64 },
+    Replayed(Box<Task>),
+    Conflict,
 }
 
-/// Inserts the task and holds its price in one transaction: both happen or neither does.
+/// Inserts the task, records its idempotency key and holds its price in one transaction: all happen
+/// or none does. A key already in use answers its first task (same request) or a conflict.
 pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
+    // A key that expires (or is purged) between our insert and our lookup is simply taken again.
+    for _ in 0..3 {
+        if let Some(created) = try_create(pool, &new).await? {
+            return Ok(created);
+        }
+        let Some(key) = new.idempotency else { break };
+        if let Some((hash, task_id)) = idempotency::find(pool, new.account_id, &key.key).await? {
+            if hash != key.request_hash {
+                return Ok(Created::Conflict);
+            }
+            if let Some(task) = get(pool, new.account_id, &task_id).await? {
+                return Ok(Created::Replayed(Box::new(task)));
+            }
+        }
+    }
+    Err(sqlx::Error::Protocol("idempotency key kept changing hands".into()))
+}
+
+/// `None` when the idempotency key is taken (nothing written).
+async fn try_create(pool: &PgPool, new: &NewTask<'_>) -> sqlx::Result<Option<Created>> {
     let mut tx = pool.begin().await?;
     let task: Task = sqlx::query_as(&format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
@@ -153,14 +180,20 @@ pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
     .bind(new.lease.unwrap_or_default().as_secs_f64())
     .fetch_one(&mut *tx)
     .await?;
+    if let Some(key) = new.idempotency {
+        if !idempotency::claim(&mut tx, new.account_id, key, new.id).await? {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+    }
     match ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
         ledger::Hold::Held { .. } => {
             tx.commit().await?;
-            Ok(Created::Task(Box::new(task)))
+            Ok(Some(Created::Task(Box::new(task))))
         }
         ledger::Hold::Insufficient { available } => {
             tx.rollback().await?;
-            Ok(Created::Insufficient { available })
+            Ok(Some(Created::Insufficient { available }))
         }
     }
 }
@@ -172,6 +205,17 @@ pub async fn get(pool: &PgPool, account_id: i64, task_id: &str) -> sqlx::Result<
         .bind(account_id)
         .fetch_optional(pool)
         .await
+}
+
+/// A page cursor is the id of the last task of the previous page.
+pub fn check_cursor<'a>(parameter: &str, cursor: &'a str) -> Result<&'a str, crate::http::error::ApiError> {
+    let id = cursor.strip_prefix("task_").unwrap_or_default();
+    if !id.is_empty() && id.len() <= 59 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(cursor)
+    } else {
+        let message = format!("`{parameter}`: not a cursor from a previous page.");
+        Err(crate::http::error::ApiError::InvalidRequest(message))
+    }
 }
 
 /// An account's tasks, newest first, strictly older than `before` (the cursor) when given.
@@ -195,6 +239,56 @@ pub async fn list(
     .await
 }
 
+/// The usage filters of the dashboard: a creation-time range `[from, to)` and a model or sub-model id.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UsageFilter<'a> {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub model: Option<&'a str>,
+}
+
+impl<'a> UsageFilter<'a> {
+    /// Binds `from`, `to` and `model`, in that order, as the query's next three parameters.
+    pub fn bind_to<O>(
+        &self,
+        query: sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query.bind(self.from).bind(self.to).bind(self.model)
+    }
+}
+
+/// An account's tasks matching `filter`, newest first, strictly older than `before` when given.
+pub async fn usage_page(
+    pool: &PgPool,
+    account_id: i64,
+    filter: &UsageFilter<'_>,
+    before: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Task>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks
+         WHERE account_id = $1 AND ($2::text IS NULL OR id < $2)
+           AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
+           AND ($5::text IS NULL OR model = $5 OR sub_model = $5)
+         ORDER BY id DESC LIMIT $6"
+    );
+    filter.bind_to(sqlx::query_as(&sql).bind(account_id).bind(before)).bind(limit).fetch_all(pool).await
+}
+
+/// Totals over everything `filter` matches: `(tasks, succeeded, failed, unfinished, credits charged)`.
+pub async fn usage_totals(pool: &PgPool, account_id: i64, filter: &UsageFilter<'_>) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
+    let query = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),
+                count(*) FILTER (WHERE status IN ('pending', 'running')),
+                COALESCE(SUM(price) FILTER (WHERE status = 'succeeded'), 0)::bigint
+         FROM tasks
+         WHERE account_id = $1
+           AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
+           AND ($4::text IS NULL OR model = $4 OR sub_model = $4)",
+    );
+    filter.bind_to(query.bind(account_id)).fetch_one(pool).await
+}
+
 /// Claims up to `limit` due unfinished tasks for `lease` (see [`store::claim_due_sql`]).
 pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
     sqlx::query_as(&store::claim_due_sql("tasks", "status IN ('pending', 'running')", "next_poll_at", COLUMNS))
@@ -202,6 +296,17 @@ pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Resu
         .bind(lease.as_secs_f64())
         .fetch_all(pool)
         .await
+}
+
+/// Hands back the leases of claimed tasks (shutdown): unfinished ones are due again at once.
+pub async fn release(pool: &PgPool, task_ids: &[String]) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE tasks SET next_poll_at = now() WHERE id = ANY($1) AND status IN ('pending', 'running')",
+    )
+    .bind(task_ids)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// The provider accepted the task: remember its job id and when to look again (at once when its
@@ -323,4 +428,14 @@ async fn settle_credits(tx: &mut PgConnection, task: &Task) -> sqlx::Result<()> 
         TaskStatus::Succeeded => ledger::capture(tx, task.account_id, &task.id, task.price).await,
         _ => ledger::release(tx, task.account_id, &task.id, task.price).await,
     }
+}
+
+/// Unfinished tasks: `(pending, running)`. Served by the partial index of the work queue.
+pub async fn count_open(pool: &PgPool) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'running')
+         FROM tasks WHERE status IN ('pending', 'running')",
+    )
+    .fetch_one(pool)
+    .await
 }

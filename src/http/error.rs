@@ -17,6 +17,11 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("unauthorized")]
     Unauthorized,
+    /// A dashboard or admin route without a valid session token (every reason, one answer).
+    #[error("invalid session token")]
+    InvalidToken,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("insufficient credits")]
     InsufficientCredits { price: i64, available: i64 },
     #[error("{0}")]
@@ -30,26 +35,30 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    #[error("{message}")]
+    RateLimited { retry_after_secs: u64, message: String },
     #[error("{0}")]
     Upstream(String),
     #[error("{0}")]
     Unavailable(String),
     /// Anything the client cannot act on: logged with its cause, answered with a generic message.
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -60,13 +69,15 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::InvalidToken => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::InsufficientCredits { .. } => "insufficient_credits",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Upstream(_) => "upstream_error",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -78,10 +89,15 @@ impl ApiError {
             ApiError::InvalidRequest(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::Forbidden(m)
             | ApiError::Upstream(m)
-            | ApiError::Unavailable(m) => m.clone(),
+            | ApiError::Unavailable(m)
+            | ApiError::RateLimited { message: m, .. } => m.clone(),
             ApiError::Unauthorized => {
                 "Missing or invalid API key. Send `Authorization: Bearer aio_…` with an active key.".into()
+            }
+            ApiError::InvalidToken => {
+                "Missing, invalid or expired session token. Send `Authorization: Bearer <JWT>`.".into()
             }
             ApiError::InsufficientCredits { price, available } => {
                 format!("This request costs {price} credits; {available} are available.")
@@ -98,12 +114,30 @@ impl ApiError {
     }
 }
 
+/// A database error carried in an `anyhow::Error` is classified like any other database error.
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        match error.downcast::<sqlx::Error>() {
+            Ok(database) => ApiError::from(database),
+            Err(other) => ApiError::Internal(other),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 tracing::error!(error = %error, "database unavailable");
                 ApiError::Unavailable("The database is unavailable; retry shortly.".into())
+            }
+            // A number beyond what the database holds (e.g. a balance past 2^63).
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
+                ApiError::InvalidRequest("A number in this request is out of range.".into())
+            }
+            // Text the database cannot store: a NUL character (U+0000), in text or in JSON.
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22021" | "22P05")) => {
+                ApiError::InvalidRequest("Text in this request contains a NUL character (U+0000), which is not allowed.".into())
             }
             other => ApiError::Internal(other.into()),
         }
@@ -123,11 +157,14 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?cause, "internal error");
         }
         let mut response = self.status().into_response();
-        match self {
+        match &self {
+            ApiError::RateLimited { retry_after_secs, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
             ApiError::Unavailable(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::InvalidToken => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::jwt::{Role, Session};
 
 /// A JSON body: 415 unless `application/json`, 413 over the body limit, 400 naming the field that
 /// does not fit (unknown, wrong type, malformed).
@@ -75,6 +76,20 @@ fn strip_position(message: &str) -> &str {
     message.rfind(" at line ").map_or(message, |at| &message[..at])
 }
 
+/// Path parameters; a value that does not fit (bad percent-encoding) is a 404 like any unknown path.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|_| ApiError::NotFound("No route matches this path.".into()))
+    }
+}
+
 /// A query string, 400 naming the parameter that does not fit.
 pub struct ApiQuery<T>(pub T);
 
@@ -93,7 +108,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The caller of an API-key route. Every route that takes it requires a valid key.
+/// The optional `Idempotency-Key` header of a create, checked (1–255 characters, visible ASCII).
+pub struct IdempotencyHeader(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyHeader(None));
+        };
+        let key = value.to_str().map_err(|_| {
+            ApiError::InvalidRequest("`Idempotency-Key`: must be printable ASCII characters.".into())
+        })?;
+        crate::idempotency::check_key(key).map_err(ApiError::InvalidRequest)?;
+        Ok(IdempotencyHeader(Some(key.to_owned())))
+    }
+}
+
+/// The caller of an API-key route. Every route that takes it requires a valid key, and counts against
+/// the key's rate limit.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -101,7 +135,47 @@ impl FromRequestParts<AppState> for Caller {
         let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
         let caller = state.auth.authenticate(authorization).await?;
         tracing::Span::current().record("account_id", caller.account_id);
+        state.limits.check_key(&caller.key_id, caller.rate_limit_per_minute).await?;
         Ok(caller)
+    }
+}
+
+/// The holder of a valid session token (dashboard routes): any role, acting on its own account.
+impl FromRequestParts<AppState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or(ApiError::InvalidToken)?;
+        let jwt = state.jwt.as_ref().ok_or(ApiError::InvalidToken)?;
+        let session = jwt.verify(token).ok_or(ApiError::InvalidToken)?;
+        // A token for an account that does not exist is no session.
+        if crate::accounts::get(&state.pool, session.account_id).await?.is_none() {
+            return Err(ApiError::InvalidToken);
+        }
+        tracing::Span::current().record("account_id", session.account_id);
+        Ok(session)
+    }
+}
+
+/// A session with the `admin` role; a `user` session gets 403.
+pub struct Admin(pub Session);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let session = Session::from_request_parts(parts, state).await?;
+        if session.role != Role::Admin {
+            return Err(ApiError::Forbidden("This route needs an admin session.".into()));
+        }
+        Ok(Admin(session))
     }
 }
 

@@ -1,14 +1,27 @@
 //! `GET /files/{name}`: result images from the file store. Names are unguessable and never reused,
 //! so responses may be cached for good.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
 
 use super::error::ApiError;
+use super::openapi::ErrorEnvelope;
+use super::extract::ApiPath;
 use crate::app::AppState;
 
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/files/{name}",
+    operation_id = "getFile",
+    tag = "catalog",
+    params(("name" = String, Path, description = "The file name from a task's `output.images[].url`.")),
+    responses(
+        (status = 200, description = "The image.", body = String, content_type = "image/png"),
+        (status = 404, description = "No such file.", body = ErrorEnvelope),
+    )
+)]
+pub async fn get(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
     let bytes = state.files.read(&name).await.ok_or_else(|| ApiError::not_found("File"))?;
     let content_type = match name.rsplit('.').next() {
         Some("jpg") => "image/jpeg",

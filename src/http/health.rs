@@ -2,19 +2,37 @@
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::error::ApiError;
+use super::openapi::ErrorEnvelope;
 use crate::app::AppState;
 use crate::store;
 
-pub async fn live() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (liveness) or `ready` (readiness).
+    status: &'static str,
 }
 
-pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/healthz", operation_id = "liveness", tag = "operations", responses((status = 200, description = "The process is up.", body = Health)))]
+pub async fn live() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readiness",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The process can reach its database.", body = Health),
+        (status = 503, description = "The database is unreachable.", body = ErrorEnvelope),
+    )
+)]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     if store::is_ready(&state.pool).await {
-        Ok(Json(json!({"status": "ready"})))
+        Ok(Json(Health { status: "ready" }))
     } else {
         Err(ApiError::Unavailable("The database is not reachable.".into()))
     }

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, the middleware stack, and the one error envelope.
 
+mod admin;
 mod billing;
 mod callbacks;
 mod deliveries;
@@ -8,43 +9,59 @@ pub mod extract;
 mod files;
 mod health;
 mod images;
+mod keys;
 mod models;
+pub mod openapi;
 mod tasks;
+mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{middleware, Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
+use crate::monitoring;
 use error::ApiError;
 use extract::BodyLimit;
 pub use tasks::TaskView;
 
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.settings.server.body_limit_bytes;
-    let request_id = HeaderName::from_static("x-request-id");
     let routes = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
     let routes = if state.settings.server.role.serves_api() { routes.merge(api_routes()) } else { routes };
+    let routes = if state.settings.server.metrics_listen.is_empty() {
+        routes.route("/metrics", get(monitoring::render))
+    } else {
+        routes
+    };
+    with_middleware(routes, state)
+}
+
+/// The router of `server.metrics_listen`: `/metrics` alone.
+pub fn metrics_router(state: AppState) -> Router {
+    with_middleware(Router::new().route("/metrics", get(monitoring::render)), state)
+}
+
+/// The middleware every listener shares: request ids, the request span, metrics, the error envelope,
+/// body limits, panics as 500s.
+fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
+    let body_limit = state.settings.server.body_limit_bytes;
+    let request_id = HeaderName::from_static("x-request-id");
     routes
         .fallback(|| async { ApiError::NotFound("No route matches this path.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(monitoring::track_http))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(BodyLimit(body_limit)))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUlid))
                 .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
-                )
+                .layer(TraceLayer::new_for_http().make_span_with(request_span).on_response(finish_span))
                 .layer(middleware::from_fn(error::render_errors))
                 .layer(CatchPanicLayer::custom(error::panic_response)),
         )
@@ -59,11 +76,20 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/tasks/{task_id}/deliveries", get(deliveries::list))
         .route("/api/v1/tasks/{task_id}/deliveries/retry", post(deliveries::retry))
         .route("/api/v1/billing/credits", get(billing::credits))
-        .route("/billing/credits", get(billing::credits))
+        .route("/billing/credits", get(billing::credits_alias))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/models", get(models::list))
         .route("/api/v1/models/{model_id}", get(models::get))
         .route("/files/{name}", get(files::get))
         .route("/api/v1/callbacks/{provider}/{token}", post(callbacks::receive))
+        // Dashboard (session token): the caller's own keys and usage.
+        .route("/api/v1/keys", get(keys::list).post(keys::create))
+        .route("/api/v1/keys/{key_id}", delete(keys::revoke))
+        .route("/api/v1/usage", get(usage::usage))
+        // Admin (session token with role admin).
+        .route("/api/v1/admin/accounts", get(admin::list).post(admin::create))
+        .route("/api/v1/admin/accounts/{account_id}", get(admin::get))
+        .route("/api/v1/admin/accounts/{account_id}/credits", post(admin::change_credits))
 }
 
 /// Request ids for requests that come without one: `req_` + a ULID.
@@ -76,8 +102,10 @@ impl MakeRequestId for MakeRequestUlid {
     }
 }
 
-/// One span per request; `account_id` is filled in once the key is known. The query string is
-/// left out: it is the client's, and never needed to follow a request.
+/// One span per request: `route` (the matched pattern) is filled in by the metrics middleware,
+/// `account_id` once the key or session is known, `status` and `latency_ms` when the answer leaves.
+/// The query string and headers are left out: they are the client's (and `Authorization` holds its
+/// key), and never needed to follow a request.
 fn request_span<B>(request: &Request<B>) -> tracing::Span {
     let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
     tracing::info_span!(
@@ -85,6 +113,17 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %request_id,
+        route = tracing::field::Empty,
         account_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
     )
+}
+
+fn finish_span<B>(response: &axum::http::Response<B>, latency: std::time::Duration, span: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    span.record("status", status);
+    span.record("latency_ms", latency_ms);
+    tracing::info!(status, latency_ms, "request finished");
 }

@@ -3,18 +3,20 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::error::ApiError;
+use super::openapi::ErrorEnvelope;
+use super::extract::ApiPath;
 use crate::app::AppState;
 use crate::catalog::{Catalog, Model};
 
 const ENDPOINT: &str = "/api/v1/images/generations";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelView {
     id: String,
     name: String,
@@ -30,12 +32,12 @@ pub struct ModelView {
     output: String,
     runtime: &'static str,
     webhook: bool,
-    parameters: Vec<Value>,
+    parameters: Vec<ParameterView>,
     example_request: String,
     routes: Vec<RouteView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct RouteView {
     provider_label: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,17 +77,44 @@ fn round_cents(usd: f64) -> f64 {
     (usd * 10_000.0).round() / 10_000.0
 }
 
-fn parameters(model: &Model) -> Vec<Value> {
-    let mut list = vec![json!({
-        "name": "prompt", "type": "string", "required": true, "default": null, "values": null,
-        "max_length": model.max_prompt_chars,
-        "description": "What to draw (or how to edit the input images)."
-    })];
+/// One request parameter of a model, as the catalog shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ParameterView {
+    name: String,
+    /// `string` or `array`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    required: bool,
+    default: Option<String>,
+    /// The allowed values, when the parameter is a choice.
+    values: Option<Vec<String>>,
+    /// For the prompt: its longest allowed length, in characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_length: Option<usize>,
+    description: String,
+}
+
+fn parameters(model: &Model) -> Vec<ParameterView> {
+    let free = |name: &str, kind: &'static str, description: String| ParameterView {
+        name: name.to_owned(),
+        kind,
+        required: false,
+        default: None,
+        values: None,
+        max_length: None,
+        description,
+    };
+    let mut list = vec![ParameterView {
+        required: true,
+        max_length: Some(model.max_prompt_chars),
+        ..free("prompt", "string", "What to draw (or how to edit the input images).".into())
+    }];
     for p in &model.parameters {
-        list.push(json!({
-            "name": p.name, "type": "string", "required": false, "default": p.default, "values": p.values,
-            "description": p.description
-        }));
+        list.push(ParameterView {
+            default: Some(p.default.clone()),
+            values: Some(p.values.clone()),
+            ..free(&p.name, "string", p.description.clone())
+        });
     }
     let with_images: Vec<String> = model
         .sub_models
@@ -94,16 +123,11 @@ fn parameters(model: &Model) -> Vec<Value> {
         .map(|s| format!("{} takes {}–{}", s.id, s.min_image_urls, s.max_image_urls))
         .collect();
     if !with_images.is_empty() {
-        list.push(json!({
-            "name": "image_urls", "type": "array", "required": false, "default": null, "values": null,
-            "description": format!("Input image URLs (https): {}; other sub-models take none.", with_images.join("; "))
-        }));
+        let description = format!("Input image URLs (https): {}; other sub-models take none.", with_images.join("; "));
+        list.push(free("image_urls", "array", description));
     }
     if model.webhook {
-        list.push(json!({
-            "name": "callback_url", "type": "string", "required": false, "default": null, "values": null,
-            "description": "https URL that receives the task object when it finishes."
-        }));
+        list.push(free("callback_url", "string", "https URL that receives the task object when it finishes.".into()));
     }
     list
 }
@@ -118,27 +142,78 @@ fn example(model: &Model, sub_model: &str, base_url: &str) -> String {
     )
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
+/// `GET /api/v1/models`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    data: Vec<ModelView>,
+    endpoint_summary: EndpointSummary,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EndpointSummary {
+    endpoint: &'static str,
+    /// How many models.
+    models: usize,
+    /// How many distinct providers serve them.
+    providers: usize,
+    credit_range: CreditRange,
+    /// Models with webhook support, e.g. `5/11`.
+    webhook_coverage: String,
+    lowest_cost_model: Option<CheapestModel>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreditRange {
+    min: Option<i64>,
+    max: Option<i64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheapestModel {
+    id: String,
+    name: String,
+    credits: i64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    operation_id = "listModels",
+    tag = "catalog",
+    responses((status = 200, description = "The live catalog and its summary.", body = ModelList))
+)]
+pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     let usd = state.settings.billing.usd_per_credit;
     let base_url = &state.settings.server.public_base_url;
     let models: Vec<ModelView> = state.catalog.models().iter().map(|m| view(&state.catalog, m, usd, base_url)).collect();
     let providers: BTreeSet<&str> = models.iter().flat_map(|m| m.routes.iter().map(|r| r.provider_label.as_str())).collect();
     let cheapest = models.iter().min_by_key(|m| m.credits);
-    let summary = json!({
-        "endpoint": ENDPOINT,
-        "models": models.len(),
-        "providers": providers.len(),
-        "credit_range": {
-            "min": models.iter().map(|m| m.credits).min(),
-            "max": models.iter().map(|m| m.credits).max(),
+    let endpoint_summary = EndpointSummary {
+        endpoint: ENDPOINT,
+        models: models.len(),
+        providers: providers.len(),
+        credit_range: CreditRange {
+            min: models.iter().map(|m| m.credits).min(),
+            max: models.iter().map(|m| m.credits).max(),
         },
-        "webhook_coverage": format!("{}/{}", models.iter().filter(|m| m.webhook).count(), models.len()),
-        "lowest_cost_model": cheapest.map(|m| json!({"id": m.id, "name": m.name, "credits": m.credits})),
-    });
-    Json(json!({"data": models, "endpoint_summary": summary}))
+        webhook_coverage: format!("{}/{}", models.iter().filter(|m| m.webhook).count(), models.len()),
+        lowest_cost_model: cheapest.map(|m| CheapestModel { id: m.id.clone(), name: m.name.clone(), credits: m.credits }),
+    };
+    Json(ModelList { data: models, endpoint_summary })
 }
 
-pub async fn get(State(state): State<AppState>, Path(model_id): Path<String>) -> Result<Json<ModelView>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model_id}",
+    operation_id = "getModel",
+    tag = "catalog",
+    params(("model_id" = String, Path, description = "A model id, e.g. `seedream-4-5`.")),
+    responses(
+        (status = 200, description = "The model with its parameters and an example request.", body = ModelView),
+        (status = 404, description = "No such model.", body = ErrorEnvelope),
+    )
+)]
+pub async fn get(State(state): State<AppState>, ApiPath(model_id): ApiPath<String>) -> Result<Json<ModelView>, ApiError> {
     let model = state.catalog.get(&model_id).ok_or_else(|| ApiError::not_found("Model"))?;
     let base_url = &state.settings.server.public_base_url;
     Ok(Json(view(&state.catalog, model, state.settings.billing.usd_per_credit, base_url)))

@@ -124,7 +124,13 @@ impl Webhooks {
             error: answer.error,
             response_excerpt: answer.excerpt,
         };
-        queue::record(&self.pool, &attempt, next).await
+        queue::record(&self.pool, &attempt, next).await?;
+        crate::monitoring::webhook_attempt(match next {
+            Next::Delivered => "delivered",
+            Next::Dead => "dead",
+            Next::RetryIn(_) => "retry",
+        });
+        Ok(())
     }
 
     /// Signs and POSTs the frozen body. Never fails: whatever went wrong is in the answer.

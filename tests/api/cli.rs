@@ -222,3 +222,51 @@ async fn first_start_creates_the_default_account_and_prints_its_key_once() {
     let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&database.pool).await.expect("count");
     assert_eq!(accounts, 1);
 }
+
+#[tokio::test]
+async fn token_mint_signs_a_session_token_the_gateway_accepts() {
+    let app = crate::helpers::spawn_dashboard_app_with(|_| {}).await;
+    let (account, _) = app.new_account(10).await;
+    let output = gateway("postgres://unused@127.0.0.1/none")
+        .args(["--json", "token", "mint", "--account", &account.to_string(), "--role", "admin", "--ttl", "1h"])
+        .env("AIO__AUTH__JWT__SECRET_ENV", crate::helpers::JWT_SECRET_ENV)
+        .env(crate::helpers::JWT_SECRET_ENV, crate::helpers::JWT_SECRET)
+        .output()
+        .expect("run token mint");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let token = printed["token"].as_str().expect("token");
+    let response = app.with_bearer(reqwest::Method::GET, "/api/v1/admin/accounts", token).send().await.expect("GET");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Without the secret in the environment it says which variable to set, and prints no token.
+    let output = gateway("postgres://unused@127.0.0.1/none")
+        .args(["--json", "token", "mint", "--account", "1", "--role", "user"])
+        .env("AIO__AUTH__JWT__SECRET_ENV", "AIO_TEST_NO_SUCH_SECRET")
+        .output()
+        .expect("run token mint");
+    assert!(!output.status.success());
+    let printed: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert!(printed["error"].as_str().is_some_and(|e| e.contains("AIO_TEST_NO_SUCH_SECRET")), "{printed}");
+    let bad_ttl = gateway("postgres://unused@127.0.0.1/none")
+        .args(["token", "mint", "--account", "1", "--role", "user", "--ttl", "forever"])
+        .env(crate::helpers::JWT_SECRET_ENV, crate::helpers::JWT_SECRET)
+        .env("AIO__AUTH__JWT__SECRET_ENV", crate::helpers::JWT_SECRET_ENV)
+        .output()
+        .expect("run token mint");
+    assert!(!bad_ttl.status.success() && String::from_utf8_lossy(&bad_ttl.stderr).contains("--ttl"));
+}
+
+// Multi-threaded: the in-process gateway must answer while this thread waits for the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_0_only_when_the_gateway_is_ready() {
+    let app = spawn_app().await;
+    let ready = gateway("postgres://unused@127.0.0.1/none").args(["healthcheck", "--url", &app.address]).output().expect("run");
+    assert!(ready.status.success(), "{}", String::from_utf8_lossy(&ready.stderr));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let down = gateway("postgres://unused@127.0.0.1/none")
+        .args(["healthcheck", "--url", &format!("http://127.0.0.1:{closed}")])
+        .output()
+        .expect("run");
+    assert!(!down.status.success());
+}

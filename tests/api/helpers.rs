@@ -2,7 +2,10 @@
 //! random port with fast engine settings, an HTTP client, and the ledger invariants of SPEC §2.3.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use aio_gateway::{accounts, store};
 use reqwest::dns::Resolve;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Response, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +96,9 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     settings.tasks.retry_initial_ms = 50;
     settings.tasks.lease_secs = 2;
     settings.tasks.dispatch_wait_ms = 2000;
+    // Polling loops would trip the per-key limit; the rate-limit tests set their own.
+    settings.rate_limit.requests_per_minute = 1_000_000;
+    settings.rate_limit.burst = 100_000;
     let simulated =
         ProviderSettings { label: Some("Simulated".into()), delay_ms: Some(200), ..ProviderSettings::new(ProviderKind::Simulated) };
     // The shipped real providers, inactive (no key) unless a test points one at its fake.
@@ -411,6 +417,24 @@ pub async fn assert_ledger_consistent(pool: &PgPool) {
     assert!(orphans.is_empty(), "ledger rows with a wrong task link: {orphans:?}");
 }
 
+/// Waits until every task in the database is `succeeded` or `failed`. The 60 s bound only keeps a
+/// broken engine from hanging the suite.
+pub async fn wait_all_terminal(pool: &PgPool) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let open: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, status FROM tasks WHERE status IN ('pending', 'running') ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .expect("read tasks");
+        if open.is_empty() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "tasks never finished: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The ledger of one account, oldest first: `(kind, amount, task_id)`.
 pub async fn ledger_of(pool: &PgPool, account_id: i64) -> Vec<(String, i64, Option<String>)> {
     sqlx::query_as("SELECT kind, amount, task_id FROM ledger WHERE account_id = $1 ORDER BY id")
@@ -418,4 +442,141 @@ pub async fn ledger_of(pool: &PgPool, account_id: i64) -> Vec<(String, i64, Opti
         .fetch_all(pool)
         .await
         .expect("read the ledger")
+}
+
+/// The environment variable that holds the tests' HS256 secret (`auth.jwt.secret_env`).
+pub const JWT_SECRET_ENV: &str = "AIO_TEST_JWT_SECRET";
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+/// Sets the tests' HS256 secret in this process's environment, once, before any app reads it.
+pub fn jwt_secret() -> &'static str {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| std::env::set_var(JWT_SECRET_ENV, JWT_SECRET));
+    JWT_SECRET
+}
+
+/// A gateway whose dashboard and admin routes take HS256 tokens signed with [`JWT_SECRET`].
+pub async fn spawn_dashboard_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    jwt_secret();
+    spawn_app_with(|settings| {
+        settings.auth.jwt.algorithm = "HS256".into();
+        settings.auth.jwt.secret_env = JWT_SECRET_ENV.into();
+        configure(settings);
+    })
+    .await
+}
+
+/// An HS256 session token for `account_id` with `role`, as `token mint` makes them.
+pub fn session_token(account_id: i64, role: aio_gateway::jwt::Role) -> String {
+    let mut settings = aio_gateway::config::JwtSettings::default();
+    jwt_secret();
+    settings.secret_env = JWT_SECRET_ENV.into();
+    aio_gateway::jwt::mint(&settings, account_id, role, Duration::from_secs(3600)).expect("mint a token")
+}
+
+impl TestApp {
+    /// A request with a bearer token (API key or session token).
+    pub fn with_bearer(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).header(AUTHORIZATION, bearer(token))
+    }
+}
+
+/// A gateway process, killed (SIGKILL) and reaped when dropped, so a failing assertion never leaves
+/// one behind.
+pub struct Gateway {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Gateway {
+    pub fn start(database_url: &str, files_dir: &Path, log: &Path, role: &str) -> Gateway {
+        Gateway::start_with(database_url, files_dir, log, role, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables (set last, so they win).
+    pub fn start_with(database_url: &str, files_dir: &Path, log: &Path, role: &str, env: &[(&str, &str)]) -> Gateway {
+        let port = {
+            let probe = TcpListener::bind("127.0.0.1:0").expect("find a free port");
+            probe.local_addr().expect("probe address").port()
+        };
+        let log = File::create(log).expect("create the log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aio-gateway"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("AIO__") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("--config")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("AIO__DATABASE__MAX_CONNECTIONS", "5")
+            .env("AIO__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("AIO__SERVER__ROLE", role)
+            .env("AIO__BOOTSTRAP__ENABLED", "false")
+            .env("AIO__CATALOG__MODELS_PATH", models_path())
+            .env("AIO__FILES__DIR", files_dir)
+            .env("AIO__TASKS__LEASE_SECS", "2")
+            .env("AIO__TASKS__TICK_MS", "100")
+            .env("AIO__TASKS__POLL_INITIAL_MS", "100")
+            .env("AIO__TASKS__POLL_MAX_MS", "1000")
+            .env("AIO__TASKS__RETRY_INITIAL_MS", "100")
+            .env("AIO__PROVIDERS__SIMULATED__DELAY_MS", "3000")
+            .env("AIO__LOG__LEVEL", "info")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("start the gateway binary");
+        Gateway { child, address: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Waits until `/healthz` answers (the 30 s bound only stops a hang).
+    pub async fn ready(&mut self, client: &reqwest::Client) {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = client.get(format!("{}/healthz", self.address)).send().await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the gateway exited early with {status}");
+            }
+            assert!(tokio::time::Instant::now() < give_up, "the gateway at {} never became ready", self.address);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, no chance to release leases or finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Creates a task with `prompt`; returns its id.
+    pub async fn create(&self, client: &reqwest::Client, key: &str, prompt: &str) -> String {
+        let response = client
+            .post(format!("{}/api/v1/images/generations", self.address))
+            .header(AUTHORIZATION, bearer(key))
+            .json(&json!({"prompt": prompt}))
+            .send()
+            .await
+            .expect("POST /api/v1/images/generations");
+        let status = response.status();
+        let task: Value = response.json().await.expect("task JSON");
+        assert_eq!(status, StatusCode::OK, "create answered {task}");
+        task["task_id"].as_str().expect("task_id").to_owned()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -120,3 +120,29 @@ async fn every_response_carries_a_request_id_and_echoes_the_clients() {
         assert_eq!(body["error"]["request_id"], "my-id-123", "{body}");
     }
 }
+
+/// Found by schemathesis: a NUL character reached PostgreSQL (which cannot store it) and became a 500.
+#[tokio::test]
+async fn nul_characters_are_a_400_wherever_they_come_in() {
+    let app = crate::helpers::spawn_dashboard_app_with(|_| {}).await;
+    let (account, key) = app.new_account(100).await;
+    let admin = crate::helpers::session_token(account, aio_gateway::jwt::Role::Admin);
+    for path in ["/api/v1/tasks?cursor=task_%29%1B%C2%BB%00%C3%BEN", "/api/v1/tasks/task_%00x"] {
+        let response = app.get(&key, path).await;
+        let status = response.status();
+        assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND, "{path}: {status}");
+        assert!(status.is_client_error());
+    }
+    let response = app.create(&key, json!({"prompt": "a fox \u{0}"})).await;
+    assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let response = app.get(&admin, "/api/v1/usage?model=x%00y").await;
+    assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let response = app
+        .with_bearer(reqwest::Method::POST, "/api/v1/admin/accounts", &admin)
+        .json(&json!({"name": "a\u{0}b"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_eq!(app.count_tasks().await, 0);
+}

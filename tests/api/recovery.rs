@@ -2,109 +2,14 @@
 //! pending, running or claimed; a fresh gateway on the same database finishes every task, settles
 //! each exactly once, and never submits a task upstream twice.
 
-use std::fs::File;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{assert_ledger_consistent, bearer, http_client, models_path, new_account, TestDatabase};
-
-/// A gateway process, killed (SIGKILL) and reaped when dropped, so a failing assertion never leaves
-/// one behind.
-struct Gateway {
-    child: Child,
-    address: String,
-}
-
-impl Gateway {
-    fn start(database_url: &str, files_dir: &Path, log: &Path, role: &str) -> Gateway {
-        let port = {
-            let probe = TcpListener::bind("127.0.0.1:0").expect("find a free port");
-            probe.local_addr().expect("probe address").port()
-        };
-        let log = File::create(log).expect("create the log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_aio-gateway"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("AIO__") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg("--config")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
-            .arg("serve")
-            .env("DATABASE_URL", database_url)
-            .env("AIO__DATABASE__MAX_CONNECTIONS", "5")
-            .env("AIO__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("AIO__SERVER__ROLE", role)
-            .env("AIO__BOOTSTRAP__ENABLED", "false")
-            .env("AIO__CATALOG__MODELS_PATH", models_path())
-            .env("AIO__FILES__DIR", files_dir)
-            .env("AIO__TASKS__LEASE_SECS", "2")
-            .env("AIO__TASKS__TICK_MS", "100")
-            .env("AIO__TASKS__POLL_INITIAL_MS", "100")
-            .env("AIO__TASKS__POLL_MAX_MS", "1000")
-            .env("AIO__TASKS__RETRY_INITIAL_MS", "100")
-            .env("AIO__PROVIDERS__SIMULATED__DELAY_MS", "3000")
-            .env("AIO__LOG__LEVEL", "info")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        let child = command.spawn().expect("start the gateway binary");
-        Gateway { child, address: format!("http://127.0.0.1:{port}") }
-    }
-
-    /// Waits until `/healthz` answers (the 30 s bound only stops a hang).
-    async fn ready(&mut self, client: &reqwest::Client) {
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = client.get(format!("{}/healthz", self.address)).send().await {
-                if response.status() == StatusCode::OK {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the gateway exited early with {status}");
-            }
-            assert!(tokio::time::Instant::now() < give_up, "the gateway at {} never became ready", self.address);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL: no graceful shutdown, no chance to release leases or finish anything.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn create(client: &reqwest::Client, gateway: &Gateway, key: &str, prompt: &str) -> String {
-    let response = client
-        .post(format!("{}/api/v1/images/generations", gateway.address))
-        .header(AUTHORIZATION, bearer(key))
-        .json(&json!({"prompt": prompt}))
-        .send()
-        .await
-        .expect("POST /api/v1/images/generations");
-    let status = response.status();
-    let task: Value = response.json().await.expect("task JSON");
-    assert_eq!(status, StatusCode::OK, "create answered {task}");
-    task["task_id"].as_str().expect("task_id").to_owned()
-}
+use crate::helpers::{assert_ledger_consistent, bearer, http_client, new_account, wait_all_terminal, Gateway, TestDatabase};
 
 async fn statuses(pool: &PgPool) -> Vec<(String, String)> {
     sqlx::query_as("SELECT id, status FROM tasks ORDER BY id").fetch_all(pool).await.expect("read tasks")
@@ -131,7 +36,7 @@ async fn tasks_survive_sigkill_and_settle_once_after_restart() {
     api.ready(&client).await;
     let mut prompts = Vec::new();
     for i in 0..10 {
-        let id = create(&client, &api, &key, &prompt(i)).await;
+        let id = api.create(&client, &key, &prompt(i)).await;
         prompts.push((id, prompt(i)));
     }
     api.kill();
@@ -144,7 +49,7 @@ async fn tasks_survive_sigkill_and_settle_once_after_restart() {
     full.ready(&client).await;
     let creates = (10..20).map(|i| {
         let (client, full, key, text) = (&client, &full, &key, prompt(i));
-        async move { (create(client, full, key, &text).await, text) }
+        async move { (full.create(client, key, &text).await, text) }
     });
     prompts.extend(futures::future::join_all(creates).await);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -162,15 +67,7 @@ async fn tasks_survive_sigkill_and_settle_once_after_restart() {
     // 3. A fresh gateway on the same database finishes everything.
     let mut restarted = Gateway::start(&database.url, &files, &dir.path().join("all-2.log"), "all");
     restarted.ready(&client).await;
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = statuses(&pool).await;
-        if now.iter().all(|(_, s)| s == "succeeded" || s == "failed") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < give_up, "tasks never finished after the restart: {now:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_all_terminal(&pool).await;
 
     for (id, prompt) in &prompts {
         let response = client

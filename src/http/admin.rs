@@ -1,0 +1,213 @@
+//! `/api/v1/admin/accounts…`: accounts and their credits, for admin sessions. Every credit change is
+//! one ledger row with its reason, in the transaction that changes the balance.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope};
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
+use super::tasks::check_limit;
+use crate::accounts::{self, Account};
+use crate::app::AppState;
+use crate::ledger::{self, Entry};
+
+/// The largest grant or adjustment in one request, and the largest starting balance.
+const MAX_AMOUNT: i64 = 1_000_000_000_000;
+const MAX_NAME_CHARS: usize = 200;
+const MAX_REASON_CHARS: usize = 500;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    /// 1–200 characters.
+    #[schema(min_length = 1, max_length = 200, example = "acme")]
+    name: String,
+    /// Starting credits, granted through the ledger (default 0).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000i64)]
+    credits: Option<i64>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/accounts",
+    operation_id = "createAccount",
+    tag = "admin",
+    request_body = NewAccount,
+    responses(
+        (status = 201, description = "The new account.", body = Account),
+        BodyErrors,
+        AdminErrors,
+    ),
+    security(("session" = []))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ApiJson(request): ApiJson<NewAccount>,
+) -> Result<(StatusCode, Json<Account>), ApiError> {
+    let name = request.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::InvalidRequest(format!("`name`: 1 to {MAX_NAME_CHARS} characters.")));
+    }
+    let credits = request.credits.unwrap_or(0);
+    if !(0..=MAX_AMOUNT).contains(&credits) {
+        return Err(ApiError::InvalidRequest(format!("`credits`: 0 to {MAX_AMOUNT}.")));
+    }
+    let account_id = accounts::create(&state.pool, name, credits).await?;
+    tracing::info!(admin = admin.account_id, new_account = account_id, credits, "account created");
+    let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    Ok((StatusCode::CREATED, Json(account)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AccountsQuery {
+    /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,18}$")]
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AccountPage {
+    /// Oldest first.
+    data: Vec<Account>,
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/accounts",
+    operation_id = "listAccounts",
+    tag = "admin",
+    params(AccountsQuery),
+    responses(
+        (status = 200, description = "Accounts by id.", body = AccountPage),
+        (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
+        AdminErrors,
+    ),
+    security(("session" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(query): ApiQuery<AccountsQuery>,
+) -> Result<Json<AccountPage>, ApiError> {
+    let limit = check_limit(query.limit)?;
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .parse::<i64>()
+                .ok()
+                .ok_or_else(|| ApiError::InvalidRequest("`cursor`: not a cursor from a previous page.".into()))?,
+        ),
+    };
+    let data = accounts::list(&state.pool, after, limit).await?;
+    let next_cursor = data.last().filter(|_| data.len() as i64 == limit).map(|a| a.account_id.to_string());
+    Ok(Json(AccountPage { data, next_cursor }))
+}
+
+/// An account id from the path; anything else is as unknown as a missing account.
+fn account_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| ApiError::not_found("Account"))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/accounts/{account_id}",
+    operation_id = "getAccount",
+    tag = "admin",
+    params(("account_id" = String, Path, description = "The account id.", example = "1")),
+    responses(
+        (status = 200, description = "The account.", body = Account),
+        (status = 404, description = "No such account.", body = ErrorEnvelope),
+        AdminErrors,
+    ),
+    security(("session" = []))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Account>, ApiError> {
+    let account = accounts::get(&state.pool, account_id(&id)?).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    Ok(Json(account))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditChange {
+    /// Positive: a grant. Negative: an adjustment, refused (409) if it would take the balance below 0.
+    /// Not 0; at most 10^12 either way.
+    #[schema(minimum = -1_000_000_000_000i64, maximum = 1_000_000_000_000i64, example = 100)]
+    amount: i64,
+    /// Why, recorded in the ledger: 1–500 characters.
+    #[schema(min_length = 1, max_length = 500, example = "invoice 42")]
+    reason: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreditChanged {
+    account: Account,
+    /// The ledger row of this change.
+    entry: Entry,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/accounts/{account_id}/credits",
+    operation_id = "changeCredits",
+    tag = "admin",
+    params(("account_id" = String, Path, description = "The account id.", example = "1")),
+    request_body = CreditChange,
+    responses(
+        (status = 200, description = "The account after the change, and its ledger row.", body = CreditChanged),
+        (status = 404, description = "No such account.", body = ErrorEnvelope),
+        (status = 409, description = "The adjustment would take the balance below 0.", body = ErrorEnvelope),
+        BodyErrors,
+        AdminErrors,
+    ),
+    security(("session" = []))
+)]
+pub async fn change_credits(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<CreditChange>,
+) -> Result<Json<CreditChanged>, ApiError> {
+    let account_id = account_id(&id)?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::InvalidRequest(format!("`reason`: 1 to {MAX_REASON_CHARS} characters.")));
+    }
+    let amount = request.amount;
+    if amount == 0 || amount.abs() > MAX_AMOUNT {
+        return Err(ApiError::InvalidRequest(format!("`amount`: not 0, and at most {MAX_AMOUNT} either way.")));
+    }
+    let Some(before) = ledger::balance(&state.pool, account_id).await? else {
+        return Err(ApiError::not_found("Account"));
+    };
+    let mut tx = state.pool.begin().await?;
+    if amount > 0 {
+        ledger::grant(&mut tx, account_id, amount, reason).await?;
+    } else if ledger::adjust(&mut tx, account_id, amount, reason).await?.is_none() {
+        tx.rollback().await?;
+        let now = ledger::balance(&state.pool, account_id).await?.unwrap_or(before);
+        return Err(ApiError::Conflict(format!(
+            "Taking {} credits would leave a negative balance: the account has {} (and {} on hold, which cannot be taken).",
+            -amount, now.balance, now.held
+        )));
+    }
+    let entry = ledger::last(&mut tx, account_id).await?;
+    tx.commit().await?;
+    tracing::info!(admin = admin.account_id, account_id, amount, "credits changed");
+    let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    Ok(Json(CreditChanged { account, entry }))
+}

@@ -1,0 +1,121 @@
+//! `GET|POST /api/v1/keys`, `DELETE /api/v1/keys/{key_id}`: a session's own API keys. A new key is
+//! shown once, in the answer to its creation; listings show its prefix only.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
+use super::extract::{ApiJson, ApiPath};
+use crate::accounts::{self, KeyInfo, OwnRevoke};
+use crate::app::AppState;
+use crate::jwt::Session;
+
+const MAX_NAME_CHARS: usize = 100;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    /// Newest first, revoked ones included.
+    data: Vec<KeyInfo>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    operation_id = "listKeys",
+    tag = "dashboard",
+    responses(
+        (status = 200, description = "The caller's keys (prefixes only).", body = KeyList),
+        SessionErrors,
+    ),
+    security(("session" = []))
+)]
+pub async fn list(State(state): State<AppState>, session: Session) -> Result<Json<KeyList>, ApiError> {
+    let data = accounts::list_keys(&state.pool, session.account_id).await?;
+    Ok(Json(KeyList { data }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyRequest {
+    /// A label for listings, up to 100 characters.
+    #[schema(max_length = 100, example = "ci")]
+    name: Option<String>,
+    /// RFC 3339 time, in the future, after which the key stops working.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NewKey {
+    key_id: String,
+    /// The key itself: shown this once, never again.
+    api_key: String,
+    prefix: String,
+    name: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    operation_id = "createKey",
+    tag = "dashboard",
+    request_body = NewKeyRequest,
+    responses(
+        (status = 201, description = "The new key, shown this once.", body = NewKey),
+        BodyErrors,
+        SessionErrors,
+    ),
+    security(("session" = []))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    session: Session,
+    ApiJson(request): ApiJson<NewKeyRequest>,
+) -> Result<(StatusCode, Json<NewKey>), ApiError> {
+    let name = request.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
+        return Err(ApiError::InvalidRequest(format!("`name`: at most {MAX_NAME_CHARS} characters.")));
+    }
+    if request.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(ApiError::InvalidRequest("`expires_at`: must be in the future.".into()));
+    }
+    let created = accounts::create_key(&state.pool, session.account_id, name.as_deref(), request.expires_at).await?;
+    tracing::info!(key_id = %created.key_id, "API key created");
+    let prefix = created.api_key.chars().take(crate::auth::VISIBLE_PREFIX_CHARS).collect();
+    let key = NewKey { key_id: created.key_id, api_key: created.api_key, prefix, name, expires_at: request.expires_at };
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{key_id}",
+    operation_id = "revokeKey",
+    tag = "dashboard",
+    params(("key_id" = String, Path, description = "The key id, `key_…`.")),
+    responses(
+        (status = 204, description = "Revoked (also when it was revoked before)."),
+        (status = 404, description = "No such key of this account.", body = ErrorEnvelope),
+        SessionErrors,
+    ),
+    security(("session" = []))
+)]
+/// Revoking is idempotent: a key revoked before answers 204 too. Another account's key is 404.
+pub async fn revoke(
+    State(state): State<AppState>,
+    session: Session,
+    ApiPath(key_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    match accounts::revoke_own_key(&state.pool, session.account_id, &key_id).await? {
+        OwnRevoke::NotFound => Err(ApiError::not_found("Key")),
+        OwnRevoke::AlreadyRevoked => Ok(StatusCode::NO_CONTENT),
+        OwnRevoke::Revoked { hash } => {
+            state.auth.forget(&hash);
+            tracing::info!(key_id = %key_id, "API key revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}

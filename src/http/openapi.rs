@@ -1,0 +1,183 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document, generated from the handlers' annotations and
+//! the types they read and write, so it cannot drift from what the server does.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+use super::{admin, billing, files, health, images, keys, models, tasks, usage};
+
+/// The body of every non-2xx answer (SPEC §3).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorEnvelope {
+    error: ErrorDetail,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable.
+    #[schema(example = "invalid_request")]
+    code: ErrorCode,
+    /// For people: what was wrong and what to do.
+    message: String,
+    /// Also in the `x-request-id` header.
+    request_id: String,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    InsufficientCredits,
+    Forbidden,
+    NotFound,
+    Conflict,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    UpstreamError,
+    Unavailable,
+    InternalError,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "aio-gateway",
+        description = "Asynchronous image generation: create a task, poll it, pay only for what succeeds.",
+        license(name = "MIT")
+    ),
+    paths(
+        images::create,
+        tasks::get,
+        tasks::list,
+        billing::credits,
+        billing::credits_alias,
+        models::list,
+        models::get,
+        files::get,
+        health::live,
+        health::ready,
+        crate::monitoring::render,
+        document,
+        keys::list,
+        keys::create,
+        keys::revoke,
+        usage::usage,
+        admin::create,
+        admin::list,
+        admin::get,
+        admin::change_credits,
+    ),
+    components(schemas(ErrorEnvelope)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "tasks", description = "API key: create tasks, follow them, see credits."),
+        (name = "catalog", description = "Public: models and result files."),
+        (name = "dashboard", description = "Session token (JWT): the caller's own keys and usage."),
+        (name = "admin", description = "Session token (JWT) with role admin: accounts and credits."),
+        (name = "operations", description = "Health, readiness, metrics, this document."),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("aio_…")
+                    .description(Some("An API key: `Authorization: Bearer aio_…`."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A session token (JWT) with `sub` (account id) and `role` (admin | user)."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    operation_id = "openapiDocument",
+    tag = "operations",
+    responses((status = 200, description = "This document (OpenAPI 3.1).", body = Object, content_type = "application/json"))
+)]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The errors of every route that reads a JSON body.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyErrors {
+    /// Malformed JSON, an unknown field, a bad value (the message names the field).
+    #[response(status = 400)]
+    InvalidRequest(ErrorEnvelope),
+    /// The body is over `server.body_limit_bytes`.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorEnvelope),
+    /// The body is not `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorEnvelope),
+}
+
+/// The errors of every API-key route.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum KeyErrors {
+    /// Missing, malformed, unknown, revoked or expired API key (one answer for all).
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// The key's rate limit, or too many creates at once; see `Retry-After`.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
+    RateLimited(ErrorEnvelope),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorEnvelope),
+}
+
+/// The errors of every session (dashboard) route.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum SessionErrors {
+    /// Missing, invalid or expired session token (one answer for all).
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorEnvelope),
+}
+
+/// The errors of every admin route.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum AdminErrors {
+    /// Missing, invalid or expired session token (one answer for all).
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// The session is a user's, not an admin's.
+    #[response(status = 403)]
+    Forbidden(ErrorEnvelope),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorEnvelope),
+}

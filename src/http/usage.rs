@@ -1,0 +1,123 @@
+//! `GET /api/v1/usage`: a session's tasks and ledger, filtered by creation time and model, with
+//! totals over everything the filter matches. Both lists are pages, newest first, with their own
+//! cursors.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::openapi::{ErrorEnvelope, SessionErrors};
+use super::extract::ApiQuery;
+use super::tasks::{check_limit, TaskView};
+use crate::app::AppState;
+use crate::jwt::Session;
+use crate::ledger::{self, Entry};
+use crate::tasks::{self, UsageFilter};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// Only what was created at or after this RFC 3339 time.
+    from: Option<DateTime<Utc>>,
+    /// Only what was created before this RFC 3339 time.
+    to: Option<DateTime<Utc>>,
+    /// A model or sub-model id; ledger entries without a task (grants, adjustments) then drop out.
+    model: Option<String>,
+    /// Page size of each list, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// `tasks.next_cursor` of the previous page.
+    #[param(pattern = "^task_[0-9A-Za-z]{1,59}$")]
+    tasks_cursor: Option<String>,
+    /// `ledger.next_cursor` of the previous page.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
+    ledger_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    summary: UsageSummary,
+    tasks: UsageTasks,
+    ledger: UsageLedger,
+}
+
+/// Totals over every task the filter matches (not only this page).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageSummary {
+    tasks: i64,
+    succeeded: i64,
+    failed: i64,
+    /// Pending or running.
+    unfinished: i64,
+    /// Credits spent: the prices of the succeeded tasks.
+    credits_charged: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageTasks {
+    data: Vec<TaskView>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageLedger {
+    data: Vec<Entry>,
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage",
+    operation_id = "getUsage",
+    tag = "dashboard",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "Totals, tasks and ledger entries of the caller's account.", body = Usage),
+        (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
+        SessionErrors,
+    ),
+    security(("session" = []))
+)]
+pub async fn usage(
+    State(state): State<AppState>,
+    session: Session,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> Result<Json<Usage>, ApiError> {
+    let limit = check_limit(query.limit)?;
+    if let (Some(from), Some(to)) = (query.from, query.to) {
+        if from > to {
+            return Err(ApiError::InvalidRequest("`from`: must not be after `to`.".into()));
+        }
+    }
+    let tasks_cursor = query.tasks_cursor.as_deref().map(|c| tasks::check_cursor("tasks_cursor", c)).transpose()?;
+    let ledger_cursor = match query.ledger_cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| ApiError::InvalidRequest("`ledger_cursor`: not a cursor from a previous page.".into()))?,
+        ),
+    };
+    let filter = UsageFilter { from: query.from, to: query.to, model: query.model.as_deref() };
+    let account = session.account_id;
+    let (total, succeeded, failed, unfinished, credits_charged) = tasks::usage_totals(&state.pool, account, &filter).await?;
+    let task_rows = tasks::usage_page(&state.pool, account, &filter, tasks_cursor, limit).await?;
+    let entries = ledger::page(&state.pool, account, &filter, ledger_cursor, limit).await?;
+    let full = |len: usize| len as i64 == limit;
+    Ok(Json(Usage {
+        summary: UsageSummary { tasks: total, succeeded, failed, unfinished, credits_charged },
+        tasks: UsageTasks {
+            next_cursor: task_rows.last().filter(|_| full(task_rows.len())).map(|t| t.id.clone()),
+            data: task_rows.iter().map(TaskView::from).collect(),
+        },
+        ledger: UsageLedger {
+            next_cursor: entries.last().filter(|_| full(entries.len())).map(|e| e.id.to_string()),
+            data: entries,
+        },
+    }))
+}

@@ -1,0 +1,117 @@
+//! Idempotency keys (SPEC §2.1): the same `Idempotency-Key` from the same account within 24 hours
+//! returns the first task again and holds nothing new; the same key with another request is a
+//! conflict.
+//!
+//! The key row is written in the transaction that inserts the task and holds its price
+//! ([`crate::tasks::create`]), with `ON CONFLICT DO UPDATE … WHERE expired`: when two requests race
+//! with one key, the second waits on the first's row and then finds it taken, so exactly one task
+//! and one hold exist. A key older than [`KEY_LIFETIME_HOURS`] is taken over by the next request.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+
+use crate::tasks::TaskInput;
+
+/// Keys are honoured this long; older ones are reusable and purged by the engine.
+pub const KEY_LIFETIME_HOURS: i32 = 24;
+pub const MAX_KEY_CHARS: usize = 255;
+
+/// A client's key with the hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: [u8; 32],
+}
+
+/// What the hash covers: the request after validation and defaults, so `{"prompt": "x"}` and
+/// `{"prompt": "x", "aspect_ratio": "1:1"}` are the same request, whatever the JSON key order.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    sub_model: &'a str,
+    input: &'a TaskInput,
+    callback_url: Option<&'a str>,
+}
+
+pub fn request_hash(sub_model: &str, input: &TaskInput, callback_url: Option<&str>) -> [u8; 32] {
+    // Serialising a struct of strings cannot fail; an empty hash would only make every replay a conflict.
+    let bytes = serde_json::to_vec(&Canonical { sub_model, input, callback_url }).unwrap_or_default();
+    Sha256::digest(&bytes).into()
+}
+
+/// Why a header value is not a key, in words for the client.
+pub fn check_key(key: &str) -> Result<(), String> {
+    let chars = key.chars().count();
+    if chars == 0 || chars > MAX_KEY_CHARS {
+        return Err(format!("`Idempotency-Key`: must be 1 to {MAX_KEY_CHARS} characters; got {chars}."));
+    }
+    Ok(())
+}
+
+/// Records `key` for `task_id` in the caller's transaction. `false` when an unexpired row holds the key
+/// (the caller rolls back and looks up [`find`]); a concurrent insert of the same key waits here until
+/// the other transaction ends.
+pub async fn claim(tx: &mut PgConnection, account_id: i64, key: &IdempotencyKey, task_id: &str) -> sqlx::Result<bool> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (account_id, key, request_hash, task_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (account_id, key) DO UPDATE
+             SET request_hash = EXCLUDED.request_hash, task_id = EXCLUDED.task_id, created_at = now()
+             WHERE idempotency_keys.created_at < now() - make_interval(hours => $5)",
+    )
+    .bind(account_id)
+    .bind(&key.key)
+    .bind(&key.request_hash[..])
+    .bind(task_id)
+    .bind(KEY_LIFETIME_HOURS)
+    .execute(&mut *tx)
+    .await?;
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// The unexpired use of a key: `(request_hash, task_id)`.
+pub async fn find(pool: &PgPool, account_id: i64, key: &str) -> sqlx::Result<Option<(Vec<u8>, String)>> {
+    sqlx::query_as(
+        "SELECT request_hash, task_id FROM idempotency_keys
+         WHERE account_id = $1 AND key = $2 AND created_at >= now() - make_interval(hours => $3)",
+    )
+    .bind(account_id)
+    .bind(key)
+    .bind(KEY_LIFETIME_HOURS)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Deletes expired keys; returns how many.
+pub async fn purge(pool: &PgPool) -> sqlx::Result<u64> {
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)")
+        .bind(KEY_LIFETIME_HOURS)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(prompt: &str) -> TaskInput {
+        TaskInput { prompt: prompt.into(), aspect_ratio: Some("1:1".into()), quality: None, image_urls: vec![] }
+    }
+
+    #[test]
+    fn the_hash_follows_the_request() {
+        let a = request_hash("m", &input("x"), None);
+        assert_eq!(a, request_hash("m", &input("x"), None));
+        assert_ne!(a, request_hash("m", &input("y"), None));
+        assert_ne!(a, request_hash("n", &input("x"), None));
+        assert_ne!(a, request_hash("m", &input("x"), Some("https://example.com/")));
+    }
+
+    #[test]
+    fn keys_are_one_to_255_characters() {
+        assert!(check_key("k").is_ok());
+        assert!(check_key(&"é".repeat(255)).is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key(&"k".repeat(256)).is_err_and(|e| e.contains("256")));
+    }
+}

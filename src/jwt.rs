@@ -1,0 +1,182 @@
+//! Session tokens (JWT, SPEC §7) for the dashboard and admin routes: `sub` is the account id, `role`
+//! is `admin` or `user`. The algorithm is pinned by config (`auth.jwt.algorithm`): HS256 with a secret
+//! read from the environment variable `auth.jwt.secret_env`, or RS256/ES256 with a public key PEM.
+//! `exp` is required; `iss` and `aud` are checked when configured. `alg: none`, another algorithm than
+//! the pinned one (HS/RS confusion), a bad signature, an expired token and a wrong issuer or audience
+//! are all the same 401.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::config::JwtSettings;
+
+/// HS256 secrets shorter than this are refused at start-up.
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The account id, as a string (RFC 7519).
+    pub sub: String,
+    pub role: Role,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Who holds a valid session token.
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    pub account_id: i64,
+    pub role: Role,
+}
+
+pub struct JwtAuth {
+    algorithm: Algorithm,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl JwtAuth {
+    /// `None` when no key material is configured (the dashboard routes then answer 401); an error when
+    /// it is configured but unusable.
+    pub fn from_settings(settings: &JwtSettings) -> anyhow::Result<Option<JwtAuth>> {
+        let algorithm = parse_algorithm(&settings.algorithm)?;
+        let decoding = match algorithm {
+            Algorithm::HS256 => match hs256_secret(settings)? {
+                Some(secret) => DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+                None => return Ok(None),
+            },
+            Algorithm::RS256 | Algorithm::ES256 => {
+                if settings.public_key_path.as_os_str().is_empty() {
+                    return Ok(None);
+                }
+                let path = &settings.public_key_path;
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("auth.jwt.public_key_path: cannot read {}", path.display()))?;
+                let key = if algorithm == Algorithm::RS256 {
+                    DecodingKey::from_rsa_pem(&pem)
+                } else {
+                    DecodingKey::from_ec_pem(&pem)
+                };
+                key.with_context(|| format!("auth.jwt.public_key_path: {} is not a {algorithm:?} public key PEM", path.display()))?
+            }
+            _ => unreachable!("parse_algorithm admits HS256, RS256 and ES256 only"),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = settings.leeway_secs;
+        validation.validate_exp = true;
+        if settings.issuer.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&[&settings.issuer]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        if settings.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&[&settings.audience]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        Ok(Some(JwtAuth { algorithm, decoding, validation }))
+    }
+
+    /// The session a bearer token stands for; `None` for every kind of invalid token.
+    pub fn verify(&self, token: &str) -> Option<Session> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
+        if data.header.alg != self.algorithm {
+            return None;
+        }
+        let account_id = data.claims.sub.parse::<i64>().ok().filter(|id| *id > 0)?;
+        Some(Session { account_id, role: data.claims.role })
+    }
+}
+
+fn parse_algorithm(name: &str) -> anyhow::Result<Algorithm> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        other => bail!("auth.jwt.algorithm: `{other}` is not one of HS256, RS256, ES256"),
+    }
+}
+
+/// The HS256 secret from the environment variable the config names; `None` when it is unset or empty.
+fn hs256_secret(settings: &JwtSettings) -> anyhow::Result<Option<SecretString>> {
+    let secret = std::env::var(&settings.secret_env).unwrap_or_default();
+    if secret.is_empty() {
+        return Ok(None);
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        bail!("auth.jwt.secret_env: ${} must hold at least {MIN_SECRET_BYTES} bytes", settings.secret_env);
+    }
+    Ok(Some(SecretString::from(secret)))
+}
+
+/// Mints an HS256 token (CLI `token mint`, for development). RS256/ES256 tokens are minted by whoever
+/// holds the private key.
+pub fn mint(settings: &JwtSettings, account_id: i64, role: Role, ttl: Duration) -> anyhow::Result<String> {
+    if parse_algorithm(&settings.algorithm)? != Algorithm::HS256 {
+        bail!("token mint signs HS256 tokens only; auth.jwt.algorithm is {}", settings.algorithm);
+    }
+    let secret = hs256_secret(settings)?
+        .with_context(|| format!("token mint needs the HS256 secret in ${}", settings.secret_env))?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = Claims {
+        sub: account_id.to_string(),
+        role,
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+        iss: (!settings.issuer.is_empty()).then(|| settings.issuer.clone()),
+        aud: (!settings.audience.is_empty()).then(|| settings.audience.clone()),
+    };
+    let key = EncodingKey::from_secret(secret.expose_secret().as_bytes());
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).context("signing the token")
+}
+
+/// `90s`, `15m`, `1h`, `7d` (or plain seconds).
+pub fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().with_context(|| format!("--ttl `{text}`: expected e.g. 30m, 1h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value * 60,
+        "h" => value * 3600,
+        "d" => value * 86_400,
+        _ => bail!("--ttl `{text}`: unit must be s, m, h or d"),
+    };
+    if seconds == 0 {
+        bail!("--ttl must be above 0");
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse() {
+        assert_eq!(parse_ttl("1h").ok(), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("90").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m").ok(), Some(Duration::from_secs(900)));
+        assert!(parse_ttl("0s").is_err() && parse_ttl("h").is_err() && parse_ttl("1y").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! Prometheus metrics: one process-wide recorder, the metric names, the HTTP middleware that counts
+//! requests by route, and the `/metrics` handler that samples the gauges when it is scraped.
+//!
+//! Labels stay few: routes are the router's patterns (`/api/v1/tasks/{task_id}`), never ids or keys.
+//! Counters that move money are recorded after their transaction committed.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::app::AppState;
+use crate::tasks::Task;
+
+pub const HTTP_REQUESTS: &str = "aio_http_requests_total";
+pub const HTTP_DURATION: &str = "aio_http_request_duration_seconds";
+pub const TASKS_CREATED: &str = "aio_tasks_created_total";
+pub const TASKS_SETTLED: &str = "aio_tasks_settled_total";
+pub const TASKS_OPEN: &str = "aio_tasks";
+pub const IDEMPOTENT_REPLAYS: &str = "aio_idempotent_replays_total";
+pub const UPSTREAM_DURATION: &str = "aio_upstream_request_duration_seconds";
+pub const UPSTREAM_ERRORS: &str = "aio_upstream_errors_total";
+pub const CREDITS_HELD: &str = "aio_credits_held_total";
+pub const CREDITS_CAPTURED: &str = "aio_credits_captured_total";
+pub const CREDITS_RELEASED: &str = "aio_credits_released_total";
+pub const RATE_LIMITED: &str = "aio_rate_limited_total";
+pub const DB_POOL_CONNECTIONS: &str = "aio_db_pool_connections";
+/// Outgoing webhook attempts, label `outcome` (`delivered`, `failed`, `dead`): incremented by the
+/// webhook deliverer through [`webhook_attempt`]: `delivered`, `retry` or `dead`.
+pub const WEBHOOK_ATTEMPTS: &str = "aio_webhook_attempts_total";
+
+/// The label of requests no route matched, so unknown paths cannot grow the label set.
+const UNMATCHED: &str = "unmatched";
+
+/// Seconds: from a fast cached poll to a slow provider call.
+const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The recorder, installed once per process (tests build several applications in one process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        let builder = match builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS) {
+            Ok(with_buckets) => with_buckets,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may stay empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route pattern, method and status.");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency, by route pattern, method and status.");
+    describe_counter!(TASKS_CREATED, "Tasks created (credits held), by model and provider.");
+    describe_counter!(TASKS_SETTLED, "Tasks settled, by model, provider and outcome (succeeded or the error code).");
+    describe_gauge!(TASKS_OPEN, "Unfinished tasks in the database, by status (pending, running).");
+    describe_counter!(IDEMPOTENT_REPLAYS, "Creates answered with an earlier task of the same Idempotency-Key.");
+    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Provider call latency, by provider and call (submit, poll, cancel).");
+    describe_counter!(UPSTREAM_ERRORS, "Failed provider calls, by provider, call and kind (retriable, permanent).");
+    describe_counter!(CREDITS_HELD, "Credits held on create, by model.");
+    describe_counter!(CREDITS_CAPTURED, "Held credits spent on success, by model.");
+    describe_counter!(CREDITS_RELEASED, "Held credits returned on failure or timeout, by model.");
+    describe_counter!(RATE_LIMITED, "Requests refused with 429, by reason (key, concurrency).");
+    describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections of this process, by state (in_use, idle).");
+    describe_counter!(WEBHOOK_ATTEMPTS, "Outgoing webhook delivery attempts, by outcome.");
+}
+
+/// Counts and times every request by its route pattern and final status. Runs inside the request
+/// span and records the route there too.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = route.unwrap_or_else(|| UNMATCHED.to_owned());
+    tracing::Span::current().record("route", route.as_str());
+    // Extension methods (any token is a valid method) would grow the label set: one label for them.
+    let method = match *request.method() {
+        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::HEAD | Method::OPTIONS => {
+            request.method().as_str().to_owned()
+        }
+        _ => "other".to_owned(),
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = [("route", route), ("method", method), ("status", response.status().as_u16().to_string())];
+    counter!(HTTP_REQUESTS, &labels).increment(1);
+    histogram!(HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A task and its hold were committed.
+pub fn task_created(task: &Task) {
+    let labels = [("model", task.sub_model.clone()), ("provider", task.provider.clone())];
+    counter!(TASKS_CREATED, &labels).increment(1);
+    counter!(CREDITS_HELD, "model" => task.sub_model.clone()).increment(price(task));
+}
+
+/// A terminal transition and its settlement were committed.
+pub fn task_settled(task: &Task) {
+    let outcome = match &task.error {
+        None => "succeeded".to_owned(),
+        Some(error) => serde_json::to_value(error.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "failed".into()),
+    };
+    let labels = [("model", task.sub_model.clone()), ("provider", task.provider.clone()), ("outcome", outcome)];
+    counter!(TASKS_SETTLED, &labels).increment(1);
+    let settled = if task.error.is_none() { CREDITS_CAPTURED } else { CREDITS_RELEASED };
+    counter!(settled, "model" => task.sub_model.clone()).increment(price(task));
+}
+
+fn price(task: &Task) -> u64 {
+    u64::try_from(task.price).unwrap_or(0)
+}
+
+pub fn idempotent_replay() {
+    counter!(IDEMPOTENT_REPLAYS).increment(1);
+}
+
+/// One provider call: its latency, and its error kind when it failed.
+pub fn upstream_call(provider: &str, call: &'static str, started: Instant, error: Option<&crate::providers::ProviderError>) {
+    let labels = [("provider", provider.to_owned()), ("call", call.to_owned())];
+    histogram!(UPSTREAM_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    if let Some(error) = error {
+        let kind = if error.retriable { "retriable" } else { "permanent" };
+        counter!(UPSTREAM_ERRORS, "provider" => provider.to_owned(), "call" => call, "kind" => kind).increment(1);
+    }
+}
+
+pub fn rate_limited(reason: &'static str) {
+    counter!(RATE_LIMITED, "reason" => reason).increment(1);
+}
+
+/// For the webhook deliverer: one delivery attempt and how it ended.
+pub fn webhook_attempt(outcome: &'static str) {
+    counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// `GET /metrics`: samples the gauges (one cheap count on the partial index of unfinished tasks, the
+/// pool's own numbers), then renders everything in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format. Bind it privately (`server.metrics_listen`).", body = String, content_type = "text/plain"))
+)]
+pub async fn render(State(state): State<AppState>) -> Response {
+    match crate::tasks::count_open(&state.pool).await {
+        Ok((pending, running)) => {
+            gauge!(TASKS_OPEN, "status" => "pending").set(pending as f64);
+            gauge!(TASKS_OPEN, "status" => "running").set(running as f64);
+        }
+        Err(error) => tracing::warn!(error = %error, "counting open tasks for /metrics failed"),
+    }
+    let size = state.pool.size() as f64;
+    let idle = state.pool.num_idle() as f64;
+    gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(size - idle);
+    gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+    let handle = handle();
+    handle.run_upkeep();
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
+}
