@@ -375,7 +375,8 @@ pub struct ProviderSettings {
     #[serde(default)]
     pub trust_callback_payload: bool,
     /// The name of the environment variable with the provider's callback signing key (KIE's
-    /// `webhookHmacKey`); when set, unsigned or badly signed callbacks are refused.
+    /// `webhookHmacKey`, WaveSpeed's webhook secret); when set, unsigned or badly signed callbacks
+    /// are refused.
     #[serde(default)]
     pub webhook_hmac_key_env: Option<String>,
     /// Read from `webhook_hmac_key_env` at start-up; never serialised.
@@ -520,7 +521,7 @@ impl Settings {
         for (id, provider) in &self.providers {
             match provider.kind {
                 ProviderKind::Simulated => {}
-                ProviderKind::Kie => {
+                ProviderKind::Kie | ProviderKind::Wavespeed => {
                     match provider.base_url.as_deref().map(reqwest::Url::parse) {
                         Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
                         _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
@@ -530,7 +531,7 @@ impl Settings {
                     }
                 }
                 other => problems.push(format!(
-                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated and kie are)"
+                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated, kie and wavespeed are)"
                 )),
             }
         }

@@ -6,6 +6,7 @@ pub mod kie;
 mod picture;
 pub mod simulated;
 mod upstream;
+pub mod wavespeed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -138,6 +139,9 @@ impl Providers {
             };
             let provider: Arc<dyn Provider> = match config.kind {
                 ProviderKind::Kie => Arc::new(kie::Kie::new(upstream()?, config.webhook_hmac_key.clone())),
+                ProviderKind::Wavespeed => {
+                    Arc::new(wavespeed::WaveSpeed::new(upstream()?, config.webhook_hmac_key.clone()))
+                }
                 ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
                     pool.clone(),
                     files.clone(),

@@ -119,3 +119,23 @@ pub fn is_content_policy(reason: &str) -> bool {
     let reason = reason.to_ascii_lowercase();
     ["nsfw", "content policy", "sensitive", "safety", "moderation"].iter().any(|word| reason.contains(word))
 }
+
+/// A signed callback's timestamp may be this far from now.
+pub const CALLBACK_TOLERANCE_SECS: i64 = 300;
+
+/// The Standard-Webhooks-shaped headers of a signed callback (Replicate, WaveSpeed): `(webhook-id,
+/// webhook-timestamp, webhook-signature)`, with the timestamp within [`CALLBACK_TOLERANCE_SECS`].
+pub fn webhook_headers(headers: &reqwest::header::HeaderMap) -> Result<(String, i64, String), super::CallbackRefused> {
+    use super::CallbackRefused;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let (Some(id), Some(timestamp), Some(signature)) =
+        (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"))
+    else {
+        return Err(CallbackRefused("The callback is not signed."));
+    };
+    let seconds: i64 = timestamp.parse().map_err(|_| CallbackRefused("The callback timestamp is not a number."))?;
+    if (chrono::Utc::now().timestamp() - seconds).abs() > CALLBACK_TOLERANCE_SECS {
+        return Err(CallbackRefused("The callback timestamp is too far from now."));
+    }
+    Ok((id.to_owned(), seconds, signature.to_owned()))
+}

@@ -14,4 +14,5 @@ mod ledger;
 mod receiver;
 mod recovery;
 mod validation;
+mod wavespeed;
 mod webhooks;
