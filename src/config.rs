@@ -375,7 +375,7 @@ pub struct ProviderSettings {
     #[serde(default)]
     pub trust_callback_payload: bool,
     /// The name of the environment variable with the provider's callback signing key (KIE's
-    /// `webhookHmacKey`, WaveSpeed's webhook secret); when set, unsigned or badly signed callbacks
+    /// `webhookHmacKey`, WaveSpeed's or Replicate's webhook secret); when set, unsigned or badly signed callbacks
     /// are refused.
     #[serde(default)]
     pub webhook_hmac_key_env: Option<String>,
@@ -521,7 +521,7 @@ impl Settings {
         for (id, provider) in &self.providers {
             match provider.kind {
                 ProviderKind::Simulated => {}
-                ProviderKind::Kie | ProviderKind::Wavespeed => {
+                ProviderKind::Kie | ProviderKind::Wavespeed | ProviderKind::Replicate => {
                     match provider.base_url.as_deref().map(reqwest::Url::parse) {
                         Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
                         _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
@@ -531,7 +531,7 @@ impl Settings {
                     }
                 }
                 other => problems.push(format!(
-                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated, kie and wavespeed are)"
+                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated, kie, wavespeed and replicate are)"
                 )),
             }
         }

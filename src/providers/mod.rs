@@ -4,6 +4,7 @@
 
 pub mod kie;
 mod picture;
+pub mod replicate;
 pub mod simulated;
 mod upstream;
 pub mod wavespeed;
@@ -141,6 +142,9 @@ impl Providers {
                 ProviderKind::Kie => Arc::new(kie::Kie::new(upstream()?, config.webhook_hmac_key.clone())),
                 ProviderKind::Wavespeed => {
                     Arc::new(wavespeed::WaveSpeed::new(upstream()?, config.webhook_hmac_key.clone()))
+                }
+                ProviderKind::Replicate => {
+                    Arc::new(replicate::Replicate::new(upstream()?, config.webhook_hmac_key.clone()))
                 }
                 ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
                     pool.clone(),

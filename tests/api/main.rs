@@ -13,6 +13,7 @@ mod kie;
 mod ledger;
 mod receiver;
 mod recovery;
+mod replicate;
 mod validation;
 mod wavespeed;
 mod webhooks;
