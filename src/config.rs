@@ -521,7 +521,7 @@ impl Settings {
         for (id, provider) in &self.providers {
             match provider.kind {
                 ProviderKind::Simulated => {}
-                ProviderKind::Kie | ProviderKind::Wavespeed | ProviderKind::Replicate => {
+                ProviderKind::Kie | ProviderKind::Wavespeed | ProviderKind::Replicate | ProviderKind::Openai => {
                     match provider.base_url.as_deref().map(reqwest::Url::parse) {
                         Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
                         _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
@@ -531,7 +531,7 @@ impl Settings {
                     }
                 }
                 other => problems.push(format!(
-                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated, kie, wavespeed and replicate are)"
+                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated, kie, wavespeed, replicate and openai are)"
                 )),
             }
         }

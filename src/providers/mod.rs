@@ -3,6 +3,7 @@
 //! how the job is doing. Nothing outside a provider's own file knows its wire format.
 
 pub mod kie;
+pub mod openai;
 mod picture;
 pub mod replicate;
 pub mod simulated;
@@ -146,6 +147,7 @@ impl Providers {
                 ProviderKind::Replicate => {
                     Arc::new(replicate::Replicate::new(upstream()?, config.webhook_hmac_key.clone()))
                 }
+                ProviderKind::Openai => Arc::new(openai::OpenAi::new(upstream()?, files.clone())),
                 ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
                     pool.clone(),
                     files.clone(),

@@ -11,6 +11,7 @@ mod helpers;
 mod http_errors;
 mod kie;
 mod ledger;
+mod openai;
 mod receiver;
 mod recovery;
 mod replicate;

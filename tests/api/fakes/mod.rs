@@ -2,6 +2,7 @@
 //! records every request, and answers from per-endpoint scripts (then its normal behaviour).
 
 pub mod kie;
+pub mod openai;
 pub mod replicate;
 pub mod wavespeed;
 
