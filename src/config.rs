@@ -382,6 +382,9 @@ pub struct ProviderSettings {
     /// Read from `webhook_hmac_key_env` at start-up; never serialised.
     #[serde(skip)]
     pub webhook_hmac_key: Option<SecretString>,
+    /// fal: where the public keys that sign its callbacks are published (default fal's own JWKS).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -408,6 +411,7 @@ impl ProviderSettings {
             trust_callback_payload: false,
             webhook_hmac_key_env: None,
             webhook_hmac_key: None,
+            jwks_url: None,
         }
     }
 
@@ -521,7 +525,11 @@ impl Settings {
         for (id, provider) in &self.providers {
             match provider.kind {
                 ProviderKind::Simulated => {}
-                ProviderKind::Kie | ProviderKind::Wavespeed | ProviderKind::Replicate | ProviderKind::Openai => {
+                ProviderKind::Kie
+                | ProviderKind::Wavespeed
+                | ProviderKind::Replicate
+                | ProviderKind::Openai
+                | ProviderKind::Fal => {
                     match provider.base_url.as_deref().map(reqwest::Url::parse) {
                         Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
                         _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
@@ -531,7 +539,7 @@ impl Settings {
                     }
                 }
                 other => problems.push(format!(
-                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated, kie, wavespeed, replicate and openai are)"
+                    "providers.{id}.kind: `{other:?}` is not available in this build (all but worker are)"
                 )),
             }
         }

@@ -159,7 +159,7 @@ impl Provider for Replicate {
         true
     }
 
-    fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
+    async fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
         if let Some(secret) = &self.webhook_secret {
             let (id, timestamp, header) = upstream::webhook_headers(headers)?;
             if !signing::verify(secret.expose_secret(), &id, timestamp, body, &header) {

@@ -156,7 +156,7 @@ impl Provider for WaveSpeed {
     }
 
     /// The body is the bare prediction object (no envelope), for completed and failed jobs.
-    fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
+    async fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
         if let Some(secret) = &self.webhook_secret {
             self.verify(secret, headers, body)?;
         }

@@ -4,6 +4,7 @@ mod auth;
 mod callbacks;
 mod cli;
 mod failover;
+mod fal;
 mod fakes;
 mod flow;
 mod guard;
