@@ -139,3 +139,22 @@ async fn an_ed25519_signed_fal_callback_triggers_settlement_and_bad_signatures_a
     app.assert_balance(&key, 88, 0).await;
     assert_ledger_consistent(&app.pool).await;
 }
+
+#[tokio::test]
+async fn a_fal_upstream_that_hangs_past_the_timeout_is_retried() {
+    let fake = FakeFal::start().await;
+    fake.polls(0);
+    fake.script("submit", [Step::Hang(Duration::from_millis(1500))]);
+    fake.script("status", [Step::Hang(Duration::from_millis(1500))]);
+    let app = app(&fake).await;
+    let (_, key) = app.new_account(100).await;
+
+    let done = run_seed(&app, &key).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let posts = fake.requests().into_iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts, 2, "the first submit timed out");
+    // Which job serves depends on whether the timed-out request got as far as creating one upstream.
+    let url = done["output"]["images"][0]["url"].as_str().expect("url");
+    assert!(url.starts_with(fake.result_url("req-").trim_end_matches(".png")), "{url}");
+    assert_ledger_consistent(&app.pool).await;
+}

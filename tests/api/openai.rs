@@ -114,3 +114,18 @@ async fn content_policy_and_account_problems_end_the_task_without_leaking() {
     app.assert_balance(&key, 100, 0).await;
     assert_ledger_consistent(&app.pool).await;
 }
+
+#[tokio::test]
+async fn an_openai_generation_that_hangs_past_the_timeout_is_retried() {
+    let fake = FakeOpenAi::start().await;
+    fake.answer_urls(true).script([Step::Hang(std::time::Duration::from_millis(1500))]);
+    let app = app(&fake).await;
+    let (_, key) = app.new_account(100).await;
+
+    let done = run_seed(&app, &key).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(fake.requests().len(), 2, "the first request timed out");
+    assert_eq!(done["output"]["images"], json!([{"url": fake.result_url()}]), "{done}");
+    app.assert_balance(&key, 88, 0).await;
+    assert_ledger_consistent(&app.pool).await;
+}

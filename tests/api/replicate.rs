@@ -184,6 +184,28 @@ async fn a_standard_webhooks_signed_replicate_callback_settles_and_forgeries_are
     let done = app.wait_terminal(&key, &task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("rep1")}]), "{done}");
+
+    // A duplicate delivery is taken and changes nothing.
+    assert_eq!(fake.finish_and_call_back("rep1", Some(replicate::SECRET)).await, 200);
+    assert_eq!(app.get_task(&key, &task_id).await, done);
     app.assert_balance(&key, 88, 0).await;
+    assert_ledger_consistent(&app.pool).await;
+}
+
+#[tokio::test]
+async fn a_replicate_upstream_that_hangs_past_the_timeout_is_retried() {
+    let fake = FakeReplicate::start().await;
+    fake.polls(0);
+    fake.script("create", [Step::Hang(Duration::from_millis(1500))]);
+    fake.script("poll", [Step::Hang(Duration::from_millis(1500))]);
+    let app = app(&fake).await;
+    let (_, key) = app.new_account(100).await;
+
+    let done = run_seed(&app, &key).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(fake.creates().len(), 2, "the first create timed out");
+    // Which job serves depends on whether the timed-out request got as far as creating one upstream.
+    let url = done["output"]["images"][0]["url"].as_str().expect("url");
+    assert!(url.starts_with(fake.result_url("rep").trim_end_matches(".png")), "{url}");
     assert_ledger_consistent(&app.pool).await;
 }

@@ -108,17 +108,23 @@ async fn wavespeed_rejections_and_account_problems_end_the_task_without_leaking(
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    fake.script("submit", [Step::Json(200, json!({"code": 400, "message": "size is invalid", "data": null}))]);
+    // A rejection that quotes the key: the reason reaches the client, the key does not.
+    let quoting = format!("size is invalid (request by {})", wavespeed::KEY);
+    fake.script("submit", [Step::Json(200, json!({"code": 400, "message": quoting, "data": null}))]);
     let response = app.create(&key, seed_request()).await;
     let (_, message) =
         crate::helpers::assert_error(response, reqwest::StatusCode::BAD_GATEWAY, "upstream_error").await;
-    assert!(message.contains("size is invalid"), "{message}");
+    assert!(message.contains("size is invalid (request by [redacted])"), "{message}");
+    assert_no_secrets(&message);
 
     fake.script("submit", [wavespeed::error(401, "Invalid API key wavespeed-test-key-5ecr3t")]);
     let done = run_seed(&app, &key).await;
     assert_eq!(done["error"], json!({"code": "upstream_failed", "message": "The provider is unavailable."}));
     assert_no_secrets(&done.to_string());
     assert_eq!(fake.submits().len(), 2, "neither is retried");
+    let errors: Vec<(String,)> =
+        sqlx::query_as("SELECT error::text FROM tasks").fetch_all(&app.pool).await.expect("tasks");
+    assert!(errors.iter().all(|(error,)| !error.contains(wavespeed::KEY)), "{errors:?}");
     app.assert_balance(&key, 100, 0).await;
     assert_ledger_consistent(&app.pool).await;
 }
@@ -181,6 +187,29 @@ async fn a_signed_wavespeed_callback_settles_and_unsigned_or_forged_ones_are_ref
     let done = app.wait_terminal(&key, &task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("pred_1")}]), "{done}");
+
+    // A duplicate delivery is taken and changes nothing.
+    assert_eq!(fake.finish_and_call_back("pred_1", Signing::With(wavespeed::SECRET)).await, 200);
+    assert_eq!(app.get_task(&key, &task_id).await, done);
     app.assert_balance(&key, 88, 0).await;
+    assert_ledger_consistent(&app.pool).await;
+}
+
+#[tokio::test]
+async fn a_wavespeed_upstream_that_hangs_past_the_timeout_is_retried() {
+    let fake = FakeWaveSpeed::start().await;
+    fake.polls(0);
+    fake.script("submit", [Step::Hang(Duration::from_millis(1500))]);
+    fake.script("poll", [Step::Hang(Duration::from_millis(1500))]);
+    let app = app(&fake).await;
+    let (_, key) = app.new_account(100).await;
+
+    let done = run_seed(&app, &key).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The first submit timed out (its job is orphaned upstream); the second one served.
+    assert_eq!(fake.submits().len(), 2);
+    // Which job serves depends on whether the timed-out request got as far as creating one upstream.
+    let url = done["output"]["images"][0]["url"].as_str().expect("url");
+    assert!(url.starts_with(fake.result_url("pred_").trim_end_matches(".png")), "{url}");
     assert_ledger_consistent(&app.pool).await;
 }
