@@ -443,12 +443,16 @@ pub struct ProviderSettings {
     #[serde(default)]
     pub trust_callback_payload: bool,
     /// The name of the environment variable with the provider's callback signing key (KIE's
-    /// `webhookHmacKey`); when set, unsigned or badly signed callbacks are refused.
+    /// `webhookHmacKey`, WaveSpeed's or Replicate's webhook secret); when set, unsigned or badly signed callbacks
+    /// are refused.
     #[serde(default)]
     pub webhook_hmac_key_env: Option<String>,
     /// Read from `webhook_hmac_key_env` at start-up; never serialised.
     #[serde(skip)]
     pub webhook_hmac_key: Option<SecretString>,
+    /// fal: where the public keys that sign its callbacks are published (default fal's own JWKS).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -475,6 +479,7 @@ impl ProviderSettings {
             trust_callback_payload: false,
             webhook_hmac_key_env: None,
             webhook_hmac_key: None,
+            jwks_url: None,
         }
     }
 
@@ -611,7 +616,11 @@ impl Settings {
         for (id, provider) in &self.providers {
             match provider.kind {
                 ProviderKind::Simulated => {}
-                ProviderKind::Kie => {
+                ProviderKind::Kie
+                | ProviderKind::Wavespeed
+                | ProviderKind::Replicate
+                | ProviderKind::Openai
+                | ProviderKind::Fal => {
                     match provider.base_url.as_deref().map(reqwest::Url::parse) {
                         Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
                         _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
@@ -621,7 +630,7 @@ impl Settings {
                     }
                 }
                 other => problems.push(format!(
-                    "providers.{id}.kind: `{other:?}` is not available in this build (simulated and kie are)"
+                    "providers.{id}.kind: `{other:?}` is not available in this build (all but worker are)"
                 )),
             }
         }

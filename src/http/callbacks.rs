@@ -27,7 +27,7 @@ pub async fn receive(
     ) else {
         return Err(ApiError::not_found("Callback"));
     };
-    let callback = provider.read_callback(&headers, &body).map_err(|refused| {
+    let callback = provider.read_callback(&headers, &body).await.map_err(|refused| {
         tracing::warn!(task_id = %task.id, provider = %provider_id, reason = %refused, "callback refused");
         ApiError::Unauthorized
     })?;

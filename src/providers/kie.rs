@@ -184,7 +184,7 @@ impl Provider for Kie {
     }
 
     /// The body reuses recordInfo's shape: `{code, msg, data: {taskId | task_id, state, resultJson, …}}`.
-    fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
+    async fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
         let data = serde_json::from_slice::<Envelope>(body).ok().and_then(|envelope| envelope.data).unwrap_or_default();
         let upstream_id =
             data.get("taskId").or_else(|| data.get("task_id")).and_then(Value::as_str).map(str::to_owned);

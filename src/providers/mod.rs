@@ -2,10 +2,14 @@
 //! job and returns the provider's job id (or, for synchronous APIs, the result at once); `poll` asks
 //! how the job is doing. Nothing outside a provider's own file knows its wire format.
 
+pub mod fal;
 pub mod kie;
+pub mod openai;
 mod picture;
+pub mod replicate;
 pub mod simulated;
 mod upstream;
+pub mod wavespeed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,8 +92,9 @@ pub trait Provider: Send + Sync {
 
     /// Checks an inbound callback's signature, where the provider signs and its key is configured,
     /// and reads what the callback claims. The claim is a hint: unless the operator trusts callback
-    /// payloads, the engine confirms it with [`Provider::poll`].
-    fn read_callback(&self, _headers: &HeaderMap, _body: &[u8]) -> Result<Callback, CallbackRefused> {
+    /// payloads, the engine confirms it with [`Provider::poll`]. Async because checking may need the
+    /// provider's public keys (fal's JWKS).
+    async fn read_callback(&self, _headers: &HeaderMap, _body: &[u8]) -> Result<Callback, CallbackRefused> {
         Ok(Callback::default())
     }
 }
@@ -138,6 +143,14 @@ impl Providers {
             };
             let provider: Arc<dyn Provider> = match config.kind {
                 ProviderKind::Kie => Arc::new(kie::Kie::new(upstream()?, config.webhook_hmac_key.clone())),
+                ProviderKind::Wavespeed => {
+                    Arc::new(wavespeed::WaveSpeed::new(upstream()?, config.webhook_hmac_key.clone()))
+                }
+                ProviderKind::Replicate => {
+                    Arc::new(replicate::Replicate::new(upstream()?, config.webhook_hmac_key.clone()))
+                }
+                ProviderKind::Openai => Arc::new(openai::OpenAi::new(upstream()?, files.clone())),
+                ProviderKind::Fal => Arc::new(fal::Fal::new(upstream()?, config.jwks_url.clone())),
                 ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
                     pool.clone(),
                     files.clone(),

@@ -67,6 +67,16 @@ impl Upstream {
         }
     }
 
+    /// `text` with every occurrence of the provider key replaced.
+    pub fn redact(&self, text: &str) -> String {
+        let key = self.key.expose_secret();
+        if key.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(key, "[redacted]")
+        }
+    }
+
     /// A JSON answer the adapter cannot read: logged, retried (a proxy's error page, a deploy).
     pub fn malformed(&self, what: &str, error: impl std::fmt::Display) -> ProviderError {
         tracing::warn!(provider = %self.id, error = %error, "unreadable {what} from the provider");
@@ -75,6 +85,8 @@ impl Upstream {
 
     /// The usual meaning of an HTTP-style status `code` with the provider's `detail`.
     pub fn error_for(&self, code: u16, detail: &str) -> ProviderError {
+        // Some providers quote the key they were given: it never reaches a message or the log.
+        let detail = &self.redact(detail);
         match code {
             429 | 500 | 502..=504 => {
                 tracing::warn!(provider = %self.id, code, detail = %short(detail), "provider busy or failing");
@@ -92,6 +104,7 @@ impl Upstream {
     /// An operator problem (credentials, billing, a disabled feature, an unexpected status): the
     /// client gets the neutral message; the provider's words go to the log only.
     pub fn unavailable(&self, code: u16, detail: &str) -> ProviderError {
+        let detail = &self.redact(detail);
         tracing::error!(provider = %self.id, code, detail = %short(detail), "provider refused the gateway's account");
         ProviderError::permanent(TaskErrorCode::UpstreamFailed, UNAVAILABLE)
     }
@@ -118,4 +131,24 @@ pub fn generation_failed(reason: Option<&str>) -> String {
 pub fn is_content_policy(reason: &str) -> bool {
     let reason = reason.to_ascii_lowercase();
     ["nsfw", "content policy", "sensitive", "safety", "moderation"].iter().any(|word| reason.contains(word))
+}
+
+/// A signed callback's timestamp may be this far from now.
+pub const CALLBACK_TOLERANCE_SECS: i64 = 300;
+
+/// The Standard-Webhooks-shaped headers of a signed callback (Replicate, WaveSpeed): `(webhook-id,
+/// webhook-timestamp, webhook-signature)`, with the timestamp within [`CALLBACK_TOLERANCE_SECS`].
+pub fn webhook_headers(headers: &reqwest::header::HeaderMap) -> Result<(String, i64, String), super::CallbackRefused> {
+    use super::CallbackRefused;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let (Some(id), Some(timestamp), Some(signature)) =
+        (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"))
+    else {
+        return Err(CallbackRefused("The callback is not signed."));
+    };
+    let seconds: i64 = timestamp.parse().map_err(|_| CallbackRefused("The callback timestamp is not a number."))?;
+    if (chrono::Utc::now().timestamp() - seconds).abs() > CALLBACK_TOLERANCE_SECS {
+        return Err(CallbackRefused("The callback timestamp is too far from now."));
+    }
+    Ok((id.to_owned(), seconds, signature.to_owned()))
 }

@@ -30,11 +30,31 @@ pub fn signature_header(secrets: &[&str], webhook_id: &str, timestamp: i64, body
 }
 
 fn sign(secret: &str, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key(secret)).expect("HMAC takes keys of any length");
+    format!("v1,{}", BASE64.encode(mac(&key(secret), webhook_id, timestamp, body).finalize().into_bytes()))
+}
+
+/// HMAC-SHA256 over the Standard Webhooks signed content `{id}.{timestamp}.{body}`, with raw key bytes.
+/// Providers with look-alike schemes (WaveSpeed: raw key, hex) use it with their own encoding.
+fn mac(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(webhook_id.as_bytes());
     mac.update(format!(".{timestamp}.").as_bytes());
     mac.update(body);
-    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+    mac
+}
+
+/// Whether `signature` is the HMAC-SHA256 of `{id}.{timestamp}.{body}` under the raw `key` (constant time).
+pub fn verify_digest(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8], signature: &[u8]) -> bool {
+    mac(key, webhook_id, timestamp, body).verify_slice(signature).is_ok()
+}
+
+/// Whether a Standard Webhooks `webhook-signature` header (space-separated `v1,<base64>` entries)
+/// holds a valid signature by the `whsec_…` `secret` (constant-time comparison per entry).
+pub fn verify(secret: &str, webhook_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+    let key = key(secret);
+    header.split_whitespace().filter_map(|entry| entry.strip_prefix("v1,")).any(|signature| {
+        BASE64.decode(signature).is_ok_and(|signature| verify_digest(&key, webhook_id, timestamp, body, &signature))
+    })
 }
 
 #[cfg(test)]
@@ -51,6 +71,18 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(header, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn verifies_the_published_test_vector_and_refuses_changes() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let (id, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", br#"{"test": 2432232314}"#);
+        let header = "v1,bm9ldHZhbGlk v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        assert!(verify(secret, id, 1614265330, body, header));
+        assert!(!verify(secret, id, 1614265331, body, header));
+        assert!(!verify(secret, id, 1614265330, br#"{"test": 2432232315}"#, header));
+        assert!(!verify(&generate_secret(), id, 1614265330, body, header));
+        assert!(!verify(secret, id, 1614265330, body, "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="));
     }
 
     #[test]

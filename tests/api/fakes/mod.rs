@@ -1,7 +1,11 @@
 //! Fake upstream providers: each an axum app on 127.0.0.1:0 that speaks one provider's real protocol,
 //! records every request, and answers from per-endpoint scripts (then its normal behaviour).
 
+pub mod fal;
 pub mod kie;
+pub mod openai;
+pub mod replicate;
+pub mod wavespeed;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

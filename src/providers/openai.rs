@@ -1,0 +1,163 @@
+//! OpenAI-compatible image APIs (`kind = "openai"`): one synchronous `POST /v1/images/generations`
+//! with `{model, prompt, n, size, quality}`; the task completes within the submit. `b64_json` results
+//! are stored in the gateway's file store and served under `/files/…`; `url` results pass through.
+//! Errors are `{"error": {message, type, code}}` with the HTTP status.
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::upstream::{self, Upstream};
+use super::{JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use crate::files::FileStore;
+use crate::tasks::{OutputImage, TaskErrorCode, TaskInput};
+
+pub struct OpenAi {
+    upstream: Upstream,
+    files: FileStore,
+}
+
+impl OpenAi {
+    pub fn new(upstream: Upstream, files: FileStore) -> OpenAi {
+        OpenAi { upstream, files }
+    }
+
+    /// An error answer: content-policy refusals end the task as `content_policy`, the rest map as usual.
+    fn error(&self, status: u16, body: &[u8]) -> ProviderError {
+        let error = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("error").cloned());
+        let Some(error) = error else {
+            return self.upstream.error_for(status, &String::from_utf8_lossy(body));
+        };
+        let message = error.get("message").and_then(Value::as_str).unwrap_or_default();
+        let code = error.get("code").and_then(Value::as_str).unwrap_or_default();
+        if status == 400 && (code.contains("content_policy") || code.contains("moderation") || upstream::is_content_policy(message)) {
+            return ProviderError::permanent(
+                TaskErrorCode::ContentPolicy,
+                format!("The provider's content filter refused the request: {}", upstream::short(message)),
+            );
+        }
+        self.upstream.error_for(status, message)
+    }
+
+    /// Stores a `b64_json` image and returns its `/files/…` URL.
+    async fn store(&self, encoded: &str) -> Result<String, ProviderError> {
+        let bytes = BASE64.decode(encoded.trim()).map_err(|error| self.upstream.malformed("b64_json", error))?;
+        let extension = match bytes.as_slice() {
+            [0xFF, 0xD8, ..] => "jpg",
+            [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "webp",
+            _ => "png",
+        };
+        let name = FileStore::new_name(extension);
+        self.files.save(&name, &bytes).await.map_err(|error| {
+            tracing::error!(provider = %self.upstream.id, error = %error, "cannot store a result image");
+            ProviderError::retriable("The result could not be stored.")
+        })?;
+        Ok(self.files.url(&name))
+    }
+}
+
+/// Our parameters as OpenAI's: `size` from the aspect ratio (square, landscape or portrait) and
+/// `quality` (`basic` → `medium`/`standard`, `high` → `high`/`hd`), per model family.
+fn request_body(model: &str, input: &TaskInput) -> Value {
+    let ratio = input.aspect_ratio.as_deref().and_then(|r| r.split_once(':'));
+    let ratio = ratio.and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
+    let shape = match ratio {
+        Some((w, h)) if w > h => std::cmp::Ordering::Greater,
+        Some((w, h)) if w < h => std::cmp::Ordering::Less,
+        _ => std::cmp::Ordering::Equal,
+    };
+    let high = input.quality.as_deref() == Some("high");
+    let (size, quality) = if model.starts_with("dall-e") {
+        let size = match shape {
+            std::cmp::Ordering::Greater => "1792x1024",
+            std::cmp::Ordering::Less => "1024x1792",
+            std::cmp::Ordering::Equal => "1024x1024",
+        };
+        (size, if high { "hd" } else { "standard" })
+    } else {
+        let size = match shape {
+            std::cmp::Ordering::Greater => "1536x1024",
+            std::cmp::Ordering::Less => "1024x1536",
+            std::cmp::Ordering::Equal => "1024x1024",
+        };
+        (size, if high { "high" } else { "medium" })
+    };
+    json!({"model": model, "prompt": input.prompt, "n": 1, "size": size, "quality": quality})
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    data: Vec<Image>,
+}
+
+#[derive(Deserialize)]
+struct Image {
+    #[serde(default)]
+    b64_json: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+#[async_trait]
+impl Provider for OpenAi {
+    async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
+        if !request.input.image_urls.is_empty() {
+            return Err(ProviderError::permanent(
+                TaskErrorCode::UpstreamRejected,
+                "The provider rejected the request: this route does not take input images.",
+            ));
+        }
+        let body = request_body(request.upstream_model, request.input);
+        let http = self
+            .upstream
+            .http
+            .post(self.upstream.url("/v1/images/generations"))
+            .header(reqwest::header::AUTHORIZATION, self.upstream.authorization("Bearer"))
+            .json(&body);
+        let (status, answer) = self.upstream.send(http).await?;
+        if !(200..300).contains(&status) {
+            return Err(self.error(status, &answer));
+        }
+        let answer: Answer =
+            serde_json::from_slice(&answer).map_err(|error| self.upstream.malformed("generations answer", error))?;
+        let mut images = Vec::new();
+        for image in answer.data {
+            match (image.b64_json, image.url) {
+                (Some(encoded), _) if !encoded.is_empty() => images.push(OutputImage { url: self.store(&encoded).await? }),
+                (_, Some(url)) if !url.is_empty() => images.push(OutputImage { url }),
+                _ => {}
+            }
+        }
+        if images.is_empty() {
+            return Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider finished without an image."));
+        }
+        Ok(Submitted::Completed { images })
+    }
+
+    /// Never called: every job completes within its submit.
+    async fn poll(&self, _upstream_id: &str) -> Result<JobState, ProviderError> {
+        Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider lost the job."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_qualities_per_model_family() {
+        let input = |ratio: &str, quality: &str| TaskInput {
+            prompt: "p".into(),
+            aspect_ratio: Some(ratio.into()),
+            quality: Some(quality.into()),
+            image_urls: vec![],
+        };
+        let body = request_body("gpt-image-1", &input("16:9", "high"));
+        assert_eq!(body, json!({"model": "gpt-image-1", "prompt": "p", "n": 1, "size": "1536x1024", "quality": "high"}));
+        assert_eq!(request_body("gpt-image-1", &input("1:1", "basic"))["quality"], "medium");
+        assert_eq!(request_body("dall-e-3", &input("9:16", "high"))["size"], "1024x1792");
+        assert_eq!(request_body("dall-e-3", &input("9:16", "high"))["quality"], "hd");
+    }
+}

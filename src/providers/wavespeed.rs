@@ -1,0 +1,193 @@
+//! WaveSpeed AI v3 (`kind = "wavespeed"`): `POST /api/v3/{owner}/{model}[/{variant}]` with the raw
+//! model inputs (the route's `upstream_model` is that path, e.g. `bytedance/seedream-v4.5`), a
+//! callback as `?webhook=`, then `GET /api/v3/predictions/{id}/result` until `completed` or `failed`.
+//!
+//! Answers are envelopes `{code, message, data}`; `code` is read even under HTTP 200. Callbacks carry
+//! the bare prediction, signed Standard-Webhooks-style but not compatibly: `webhook-signature:
+//! v3,<hex>` over `{id}.{timestamp}.{body}` with the secret (minus `whsec_`) as raw bytes.
+
+use async_trait::async_trait;
+use reqwest::header::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::upstream::{self, Upstream};
+use super::{Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+use crate::webhooks::signing;
+
+pub struct WaveSpeed {
+    upstream: Upstream,
+    /// The webhook secret (`GET /api/v3/webhook/secret`): when configured, callbacks must be signed.
+    webhook_secret: Option<SecretString>,
+}
+
+impl WaveSpeed {
+    pub fn new(upstream: Upstream, webhook_secret: Option<SecretString>) -> WaveSpeed {
+        WaveSpeed { upstream, webhook_secret }
+    }
+
+    /// Sends one request and opens the envelope: `data` when `code` is 200, else the mapped error.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
+        let request = request.header(reqwest::header::AUTHORIZATION, self.upstream.authorization("Bearer"));
+        let (status, body) = self.upstream.send(request).await?;
+        let envelope = match serde_json::from_slice::<Envelope>(&body) {
+            Ok(envelope) => envelope,
+            Err(_) if status != 200 => return Err(self.upstream.error_for(status, &String::from_utf8_lossy(&body))),
+            Err(error) => return Err(self.upstream.malformed("answer", error)),
+        };
+        let code = match envelope.code.unwrap_or(status) {
+            200 if status != 200 => status,
+            code => code,
+        };
+        if code != 200 {
+            return Err(self.upstream.error_for(code, envelope.message.as_deref().unwrap_or("")));
+        }
+        Ok(envelope.data.unwrap_or(Value::Null))
+    }
+
+    /// `v3,<hex HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the secret's
+    /// UTF-8 bytes after `whsec_` (not base64-decoded).
+    fn verify(&self, secret: &SecretString, headers: &HeaderMap, body: &[u8]) -> Result<(), CallbackRefused> {
+        let (id, timestamp, header) = upstream::webhook_headers(headers)?;
+        let secret = secret.expose_secret();
+        let key = secret.strip_prefix("whsec_").unwrap_or(secret).as_bytes();
+        let valid = header.split_whitespace().filter_map(|entry| entry.strip_prefix("v3,")).any(|signature| {
+            hex::decode(signature).is_ok_and(|signature| signing::verify_digest(key, &id, timestamp, body, &signature))
+        });
+        valid.then_some(()).ok_or(CallbackRefused("The callback signature is wrong."))
+    }
+}
+
+/// Our parameters as WaveSpeed's Seedream fields: `size` as `W*H` (long side 2048 for `basic`,
+/// 4096 for `high`), and `images` for edit models.
+fn model_input(input: &TaskInput) -> Value {
+    let long = if input.quality.as_deref() == Some("high") { 4096 } else { 2048 };
+    let ratio = input.aspect_ratio.as_deref().and_then(|r| r.split_once(':'));
+    let ratio = ratio.and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
+    let (width, height) = match ratio {
+        Some((w, h)) if w >= h && h > 0 => (long, (long * h / w) / 16 * 16),
+        Some((w, h)) if w > 0 => ((long * w / h) / 16 * 16, long),
+        _ => (long, long),
+    };
+    let mut fields = json!({"prompt": input.prompt, "size": format!("{width}*{height}")});
+    if !input.image_urls.is_empty() {
+        fields["images"] = json!(input.image_urls);
+    }
+    fields
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    code: Option<u16>,
+    message: Option<String>,
+    data: Option<Value>,
+}
+
+/// A prediction: `data` of submit and result, and a callback's whole body.
+#[derive(Deserialize)]
+struct Prediction {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    outputs: Option<Vec<String>>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl Prediction {
+    fn job_state(self, upstream: &Upstream) -> JobState {
+        match self.status.as_str() {
+            "completed" => {
+                let images: Vec<OutputImage> =
+                    self.outputs.unwrap_or_default().into_iter().map(|url| OutputImage { url }).collect();
+                if images.is_empty() {
+                    return JobState::Failed(TaskError {
+                        code: TaskErrorCode::UpstreamFailed,
+                        message: "The provider finished without an image.".into(),
+                    });
+                }
+                JobState::Succeeded { images }
+            }
+            "failed" => {
+                let reason = self.error.unwrap_or_default();
+                tracing::info!(provider = %upstream.id, reason = %upstream::short(&reason), "job failed upstream");
+                let code = if upstream::is_content_policy(&reason) {
+                    TaskErrorCode::ContentPolicy
+                } else {
+                    TaskErrorCode::UpstreamFailed
+                };
+                JobState::Failed(TaskError { code, message: upstream::generation_failed(Some(&reason)) })
+            }
+            // created, processing, and whatever WaveSpeed adds later.
+            _ => JobState::Running { check_after: None },
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for WaveSpeed {
+    async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
+        let path = format!("/api/v3/{}", request.upstream_model.trim_matches('/'));
+        let mut http = self.upstream.http.post(self.upstream.url(&path)).json(&model_input(request.input));
+        if let Some(callback_url) = request.callback_url {
+            http = http.query(&[("webhook", callback_url)]);
+        }
+        let data = self.call(http).await?;
+        match data.get("id").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() => Ok(Submitted::Accepted { upstream_id: id.to_owned() }),
+            _ => Err(self.upstream.malformed("submit answer", "no data.id")),
+        }
+    }
+
+    async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError> {
+        let path = format!("/api/v3/predictions/{}/result", urlencoding(upstream_id));
+        let data = self.call(self.upstream.http.get(self.upstream.url(&path))).await?;
+        let prediction: Prediction =
+            serde_json::from_value(data).map_err(|error| self.upstream.malformed("result", error))?;
+        Ok(prediction.job_state(&self.upstream))
+    }
+
+    fn calls_back(&self) -> bool {
+        true
+    }
+
+    /// The body is the bare prediction object (no envelope), for completed and failed jobs.
+    async fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
+        if let Some(secret) = &self.webhook_secret {
+            self.verify(secret, headers, body)?;
+        }
+        let Ok(prediction) = serde_json::from_slice::<Prediction>(body) else {
+            return Ok(Callback::default());
+        };
+        let upstream_id = prediction.id.clone();
+        Ok(Callback { upstream_id, state: Some(prediction.job_state(&self.upstream)) })
+    }
+}
+
+/// A job id as one path segment.
+fn urlencoding(id: &str) -> String {
+    form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_follow_the_aspect_ratio_and_quality() {
+        let input = |ratio: &str, quality: &str| TaskInput {
+            prompt: "p".into(),
+            aspect_ratio: Some(ratio.into()),
+            quality: Some(quality.into()),
+            image_urls: vec![],
+        };
+        assert_eq!(model_input(&input("1:1", "basic"))["size"], "2048*2048");
+        assert_eq!(model_input(&input("16:9", "high"))["size"], "4096*2304");
+        assert_eq!(model_input(&input("9:16", "basic"))["size"], "1152*2048");
+        assert!(model_input(&input("1:1", "basic")).get("images").is_none());
+    }
+}

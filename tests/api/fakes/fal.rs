@@ -1,0 +1,249 @@
+//! A fake fal.ai queue API: `POST /{owner}/{app}[/{path}][?fal_webhook=]` with the raw input and
+//! `Authorization: Key …`, answering `{request_id, response_url, status_url, cancel_url}` whose URLs
+//! drop the subpath; `GET /{owner}/{app}/requests/{id}/status` (202 `IN_QUEUE`/`IN_PROGRESS`, 200
+//! `COMPLETED`), `GET /{owner}/{app}/requests/{id}` (the output, or a 422 `detail`), `PUT …/cancel`,
+//! and its own JWKS at `/.well-known/jwks.json`. Callbacks are Ed25519-signed like fal's. Scripts
+//! (endpoints `submit`, `status`, `result`) answer first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine as _;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use super::{Recorder, Server, Step};
+
+pub const KEY: &str = "fal-test-key-id:5ecr3t";
+pub const USER_ID: &str = "user_fake_fal";
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Success,
+    /// The result endpoint answers 422 with this `detail` message.
+    Fail(&'static str),
+}
+
+struct Job {
+    polls_left: usize,
+    outcome: Outcome,
+    webhook: Option<String>,
+}
+
+struct Fake {
+    base_url: String,
+    recorder: Recorder,
+    polls: Mutex<usize>,
+    outcome: Mutex<Outcome>,
+    jobs: Mutex<HashMap<String, Job>>,
+    keys: Ed25519KeyPair,
+}
+
+pub struct FakeFal {
+    state: Arc<Fake>,
+    _server: Server,
+}
+
+/// How the fake signs its callbacks.
+#[derive(Debug, Clone, Copy)]
+pub enum Signing {
+    Unsigned,
+    /// With the fake's own key (the one its JWKS publishes).
+    Valid,
+    /// With a key the JWKS does not know.
+    Stranger,
+}
+
+impl FakeFal {
+    pub async fn start() -> FakeFal {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the fake fal");
+        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
+        let keys = Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).expect("a key pair");
+        let state = Arc::new(Fake {
+            base_url,
+            recorder: Recorder::default(),
+            polls: Mutex::new(2),
+            outcome: Mutex::new(Outcome::Success),
+            jobs: Mutex::new(HashMap::new()),
+            keys,
+        });
+        let router = Router::new().fallback(handle).with_state(Arc::clone(&state));
+        FakeFal { state, _server: Server::serve(listener, router) }
+    }
+
+    pub fn polls(&self, polls: usize) -> &Self {
+        *self.state.polls.lock().expect("polls") = polls;
+        self
+    }
+
+    pub fn outcome(&self, outcome: Outcome) -> &Self {
+        *self.state.outcome.lock().expect("outcome") = outcome;
+        self
+    }
+
+    pub fn script(&self, endpoint: &'static str, steps: impl IntoIterator<Item = Step>) -> &Self {
+        self.state.recorder.script(endpoint, steps);
+        self
+    }
+
+    /// Every request but the JWKS.
+    pub fn requests(&self) -> Vec<super::Request> {
+        self.state.recorder.requests().into_iter().filter(|r| !r.path.starts_with("/.well-known")).collect()
+    }
+
+    pub fn jwks_fetches(&self) -> usize {
+        self.state.recorder.requests_to("/.well-known/jwks.json").len()
+    }
+
+    pub fn result_url(&self, id: &str) -> String {
+        format!("https://v3.fal.media/files/fake/{id}.png")
+    }
+
+    /// Ends the job and POSTs fal's callback body to its `fal_webhook`; returns the gateway's status.
+    pub async fn finish_and_call_back(&self, id: &str, signing: Signing) -> u16 {
+        self.state.jobs.lock().expect("jobs").get_mut(id).expect("a job").polls_left = 0;
+        let body = json!({
+            "request_id": id, "gateway_request_id": id, "status": "OK",
+            "payload": {"images": [{"url": self.result_url(id), "content_type": "image/png"}], "seed": 1}
+        });
+        self.send(id, body.to_string(), signing).await
+    }
+
+    pub async fn send(&self, id: &str, body: String, signing: Signing) -> u16 {
+        let url = self.state.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
+        let mut request = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.clone());
+        let key = match signing {
+            Signing::Unsigned => None,
+            Signing::Valid => Some(&self.state.keys),
+            Signing::Stranger => None,
+        };
+        let stranger = Ed25519KeyPair::from_seed_unchecked(&[9u8; 32]).expect("a key pair");
+        let key = if matches!(signing, Signing::Stranger) { Some(&stranger) } else { key };
+        if let Some(key) = key {
+            let timestamp = chrono::Utc::now().timestamp().to_string();
+            let digest = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+            let message = format!("{id}\n{USER_ID}\n{timestamp}\n{digest}");
+            request = request
+                .header("X-Fal-Webhook-Request-Id", id)
+                .header("X-Fal-Webhook-User-Id", USER_ID)
+                .header("X-Fal-Webhook-Timestamp", &timestamp)
+                .header("X-Fal-Webhook-Signature", hex::encode(key.sign(message.as_bytes())));
+        }
+        request.send().await.expect("POST the callback").status().as_u16()
+    }
+
+    /// Adds a `fal` provider pointed at this fake (and its JWKS); callbacks off (polling).
+    pub fn configure(&self, settings: &mut aio_gateway::config::Settings) {
+        use aio_gateway::config::{ProviderKind, ProviderSettings};
+        let provider = ProviderSettings {
+            label: Some("fal".into()),
+            base_url: Some(self.state.base_url.clone()),
+            api_key: Some(KEY.into()),
+            timeout_secs: Some(1),
+            callbacks: false,
+            jwks_url: Some(format!("{}/.well-known/jwks.json", self.state.base_url)),
+            ..ProviderSettings::new(ProviderKind::Fal)
+        };
+        settings.providers.insert("fal".into(), provider);
+    }
+
+    /// Like [`FakeFal::configure`], with callbacks on and polling once a minute.
+    pub fn configure_callbacks(&self, settings: &mut aio_gateway::config::Settings) {
+        self.configure(settings);
+        let provider = settings.providers.get_mut("fal").expect("fal");
+        provider.callbacks = true;
+        provider.callback_poll_secs = Some(60);
+    }
+}
+
+fn detail(status: u16, message: &str) -> Response {
+    (StatusCode::from_u16(status).expect("status"), axum::Json(json!({"detail": message}))).into_response()
+}
+
+async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    fake.recorder.record(method.clone(), &uri, headers.clone(), body.clone());
+    let path = uri.path().to_owned();
+    if path == "/.well-known/jwks.json" {
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(fake.keys.public_key().as_ref());
+        return axum::Json(json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "fake"}]})).into_response();
+    }
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Key {KEY}")) {
+        return detail(401, "Cannot access application: invalid key");
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", [owner, app, "requests", id, "status"]) => {
+            if let Some(step) = fake.recorder.next("status").await {
+                return step.into_response();
+            }
+            let mut jobs = fake.jobs.lock().expect("jobs");
+            let Some(job) = jobs.get_mut(*id) else { return detail(404, "Request not found") };
+            if job.polls_left > 0 {
+                job.polls_left -= 1;
+                let status = if job.polls_left > 0 { "IN_QUEUE" } else { "IN_PROGRESS" };
+                return (StatusCode::ACCEPTED, axum::Json(json!({"status": status, "queue_position": job.polls_left})))
+                    .into_response();
+            }
+            let response_url = format!("{}/{owner}/{app}/requests/{id}", fake.base_url);
+            axum::Json(json!({"status": "COMPLETED", "logs": [], "metrics": {"inference_time": 1.8}, "response_url": response_url}))
+                .into_response()
+        }
+        ("GET", [_, _, "requests", id]) => {
+            if let Some(step) = fake.recorder.next("result").await {
+                return step.into_response();
+            }
+            let jobs = fake.jobs.lock().expect("jobs");
+            let Some(job) = jobs.get(*id) else { return detail(404, "Request not found") };
+            match &job.outcome {
+                Outcome::Success => axum::Json(json!({
+                    "images": [{"url": format!("https://v3.fal.media/files/fake/{id}.png"), "content_type": "image/png", "width": 2048, "height": 2048}],
+                    "seed": 1
+                }))
+                .into_response(),
+                Outcome::Fail(message) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    axum::Json(json!({"detail": [{"loc": ["body", "prompt"], "msg": message, "type": "value_error"}]})),
+                )
+                    .into_response(),
+            }
+        }
+        ("PUT", [_, _, "requests", _, "cancel"]) => axum::Json(json!({"status": "CANCELLATION_REQUESTED"})).into_response(),
+        ("POST", [owner, app, ..]) => {
+            if let Some(step) = fake.recorder.next("submit").await {
+                return step.into_response();
+            }
+            let input: Value = serde_json::from_slice(&body).unwrap_or_default();
+            if input["prompt"].as_str().is_none() {
+                return detail(422, "prompt: field required");
+            }
+            let webhook = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                .find(|(k, _)| k == "fal_webhook")
+                .map(|(_, v)| v.into_owned());
+            let id = {
+                let mut jobs = fake.jobs.lock().expect("jobs");
+                let id = format!("req-{}", jobs.len() + 1);
+                let job = Job {
+                    polls_left: *fake.polls.lock().expect("polls"),
+                    outcome: fake.outcome.lock().expect("outcome").clone(),
+                    webhook,
+                };
+                jobs.insert(id.clone(), job);
+                id
+            };
+            let base = format!("{}/{owner}/{app}/requests/{id}", fake.base_url);
+            axum::Json(json!({
+                "request_id": id, "gateway_request_id": id,
+                "response_url": base, "status_url": format!("{base}/status"), "cancel_url": format!("{base}/cancel"),
+                "queue_position": 0
+            }))
+            .into_response()
+        }
+        _ => detail(404, "Not found"),
+    }
+}

@@ -1,0 +1,261 @@
+//! A fake Replicate: `POST /v1/models/{owner}/{name}/predictions` (answering 201, or 200 when told),
+//! `GET /v1/predictions/{id}`, `POST /v1/predictions/{id}/cancel`, errors as `{"detail": …}`. Each
+//! prediction is `starting`, then `processing` for `polls` polls, then ends as `outcome` says.
+//! Callbacks carry the prediction, signed with Standard Webhooks. Scripts (endpoints `create`,
+//! `poll`) answer first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::{png_bytes, Recorder, Server, Step};
+
+pub const KEY: &str = "r8_replicate-test-token-5ecr3t";
+/// A Standard Webhooks secret: `whsec_` + base64 of the HMAC key.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Success,
+    Fail(&'static str),
+}
+
+struct Job {
+    model: String,
+    polls_left: usize,
+    outcome: Outcome,
+    canceled: bool,
+    webhook: Option<String>,
+}
+
+struct Fake {
+    base_url: String,
+    recorder: Recorder,
+    polls: Mutex<usize>,
+    outcome: Mutex<Outcome>,
+    create_status: Mutex<u16>,
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+pub struct FakeReplicate {
+    state: Arc<Fake>,
+    _server: Server,
+}
+
+impl FakeReplicate {
+    pub async fn start() -> FakeReplicate {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the fake Replicate");
+        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
+        let state = Arc::new(Fake {
+            base_url,
+            recorder: Recorder::default(),
+            polls: Mutex::new(2),
+            outcome: Mutex::new(Outcome::Success),
+            create_status: Mutex::new(201),
+            jobs: Mutex::new(HashMap::new()),
+        });
+        let router = Router::new().fallback(handle).with_state(Arc::clone(&state));
+        FakeReplicate { state, _server: Server::serve(listener, router) }
+    }
+
+    pub fn polls(&self, polls: usize) -> &Self {
+        *self.state.polls.lock().expect("polls") = polls;
+        self
+    }
+
+    pub fn outcome(&self, outcome: Outcome) -> &Self {
+        *self.state.outcome.lock().expect("outcome") = outcome;
+        self
+    }
+
+    /// The status a successful create answers: 201 (default) or 200 (the docs leave it open).
+    pub fn create_status(&self, status: u16) -> &Self {
+        *self.state.create_status.lock().expect("create_status") = status;
+        self
+    }
+
+    pub fn script(&self, endpoint: &'static str, steps: impl IntoIterator<Item = Step>) -> &Self {
+        self.state.recorder.script(endpoint, steps);
+        self
+    }
+
+    pub fn creates(&self) -> Vec<super::Request> {
+        self.state.recorder.requests().into_iter().filter(|r| r.path.ends_with("/predictions")).collect()
+    }
+
+    pub fn polls_received(&self) -> Vec<super::Request> {
+        self.state.recorder.requests().into_iter().filter(|r| r.method == Method::GET).collect()
+    }
+
+    pub fn cancels(&self) -> Vec<super::Request> {
+        self.state.recorder.requests().into_iter().filter(|r| r.path.ends_with("/cancel")).collect()
+    }
+
+    pub fn result_url(&self, id: &str) -> String {
+        format!("{}/results/{id}.png", self.state.base_url)
+    }
+
+    /// Ends the job and POSTs the prediction to its webhook, signed with `secret` (or unsigned).
+    pub async fn finish_and_call_back(&self, id: &str, secret: Option<&str>) -> u16 {
+        self.state.jobs.lock().expect("jobs").get_mut(id).expect("a job").polls_left = 0;
+        let body = self.state.prediction(id).to_string();
+        self.send(id, body, secret).await
+    }
+
+    /// POSTs `body` to the job's webhook, signed with `secret` (or unsigned).
+    pub async fn send(&self, id: &str, body: String, secret: Option<&str>) -> u16 {
+        let url = self.state.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
+        let mut request = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.clone());
+        if let Some(secret) = secret {
+            let (webhook_id, timestamp) = (format!("msg_{id}"), chrono::Utc::now().timestamp());
+            request = request
+                .header("webhook-id", &webhook_id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", sign(secret, &webhook_id, timestamp, body.as_bytes()));
+        }
+        request.send().await.expect("POST the callback").status().as_u16()
+    }
+
+    /// Adds a `replicate` provider pointed at this fake; callbacks off (polling).
+    pub fn configure(&self, settings: &mut aio_gateway::config::Settings) {
+        use aio_gateway::config::{ProviderKind, ProviderSettings};
+        let provider = ProviderSettings {
+            label: Some("Replicate".into()),
+            base_url: Some(self.state.base_url.clone()),
+            api_key: Some(KEY.into()),
+            timeout_secs: Some(1),
+            callbacks: false,
+            ..ProviderSettings::new(ProviderKind::Replicate)
+        };
+        settings.providers.insert("replicate".into(), provider);
+    }
+
+    /// Like [`FakeReplicate::configure`], with callbacks on, polling once a minute, and the secret.
+    pub fn configure_callbacks(&self, settings: &mut aio_gateway::config::Settings, secret: Option<&str>) {
+        self.configure(settings);
+        let provider = settings.providers.get_mut("replicate").expect("replicate");
+        provider.callbacks = true;
+        provider.callback_poll_secs = Some(60);
+        provider.webhook_hmac_key = secret.map(Into::into);
+    }
+}
+
+/// Standard Webhooks, written out independently of the gateway's: `v1,` + base64(HMAC-SHA256(
+/// base64-decoded secret after `whsec_`, `id.timestamp.body`)).
+pub fn sign(secret: &str, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let key = engine.decode(secret.trim_start_matches("whsec_")).expect("a base64 secret");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+    mac.update(format!("{webhook_id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", engine.encode(mac.finalize().into_bytes()))
+}
+
+/// Replicate's error answer.
+pub fn error(status: u16, detail: &str) -> Step {
+    Step::Json(status, json!({"detail": detail}))
+}
+
+impl Fake {
+    fn prediction(&self, id: &str) -> Value {
+        let jobs = self.jobs.lock().expect("jobs");
+        let job = &jobs[id];
+        let (status, output, error) = match (&job.outcome, job.polls_left, job.canceled) {
+            (_, _, true) => ("canceled", Value::Null, Value::Null),
+            (_, left, _) if left > 0 => ("processing", Value::Null, Value::Null),
+            (Outcome::Success, _, _) => ("succeeded", json!([format!("{}/results/{id}.png", self.base_url)]), Value::Null),
+            (Outcome::Fail(reason), _, _) => ("failed", Value::Null, json!(reason)),
+        };
+        let get = format!("{}/v1/predictions/{id}", self.base_url);
+        json!({
+            "id": id, "model": job.model, "version": "hidden", "input": {}, "status": status,
+            "output": output, "error": error, "logs": "", "metrics": {},
+            "created_at": "2026-11-26T12:00:00.000Z", "started_at": null, "completed_at": null,
+            "urls": {"get": get, "cancel": format!("{get}/cancel"), "web": format!("https://replicate.com/p/{id}")}
+        })
+    }
+}
+
+async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_owned();
+    if method == Method::GET && path.starts_with("/results/") {
+        return ([("content-type", "image/png")], png_bytes(11)).into_response();
+    }
+    fake.recorder.record(method.clone(), &uri, headers.clone(), body.clone());
+    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"));
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["v1", "models", owner, name, "predictions"]) => {
+            if let Some(step) = fake.recorder.next("create").await {
+                return step.into_response();
+            }
+            if !authorized {
+                return error(401, "Unauthenticated").into_response();
+            }
+            let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+            if request["input"]["prompt"].as_str().is_none() {
+                return error(422, "input.prompt is required").into_response();
+            }
+            let id = {
+                let mut jobs = fake.jobs.lock().expect("jobs");
+                let id = format!("rep{}", jobs.len() + 1);
+                let job = Job {
+                    model: format!("{owner}/{name}"),
+                    polls_left: *fake.polls.lock().expect("polls"),
+                    outcome: fake.outcome.lock().expect("outcome").clone(),
+                    canceled: false,
+                    webhook: request["webhook"].as_str().map(str::to_owned),
+                };
+                jobs.insert(id.clone(), job);
+                id
+            };
+            let mut prediction = fake.prediction(&id);
+            prediction["status"] = json!("starting");
+            let status = StatusCode::from_u16(*fake.create_status.lock().expect("status")).expect("status");
+            (status, axum::Json(prediction)).into_response()
+        }
+        ("GET", ["v1", "predictions", id]) => {
+            if let Some(step) = fake.recorder.next("poll").await {
+                return step.into_response();
+            }
+            if !authorized {
+                return error(401, "Unauthenticated").into_response();
+            }
+            let running = {
+                let mut jobs = fake.jobs.lock().expect("jobs");
+                let Some(job) = jobs.get_mut(*id) else {
+                    return error(404, "Not found.").into_response();
+                };
+                let running = job.polls_left > 0 && !job.canceled;
+                job.polls_left = job.polls_left.saturating_sub(1);
+                running
+            };
+            let mut prediction = fake.prediction(id);
+            if running {
+                prediction["status"] = json!("processing");
+                prediction["output"] = Value::Null;
+                prediction["error"] = Value::Null;
+            }
+            axum::Json(prediction).into_response()
+        }
+        ("POST", ["v1", "predictions", id, "cancel"]) => {
+            if !authorized {
+                return error(401, "Unauthenticated").into_response();
+            }
+            match fake.jobs.lock().expect("jobs").get_mut(*id) {
+                Some(job) => job.canceled = true,
+                None => return error(404, "Not found.").into_response(),
+            }
+            axum::Json(fake.prediction(id)).into_response()
+        }
+        _ => error(404, "Not found.").into_response(),
+    }
+}
