@@ -5,18 +5,37 @@
 //! cannot double-settle a task or fail a succeeded one.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::extract::ApiPath;
+use super::openapi::ErrorEnvelope;
 use crate::app::AppState;
 use crate::tasks;
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/callbacks/{provider}/{token}",
+    operation_id = "providerCallback",
+    tag = "operations",
+    params(
+        ("provider" = String, Path, description = "The provider id the gateway gave this URL to."),
+        ("token" = String, Path, description = "The per-task token of the URL."),
+    ),
+    request_body(content = Object, description = "The provider's own callback body.", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Received; the gateway confirms the result with the provider.", body = Object),
+        (status = 401, description = "The provider's signature does not verify.", body = ErrorEnvelope),
+        (status = 404, description = "Unknown provider or token.", body = ErrorEnvelope),
+        (status = 503, description = "The database is unreachable.", body = ErrorEnvelope),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
-    Path((provider_id, token)): Path<(String, String)>,
+    ApiPath((provider_id, token)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {

@@ -2,19 +2,21 @@
 //! `POST /api/v1/tasks/{task_id}/deliveries/retry` (send its webhook once more, now). Owner only: another
 //! account's task is `404`, exactly like a missing one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::extract::ApiPath;
+use super::openapi::{ErrorEnvelope, KeyErrors};
 use super::tasks::timestamp;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::tasks::{self, Task};
 use crate::webhooks::queue::{self, Attempt, Delivery, DeliveryStatus, Trigger};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     delivery_id: String,
     task_id: String,
@@ -30,7 +32,7 @@ pub struct DeliveryView {
     attempts: Vec<AttemptView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AttemptView {
     attempted_at: String,
     /// `null` when no HTTP answer came (refused, connection error, timeout).
@@ -67,7 +69,7 @@ impl DeliveryView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryList {
     data: Vec<DeliveryView>,
 }
@@ -77,10 +79,23 @@ async fn owned_task(state: &AppState, caller: &Caller, task_id: &str) -> Result<
 }
 
 /// The task's deliveries, oldest first, each with its attempts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{task_id}/deliveries",
+    operation_id = "listDeliveries",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id, `task_…`.")),
+    responses(
+        (status = 200, description = "The task's webhook deliveries, oldest first.", body = DeliveryList),
+        (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
+        KeyErrors,
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Path(task_id): Path<String>,
+    ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<DeliveryList>, ApiError> {
     let task = owned_task(&state, &caller, &task_id).await?;
     let deliveries = queue::list_for_task(&state.pool, &task.id).await?;
@@ -89,10 +104,24 @@ pub async fn list(
 
 /// A new delivery of the task's event, due now: `202` with it. `409 conflict` while the task is
 /// unfinished or when it has no `callback_url`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{task_id}/deliveries/retry",
+    operation_id = "retryDelivery",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id, `task_…`.")),
+    responses(
+        (status = 202, description = "A new delivery of the task's event, due now.", body = DeliveryView),
+        (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
+        (status = 409, description = "The task has not finished, or has no callback_url.", body = ErrorEnvelope),
+        KeyErrors,
+    ),
+    security(("api_key" = []))
+)]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
-    Path(task_id): Path<String>,
+    ApiPath(task_id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
     let task = owned_task(&state, &caller, &task_id).await?;
     if !task.status.is_terminal() {

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use super::{admin, billing, files, health, images, keys, models, tasks, usage};
+use super::{admin, billing, callbacks, deliveries, files, health, images, keys, models, tasks, usage};
 
 /// The body of every non-2xx answer (SPEC §3).
 #[derive(ToSchema)]
@@ -56,6 +56,9 @@ pub enum ErrorCode {
         images::create,
         tasks::get,
         tasks::list,
+        deliveries::list,
+        deliveries::retry,
+        callbacks::receive,
         billing::credits,
         billing::credits_alias,
         models::list,

@@ -7,10 +7,13 @@ use serde_json::Value;
 use crate::helpers::spawn_app;
 
 /// Every public route of the router, as `(method, path)`.
-const ROUTES: [(&str, &str); 20] = [
+const ROUTES: [(&str, &str); 23] = [
     ("post", "/api/v1/images/generations"),
     ("get", "/api/v1/tasks"),
     ("get", "/api/v1/tasks/{task_id}"),
+    ("get", "/api/v1/tasks/{task_id}/deliveries"),
+    ("post", "/api/v1/tasks/{task_id}/deliveries/retry"),
+    ("post", "/api/v1/callbacks/{provider}/{token}"),
     ("get", "/api/v1/billing/credits"),
     ("get", "/billing/credits"),
     ("get", "/api/v1/models"),
