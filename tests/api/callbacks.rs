@@ -8,28 +8,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::fakes::kie::{self, FakeKie, Outcome, Signing};
-use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_with, TestApp};
+use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_only_on, TestApp};
 
 const HMAC_KEY: &str = "kie-webhook-hmac-key";
 
 async fn app(fake: &FakeKie, hmac_key: Option<&str>) -> TestApp {
-    spawn_app_with(|settings| {
-        fake.configure_callbacks(settings, hmac_key);
-        settings.catalog.models_path = crate::kie::kie_only_catalog();
-    })
-    .await
-}
-
-/// Creates the seed request and waits until KIE accepted it; returns the task id.
-async fn running_task(app: &TestApp, key: &str) -> String {
-    let task = app.create_ok(key, seed_request()).await;
-    let task_id = task["task_id"].as_str().expect("task_id").to_owned();
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.get_task(key, &task_id).await["status"] != "running" {
-        assert!(tokio::time::Instant::now() < give_up, "task {task_id} never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    task_id
+    spawn_app_only_on("kie_only.toml", |settings| fake.configure_callbacks(settings, hmac_key)).await
 }
 
 /// Waits (bounded; not a timing assertion) until the fake has answered `count` recordInfo polls.
@@ -47,7 +31,7 @@ async fn a_signed_callback_is_confirmed_by_a_poll_and_settles_once() {
     fake.polls(1000);
     let app = app(&fake, Some(HMAC_KEY)).await;
     let (_, key) = app.new_account(100).await;
-    let task_id = running_task(&app, &key).await;
+    let task_id = app.running_seed_task(&key).await;
 
     // The callback URL: this gateway's, per task, with a token of which only the hash is stored.
     let url = fake.callback_url("task_kie_1").expect("createTask carried callBackUrl");
@@ -84,7 +68,7 @@ async fn forged_and_unknown_callbacks_are_refused() {
     fake.polls(1000);
     let app = app(&fake, Some(HMAC_KEY)).await;
     let (_, key) = app.new_account(100).await;
-    let task_id = running_task(&app, &key).await;
+    let task_id = app.running_seed_task(&key).await;
     fake.finish("task_kie_1");
 
     assert_eq!(fake.call_back("task_kie_1", Signing::With("not-the-key")).await, 401);
@@ -106,7 +90,7 @@ async fn an_unsigned_forged_success_is_checked_with_the_provider_and_ignored() {
     fake.polls(1000);
     let app = app(&fake, None).await;
     let (_, key) = app.new_account(100).await;
-    let task_id = running_task(&app, &key).await;
+    let task_id = app.running_seed_task(&key).await;
 
     let forged_result = json!({"resultUrls": ["https://evil.example/x.png"]}).to_string();
     let forged: Value =
@@ -142,14 +126,13 @@ async fn a_callback_before_the_submit_answer_is_not_lost() {
 async fn a_trusted_callback_payload_settles_without_a_poll() {
     let fake = FakeKie::start().await;
     fake.polls(1000).outcome(Outcome::Fail { code: "500", message: "the model crashed" });
-    let app = spawn_app_with(|settings| {
+    let app = spawn_app_only_on("kie_only.toml", |settings| {
         fake.configure_callbacks(settings, Some(HMAC_KEY));
         settings.providers.get_mut("kie").expect("kie").trust_callback_payload = true;
-        settings.catalog.models_path = crate::kie::kie_only_catalog();
     })
     .await;
     let (_, key) = app.new_account(100).await;
-    let task_id = running_task(&app, &key).await;
+    let task_id = app.running_seed_task(&key).await;
 
     assert_eq!(fake.finish_and_call_back("task_kie_1", Signing::With(HMAC_KEY)).await, 200);
     let done = app.wait_terminal(&key, &task_id).await;

@@ -4,27 +4,14 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::fakes::fal::{self, FakeFal, Outcome, Signing};
 use crate::fakes::Step;
-use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_with, TestApp};
-
-fn catalog() -> std::path::PathBuf {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/catalogs/fal_only.toml").into()
-}
+use crate::helpers::{assert_ledger_consistent, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeFal) -> TestApp {
-    spawn_app_with(|settings| {
-        fake.configure(settings);
-        settings.catalog.models_path = catalog();
-    })
-    .await
-}
-
-async fn run_seed(app: &TestApp, key: &str) -> Value {
-    let task = app.create_ok(key, seed_request()).await;
-    app.wait_terminal(key, task["task_id"].as_str().expect("task id")).await
+    spawn_app_only_on("fal_only.toml", |settings| fake.configure(settings)).await
 }
 
 #[tokio::test]
@@ -34,7 +21,7 @@ async fn a_fal_task_succeeds_after_queue_polls_and_the_fake_saw_exact_requests()
     let app = app(&fake).await;
     let (account, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("req-1")}]), "{done}");
     assert!(!done.to_string().contains(fal::KEY));
@@ -74,7 +61,7 @@ async fn a_fal_job_error_in_the_result_fails_the_task_with_its_reason() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "upstream_failed");
     assert!(done["error"]["message"].as_str().unwrap_or_default().contains("prompt could not be processed"), "{done}");
@@ -82,7 +69,7 @@ async fn a_fal_job_error_in_the_result_fails_the_task_with_its_reason() {
     // An infrastructure failure after COMPLETED ends the job too.
     fake.outcome(Outcome::Success).polls(0);
     fake.script("result", [Step::Json(504, json!({"detail": "Request timed out", "error_type": "request_timeout"}))]);
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert!(done["error"]["message"].as_str().unwrap_or_default().contains("Request timed out"), "{done}");
     app.assert_balance(&key, 100, 0).await;
@@ -98,7 +85,7 @@ async fn fal_429_5xx_and_malformed_answers_are_retried() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let posts = fake.requests().into_iter().filter(|r| r.method == "POST").count();
     assert_eq!(posts, 3);
@@ -110,19 +97,9 @@ async fn fal_429_5xx_and_malformed_answers_are_retried() {
 async fn an_ed25519_signed_fal_callback_triggers_settlement_and_bad_signatures_are_refused() {
     let fake = FakeFal::start().await;
     fake.polls(1000);
-    let app = spawn_app_with(|settings| {
-        fake.configure_callbacks(settings);
-        settings.catalog.models_path = catalog();
-    })
-    .await;
+    let app = spawn_app_only_on("fal_only.toml", |settings| fake.configure_callbacks(settings)).await;
     let (_, key) = app.new_account(100).await;
-    let task = app.create_ok(&key, seed_request()).await;
-    let task_id = task["task_id"].as_str().expect("task_id").to_owned();
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.get_task(&key, &task_id).await["status"] != "running" {
-        assert!(tokio::time::Instant::now() < give_up, "task {task_id} never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let task_id = app.running_seed_task(&key).await;
     let webhook = fake.requests()[0].query_param("fal_webhook").expect("?fal_webhook=");
     assert!(webhook.starts_with(&format!("{}/api/v1/callbacks/fal/", app.address)), "{webhook}");
 
@@ -149,7 +126,7 @@ async fn a_fal_upstream_that_hangs_past_the_timeout_is_retried() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let posts = fake.requests().into_iter().filter(|r| r.method == "POST").count();
     assert_eq!(posts, 2, "the first submit timed out");

@@ -138,6 +138,21 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// A catalog file under `tests/api/catalogs`.
+pub fn catalog(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/catalogs").join(file)
+}
+
+/// An app whose catalog is `tests/api/catalogs/{catalog_file}` (one that routes only to provider X),
+/// with `configure` pointing provider X at its fake.
+pub async fn spawn_app_only_on(catalog_file: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with(|settings| {
+        configure(settings);
+        settings.catalog.models_path = catalog(catalog_file);
+    })
+    .await
+}
+
 /// Like [`spawn_app`], with `configure` applied to the settings before the app is built.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_resolving(Arc::new(SystemResolver), configure).await
@@ -578,5 +593,25 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl TestApp {
+    /// Creates the seed request and waits until it is terminal.
+    pub async fn run_seed(&self, key: &str) -> Value {
+        let task = self.create_ok(key, seed_request()).await;
+        self.wait_terminal(key, task["task_id"].as_str().expect("task id")).await
+    }
+
+    /// Creates the seed request and waits until the provider accepted it; returns the task id.
+    pub async fn running_seed_task(&self, key: &str) -> String {
+        let task = self.create_ok(key, seed_request()).await;
+        let task_id = task["task_id"].as_str().expect("task_id").to_owned();
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.get_task(key, &task_id).await["status"] != "running" {
+            assert!(tokio::time::Instant::now() < give_up, "task {task_id} never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task_id
     }
 }

@@ -6,25 +6,11 @@ use serde_json::{json, Value};
 
 use crate::fakes::kie::{self, FakeKie, Outcome};
 use crate::fakes::Step;
-use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn_app_only_on, spawn_app_with, TestApp};
 
 /// A gateway whose Seedream 4.5 runs on the fake KIE only (no fallback route).
 async fn app(fake: &FakeKie) -> TestApp {
-    spawn_app_with(|settings| {
-        fake.configure(settings);
-        settings.catalog.models_path = kie_only_catalog();
-    })
-    .await
-}
-
-pub fn kie_only_catalog() -> std::path::PathBuf {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/catalogs/kie_only.toml").into()
-}
-
-/// Creates the seed request and waits until it is terminal.
-async fn run_seed(app: &TestApp, key: &str) -> Value {
-    let task = app.create_ok(key, seed_request()).await;
-    app.wait_terminal(key, task["task_id"].as_str().expect("task id")).await
+    spawn_app_only_on("kie_only.toml", |settings| fake.configure(settings)).await
 }
 
 /// Neither the provider's key nor its account message may be in what the client sees.
@@ -40,7 +26,7 @@ async fn a_kie_task_succeeds_after_polls_and_the_fake_saw_exact_requests() {
     let app = app(&fake).await;
     let (account, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"]["images"][0]["url"], fake.result_url("task_kie_1"), "{done}");
     assert_no_secrets(&done.to_string());
@@ -80,7 +66,7 @@ async fn a_kie_failure_gives_its_reason_and_releases_the_credits() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "upstream_failed");
     let message = done["error"]["message"].as_str().expect("message");
@@ -89,7 +75,7 @@ async fn a_kie_failure_gives_its_reason_and_releases_the_credits() {
 
     // A failure that names the content filter is a content-policy failure.
     fake.outcome(Outcome::Fail { code: "400", message: "NSFW content detected" });
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["error"]["code"], "content_policy", "{done}");
     app.assert_balance(&key, 100, 0).await;
     assert_ledger_consistent(&app.pool).await;
@@ -149,7 +135,7 @@ async fn rate_limits_maintenance_and_5xx_are_retried_until_success() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.creates().len(), 3);
     assert!(fake.polls_received().len() >= 5, "two failed polls, two running, one success");
@@ -166,7 +152,7 @@ async fn an_upstream_that_hangs_past_the_timeout_is_retried() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     // The first createTask timed out (its job is orphaned upstream); the second one served.
     assert_eq!(fake.creates().len(), 2);
@@ -193,7 +179,7 @@ async fn malformed_answers_are_retried() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.creates().len(), 2);
     assert_eq!(fake.polls_received().len(), 3);
@@ -209,7 +195,7 @@ async fn without_its_key_kie_is_inactive_and_the_fallback_route_serves() {
     })
     .await;
     let (_, key) = app.new_account(100).await;
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(fake.requests().is_empty(), "an inactive provider is never called");
     let models = app.get_json(&key, "/api/v1/models").await;

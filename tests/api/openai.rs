@@ -1,27 +1,14 @@
 //! The OpenAI-compatible adapter against the fake (`fakes::openai`): one synchronous request, the
 //! task done in the submit step, `b64_json` stored and served under `/files/…`, `url` passed through.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::fakes::openai::{self, FakeOpenAi};
 use crate::fakes::Step;
-use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_with, TestApp};
-
-fn catalog() -> std::path::PathBuf {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/catalogs/openai_only.toml").into()
-}
+use crate::helpers::{assert_ledger_consistent, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeOpenAi) -> TestApp {
-    spawn_app_with(|settings| {
-        fake.configure(settings);
-        settings.catalog.models_path = catalog();
-    })
-    .await
-}
-
-async fn run_seed(app: &TestApp, key: &str) -> Value {
-    let task = app.create_ok(key, seed_request()).await;
-    app.wait_terminal(key, task["task_id"].as_str().expect("task id")).await
+    spawn_app_only_on("openai_only.toml", |settings| fake.configure(settings)).await
 }
 
 #[tokio::test]
@@ -30,7 +17,7 @@ async fn a_b64_json_result_is_stored_and_served_under_files_after_one_request() 
     let app = app(&fake).await;
     let (account, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(!done.to_string().contains(openai::KEY));
     let url = done["output"]["images"][0]["url"].as_str().expect("url");
@@ -66,7 +53,7 @@ async fn a_url_result_is_passed_through() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url()}]), "{done}");
     app.assert_balance(&key, 88, 0).await;
     assert_ledger_consistent(&app.pool).await;
@@ -79,16 +66,15 @@ async fn openai_rate_limits_5xx_and_malformed_answers_are_retried() {
         openai::error(429, "Rate limit reached", "rate_limit_exceeded"),
         Step::Text(200, "{\"data\": [{\"b64_json\": "),
     ]);
-    let app = spawn_app_with(|settings| {
+    let app = spawn_app_only_on("openai_only.toml", |settings| {
         fake.configure(settings);
-        settings.catalog.models_path = catalog();
         settings.tasks.breaker_failures = 10;
     })
     .await;
     let (_, key) = app.new_account(100).await;
     fake.script([Step::Text(500, "<html>server error</html>")]);
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.requests().len(), 4);
     app.assert_balance(&key, 88, 0).await;
@@ -102,12 +88,12 @@ async fn content_policy_and_account_problems_end_the_task_without_leaking() {
     let (_, key) = app.new_account(100).await;
 
     fake.script([openai::error(400, "Your request was rejected by the safety system.", "content_policy_violation")]);
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "content_policy", "{done}");
 
     fake.script([openai::error(401, "Incorrect API key provided: sk-openai-test-key-5ecr3t", "invalid_api_key")]);
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["error"], json!({"code": "upstream_failed", "message": "The provider is unavailable."}));
     assert!(!done.to_string().contains(openai::KEY));
     assert_eq!(fake.requests().len(), 2, "neither is retried");
@@ -122,7 +108,7 @@ async fn an_openai_generation_that_hangs_past_the_timeout_is_retried() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.requests().len(), 2, "the first request timed out");
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url()}]), "{done}");

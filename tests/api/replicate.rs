@@ -4,27 +4,14 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::fakes::replicate::{self, FakeReplicate, Outcome};
 use crate::fakes::Step;
-use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn_app_with, TestApp};
-
-fn catalog() -> std::path::PathBuf {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/catalogs/replicate_only.toml").into()
-}
+use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeReplicate) -> TestApp {
-    spawn_app_with(|settings| {
-        fake.configure(settings);
-        settings.catalog.models_path = catalog();
-    })
-    .await
-}
-
-async fn run_seed(app: &TestApp, key: &str) -> Value {
-    let task = app.create_ok(key, seed_request()).await;
-    app.wait_terminal(key, task["task_id"].as_str().expect("task id")).await
+    spawn_app_only_on("replicate_only.toml", |settings| fake.configure(settings)).await
 }
 
 #[tokio::test]
@@ -34,7 +21,7 @@ async fn a_replicate_task_succeeds_with_201_or_200_creates_and_the_fake_saw_exac
     let app = app(&fake).await;
     let (account, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("rep1")}]), "{done}");
     assert!(!done.to_string().contains(replicate::KEY));
@@ -61,7 +48,7 @@ async fn a_replicate_task_succeeds_with_201_or_200_creates_and_the_fake_saw_exac
 
     // Replicate's create status is not pinned down: 200 serves as well as 201.
     fake.create_status(200).polls(0);
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("rep2")}]), "{done}");
     app.assert_balance(&key, 76, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture", "hold", "capture"]);
@@ -75,7 +62,7 @@ async fn a_replicate_failure_gives_its_reason_and_releases_the_credits() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "upstream_failed");
     assert!(done["error"]["message"].as_str().unwrap_or_default().contains("CUDA out of memory"), "{done}");
@@ -96,16 +83,15 @@ async fn replicate_throttling_5xx_and_malformed_answers_are_retried_and_rejectio
         ],
     );
     fake.script("poll", [replicate::error(500, "internal"), Step::Json(200, json!({"status": 42}))]);
-    let app = spawn_app_with(|settings| {
+    let app = spawn_app_only_on("replicate_only.toml", |settings| {
         fake.configure(settings);
-        settings.catalog.models_path = catalog();
         // Three failed creates in a row would open the only route's circuit for its cool-down.
         settings.tasks.breaker_failures = 10;
     })
     .await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.creates().len(), 4);
     assert_eq!(fake.polls_received().len(), 3);
@@ -116,7 +102,7 @@ async fn replicate_throttling_5xx_and_malformed_answers_are_retried_and_rejectio
     assert!(message.contains("aspect_ratio: invalid choice"), "{message}");
 
     fake.script("create", [replicate::error(402, "You have insufficient credit, token r8_replicate-test-token-5ecr3t")]);
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["error"], json!({"code": "upstream_failed", "message": "The provider is unavailable."}));
     assert_eq!(fake.creates().len(), 6, "rejections and account problems are not retried");
     app.assert_balance(&key, 88, 0).await;
@@ -127,15 +113,14 @@ async fn replicate_throttling_5xx_and_malformed_answers_are_retried_and_rejectio
 async fn a_replicate_job_past_the_deadline_is_canceled_upstream() {
     let fake = FakeReplicate::start().await;
     fake.polls(100_000);
-    let app = spawn_app_with(|settings| {
+    let app = spawn_app_only_on("replicate_only.toml", |settings| {
         fake.configure(settings);
-        settings.catalog.models_path = catalog();
         settings.tasks.deadline_secs = 1;
     })
     .await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "timeout", "{done}");
     let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -155,19 +140,12 @@ async fn a_replicate_job_past_the_deadline_is_canceled_upstream() {
 async fn a_standard_webhooks_signed_replicate_callback_settles_and_forgeries_are_refused() {
     let fake = FakeReplicate::start().await;
     fake.polls(1000);
-    let app = spawn_app_with(|settings| {
+    let app = spawn_app_only_on("replicate_only.toml", |settings| {
         fake.configure_callbacks(settings, Some(replicate::SECRET));
-        settings.catalog.models_path = catalog();
     })
     .await;
     let (_, key) = app.new_account(100).await;
-    let task = app.create_ok(&key, seed_request()).await;
-    let task_id = task["task_id"].as_str().expect("task_id").to_owned();
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.get_task(&key, &task_id).await["status"] != "running" {
-        assert!(tokio::time::Instant::now() < give_up, "task {task_id} never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let task_id = app.running_seed_task(&key).await;
 
     let body = fake.creates()[0].json();
     let webhook = body["webhook"].as_str().expect("webhook").to_owned();
@@ -201,7 +179,7 @@ async fn a_replicate_upstream_that_hangs_past_the_timeout_is_retried() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.creates().len(), 2, "the first create timed out");
     // Which job serves depends on whether the timed-out request got as far as creating one upstream.

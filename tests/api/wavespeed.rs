@@ -3,27 +3,14 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::fakes::wavespeed::{self, FakeWaveSpeed, Outcome, Signing};
 use crate::fakes::Step;
-use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_with, TestApp};
-
-fn catalog() -> std::path::PathBuf {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/catalogs/wavespeed_only.toml").into()
-}
+use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeWaveSpeed) -> TestApp {
-    spawn_app_with(|settings| {
-        fake.configure(settings);
-        settings.catalog.models_path = catalog();
-    })
-    .await
-}
-
-async fn run_seed(app: &TestApp, key: &str) -> Value {
-    let task = app.create_ok(key, seed_request()).await;
-    app.wait_terminal(key, task["task_id"].as_str().expect("task id")).await
+    spawn_app_only_on("wavespeed_only.toml", |settings| fake.configure(settings)).await
 }
 
 fn assert_no_secrets(text: &str) {
@@ -38,7 +25,7 @@ async fn a_wavespeed_task_succeeds_after_polls_and_the_fake_saw_exact_requests()
     let app = app(&fake).await;
     let (account, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("pred_1")}]), "{done}");
     assert_no_secrets(&done.to_string());
@@ -73,13 +60,13 @@ async fn a_wavespeed_failure_gives_its_reason_and_releases_the_credits() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "upstream_failed");
     assert!(done["error"]["message"].as_str().unwrap_or_default().contains("Inference failed: out of memory"), "{done}");
 
     fake.outcome(Outcome::Fail("NSFW content detected in the output"));
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["error"]["code"], "content_policy", "{done}");
     app.assert_balance(&key, 100, 0).await;
     assert_ledger_consistent(&app.pool).await;
@@ -94,7 +81,7 @@ async fn wavespeed_429_and_5xx_are_retried_until_success() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.submits().len(), 3);
     assert_eq!(fake.polls_received().len(), 3, "two failed polls, then completed");
@@ -118,7 +105,7 @@ async fn wavespeed_rejections_and_account_problems_end_the_task_without_leaking(
     assert_no_secrets(&message);
 
     fake.script("submit", [wavespeed::error(401, "Invalid API key wavespeed-test-key-5ecr3t")]);
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["error"], json!({"code": "upstream_failed", "message": "The provider is unavailable."}));
     assert_no_secrets(&done.to_string());
     assert_eq!(fake.submits().len(), 2, "neither is retried");
@@ -141,36 +128,23 @@ async fn malformed_wavespeed_answers_are_retried() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.submits().len(), 2);
     assert_eq!(fake.polls_received().len(), 3);
     assert_ledger_consistent(&app.pool).await;
 }
 
-/// Creates the seed request and waits until WaveSpeed accepted it; returns the task id.
-async fn running_task(app: &TestApp, key: &str) -> String {
-    let task = app.create_ok(key, seed_request()).await;
-    let task_id = task["task_id"].as_str().expect("task_id").to_owned();
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.get_task(key, &task_id).await["status"] != "running" {
-        assert!(tokio::time::Instant::now() < give_up, "task {task_id} never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    task_id
-}
-
 #[tokio::test]
 async fn a_signed_wavespeed_callback_settles_and_unsigned_or_forged_ones_are_refused() {
     let fake = FakeWaveSpeed::start().await;
     fake.polls(1000);
-    let app = spawn_app_with(|settings| {
+    let app = spawn_app_only_on("wavespeed_only.toml", |settings| {
         fake.configure_callbacks(settings, Some(wavespeed::SECRET));
-        settings.catalog.models_path = catalog();
     })
     .await;
     let (_, key) = app.new_account(100).await;
-    let task_id = running_task(&app, &key).await;
+    let task_id = app.running_seed_task(&key).await;
 
     // The webhook rides as a query parameter and points at this gateway's callback route.
     let submit = &fake.submits()[0];
@@ -204,7 +178,7 @@ async fn a_wavespeed_upstream_that_hangs_past_the_timeout_is_retried() {
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
 
-    let done = run_seed(&app, &key).await;
+    let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     // The first submit timed out (its job is orphaned upstream); the second one served.
     assert_eq!(fake.submits().len(), 2);

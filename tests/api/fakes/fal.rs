@@ -12,13 +12,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use aio_gateway::config::{ProviderKind, ProviderSettings};
 use axum::Router;
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
 use sha2::Digest;
 
-use super::{Recorder, Server, Step};
+use super::{authorized, post_callback, query_param, Plan, Recorder, Server, Step};
 
 pub const KEY: &str = "fal-test-key-id:5ecr3t";
 pub const USER_ID: &str = "user_fake_fal";
@@ -39,8 +40,7 @@ struct Job {
 struct Fake {
     base_url: String,
     recorder: Recorder,
-    polls: Mutex<usize>,
-    outcome: Mutex<Outcome>,
+    plan: Plan<Outcome>,
     jobs: Mutex<HashMap<String, Job>>,
     keys: Ed25519KeyPair,
 }
@@ -62,28 +62,25 @@ pub enum Signing {
 
 impl FakeFal {
     pub async fn start() -> FakeFal {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the fake fal");
-        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
         let keys = Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).expect("a key pair");
-        let state = Arc::new(Fake {
+        let (state, server) = super::start("fal", Router::new().fallback(handle), |base_url| Fake {
             base_url,
             recorder: Recorder::default(),
-            polls: Mutex::new(2),
-            outcome: Mutex::new(Outcome::Success),
+            plan: Plan::new(2, Outcome::Success),
             jobs: Mutex::new(HashMap::new()),
             keys,
-        });
-        let router = Router::new().fallback(handle).with_state(Arc::clone(&state));
-        FakeFal { state, _server: Server::serve(listener, router) }
+        })
+        .await;
+        FakeFal { state, _server: server }
     }
 
     pub fn polls(&self, polls: usize) -> &Self {
-        *self.state.polls.lock().expect("polls") = polls;
+        self.state.plan.set_polls(polls);
         self
     }
 
     pub fn outcome(&self, outcome: Outcome) -> &Self {
-        *self.state.outcome.lock().expect("outcome") = outcome;
+        self.state.plan.set_outcome(outcome);
         self
     }
 
@@ -117,7 +114,7 @@ impl FakeFal {
 
     pub async fn send(&self, id: &str, body: String, signing: Signing) -> u16 {
         let url = self.state.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
-        let mut request = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.clone());
+        let mut headers = vec![];
         let key = match signing {
             Signing::Unsigned => None,
             Signing::Valid => Some(&self.state.keys),
@@ -129,26 +126,21 @@ impl FakeFal {
             let timestamp = chrono::Utc::now().timestamp().to_string();
             let digest = hex::encode(sha2::Sha256::digest(body.as_bytes()));
             let message = format!("{id}\n{USER_ID}\n{timestamp}\n{digest}");
-            request = request
-                .header("X-Fal-Webhook-Request-Id", id)
-                .header("X-Fal-Webhook-User-Id", USER_ID)
-                .header("X-Fal-Webhook-Timestamp", &timestamp)
-                .header("X-Fal-Webhook-Signature", hex::encode(key.sign(message.as_bytes())));
+            headers = vec![
+                ("X-Fal-Webhook-Request-Id", id.to_owned()),
+                ("X-Fal-Webhook-User-Id", USER_ID.to_owned()),
+                ("X-Fal-Webhook-Timestamp", timestamp),
+                ("X-Fal-Webhook-Signature", hex::encode(key.sign(message.as_bytes()))),
+            ];
         }
-        request.send().await.expect("POST the callback").status().as_u16()
+        post_callback(url, body, headers).await
     }
 
     /// Adds a `fal` provider pointed at this fake (and its JWKS); callbacks off (polling).
     pub fn configure(&self, settings: &mut aio_gateway::config::Settings) {
-        use aio_gateway::config::{ProviderKind, ProviderSettings};
         let provider = ProviderSettings {
-            label: Some("fal".into()),
-            base_url: Some(self.state.base_url.clone()),
-            api_key: Some(KEY.into()),
-            timeout_secs: Some(1),
-            callbacks: false,
             jwks_url: Some(format!("{}/.well-known/jwks.json", self.state.base_url)),
-            ..ProviderSettings::new(ProviderKind::Fal)
+            ..super::polling_provider(ProviderKind::Fal, "fal", &self.state.base_url, KEY)
         };
         settings.providers.insert("fal".into(), provider);
     }
@@ -156,9 +148,7 @@ impl FakeFal {
     /// Like [`FakeFal::configure`], with callbacks on and polling once a minute.
     pub fn configure_callbacks(&self, settings: &mut aio_gateway::config::Settings) {
         self.configure(settings);
-        let provider = settings.providers.get_mut("fal").expect("fal");
-        provider.callbacks = true;
-        provider.callback_poll_secs = Some(60);
+        super::enable_callbacks(settings, "fal", None);
     }
 }
 
@@ -173,7 +163,7 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(fake.keys.public_key().as_ref());
         return axum::Json(json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "fake"}]})).into_response();
     }
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Key {KEY}")) {
+    if !authorized(&headers, &format!("Key {KEY}")) {
         return detail(401, "Cannot access application: invalid key");
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -222,15 +212,13 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
             if input["prompt"].as_str().is_none() {
                 return detail(422, "prompt: field required");
             }
-            let webhook = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-                .find(|(k, _)| k == "fal_webhook")
-                .map(|(_, v)| v.into_owned());
+            let webhook = query_param(uri.query().unwrap_or_default(), "fal_webhook");
             let id = {
                 let mut jobs = fake.jobs.lock().expect("jobs");
                 let id = format!("req-{}", jobs.len() + 1);
                 let job = Job {
-                    polls_left: *fake.polls.lock().expect("polls"),
-                    outcome: fake.outcome.lock().expect("outcome").clone(),
+                    polls_left: fake.plan.polls(),
+                    outcome: fake.plan.outcome(),
                     webhook,
                 };
                 jobs.insert(id.clone(), job);

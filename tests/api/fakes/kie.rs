@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{png_bytes, Recorder, Server, Step};
+use super::{authorized, png_bytes, Plan, Recorder, Server, Step};
 
 pub const KEY: &str = "kie-test-key-5ecr3t";
 
@@ -43,8 +43,7 @@ pub enum Signing {
 struct Fake {
     base_url: String,
     recorder: Recorder,
-    polls: Mutex<usize>,
-    outcome: Mutex<Outcome>,
+    plan: Plan<Outcome>,
     jobs: Mutex<HashMap<String, Job>>,
     /// Finish each new job at once and call back before answering createTask, signed like this.
     call_back_first: Mutex<Option<Signing>>,
@@ -57,22 +56,18 @@ pub struct FakeKie {
 
 impl FakeKie {
     pub async fn start() -> FakeKie {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the fake KIE");
-        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
-        let state = Arc::new(Fake {
-            base_url,
-            recorder: Recorder::default(),
-            polls: Mutex::new(2),
-            outcome: Mutex::new(Outcome::Success),
-            jobs: Mutex::new(HashMap::new()),
-            call_back_first: Mutex::new(None),
-        });
         let router = Router::new()
             .route("/api/v1/jobs/createTask", post(create))
             .route("/api/v1/jobs/recordInfo", get(record_info))
-            .route("/results/{name}", get(result_image))
-            .with_state(Arc::clone(&state));
-        let server = Server::serve(listener, router);
+            .route("/results/{name}", get(result_image));
+        let (state, server) = super::start("KIE", router, |base_url| Fake {
+            base_url,
+            recorder: Recorder::default(),
+            plan: Plan::new(2, Outcome::Success),
+            jobs: Mutex::new(HashMap::new()),
+            call_back_first: Mutex::new(None),
+        })
+        .await;
         FakeKie { state, _server: server }
     }
 
@@ -82,13 +77,13 @@ impl FakeKie {
 
     /// New jobs stay running for this many polls.
     pub fn polls(&self, polls: usize) -> &Self {
-        *self.state.polls.lock().expect("polls") = polls;
+        self.state.plan.set_polls(polls);
         self
     }
 
     /// How new jobs end.
     pub fn outcome(&self, outcome: Outcome) -> &Self {
-        *self.state.outcome.lock().expect("outcome") = outcome;
+        self.state.plan.set_outcome(outcome);
         self
     }
 
@@ -131,7 +126,7 @@ async fn create(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
     if let Some(step) = fake.recorder.next("create").await {
         return step.into_response();
     }
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {KEY}")) {
+    if !authorized(&headers, &format!("Bearer {KEY}")) {
         return error_under_200(401, "You do not have access permissions").into_response();
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -143,8 +138,8 @@ async fn create(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         let mut jobs = fake.jobs.lock().expect("jobs");
         let task_id = format!("task_kie_{}", jobs.len() + 1);
         let job = Job {
-            polls_left: if first.is_some() { 0 } else { *fake.polls.lock().expect("polls") },
-            outcome: fake.outcome.lock().expect("outcome").clone(),
+            polls_left: if first.is_some() { 0 } else { fake.plan.polls() },
+            outcome: fake.plan.outcome(),
             callback_url: request["callBackUrl"].as_str().map(str::to_owned),
         };
         jobs.insert(task_id.clone(), job);
@@ -169,7 +164,7 @@ async fn record_info(
     if let Some(step) = fake.recorder.next("poll").await {
         return step.into_response();
     }
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {KEY}")) {
+    if !authorized(&headers, &format!("Bearer {KEY}")) {
         return error_under_200(401, "You do not have access permissions").into_response();
     }
     let task_id = query.get("taskId").cloned().unwrap_or_default();
@@ -306,9 +301,6 @@ impl FakeKie {
     /// callback can end a task within a test.
     pub fn configure_callbacks(&self, settings: &mut aio_gateway::config::Settings, hmac_key: Option<&str>) {
         self.configure(settings);
-        let kie = settings.providers.get_mut("kie").expect("kie");
-        kie.callbacks = true;
-        kie.callback_poll_secs = Some(60);
-        kie.webhook_hmac_key = hmac_key.map(Into::into);
+        super::enable_callbacks(settings, "kie", hmac_key);
     }
 }

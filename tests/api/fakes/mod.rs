@@ -8,12 +8,13 @@ pub mod replicate;
 pub mod wavespeed;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use aio_gateway::config::{ProviderKind, ProviderSettings, Settings};
 use axum::Router;
 use serde_json::Value;
 
@@ -38,8 +39,18 @@ impl Request {
 
     /// The value of one query parameter.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        query_param(&self.query, name)
     }
+}
+
+/// The value of one parameter of a query string.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// Whether the request's `Authorization` header is exactly `expected`.
+pub fn authorized(headers: &HeaderMap, expected: &str) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected)
 }
 
 /// A scripted answer.
@@ -131,6 +142,88 @@ impl Server {
         });
         Server { task }
     }
+}
+
+/// Binds 127.0.0.1:0 for the fake called `name`, builds its state from its base URL, and serves
+/// `router` with that state; returns the state and the server (stopped on drop).
+pub async fn start<S>(name: &str, router: Router<Arc<S>>, state: impl FnOnce(String) -> S) -> (Arc<S>, Server)
+where
+    S: Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap_or_else(|e| panic!("bind the fake {name} ({e})"));
+    let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
+    let state = Arc::new(state(base_url));
+    let server = Server::serve(listener, router.with_state(Arc::clone(&state)));
+    (state, server)
+}
+
+/// How many polls a fake's new jobs stay running for, and how they end.
+pub struct Plan<O> {
+    polls: Mutex<usize>,
+    outcome: Mutex<O>,
+}
+
+impl<O: Clone> Plan<O> {
+    pub fn new(polls: usize, outcome: O) -> Plan<O> {
+        Plan { polls: Mutex::new(polls), outcome: Mutex::new(outcome) }
+    }
+
+    pub fn set_polls(&self, polls: usize) {
+        *self.polls.lock().expect("polls") = polls;
+    }
+
+    pub fn set_outcome(&self, outcome: O) {
+        *self.outcome.lock().expect("outcome") = outcome;
+    }
+
+    /// The polls a new job runs for.
+    pub fn polls(&self) -> usize {
+        *self.polls.lock().expect("polls")
+    }
+
+    /// How a new job ends.
+    pub fn outcome(&self) -> O {
+        self.outcome.lock().expect("outcome").clone()
+    }
+}
+
+/// POSTs a JSON callback `body` to `url` with these extra headers; returns the gateway's status.
+pub async fn post_callback(url: String, body: String, headers: Vec<(&'static str, String)>) -> u16 {
+    let mut request = reqwest::Client::new().post(url).header("content-type", "application/json").body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request.send().await.expect("POST the callback").status().as_u16()
+}
+
+/// Standard Webhooks' headers (`webhook-id` `msg_{id}`, `webhook-timestamp` now, `webhook-signature`)
+/// for `body`, with `sign(webhook_id, timestamp, body)` as the signature.
+pub fn webhook_headers(id: &str, body: &str, sign: impl Fn(&str, i64, &[u8]) -> String) -> Vec<(&'static str, String)> {
+    let (webhook_id, timestamp) = (format!("msg_{id}"), chrono::Utc::now().timestamp());
+    let signature = sign(&webhook_id, timestamp, body.as_bytes());
+    vec![("webhook-id", webhook_id), ("webhook-timestamp", timestamp.to_string()), ("webhook-signature", signature)]
+}
+
+/// A `kind` provider labelled `label`, pointed at a fake at `base_url` with `key`, a 1 s timeout,
+/// and callbacks off (polling).
+pub fn polling_provider(kind: ProviderKind, label: &str, base_url: &str, key: &str) -> ProviderSettings {
+    ProviderSettings {
+        label: Some(label.into()),
+        base_url: Some(base_url.to_owned()),
+        api_key: Some(key.into()),
+        timeout_secs: Some(1),
+        callbacks: false,
+        ..ProviderSettings::new(kind)
+    }
+}
+
+/// Turns callbacks on for the settings' `name` provider, with polling slowed to once a minute (so
+/// only a callback can end a task within a test) and this webhook secret.
+pub fn enable_callbacks(settings: &mut Settings, name: &str, secret: Option<&str>) {
+    let provider = settings.providers.get_mut(name).unwrap_or_else(|| panic!("the settings have a {name} provider"));
+    provider.callbacks = true;
+    provider.callback_poll_secs = Some(60);
+    provider.webhook_hmac_key = secret.map(Into::into);
 }
 
 /// A small valid PNG, as a provider's result image.

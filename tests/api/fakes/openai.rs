@@ -12,7 +12,7 @@ use axum::Router;
 use base64::Engine as _;
 use serde_json::json;
 
-use super::{png_bytes, Recorder, Server, Step};
+use super::{authorized, png_bytes, Recorder, Server, Step};
 
 pub const KEY: &str = "sk-openai-test-key-5ecr3t";
 
@@ -35,11 +35,13 @@ pub struct FakeOpenAi {
 
 impl FakeOpenAi {
     pub async fn start() -> FakeOpenAi {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the fake OpenAI");
-        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
-        let state = Arc::new(Fake { base_url, recorder: Recorder::default(), urls: Mutex::new(false) });
-        let router = Router::new().fallback(handle).with_state(Arc::clone(&state));
-        FakeOpenAi { state, _server: Server::serve(listener, router) }
+        let (state, server) = super::start("OpenAI", Router::new().fallback(handle), |base_url| Fake {
+            base_url,
+            recorder: Recorder::default(),
+            urls: Mutex::new(false),
+        })
+        .await;
+        FakeOpenAi { state, _server: server }
     }
 
     /// Answer with `url` (as dall-e models do by default) instead of `b64_json`.
@@ -88,7 +90,7 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
     if let Some(step) = fake.recorder.next("generate").await {
         return step.into_response();
     }
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {KEY}")) {
+    if !authorized(&headers, &format!("Bearer {KEY}")) {
         return error(401, "Incorrect API key provided", "invalid_api_key").into_response();
     }
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();

@@ -11,10 +11,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use aio_gateway::config::ProviderKind;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{png_bytes, Recorder, Server, Step};
+use super::{authorized, png_bytes, post_callback, webhook_headers, Plan, Recorder, Server, Step};
 
 pub const KEY: &str = "r8_replicate-test-token-5ecr3t";
 /// A Standard Webhooks secret: `whsec_` + base64 of the HMAC key.
@@ -37,8 +38,7 @@ struct Job {
 struct Fake {
     base_url: String,
     recorder: Recorder,
-    polls: Mutex<usize>,
-    outcome: Mutex<Outcome>,
+    plan: Plan<Outcome>,
     create_status: Mutex<u16>,
     jobs: Mutex<HashMap<String, Job>>,
 }
@@ -50,27 +50,24 @@ pub struct FakeReplicate {
 
 impl FakeReplicate {
     pub async fn start() -> FakeReplicate {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the fake Replicate");
-        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
-        let state = Arc::new(Fake {
+        let (state, server) = super::start("Replicate", Router::new().fallback(handle), |base_url| Fake {
             base_url,
             recorder: Recorder::default(),
-            polls: Mutex::new(2),
-            outcome: Mutex::new(Outcome::Success),
+            plan: Plan::new(2, Outcome::Success),
             create_status: Mutex::new(201),
             jobs: Mutex::new(HashMap::new()),
-        });
-        let router = Router::new().fallback(handle).with_state(Arc::clone(&state));
-        FakeReplicate { state, _server: Server::serve(listener, router) }
+        })
+        .await;
+        FakeReplicate { state, _server: server }
     }
 
     pub fn polls(&self, polls: usize) -> &Self {
-        *self.state.polls.lock().expect("polls") = polls;
+        self.state.plan.set_polls(polls);
         self
     }
 
     pub fn outcome(&self, outcome: Outcome) -> &Self {
-        *self.state.outcome.lock().expect("outcome") = outcome;
+        self.state.plan.set_outcome(outcome);
         self
     }
 
@@ -111,38 +108,25 @@ impl FakeReplicate {
     /// POSTs `body` to the job's webhook, signed with `secret` (or unsigned).
     pub async fn send(&self, id: &str, body: String, secret: Option<&str>) -> u16 {
         let url = self.state.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
-        let mut request = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.clone());
-        if let Some(secret) = secret {
-            let (webhook_id, timestamp) = (format!("msg_{id}"), chrono::Utc::now().timestamp());
-            request = request
-                .header("webhook-id", &webhook_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", sign(secret, &webhook_id, timestamp, body.as_bytes()));
-        }
-        request.send().await.expect("POST the callback").status().as_u16()
+        let headers = match secret {
+            None => vec![],
+            Some(secret) => webhook_headers(id, &body, |webhook_id, timestamp, body| {
+                sign(secret, webhook_id, timestamp, body)
+            }),
+        };
+        post_callback(url, body, headers).await
     }
 
     /// Adds a `replicate` provider pointed at this fake; callbacks off (polling).
     pub fn configure(&self, settings: &mut aio_gateway::config::Settings) {
-        use aio_gateway::config::{ProviderKind, ProviderSettings};
-        let provider = ProviderSettings {
-            label: Some("Replicate".into()),
-            base_url: Some(self.state.base_url.clone()),
-            api_key: Some(KEY.into()),
-            timeout_secs: Some(1),
-            callbacks: false,
-            ..ProviderSettings::new(ProviderKind::Replicate)
-        };
+        let provider = super::polling_provider(ProviderKind::Replicate, "Replicate", &self.state.base_url, KEY);
         settings.providers.insert("replicate".into(), provider);
     }
 
     /// Like [`FakeReplicate::configure`], with callbacks on, polling once a minute, and the secret.
     pub fn configure_callbacks(&self, settings: &mut aio_gateway::config::Settings, secret: Option<&str>) {
         self.configure(settings);
-        let provider = settings.providers.get_mut("replicate").expect("replicate");
-        provider.callbacks = true;
-        provider.callback_poll_secs = Some(60);
-        provider.webhook_hmac_key = secret.map(Into::into);
+        super::enable_callbacks(settings, "replicate", secret);
     }
 }
 
@@ -190,7 +174,7 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         return ([("content-type", "image/png")], png_bytes(11)).into_response();
     }
     fake.recorder.record(method.clone(), &uri, headers.clone(), body.clone());
-    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"));
+    let authorized = authorized(&headers, &format!("Bearer {KEY}"));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["v1", "models", owner, name, "predictions"]) => {
@@ -209,8 +193,8 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
                 let id = format!("rep{}", jobs.len() + 1);
                 let job = Job {
                     model: format!("{owner}/{name}"),
-                    polls_left: *fake.polls.lock().expect("polls"),
-                    outcome: fake.outcome.lock().expect("outcome").clone(),
+                    polls_left: fake.plan.polls(),
+                    outcome: fake.plan.outcome(),
                     canceled: false,
                     webhook: request["webhook"].as_str().map(str::to_owned),
                 };

@@ -11,10 +11,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
+use aio_gateway::config::ProviderKind;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{png_bytes, Recorder, Server, Step};
+use super::{authorized, png_bytes, post_callback, query_param, webhook_headers, Plan, Recorder, Server, Step};
 
 pub const KEY: &str = "wavespeed-test-key-5ecr3t";
 pub const SECRET: &str = "whsec_wavespeed-raw-secret";
@@ -43,8 +44,7 @@ pub enum Signing {
 struct Fake {
     base_url: String,
     recorder: Recorder,
-    polls: Mutex<usize>,
-    outcome: Mutex<Outcome>,
+    plan: Plan<Outcome>,
     jobs: Mutex<HashMap<String, Job>>,
 }
 
@@ -55,17 +55,14 @@ pub struct FakeWaveSpeed {
 
 impl FakeWaveSpeed {
     pub async fn start() -> FakeWaveSpeed {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the fake WaveSpeed");
-        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
-        let state = Arc::new(Fake {
+        let (state, server) = super::start("WaveSpeed", Router::new().fallback(handle), |base_url| Fake {
             base_url,
             recorder: Recorder::default(),
-            polls: Mutex::new(2),
-            outcome: Mutex::new(Outcome::Success),
+            plan: Plan::new(2, Outcome::Success),
             jobs: Mutex::new(HashMap::new()),
-        });
-        let router = Router::new().fallback(handle).with_state(Arc::clone(&state));
-        FakeWaveSpeed { state, _server: Server::serve(listener, router) }
+        })
+        .await;
+        FakeWaveSpeed { state, _server: server }
     }
 
     pub fn base_url(&self) -> &str {
@@ -73,12 +70,12 @@ impl FakeWaveSpeed {
     }
 
     pub fn polls(&self, polls: usize) -> &Self {
-        *self.state.polls.lock().expect("polls") = polls;
+        self.state.plan.set_polls(polls);
         self
     }
 
     pub fn outcome(&self, outcome: Outcome) -> &Self {
-        *self.state.outcome.lock().expect("outcome") = outcome;
+        self.state.plan.set_outcome(outcome);
         self
     }
 
@@ -118,29 +115,18 @@ impl FakeWaveSpeed {
     /// Sends a callback for the job with this body (a forgery, or a replay).
     pub async fn send(&self, id: &str, body: String, signing: Signing) -> u16 {
         let url = self.state.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
-        let mut request =
-            reqwest::Client::new().post(url).header("content-type", "application/json").body(body.clone());
-        if let Signing::With(secret) = signing {
-            let (webhook_id, timestamp) = (format!("msg_{id}"), chrono::Utc::now().timestamp());
-            request = request
-                .header("webhook-id", &webhook_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", sign(secret, &webhook_id, timestamp, body.as_bytes()));
-        }
-        request.send().await.expect("POST the callback").status().as_u16()
+        let headers = match signing {
+            Signing::Unsigned => vec![],
+            Signing::With(secret) => webhook_headers(id, &body, |webhook_id, timestamp, body| {
+                sign(secret, webhook_id, timestamp, body)
+            }),
+        };
+        post_callback(url, body, headers).await
     }
 
     /// Points a `wavespeed` provider (added to the settings) at this fake; callbacks off (polling).
     pub fn configure(&self, settings: &mut aio_gateway::config::Settings) {
-        use aio_gateway::config::{ProviderKind, ProviderSettings};
-        let provider = ProviderSettings {
-            label: Some("WaveSpeed".into()),
-            base_url: Some(self.base_url().to_owned()),
-            api_key: Some(KEY.into()),
-            timeout_secs: Some(1),
-            callbacks: false,
-            ..ProviderSettings::new(ProviderKind::Wavespeed)
-        };
+        let provider = super::polling_provider(ProviderKind::Wavespeed, "WaveSpeed", self.base_url(), KEY);
         settings.providers.insert("wavespeed".into(), provider);
     }
 
@@ -148,10 +134,7 @@ impl FakeWaveSpeed {
     /// webhook secret (if any).
     pub fn configure_callbacks(&self, settings: &mut aio_gateway::config::Settings, secret: Option<&str>) {
         self.configure(settings);
-        let provider = settings.providers.get_mut("wavespeed").expect("wavespeed");
-        provider.callbacks = true;
-        provider.callback_poll_secs = Some(60);
-        provider.webhook_hmac_key = secret.map(Into::into);
+        super::enable_callbacks(settings, "wavespeed", secret);
     }
 }
 
@@ -200,7 +183,7 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         return ([("content-type", "image/png")], png_bytes(9)).into_response();
     }
     fake.recorder.record(method.clone(), &uri, headers.clone(), body.clone());
-    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"));
+    let authorized = authorized(&headers, &format!("Bearer {KEY}"));
     if method == Method::POST {
         if let Some(step) = fake.recorder.next("submit").await {
             return step.into_response();
@@ -215,16 +198,14 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         if input["prompt"].as_str().is_none() {
             return error(400, "prompt is required").into_response();
         }
-        let webhook = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-            .find(|(k, _)| k == "webhook")
-            .map(|(_, v)| v.into_owned());
+        let webhook = query_param(uri.query().unwrap_or_default(), "webhook");
         let id = {
             let mut jobs = fake.jobs.lock().expect("jobs");
             let id = format!("pred_{}", jobs.len() + 1);
             let job = Job {
                 model: model.to_owned(),
-                polls_left: *fake.polls.lock().expect("polls"),
-                outcome: fake.outcome.lock().expect("outcome").clone(),
+                polls_left: fake.plan.polls(),
+                outcome: fake.plan.outcome(),
                 webhook,
             };
             jobs.insert(id.clone(), job);
