@@ -14,7 +14,7 @@ use crate::auth::KeyAuth;
 use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::engine::Engine;
-use crate::files::FileStore;
+use crate::files::{FileStore, Rehost};
 use crate::jwt::JwtAuth;
 use crate::outbound::{Guard, SystemResolver};
 use crate::providers::Providers;
@@ -79,11 +79,16 @@ impl Application {
         let catalog = Catalog::load(&settings)?;
         let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
         let providers = Providers::from_settings(&settings, &pool, &files)?;
+        let guard = Arc::new(Guard::new(&settings.webhooks));
+        let rehost = if settings.results.rehost {
+            Some(Rehost::new(files.clone(), &settings.results, (*guard).clone(), Arc::clone(&resolver))?)
+        } else {
+            None
+        };
         let webhooks = Webhooks::new(pool.clone(), &settings.webhooks, resolver)?;
         let catalog = Arc::new(catalog);
         let engine =
-            Engine::new(pool.clone(), providers, Arc::clone(&catalog), settings.tasks.clone(), Arc::clone(&webhooks));
-        let guard = Arc::new(Guard::new(&settings.webhooks));
+            Engine::new(pool.clone(), providers, Arc::clone(&catalog), settings.tasks.clone(), Arc::clone(&webhooks), rehost);
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
         let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
         if jwt.is_none() {

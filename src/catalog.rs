@@ -2,9 +2,11 @@
 //! routes that serve them; and the validation of a create request against it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
 use crate::config::Settings;
 use crate::http::error::ApiError;
@@ -67,11 +69,100 @@ pub struct SubModel {
 pub struct Route {
     pub provider: String,
     pub upstream_model: String,
+    /// What clients see for this route instead of the provider id (default: the provider's `label`).
+    #[serde(default)]
+    pub provider_label: Option<String>,
     /// Lower is tried first; routes of equal priority share the load by `weight`.
     #[serde(default)]
     pub priority: i32,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// How our parameters become the provider's input fields on this route, by our parameter name
+    /// (`prompt`, `aspect_ratio`, `quality`, `image_urls`). With neither `map` nor `fixed`, the
+    /// adapter's own defaults apply.
+    #[serde(default)]
+    pub map: BTreeMap<String, FieldMap>,
+    /// Input fields sent as they are on every request of this route, e.g. `num_images = 1`.
+    #[serde(default)]
+    pub fixed: Map<String, Value>,
+}
+
+/// Where one of our parameters goes in a provider's input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMap {
+    /// The provider's field name (default: ours).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Our value → the provider's (any JSON value). When given, it covers every value the
+    /// parameter allows.
+    #[serde(default)]
+    pub values: BTreeMap<String, Value>,
+    /// The provider has no such field: send nothing.
+    #[serde(default)]
+    pub omit: bool,
+}
+
+/// The parameters a route may map: every model has a prompt and (edit sub-models) image URLs.
+const ALWAYS_MAPPABLE: [&str; 2] = ["prompt", "image_urls"];
+
+impl Route {
+    /// The provider's input fields for `input`, when this route declares a mapping.
+    pub fn mapped_input(&self, input: &TaskInput) -> Option<Map<String, Value>> {
+        if self.map.is_empty() && self.fixed.is_empty() {
+            return None;
+        }
+        let mut fields = self.fixed.clone();
+        let ours = [
+            ("prompt", Some(json!(input.prompt))),
+            ("aspect_ratio", input.aspect_ratio.as_ref().map(|v| json!(v))),
+            ("quality", input.quality.as_ref().map(|v| json!(v))),
+            ("image_urls", (!input.image_urls.is_empty()).then(|| json!(input.image_urls))),
+        ];
+        for (name, value) in ours {
+            let Some(value) = value else { continue };
+            let rule = self.map.get(name);
+            if rule.is_some_and(|rule| rule.omit) {
+                continue;
+            }
+            let field = rule.and_then(|rule| rule.to.clone()).unwrap_or_else(|| name.to_owned());
+            let value = match (rule, value.as_str()) {
+                (Some(rule), Some(ours)) => rule.values.get(ours).cloned().unwrap_or(value),
+                _ => value,
+            };
+            fields.insert(field, value);
+        }
+        Some(fields)
+    }
+
+    /// What is wrong with this route's mapping for `model`, one line each.
+    fn mapping_problems(&self, model: &Model) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, rule) in &self.map {
+            let at = format!("route `{}` → `{}`: map.{name}", self.provider, self.upstream_model);
+            if rule.to.as_deref().is_some_and(|to| to.trim().is_empty()) {
+                problems.push(format!("{at}: `to` must not be empty (use omit = true to send nothing)"));
+            }
+            let Some(parameter) = model.parameter(name) else {
+                if !ALWAYS_MAPPABLE.contains(&name.as_str()) {
+                    problems.push(format!("{at}: the model has no parameter `{name}`"));
+                } else if !rule.values.is_empty() {
+                    problems.push(format!("{at}: `{name}` is free text, it has no values to map"));
+                }
+                continue;
+            };
+            if rule.values.is_empty() {
+                continue;
+            }
+            for value in rule.values.keys().filter(|v| !parameter.values.contains(v)) {
+                problems.push(format!("{at}: `{value}` is not one of the parameter's values ({})", parameter.values.join(", ")));
+            }
+            for value in parameter.values.iter().filter(|v| !rule.values.contains_key(*v)) {
+                problems.push(format!("{at}: the parameter's value `{value}` is not mapped"));
+            }
+        }
+        problems
+    }
 }
 
 fn default_weight() -> u32 {
@@ -111,18 +202,21 @@ pub struct Catalog {
 impl Catalog {
     pub fn load(settings: &Settings) -> anyhow::Result<Catalog> {
         let path = &settings.catalog.models_path;
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?;
-        let file: CatalogFile = toml::from_str(&text).with_context(|| format!("parsing catalog {}", path.display()))?;
-        let problems = check(&file.models, settings);
-        anyhow::ensure!(problems.is_empty(), "invalid catalog {}:\n  {}", path.display(), problems.join("\n  "));
+        let models = read(path)?;
+        let report = check(&models, settings);
+        anyhow::ensure!(report.errors.is_empty(), "invalid catalog {}:\n  {}", path.display(), report.errors.join("\n  "));
+        // At serve time a route to a provider that is not configured is only unused, like a route to
+        // an inactive one: the shipped catalog names every provider, a deployment configures a few.
+        for warning in report.unknown_providers.iter().chain(&report.warnings) {
+            tracing::warn!("catalog: {warning}");
+        }
         let provider_labels: BTreeMap<String, String> = settings
             .providers
             .iter()
             .filter(|(_, p)| p.is_active())
             .map(|(id, p)| (id.clone(), p.label.clone().unwrap_or_else(|| id.clone())))
             .collect();
-        let models = file
-            .models
+        let models = models
             .into_iter()
             .filter_map(|mut model| {
                 for sub in &mut model.sub_models {
@@ -151,8 +245,18 @@ impl Catalog {
         self.models.iter().flat_map(|m| &m.sub_models).find(|s| s.id == sub_model_id)
     }
 
-    pub fn provider_label<'a>(&'a self, provider_id: &'a str) -> &'a str {
-        self.provider_labels.get(provider_id).map(String::as_str).unwrap_or(provider_id)
+    /// The sub-model's route to this provider and upstream model.
+    pub fn route(&self, sub_model_id: &str, provider: &str, upstream_model: &str) -> Option<&Route> {
+        self.sub_model(sub_model_id)?.routes.iter().find(|r| r.provider == provider && r.upstream_model == upstream_model)
+    }
+
+    /// What clients see for a route: its own `provider_label`, else its provider's label.
+    pub fn route_label<'a>(&'a self, route: &'a Route) -> &'a str {
+        route
+            .provider_label
+            .as_deref()
+            .or_else(|| self.provider_labels.get(&route.provider).map(String::as_str))
+            .unwrap_or(&route.provider)
     }
 
     /// A model id means its default sub-model; a sub-model id means itself; none means the default.
@@ -248,10 +352,33 @@ fn choose(model: &Model, name: &str, given: Option<String>) -> Result<Option<Str
     }
 }
 
-/// Everything wrong with a catalog, one line each (empty when it is sound).
-pub fn check(models: &[Model], settings: &Settings) -> Vec<String> {
-    let mut problems = Vec::new();
+/// Reads and parses a catalog file.
+pub fn read(path: &Path) -> anyhow::Result<Vec<Model>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?;
+    let file: CatalogFile = toml::from_str(&text).with_context(|| format!("parsing catalog {}", path.display()))?;
+    Ok(file.models)
+}
+
+/// What [`check`] found, one line each.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The catalog is unusable.
+    pub errors: Vec<String>,
+    /// Routes to providers the configuration does not have: an error for `check-config`, a warning
+    /// when serving (the routes are unused).
+    pub unknown_providers: Vec<String>,
+    /// Routes to inactive providers (key unset), models without an active route.
+    pub warnings: Vec<String>,
+}
+
+/// Everything wrong or doubtful with a catalog under these settings.
+pub fn check(models: &[Model], settings: &Settings) -> Report {
+    let mut report = Report::default();
+    let problems = &mut report.errors;
     let mut ids = BTreeSet::new();
+    // Provider id → the sub-models whose routes name it, for one line per provider.
+    let mut unknown: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut inactive: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for model in models {
         let at = format!("model `{}`", model.id);
         if !ids.insert(model.id.clone()) {
@@ -286,22 +413,36 @@ pub fn check(models: &[Model], settings: &Settings) -> Vec<String> {
             if sub.min_image_urls > sub.max_image_urls {
                 problems.push(format!("{at}: sub-model `{}` has min_image_urls above max_image_urls", sub.id));
             }
+            if sub.routes.is_empty() {
+                problems.push(format!("{at}: sub-model `{}` has no route", sub.id));
+            }
             for route in &sub.routes {
-                if settings.providers.contains_key(&route.provider) {
-                    active_routes += 1;
-                } else {
-                    problems.push(format!(
-                        "{at}: sub-model `{}` routes to provider `{}`, which is not configured",
-                        sub.id, route.provider
-                    ));
+                problems.extend(route.mapping_problems(model).into_iter().map(|p| format!("{at}: {p}")));
+                match settings.providers.get(&route.provider) {
+                    Some(provider) if provider.is_active() => active_routes += 1,
+                    Some(_) => inactive.entry(&route.provider).or_default().push(&sub.id),
+                    None => unknown.entry(&route.provider).or_default().push(&sub.id),
                 }
             }
         }
-        if active_routes == 0 {
-            problems.push(format!("{at}: no active provider route"));
+        if active_routes == 0 && !model.sub_models.is_empty() {
+            report.warnings.push(format!("{at}: no active provider route; it is not offered"));
         }
     }
-    problems
+    for (provider, subs) in unknown {
+        report.unknown_providers.push(format!(
+            "routes of {} name provider `{provider}`, which is not configured ([providers.{provider}]); they are unused",
+            subs.join(", ")
+        ));
+    }
+    for (provider, subs) in inactive {
+        let variable = settings.providers.get(provider).and_then(|p| p.api_key_env.as_deref()).unwrap_or("its key variable");
+        report.warnings.push(format!(
+            "provider `{provider}` is inactive (${variable} is unset): routes of {} are unused",
+            subs.join(", ")
+        ));
+    }
+    report
 }
 
 /// The body of `POST /api/v1/images/generations`. Unknown fields are refused by name.

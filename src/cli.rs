@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
-use crate::catalog::Catalog;
+use crate::catalog::{self, Catalog};
 use crate::config::Settings;
 use crate::webhooks::secrets;
 use crate::jwt::{self, JwtAuth, Role};
@@ -173,11 +173,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
     let settings = Settings::load(cli.config.as_deref())?;
     match &cli.command {
-        Command::CheckConfig => {
-            Catalog::load(&settings)?;
-            JwtAuth::from_settings(&settings.auth.jwt)?;
-            return Ok(Some(json!({"ok": true, "models_path": settings.catalog.models_path})));
-        }
+        Command::CheckConfig => return check_config(&settings).map(Some),
         Command::Healthcheck { url } => {
             healthcheck(&settings, url.as_deref()).await?;
             return Ok(Some(json!({"ready": true})));
@@ -220,6 +216,32 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             unreachable!("handled before connecting")
         }
     })
+}
+
+/// `check-config`: every error of the catalog (including routes to providers that are not
+/// configured) fails; warnings (inactive providers, models without an active route) are printed on
+/// stderr and listed in the output.
+fn check_config(settings: &Settings) -> anyhow::Result<Value> {
+    let path = &settings.catalog.models_path;
+    let report = catalog::check(&catalog::read(path)?, settings);
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let errors: Vec<&String> = report.errors.iter().chain(&report.unknown_providers).collect();
+    anyhow::ensure!(
+        errors.is_empty(),
+        "invalid catalog {}:\n  {}",
+        path.display(),
+        errors.iter().map(|e| e.as_str()).collect::<Vec<_>>().join("\n  ")
+    );
+    let catalog = Catalog::load(settings)?;
+    JwtAuth::from_settings(&settings.auth.jwt)?;
+    Ok(json!({
+        "ok": true,
+        "models_path": path,
+        "models_offered": catalog.models().iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        "warnings": report.warnings,
+    }))
 }
 
 async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<Value> {

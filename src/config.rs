@@ -25,6 +25,7 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     pub tasks: TaskSettings,
     pub files: FileSettings,
+    pub results: ResultSettings,
     pub webhooks: WebhookSettings,
     pub log: LogSettings,
     pub rate_limit: RateLimitSettings,
@@ -266,6 +267,36 @@ impl Default for FileSettings {
     }
 }
 
+/// Result images: with `rehost`, each image a provider returns by URL is downloaded (through the
+/// outbound URL guard) into the file store, and the task's URLs are the gateway's own `/files/…`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResultSettings {
+    pub rehost: bool,
+    /// A larger image fails the task (`upstream_failed`, credits released).
+    pub max_bytes: u64,
+    /// One download may take this long; a timeout is retried on the next poll.
+    pub timeout_secs: u64,
+    /// Content types accepted (of image/png, image/jpeg, image/webp); others fail the task. A list,
+    /// or from the environment a comma-separated string.
+    #[serde(with = "string_list")]
+    pub content_types: Vec<String>,
+}
+
+/// The content types the file store can serve.
+pub const RESULT_CONTENT_TYPES: [&str; 3] = ["image/png", "image/jpeg", "image/webp"];
+
+impl Default for ResultSettings {
+    fn default() -> Self {
+        Self {
+            rehost: true,
+            max_bytes: 20 * 1024 * 1024,
+            timeout_secs: 60,
+            content_types: RESULT_CONTENT_TYPES.map(String::from).to_vec(),
+        }
+    }
+}
+
 /// Outgoing webhooks (SPEC §4) and the outbound URL guard (SPEC §8).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -367,6 +398,18 @@ mod duration_list {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
         super::deserialize_list(deserializer, super::parse_duration)
+    }
+}
+
+mod string_list {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(items: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(items)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        super::deserialize_list(deserializer, |text| Ok(text.to_ascii_lowercase()))
     }
 }
 
@@ -580,6 +623,8 @@ impl Settings {
             ("tasks.lease_secs", t.lease_secs),
             ("tasks.max_in_flight", t.max_in_flight as u64),
             ("webhooks.timeout_secs", self.webhooks.timeout_secs),
+            ("results.max_bytes", self.results.max_bytes),
+            ("results.timeout_secs", self.results.timeout_secs),
             ("webhooks.tick_ms", self.webhooks.tick_ms),
             ("webhooks.max_in_flight", self.webhooks.max_in_flight as u64),
         ] {
@@ -606,6 +651,14 @@ impl Settings {
         }
         if t.batch_size <= 0 {
             problems.push("tasks.batch_size: must be above 0".into());
+        }
+        for content_type in &self.results.content_types {
+            if !RESULT_CONTENT_TYPES.contains(&content_type.as_str()) {
+                problems.push(format!(
+                    "results.content_types: `{content_type}` is not one of {}",
+                    RESULT_CONTENT_TYPES.join(", ")
+                ));
+            }
         }
         if self.webhooks.retry_schedule.is_empty() {
             problems.push("webhooks.retry_schedule: needs at least one entry (the first attempt, e.g. 0s)".into());

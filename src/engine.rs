@@ -19,13 +19,26 @@ use crate::catalog::Catalog;
 use crate::config::TaskSettings;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
 use crate::routing::Breakers;
-use crate::tasks::{self, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
+use crate::files::{Rehost, RehostError};
+use crate::tasks::{self, OutputImage, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
 use crate::webhooks::Webhooks;
 use crate::worker::{Job, Runner};
 use crate::{idempotency, monitoring};
 
 /// How often the engine purges expired idempotency keys.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Downloads of a synchronous provider's result before the task fails.
+const SYNC_DOWNLOAD_ATTEMPTS: u32 = 3;
+
+/// The failure of a task whose image the client could never get: never charged.
+fn undeliverable(why: &str) -> TaskError {
+    tracing::warn!(reason = %why, "result image refused");
+    TaskError {
+        code: TaskErrorCode::UpstreamFailed,
+        message: format!("The provider's result image could not be delivered: {}. The credits were released.", why.trim_end_matches('.')),
+    }
+}
 
 pub struct Engine {
     pool: PgPool,
@@ -34,6 +47,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     /// Per-route circuit breakers.
     breakers: Breakers,
+    /// `results.rehost`: result images are copied into the file store before the task settles.
+    rehost: Option<Rehost>,
     settings: TaskSettings,
     /// Settling a task with a `callback_url` enqueues its webhook; the delivery loop is woken for it.
     webhooks: Arc<Webhooks>,
@@ -69,6 +84,7 @@ impl Engine {
         catalog: Arc<Catalog>,
         settings: TaskSettings,
         webhooks: Arc<Webhooks>,
+        rehost: Option<Rehost>,
     ) -> Arc<Engine> {
         let tick = Duration::from_millis(settings.tick_ms);
         let runner = Runner::new("engine", tick, settings.batch_size as usize, settings.max_in_flight);
@@ -78,6 +94,7 @@ impl Engine {
             providers,
             catalog,
             breakers,
+            rehost,
             settings,
             webhooks,
             runner,
@@ -212,8 +229,14 @@ impl Engine {
                 }
                 None => None,
             };
-            let request =
-                SubmitRequest { task_id: &task.id, upstream_model, input: &task.input, callback_url: callback_url.as_deref() };
+            let fields = self.catalog.route(&task.sub_model, provider_id, upstream_model).and_then(|r| r.mapped_input(&task.input));
+            let request = SubmitRequest {
+                task_id: &task.id,
+                upstream_model,
+                input: &task.input,
+                fields,
+                callback_url: callback_url.as_deref(),
+            };
             let started = Instant::now();
             let result = provider.submit(request).await;
             monitoring::upstream_call(provider_id, "submit", started, result.as_ref().err());
@@ -228,9 +251,7 @@ impl Engine {
                     tasks::mark_running(&self.pool, &task.id, &upstream_id, delay).await?;
                     return Ok(());
                 }
-                Ok(Submitted::Completed { images }) => {
-                    return self.finish(task, Outcome::Succeeded(TaskOutput { images })).await
-                }
+                Ok(Submitted::Completed { images }) => return self.succeed_now(task, images).await,
                 Err(error) if error.retriable => {
                     tracing::warn!(error = %error, provider = %provider_id, attempt = task.attempts, "submit failed");
                 }
@@ -257,7 +278,14 @@ impl Engine {
         let polled = provider.poll(upstream_id).await;
         monitoring::upstream_call(&task.provider, "poll", started, polled.as_ref().err());
         match polled {
-            Ok(JobState::Succeeded { images }) => self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
+            Ok(JobState::Succeeded { images }) => match self.deliverable(images).await {
+                Ok(images) => self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
+                Err(RehostError::Retry(why)) => {
+                    tracing::warn!(reason = %why, "result download failed; retrying on the next poll");
+                    self.time_out_or_wait(task, None).await
+                }
+                Err(RehostError::Refuse(why)) => self.finish(task, Outcome::Failed(undeliverable(&why))).await,
+            },
             Ok(JobState::Failed(error)) => self.finish(task, Outcome::Failed(error)).await,
             Ok(JobState::Running { check_after }) => self.time_out_or_wait(task, check_after).await,
             Err(error) if error.retriable => {
@@ -330,15 +358,48 @@ impl Engine {
         }
         if self.providers.trusts_callback_payload(&task.provider) && task.status == TaskStatus::Running {
             match state {
-                Some(JobState::Succeeded { images }) => {
-                    return self.finish(task, Outcome::Succeeded(TaskOutput { images })).await
-                }
+                // A download that fails for now is retried by the poll this callback triggers.
+                Some(JobState::Succeeded { images }) => match self.deliverable(images).await {
+                    Ok(images) => return self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
+                    Err(RehostError::Refuse(why)) => {
+                        return self.finish(task, Outcome::Failed(undeliverable(&why))).await
+                    }
+                    Err(RehostError::Retry(_)) => {}
+                },
                 Some(JobState::Failed(error)) => return self.finish(task, Outcome::Failed(error)).await,
                 _ => {}
             }
         }
         tasks::callback_arrived(&self.pool, &task.id).await?;
         self.runner.wake();
+        Ok(())
+    }
+
+    /// The images as the client gets them: with `results.rehost`, copies in the file store.
+    async fn deliverable(&self, images: Vec<OutputImage>) -> Result<Vec<OutputImage>, RehostError> {
+        match &self.rehost {
+            Some(rehost) => rehost.images(images).await,
+            None => Ok(images),
+        }
+    }
+
+    /// A synchronous provider's result: there is no job to poll again, so a download that fails for
+    /// now is tried a few more times here; if it never works, the task fails and costs nothing.
+    async fn succeed_now(&self, task: &Task, images: Vec<OutputImage>) -> sqlx::Result<()> {
+        let mut wait = Duration::from_millis(500);
+        for attempt in 1..=SYNC_DOWNLOAD_ATTEMPTS {
+            match self.deliverable(images.clone()).await {
+                Ok(images) => return self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
+                Err(RehostError::Retry(why)) if attempt < SYNC_DOWNLOAD_ATTEMPTS => {
+                    tracing::warn!(reason = %why, attempt, "result download failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(RehostError::Retry(why) | RehostError::Refuse(why)) => {
+                    return self.finish(task, Outcome::Failed(undeliverable(&why))).await
+                }
+            }
+        }
         Ok(())
     }
 

@@ -1,10 +1,17 @@
 //! The file store for result images: a directory on disk, served under `/files/{name}`. Names are
-//! random, so a URL cannot be guessed from another.
+//! random, so a URL cannot be guessed from another. [`Rehost`] copies providers' results into it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
+use reqwest::dns::Resolve;
+
+use crate::config::ResultSettings;
+use crate::outbound::{self, Guard};
+use crate::tasks::OutputImage;
 
 #[derive(Clone)]
 pub struct FileStore {
@@ -27,6 +34,11 @@ impl FileStore {
 
     pub fn url(&self, name: &str) -> String {
         format!("{}/files/{name}", self.public_base_url)
+    }
+
+    /// Whether `url` is one of this store's own URLs.
+    pub fn owns(&self, url: &str) -> bool {
+        url.strip_prefix(&self.public_base_url).is_some_and(|rest| rest.starts_with("/files/"))
     }
 
     pub async fn exists(&self, name: &str) -> bool {
@@ -60,5 +72,112 @@ impl FileStore {
             && stem.len() <= 64
             && stem.bytes().all(|b| b.is_ascii_alphanumeric())
             && matches!(extension, "png" | "jpg" | "webp")
+    }
+}
+
+/// Copies providers' result images into the store (`[results]`): upstream URLs expire, the
+/// gateway's own `/files/…` URLs do not. Downloads go through the outbound URL guard, like webhooks.
+#[derive(Clone)]
+pub struct Rehost {
+    files: FileStore,
+    guard: Guard,
+    http: reqwest::Client,
+    max_bytes: u64,
+    content_types: Vec<String>,
+}
+
+/// Why a result could not be copied. `Retry`: a passing problem (network, timeout, 429/5xx, disk):
+/// try again on the next poll. `Refuse`: the image will never be deliverable (too large, not an
+/// allowed image type, refused by the guard, gone): the task fails and its credits are released.
+#[derive(Debug, thiserror::Error)]
+pub enum RehostError {
+    #[error("{0}")]
+    Retry(String),
+    #[error("{0}")]
+    Refuse(String),
+}
+
+impl Rehost {
+    pub fn new(
+        files: FileStore,
+        settings: &ResultSettings,
+        guard: Guard,
+        resolver: Arc<dyn Resolve>,
+    ) -> anyhow::Result<Rehost> {
+        let http = outbound::client(&guard, resolver, Duration::from_secs(settings.timeout_secs))?;
+        Ok(Rehost {
+            files,
+            guard,
+            http,
+            max_bytes: settings.max_bytes,
+            content_types: settings.content_types.clone(),
+        })
+    }
+
+    /// The images with every upstream URL replaced by the URL of its copy; images already in the
+    /// store (OpenAI's `b64_json`, the simulated provider) stay as they are.
+    pub async fn images(&self, images: Vec<OutputImage>) -> Result<Vec<OutputImage>, RehostError> {
+        let mut copies = Vec::with_capacity(images.len());
+        for image in images {
+            let url = if self.files.owns(&image.url) { image.url } else { self.copy(&image.url).await? };
+            copies.push(OutputImage { url });
+        }
+        Ok(copies)
+    }
+
+    async fn copy(&self, url: &str) -> Result<String, RehostError> {
+        let parsed = self.guard.check_url(url).map_err(|why| RehostError::Refuse(format!("its URL {why}")))?;
+        let mut response = self.http.get(parsed).send().await.map_err(|error| {
+            if outbound::refused_by_guard(&error).is_some() {
+                RehostError::Refuse("its URL resolves to no public address".into())
+            } else if error.is_timeout() {
+                RehostError::Retry("the download timed out".into())
+            } else {
+                RehostError::Retry("the download failed".into())
+            }
+        })?;
+        let status = response.status();
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(RehostError::Retry(format!("the image host answered {}", status.as_u16())));
+        }
+        if !status.is_success() {
+            return Err(RehostError::Refuse(format!("the image host answered {}", status.as_u16())));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let extension = match content_type.as_str() {
+            "image/png" => "png",
+            "image/jpeg" => "jpg",
+            "image/webp" => "webp",
+            _ => "",
+        };
+        if extension.is_empty() || !self.content_types.contains(&content_type) {
+            return Err(RehostError::Refuse(format!("it is `{content_type}`, not an allowed image type")));
+        }
+        let too_large = || RehostError::Refuse(format!("it is larger than {} bytes", self.max_bytes));
+        if response.content_length().is_some_and(|length| length > self.max_bytes) {
+            return Err(too_large());
+        }
+        // Read in chunks, so a host that lies about (or omits) its length cannot exceed the limit.
+        let mut bytes = Vec::new();
+        while let Some(chunk) =
+            response.chunk().await.map_err(|_| RehostError::Retry("the download broke off".into()))?
+        {
+            if (bytes.len() + chunk.len()) as u64 > self.max_bytes {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let name = FileStore::new_name(extension);
+        self.files.save(&name, &bytes).await.map_err(|error| {
+            tracing::error!(error = %error, "cannot store a result image");
+            RehostError::Retry("the image could not be stored".into())
+        })?;
+        Ok(self.files.url(&name))
     }
 }

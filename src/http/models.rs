@@ -47,7 +47,7 @@ struct RouteView {
 fn view(catalog: &Catalog, model: &Model, usd_per_credit: f64, base_url: &str) -> ModelView {
     let mut route_labels = Vec::new();
     for route in model.sub_models.iter().flat_map(|s| &s.routes) {
-        let label = catalog.provider_label(&route.provider).to_owned();
+        let label = catalog.route_label(route).to_owned();
         if !route_labels.contains(&label) {
             route_labels.push(label);
         }

@@ -188,7 +188,8 @@ struct Queued {
 impl Provider for Fal {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
         let model = request.upstream_model.trim_matches('/');
-        let mut http = self.upstream.http.post(self.upstream.url(&format!("/{model}"))).json(&model_input(request.input));
+        let input = request.fields.map(Value::Object).unwrap_or_else(|| model_input(request.input));
+        let mut http = self.upstream.http.post(self.upstream.url(&format!("/{model}"))).json(&input);
         if let Some(callback_url) = request.callback_url {
             http = http.query(&[("fal_webhook", callback_url)]);
         }

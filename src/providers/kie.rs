@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::upstream::{self, Upstream};
 use super::{Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
+use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
 
 pub struct Kie {
     upstream: Upstream,
@@ -142,20 +142,28 @@ impl Record {
     }
 }
 
+/// Without a catalog mapping: our parameters under their own names (Seedream 4.5's fields).
+fn model_input(input: &TaskInput) -> Value {
+    let mut fields = json!({"prompt": input.prompt});
+    if let Some(aspect_ratio) = &input.aspect_ratio {
+        fields["aspect_ratio"] = json!(aspect_ratio);
+    }
+    if let Some(quality) = &input.quality {
+        fields["quality"] = json!(quality);
+    }
+    if !input.image_urls.is_empty() {
+        fields["image_urls"] = json!(input.image_urls);
+    }
+    fields
+}
+
 #[async_trait]
 impl Provider for Kie {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
-        let input = request.input;
-        let mut fields = json!({"prompt": input.prompt});
-        if let Some(aspect_ratio) = &input.aspect_ratio {
-            fields["aspect_ratio"] = json!(aspect_ratio);
-        }
-        if let Some(quality) = &input.quality {
-            fields["quality"] = json!(quality);
-        }
-        if !input.image_urls.is_empty() {
-            fields["image_urls"] = json!(input.image_urls);
-        }
+        let fields = match request.fields {
+            Some(fields) => Value::Object(fields),
+            None => model_input(request.input),
+        };
         let mut body = json!({"model": request.upstream_model, "input": fields});
         if let Some(callback_url) = request.callback_url {
             body["callBackUrl"] = json!(callback_url);

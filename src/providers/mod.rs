@@ -32,6 +32,9 @@ pub struct SubmitRequest<'a> {
     /// The provider's own name for the model, from the catalog route.
     pub upstream_model: &'a str,
     pub input: &'a TaskInput,
+    /// The input fields as the catalog route maps them (see `catalog::Route::map`), when it does;
+    /// otherwise the adapter builds them from `input` its own way.
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
     /// Where the provider may call back when the job ends (providers that support it).
     pub callback_url: Option<&'a str>,
 }

@@ -109,7 +109,15 @@ impl Provider for OpenAi {
                 "The provider rejected the request: this route does not take input images.",
             ));
         }
-        let body = request_body(request.upstream_model, request.input);
+        let body = match request.fields {
+            // The route's mapping gives size, quality and any other field; n is always 1.
+            Some(mut fields) => {
+                fields.insert("model".into(), json!(request.upstream_model));
+                fields.insert("n".into(), json!(1));
+                Value::Object(fields)
+            }
+            None => request_body(request.upstream_model, request.input),
+        };
         let http = self
             .upstream
             .http

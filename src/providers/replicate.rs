@@ -124,7 +124,8 @@ fn segment(id: &str) -> String {
 impl Provider for Replicate {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
         let model = request.upstream_model.trim_matches('/');
-        let mut body = json!({"input": model_input(request.input)});
+        let input = request.fields.map(Value::Object).unwrap_or_else(|| model_input(request.input));
+        let mut body = json!({"input": input});
         let url = if model.contains(':') || !model.contains('/') {
             body["version"] = json!(model);
             self.upstream.url("/v1/predictions")

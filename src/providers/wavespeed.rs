@@ -132,7 +132,8 @@ impl Prediction {
 impl Provider for WaveSpeed {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
         let path = format!("/api/v3/{}", request.upstream_model.trim_matches('/'));
-        let mut http = self.upstream.http.post(self.upstream.url(&path)).json(&model_input(request.input));
+        let input = request.fields.map(Value::Object).unwrap_or_else(|| model_input(request.input));
+        let mut http = self.upstream.http.post(self.upstream.url(&path)).json(&input);
         if let Some(callback_url) = request.callback_url {
             http = http.query(&[("webhook", callback_url)]);
         }

@@ -90,7 +90,11 @@ fn check_config_reports_every_problem_and_fails() {
     let text = std::fs::read_to_string(models_path())
         .expect("read the catalog")
         .replace("credits = 12", "credits = -12")
-        .replace("provider = \"simulated\"\nupstream_model = \"seedream/4.5-edit\"", "provider = \"nowhere\"\nupstream_model = \"x\"");
+        .replace(
+            "provider = \"simulated\"\nprovider_label = \"Simulated\"\nupstream_model = \"seedream/4.5-edit\"",
+            "provider = \"nowhere\"\nupstream_model = \"x\"",
+        );
+    assert!(text.contains("credits = -12") && text.contains("provider = \"nowhere\""), "both breakages applied");
     std::fs::write(&catalog, text).expect("write the broken catalog");
     let bad = gateway("postgres://unused@127.0.0.1/none")
         .arg("check-config")
@@ -269,4 +273,55 @@ async fn healthcheck_exits_0_only_when_the_gateway_is_ready() {
         .output()
         .expect("run");
     assert!(!down.status.success());
+}
+
+#[test]
+fn check_config_warns_about_unused_routes_and_fails_on_bad_mappings_and_unknown_providers() {
+    // The shipped configuration without provider keys: valid, with warnings for what is unused.
+    let ok = gateway("postgres://unused@127.0.0.1/none")
+        .args(["--json", "check-config"])
+        .env_remove("WAVESPEED_API_KEY")
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: provider `wavespeed` is inactive ($WAVESPEED_API_KEY is unset)"), "{stderr}");
+    assert!(stderr.contains("warning: model `cogview-4`: no active provider route"), "{stderr}");
+    let report: Value = serde_json::from_slice(&ok.stdout).expect("one JSON object");
+    assert_eq!(report["ok"], true);
+    assert!(report["warnings"].as_array().is_some_and(|w| !w.is_empty()), "{report}");
+    assert!(report["models_offered"].as_array().is_some_and(|m| m.iter().any(|id| id == "seedream-4-5")), "{report}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = dir.path().join("models.toml");
+    let text = std::fs::read_to_string(models_path()).expect("read the catalog");
+    let broken = [
+        // A value the parameter does not have, and so one of its values left unmapped.
+        ("map.quality = { values = { basic = \"standard\", high = \"hd\" } }", "map.quality = { values = { basic = \"standard\", ultra = \"hd\" } }"),
+        // A parameter the model does not have.
+        ("upstream_model = \"zhipu/cogview-4\"\n", "upstream_model = \"zhipu/cogview-4\"\nmap.style = { to = \"style\" }\n"),
+        // A provider the configuration does not have.
+        ("provider = \"replicate\"\nprovider_label = \"Replicate\"\nupstream_model = \"google/imagen-4\"", "provider = \"midjourney\"\nupstream_model = \"google/imagen-4\""),
+    ]
+    .iter()
+    .fold(text, |text, (from, to)| {
+        assert!(text.contains(from), "the shipped catalog has {from:?}");
+        text.replace(from, to)
+    });
+    std::fs::write(&catalog, broken).expect("write the broken catalog");
+    let bad = gateway("postgres://unused@127.0.0.1/none")
+        .arg("check-config")
+        .env("AIO__CATALOG__MODELS_PATH", &catalog)
+        .output()
+        .expect("run check-config");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    for expected in [
+        "model `dall-e-3`: route `openai` → `dall-e-3`: map.quality: `ultra` is not one of the parameter's values (basic, high)",
+        "model `dall-e-3`: route `openai` → `dall-e-3`: map.quality: the parameter's value `high` is not mapped",
+        "model `cogview-4`: route `wavespeed` → `zhipu/cogview-4`: map.style: the model has no parameter `style`",
+        "routes of imagen-4/text-to-image name provider `midjourney`, which is not configured",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} in {stderr}");
+    }
 }

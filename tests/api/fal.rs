@@ -135,3 +135,26 @@ async fn a_fal_upstream_that_hangs_past_the_timeout_is_retried() {
     assert!(url.starts_with(fake.result_url("req-").trim_end_matches(".png")), "{url}");
     assert_ledger_consistent(&app.pool).await;
 }
+
+#[tokio::test]
+async fn duplicated_fal_callbacks_settle_the_task_exactly_once() {
+    let fake = FakeFal::start().await;
+    fake.polls(1000);
+    let app = spawn_app_only_on("fal_only.toml", |settings| fake.configure_callbacks(settings)).await;
+    let (account, key) = app.new_account(100).await;
+    let task_id = app.running_seed_task(&key).await;
+
+    // fal retries deliveries: the same signed callback twice at once, then once more after the end.
+    let (first, second) =
+        tokio::join!(fake.finish_and_call_back("req-1", Signing::Valid), fake.finish_and_call_back("req-1", Signing::Valid));
+    assert_eq!((first, second), (200, 200));
+    let done = app.wait_terminal(&key, &task_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("req-1")}]), "{done}");
+    assert_eq!(fake.finish_and_call_back("req-1", Signing::Valid).await, 200);
+    assert_eq!(app.get_task(&key, &task_id).await, done, "a late duplicate changes nothing");
+
+    app.assert_balance(&key, 88, 0).await;
+    assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
+    assert_ledger_consistent(&app.pool).await;
+}

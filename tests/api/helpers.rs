@@ -90,6 +90,8 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     settings.catalog.models_path = models_path();
     settings.files.dir = files_dir;
     settings.bootstrap.enabled = false;
+    // Provider tests assert the fakes' own result URLs; the rehosting tests turn copying on.
+    settings.results.rehost = false;
     settings.tasks.tick_ms = 50;
     settings.tasks.poll_initial_ms = 50;
     settings.tasks.poll_max_ms = 1000;

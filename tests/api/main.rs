@@ -2,6 +2,7 @@
 
 mod auth;
 mod callbacks;
+mod catalog;
 mod cli;
 mod failover;
 mod fal;
@@ -21,6 +22,7 @@ mod metrics;
 mod openapi;
 mod rate_limits;
 mod recovery;
+mod rehost;
 mod shutdown;
 mod replicate;
 mod validation;

@@ -187,3 +187,29 @@ async fn a_wavespeed_upstream_that_hangs_past_the_timeout_is_retried() {
     assert!(url.starts_with(fake.result_url("pred_").trim_end_matches(".png")), "{url}");
     assert_ledger_consistent(&app.pool).await;
 }
+
+#[tokio::test]
+async fn a_wavespeed_callback_before_the_submit_answer_is_not_lost_and_settles_once() {
+    let fake = FakeWaveSpeed::start().await;
+    fake.call_back_before_answering(Signing::With(wavespeed::SECRET));
+    let app = spawn_app_only_on("wavespeed_only.toml", |settings| {
+        fake.configure_callbacks(settings, Some(wavespeed::SECRET));
+    })
+    .await;
+    let (account, key) = app.new_account(100).await;
+
+    let task = app.create_ok(&key, seed_request()).await;
+    let task_id = task["task_id"].as_str().expect("task_id");
+    let done = app.wait_terminal(&key, task_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("pred_1")}]), "{done}");
+    assert_eq!(fake.polls_received().len(), 1, "polled at once after the submit, not after 60 s");
+
+    // The same callback again, after the settlement: taken, nothing changes.
+    let body = json!({"id": "pred_1", "status": "completed", "outputs": [fake.result_url("pred_1")]}).to_string();
+    assert_eq!(fake.send("pred_1", body, Signing::With(wavespeed::SECRET)).await, 200);
+    assert_eq!(app.get_task(&key, task_id).await, done);
+    app.assert_balance(&key, 88, 0).await;
+    assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
+    assert_ledger_consistent(&app.pool).await;
+}

@@ -87,7 +87,8 @@ impl FakeKie {
         self
     }
 
-    /// Answers for the next createTask (`create`) or recordInfo (`poll`) requests.
+    /// Answers for the next createTask (`create`), recordInfo (`poll`) or result image (`result`)
+    /// requests.
     pub fn script(&self, endpoint: &'static str, steps: impl IntoIterator<Item = Step>) -> &Self {
         self.state.recorder.script(endpoint, steps);
         self
@@ -103,6 +104,11 @@ impl FakeKie {
 
     pub fn polls_received(&self) -> Vec<super::Request> {
         self.state.recorder.requests_to("/api/v1/jobs/recordInfo")
+    }
+
+    /// The downloads of result images.
+    pub fn downloads(&self) -> Vec<super::Request> {
+        self.state.recorder.requests_to("/results/")
     }
 
     /// The URL of the image every successful job returns.
@@ -207,8 +213,18 @@ pub fn record(task_id: &str, state: &str, result_json: Option<String>, failure: 
     })
 }
 
-async fn result_image() -> impl IntoResponse {
-    ([("content-type", "image/png")], png_bytes(7))
+/// The result image every successful job returns (the `result` script answers first).
+async fn result_image(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    fake.recorder.record(method, &uri, headers, Bytes::new());
+    if let Some(step) = fake.recorder.next("result").await {
+        return step.into_response();
+    }
+    ([("content-type", "image/png")], result_png()).into_response()
+}
+
+/// The bytes of the result image.
+pub fn result_png() -> Vec<u8> {
+    png_bytes(7)
 }
 
 impl Fake {

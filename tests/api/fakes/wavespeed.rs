@@ -46,6 +46,8 @@ struct Fake {
     recorder: Recorder,
     plan: Plan<Outcome>,
     jobs: Mutex<HashMap<String, Job>>,
+    /// Finish each new job at once and call back before answering the submit, signed like this.
+    call_back_first: Mutex<Option<Signing>>,
 }
 
 pub struct FakeWaveSpeed {
@@ -60,6 +62,7 @@ impl FakeWaveSpeed {
             recorder: Recorder::default(),
             plan: Plan::new(2, Outcome::Success),
             jobs: Mutex::new(HashMap::new()),
+            call_back_first: Mutex::new(None),
         })
         .await;
         FakeWaveSpeed { state, _server: server }
@@ -114,14 +117,13 @@ impl FakeWaveSpeed {
 
     /// Sends a callback for the job with this body (a forgery, or a replay).
     pub async fn send(&self, id: &str, body: String, signing: Signing) -> u16 {
-        let url = self.state.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
-        let headers = match signing {
-            Signing::Unsigned => vec![],
-            Signing::With(secret) => webhook_headers(id, &body, |webhook_id, timestamp, body| {
-                sign(secret, webhook_id, timestamp, body)
-            }),
-        };
-        post_callback(url, body, headers).await
+        self.state.send(id, body, signing).await
+    }
+
+    /// Finish every new job at once and call back before answering the submit.
+    pub fn call_back_before_answering(&self, signing: Signing) -> &Self {
+        *self.state.call_back_first.lock().expect("call_back_first") = Some(signing);
+        self
     }
 
     /// Points a `wavespeed` provider (added to the settings) at this fake; callbacks off (polling).
@@ -159,6 +161,18 @@ fn envelope(data: Value) -> Response {
 }
 
 impl Fake {
+    /// POSTs `body` to the job's `?webhook=` URL, signed as `signing` says; returns the gateway's status.
+    async fn send(&self, id: &str, body: String, signing: Signing) -> u16 {
+        let url = self.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
+        let headers = match signing {
+            Signing::Unsigned => vec![],
+            Signing::With(secret) => webhook_headers(id, &body, |webhook_id, timestamp, body| {
+                sign(secret, webhook_id, timestamp, body)
+            }),
+        };
+        post_callback(url, body, headers).await
+    }
+
     /// The prediction object as the job now stands.
     fn prediction(&self, id: &str) -> Value {
         let jobs = self.jobs.lock().expect("jobs");
@@ -199,18 +213,23 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
             return error(400, "prompt is required").into_response();
         }
         let webhook = query_param(uri.query().unwrap_or_default(), "webhook");
+        let first = *fake.call_back_first.lock().expect("call_back_first");
         let id = {
             let mut jobs = fake.jobs.lock().expect("jobs");
             let id = format!("pred_{}", jobs.len() + 1);
             let job = Job {
                 model: model.to_owned(),
-                polls_left: fake.plan.polls(),
+                polls_left: if first.is_some() { 0 } else { fake.plan.polls() },
                 outcome: fake.plan.outcome(),
                 webhook,
             };
             jobs.insert(id.clone(), job);
             id
         };
+        if let Some(signing) = first {
+            let status = fake.send(&id, fake.prediction(&id).to_string(), signing).await;
+            assert_eq!(status, 200, "the gateway takes a callback that comes before the submit answer");
+        }
         let mut created = fake.prediction(&id);
         created["status"] = json!("created");
         return envelope(created);
