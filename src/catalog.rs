@@ -477,3 +477,92 @@ pub struct ValidRequest<'a> {
     pub callback_url: Option<String>,
     pub price: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model with `aspect_ratio` (1:1, 16:9) and `quality` (basic, high), and one route written in
+    /// catalog TOML.
+    fn model_with_route(route: &str) -> Model {
+        let text = format!(
+            r#"
+            [[models]]
+            id = "m"
+            name = "M"
+            vendor = "V"
+            credits = 1
+            webhook = false
+            input_types = ["text"]
+            output = "image"
+            max_prompt_chars = 10
+            parameters = [
+                {{ name = "aspect_ratio", default = "1:1", values = ["1:1", "16:9"], description = "" }},
+                {{ name = "quality", default = "basic", values = ["basic", "high"], description = "" }},
+            ]
+            [[models.sub_models]]
+            id = "m/t2i"
+            description = ""
+            [[models.sub_models.routes]]
+            provider = "p"
+            upstream_model = "x"
+            {route}
+            "#
+        );
+        let file: CatalogFile = toml::from_str(&text).expect("a valid catalog");
+        file.models.into_iter().next().expect("one model")
+    }
+
+    fn input(aspect_ratio: &str, quality: &str, image_urls: &[&str]) -> TaskInput {
+        TaskInput {
+            prompt: "a lake".into(),
+            aspect_ratio: Some(aspect_ratio.into()),
+            quality: Some(quality.into()),
+            image_urls: image_urls.iter().map(|u| u.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_route_maps_names_and_values_omits_and_adds_fixed_fields() {
+        let model = model_with_route(
+            r#"map.aspect_ratio = { to = "image_size", values = { "1:1" = { width = 1024, height = 1024 }, "16:9" = "landscape_16_9" } }
+            map.quality = { omit = true }
+            map.image_urls = { to = "images" }
+            fixed = { num_images = 1, prompt = "overridden by ours" }"#,
+        );
+        let route = &model.sub_models[0].routes[0];
+        assert!(route.mapping_problems(&model).is_empty(), "{:?}", route.mapping_problems(&model));
+        let fields = route.mapped_input(&input("16:9", "high", &["https://a.example/1.png"])).expect("mapped");
+        assert_eq!(
+            Value::Object(fields),
+            json!({"prompt": "a lake", "image_size": "landscape_16_9", "images": ["https://a.example/1.png"], "num_images": 1})
+        );
+        let fields = route.mapped_input(&input("1:1", "basic", &[])).expect("mapped");
+        assert_eq!(Value::Object(fields), json!({"prompt": "a lake", "image_size": {"width": 1024, "height": 1024}, "num_images": 1}));
+    }
+
+    #[test]
+    fn a_route_without_a_mapping_leaves_the_fields_to_the_adapter() {
+        let model = model_with_route("");
+        assert!(model.sub_models[0].routes[0].mapped_input(&input("1:1", "basic", &[])).is_none());
+    }
+
+    #[test]
+    fn invalid_mappings_are_reported() {
+        let model = model_with_route(
+            r#"map.style = { to = "style" }
+            map.quality = { to = "", values = { basic = "2K", ultra = "8K" } }
+            map.prompt = { values = { a = "b" } }"#,
+        );
+        let problems = model.sub_models[0].routes[0].mapping_problems(&model).join("\n");
+        for expected in [
+            "map.style: the model has no parameter `style`",
+            "map.quality: `to` must not be empty",
+            "map.quality: `ultra` is not one of the parameter's values (basic, high)",
+            "map.quality: the parameter's value `high` is not mapped",
+            "map.prompt: `prompt` is free text",
+        ] {
+            assert!(problems.contains(expected), "{expected:?} in {problems}");
+        }
+    }
+}
