@@ -9,6 +9,7 @@ use aio_gateway::config::Settings;
 use reqwest::header::CONTENT_TYPE;
 
 use crate::fakes::kie::{self, FakeKie};
+use crate::fakes::openai::{self, FakeOpenAi};
 use crate::fakes::Step;
 use crate::helpers::{assert_ledger_consistent, spawn_app_only_on, TestApp};
 
@@ -127,4 +128,29 @@ async fn a_result_url_the_outbound_guard_refuses_is_never_fetched() {
     let app = app(&fake, |settings| settings.results.rehost = true).await;
     assert_undeliverable(&app, "must use https").await;
     assert!(fake.downloads().is_empty(), "the guard refused before any connection");
+}
+
+#[tokio::test]
+async fn a_synchronous_providers_url_result_is_rehosted_within_the_submit_step() {
+    let fake = FakeOpenAi::start().await;
+    fake.answer_urls(true);
+    // The first download fails for now; a synchronous job cannot be polled again, so the engine
+    // retries the download itself.
+    fake.script_results([Step::Text(503, "busy")]);
+    let app = spawn_app_only_on("openai_only.toml", |settings| {
+        fake.configure(settings);
+        rehosting(settings);
+    })
+    .await;
+    let (_, key) = app.new_account(100).await;
+
+    let done = app.run_seed(&key).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let url = done["output"]["images"][0]["url"].as_str().expect("an image URL");
+    assert!(url.starts_with(&format!("{}/files/", app.address)), "{url}");
+    let served = app.client.get(url).send().await.expect("GET the image").bytes().await.expect("bytes");
+    assert_eq!(served.as_ref(), openai::image().as_slice());
+    assert_eq!(fake.downloads().len(), 2);
+    app.assert_balance(&key, 88, 0).await;
+    assert_ledger_consistent(&app.pool).await;
 }

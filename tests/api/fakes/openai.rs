@@ -1,6 +1,7 @@
 //! A fake OpenAI-compatible images API: `POST /v1/images/generations` answering at once with
 //! `{"created", "data": [{"b64_json"}]}` (GPT image models) or `[{"url"}]` (when told), errors as
-//! `{"error": {message, type, param, code}}`. Scripts (endpoint `generate`) answer first.
+//! `{"error": {message, type, param, code}}`; `url` answers point at `GET /results/image.png`. Scripts
+//! (endpoints `generate`, `result`) answer first.
 
 use std::sync::{Arc, Mutex};
 
@@ -59,6 +60,17 @@ impl FakeOpenAi {
         self.state.recorder.requests()
     }
 
+    /// Answers for the next result image downloads.
+    pub fn script_results(&self, steps: impl IntoIterator<Item = Step>) -> &Self {
+        self.state.recorder.script("result", steps);
+        self
+    }
+
+    /// The downloads of the result image.
+    pub fn downloads(&self) -> Vec<super::Request> {
+        self.state.recorder.requests_to("/results/")
+    }
+
     pub fn result_url(&self) -> String {
         format!("{}/results/image.png", self.state.base_url)
     }
@@ -84,6 +96,12 @@ pub fn error(status: u16, message: &str, code: &str) -> Step {
 
 async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     fake.recorder.record(method.clone(), &uri, headers.clone(), body.clone());
+    if method == Method::GET && uri.path() == "/results/image.png" {
+        if let Some(step) = fake.recorder.next("result").await {
+            return step.into_response();
+        }
+        return ([("content-type", "image/png")], image()).into_response();
+    }
     if method != Method::POST || uri.path() != "/v1/images/generations" {
         return error(404, "Unknown request URL", "unknown_url").into_response();
     }
