@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod rate_limits;
 mod recovery;
+mod session;
 mod shutdown;
 mod replicate;
 mod validation;
