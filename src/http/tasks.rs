@@ -77,7 +77,7 @@ impl From<&Task> for TaskView {
         (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn get(
     State(state): State<AppState>,
@@ -135,7 +135,7 @@ pub fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
         (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn list(
     State(state): State<AppState>,

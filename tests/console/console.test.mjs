@@ -96,7 +96,7 @@ async function waitTerminal(key, taskId) {
 async function shot(page, name, { docsName } = {}) {
   await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
   if (docsName && process.env.UPDATE_DOCS === '1') {
-    await page.screenshot({ path: join(docs, docsName) });
+    await page.screenshot({ path: join(docs, docsName), fullPage: true });
   }
 }
 
