@@ -15,7 +15,7 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::{FileStore, Rehost};
-use crate::jwt::JwtAuth;
+use crate::jwt::{JwtAuth, SessionSigner};
 use crate::outbound::{Guard, SystemResolver};
 use crate::providers::Providers;
 use crate::ratelimit::RateLimiter;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub limits: Arc<RateLimiter>,
     /// Session tokens of the dashboard and admin routes; `None` when no key is configured.
     pub jwt: Option<Arc<JwtAuth>>,
+    /// Signs and checks the web console's session cookies.
+    pub sessions: Arc<SessionSigner>,
 }
 
 pub struct Application {
@@ -94,6 +96,10 @@ impl Application {
         if jwt.is_none() {
             tracing::warn!("auth.jwt has no key (HS256: ${} unset): dashboard and admin routes answer 401", settings.auth.jwt.secret_env);
         }
+        let sessions = Arc::new(SessionSigner::from_settings(&settings.auth.jwt)?);
+        if !sessions.shared {
+            tracing::info!("console sessions are signed with a secret of this process: they end on restart and are not shared between replicas");
+        }
         let auth = KeyAuth::new(pool.clone(), Duration::from_secs(settings.auth.key_cache_ttl_secs));
         let state = AppState {
             pool,
@@ -106,6 +112,7 @@ impl Application {
             files,
             limits,
             jwt,
+            sessions,
         };
         Ok(Application { listener, metrics_listener, state })
     }

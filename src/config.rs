@@ -106,11 +106,53 @@ pub struct AuthSettings {
     pub key_cache_ttl_secs: u64,
     /// Session tokens of the dashboard and admin routes.
     pub jwt: JwtSettings,
+    /// The web console's sign-in (an API key exchanged for a session cookie).
+    pub session: SessionSettings,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { key_cache_ttl_secs: 30, jwt: JwtSettings::default() }
+        Self { key_cache_ttl_secs: 30, jwt: JwtSettings::default(), session: SessionSettings::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// How long a console session (its cookie and the token in it) lasts.
+    pub ttl_secs: u64,
+    /// Accounts whose console sessions have the `admin` role; every other account signs in as `user`.
+    /// From the environment: `AIO__AUTH__SESSION__ADMIN_ACCOUNTS=1,7`.
+    #[serde(deserialize_with = "deserialize_account_ids")]
+    pub admin_accounts: Vec<i64>,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self { ttl_secs: 3600, admin_accounts: Vec::new() }
+    }
+}
+
+/// A list of account ids, one id, or a comma-separated string of them (as environment variables give).
+fn deserialize_account_ids<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        List(Vec<i64>),
+        One(i64),
+        Csv(String),
+    }
+    match Ids::deserialize(deserializer)
+        .map_err(|_| serde::de::Error::custom("expected a list of account ids or a comma-separated string"))?
+    {
+        Ids::List(ids) => Ok(ids),
+        Ids::One(id) => Ok(vec![id]),
+        Ids::Csv(csv) => csv
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|id| id.parse().map_err(|_| serde::de::Error::custom(format!("`{id}` is not an account id"))))
+            .collect(),
     }
 }
 
@@ -631,6 +673,9 @@ impl Settings {
             if value == 0 {
                 problems.push(format!("{key}: must be above 0"));
             }
+        }
+        if self.auth.session.ttl_secs == 0 {
+            problems.push("auth.session.ttl_secs: must be above 0".into());
         }
         if !matches!(self.auth.jwt.algorithm.as_str(), "HS256" | "RS256" | "ES256") {
             problems.push(format!("auth.jwt.algorithm: `{}` is not one of HS256, RS256, ES256", self.auth.jwt.algorithm));

@@ -43,6 +43,8 @@ pub struct Claims {
 pub struct Session {
     pub account_id: i64,
     pub role: Role,
+    /// When the token expires (Unix seconds).
+    pub expires_at: u64,
 }
 
 pub struct JwtAuth {
@@ -77,24 +79,7 @@ impl JwtAuth {
             }
             _ => unreachable!("parse_algorithm admits HS256, RS256 and ES256 only"),
         };
-        let mut validation = Validation::new(algorithm);
-        validation.algorithms = vec![algorithm];
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = settings.leeway_secs;
-        validation.validate_exp = true;
-        if settings.issuer.is_empty() {
-            validation.iss = None;
-        } else {
-            validation.set_issuer(&[&settings.issuer]);
-            validation.required_spec_claims.insert("iss".into());
-        }
-        if settings.audience.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&[&settings.audience]);
-            validation.required_spec_claims.insert("aud".into());
-        }
-        Ok(Some(JwtAuth { algorithm, decoding, validation }))
+        Ok(Some(JwtAuth { algorithm, decoding, validation: validation(algorithm, settings) }))
     }
 
     /// The session a bearer token stands for; `None` for every kind of invalid token.
@@ -104,7 +89,87 @@ impl JwtAuth {
             return None;
         }
         let account_id = data.claims.sub.parse::<i64>().ok().filter(|id| *id > 0)?;
-        Some(Session { account_id, role: data.claims.role })
+        Some(Session { account_id, role: data.claims.role, expires_at: data.claims.exp })
+    }
+}
+
+fn validation(algorithm: Algorithm, settings: &JwtSettings) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.algorithms = vec![algorithm];
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.leeway = settings.leeway_secs;
+    validation.validate_exp = true;
+    if settings.issuer.is_empty() {
+        validation.iss = None;
+    } else {
+        validation.set_issuer(&[&settings.issuer]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    if settings.audience.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&[&settings.audience]);
+        validation.required_spec_claims.insert("aud".into());
+    }
+    validation
+}
+
+/// Signs and checks the console's session cookies (HS256). With an HS256 secret configured it is that
+/// secret, so every replica honours a cookie and a cookie's token is a bearer token too. Otherwise
+/// (no secret, or RS256/ES256 where the gateway holds only the public key) it is a random secret of
+/// this process: sessions then end when the process restarts and are not shared between replicas.
+pub struct SessionSigner {
+    encoding: EncodingKey,
+    verifier: JwtAuth,
+    issuer: Option<String>,
+    audience: Option<String>,
+    /// Whether the secret is the configured one (shared by every replica).
+    pub shared: bool,
+}
+
+impl SessionSigner {
+    pub fn from_settings(settings: &JwtSettings) -> anyhow::Result<SessionSigner> {
+        let configured = match parse_algorithm(&settings.algorithm)? {
+            Algorithm::HS256 => hs256_secret(settings)?,
+            _ => None,
+        };
+        let shared = configured.is_some();
+        let secret = configured.unwrap_or_else(|| {
+            let bytes: [u8; 32] = rand::random();
+            SecretString::from(hex::encode(bytes))
+        });
+        let bytes = secret.expose_secret().as_bytes();
+        let verifier = JwtAuth {
+            algorithm: Algorithm::HS256,
+            decoding: DecodingKey::from_secret(bytes),
+            validation: validation(Algorithm::HS256, settings),
+        };
+        Ok(SessionSigner {
+            encoding: EncodingKey::from_secret(bytes),
+            verifier,
+            issuer: (!settings.issuer.is_empty()).then(|| settings.issuer.clone()),
+            audience: (!settings.audience.is_empty()).then(|| settings.audience.clone()),
+            shared,
+        })
+    }
+
+    /// A token for `account_id` with `role`, valid for `ttl`.
+    pub fn mint(&self, account_id: i64, role: Role, ttl: Duration) -> anyhow::Result<(String, u64)> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: account_id.to_string(),
+            role,
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing the session")?;
+        Ok((token, claims.exp))
+    }
+
+    pub fn verify(&self, token: &str) -> Option<Session> {
+        self.verifier.verify(token)
     }
 }
 

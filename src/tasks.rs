@@ -218,23 +218,27 @@ pub fn check_cursor<'a>(parameter: &str, cursor: &'a str) -> Result<&'a str, cra
     }
 }
 
-/// An account's tasks, newest first, strictly older than `before` (the cursor) when given.
+/// An account's tasks, newest first, strictly older than `before` (the cursor) when given, of one
+/// status and one model or sub-model id when given.
 pub async fn list(
     pool: &PgPool,
     account_id: i64,
     limit: i64,
     before: Option<&str>,
     status: Option<TaskStatus>,
+    model: Option<&str>,
 ) -> sqlx::Result<Vec<Task>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM tasks
          WHERE account_id = $1 AND ($2::text IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3)
+           AND ($5::text IS NULL OR model = $5 OR sub_model = $5)
          ORDER BY id DESC LIMIT $4"
     ))
     .bind(account_id)
     .bind(before)
     .bind(status)
     .bind(limit)
+    .bind(model)
     .fetch_all(pool)
     .await
 }

@@ -41,7 +41,7 @@ pub struct NewAccount {
         BodyErrors,
         AdminErrors,
     ),
-    security(("session" = []))
+    security(("session" = []), ("session_cookie" = []))
 )]
 pub async fn create(
     State(state): State<AppState>,
@@ -92,7 +92,7 @@ pub struct AccountPage {
         (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
         AdminErrors,
     ),
-    security(("session" = []))
+    security(("session" = []), ("session_cookie" = []))
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -130,7 +130,7 @@ fn account_id(text: &str) -> Result<i64, ApiError> {
         (status = 404, description = "No such account.", body = ErrorEnvelope),
         AdminErrors,
     ),
-    security(("session" = []))
+    security(("session" = []), ("session_cookie" = []))
 )]
 pub async fn get(
     State(state): State<AppState>,
@@ -174,7 +174,7 @@ pub struct CreditChanged {
         BodyErrors,
         AdminErrors,
     ),
-    security(("session" = []))
+    security(("session" = []), ("session_cookie" = []))
 )]
 pub async fn change_credits(
     State(state): State<AppState>,

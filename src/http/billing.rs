@@ -33,7 +33,7 @@ pub struct Credits {
         (status = 200, description = "Balance, held credits and the last 20 ledger entries.", body = Credits),
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn credits(State(state): State<AppState>, caller: Caller) -> Result<Json<Credits>, ApiError> {
     let balance = ledger::balance(&state.pool, caller.account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
@@ -57,7 +57,7 @@ pub async fn credits(State(state): State<AppState>, caller: Caller) -> Result<Js
         (status = 200, description = "Balance, held credits and the last 20 ledger entries.", body = Credits),
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn credits_alias(state: State<AppState>, caller: Caller) -> Result<Json<Credits>, ApiError> {
     credits(state, caller).await

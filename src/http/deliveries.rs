@@ -90,7 +90,7 @@ async fn owned_task(state: &AppState, caller: &Caller, task_id: &str) -> Result<
         (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -116,7 +116,7 @@ pub async fn list(
         (status = 409, description = "The task has not finished, or has no callback_url.", body = ErrorEnvelope),
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn retry(
     State(state): State<AppState>,

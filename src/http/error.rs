@@ -97,7 +97,7 @@ impl ApiError {
                 "Missing or invalid API key. Send `Authorization: Bearer aio_…` with an active key.".into()
             }
             ApiError::InvalidToken => {
-                "Missing, invalid or expired session token. Send `Authorization: Bearer <JWT>`.".into()
+                "Missing, invalid or expired session. Send `Authorization: Bearer <JWT>`, or sign in to the console.".into()
             }
             ApiError::InsufficientCredits { price, available } => {
                 format!("This request costs {price} credits; {available} are available.")

@@ -127,34 +127,55 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
 }
 
 /// The caller of an API-key route. Every route that takes it requires a valid key, and counts against
-/// the key's rate limit.
+/// the key's rate limit. Without an `Authorization` header the console's session cookie stands in for
+/// a key (so its Run button works without keeping one), limited as one key per account.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let caller = state.auth.authenticate(authorization).await?;
+        let caller = match authorization {
+            None => cookie_caller(parts, state).await?,
+            Some(_) => state.auth.authenticate(authorization).await?,
+        };
         tracing::Span::current().record("account_id", caller.account_id);
         state.limits.check_key(&caller.key_id, caller.rate_limit_per_minute).await?;
         Ok(caller)
     }
 }
 
-/// The holder of a valid session token (dashboard routes): any role, acting on its own account.
+async fn cookie_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    let session = match super::session::from_cookie(parts, state) {
+        Ok(Some(session)) => session,
+        Ok(None) | Err(ApiError::InvalidToken) => return Err(ApiError::Unauthorized),
+        Err(other) => return Err(other),
+    };
+    if !crate::accounts::exists(&state.pool, session.account_id).await? {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(Caller { account_id: session.account_id, key_id: format!("session_{}", session.account_id), rate_limit_per_minute: None })
+}
+
+/// The holder of a valid session token (dashboard routes): any role, acting on its own account. The
+/// token comes as `Authorization: Bearer`, or without that header in the console's session cookie.
 impl FromRequestParts<AppState> for Session {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or(ApiError::InvalidToken)?;
-        let jwt = state.jwt.as_ref().ok_or(ApiError::InvalidToken)?;
-        let session = jwt.verify(token).ok_or(ApiError::InvalidToken)?;
+        let session = match parts.headers.get(AUTHORIZATION) {
+            None => super::session::from_cookie(parts, state)?.ok_or(ApiError::InvalidToken)?,
+            Some(value) => {
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|value| value.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim())
+                    .ok_or(ApiError::InvalidToken)?;
+                let jwt = state.jwt.as_ref().ok_or(ApiError::InvalidToken)?;
+                jwt.verify(token).ok_or(ApiError::InvalidToken)?
+            }
+        };
         // A token for an account that does not exist is no session.
         if crate::accounts::get(&state.pool, session.account_id).await?.is_none() {
             return Err(ApiError::InvalidToken);

@@ -33,7 +33,7 @@ use crate::tasks::{self, Created, NewTask, TaskErrorCode, TaskStatus};
         BodyErrors,
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn create(
     State(state): State<AppState>,

@@ -31,7 +31,7 @@ pub struct KeyList {
         (status = 200, description = "The caller's keys (prefixes only).", body = KeyList),
         SessionErrors,
     ),
-    security(("session" = []))
+    security(("session" = []), ("session_cookie" = []))
 )]
 pub async fn list(State(state): State<AppState>, session: Session) -> Result<Json<KeyList>, ApiError> {
     let data = accounts::list_keys(&state.pool, session.account_id).await?;
@@ -69,7 +69,7 @@ pub struct NewKey {
         BodyErrors,
         SessionErrors,
     ),
-    security(("session" = []))
+    security(("session" = []), ("session_cookie" = []))
 )]
 pub async fn create(
     State(state): State<AppState>,
@@ -101,7 +101,7 @@ pub async fn create(
         (status = 404, description = "No such key of this account.", body = ErrorEnvelope),
         SessionErrors,
     ),
-    security(("session" = []))
+    security(("session" = []), ("session_cookie" = []))
 )]
 /// Revoking is idempotent: a key revoked before answers 204 too. Another account's key is 404.
 pub async fn revoke(

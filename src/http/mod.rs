@@ -3,6 +3,7 @@
 mod admin;
 mod billing;
 mod callbacks;
+mod console;
 mod deliveries;
 pub mod error;
 pub mod extract;
@@ -12,8 +13,10 @@ mod images;
 mod keys;
 mod models;
 pub mod openapi;
+mod session;
 mod tasks;
 mod usage;
+mod webhook_secret;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
@@ -90,6 +93,13 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/admin/accounts", get(admin::list).post(admin::create))
         .route("/api/v1/admin/accounts/{account_id}", get(admin::get))
         .route("/api/v1/admin/accounts/{account_id}/credits", post(admin::change_credits))
+        // The web console: its sign-in (the session cookie) and its pages.
+        .route("/api/v1/session", get(session::show).post(session::create).delete(session::delete))
+        .route("/api/v1/webhooks/secret", get(webhook_secret::show))
+        .route("/api/v1/webhooks/secret/rotate", post(webhook_secret::rotate))
+        .route("/", get(console::root))
+        .route("/console", get(console::page))
+        .route("/console/assets/{name}", get(console::asset))
 }
 
 /// Request ids for requests that come without one: `req_` + a ULID.

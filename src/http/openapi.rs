@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use super::{admin, billing, callbacks, deliveries, files, health, images, keys, models, tasks, usage};
+use super::{admin, billing, callbacks, deliveries, files, health, images, keys, models, session, tasks, usage, webhook_secret};
 
 /// The body of every non-2xx answer (SPEC §3).
 #[derive(ToSchema)]
@@ -76,13 +76,18 @@ pub enum ErrorCode {
         admin::list,
         admin::get,
         admin::change_credits,
+        session::create,
+        session::show,
+        session::delete,
+        webhook_secret::show,
+        webhook_secret::rotate,
     ),
     components(schemas(ErrorEnvelope)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "tasks", description = "API key: create tasks, follow them, see credits."),
         (name = "catalog", description = "Public: models and result files."),
-        (name = "dashboard", description = "Session token (JWT): the caller's own keys and usage."),
+        (name = "dashboard", description = "Session token (JWT) or the console's session cookie: sign-in, the caller's own keys, usage and webhook secret."),
         (name = "admin", description = "Session token (JWT) with role admin: accounts and credits."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
     )
@@ -103,6 +108,15 @@ impl Modify for SecuritySchemes {
                     .description(Some("An API key: `Authorization: Bearer aio_…`."))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "aio_session",
+                    "The web console's session cookie, set by `POST /api/v1/session`; state-changing requests must be same-origin.",
+                ),
+            )),
         );
         components.add_security_scheme(
             "session",

@@ -77,7 +77,7 @@ impl From<&Task> for TaskView {
         (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn get(
     State(state): State<AppState>,
@@ -101,6 +101,8 @@ pub struct ListQuery {
     /// Only tasks in this status.
     #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
+    /// Only tasks of this model or sub-model id.
+    model: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -133,7 +135,7 @@ pub fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
         (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
         KeyErrors,
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -148,7 +150,7 @@ pub async fn list(
         })?),
     };
     let cursor = query.cursor.as_deref().map(|c| tasks::check_cursor("cursor", c)).transpose()?;
-    let page = tasks::list(&state.pool, caller.account_id, limit, cursor, status).await?;
+    let page = tasks::list(&state.pool, caller.account_id, limit, cursor, status, query.model.as_deref()).await?;
     let next_cursor = (page.len() as i64 == limit).then(|| page.last().map(|t| t.id.clone())).flatten();
     Ok(Json(TaskPage { data: page.iter().map(TaskView::from).collect(), next_cursor }))
 }

@@ -79,7 +79,7 @@ pub struct UsageLedger {
         (status = 400, description = "A query parameter does not fit (the message names it).", body = ErrorEnvelope),
         SessionErrors,
     ),
-    security(("session" = []))
+    security(("session" = []), ("session_cookie" = []))
 )]
 pub async fn usage(
     State(state): State<AppState>,

@@ -23,6 +23,7 @@ mod openapi;
 mod rate_limits;
 mod recovery;
 mod rehost;
+mod session;
 mod shutdown;
 mod replicate;
 mod validation;

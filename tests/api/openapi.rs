@@ -6,8 +6,9 @@ use serde_json::Value;
 
 use crate::helpers::spawn_app;
 
-/// Every public route of the router, as `(method, path)`.
-const ROUTES: [(&str, &str); 23] = [
+/// Every public route of the router, as `(method, path)`; the console's HTML page and assets
+/// (`/`, `/console`, `/console/assets/{name}`) are not API and stay out of the document.
+const ROUTES: [(&str, &str); 28] = [
     ("post", "/api/v1/images/generations"),
     ("get", "/api/v1/tasks"),
     ("get", "/api/v1/tasks/{task_id}"),
@@ -31,6 +32,11 @@ const ROUTES: [(&str, &str); 23] = [
     ("post", "/api/v1/admin/accounts"),
     ("get", "/api/v1/admin/accounts/{account_id}"),
     ("post", "/api/v1/admin/accounts/{account_id}/credits"),
+    ("post", "/api/v1/session"),
+    ("get", "/api/v1/session"),
+    ("delete", "/api/v1/session"),
+    ("get", "/api/v1/webhooks/secret"),
+    ("post", "/api/v1/webhooks/secret/rotate"),
 ];
 
 fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {

@@ -1,0 +1,215 @@
+// The console's core: the JSON client (cookie session, error envelope), DOM helpers, the hash router,
+// sign-in and sign-out. Pages register themselves with AIO.page(name, render).
+'use strict';
+
+(function () {
+  const pages = {};
+  const state = { session: null, models: null, renderId: 0 };
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  // Every call is same-origin with the session cookie; errors carry the envelope's code and message.
+  async function api(method, path, body) {
+    const init = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+    if (body !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, init);
+    if (response.status === 204) return null;
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (_) {
+      data = null;
+    }
+    if (!response.ok) {
+      const error = (data && data.error) || {};
+      if (response.status === 401 && path !== '/api/v1/session') showSignIn();
+      throw new ApiError(response.status, error.code || 'http_' + response.status, error.message || response.statusText);
+    }
+    return data;
+  }
+
+  // el('p', {class: 'x', text: 'hi', on: {click: f}}, child, ...): attributes by name, children appended.
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(props || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === 'text') node.textContent = value;
+      else if (name === 'on') for (const [event, handler] of Object.entries(value)) node.addEventListener(event, handler);
+      else if (name === 'class') node.className = value;
+      else node.setAttribute(name, value === true ? '' : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function errorBox(error) {
+    const code = error instanceof ApiError ? error.code : 'network_error';
+    return el('p', { class: 'error', role: 'alert', 'data-error-code': code }, el('code', { text: code }), ' ', error.message);
+  }
+
+  function table(headers, rows, empty) {
+    if (!rows.length) return el('p', { class: 'muted', text: empty || 'Nothing yet.' });
+    return el('div', { class: 'table-wrap' },
+      el('table', {},
+        el('thead', {}, el('tr', {}, headers.map((h) => (h instanceof Node ? el('th', {}, h) : el('th', { text: h }))))),
+        el('tbody', {}, rows)));
+  }
+
+  const format = {
+    time(iso) {
+      if (!iso) return '—';
+      const date = new Date(iso);
+      return isNaN(date) ? iso : date.toLocaleString();
+    },
+    credits(n) {
+      return Number(n).toLocaleString() + ' credits';
+    },
+    usd(n) {
+      return '$' + Number(n).toFixed(Number(n) < 0.1 ? 3 : 2);
+    },
+    duration(fromIso, toIso) {
+      if (!fromIso || !toIso) return '—';
+      const ms = new Date(toIso) - new Date(fromIso);
+      return ms < 1000 ? ms + ' ms' : (ms / 1000).toFixed(1) + ' s';
+    },
+  };
+
+  // Copies text with the Clipboard API where the page may, else through a selected text area.
+  async function copy(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return;
+    } catch (_) {
+      const area = el('textarea', { class: 'offscreen', readonly: true });
+      area.value = text;
+      document.body.append(area);
+      area.select();
+      document.execCommand('copy');
+      area.remove();
+    }
+  }
+
+  function copyButton(label, textOf) {
+    const button = el('button', { type: 'button', class: 'ghost small', text: label });
+    button.addEventListener('click', async () => {
+      await copy(textOf());
+      button.textContent = 'Copied';
+      setTimeout(() => { button.textContent = label; }, 1500);
+    });
+    return button;
+  }
+
+  async function models() {
+    if (!state.models) state.models = await api('GET', '/api/v1/models');
+    return state.models;
+  }
+
+  async function refreshBalance() {
+    try {
+      const credits = await api('GET', '/api/v1/billing/credits');
+      document.getElementById('who-balance').textContent = format.credits(credits.balance);
+      return credits;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function page(name, render) {
+    pages[name] = render;
+  }
+
+  function parseHash() {
+    const hash = location.hash.replace(/^#\/?/, '');
+    const [name, query] = hash.split('?');
+    return { name: name || 'models', params: new URLSearchParams(query || '') };
+  }
+
+  // Renders the page of the hash; a page still loading when the user moves on is dropped (`current`).
+  async function route() {
+    if (!state.session) return;
+    const { name, params } = parseHash();
+    const render = pages[name] || pages.models;
+    const id = ++state.renderId;
+    const view = document.getElementById('view');
+    document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === name));
+    view.replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
+    const current = () => id === state.renderId;
+    try {
+      const content = await render(params, current);
+      if (current()) view.replaceChildren(content);
+    } catch (error) {
+      if (current()) view.replaceChildren(errorBox(error));
+    }
+  }
+
+  function showSignIn() {
+    state.session = null;
+    state.renderId++;
+    document.getElementById('nav').hidden = true;
+    document.getElementById('who').hidden = true;
+    document.getElementById('view').replaceChildren();
+    document.getElementById('sign-in').hidden = false;
+    document.getElementById('sign-in-key').focus();
+  }
+
+  function signedIn(session) {
+    state.session = session;
+    document.getElementById('sign-in').hidden = true;
+    document.getElementById('nav').hidden = false;
+    document.getElementById('who').hidden = false;
+    document.getElementById('nav-admin').hidden = session.role !== 'admin';
+    document.getElementById('who-name').textContent = session.name + (session.role === 'admin' ? ' (admin)' : '');
+    refreshBalance();
+    route();
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const input = document.getElementById('sign-in-key');
+    const message = document.getElementById('sign-in-error');
+    message.hidden = true;
+    try {
+      const session = await api('POST', '/api/v1/session', { api_key: input.value.trim() });
+      input.value = '';
+      signedIn(session);
+    } catch (error) {
+      message.replaceChildren(el('code', { text: error.code || 'error' }), ' ', error.message);
+      message.hidden = false;
+    }
+  }
+
+  async function signOut() {
+    try {
+      await api('DELETE', '/api/v1/session');
+    } finally {
+      state.models = null;
+      showSignIn();
+    }
+  }
+
+  async function start() {
+    document.getElementById('sign-in-form').addEventListener('submit', signIn);
+    document.getElementById('sign-out').addEventListener('click', signOut);
+    window.addEventListener('hashchange', route);
+    try {
+      signedIn(await api('GET', '/api/v1/session'));
+    } catch (_) {
+      showSignIn();
+    }
+  }
+
+  window.AIO = { api, ApiError, el, errorBox, table, format, copyButton, models, refreshBalance, page, state };
+  document.addEventListener('DOMContentLoaded', start);
+})();

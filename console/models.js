@@ -1,0 +1,72 @@
+// Models: the decision panel (figures computed here from GET /api/v1/models) over the catalog table,
+// sortable by price.
+'use strict';
+
+(function () {
+  const { el, table, format } = window.AIO;
+
+  // The endpoint's figures, from the models themselves.
+  function figures(models) {
+    const providers = new Set(models.flatMap((m) => (m.routes || []).map((r) => r.provider_label)));
+    const credits = models.map((m) => m.credits);
+    const cheapest = models.reduce((best, m) => (best === null || m.credits < best.credits ? m : best), null);
+    return {
+      models: String(models.length),
+      providers: String(providers.size),
+      credit_range: credits.length ? `${Math.min(...credits)}–${Math.max(...credits)}` : '—',
+      webhook_coverage: `${models.filter((m) => m.webhook).length}/${models.length}`,
+      lowest_cost_model: cheapest ? `${cheapest.name} (${cheapest.credits})` : '—',
+    };
+  }
+
+  function panel(list) {
+    const f = figures(list.data);
+    const card = (key, label, value) =>
+      el('div', { class: 'figure' }, el('span', { class: 'label', text: label }), el('strong', { 'data-figure': key, text: value }));
+    return el('section', { class: 'card' },
+      el('h2', {}, 'Endpoint ', el('code', { text: list.endpoint_summary.endpoint })),
+      el('div', { class: 'figures' },
+        card('models', 'Models', f.models),
+        card('providers', 'Providers', f.providers),
+        card('credit_range', 'Credit range', f.credit_range),
+        card('webhook_coverage', 'Webhook coverage', f.webhook_coverage),
+        card('lowest_cost_model', 'Lowest cost', f.lowest_cost_model)));
+  }
+
+  function catalog(models, sort, onSort) {
+    const withNodes = models.some((m) => (m.routes || []).some((r) => r.backend_node));
+    const sorted = sort ? [...models].sort((a, b) => (sort === 'asc' ? a.credits - b.credits : b.credits - a.credits)) : models;
+    const arrow = sort === 'asc' ? ' ▲' : sort === 'desc' ? ' ▼' : ' ↕';
+    const priceHeader = el('button', { type: 'button', class: 'sort', id: 'sort-price', 'aria-sort': sort ? (sort === 'asc' ? 'ascending' : 'descending') : 'none', on: { click: onSort } }, 'Credits' + arrow);
+    const headers = ['Model', 'Vendor', 'Provider', ...(withNodes ? ['Backend node'] : []), priceHeader, 'USD', 'Input', 'Output', 'Webhook', ''];
+    const rows = sorted.map((m) => {
+      const nodes = [...new Set((m.routes || []).map((r) => r.backend_node).filter(Boolean))].join(', ');
+      return el('tr', { 'data-model': m.id },
+        el('td', {}, el('strong', { text: m.name }), el('br'), el('code', { class: 'muted', text: m.id })),
+        el('td', { text: m.vendor }),
+        el('td', { text: m.provider_label }),
+        withNodes ? el('td', { text: nodes || '—' }) : null,
+        el('td', { class: 'num', 'data-credits': m.credits, text: String(m.credits) }),
+        el('td', { class: 'num', text: format.usd(m.usd) }),
+        el('td', { text: (m.input_types || []).join(', ') }),
+        el('td', { text: m.output }),
+        el('td', { text: m.webhook ? 'yes' : 'no' }),
+        el('td', {}, el('a', { href: '#/console?model=' + encodeURIComponent(m.id), text: 'Try' })));
+    });
+    return table(headers, rows, 'The catalog is empty.');
+  }
+
+  window.AIO.page('models', async () => {
+    const list = await window.AIO.models();
+    let sort = null;
+    const holder = el('section', { class: 'card' }, el('h2', { text: 'Catalog' }));
+    const draw = () => {
+      holder.replaceChildren(el('h2', { text: 'Catalog' }), catalog(list.data, sort, () => {
+        sort = sort === 'asc' ? 'desc' : 'asc';
+        draw();
+      }));
+    };
+    draw();
+    return el('div', { class: 'page', id: 'page-models' }, el('h1', { text: 'Models' }), panel(list), holder);
+  });
+})();

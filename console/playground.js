@@ -1,0 +1,185 @@
+// API console: a form generated from the model's parameters, live request examples (curl, fetch,
+// Python requests), and Run, which creates the task with the session, polls it, and shows the image,
+// the credits charged and the new balance.
+'use strict';
+
+(function () {
+  const { api, el, errorBox, format, copyButton } = window.AIO;
+  const ENDPOINT = '/api/v1/images/generations';
+  const SAMPLE_PROMPT = 'A serene mountain lake at sunrise with reflections, photorealistic';
+  const POLL_MS = 1000;
+
+  // One form control per parameter: a select for choices (the default selected), a text area for the
+  // prompt and for image URLs (one per line), an input otherwise.
+  function control(parameter) {
+    const id = 'param-' + parameter.name;
+    let input;
+    if (parameter.values) {
+      input = el('select', { id, name: parameter.name }, parameter.values.map((v) => el('option', { value: v, text: v, selected: v === parameter.default })));
+    } else if (parameter.name === 'prompt' || parameter.type === 'array') {
+      input = el('textarea', { id, name: parameter.name, rows: parameter.name === 'prompt' ? 3 : 2, placeholder: parameter.type === 'array' ? 'https://… (one URL per line)' : '' });
+      if (parameter.name === 'prompt') input.value = SAMPLE_PROMPT;
+    } else {
+      input = el('input', { id, name: parameter.name, type: parameter.name === 'callback_url' ? 'url' : 'text', placeholder: parameter.name === 'callback_url' ? 'https://…' : '' });
+    }
+    if (parameter.required) input.setAttribute('aria-required', 'true');
+    input.dataset.kind = parameter.type;
+    return el('div', { class: 'field' },
+      el('label', { for: id }, parameter.name, parameter.required ? el('span', { class: 'required', title: 'required', text: ' *' }) : null),
+      input,
+      el('small', { class: 'muted', text: parameter.description }));
+  }
+
+  // The request body the form describes; empty optional fields are left out.
+  function body(form, subModel) {
+    const request = { model: subModel };
+    for (const input of form.querySelectorAll('[name]')) {
+      const value = input.value.trim();
+      if (input.dataset.kind === 'array') {
+        const items = value.split(/\s+/).filter(Boolean);
+        if (items.length) request[input.name] = items;
+      } else if (value !== '' || input.name === 'prompt') {
+        request[input.name] = value;
+      }
+    }
+    return request;
+  }
+
+  const shellQuote = (text) => "'" + text.replace(/'/g, "'\\''") + "'";
+
+  function examples(request) {
+    const url = location.origin + ENDPOINT;
+    const json = JSON.stringify(request);
+    const pretty = JSON.stringify(request, null, 2);
+    return {
+      curl: `curl -sS -X POST ${shellQuote(url)} \\\n  -H "Authorization: Bearer $AIO_KEY" \\\n  -H 'Content-Type: application/json' \\\n  --data-raw ${shellQuote(json)}`,
+      fetch: `// AIO_KEY holds your API key (keep it on the server side).\nconst response = await fetch(${JSON.stringify(url)}, {\n  method: 'POST',\n  headers: { Authorization: \`Bearer \${AIO_KEY}\`, 'Content-Type': 'application/json' },\n  body: JSON.stringify(${pretty.replace(/\n/g, '\n  ')}),\n});\nconst task = await response.json();\nconsole.log(task.task_id, task.status);`,
+      python: `import os\nimport requests\n\nresponse = requests.post(\n    ${JSON.stringify(url)},\n    headers={"Authorization": f"Bearer {os.environ['AIO_KEY']}"},\n    json=${pretty.replace(/\n/g, '\n    ')},\n    timeout=30,\n)\ntask = response.json()\nprint(task["task_id"], task["status"])`,
+    };
+  }
+
+  function exampleTabs() {
+    const names = { curl: 'curl', fetch: 'JavaScript fetch', python: 'Python requests' };
+    const blocks = {};
+    const tabs = el('div', { class: 'tabs', role: 'tablist' });
+    const panes = el('div', {});
+    let selected = 'curl';
+    const select = (name) => {
+      selected = name;
+      for (const [key, block] of Object.entries(blocks)) {
+        block.pane.hidden = key !== name;
+        block.tab.setAttribute('aria-selected', String(key === name));
+      }
+    };
+    for (const [key, label] of Object.entries(names)) {
+      const code = el('code', { id: 'example-' + key });
+      const pane = el('div', { class: 'example' }, el('pre', {}, code), copyButton('Copy', () => code.textContent));
+      const tab = el('button', { type: 'button', role: 'tab', class: 'tab', 'data-tab': key, text: label, on: { click: () => select(key) } });
+      blocks[key] = { code, pane, tab };
+      tabs.append(tab);
+      panes.append(pane);
+    }
+    select(selected);
+    return {
+      node: el('div', {}, tabs, panes),
+      update(request) {
+        const texts = examples(request);
+        for (const [key, block] of Object.entries(blocks)) block.code.textContent = texts[key];
+      },
+    };
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function run(request, result, current) {
+    result.replaceChildren(el('p', { class: 'muted', text: 'Sending…' }));
+    let task;
+    try {
+      task = await api('POST', ENDPOINT, request);
+    } catch (error) {
+      result.replaceChildren(errorBox(error));
+      return;
+    }
+    const status = el('span', { class: 'status', id: 'run-status' });
+    const line = el('p', {}, 'Task ', el('code', { id: 'run-task', text: task.task_id }), ': ', status);
+    result.replaceChildren(line);
+    while (current()) {
+      status.textContent = task.status;
+      status.dataset.status = task.status;
+      if (task.status === 'succeeded' || task.status === 'failed') break;
+      await sleep(POLL_MS);
+      try {
+        task = await api('GET', '/api/v1/tasks/' + encodeURIComponent(task.task_id));
+      } catch (error) {
+        result.append(errorBox(error));
+        return;
+      }
+    }
+    if (!current()) return;
+    if (task.status === 'failed') {
+      const error = task.error || { code: 'failed', message: 'The task failed.' };
+      result.append(errorBox(new window.AIO.ApiError(200, error.code, error.message + ' Nothing was charged.')));
+      return;
+    }
+    const credits = await window.AIO.refreshBalance();
+    result.append(
+      el('div', { class: 'images' }, ((task.output && task.output.images) || []).map((image) =>
+        el('a', { href: image.url, target: '_blank', rel: 'noopener' }, el('img', { src: image.url, alt: request.prompt, class: 'result-image' })))),
+      el('p', {}, 'Charged ', el('strong', { id: 'run-charged', text: String(task.credits.charged) }), ' credits. New balance: ',
+        el('strong', { id: 'run-balance', text: credits ? String(credits.balance) : '?' }), ' credits.'));
+  }
+
+  window.AIO.page('console', async (params, current) => {
+    const list = await window.AIO.models();
+    if (!list.data.length) return el('p', { class: 'muted', text: 'The catalog is empty.' });
+    const modelSelect = el('select', { id: 'model' }, list.data.map((m) => el('option', { value: m.id, text: `${m.name} — ${m.credits} credits` })));
+    const subSelect = el('select', { id: 'sub-model' });
+    const form = el('form', { id: 'params', autocomplete: 'off' });
+    const tabs = exampleTabs();
+    const result = el('div', { id: 'run-result', class: 'result' });
+    const runButton = el('button', { type: 'button', id: 'run', text: 'Run' });
+    const price = el('p', { class: 'muted' });
+    if (list.data.some((m) => m.id === params.get('model'))) modelSelect.value = params.get('model');
+
+    const model = () => list.data.find((m) => m.id === modelSelect.value);
+    const refresh = () => tabs.update(body(form, subSelect.value));
+    const pickModel = () => {
+      const m = model();
+      subSelect.replaceChildren(...m.sub_models.map((s) => el('option', { value: s, text: s })));
+      form.replaceChildren(...m.parameters.map(control));
+      price.textContent = `${m.credits} credits (${format.usd(m.usd)}) per image task; charged only if it succeeds.`;
+      refresh();
+    };
+    modelSelect.addEventListener('change', pickModel);
+    subSelect.addEventListener('change', refresh);
+    form.addEventListener('input', refresh);
+    form.addEventListener('change', refresh);
+    form.addEventListener('submit', (event) => event.preventDefault());
+    runButton.addEventListener('click', async () => {
+      runButton.disabled = true;
+      try {
+        await run(body(form, subSelect.value), result, current);
+      } finally {
+        runButton.disabled = false;
+      }
+    });
+    pickModel();
+
+    return el('div', { class: 'page', id: 'page-console' },
+      el('h1', { text: 'API console' }),
+      el('div', { class: 'split' },
+        el('section', { class: 'card' },
+          el('h2', { text: 'Request' }),
+          el('div', { class: 'field' }, el('label', { for: 'model', text: 'Model' }), modelSelect),
+          el('div', { class: 'field' }, el('label', { for: 'sub-model', text: 'Sub-model' }), subSelect),
+          price,
+          form,
+          el('p', { class: 'muted' }, el('span', { class: 'required', text: '*' }), ' required'),
+          runButton,
+          result),
+        el('section', { class: 'card' },
+          el('h2', { text: 'Code' }),
+          el('p', { class: 'muted' }, 'Set ', el('code', { text: 'AIO_KEY' }), ' to one of your API keys (see Keys).'),
+          tabs.node)));
+  });
+})();
