@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::config::Settings;
+use crate::config::{ProviderKind, Settings};
 use crate::http::error::ApiError;
 use crate::outbound::Guard;
 use crate::tasks::TaskInput;
@@ -106,6 +106,8 @@ pub struct Catalog {
     default_model: String,
     /// Active provider id → the label clients see.
     provider_labels: BTreeMap<String, String>,
+    /// Active worker provider id → its backend node's label (`node_label`).
+    backend_nodes: BTreeMap<String, String>,
 }
 
 impl Catalog {
@@ -121,6 +123,12 @@ impl Catalog {
             .filter(|(_, p)| p.is_active())
             .map(|(id, p)| (id.clone(), p.label.clone().unwrap_or_else(|| id.clone())))
             .collect();
+        let backend_nodes: BTreeMap<String, String> = settings
+            .providers
+            .iter()
+            .filter(|(id, p)| p.kind == ProviderKind::Worker && provider_labels.contains_key(*id))
+            .map(|(id, p)| (id.clone(), p.node_label.clone().unwrap_or_else(|| id.clone())))
+            .collect();
         let models = file
             .models
             .into_iter()
@@ -132,7 +140,8 @@ impl Catalog {
                 (!model.sub_models.is_empty()).then_some(model)
             })
             .collect();
-        let catalog = Catalog { models, default_model: settings.catalog.default_model.clone(), provider_labels };
+        let catalog =
+            Catalog { models, default_model: settings.catalog.default_model.clone(), provider_labels, backend_nodes };
         catalog
             .resolve(None)
             .map_err(|_| anyhow::anyhow!("catalog.default_model: `{}` is not an active sub-model", catalog.default_model))?;
@@ -153,6 +162,11 @@ impl Catalog {
 
     pub fn provider_label<'a>(&'a self, provider_id: &'a str) -> &'a str {
         self.provider_labels.get(provider_id).map(String::as_str).unwrap_or(provider_id)
+    }
+
+    /// The backend node a worker provider forwards to; `None` for other providers.
+    pub fn backend_node(&self, provider_id: &str) -> Option<&str> {
+        self.backend_nodes.get(provider_id).map(String::as_str)
     }
 
     /// A model id means its default sub-model; a sub-model id means itself; none means the default.
