@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::config::Settings;
+use crate::config::{ProviderKind, Settings};
 use crate::http::error::ApiError;
 use crate::outbound::Guard;
 use crate::tasks::TaskInput;
@@ -197,6 +197,8 @@ pub struct Catalog {
     default_model: String,
     /// Active provider id → the label clients see.
     provider_labels: BTreeMap<String, String>,
+    /// Active worker provider id → its backend node's label (`node_label`).
+    backend_nodes: BTreeMap<String, String>,
 }
 
 impl Catalog {
@@ -216,6 +218,12 @@ impl Catalog {
             .filter(|(_, p)| p.is_active())
             .map(|(id, p)| (id.clone(), p.label.clone().unwrap_or_else(|| id.clone())))
             .collect();
+        let backend_nodes: BTreeMap<String, String> = settings
+            .providers
+            .iter()
+            .filter(|(id, p)| p.kind == ProviderKind::Worker && provider_labels.contains_key(*id))
+            .map(|(id, p)| (id.clone(), p.node_label.clone().unwrap_or_else(|| id.clone())))
+            .collect();
         let models = models
             .into_iter()
             .filter_map(|mut model| {
@@ -226,7 +234,8 @@ impl Catalog {
                 (!model.sub_models.is_empty()).then_some(model)
             })
             .collect();
-        let catalog = Catalog { models, default_model: settings.catalog.default_model.clone(), provider_labels };
+        let catalog =
+            Catalog { models, default_model: settings.catalog.default_model.clone(), provider_labels, backend_nodes };
         catalog
             .resolve(None)
             .map_err(|_| anyhow::anyhow!("catalog.default_model: `{}` is not an active sub-model", catalog.default_model))?;
@@ -257,6 +266,11 @@ impl Catalog {
             .as_deref()
             .or_else(|| self.provider_labels.get(&route.provider).map(String::as_str))
             .unwrap_or(&route.provider)
+    }
+
+    /// The backend node a worker provider forwards to; `None` for other providers.
+    pub fn backend_node(&self, provider_id: &str) -> Option<&str> {
+        self.backend_nodes.get(provider_id).map(String::as_str)
     }
 
     /// A model id means its default sub-model; a sub-model id means itself; none means the default.

@@ -538,6 +538,10 @@ pub struct ProviderSettings {
     /// fal: where the public keys that sign its callbacks are published (default fal's own JWKS).
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// Worker: the backend node's name that the catalog shows on its routes (`backend_node`), e.g.
+    /// `node30`; default the provider id.
+    #[serde(default)]
+    pub node_label: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -565,6 +569,7 @@ impl ProviderSettings {
             webhook_hmac_key_env: None,
             webhook_hmac_key: None,
             jwks_url: None,
+            node_label: None,
         }
     }
 
@@ -718,7 +723,8 @@ impl Settings {
                 | ProviderKind::Wavespeed
                 | ProviderKind::Replicate
                 | ProviderKind::Openai
-                | ProviderKind::Fal => {
+                | ProviderKind::Fal
+                | ProviderKind::Worker => {
                     match provider.base_url.as_deref().map(reqwest::Url::parse) {
                         Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
                         _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
@@ -727,9 +733,9 @@ impl Settings {
                         problems.push(format!("providers.{id}.timeout_secs: must be above 0"));
                     }
                 }
-                other => problems.push(format!(
-                    "providers.{id}.kind: `{other:?}` is not available in this build (all but worker are)"
-                )),
+            }
+            if provider.kind == ProviderKind::Worker && provider.api_key_env.as_deref().is_none_or(str::is_empty) {
+                problems.push(format!("providers.{id}.api_key_env: a worker node needs the variable of its API key"));
             }
         }
         if problems.is_empty() {

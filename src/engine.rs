@@ -221,11 +221,12 @@ impl Engine {
                 return Ok(());
             }
             tried += 1;
-            // A new token per attempt, stored before the provider can use it: a callback may arrive
-            // before the submit answers.
+            // A new token per attempt (or the provider's stable one), stored before the provider can
+            // use it: a callback may arrive before the submit answers.
             let callback_url = match self.providers.callback_poll(provider_id) {
                 Some(_) => {
-                    Some(self.providers.callback_url(provider_id, &tasks::new_callback_token(&self.pool, &task.id).await?))
+                    let token = tasks::new_callback_token(&self.pool, &task.id, provider.callback_token(&task.id)).await?;
+                    Some(self.providers.callback_url(provider_id, &token))
                 }
                 None => None,
             };

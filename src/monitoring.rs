@@ -26,6 +26,8 @@ pub const TASKS_OPEN: &str = "aio_tasks";
 pub const IDEMPOTENT_REPLAYS: &str = "aio_idempotent_replays_total";
 pub const UPSTREAM_DURATION: &str = "aio_upstream_request_duration_seconds";
 pub const UPSTREAM_ERRORS: &str = "aio_upstream_errors_total";
+/// Upstreams refusing the gateway's own account (bad key, out of credits), by provider and status.
+pub const UPSTREAM_ACCOUNT_PROBLEMS: &str = "aio_upstream_account_problems_total";
 pub const CREDITS_HELD: &str = "aio_credits_held_total";
 pub const CREDITS_CAPTURED: &str = "aio_credits_captured_total";
 pub const CREDITS_RELEASED: &str = "aio_credits_released_total";
@@ -70,6 +72,10 @@ fn describe() {
     describe_counter!(IDEMPOTENT_REPLAYS, "Creates answered with an earlier task of the same Idempotency-Key.");
     describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Provider call latency, by provider and call (submit, poll, cancel).");
     describe_counter!(UPSTREAM_ERRORS, "Failed provider calls, by provider, call and kind (retriable, permanent).");
+    describe_counter!(
+        UPSTREAM_ACCOUNT_PROBLEMS,
+        "Upstream answers that refuse the gateway's own account (401, 402, 403), by provider and status."
+    );
     describe_counter!(CREDITS_HELD, "Credits held on create, by model.");
     describe_counter!(CREDITS_CAPTURED, "Held credits spent on success, by model.");
     describe_counter!(CREDITS_RELEASED, "Held credits returned on failure or timeout, by model.");
@@ -137,6 +143,11 @@ pub fn upstream_call(provider: &str, call: &'static str, started: Instant, error
         let kind = if error.retriable { "retriable" } else { "permanent" };
         counter!(UPSTREAM_ERRORS, "provider" => provider.to_owned(), "call" => call, "kind" => kind).increment(1);
     }
+}
+
+/// An upstream refused the gateway's own account: an operator problem, never the client's.
+pub fn upstream_account_problem(provider: &str, status: u16) {
+    counter!(UPSTREAM_ACCOUNT_PROBLEMS, "provider" => provider.to_owned(), "status" => status.to_string()).increment(1);
 }
 
 pub fn rate_limited(reason: &'static str) {

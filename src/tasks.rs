@@ -341,9 +341,11 @@ pub async fn switch_route(pool: &PgPool, task_id: &str, provider: &str, upstream
     Ok(done.rows_affected() == 1)
 }
 
-/// A fresh callback token for the task's next submit: only its SHA-256 is kept.
-pub async fn new_callback_token(pool: &PgPool, task_id: &str) -> sqlx::Result<String> {
-    let token = ids::new_secret(32);
+/// The callback token for the task's next submit: the provider's `stable` one where it derives one
+/// from the task (see [`crate::providers::Provider::callback_token`]), else a fresh random one. Only
+/// its SHA-256 is kept.
+pub async fn new_callback_token(pool: &PgPool, task_id: &str, stable: Option<String>) -> sqlx::Result<String> {
+    let token = stable.unwrap_or_else(|| ids::new_secret(32));
     sqlx::query("UPDATE tasks SET callback_token_hash = $2, callback_at = NULL WHERE id = $1")
         .bind(task_id)
         .bind(Sha256::digest(token.as_bytes()).to_vec())

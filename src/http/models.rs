@@ -37,19 +37,24 @@ pub struct ModelView {
     routes: Vec<RouteView>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
 struct RouteView {
     provider_label: String,
+    /// For a worker route: the backend node it forwards to (`node_label`, e.g. `node30`).
     #[serde(skip_serializing_if = "Option::is_none")]
     backend_node: Option<String>,
 }
 
 fn view(catalog: &Catalog, model: &Model, usd_per_credit: f64, base_url: &str) -> ModelView {
-    let mut route_labels = Vec::new();
+    // One entry per distinct (label, backend node): two nodes serving a model are two routes.
+    let mut routes: Vec<RouteView> = Vec::new();
     for route in model.sub_models.iter().flat_map(|s| &s.routes) {
-        let label = catalog.route_label(route).to_owned();
-        if !route_labels.contains(&label) {
-            route_labels.push(label);
+        let view = RouteView {
+            provider_label: catalog.route_label(route).to_owned(),
+            backend_node: catalog.backend_node(&route.provider).map(str::to_owned),
+        };
+        if !routes.contains(&view) {
+            routes.push(view);
         }
     }
     let default_sub = &model.sub_models[0];
@@ -58,7 +63,7 @@ fn view(catalog: &Catalog, model: &Model, usd_per_credit: f64, base_url: &str) -
         name: model.name.clone(),
         vendor: model.vendor.clone(),
         description: model.description.clone(),
-        provider_label: format!("{} / {}", model.vendor, route_labels.first().map(String::as_str).unwrap_or("-")),
+        provider_label: format!("{} / {}", model.vendor, routes.first().map_or("-", |r| r.provider_label.as_str())),
         endpoint: ENDPOINT,
         sub_models: model.sub_models.iter().map(|s| s.id.clone()).collect(),
         credits: model.credits,
@@ -69,7 +74,7 @@ fn view(catalog: &Catalog, model: &Model, usd_per_credit: f64, base_url: &str) -
         webhook: model.webhook,
         parameters: parameters(model),
         example_request: example(model, &default_sub.id, base_url),
-        routes: route_labels.into_iter().map(|provider_label| RouteView { provider_label, backend_node: None }).collect(),
+        routes,
     }
 }
 

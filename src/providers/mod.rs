@@ -10,6 +10,7 @@ pub mod replicate;
 pub mod simulated;
 mod upstream;
 pub mod wavespeed;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,6 +94,13 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// A callback token derived from the task, for providers that must see the same callback URL on
+    /// every submit of a task (a worker node treats a changed URL under the same `Idempotency-Key`
+    /// as another request). `None`: a fresh random token per submit.
+    fn callback_token(&self, _task_id: &str) -> Option<String> {
+        None
+    }
+
     /// Checks an inbound callback's signature, where the provider signs and its key is configured,
     /// and reads what the callback claims. The claim is a hint: unless the operator trusts callback
     /// payloads, the engine confirms it with [`Provider::poll`]. Async because checking may need the
@@ -154,12 +162,12 @@ impl Providers {
                 }
                 ProviderKind::Openai => Arc::new(openai::OpenAi::new(upstream()?, files.clone())),
                 ProviderKind::Fal => Arc::new(fal::Fal::new(upstream()?, config.jwks_url.clone())),
+                ProviderKind::Worker => Arc::new(worker::Worker::new(upstream()?, config.webhook_hmac_key.clone())),
                 ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
                     pool.clone(),
                     files.clone(),
                     Duration::from_millis(config.delay_ms.unwrap_or(simulated::DEFAULT_DELAY_MS)),
                 )),
-                other => anyhow::bail!("providers.{id}.kind: `{other:?}` is not available in this build"),
             };
             let callback_poll = (config.callbacks && provider.calls_back()).then(|| config.callback_poll());
             let entry = Entry { provider, callback_poll, trust_callback_payload: config.trust_callback_payload };
