@@ -1,4 +1,5 @@
-// Admin (role admin only): accounts with their balances; grant or adjust credits with a reason.
+// Admin (role admin only): accounts with their balances; grant or adjust credits with a reason;
+// create an account.
 'use strict';
 
 (function () {
@@ -58,11 +59,30 @@
         el('td', {}, creditForm(a, done))));
       if (current()) holder.replaceChildren(table(['Id', 'Name', 'Balance', 'Held', 'Created', 'Grant (+) or adjust (−)'], rows, 'No accounts.'));
     };
+    const name = el('input', { id: 'account-name', type: 'text', maxlength: '200', placeholder: 'e.g. acme' });
+    const startCredits = el('input', { id: 'account-credits', type: 'number', min: '0', step: '1', value: '0' });
+    const create = el('form', { id: 'account-form', class: 'inline-form' },
+      el('div', { class: 'field' }, el('label', { for: 'account-name', text: 'Name' }), name),
+      el('div', { class: 'field' }, el('label', { for: 'account-credits', text: 'Starting credits' }), startCredits),
+      el('button', { type: 'submit', text: 'Create account' }));
+    create.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      try {
+        const account = await api('POST', '/api/v1/admin/accounts', { name: name.value, credits: Number(startCredits.value || 0) });
+        message.replaceChildren(el('p', { class: 'ok', text: `Account ${account.account_id} (${account.name}) created with ${account.balance} credits. Give it a key with the CLI: aio-gateway keys create --account ${account.account_id}` }));
+        name.value = '';
+        startCredits.value = '0';
+        await load();
+      } catch (error) {
+        message.replaceChildren(errorBox(error));
+      }
+    });
     more.addEventListener('click', () => { if (next) { cursors.push(next); load().catch((e) => message.replaceChildren(errorBox(e))); } });
     back.addEventListener('click', () => { if (cursors.length > 1) { cursors.pop(); load().catch((e) => message.replaceChildren(errorBox(e))); } });
     await load();
     return el('div', { class: 'page', id: 'page-admin' },
       el('h1', { text: 'Admin' }),
+      el('section', { class: 'card' }, el('h2', { text: 'New account' }), create),
       el('section', { class: 'card' }, el('h2', { text: 'Accounts' }), message, holder, el('div', { class: 'pager' }, back, more)));
   });
 })();

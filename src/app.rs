@@ -94,7 +94,7 @@ impl Application {
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
         let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
         if jwt.is_none() {
-            tracing::warn!("auth.jwt has no key (HS256: ${} unset): dashboard and admin routes answer 401", settings.auth.jwt.secret_env);
+            tracing::warn!("auth.jwt has no key (HS256: ${} unset): bearer session tokens on the dashboard and admin routes answer 401 (the console's cookie still works)", settings.auth.jwt.secret_env);
         }
         let sessions = Arc::new(SessionSigner::from_settings(&settings.auth.jwt)?);
         if !sessions.shared {

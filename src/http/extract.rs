@@ -133,10 +133,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let caller = match authorization {
-            None => cookie_caller(parts, state).await?,
-            Some(_) => state.auth.authenticate(authorization).await?,
+        let caller = if parts.headers.contains_key(AUTHORIZATION) {
+            let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+            state.auth.authenticate(authorization).await?
+        } else {
+            cookie_caller(parts, state).await?
         };
         tracing::Span::current().record("account_id", caller.account_id);
         state.limits.check_key(&caller.key_id, caller.rate_limit_per_minute).await?;
@@ -144,6 +145,7 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The console's session as the caller of a key route: one 401 for every kind of missing or bad cookie.
 async fn cookie_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     let session = match super::session::from_cookie(parts, state) {
         Ok(Some(session)) => session,

@@ -164,6 +164,9 @@ pub enum KeyErrors {
     /// Missing, malformed, unknown, revoked or expired API key (one answer for all).
     #[response(status = 401)]
     Unauthorized(ErrorEnvelope),
+    /// A state-changing request signed in by the console's cookie, not from the console's origin (CSRF).
+    #[response(status = 403)]
+    CrossSite(ErrorEnvelope),
     /// The key's rate limit, or too many creates at once; see `Retry-After`.
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     RateLimited(ErrorEnvelope),
@@ -179,6 +182,9 @@ pub enum SessionErrors {
     /// Missing, invalid or expired session token (one answer for all).
     #[response(status = 401)]
     Unauthorized(ErrorEnvelope),
+    /// A state-changing request signed in by the console's cookie, not from the console's origin (CSRF).
+    #[response(status = 403)]
+    CrossSite(ErrorEnvelope),
     /// The database is unreachable; see `Retry-After`.
     #[response(status = 503)]
     Unavailable(ErrorEnvelope),
@@ -191,7 +197,8 @@ pub enum AdminErrors {
     /// Missing, invalid or expired session token (one answer for all).
     #[response(status = 401)]
     Unauthorized(ErrorEnvelope),
-    /// The session is a user's, not an admin's.
+    /// The session is a user's, not an admin's; or a state-changing request signed in by the console's
+    /// cookie, not from the console's origin (CSRF).
     #[response(status = 403)]
     Forbidden(ErrorEnvelope),
     /// The database is unreachable; see `Retry-After`.

@@ -45,7 +45,6 @@ pub async fn show(State(state): State<AppState>, session: Session) -> Result<Jso
     tag = "dashboard",
     responses(
         (status = 200, description = "The new secret; the previous one also signs for `overlap_secs`.", body = WebhookSecret),
-        (status = 403, description = "A cookie-signed request from another origin.", body = super::openapi::ErrorEnvelope),
         SessionErrors,
     ),
     security(("session" = []), ("session_cookie" = []))

@@ -16,7 +16,7 @@ async fn unknown_routes_are_404_with_the_envelope() {
     let app = spawn_app().await;
     for (method, path) in [
         (Method::GET, "/api/v1/nothing-here"),
-        (Method::GET, "/"),
+        (Method::GET, "/console/nothing-here"),
         (Method::POST, "/api/v2/images/generations"),
         (Method::GET, "/files/NoSuchFile123.png"),
         (Method::GET, "/files/..%2F..%2Fetc%2Fpasswd"),

@@ -251,3 +251,25 @@ async fn the_console_is_served_with_a_strict_csp_and_hashed_cached_assets() {
     let missing = app.client.get(app.url("/console/assets/core.0000000000000000.js")).send().await.expect("GET");
     assert_error(missing, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+#[tokio::test]
+async fn the_task_list_filters_by_model_as_the_usage_page_asks() {
+    let app = spawn_app().await;
+    let (_, key) = app.new_account(100).await;
+    let task = app.create_ok(&key, seed_request()).await;
+    let task_id = task["task_id"].as_str().expect("task id");
+    assert_eq!(app.wait_terminal(&key, task_id).await["status"], "succeeded");
+    for (query, found) in [
+        ("model=seedream-4-5", 1),
+        ("model=seedream/4.5-text-to-image", 1),
+        ("model=seedream/4.5-text-to-image&status=succeeded", 1),
+        ("model=seedream-4-5&status=failed", 0),
+        ("model=seedream/4.5-edit", 0),
+        ("model=no-such-model", 0),
+    ] {
+        let page = app.get_json(&key, &format!("/api/v1/tasks?{query}")).await;
+        let ids: Vec<&str> = page["data"].as_array().expect("data").iter().filter_map(|t| t["task_id"].as_str()).collect();
+        assert_eq!(ids.len(), found, "{query}: {page}");
+        assert!(ids.iter().all(|id| *id == task_id), "{query}: {page}");
+    }
+}

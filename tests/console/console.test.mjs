@@ -352,6 +352,10 @@ test('a user cannot reach the admin page', async () => {
   await adminPage.locator('#admin-message .ok').waitFor(WAIT);
   await adminPage.waitForFunction(([id, value]) => document.querySelector(`tr[data-account="${id}"] td[data-balance]`)?.textContent === String(value), [user.account, before + 25], WAIT);
   assert.equal((await credits(user.key)).balance, before + 25);
+  await adminPage.fill('#account-name', 'e2e-created');
+  await adminPage.fill('#account-credits', '7');
+  await adminPage.click('#account-form button[type=submit]');
+  await adminPage.locator('#page-admin tr[data-account] >> text=e2e-created').waitFor(WAIT);
   await shot(adminPage, '09-admin');
   assert.deepEqual(adminPage.problems, [], 'no script errors or CSP violations');
   await adminPage.context().close();
