@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::fakes::{post_callback, webhook_headers, Server};
 use crate::helpers::{
-    assert_ledger_consistent, http_client, new_account, seed_request, spawn_app_with, Gateway, TestApp,
+    assert_error, assert_ledger_consistent, http_client, new_account, seed_request, spawn_app_with, Gateway, TestApp,
     TestDatabase,
 };
 
@@ -233,6 +233,30 @@ async fn a_node_refusing_the_edge_account_is_unavailable_to_the_client_and_count
         .any(|line| line.starts_with("aio_upstream_account_problems_total{") && line.contains("node30") && line.contains("402"));
     assert!(counted, "{metrics}");
     assert!(node.tasks().await.is_empty());
+    assert_ledger_consistent(&edge.pool).await;
+    assert_ledger_consistent(&node.db.pool).await;
+}
+
+#[tokio::test]
+async fn the_nodes_refusals_and_failures_reach_the_client_as_the_node_reported_them() {
+    let node = Node::start(100).await;
+    let edge = spawn_edge(Some(&node), None).await;
+    let (_, key) = edge.new_account(50).await;
+
+    // The node's provider refuses the submit: the node answers 502, the edge's create too.
+    let refused = edge.create(&key, json!({"prompt": "A lake [simulate:reject]"})).await;
+    let (_, message) = assert_error(refused, StatusCode::BAD_GATEWAY, "upstream_error").await;
+    assert!(message.contains("[simulate:reject]") && message.matches(" Task task_").count() == 1, "{message}");
+
+    // The job fails on the node: the same code and reason at the edge.
+    let task = edge.create_ok(&key, json!({"prompt": "A lake [simulate:fail]"})).await;
+    let done = edge.wait_terminal(&key, task["task_id"].as_str().expect("task_id")).await;
+    let expected = json!({"code": "upstream_failed", "message": "The provider could not generate the image ([simulate:fail])."});
+    assert_eq!(done["error"], expected, "{done}");
+
+    // Nothing charged at either hop.
+    edge.assert_balance(&key, 50, 0).await;
+    assert_eq!(node.balance().await, 100);
     assert_ledger_consistent(&edge.pool).await;
     assert_ledger_consistent(&node.db.pool).await;
 }
