@@ -817,6 +817,18 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_node_needs_a_base_url_and_a_key_variable() {
+        let mut settings = Settings::default();
+        settings.providers.insert("node30".into(), ProviderSettings::new(ProviderKind::Worker));
+        let error = settings.validate().expect_err("refused").to_string();
+        assert!(error.contains("providers.node30.base_url") && error.contains("providers.node30.api_key_env"), "{error}");
+        let node = settings.providers.get_mut("node30").expect("node30");
+        node.base_url = Some("http://127.0.0.1:8081".into());
+        node.api_key_env = Some("NODE30_API_KEY".into());
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
     fn an_empty_schedule_is_refused() {
         let mut settings = Settings::default();
         settings.webhooks.retry_schedule.clear();

@@ -29,3 +29,4 @@ mod replicate;
 mod validation;
 mod wavespeed;
 mod webhooks;
+mod worker_nodes;
