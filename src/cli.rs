@@ -173,7 +173,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
     let settings = Settings::load(cli.config.as_deref())?;
     match &cli.command {
-        Command::CheckConfig => return check_config(&settings).map(Some),
+        Command::CheckConfig => return check_config(&settings, cli.json).map(Some),
         Command::Healthcheck { url } => {
             healthcheck(&settings, url.as_deref()).await?;
             return Ok(Some(json!({"ready": true})));
@@ -220,8 +220,8 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
 
 /// `check-config`: every error of the catalog (including routes to providers that are not
 /// configured) fails; warnings (inactive providers, models without an active route) are printed on
-/// stderr and listed in the output.
-fn check_config(settings: &Settings) -> anyhow::Result<Value> {
+/// stderr (and listed in the `--json` output).
+fn check_config(settings: &Settings, json: bool) -> anyhow::Result<Value> {
     let path = &settings.catalog.models_path;
     let report = catalog::check(&catalog::read(path)?, settings);
     for warning in &report.warnings {
@@ -236,12 +236,12 @@ fn check_config(settings: &Settings) -> anyhow::Result<Value> {
     );
     let catalog = Catalog::load(settings)?;
     JwtAuth::from_settings(&settings.auth.jwt)?;
-    Ok(json!({
-        "ok": true,
-        "models_path": path,
-        "models_offered": catalog.models().iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-        "warnings": report.warnings,
-    }))
+    let offered: Vec<&str> = catalog.models().iter().map(|m| m.id.as_str()).collect();
+    Ok(if json {
+        json!({"ok": true, "models_path": path, "models_offered": offered, "warnings": report.warnings})
+    } else {
+        json!({"ok": true, "models_path": path, "models_offered": offered.join(", ")})
+    })
 }
 
 async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<Value> {

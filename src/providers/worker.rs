@@ -61,7 +61,7 @@ impl Worker {
         };
         match (status, code.as_str()) {
             // The node refuses the edge's account (key, credits, permissions): the operator's problem.
-            (401 | 402 | 403, _) => {
+            (401..=403, _) => {
                 monitoring::upstream_account_problem(&self.upstream.id, status);
                 self.upstream.unavailable(status, &format!("{code}: {message}"))
             }
