@@ -83,7 +83,13 @@ impl Application {
         let providers = Providers::from_settings(&settings, &pool, &files)?;
         let guard = Arc::new(Guard::new(&settings.webhooks));
         let rehost = if settings.results.rehost {
-            Some(Rehost::new(files.clone(), &settings.results, (*guard).clone(), Arc::clone(&resolver))?)
+            let nodes: Vec<&str> = settings
+                .providers
+                .values()
+                .filter(|p| p.kind == crate::config::ProviderKind::Worker)
+                .filter_map(|p| p.base_url.as_deref())
+                .collect();
+            Some(Rehost::new(files.clone(), &settings.results, (*guard).clone(), Arc::clone(&resolver), &nodes)?)
         } else {
             None
         };

@@ -76,12 +76,17 @@ impl FileStore {
 }
 
 /// Copies providers' result images into the store (`[results]`): upstream URLs expire, the
-/// gateway's own `/files/…` URLs do not. Downloads go through the outbound URL guard, like webhooks.
+/// gateway's own `/files/…` URLs do not. Downloads go through the outbound URL guard, like webhooks,
+/// except from the backend nodes the operator configured (`kind = "worker"`), which usually sit on a
+/// private network and serve their results from their own `base_url`.
 #[derive(Clone)]
 pub struct Rehost {
     files: FileStore,
     guard: Guard,
     http: reqwest::Client,
+    /// Origins of the worker providers' `base_url`, fetched with `nodes_http` (no guard).
+    nodes: Vec<url::Origin>,
+    nodes_http: reqwest::Client,
     max_bytes: u64,
     content_types: Vec<String>,
 }
@@ -103,12 +108,18 @@ impl Rehost {
         settings: &ResultSettings,
         guard: Guard,
         resolver: Arc<dyn Resolve>,
+        node_base_urls: &[&str],
     ) -> anyhow::Result<Rehost> {
-        let http = outbound::client(&guard, resolver, Duration::from_secs(settings.timeout_secs))?;
+        let timeout = Duration::from_secs(settings.timeout_secs);
+        let http = outbound::client(&guard, resolver, timeout)?;
+        let nodes_http = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
+        let nodes = node_base_urls.iter().filter_map(|u| url::Url::parse(u).ok()).map(|u| u.origin()).collect();
         Ok(Rehost {
             files,
             guard,
             http,
+            nodes,
+            nodes_http,
             max_bytes: settings.max_bytes,
             content_types: settings.content_types.clone(),
         })
@@ -126,8 +137,14 @@ impl Rehost {
     }
 
     async fn copy(&self, url: &str) -> Result<String, RehostError> {
-        let parsed = self.guard.check_url(url).map_err(|why| RehostError::Refuse(format!("its URL {why}")))?;
-        let mut response = self.http.get(parsed).send().await.map_err(|error| {
+        let from_node = url::Url::parse(url).is_ok_and(|u| self.nodes.contains(&u.origin()));
+        let request = if from_node {
+            self.nodes_http.get(url)
+        } else {
+            let parsed = self.guard.check_url(url).map_err(|why| RehostError::Refuse(format!("its URL {why}")))?;
+            self.http.get(parsed)
+        };
+        let mut response = request.send().await.map_err(|error| {
             if outbound::refused_by_guard(&error).is_some() {
                 RehostError::Refuse("its URL resolves to no public address".into())
             } else if error.is_timeout() {

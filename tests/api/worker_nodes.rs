@@ -119,9 +119,10 @@ fn edge_catalog() -> PathBuf {
 }
 
 /// An in-process edge on the shipped edge catalog, with `node30` forwarding to `node_a` and `node31`
-/// to `node_b`.
-async fn spawn_edge(node_a: Option<&Node>, node_b: Option<&Node>) -> TestApp {
+/// to `node_b`; with `rehost`, it copies the nodes' result images (as shipped).
+async fn spawn_edge(node_a: Option<&Node>, node_b: Option<&Node>, rehost: bool) -> TestApp {
     spawn_app_with(|settings| {
+        settings.results.rehost = rehost;
         settings.catalog.models_path = edge_catalog();
         settings.providers.insert("node30".into(), worker(node_a, "node30"));
         settings.providers.insert("node31".into(), worker(node_b, "node31"));
@@ -144,7 +145,7 @@ where
 #[tokio::test]
 async fn the_seed_request_completes_through_a_node_called_back_with_a_verified_signature() {
     let node = Node::start(100).await;
-    let edge = spawn_edge(Some(&node), None).await;
+    let edge = spawn_edge(Some(&node), None, true).await;
 
     // The catalog names the node behind each route; node31 is inactive, so it is not listed.
     let models: Value = edge.client.get(edge.url("/api/v1/models")).send().await.expect("models").json().await.expect("JSON");
@@ -157,15 +158,32 @@ async fn the_seed_request_completes_through_a_node_called_back_with_a_verified_s
     let done = edge.wait_terminal(&key, task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}\nnode log:\n{}", node.log());
     let url = done["output"]["images"][0]["url"].as_str().expect("image url");
-    assert!(url.starts_with(&format!("{}/files/", node.gateway.address)), "the node's result: {url}");
-    let image = edge.client.get(url).send().await.expect("GET the image");
-    assert_eq!(image.status(), StatusCode::OK);
+    // Rehosted by the edge from the node's own address, which the outbound guard alone would refuse
+    // (plain http on loopback): the client gets the edge's copy, byte for byte the node's image.
+    assert!(url.starts_with(&edge.url("/files/")), "the edge's copy: {url}");
+    let copy = edge.client.get(url).send().await.expect("GET the image");
+    assert_eq!(copy.status(), StatusCode::OK);
+    let copy = copy.bytes().await.expect("the copy");
 
     // One task on the node, with the same input, and the edge's callback URL for this task.
     let node_tasks = node.tasks().await;
     assert_eq!(node_tasks.len(), 1, "{node_tasks:?}");
     let (node_task_id, status, callback_url) = &node_tasks[0];
     assert_eq!(status, "succeeded");
+    let on_node: Value = edge
+        .client
+        .get(format!("{}/api/v1/tasks/{node_task_id}", node.gateway.address))
+        .bearer_auth(&node.key)
+        .send()
+        .await
+        .expect("GET the node's task")
+        .json()
+        .await
+        .expect("task JSON");
+    let original = on_node["output"]["images"][0]["url"].as_str().expect("the node's image url");
+    assert!(original.starts_with(&format!("{}/files/", node.gateway.address)), "{original}");
+    let original = edge.client.get(original).send().await.expect("GET the node's image").bytes().await.expect("bytes");
+    assert_eq!(copy, original);
     let callback_url = callback_url.as_deref().expect("the edge gave the node a callback URL");
     assert!(callback_url.starts_with(&edge.url("/api/v1/callbacks/node30/")), "{callback_url}");
     assert_eq!(edge_column::<Option<String>>(&edge.pool, "upstream_id", task_id).await.as_deref(), Some(node_task_id.as_str()));
@@ -183,7 +201,7 @@ async fn the_seed_request_completes_through_a_node_called_back_with_a_verified_s
 #[tokio::test]
 async fn forged_callbacks_are_refused_and_change_nothing() {
     let node = Node::start(100).await;
-    let edge = spawn_edge(Some(&node), None).await;
+    let edge = spawn_edge(Some(&node), None, false).await;
     let (_, key) = edge.new_account(50).await;
     // Long enough on the node for the forgeries to arrive first; the test waits for the end anyway.
     let body = json!({"prompt": "A lake [simulate:delay=3000]", "aspect_ratio": "16:9"});
@@ -218,7 +236,7 @@ async fn forged_callbacks_are_refused_and_change_nothing() {
 async fn a_node_refusing_the_edge_account_is_unavailable_to_the_client_and_counted() {
     // The edge's account on the node has no credits: the node answers 402.
     let node = Node::start(0).await;
-    let edge = spawn_edge(Some(&node), None).await;
+    let edge = spawn_edge(Some(&node), None, false).await;
     let (_, key) = edge.new_account(50).await;
     let task = edge.create_ok(&key, seed_request()).await;
     let done = edge.wait_terminal(&key, task["task_id"].as_str().expect("task_id")).await;
@@ -240,7 +258,7 @@ async fn a_node_refusing_the_edge_account_is_unavailable_to_the_client_and_count
 #[tokio::test]
 async fn the_nodes_refusals_and_failures_reach_the_client_as_the_node_reported_them() {
     let node = Node::start(100).await;
-    let edge = spawn_edge(Some(&node), None).await;
+    let edge = spawn_edge(Some(&node), None, false).await;
     let (_, key) = edge.new_account(50).await;
 
     // The node's provider refuses the submit: the node answers 502, the edge's create too.
@@ -265,7 +283,7 @@ async fn the_nodes_refusals_and_failures_reach_the_client_as_the_node_reported_t
 async fn a_node_that_is_down_is_failed_over_to_the_next_node() {
     let mut node_a = Node::start(100).await;
     let node_b = Node::start(100).await;
-    let edge = spawn_edge(Some(&node_a), Some(&node_b)).await;
+    let edge = spawn_edge(Some(&node_a), Some(&node_b), false).await;
     let models: Value = edge.client.get(edge.url("/api/v1/models")).send().await.expect("models").json().await.expect("JSON");
     let nodes: Vec<&str> = models["data"][0]["routes"].as_array().expect("routes").iter().filter_map(|r| r["backend_node"].as_str()).collect();
     assert_eq!(nodes, ["node30", "node31"], "{models}");
@@ -359,6 +377,10 @@ fn start_edge_process(db: &TestDatabase, dir: &TempDir, port: u16, log: &str, no
         ("AIO__PROVIDERS__NODE31__BASE_URL", "http://127.0.0.1:9"),
         ("AIO__PROVIDERS__NODE31__API_KEY_ENV", "AIO_TEST_UNSET_NODE31_KEY"),
         ("AIO__TASKS__DISPATCH_WAIT_MS", "200"),
+        // The edge reaches the node through the proxy, but the node's result URLs name its own
+        // address: outside the trusted node origin, so the guard must allow loopback http here.
+        ("AIO__WEBHOOKS__ALLOW_HTTP", "true"),
+        ("AIO__WEBHOOKS__ALLOWED_PRIVATE_CIDRS", "127.0.0.0/8"),
     ];
     let mut gateway = Gateway::start_with(&db.url, &files, &dir.path().join(log), "all", &env);
     gateway.address = format!("http://{listen}");
