@@ -121,13 +121,22 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
     tracing::info_span!(
         "request",
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %loggable_path(request.uri().path()),
         request_id = %request_id,
         route = tracing::field::Empty,
         account_id = tracing::field::Empty,
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     )
+}
+
+/// The path as logged: a provider callback's token is a per-task secret (whoever has it can trigger
+/// that task's confirmation), so it is cut off.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.strip_prefix("/api/v1/callbacks/").and_then(|rest| rest.split_once('/')) {
+        Some((provider, _token)) => format!("/api/v1/callbacks/{provider}/…").into(),
+        None => path.into(),
+    }
 }
 
 fn finish_span<B>(response: &axum::http::Response<B>, latency: std::time::Duration, span: &tracing::Span) {

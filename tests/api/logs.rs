@@ -45,10 +45,19 @@ async fn logs_carry_request_spans_and_never_a_key_token_or_secret() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     client.get(url("/api/v1/admin/accounts")).header(AUTHORIZATION, bearer(&token)).send().await.expect("GET");
     client.get(url("/api/v1/keys")).header(AUTHORIZATION, format!("Bearer {token}x")).send().await.expect("GET");
+    // A provider callback's token is a per-task secret: its path is logged without it.
+    let callback_token = format!("cbt{}", ulid::Ulid::new());
+    client.post(url(&format!("/api/v1/callbacks/simulated/{callback_token}"))).json(&json!({})).send().await.expect("POST");
     gateway.kill();
 
     let text = std::fs::read_to_string(&log).expect("read the log");
-    for (what, secret) in [("API key", key.as_str()), ("API key made by the API", &new_key), ("session token", &token), ("JWT secret", JWT_SECRET)] {
+    for (what, secret) in [
+        ("API key", key.as_str()),
+        ("API key made by the API", &new_key),
+        ("session token", &token),
+        ("JWT secret", JWT_SECRET),
+        ("callback token", &callback_token),
+    ] {
         assert!(!text.contains(secret), "the {what} appears in the log");
     }
     // Not even the key's secret part, or a token's signature.
