@@ -132,7 +132,11 @@ impl From<sqlx::Error> for ApiError {
                 ApiError::Unavailable("The database is unavailable; retry shortly.".into())
             }
             // A number beyond what the database holds (e.g. a balance past 2^63).
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
+            // SQLite: the schema's `typeof(…) = 'integer'` checks refuse a sum that left the integers.
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("22003")
+                    || (db.kind() == sqlx::error::ErrorKind::CheckViolation && db.message().contains("typeof(")) =>
+            {
                 ApiError::InvalidRequest("A number in this request is out of range.".into())
             }
             // Text the database cannot store: a NUL character (U+0000), in text or in JSON.

@@ -22,6 +22,8 @@ mod openapi;
 mod rate_limits;
 mod recovery;
 mod shutdown;
+mod sqlite;
+mod storage;
 mod replicate;
 mod validation;
 mod wavespeed;
