@@ -229,15 +229,20 @@ async fn connect_sqlite(settings: &DatabaseSettings) -> anyhow::Result<SqlitePoo
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
     let file = options.get_filename().to_path_buf();
-    if let Some(folder) = file.parent().filter(|folder| !folder.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder).with_context(|| format!("cannot create the folder {}", folder.display()))?;
-    }
+    create_folder_of(&file)?;
     SqlitePoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect_with(options)
         .await
         .with_context(|| format!("cannot open the SQLite database {}", file.display()))
+}
+
+fn create_folder_of(file: &Path) -> anyhow::Result<()> {
+    if let Some(folder) = file.parent().filter(|folder| !folder.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).with_context(|| format!("cannot create the folder {}", folder.display()))?;
+    }
+    Ok(())
 }
 
 /// Applies the backend's migrations (`migrations/postgres` or `migrations/sqlite`, embedded in the
@@ -264,6 +269,7 @@ pub fn lock_single_process(url: &str) -> anyhow::Result<Option<ProcessLock>> {
         return Ok(None);
     }
     let options = SqliteConnectOptions::from_str(url).context("database.url (DATABASE_URL) is not a valid SQLite URL")?;
+    create_folder_of(options.get_filename())?;
     let path: PathBuf = lock_path(options.get_filename());
     let file = File::options()
         .create(true)

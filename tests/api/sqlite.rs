@@ -109,15 +109,22 @@ async fn exited(gateway: &mut Gateway) -> std::process::ExitStatus {
     }
 }
 
+/// The quick start: `serve` on a SQLite file that does not exist yet (nor its folder) creates both and
+/// the bootstrap account; a second `serve` on the same file refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_gateway_on_one_sqlite_file_refuses_to_start() {
-    let store = TestStore::new(Backend::Sqlite, 2).await;
     let dir = tempfile::tempdir().expect("folder");
+    let url = format!("sqlite://{}", dir.path().join("new").join("aio-gateway.db").display());
     let client = http_client();
-    let mut first = Gateway::start(&store.url, &dir.path().join("files"), &dir.path().join("first.log"), "all");
+    let bootstrap = [("AIO__BOOTSTRAP__ENABLED", "true")];
+    let mut first = Gateway::start_with(&url, &dir.path().join("files"), &dir.path().join("first.log"), "all", &bootstrap);
     first.ready(&client).await;
+    let settings = aio_gateway::config::DatabaseSettings { url: url.clone(), max_connections: 1, acquire_timeout_secs: 30 };
+    let db = aio_gateway::store::connect(&settings).await.expect("open the gateway's file");
+    let created = accounts::list(&db, None, 10).await.expect("accounts");
+    assert_eq!(created.iter().map(|a| (a.name.as_str(), a.balance)).collect::<Vec<_>>(), [("default", 1000)]);
     let second_log = dir.path().join("second.log");
-    let mut second = Gateway::start(&store.url, &dir.path().join("files"), &second_log, "all");
+    let mut second = Gateway::start(&url, &dir.path().join("files"), &second_log, "all");
     let status = exited(&mut second).await;
     assert!(!status.success(), "the second gateway exits with an error");
     let log = std::fs::read_to_string(&second_log).expect("read the log");
@@ -126,7 +133,7 @@ async fn a_second_gateway_on_one_sqlite_file_refuses_to_start() {
     // The first one still serves; once it is gone, the file is free again.
     assert_eq!(client.get(format!("{}/readyz", first.address)).send().await.expect("GET").status(), StatusCode::OK);
     first.kill();
-    let mut third = Gateway::start(&store.url, &dir.path().join("files"), &dir.path().join("third.log"), "all");
+    let mut third = Gateway::start(&url, &dir.path().join("files"), &dir.path().join("third.log"), "all");
     third.ready(&client).await;
 }
 
