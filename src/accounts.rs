@@ -68,7 +68,8 @@ pub async fn create_key(
     anyhow::ensure!(exists(db, account_id).await?, "account {account_id} does not exist");
     let key = auth::generate_key();
     let key_id = format!("key_{}", Ulid::new());
-    on_db!(db, pool => sqlx::query("INSERT INTO api_keys (id, account_id, name, prefix, hash, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
+    const SQL: &str = "INSERT INTO api_keys (id, account_id, name, prefix, hash, expires_at) VALUES ($1, $2, $3, $4, $5, $6)";
+    on_db!(db, pool => sqlx::query(SQL)
         .bind(&key_id)
         .bind(account_id)
         .bind(name)

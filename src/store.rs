@@ -106,10 +106,6 @@ impl Db {
     pub fn num_idle(&self) -> usize {
         on_db!(self, pool => pool.num_idle())
     }
-
-    pub async fn close(&self) {
-        on_db!(self, pool => pool.close().await)
-    }
 }
 
 impl Tx {

@@ -344,7 +344,8 @@ pub async fn mark_running(db: &Db, task_id: &str, upstream_id: &str, next_poll_i
 
 /// Submit to another route (failover): only while the task is still pending.
 pub async fn switch_route(db: &Db, task_id: &str, provider: &str, upstream_model: &str) -> sqlx::Result<bool> {
-    let done = on_db!(db, pool => sqlx::query("UPDATE tasks SET provider = $2, upstream_model = $3 WHERE id = $1 AND status = 'pending'")
+    const SQL: &str = "UPDATE tasks SET provider = $2, upstream_model = $3 WHERE id = $1 AND status = 'pending'";
+    let done = on_db!(db, pool => sqlx::query(SQL)
         .bind(task_id)
         .bind(provider)
         .bind(upstream_model)
@@ -396,7 +397,12 @@ pub async fn reschedule(db: &Db, task_id: &str, next_poll_in: Duration) -> sqlx:
          WHERE id = $1 AND status IN ('pending', 'running')",
         d.least(&d.now_plus_secs("$2"), "deadline_at")
     );
-    on_db!(db, pool => sqlx::query(&sql).bind(task_id).bind(next_poll_in.as_secs_f64()).execute(pool).await.map(|done| done.rows_affected()))?;
+    on_db!(db, pool => sqlx::query(&sql)
+        .bind(task_id)
+        .bind(next_poll_in.as_secs_f64())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
     Ok(())
 }
 

@@ -183,7 +183,13 @@ pub async fn record(db: &Db, attempt: &Attempt, next: Next) -> sqlx::Result<()> 
         d.now(),
         d.now_plus_secs("$3")
     );
-    on_tx!(&mut tx, conn => sqlx::query(&sql).bind(&attempt.delivery_id).bind(status).bind(retry_in).execute(conn).await.map(|done| done.rows_affected()))?;
+    on_tx!(&mut tx, conn => sqlx::query(&sql)
+        .bind(&attempt.delivery_id)
+        .bind(status)
+        .bind(retry_in)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 

@@ -262,7 +262,7 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     assert_eq!(tasks::usage_totals(db, account, &everything).await.expect("totals"), (2, 1, 0, 1, PRICE));
     let none = UsageFilter { model: Some("other"), ..UsageFilter::default() };
     assert_eq!(tasks::usage_totals(db, account, &none).await.expect("totals"), (0, 0, 0, 0, 0));
-    assert_eq!(tasks::release(db, &[second.id.clone()]).await.expect("release"), 1);
+    assert_eq!(tasks::release(db, std::slice::from_ref(&second.id)).await.expect("release"), 1);
 
     // The settlement enqueued the task's webhook: claimed, attempted, retried, delivered.
     let deliveries = queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim deliveries");
