@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    assert_ledger_consistent_on, bearer, http_client, models_path, new_account_on, seed_request, test_settings, Backend,
-    Gateway, TestDatabase, TestStore,
+    assert_ledger_consistent_on, bearer, http_client, models_path, new_account_on, seed_request, test_settings,
+    wait_all_terminal_on, Backend, Gateway, TestDatabase, TestStore,
 };
 
 /// A gateway served in-process on `db` (any backend).
@@ -279,4 +279,31 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     // Not waited for: its webhook loop may be trying the (unreachable) receiver.
     served.shutdown.cancel();
 
+}
+
+/// 200 creates at once over HTTP on an account that pays for 50: SQLite's one writer serialises the
+/// holds, so exactly 50 tasks exist, the other 150 get 402, and every credit is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_over_http_never_overspend_on_sqlite() {
+    let store = TestStore::new(Backend::Sqlite, 10).await;
+    let files = tempfile::tempdir().expect("files folder");
+    let served = serve(&store.db, &store.url, files.path()).await;
+    let (_, key) = new_account_on(&store.db, 50 * 12).await;
+    let client = http_client();
+    let creates = (0..200).map(|_| {
+        let request = client
+            .post(format!("{}/api/v1/images/generations", served.address))
+            .header(AUTHORIZATION, bearer(&key))
+            .json(&seed_request());
+        async move { request.send().await.expect("POST").status() }
+    });
+    let statuses = futures::future::join_all(creates).await;
+    let created = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::PAYMENT_REQUIRED).count();
+    assert_eq!((created, refused), (50, 150), "{statuses:?}");
+    wait_all_terminal_on(&store.db).await;
+    let credits = get_json(&served.address, &key, "/api/v1/billing/credits").await;
+    assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(0), Some(0)), "{credits}");
+    assert_ledger_consistent_on(&store.db).await;
+    served.stop().await;
 }
