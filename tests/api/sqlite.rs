@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use aio_gateway::app::Application;
+use aio_gateway::config::{parse_duration, Settings};
 use aio_gateway::store::Db;
 use aio_gateway::tasks;
 use aio_gateway::webhooks::queue;
@@ -14,6 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::receiver::{Receiver, Reply};
 use crate::helpers::{
     assert_ledger_consistent_on, bearer, http_client, models_path, new_account_on, seed_request, test_settings,
     wait_all_terminal_on, Backend, Gateway, TestDatabase, TestStore,
@@ -27,7 +29,12 @@ struct Served {
 }
 
 async fn serve(db: &Db, url: &str, files: &std::path::Path) -> Served {
-    let settings = test_settings(url, files.to_path_buf());
+    serve_with(db, url, files, |_| {}).await
+}
+
+async fn serve_with(db: &Db, url: &str, files: &std::path::Path, configure: impl FnOnce(&mut Settings)) -> Served {
+    let mut settings = test_settings(url, files.to_path_buf());
+    configure(&mut settings);
     let application = Application::build(settings, db.clone()).await.expect("build the application");
     let address = format!("http://127.0.0.1:{}", application.port());
     let shutdown = CancellationToken::new();
@@ -304,6 +311,59 @@ async fn concurrent_creates_over_http_never_overspend_on_sqlite() {
     wait_all_terminal_on(&store.db).await;
     let credits = get_json(&served.address, &key, "/api/v1/billing/credits").await;
     assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(0), Some(0)), "{credits}");
+    assert_ledger_consistent_on(&store.db).await;
+    served.stop().await;
+}
+
+/// A settled task's webhook on SQLite: enqueued with the settlement, retried after a 500, signed with
+/// the account's secret, and listed in the delivery log with both attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_delivered_and_retried_on_sqlite() {
+    let store = TestStore::new(Backend::Sqlite, 10).await;
+    let files = tempfile::tempdir().expect("files folder");
+    let served = serve_with(&store.db, &store.url, files.path(), |settings| {
+        let webhooks = &mut settings.webhooks;
+        webhooks.allow_http = true;
+        webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
+        webhooks.retry_schedule = ["0s", "0s"].iter().map(|d| parse_duration(d).expect("duration")).collect();
+        webhooks.tick_ms = 50;
+        webhooks.timeout_secs = 1;
+    })
+    .await;
+    let receiver = Receiver::start("127.0.0.1").await;
+    receiver.script([Reply::Status(500)]);
+    let (account_id, key) = new_account_on(&store.db, 100).await;
+    let response = http_client()
+        .post(format!("{}/api/v1/images/generations", served.address))
+        .header(AUTHORIZATION, bearer(&key))
+        .json(&json!({"prompt": "A lighthouse at dusk", "callback_url": receiver.url}))
+        .send()
+        .await
+        .expect("POST");
+    let task: Value = response.json().await.expect("task JSON");
+    let task_id = task["task_id"].as_str().expect("task_id");
+
+    let received = receiver.wait_for(2).await;
+    let secret = aio_gateway::webhooks::secrets::signing(&store.db, account_id).await.expect("secret").current;
+    for delivery in &received {
+        delivery.verify(&secret).expect("signed with the account's secret");
+    }
+    assert_eq!(received[0].webhook_id(), received[1].webhook_id(), "one event, retried");
+    let body: Value = serde_json::from_slice(&received[1].body).expect("JSON body");
+    assert_eq!((body["task_id"].as_str(), body["status"].as_str()), (Some(task_id), Some("succeeded")));
+
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = get_json(&served.address, &key, &format!("/api/v1/tasks/{task_id}/deliveries")).await;
+        if log["data"][0]["status"] == "delivered" {
+            let attempts = log["data"][0]["attempts"].as_array().expect("attempts");
+            let codes: Vec<i64> = attempts.iter().filter_map(|a| a["status_code"].as_i64()).collect();
+            assert_eq!(codes, [500, 200], "{log}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "the delivery was never marked delivered: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_ledger_consistent_on(&store.db).await;
     served.stop().await;
 }
