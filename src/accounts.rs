@@ -2,17 +2,19 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 use ulid::Ulid;
 
-use crate::{auth, ledger};
+use crate::store::Db;
+use crate::{auth, ledger, on_db, on_tx};
 
 /// Creates an account, granting `credits` through the ledger so the balance has its history.
-pub async fn create(pool: &PgPool, name: &str, credits: i64) -> anyhow::Result<i64> {
+pub async fn create(db: &Db, name: &str, credits: i64) -> anyhow::Result<i64> {
     anyhow::ensure!(credits >= 0, "credits must not be negative");
-    let mut tx = pool.begin().await?;
-    let (account_id,): (i64,) =
-        sqlx::query_as("INSERT INTO accounts (name) VALUES ($1) RETURNING id").bind(name).fetch_one(&mut *tx).await?;
+    let mut tx = db.begin().await?;
+    let (account_id,): (i64,) = on_tx!(&mut tx, conn => sqlx::query_as("INSERT INTO accounts (name) VALUES ($1) RETURNING id")
+        .bind(name)
+        .fetch_one(conn)
+        .await)?;
     if credits > 0 {
         ledger::grant(&mut tx, account_id, credits, "initial credits").await?;
     }
@@ -33,27 +35,20 @@ pub struct Account {
 
 const ACCOUNT_COLUMNS: &str = "id AS account_id, name, balance, held, created_at";
 
-pub async fn get(pool: &PgPool, account_id: i64) -> sqlx::Result<Option<Account>> {
-    sqlx::query_as(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"))
-        .bind(account_id)
-        .fetch_optional(pool)
-        .await
+pub async fn get(db: &Db, account_id: i64) -> sqlx::Result<Option<Account>> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
+    on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).fetch_optional(pool).await)
 }
 
 /// Accounts by id, after `after` (the cursor) when given.
-pub async fn list(pool: &PgPool, after: Option<i64>, limit: i64) -> sqlx::Result<Vec<Account>> {
-    sqlx::query_as(&format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE ($1::bigint IS NULL OR id > $1) ORDER BY id LIMIT $2"
-    ))
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+pub async fn list(db: &Db, after: Option<i64>, limit: i64) -> sqlx::Result<Vec<Account>> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2");
+    on_db!(db, pool => sqlx::query_as(&sql).bind(after).bind(limit).fetch_all(pool).await)
 }
 
-pub async fn exists(pool: &PgPool, account_id: i64) -> anyhow::Result<bool> {
+pub async fn exists(db: &Db, account_id: i64) -> anyhow::Result<bool> {
     let found: Option<(i64,)> =
-        sqlx::query_as("SELECT id FROM accounts WHERE id = $1").bind(account_id).fetch_optional(pool).await?;
+        on_db!(db, pool => sqlx::query_as("SELECT id FROM accounts WHERE id = $1").bind(account_id).fetch_optional(pool).await)?;
     Ok(found.is_some())
 }
 
@@ -65,15 +60,16 @@ pub struct CreatedKey {
 }
 
 pub async fn create_key(
-    pool: &PgPool,
+    db: &Db,
     account_id: i64,
     name: Option<&str>,
     expires_at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<CreatedKey> {
-    anyhow::ensure!(exists(pool, account_id).await?, "account {account_id} does not exist");
+    anyhow::ensure!(exists(db, account_id).await?, "account {account_id} does not exist");
     let key = auth::generate_key();
     let key_id = format!("key_{}", Ulid::new());
-    sqlx::query("INSERT INTO api_keys (id, account_id, name, prefix, hash, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
+    const SQL: &str = "INSERT INTO api_keys (id, account_id, name, prefix, hash, expires_at) VALUES ($1, $2, $3, $4, $5, $6)";
+    on_db!(db, pool => sqlx::query(SQL)
         .bind(&key_id)
         .bind(account_id)
         .bind(name)
@@ -81,25 +77,26 @@ pub async fn create_key(
         .bind(&key.hash[..])
         .bind(expires_at)
         .execute(pool)
-        .await?;
+        .await
+        .map(|done| done.rows_affected()))?;
     Ok(CreatedKey { key_id, api_key: key.secret })
 }
 
 /// Revokes a key of `account_id` (a key of another account is not found). Returns the key's hash
 /// when this call revoked it, so the caller can drop it from its cache; nothing when there is no
 /// such key or it was revoked before (see [`OwnRevoke`]).
-pub async fn revoke_own_key(pool: &PgPool, account_id: i64, key_id: &str) -> sqlx::Result<OwnRevoke> {
-    let row: Option<(Vec<u8>, bool)> = sqlx::query_as(
-        "WITH target AS (SELECT id, hash, revoked_at IS NOT NULL AS was_revoked FROM api_keys
-                         WHERE id = $1 AND account_id = $2 FOR UPDATE)
-         UPDATE api_keys k SET revoked_at = COALESCE(k.revoked_at, now())
-         FROM target WHERE k.id = target.id
-         RETURNING target.hash, target.was_revoked",
-    )
-    .bind(key_id)
-    .bind(account_id)
-    .fetch_optional(pool)
-    .await?;
+pub async fn revoke_own_key(db: &Db, account_id: i64, key_id: &str) -> sqlx::Result<OwnRevoke> {
+    // Read and revoke in one transaction (the row locked on PostgreSQL; SQLite has one writer).
+    let mut tx = db.begin().await?;
+    let for_update = if db.dialect() == crate::store::Dialect::Postgres { "FOR UPDATE" } else { "" };
+    let sql = format!("SELECT hash, revoked_at IS NOT NULL FROM api_keys WHERE id = $1 AND account_id = $2 {for_update}");
+    let row: Option<(Vec<u8>, bool)> =
+        on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(key_id).bind(account_id).fetch_optional(conn).await)?;
+    if let Some((_, false)) = row {
+        let sql = format!("UPDATE api_keys SET revoked_at = {} WHERE id = $1", tx.dialect().now());
+        on_tx!(&mut tx, conn => sqlx::query(&sql).bind(key_id).execute(conn).await.map(|done| done.rows_affected()))?;
+    }
+    tx.commit().await?;
     Ok(match row {
         None => OwnRevoke::NotFound,
         Some((_, true)) => OwnRevoke::AlreadyRevoked,
@@ -115,12 +112,10 @@ pub enum OwnRevoke {
 }
 
 /// Returns false when no active key has that id.
-pub async fn revoke_key(pool: &PgPool, key_id: &str) -> anyhow::Result<bool> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-        .bind(key_id)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
+pub async fn revoke_key(db: &Db, key_id: &str) -> anyhow::Result<bool> {
+    let sql = format!("UPDATE api_keys SET revoked_at = {} WHERE id = $1 AND revoked_at IS NULL", db.dialect().now());
+    let done = on_db!(db, pool => sqlx::query(&sql).bind(key_id).execute(pool).await.map(|done| done.rows_affected()))?;
+    Ok(done == 1)
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -134,12 +129,12 @@ pub struct KeyInfo {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-pub async fn list_keys(pool: &PgPool, account_id: i64) -> anyhow::Result<Vec<KeyInfo>> {
-    Ok(sqlx::query_as(
+pub async fn list_keys(db: &Db, account_id: i64) -> anyhow::Result<Vec<KeyInfo>> {
+    Ok(on_db!(db, pool => sqlx::query_as(
         "SELECT id AS key_id, name, prefix, created_at, last_used_at, expires_at, revoked_at
          FROM api_keys WHERE account_id = $1 ORDER BY created_at DESC",
     )
     .bind(account_id)
     .fetch_all(pool)
-    .await?)
+    .await)?)
 }

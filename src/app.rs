@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::dns::Resolve;
-use sqlx::PgPool;
+use crate::store::Db;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ use crate::webhooks::Webhooks;
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub pool: Db,
     pub settings: Arc<Settings>,
     pub catalog: Arc<Catalog>,
     pub auth: Arc<KeyAuth>,
@@ -50,7 +50,7 @@ pub struct Application {
 impl Application {
     /// Binds the listener (port 0 picks a free port) and wires the parts together. The database must
     /// already be migrated.
-    pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Application> {
+    pub async fn build(settings: Settings, pool: Db) -> anyhow::Result<Application> {
         Application::build_with_resolver(settings, pool, Arc::new(SystemResolver)).await
     }
 
@@ -58,7 +58,7 @@ impl Application {
     /// guard filters the addresses): tests map names of their own to the addresses they need.
     pub async fn build_with_resolver(
         mut settings: Settings,
-        pool: PgPool,
+        pool: Db,
         resolver: Arc<dyn Resolve>,
     ) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(&settings.server.listen)

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use crate::store::Db;
 
 use crate::http::error::ApiError;
 
@@ -71,15 +71,15 @@ struct CachedKey {
 }
 
 pub struct KeyAuth {
-    pool: PgPool,
+    db: Db,
     /// Keyed by the full hash: a hit proves the caller holds the whole key.
     cache: moka::sync::Cache<KeyHash, CachedKey>,
 }
 
 impl KeyAuth {
-    pub fn new(pool: PgPool, cache_ttl: Duration) -> Self {
+    pub fn new(db: Db, cache_ttl: Duration) -> Self {
         let cache = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(cache_ttl).build();
-        Self { pool, cache }
+        Self { db, cache }
     }
 
     /// Drops a key from this process's cache (after revoking it); other processes notice within the TTL.
@@ -113,14 +113,14 @@ impl KeyAuth {
             }
             return Ok(hit.caller);
         }
-        let row: Option<KeyRow> = sqlx::query_as(
-            "UPDATE api_keys SET last_used_at = now()
-             WHERE hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+        let sql = format!(
+            "UPDATE api_keys SET last_used_at = {now}
+             WHERE hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now})
              RETURNING id, account_id, expires_at, rate_limit_per_minute",
-        )
-        .bind(&hash[..])
-        .fetch_optional(&self.pool)
-        .await?;
+            now = self.db.dialect().now()
+        );
+        let row: Option<KeyRow> =
+            crate::on_db!(&self.db, pool => sqlx::query_as(&sql).bind(&hash[..]).fetch_optional(pool).await)?;
         let KeyRow { id: key_id, account_id, expires_at, rate_limit_per_minute } = row.ok_or(ApiError::Unauthorized)?;
         let rate_limit_per_minute = rate_limit_per_minute.and_then(|r| u32::try_from(r).ok());
         let caller = Caller { account_id, key_id, rate_limit_per_minute };

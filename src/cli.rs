@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use crate::store::Db;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
@@ -36,8 +36,13 @@ pub struct Cli {
 pub enum Command {
     /// Run migrations, then serve the API and run the task engine.
     Serve,
-    /// Run migrations and exit.
-    Migrate,
+    /// Run migrations and exit. With `--to`: copy this (SQLite) database into an empty PostgreSQL one.
+    Migrate {
+        /// Copy accounts, keys, ledger, tasks, webhooks and idempotency keys from the configured SQLite
+        /// database into this empty PostgreSQL database (postgres://…), then verify balances and ledgers.
+        #[arg(long, value_name = "POSTGRES_URL")]
+        to: Option<String>,
+    },
     /// Manage accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
@@ -191,6 +196,11 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
         _ => {}
     }
     telemetry::init(&settings.log);
+    // A SQLite file serves one gateway; a copy must not race one either.
+    let _lock = match &cli.command {
+        Command::Serve | Command::Migrate { to: Some(_) } => store::lock_single_process(&settings.database.url)?,
+        _ => None,
+    };
     let pool = store::connect(&settings.database).await?;
     store::migrate(&pool).await?;
     Ok(match cli.command {
@@ -198,7 +208,8 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             serve(settings, pool).await?;
             None
         }
-        Command::Migrate => Some(json!({"migrated": true})),
+        Command::Migrate { to: None } => Some(json!({"migrated": true})),
+        Command::Migrate { to: Some(url) } => Some(copy_to_postgres(&pool, &settings, url).await?),
         Command::Accounts(AccountsCommand::Create { name, credits }) => {
             Some(json!({"account_id": accounts::create(&pool, &name, credits).await?}))
         }
@@ -244,7 +255,7 @@ fn check_config(settings: &Settings, json: bool) -> anyhow::Result<Value> {
     })
 }
 
-async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<Value> {
+async fn keys(pool: &Db, command: KeysCommand) -> anyhow::Result<Value> {
     Ok(match command {
         KeysCommand::Create { account, name, expires_at } => {
             serde_json::to_value(accounts::create_key(pool, account, name.as_deref(), expires_at).await?)?
@@ -257,7 +268,7 @@ async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<Value> {
     })
 }
 
-async fn webhook_secret(pool: &PgPool, settings: &Settings, command: SecretCommand) -> anyhow::Result<Value> {
+async fn webhook_secret(pool: &Db, settings: &Settings, command: SecretCommand) -> anyhow::Result<Value> {
     let (SecretCommand::Show { account } | SecretCommand::Rotate { account }) = command;
     anyhow::ensure!(accounts::exists(pool, account).await?, "account {account} does not exist");
     let secret = match command {
@@ -269,7 +280,7 @@ async fn webhook_secret(pool: &PgPool, settings: &Settings, command: SecretComma
     Ok(json!({"secret": secret}))
 }
 
-async fn serve(settings: Settings, pool: PgPool) -> anyhow::Result<()> {
+async fn serve(settings: Settings, pool: Db) -> anyhow::Result<()> {
     if settings.bootstrap.enabled {
         if let Some(key) = store::bootstrap(&pool, settings.bootstrap.credits).await? {
             // Printed once, on stdout only: it is never logged and cannot be shown again.
@@ -283,6 +294,22 @@ async fn serve(settings: Settings, pool: PgPool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     application.run(shutdown).await
+}
+
+/// `migrate --to`: the configured SQLite database into the empty PostgreSQL database at `url`.
+async fn copy_to_postgres(source: &Db, settings: &Settings, url: String) -> anyhow::Result<Value> {
+    let Db::Sqlite(source) = source else {
+        anyhow::bail!("migrate --to copies from a SQLite database; database.url (DATABASE_URL) is not one");
+    };
+    anyhow::ensure!(
+        store::Dialect::of_url(&url) == Some(store::Dialect::Postgres),
+        "--to must be a PostgreSQL URL (postgres://…)"
+    );
+    let target = store::connect(&crate::config::DatabaseSettings { url, ..settings.database.clone() }).await?;
+    store::migrate(&target).await?;
+    let Db::Pg(target) = target else { anyhow::bail!("--to must be a PostgreSQL URL (postgres://…)") };
+    let copied = crate::transfer::sqlite_to_postgres(source, &target).await?;
+    Ok(json!({"copied": copied, "verified": true}))
 }
 
 async fn healthcheck(settings: &Settings, url: Option<&str>) -> anyhow::Result<()> {

@@ -12,7 +12,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/aio_gateway";
+/// An embedded SQLite file: a first start needs no database server.
+pub const DEFAULT_DATABASE_URL: &str = crate::store::DEFAULT_SQLITE_URL;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -648,8 +649,8 @@ impl Settings {
         if self.server.body_limit_bytes == 0 {
             problems.push("server.body_limit_bytes: must be above 0".into());
         }
-        if !self.database.url.starts_with("postgres://") && !self.database.url.starts_with("postgresql://") {
-            problems.push("database.url (DATABASE_URL): must start with postgres://".into());
+        if crate::store::Dialect::of_url(&self.database.url).is_none() {
+            problems.push("database.url (DATABASE_URL): must start with postgres:// or sqlite://".into());
         }
         if self.database.max_connections == 0 {
             problems.push("database.max_connections: must be above 0".into());

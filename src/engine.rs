@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use sqlx::PgPool;
+use crate::store::Db;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -41,7 +41,7 @@ fn undeliverable(why: &str) -> TaskError {
 }
 
 pub struct Engine {
-    pool: PgPool,
+    pool: Db,
     providers: Providers,
     /// The routes of each sub-model, for failover.
     catalog: Arc<Catalog>,
@@ -79,7 +79,7 @@ impl Drop for ClaimGuard<'_> {
 
 impl Engine {
     pub fn new(
-        pool: PgPool,
+        pool: Db,
         providers: Providers,
         catalog: Arc<Catalog>,
         settings: TaskSettings,

@@ -9,12 +9,18 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
 
+use crate::store::{Db, Dialect, Tx};
 use crate::tasks::TaskInput;
+use crate::{on_db, on_tx};
 
 /// Keys are honoured this long; older ones are reusable and purged by the engine.
 pub const KEY_LIFETIME_HOURS: i32 = 24;
+
+/// When a key stops being honoured: `created_at` before this has expired.
+fn expired_before(dialect: Dialect) -> String {
+    dialect.now_plus_secs(&format!("-{}", i64::from(KEY_LIFETIME_HOURS) * 3600))
+}
 pub const MAX_KEY_CHARS: usize = 255;
 
 /// A client's key with the hash of the request it came with.
@@ -51,43 +57,41 @@ pub fn check_key(key: &str) -> Result<(), String> {
 /// Records `key` for `task_id` in the caller's transaction. `false` when an unexpired row holds the key
 /// (the caller rolls back and looks up [`find`]); a concurrent insert of the same key waits here until
 /// the other transaction ends.
-pub async fn claim(tx: &mut PgConnection, account_id: i64, key: &IdempotencyKey, task_id: &str) -> sqlx::Result<bool> {
-    let claimed = sqlx::query(
+pub async fn claim(tx: &mut Tx, account_id: i64, key: &IdempotencyKey, task_id: &str) -> sqlx::Result<bool> {
+    let sql = format!(
         "INSERT INTO idempotency_keys (account_id, key, request_hash, task_id) VALUES ($1, $2, $3, $4)
          ON CONFLICT (account_id, key) DO UPDATE
-             SET request_hash = EXCLUDED.request_hash, task_id = EXCLUDED.task_id, created_at = now()
-             WHERE idempotency_keys.created_at < now() - make_interval(hours => $5)",
-    )
-    .bind(account_id)
-    .bind(&key.key)
-    .bind(&key.request_hash[..])
-    .bind(task_id)
-    .bind(KEY_LIFETIME_HOURS)
-    .execute(&mut *tx)
-    .await?;
-    Ok(claimed.rows_affected() == 1)
+             SET request_hash = EXCLUDED.request_hash, task_id = EXCLUDED.task_id, created_at = {}
+             WHERE idempotency_keys.created_at < {}",
+        tx.dialect().now(),
+        expired_before(tx.dialect())
+    );
+    let claimed = on_tx!(tx, conn => sqlx::query(&sql)
+        .bind(account_id)
+        .bind(&key.key)
+        .bind(&key.request_hash[..])
+        .bind(task_id)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+    Ok(claimed == 1)
 }
 
 /// The unexpired use of a key: `(request_hash, task_id)`.
-pub async fn find(pool: &PgPool, account_id: i64, key: &str) -> sqlx::Result<Option<(Vec<u8>, String)>> {
-    sqlx::query_as(
+pub async fn find(db: &Db, account_id: i64, key: &str) -> sqlx::Result<Option<(Vec<u8>, String)>> {
+    let sql = format!(
         "SELECT request_hash, task_id FROM idempotency_keys
-         WHERE account_id = $1 AND key = $2 AND created_at >= now() - make_interval(hours => $3)",
-    )
-    .bind(account_id)
-    .bind(key)
-    .bind(KEY_LIFETIME_HOURS)
-    .fetch_optional(pool)
-    .await
+         WHERE account_id = $1 AND key = $2 AND created_at >= {}",
+        expired_before(db.dialect())
+    );
+    on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).bind(key).fetch_optional(pool).await)
 }
 
 /// Deletes expired keys; returns how many.
-pub async fn purge(pool: &PgPool) -> sqlx::Result<u64> {
-    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)")
-        .bind(KEY_LIFETIME_HOURS)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected())
+pub async fn purge(db: &Db) -> sqlx::Result<u64> {
+    let sql = format!("DELETE FROM idempotency_keys WHERE created_at < {}", expired_before(db.dialect()));
+    let done = on_db!(db, pool => sqlx::query(&sql).execute(pool).await.map(|done| done.rows_affected()))?;
+    Ok(done)
 }
 
 #[cfg(test)]

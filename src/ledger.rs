@@ -8,7 +8,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use crate::store::{Db, Tx};
+use crate::{on_db, on_tx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
@@ -18,18 +19,20 @@ pub enum Hold {
 
 /// Reserves `price` for `task_id`: the balance drops by the price, `held` grows by it. Never lets the
 /// balance go below zero; concurrent holds on one account serialise on its row.
-pub async fn hold(tx: &mut PgConnection, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<Hold> {
-    let updated: Option<(i64,)> = sqlx::query_as(
+pub async fn hold(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<Hold> {
+    let updated: Option<(i64,)> = on_tx!(tx, conn => sqlx::query_as(
         "UPDATE accounts SET balance = balance - $2, held = held + $2
          WHERE id = $1 AND balance >= $2 RETURNING balance",
     )
     .bind(account_id)
     .bind(price)
-    .fetch_optional(&mut *tx)
-    .await?;
+    .fetch_optional(conn)
+    .await)?;
     let Some((balance_after,)) = updated else {
-        let (available,): (i64,) =
-            sqlx::query_as("SELECT balance FROM accounts WHERE id = $1").bind(account_id).fetch_one(&mut *tx).await?;
+        let (available,): (i64,) = on_tx!(tx, conn => sqlx::query_as("SELECT balance FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_one(conn)
+            .await)?;
         return Ok(Hold::Insufficient { available });
     };
     append(tx, account_id, "hold", -price, Some(task_id), balance_after, None).await?;
@@ -37,50 +40,50 @@ pub async fn hold(tx: &mut PgConnection, account_id: i64, task_id: &str, price: 
 }
 
 /// The held credits are spent: `held` shrinks, the balance stays (it already paid on hold).
-pub async fn capture(tx: &mut PgConnection, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
+pub async fn capture(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
     let (balance_after,): (i64,) =
-        sqlx::query_as("UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance")
+        on_tx!(tx, conn => sqlx::query_as("UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance")
             .bind(account_id)
             .bind(price)
-            .fetch_one(&mut *tx)
-            .await?;
+            .fetch_one(conn)
+            .await)?;
     append(tx, account_id, "capture", 0, Some(task_id), balance_after, None).await
 }
 
 /// The hold goes back to the balance.
-pub async fn release(tx: &mut PgConnection, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
-    let (balance_after,): (i64,) = sqlx::query_as(
+pub async fn release(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
+    let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
         "UPDATE accounts SET balance = balance + $2, held = held - $2 WHERE id = $1 RETURNING balance",
     )
     .bind(account_id)
     .bind(price)
-    .fetch_one(&mut *tx)
-    .await?;
+    .fetch_one(conn)
+    .await)?;
     append(tx, account_id, "release", price, Some(task_id), balance_after, None).await
 }
 
 /// Adds credits to an account; returns the new balance.
-pub async fn grant(tx: &mut PgConnection, account_id: i64, amount: i64, reason: &str) -> sqlx::Result<i64> {
+pub async fn grant(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> sqlx::Result<i64> {
     let (balance_after,): (i64,) =
-        sqlx::query_as("UPDATE accounts SET balance = balance + $2 WHERE id = $1 RETURNING balance")
+        on_tx!(tx, conn => sqlx::query_as("UPDATE accounts SET balance = balance + $2 WHERE id = $1 RETURNING balance")
             .bind(account_id)
             .bind(amount)
-            .fetch_one(&mut *tx)
-            .await?;
+            .fetch_one(conn)
+            .await)?;
     append(tx, account_id, "grant", amount, None, balance_after, Some(reason)).await?;
     Ok(balance_after)
 }
 
 /// An admin correction of ±`amount` with its reason. Never takes the balance below zero: `None` (and
 /// nothing written) when it would.
-pub async fn adjust(tx: &mut PgConnection, account_id: i64, amount: i64, reason: &str) -> sqlx::Result<Option<i64>> {
-    let updated: Option<(i64,)> = sqlx::query_as(
+pub async fn adjust(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> sqlx::Result<Option<i64>> {
+    let updated: Option<(i64,)> = on_tx!(tx, conn => sqlx::query_as(
         "UPDATE accounts SET balance = balance + $2 WHERE id = $1 AND balance + $2 >= 0 RETURNING balance",
     )
     .bind(account_id)
     .bind(amount)
-    .fetch_optional(&mut *tx)
-    .await?;
+    .fetch_optional(conn)
+    .await)?;
     let Some((balance_after,)) = updated else {
         return Ok(None);
     };
@@ -89,7 +92,7 @@ pub async fn adjust(tx: &mut PgConnection, account_id: i64, amount: i64, reason:
 }
 
 async fn append(
-    tx: &mut PgConnection,
+    tx: &mut Tx,
     account_id: i64,
     kind: &str,
     amount: i64,
@@ -97,7 +100,7 @@ async fn append(
     balance_after: i64,
     reason: Option<&str>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    on_tx!(tx, conn => sqlx::query(
         "INSERT INTO ledger (account_id, kind, amount, task_id, balance_after, reason) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(account_id)
@@ -106,8 +109,9 @@ async fn append(
     .bind(task_id)
     .bind(balance_after)
     .bind(reason)
-    .execute(&mut *tx)
-    .await?;
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(())
 }
 
@@ -130,51 +134,52 @@ pub struct Balance {
     pub held: i64,
 }
 
-pub async fn balance(pool: &PgPool, account_id: i64) -> sqlx::Result<Option<Balance>> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1").bind(account_id).fetch_optional(pool).await?;
+pub async fn balance(db: &Db, account_id: i64) -> sqlx::Result<Option<Balance>> {
+    let row: Option<(i64, i64)> = on_db!(db, pool => sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1")
+        .bind(account_id)
+        .fetch_optional(pool)
+        .await)?;
     Ok(row.map(|(balance, held)| Balance { balance, held }))
 }
 
 /// An account's entries, newest first, optionally only older than `before` (an entry id), within
 /// `[from, to)`, and only those of tasks of `model` (a model or sub-model id; other entries drop out).
 pub async fn page(
-    pool: &PgPool,
+    db: &Db,
     account_id: i64,
     filter: &crate::tasks::UsageFilter<'_>,
     before: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<Entry>> {
-    let query = sqlx::query_as(
-        "SELECT l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at
+    // No casts on the optional parameters: sqlx tells PostgreSQL their types, SQLite needs none.
+    const SQL: &str = "SELECT l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at
          FROM ledger l LEFT JOIN tasks t ON t.id = l.task_id
-         WHERE l.account_id = $1 AND ($2::bigint IS NULL OR l.id < $2)
-           AND ($3::timestamptz IS NULL OR l.created_at >= $3) AND ($4::timestamptz IS NULL OR l.created_at < $4)
-           AND ($5::text IS NULL OR t.model = $5 OR t.sub_model = $5)
-         ORDER BY l.id DESC LIMIT $6",
-    );
-    filter.bind_to(query.bind(account_id).bind(before)).bind(limit).fetch_all(pool).await
+         WHERE l.account_id = $1 AND ($2 IS NULL OR l.id < $2)
+           AND ($3 IS NULL OR l.created_at >= $3) AND ($4 IS NULL OR l.created_at < $4)
+           AND ($5 IS NULL OR t.model = $5 OR t.sub_model = $5)
+         ORDER BY l.id DESC LIMIT $6";
+    on_db!(db, pool => filter.bind_to(sqlx::query_as(SQL).bind(account_id).bind(before)).bind(limit).fetch_all(pool).await)
 }
 
 /// The newest entry of an account, in the caller's transaction (which holds the account's row).
-pub async fn last(tx: &mut PgConnection, account_id: i64) -> sqlx::Result<Entry> {
-    sqlx::query_as(
+pub async fn last(tx: &mut Tx, account_id: i64) -> sqlx::Result<Entry> {
+    on_tx!(tx, conn => sqlx::query_as(
         "SELECT id, kind, amount, task_id, balance_after, reason, created_at
          FROM ledger WHERE account_id = $1 ORDER BY id DESC LIMIT 1",
     )
     .bind(account_id)
-    .fetch_one(&mut *tx)
-    .await
+    .fetch_one(conn)
+    .await)
 }
 
 /// The newest `limit` entries of an account.
-pub async fn recent(pool: &PgPool, account_id: i64, limit: i64) -> sqlx::Result<Vec<Entry>> {
-    sqlx::query_as(
+pub async fn recent(db: &Db, account_id: i64, limit: i64) -> sqlx::Result<Vec<Entry>> {
+    on_db!(db, pool => sqlx::query_as(
         "SELECT id, kind, amount, task_id, balance_after, reason, created_at
          FROM ledger WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
     )
     .bind(account_id)
     .bind(limit)
     .fetch_all(pool)
-    .await
+    .await)
 }

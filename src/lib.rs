@@ -19,5 +19,6 @@ pub mod ratelimit;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod transfer;
 pub mod webhooks;
 pub mod worker;

@@ -1,17 +1,198 @@
-//! The database: connecting (creating the database on first use), migrating, readiness.
+//! The database: PostgreSQL (production, several replicas) or an embedded SQLite file (one process,
+//! nothing to install), chosen by the scheme of `database.url`. Connecting (creating the database on
+//! first use), migrating, transactions, the work-queue claim, readiness, the first-start bootstrap.
+//!
+//! The storage modules (`accounts`, `ledger`, `tasks`, …) take a [`Db`] (or, inside a transaction, a
+//! [`Tx`]). SQL that both backends understand is written once and run on either through [`on_db!`] /
+//! [`on_tx!`]; where the dialects differ (the clock, intervals, `SKIP LOCKED`, advisory locks) the
+//! [`Dialect`] gives the fragment, or the function says it twice.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{FromRow, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 use crate::config::DatabaseSettings;
 
-/// Creates the database if it is missing, then opens a pool. Errors never include the URL, which may
-/// hold a password.
-pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+/// Where `DATABASE_URL` points when it is unset: a file next to the working directory.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://data/aio-gateway.db";
+
+/// How long a SQLite writer waits for the one write lock before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The database of this process. Cheap to clone (a pool handle).
+#[derive(Clone, Debug)]
+pub enum Db {
+    Pg(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A transaction on either backend; dropped without [`Tx::commit`], it rolls back.
+#[derive(Debug)]
+pub enum Tx {
+    Pg(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool: the same code, compiled once per backend.
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Pg($pool) => $body,
+            $crate::store::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection (`&mut PgConnection` or
+/// `&mut SqliteConnection`).
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::store::Tx::Pg(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            $crate::store::Tx::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+impl From<PgPool> for Db {
+    fn from(pool: PgPool) -> Self {
+        Db::Pg(pool)
+    }
+}
+
+impl From<SqlitePool> for Db {
+    fn from(pool: SqlitePool) -> Self {
+        Db::Sqlite(pool)
+    }
+}
+
+impl Db {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Pg(_) => Dialect::Postgres,
+            Db::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
+    /// A write transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes the one write lock up front, so
+    /// transactions that read before they write queue up instead of failing with "database is locked".
+    pub async fn begin(&self) -> sqlx::Result<Tx> {
+        Ok(match self {
+            Db::Pg(pool) => Tx::Pg(pool.begin().await?),
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    /// Connections open, in use or idle.
+    pub fn size(&self) -> u32 {
+        on_db!(self, pool => pool.size())
+    }
+
+    pub fn num_idle(&self) -> usize {
+        on_db!(self, pool => pool.num_idle())
+    }
+}
+
+impl Tx {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Pg(_) => Dialect::Postgres,
+            Tx::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
+    pub async fn commit(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Pg(tx) => tx.commit().await,
+            Tx::Sqlite(tx) => tx.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Pg(tx) => tx.rollback().await,
+            Tx::Sqlite(tx) => tx.rollback().await,
+        }
+    }
+}
+
+/// SQLite keeps timestamps as RFC 3339 text in UTC, as sqlx writes `DateTime<Utc>`: text order is time
+/// order. This is SQLite's current time in that form (milliseconds).
+const SQLITE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')";
+
+/// The SQL fragments that differ between the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    /// The backend a database URL names, by its scheme.
+    pub fn of_url(url: &str) -> Option<Dialect> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Dialect::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else {
+            None
+        }
+    }
+
+    /// The current time.
+    pub fn now(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "now()",
+            Dialect::Sqlite => SQLITE_NOW,
+        }
+    }
+
+    /// The current time plus `seconds` (a parameter or expression, fractional, may be negative or
+    /// NULL: then the result is NULL).
+    pub fn now_plus_secs(self, seconds: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("now() + make_interval(secs => {seconds})"),
+            Dialect::Sqlite => {
+                format!("strftime('%Y-%m-%dT%H:%M:%f+00:00', julianday('now') + ({seconds}) / 86400.0)")
+            }
+        }
+    }
+
+    /// The smaller of two values (`LEAST(a, b)`).
+    pub fn least(self, a: &str, b: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("LEAST({a}, {b})"),
+            Dialect::Sqlite => format!("min({a}, {b})"),
+        }
+    }
+}
+
+/// Opens the database `settings.url` names, creating it on first use (PostgreSQL: the database;
+/// SQLite: the file and its folder). Errors never include the URL, which may hold a password.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Db> {
+    match Dialect::of_url(&settings.url) {
+        Some(Dialect::Postgres) => connect_postgres(settings).await.map(Db::Pg),
+        Some(Dialect::Sqlite) => connect_sqlite(settings).await.map(Db::Sqlite),
+        None => anyhow::bail!("database.url (DATABASE_URL) must start with postgres:// or sqlite://"),
+    }
+}
+
+async fn connect_postgres(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions =
         settings.url.parse().context("database.url (DATABASE_URL) is not a valid PostgreSQL URL")?;
     let database = options.get_database().unwrap_or("postgres").to_owned();
@@ -34,49 +215,160 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .with_context(|| format!("cannot connect to database `{database}`"))
 }
 
-/// Applies the migrations in `migrations/postgres` (embedded in the binary). Safe to run from
-/// several replicas at once: sqlx takes an advisory lock.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations/postgres").run(pool).await.context("running database migrations")
+/// WAL (readers never wait for the writer), a busy timeout (writers queue for the lock), foreign keys.
+async fn connect_sqlite(settings: &DatabaseSettings) -> anyhow::Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(&settings.url)
+        .context("database.url (DATABASE_URL) is not a valid SQLite URL like sqlite://data/aio-gateway.db")?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let file = options.get_filename().to_path_buf();
+    create_folder_of(&file)?;
+    SqlitePoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open the SQLite database {}", file.display()))
 }
 
-/// The claim of a work queue table: up to `$1` rows matching `pending` whose `due_column` has passed,
-/// oldest due first, locked with `SKIP LOCKED` (so several gateways share the queue without waiting on
-/// each other) and pushed `$2` seconds into the future: the lease that keeps them from being claimed
-/// twice. Returns `columns` of the claimed rows.
-pub fn claim_due_sql(table: &str, pending: &str, due_column: &str, columns: &str) -> String {
-    let returning = columns.split(", ").map(|c| format!("claimed.{c}")).collect::<Vec<_>>().join(", ");
-    format!(
-        "WITH due AS (
-             SELECT id FROM {table}
-             WHERE {pending} AND {due_column} <= now()
-             ORDER BY {due_column} LIMIT $1
-             FOR UPDATE SKIP LOCKED)
-         UPDATE {table} claimed SET {due_column} = now() + make_interval(secs => $2)
-         FROM due WHERE claimed.id = due.id
-         RETURNING {returning}"
-    )
+fn create_folder_of(file: &Path) -> anyhow::Result<()> {
+    if let Some(folder) = file.parent().filter(|folder| !folder.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).with_context(|| format!("cannot create the folder {}", folder.display()))?;
+    }
+    Ok(())
 }
 
-pub async fn is_ready(pool: &PgPool) -> bool {
-    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+/// Applies the backend's migrations (`migrations/postgres` or `migrations/sqlite`, embedded in the
+/// binary). Safe to run from several PostgreSQL replicas at once: sqlx takes an advisory lock.
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    match db {
+        Db::Pg(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
+        Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
+    }
+    .context("running database migrations")
 }
 
-/// On a database with no accounts, creates `default` with `credits` and a key for it, under an
-/// advisory lock so two replicas starting together do not both do it. Returns the new key.
-pub async fn bootstrap(pool: &PgPool, credits: i64) -> anyhow::Result<Option<crate::accounts::CreatedKey>> {
-    let mut lock = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock(736241)").execute(&mut *lock).await?;
-    let result = async {
-        let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(pool).await?;
+/// The lock that keeps a second gateway off a SQLite file; released when dropped or when the process
+/// ends, however it ends.
+#[derive(Debug)]
+pub struct ProcessLock {
+    _file: File,
+}
+
+/// For a SQLite URL: takes the exclusive lock on `<database file>.lock`, or explains why another
+/// gateway has it. Nothing for PostgreSQL, which any number of gateways share.
+pub fn lock_single_process(url: &str) -> anyhow::Result<Option<ProcessLock>> {
+    if Dialect::of_url(url) != Some(Dialect::Sqlite) {
+        return Ok(None);
+    }
+    let options = SqliteConnectOptions::from_str(url).context("database.url (DATABASE_URL) is not a valid SQLite URL")?;
+    create_folder_of(options.get_filename())?;
+    let path: PathBuf = lock_path(options.get_filename());
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(ProcessLock { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another gateway is serving the SQLite database {} (it holds {}). SQLite serves one process; \
+             to run several replicas, use PostgreSQL (DATABASE_URL=postgres://…; `aio-gateway migrate --to` \
+             moves the data)",
+            options.get_filename().display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// A work queue table: rows matching `pending` are due when `due_column` has passed.
+pub struct WorkQueue {
+    pub table: &'static str,
+    pub pending: &'static str,
+    pub due_column: &'static str,
+    /// What a claim returns, as `a, b, c`.
+    pub columns: &'static str,
+}
+
+/// Claims up to `limit` due rows of `queue`, oldest due first, and pushes their due time `lease` into
+/// the future: the lease that keeps them from being claimed twice (a worker that dies lets them become
+/// due again). PostgreSQL locks them with `SKIP LOCKED`, so several gateways share the queue without
+/// waiting on each other; SQLite claims in one `BEGIN IMMEDIATE` transaction, its single writer.
+pub async fn claim_due<T>(db: &Db, queue: &WorkQueue, limit: i64, lease: Duration) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin,
+{
+    let WorkQueue { table, pending, due_column, columns } = queue;
+    let lease = lease.as_secs_f64();
+    match db {
+        Db::Pg(pool) => {
+            let returning = columns.split(", ").map(|c| format!("claimed.{c}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "WITH due AS (
+                     SELECT id FROM {table}
+                     WHERE {pending} AND {due_column} <= now()
+                     ORDER BY {due_column} LIMIT $1
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE {table} claimed SET {due_column} = now() + make_interval(secs => $2)
+                 FROM due WHERE claimed.id = due.id
+                 RETURNING {returning}"
+            );
+            sqlx::query_as(&sql).bind(limit).bind(lease).fetch_all(pool).await
+        }
+        Db::Sqlite(_) => {
+            let dialect = Dialect::Sqlite;
+            let sql = format!(
+                "UPDATE {table} SET {due_column} = {}
+                 WHERE id IN (SELECT id FROM {table} WHERE {pending} AND {due_column} <= {}
+                              ORDER BY {due_column} LIMIT $1)
+                 RETURNING {columns}",
+                dialect.now_plus_secs("$2"),
+                dialect.now(),
+            );
+            let mut tx = db.begin().await?;
+            let claimed = on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(limit).bind(lease).fetch_all(conn).await)?;
+            tx.commit().await?;
+            Ok(claimed)
+        }
+    }
+}
+
+pub async fn is_ready(db: &Db) -> bool {
+    on_db!(db, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())
+}
+
+/// On a database with no accounts, creates `default` with `credits` and a key for it. Returns the new
+/// key. On PostgreSQL an advisory lock keeps two replicas starting together from both doing it; a
+/// SQLite file has one gateway (see [`lock_single_process`]).
+pub async fn bootstrap(db: &Db, credits: i64) -> anyhow::Result<Option<crate::accounts::CreatedKey>> {
+    let create = async {
+        let (accounts,): (i64,) = on_db!(db, pool => sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(pool).await)?;
         if accounts > 0 {
             return Ok(None);
         }
-        let account_id = crate::accounts::create(pool, "default", credits).await?;
-        let key = crate::accounts::create_key(pool, account_id, Some("bootstrap"), None).await?;
+        let account_id = crate::accounts::create(db, "default", credits).await?;
+        let key = crate::accounts::create_key(db, account_id, Some("bootstrap"), None).await?;
         Ok(Some(key))
-    }
-    .await;
+    };
+    let Db::Pg(pool) = db else {
+        return create.await;
+    };
+    let mut lock = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(736241)").execute(&mut *lock).await?;
+    let result = create.await;
     sqlx::query("SELECT pg_advisory_unlock(736241)").execute(&mut *lock).await?;
     result
 }

@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
 
 use crate::idempotency::{self, IdempotencyKey};
-use crate::{ids, ledger, store, webhooks};
+use crate::store::{self, Db, Dialect, Tx, WorkQueue};
+use crate::{ids, ledger, on_db, on_tx, webhooks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -138,18 +138,18 @@ pub enum Created {
 
 /// Inserts the task, records its idempotency key and holds its price in one transaction: all happen
 /// or none does. A key already in use answers its first task (same request) or a conflict.
-pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
+pub async fn create(db: &Db, new: NewTask<'_>) -> sqlx::Result<Created> {
     // A key that expires (or is purged) between our insert and our lookup is simply taken again.
     for _ in 0..3 {
-        if let Some(created) = try_create(pool, &new).await? {
+        if let Some(created) = try_create(db, &new).await? {
             return Ok(created);
         }
         let Some(key) = new.idempotency else { break };
-        if let Some((hash, task_id)) = idempotency::find(pool, new.account_id, &key.key).await? {
+        if let Some((hash, task_id)) = idempotency::find(db, new.account_id, &key.key).await? {
             if hash != key.request_hash {
                 return Ok(Created::Conflict);
             }
-            if let Some(task) = get(pool, new.account_id, &task_id).await? {
+            if let Some(task) = get(db, new.account_id, &task_id).await? {
                 return Ok(Created::Replayed(Box::new(task)));
             }
         }
@@ -158,15 +158,18 @@ pub async fn create(pool: &PgPool, new: NewTask<'_>) -> sqlx::Result<Created> {
 }
 
 /// `None` when the idempotency key is taken (nothing written).
-async fn try_create(pool: &PgPool, new: &NewTask<'_>) -> sqlx::Result<Option<Created>> {
-    let mut tx = pool.begin().await?;
-    let task: Task = sqlx::query_as(&format!(
+async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>> {
+    let mut tx = db.begin().await?;
+    let dialect = tx.dialect();
+    let sql = format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
                             upstream_model, deadline_at, next_poll_at)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, now() + make_interval(secs => $10),
-                 now() + make_interval(secs => $11))
-         RETURNING {COLUMNS}"
-    ))
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, {}, {})
+         RETURNING {COLUMNS}",
+        dialect.now_plus_secs("$10"),
+        dialect.now_plus_secs("$11"),
+    );
+    let task: Task = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
     .bind(new.id)
     .bind(new.account_id)
     .bind(new.model)
@@ -178,8 +181,8 @@ async fn try_create(pool: &PgPool, new: &NewTask<'_>) -> sqlx::Result<Option<Cre
     .bind(new.upstream_model)
     .bind(new.deadline.as_secs_f64())
     .bind(new.lease.unwrap_or_default().as_secs_f64())
-    .fetch_one(&mut *tx)
-    .await?;
+    .fetch_one(conn)
+    .await)?;
     if let Some(key) = new.idempotency {
         if !idempotency::claim(&mut tx, new.account_id, key, new.id).await? {
             tx.rollback().await?;
@@ -199,12 +202,9 @@ async fn try_create(pool: &PgPool, new: &NewTask<'_>) -> sqlx::Result<Option<Cre
 }
 
 /// One task of one account: another account's task is indistinguishable from a missing one.
-pub async fn get(pool: &PgPool, account_id: i64, task_id: &str) -> sqlx::Result<Option<Task>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 AND account_id = $2"))
-        .bind(task_id)
-        .bind(account_id)
-        .fetch_optional(pool)
-        .await
+pub async fn get(db: &Db, account_id: i64, task_id: &str) -> sqlx::Result<Option<Task>> {
+    let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 AND account_id = $2");
+    on_db!(db, pool => sqlx::query_as(&sql).bind(task_id).bind(account_id).fetch_optional(pool).await)
 }
 
 /// A page cursor is the id of the last task of the previous page.
@@ -221,26 +221,21 @@ pub fn check_cursor<'a>(parameter: &str, cursor: &'a str) -> Result<&'a str, cra
 /// An account's tasks, newest first, strictly older than `before` (the cursor) when given, of one
 /// status and one model or sub-model id when given.
 pub async fn list(
-    pool: &PgPool,
+    db: &Db,
     account_id: i64,
     limit: i64,
     before: Option<&str>,
     status: Option<TaskStatus>,
     model: Option<&str>,
 ) -> sqlx::Result<Vec<Task>> {
-    sqlx::query_as(&format!(
+    // No casts on the optional parameters: sqlx tells PostgreSQL their types, SQLite needs none.
+    let sql = format!(
         "SELECT {COLUMNS} FROM tasks
-         WHERE account_id = $1 AND ($2::text IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3)
-           AND ($5::text IS NULL OR model = $5 OR sub_model = $5)
+         WHERE account_id = $1 AND ($2 IS NULL OR id < $2) AND ($3 IS NULL OR status = $3)
+           AND ($5 IS NULL OR model = $5 OR sub_model = $5)
          ORDER BY id DESC LIMIT $4"
-    ))
-    .bind(account_id)
-    .bind(before)
-    .bind(status)
-    .bind(limit)
-    .bind(model)
-    .fetch_all(pool)
-    .await
+    );
+    on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).bind(before).bind(status).bind(limit).bind(model).fetch_all(pool).await)
 }
 
 /// The usage filters of the dashboard: a creation-time range `[from, to)` and a model or sub-model id.
@@ -253,17 +248,22 @@ pub struct UsageFilter<'a> {
 
 impl<'a> UsageFilter<'a> {
     /// Binds `from`, `to` and `model`, in that order, as the query's next three parameters.
-    pub fn bind_to<O>(
+    pub fn bind_to<DB, O>(
         &self,
-        query: sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query: sqlx::query::QueryAs<'a, DB, O, <DB as sqlx::Database>::Arguments<'a>>,
+    ) -> sqlx::query::QueryAs<'a, DB, O, <DB as sqlx::Database>::Arguments<'a>>
+    where
+        DB: sqlx::Database,
+        Option<DateTime<Utc>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    {
         query.bind(self.from).bind(self.to).bind(self.model)
     }
 }
 
 /// An account's tasks matching `filter`, newest first, strictly older than `before` when given.
 pub async fn usage_page(
-    pool: &PgPool,
+    db: &Db,
     account_id: i64,
     filter: &UsageFilter<'_>,
     before: Option<&str>,
@@ -271,122 +271,143 @@ pub async fn usage_page(
 ) -> sqlx::Result<Vec<Task>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM tasks
-         WHERE account_id = $1 AND ($2::text IS NULL OR id < $2)
-           AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
-           AND ($5::text IS NULL OR model = $5 OR sub_model = $5)
+         WHERE account_id = $1 AND ($2 IS NULL OR id < $2)
+           AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR created_at < $4)
+           AND ($5 IS NULL OR model = $5 OR sub_model = $5)
          ORDER BY id DESC LIMIT $6"
     );
-    filter.bind_to(sqlx::query_as(&sql).bind(account_id).bind(before)).bind(limit).fetch_all(pool).await
+    on_db!(db, pool => filter.bind_to(sqlx::query_as(&sql).bind(account_id).bind(before)).bind(limit).fetch_all(pool).await)
 }
 
 /// Totals over everything `filter` matches: `(tasks, succeeded, failed, unfinished, credits charged)`.
-pub async fn usage_totals(pool: &PgPool, account_id: i64, filter: &UsageFilter<'_>) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
-    let query = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),
-                count(*) FILTER (WHERE status IN ('pending', 'running')),
-                COALESCE(SUM(price) FILTER (WHERE status = 'succeeded'), 0)::bigint
+pub async fn usage_totals(db: &Db, account_id: i64, filter: &UsageFilter<'_>) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
+    const SQL: &str = "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'),
+                count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status IN ('pending', 'running')),
+                CAST(COALESCE(SUM(price) FILTER (WHERE status = 'succeeded'), 0) AS BIGINT)
          FROM tasks
          WHERE account_id = $1
-           AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
-           AND ($4::text IS NULL OR model = $4 OR sub_model = $4)",
-    );
-    filter.bind_to(query.bind(account_id)).fetch_one(pool).await
+           AND ($2 IS NULL OR created_at >= $2) AND ($3 IS NULL OR created_at < $3)
+           AND ($4 IS NULL OR model = $4 OR sub_model = $4)";
+    on_db!(db, pool => filter.bind_to(sqlx::query_as(SQL).bind(account_id)).fetch_one(pool).await)
 }
 
-/// Claims up to `limit` due unfinished tasks for `lease` (see [`store::claim_due_sql`]).
-pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
-    sqlx::query_as(&store::claim_due_sql("tasks", "status IN ('pending', 'running')", "next_poll_at", COLUMNS))
-        .bind(limit)
-        .bind(lease.as_secs_f64())
-        .fetch_all(pool)
-        .await
+/// The engine's work queue: unfinished tasks, due at `next_poll_at`.
+const QUEUE: WorkQueue =
+    WorkQueue { table: "tasks", pending: "status IN ('pending', 'running')", due_column: "next_poll_at", columns: COLUMNS };
+
+/// Claims up to `limit` due unfinished tasks for `lease` (see [`store::claim_due`]).
+pub async fn claim_due(db: &Db, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
+    store::claim_due(db, &QUEUE, limit, lease).await
 }
 
 /// Hands back the leases of claimed tasks (shutdown): unfinished ones are due again at once.
-pub async fn release(pool: &PgPool, task_ids: &[String]) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE tasks SET next_poll_at = now() WHERE id = ANY($1) AND status IN ('pending', 'running')",
-    )
-    .bind(task_ids)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
+pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
+    // A list parameter: an array on PostgreSQL, a JSON array on SQLite.
+    let done = match db {
+        Db::Pg(pool) => {
+            sqlx::query("UPDATE tasks SET next_poll_at = now() WHERE id = ANY($1) AND status IN ('pending', 'running')")
+                .bind(task_ids)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }
+        Db::Sqlite(pool) => sqlx::query(&format!(
+            "UPDATE tasks SET next_poll_at = {}
+             WHERE id IN (SELECT value FROM json_each($1)) AND status IN ('pending', 'running')",
+            Dialect::Sqlite.now()
+        ))
+        .bind(sqlx::types::Json(task_ids))
+        .execute(pool)
+        .await?
+        .rows_affected(),
+    };
+    Ok(done)
 }
 
 /// The provider accepted the task: remember its job id and when to look again (at once when its
 /// callback already arrived).
-pub async fn mark_running(pool: &PgPool, task_id: &str, upstream_id: &str, next_poll_in: Duration) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = now(),
-                          next_poll_at = CASE WHEN callback_at IS NOT NULL THEN now()
-                                              ELSE LEAST(now() + make_interval(secs => $3), deadline_at) END
+pub async fn mark_running(db: &Db, task_id: &str, upstream_id: &str, next_poll_in: Duration) -> sqlx::Result<bool> {
+    let d = db.dialect();
+    let sql = format!(
+        "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now},
+                          next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
          WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(task_id)
-    .bind(upstream_id)
-    .bind(next_poll_in.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+        now = d.now(),
+        next = d.least(&d.now_plus_secs("$3"), "deadline_at"),
+    );
+    let done = on_db!(db, pool => sqlx::query(&sql)
+        .bind(task_id)
+        .bind(upstream_id)
+        .bind(next_poll_in.as_secs_f64())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+    Ok(done == 1)
 }
 
 /// Submit to another route (failover): only while the task is still pending.
-pub async fn switch_route(pool: &PgPool, task_id: &str, provider: &str, upstream_model: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query("UPDATE tasks SET provider = $2, upstream_model = $3 WHERE id = $1 AND status = 'pending'")
+pub async fn switch_route(db: &Db, task_id: &str, provider: &str, upstream_model: &str) -> sqlx::Result<bool> {
+    const SQL: &str = "UPDATE tasks SET provider = $2, upstream_model = $3 WHERE id = $1 AND status = 'pending'";
+    let done = on_db!(db, pool => sqlx::query(SQL)
         .bind(task_id)
         .bind(provider)
         .bind(upstream_model)
         .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
+        .await
+        .map(|done| done.rows_affected()))?;
+    Ok(done == 1)
 }
 
 /// The callback token for the task's next submit: the provider's `stable` one where it derives one
 /// from the task (see [`crate::providers::Provider::callback_token`]), else a fresh random one. Only
 /// its SHA-256 is kept.
-pub async fn new_callback_token(pool: &PgPool, task_id: &str, stable: Option<String>) -> sqlx::Result<String> {
+pub async fn new_callback_token(db: &Db, task_id: &str, stable: Option<String>) -> sqlx::Result<String> {
     let token = stable.unwrap_or_else(|| ids::new_secret(32));
-    sqlx::query("UPDATE tasks SET callback_token_hash = $2, callback_at = NULL WHERE id = $1")
+    on_db!(db, pool => sqlx::query("UPDATE tasks SET callback_token_hash = $2, callback_at = NULL WHERE id = $1")
         .bind(task_id)
         .bind(Sha256::digest(token.as_bytes()).to_vec())
         .execute(pool)
-        .await?;
+        .await
+        .map(|done| done.rows_affected()))?;
     Ok(token)
 }
 
 /// The task a provider's callback token belongs to, if that provider serves it.
-pub async fn by_callback_token(pool: &PgPool, provider: &str, token: &str) -> sqlx::Result<Option<Task>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM tasks WHERE callback_token_hash = $1 AND provider = $2"))
+pub async fn by_callback_token(db: &Db, provider: &str, token: &str) -> sqlx::Result<Option<Task>> {
+    let sql = format!("SELECT {COLUMNS} FROM tasks WHERE callback_token_hash = $1 AND provider = $2");
+    on_db!(db, pool => sqlx::query_as(&sql)
         .bind(Sha256::digest(token.as_bytes()).to_vec())
         .bind(provider)
         .fetch_optional(pool)
-        .await
+        .await)
 }
 
 /// A callback arrived: an unfinished task is looked at now (a pending one right after its submit).
-pub async fn callback_arrived(pool: &PgPool, task_id: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE tasks SET callback_at = now(),
-                          next_poll_at = CASE WHEN status = 'running' THEN now() ELSE next_poll_at END
+pub async fn callback_arrived(db: &Db, task_id: &str) -> sqlx::Result<()> {
+    let sql = format!(
+        "UPDATE tasks SET callback_at = {now},
+                          next_poll_at = CASE WHEN status = 'running' THEN {now} ELSE next_poll_at END
          WHERE id = $1 AND status IN ('pending', 'running')",
-    )
-    .bind(task_id)
-    .execute(pool)
-    .await?;
+        now = db.dialect().now()
+    );
+    on_db!(db, pool => sqlx::query(&sql).bind(task_id).execute(pool).await.map(|done| done.rows_affected()))?;
     Ok(())
 }
 
 /// Not finished yet: look again after `next_poll_in` (never after the deadline).
-pub async fn reschedule(pool: &PgPool, task_id: &str, next_poll_in: Duration) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE tasks SET attempts = attempts + 1,
-                          next_poll_at = LEAST(now() + make_interval(secs => $2), deadline_at)
+pub async fn reschedule(db: &Db, task_id: &str, next_poll_in: Duration) -> sqlx::Result<()> {
+    let d = db.dialect();
+    let sql = format!(
+        "UPDATE tasks SET attempts = attempts + 1, next_poll_at = {}
          WHERE id = $1 AND status IN ('pending', 'running')",
-    )
-    .bind(task_id)
-    .bind(next_poll_in.as_secs_f64())
-    .execute(pool)
-    .await?;
+        d.least(&d.now_plus_secs("$2"), "deadline_at")
+    );
+    on_db!(db, pool => sqlx::query(&sql)
+        .bind(task_id)
+        .bind(next_poll_in.as_secs_f64())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
     Ok(())
 }
 
@@ -399,27 +420,29 @@ pub enum Outcome {
 /// (due after `webhook_delay`), in one transaction. Returns the settled task when this call made the
 /// transition, `None` when the task was already terminal (someone else settled).
 pub async fn settle(
-    pool: &PgPool,
+    db: &Db,
     task_id: &str,
     outcome: Outcome,
     webhook_delay: Duration,
 ) -> sqlx::Result<Option<Task>> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
         Outcome::Failed(error) => (TaskStatus::Failed, None, Some(Json(error))),
     };
-    let settled: Option<Task> = sqlx::query_as(&format!(
-        "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = now(), completed_at = now()
+    let sql = format!(
+        "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now}
          WHERE id = $1 AND status IN ('pending', 'running')
-         RETURNING {COLUMNS}"
-    ))
-    .bind(task_id)
-    .bind(status)
-    .bind(output)
-    .bind(error)
-    .fetch_optional(&mut *tx)
-    .await?;
+         RETURNING {COLUMNS}",
+        now = tx.dialect().now()
+    );
+    let settled: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
+        .bind(task_id)
+        .bind(status)
+        .bind(output)
+        .bind(error)
+        .fetch_optional(conn)
+        .await)?;
     let Some(task) = settled else {
         return Ok(None);
     };
@@ -429,7 +452,7 @@ pub async fn settle(
     Ok(Some(task))
 }
 
-async fn settle_credits(tx: &mut PgConnection, task: &Task) -> sqlx::Result<()> {
+async fn settle_credits(tx: &mut Tx, task: &Task) -> sqlx::Result<()> {
     match task.status {
         TaskStatus::Succeeded => ledger::capture(tx, task.account_id, &task.id, task.price).await,
         _ => ledger::release(tx, task.account_id, &task.id, task.price).await,
@@ -437,11 +460,11 @@ async fn settle_credits(tx: &mut PgConnection, task: &Task) -> sqlx::Result<()> 
 }
 
 /// Unfinished tasks: `(pending, running)`. Served by the partial index of the work queue.
-pub async fn count_open(pool: &PgPool) -> sqlx::Result<(i64, i64)> {
-    sqlx::query_as(
+pub async fn count_open(db: &Db) -> sqlx::Result<(i64, i64)> {
+    on_db!(db, pool => sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'running')
          FROM tasks WHERE status IN ('pending', 'running')",
     )
     .fetch_one(pool)
-    .await
+    .await)
 }

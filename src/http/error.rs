@@ -132,7 +132,19 @@ impl From<sqlx::Error> for ApiError {
                 ApiError::Unavailable("The database is unavailable; retry shortly.".into())
             }
             // A number beyond what the database holds (e.g. a balance past 2^63).
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
+            // SQLite: the one write lock stayed taken past the busy timeout (SQLITE_BUSY, SQLITE_LOCKED).
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6)) =>
+            {
+                tracing::error!(error = %db, "database busy");
+                ApiError::Unavailable("The database is busy; retry shortly.".into())
+            }
+            // SQLite: the schema's `typeof(…) = 'integer'` checks refuse a sum that left the integers.
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("22003")
+                    || (db.kind() == sqlx::error::ErrorKind::CheckViolation && db.message().contains("typeof(")) =>
+            {
                 ApiError::InvalidRequest("A number in this request is out of range.".into())
             }
             // Text the database cannot store: a NUL character (U+0000), in text or in JSON.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::HeaderMap;
-use sqlx::PgPool;
+use crate::store::Db;
 
 use crate::config::{ProviderKind, Settings};
 use crate::files::FileStore;
@@ -142,7 +142,7 @@ pub struct Providers {
 
 impl Providers {
     /// The active providers: a real provider without its key is left out.
-    pub fn from_settings(settings: &Settings, pool: &PgPool, files: &FileStore) -> anyhow::Result<Providers> {
+    pub fn from_settings(settings: &Settings, pool: &Db, files: &FileStore) -> anyhow::Result<Providers> {
         let mut by_id: HashMap<String, Arc<Entry>> = HashMap::new();
         for (id, config) in &settings.providers {
             if !config.is_active() {

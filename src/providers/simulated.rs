@@ -9,23 +9,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 use super::{picture, JobState, Provider, ProviderError, SubmitRequest, Submitted};
 use crate::files::FileStore;
+use crate::on_db;
+use crate::store::Db;
 use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
 
 pub const DEFAULT_DELAY_MS: u64 = 3000;
 
 pub struct Simulated {
-    pool: PgPool,
+    db: Db,
     files: FileStore,
     default_delay: Duration,
 }
 
 impl Simulated {
-    pub fn new(pool: PgPool, files: FileStore, default_delay: Duration) -> Self {
-        Self { pool, files, default_delay }
+    pub fn new(db: Db, files: FileStore, default_delay: Duration) -> Self {
+        Self { db, files, default_delay }
     }
 }
 
@@ -54,12 +55,14 @@ impl Provider for Simulated {
         let delay = delay_marker(prompt).unwrap_or(self.default_delay);
         let job_id = format!("sim_{}", ulid::Ulid::new());
         // One job per task: a resubmit of the same task (after a crash) gets the first job back.
-        let (upstream_id,): (String,) = sqlx::query_as(
+        let sql = format!(
             "INSERT INTO simulated_jobs (id, task_id, prompt, aspect_ratio, fails, due_at, file_name)
-             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
+             VALUES ($1, $2, $3, $4, $5, {}, $7)
              ON CONFLICT (task_id) DO UPDATE SET task_id = EXCLUDED.task_id
              RETURNING id",
-        )
+            self.db.dialect().now_plus_secs("$6")
+        );
+        let (upstream_id,): (String,) = on_db!(&self.db, pool => sqlx::query_as(&sql)
         .bind(&job_id)
         .bind(request.task_id)
         .bind(prompt)
@@ -67,19 +70,19 @@ impl Provider for Simulated {
         .bind(prompt.contains("[simulate:fail]"))
         .bind(delay.as_secs_f64())
         .bind(FileStore::new_name("png"))
-        .fetch_one(&self.pool)
-        .await
+        .fetch_one(pool)
+        .await)
         .map_err(upstream_unavailable)?;
         Ok(Submitted::Accepted { upstream_id })
     }
 
     async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError> {
-        let job: Option<(String, String, bool, DateTime<Utc>, String)> = sqlx::query_as(
+        let job: Option<(String, String, bool, DateTime<Utc>, String)> = on_db!(&self.db, pool => sqlx::query_as(
             "SELECT prompt, aspect_ratio, fails, due_at, file_name FROM simulated_jobs WHERE id = $1",
         )
         .bind(upstream_id)
-        .fetch_optional(&self.pool)
-        .await
+        .fetch_optional(pool)
+        .await)
         .map_err(upstream_unavailable)?;
         let Some((prompt, aspect_ratio, fails, due_at, file_name)) = job else {
             return Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider lost the job."));

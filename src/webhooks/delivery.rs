@@ -9,7 +9,7 @@ use chrono::Utc;
 use reqwest::dns::Resolve;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
-use sqlx::PgPool;
+use crate::store::Db;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -27,7 +27,7 @@ const EXCERPT_BYTES: usize = 2048;
 const BATCH: usize = 100;
 
 pub struct Webhooks {
-    pool: PgPool,
+    pool: Db,
     client: reqwest::Client,
     guard: Guard,
     schedule: Schedule,
@@ -46,7 +46,7 @@ struct Answer {
 
 impl Webhooks {
     /// `resolver` resolves host names before the guard filters them: the system's in production.
-    pub fn new(pool: PgPool, settings: &WebhookSettings, resolver: Arc<dyn Resolve>) -> anyhow::Result<Arc<Webhooks>> {
+    pub fn new(pool: Db, settings: &WebhookSettings, resolver: Arc<dyn Resolve>) -> anyhow::Result<Arc<Webhooks>> {
         let guard = Guard::new(settings);
         let client = outbound::client(&guard, resolver, Duration::from_secs(settings.timeout_secs))?;
         Ok(Arc::new(Webhooks {

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
 
 use crate::http::TaskView;
-use crate::{ids, store};
+use crate::store::{self, Db, Tx, WorkQueue};
+use crate::{ids, on_db, on_tx};
 use crate::tasks::Task;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
@@ -90,13 +90,15 @@ struct NewDelivery<'a> {
     delay: Duration,
 }
 
-async fn insert(conn: &mut PgConnection, new: NewDelivery<'_>) -> sqlx::Result<Delivery> {
-    sqlx::query_as(&format!(
+async fn insert(tx: &mut Tx, new: NewDelivery<'_>) -> sqlx::Result<Delivery> {
+    let sql = format!(
         "INSERT INTO webhook_deliveries (id, task_id, account_id, url, webhook_id, body, trigger, status,
                                          next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', now() + make_interval(secs => $8))
-         RETURNING {COLUMNS}"
-    ))
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', {})
+         RETURNING {COLUMNS}",
+        tx.dialect().now_plus_secs("$8")
+    );
+    on_tx!(tx, conn => sqlx::query_as(&sql)
     .bind(ids::new_id("dlv"))
     .bind(&new.task.id)
     .bind(new.task.account_id)
@@ -106,12 +108,12 @@ async fn insert(conn: &mut PgConnection, new: NewDelivery<'_>) -> sqlx::Result<D
     .bind(new.trigger)
     .bind(new.delay.as_secs_f64())
     .fetch_one(conn)
-    .await
+    .await)
 }
 
 /// In the settling transaction: a task with a `callback_url` gets its delivery, due after `delay`,
 /// with a new `webhook-id` and its body frozen now.
-pub async fn enqueue(tx: &mut PgConnection, task: &Task, delay: Duration) -> sqlx::Result<()> {
+pub async fn enqueue(tx: &mut Tx, task: &Task, delay: Duration) -> sqlx::Result<()> {
     let Some(url) = &task.callback_url else {
         return Ok(());
     };
@@ -123,30 +125,39 @@ pub async fn enqueue(tx: &mut PgConnection, task: &Task, delay: Duration) -> sql
 /// A manual re-send, due now, of the task's event: the same `webhook-id` and the same bytes as its
 /// first delivery (a task without one, e.g. settled before webhooks existed, gets a new event).
 /// The caller checked that the task is terminal and has a `callback_url`.
-pub async fn enqueue_retry(pool: &PgPool, task: &Task, url: &str) -> sqlx::Result<Delivery> {
-    let first: Option<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT webhook_id, body FROM webhook_deliveries WHERE task_id = $1 ORDER BY id LIMIT 1")
-            .bind(&task.id)
-            .fetch_optional(pool)
-            .await?;
+pub async fn enqueue_retry(db: &Db, task: &Task, url: &str) -> sqlx::Result<Delivery> {
+    let mut tx = db.begin().await?;
+    let first: Option<(String, Vec<u8>)> = on_tx!(&mut tx, conn => sqlx::query_as(
+        "SELECT webhook_id, body FROM webhook_deliveries WHERE task_id = $1 ORDER BY id LIMIT 1",
+    )
+    .bind(&task.id)
+    .fetch_optional(conn)
+    .await)?;
     let (webhook_id, body) = first.unwrap_or_else(|| (ids::new_id("msg"), body(task)));
-    let mut conn = pool.acquire().await?;
-    insert(&mut conn, NewDelivery { task, url, webhook_id, body, trigger: Trigger::Manual, delay: Duration::ZERO }).await
+    let delivery =
+        insert(&mut tx, NewDelivery { task, url, webhook_id, body, trigger: Trigger::Manual, delay: Duration::ZERO })
+            .await?;
+    tx.commit().await?;
+    Ok(delivery)
 }
 
-/// Claims up to `limit` due deliveries for `lease` (see [`store::claim_due_sql`]).
-pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as(&store::claim_due_sql("webhook_deliveries", "status = 'pending'", "next_attempt_at", COLUMNS))
-        .bind(limit)
-        .bind(lease.as_secs_f64())
-        .fetch_all(pool)
-        .await
+/// The delivery loop's work queue: pending deliveries, due at `next_attempt_at`.
+const QUEUE: WorkQueue = WorkQueue {
+    table: "webhook_deliveries",
+    pending: "status = 'pending'",
+    due_column: "next_attempt_at",
+    columns: COLUMNS,
+};
+
+/// Claims up to `limit` due deliveries for `lease` (see [`store::claim_due`]).
+pub async fn claim_due(db: &Db, limit: i64, lease: Duration) -> sqlx::Result<Vec<Delivery>> {
+    store::claim_due(db, &QUEUE, limit, lease).await
 }
 
 /// Records an attempt and moves its delivery on, in one transaction.
-pub async fn record(pool: &PgPool, attempt: &Attempt, next: Next) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
+pub async fn record(db: &Db, attempt: &Attempt, next: Next) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    on_tx!(&mut tx, conn => sqlx::query(
         "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, latency_ms, error, response_excerpt)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -156,42 +167,44 @@ pub async fn record(pool: &PgPool, attempt: &Attempt, next: Next) -> sqlx::Resul
     .bind(attempt.latency_ms)
     .bind(&attempt.error)
     .bind(&attempt.response_excerpt)
-    .execute(&mut *tx)
-    .await?;
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected()))?;
     let (status, retry_in) = match next {
         Next::Delivered => (DeliveryStatus::Delivered, None),
         Next::RetryIn(delay) => (DeliveryStatus::Pending, Some(delay.as_secs_f64())),
         Next::Dead => (DeliveryStatus::Dead, None),
     };
-    sqlx::query(
+    let d = tx.dialect();
+    let sql = format!(
         "UPDATE webhook_deliveries
-         SET status = $2, attempts = attempts + 1, updated_at = now(),
-             next_attempt_at = COALESCE(now() + make_interval(secs => $3), next_attempt_at)
+         SET status = $2, attempts = attempts + 1, updated_at = {}, next_attempt_at = COALESCE({}, next_attempt_at)
          WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(&attempt.delivery_id)
-    .bind(status)
-    .bind(retry_in)
-    .execute(&mut *tx)
-    .await?;
+        d.now(),
+        d.now_plus_secs("$3")
+    );
+    on_tx!(&mut tx, conn => sqlx::query(&sql)
+        .bind(&attempt.delivery_id)
+        .bind(status)
+        .bind(retry_in)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
 /// A task's deliveries, oldest first, each with its attempts in order.
-pub async fn list_for_task(pool: &PgPool, task_id: &str) -> sqlx::Result<Vec<(Delivery, Vec<Attempt>)>> {
-    let deliveries: Vec<Delivery> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE task_id = $1 ORDER BY id"))
-            .bind(task_id)
-            .fetch_all(pool)
-            .await?;
-    let mut attempts: Vec<Attempt> = sqlx::query_as(
+pub async fn list_for_task(db: &Db, task_id: &str) -> sqlx::Result<Vec<(Delivery, Vec<Attempt>)>> {
+    let sql = format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE task_id = $1 ORDER BY id");
+    let deliveries: Vec<Delivery> = on_db!(db, pool => sqlx::query_as(&sql).bind(task_id).fetch_all(pool).await)?;
+    let mut attempts: Vec<Attempt> = on_db!(db, pool => sqlx::query_as(
         "SELECT a.delivery_id, a.attempted_at, a.status_code, a.latency_ms, a.error, a.response_excerpt
          FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
          WHERE d.task_id = $1 ORDER BY a.id",
     )
     .bind(task_id)
     .fetch_all(pool)
-    .await?;
+    .await)?;
     Ok(deliveries
         .into_iter()
         .map(|delivery| {

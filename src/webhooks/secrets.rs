@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::on_db;
+use crate::store::Db;
 
 use super::signing;
 
@@ -22,43 +23,47 @@ impl Signing {
 }
 
 /// The account's secrets, creating its secret on first use. The account must exist.
-pub async fn signing(pool: &PgPool, account_id: i64) -> sqlx::Result<Signing> {
-    if let Some(found) = read(pool, account_id).await? {
+pub async fn signing(db: &Db, account_id: i64) -> sqlx::Result<Signing> {
+    if let Some(found) = read(db, account_id).await? {
         return Ok(found);
     }
     // Two first uses at once: one insert wins, both read the winner.
-    sqlx::query("INSERT INTO webhook_secrets (account_id, secret) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING")
+    const SQL: &str = "INSERT INTO webhook_secrets (account_id, secret) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING";
+    on_db!(db, pool => sqlx::query(SQL)
         .bind(account_id)
         .bind(signing::generate_secret())
         .execute(pool)
-        .await?;
-    read(pool, account_id).await?.ok_or(sqlx::Error::RowNotFound)
+        .await
+        .map(|done| done.rows_affected()))?;
+    read(db, account_id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
-async fn read(pool: &PgPool, account_id: i64) -> sqlx::Result<Option<Signing>> {
-    sqlx::query_as(
-        "SELECT secret AS current, CASE WHEN previous_expires_at > now() THEN previous_secret END AS previous
+async fn read(db: &Db, account_id: i64) -> sqlx::Result<Option<Signing>> {
+    let sql = format!(
+        "SELECT secret AS current, CASE WHEN previous_expires_at > {} THEN previous_secret END AS previous
          FROM webhook_secrets WHERE account_id = $1",
-    )
-    .bind(account_id)
-    .fetch_optional(pool)
-    .await
+        db.dialect().now()
+    );
+    on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).fetch_optional(pool).await)
 }
 
 /// A new current secret; the one it replaces signs too until `overlap` has passed. Rotating again
 /// within the overlap retires the oldest secret at once. Returns the new secret.
-pub async fn rotate(pool: &PgPool, account_id: i64, overlap: Duration) -> sqlx::Result<String> {
-    signing(pool, account_id).await?;
-    let (secret,): (String,) = sqlx::query_as(
+pub async fn rotate(db: &Db, account_id: i64, overlap: Duration) -> sqlx::Result<String> {
+    signing(db, account_id).await?;
+    let d = db.dialect();
+    let sql = format!(
         "UPDATE webhook_secrets
-         SET previous_secret = secret, previous_expires_at = now() + make_interval(secs => $3),
-             secret = $2, rotated_at = now()
+         SET previous_secret = secret, previous_expires_at = {}, secret = $2, rotated_at = {}
          WHERE account_id = $1 RETURNING secret",
-    )
-    .bind(account_id)
-    .bind(signing::generate_secret())
-    .bind(overlap.as_secs_f64())
-    .fetch_one(pool)
-    .await?;
+        d.now_plus_secs("$3"),
+        d.now()
+    );
+    let (secret,): (String,) = on_db!(db, pool => sqlx::query_as(&sql)
+        .bind(account_id)
+        .bind(signing::generate_secret())
+        .bind(overlap.as_secs_f64())
+        .fetch_one(pool)
+        .await)?;
     Ok(secret)
 }

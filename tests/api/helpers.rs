@@ -12,7 +12,8 @@ use std::time::Duration;
 use aio_gateway::app::Application;
 use aio_gateway::config::{ProviderKind, ProviderSettings, Role, Settings};
 use aio_gateway::outbound::SystemResolver;
-use aio_gateway::{accounts, store};
+use aio_gateway::store::Db;
+use aio_gateway::{accounts, on_db, store};
 use reqwest::dns::Resolve;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Response, StatusCode};
@@ -44,7 +45,10 @@ pub fn seed_request() -> Value {
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+    /// For the tests' own SQL.
     pub pool: PgPool,
+    /// The same pool, as the gateway's storage functions take it.
+    pub db: Db,
 }
 
 impl TestDatabase {
@@ -52,9 +56,10 @@ impl TestDatabase {
         let name = format!("aio_test_{}", ulid::Ulid::new().to_string().to_lowercase());
         let url = format!("{}/{name}", postgres_server());
         let settings = aio_gateway::config::DatabaseSettings { url: url.clone(), max_connections, acquire_timeout_secs: 30 };
-        let pool = store::connect(&settings).await.expect("connect to (and create) the test database");
-        store::migrate(&pool).await.expect("migrate the test database");
-        TestDatabase { name, url, pool }
+        let db = store::connect(&settings).await.expect("connect to (and create) the test database");
+        store::migrate(&db).await.expect("migrate the test database");
+        let Db::Pg(pool) = db.clone() else { panic!("a postgres:// URL opens PostgreSQL") };
+        TestDatabase { name, url, pool, db }
     }
 }
 
@@ -119,6 +124,8 @@ pub struct TestApp {
     pub address: String,
     /// A pool on the app's database (the same pool the app uses).
     pub pool: PgPool,
+    /// The same pool, as the gateway's storage functions take it.
+    pub db: Db,
     pub client: reqwest::Client,
     pub shutdown: CancellationToken,
     /// What [`TestApp::restart`] builds the next gateway from.
@@ -172,8 +179,8 @@ pub async fn spawn_app_resolving(resolver: Arc<dyn Resolve>, configure: impl FnO
 }
 
 async fn start(settings: Settings, resolver: Arc<dyn Resolve>, files: TempDir, database: TestDatabase) -> TestApp {
-    let pool = database.pool.clone();
-    let application = Application::build_with_resolver(settings.clone(), pool.clone(), Arc::clone(&resolver))
+    let (pool, db) = (database.pool.clone(), database.db.clone());
+    let application = Application::build_with_resolver(settings.clone(), db.clone(), Arc::clone(&resolver))
         .await
         .expect("build the application");
     let port = application.port();
@@ -183,6 +190,7 @@ async fn start(settings: Settings, resolver: Arc<dyn Resolve>, files: TempDir, d
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         pool,
+        db,
         client: http_client(),
         shutdown,
         settings,
@@ -314,8 +322,13 @@ impl TestApp {
 }
 
 pub async fn new_account(pool: &PgPool, credits: i64) -> (i64, String) {
-    let account_id = accounts::create(pool, "test", credits).await.expect("create an account");
-    let key = accounts::create_key(pool, account_id, Some("test"), None).await.expect("create a key");
+    new_account_on(&Db::Pg(pool.clone()), credits).await
+}
+
+/// [`new_account`] on either backend.
+pub async fn new_account_on(db: &Db, credits: i64) -> (i64, String) {
+    let account_id = accounts::create(db, "test", credits).await.expect("create an account");
+    let key = accounts::create_key(db, account_id, Some("test"), None).await.expect("create a key");
     (account_id, key.api_key)
 }
 
@@ -360,15 +373,20 @@ struct TaskSettlement {
 /// one release (+price) and no capture, and while unfinished neither; each ledger row's
 /// `balance_after` is the running sum of its account's amounts.
 pub async fn assert_ledger_consistent(pool: &PgPool) {
-    let accounts: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+    assert_ledger_consistent_on(&Db::Pg(pool.clone())).await
+}
+
+/// [`assert_ledger_consistent`] on either backend (the SQL is the same on both).
+pub async fn assert_ledger_consistent_on(db: &Db) {
+    let accounts: Vec<(i64, i64, i64, i64, i64)> = on_db!(db, pool => sqlx::query_as(
         "SELECT a.id, a.balance, a.held,
-                COALESCE((SELECT SUM(l.amount) FROM ledger l WHERE l.account_id = a.id), 0)::bigint,
-                COALESCE((SELECT SUM(t.price) FROM tasks t
-                          WHERE t.account_id = a.id AND t.status IN ('pending', 'running')), 0)::bigint
+                CAST(COALESCE((SELECT SUM(l.amount) FROM ledger l WHERE l.account_id = a.id), 0) AS BIGINT),
+                CAST(COALESCE((SELECT SUM(t.price) FROM tasks t
+                               WHERE t.account_id = a.id AND t.status IN ('pending', 'running')), 0) AS BIGINT)
          FROM accounts a ORDER BY a.id",
     )
     .fetch_all(pool)
-    .await
+    .await)
     .expect("read accounts");
     for (id, balance, held, ledger_sum, open_prices) in accounts {
         assert!(balance >= 0, "account {id}: balance {balance} is negative");
@@ -376,21 +394,21 @@ pub async fn assert_ledger_consistent(pool: &PgPool) {
         assert_eq!(held, open_prices, "account {id}: held {held} != prices of its unfinished tasks {open_prices}");
     }
 
-    let tasks: Vec<TaskSettlement> = sqlx::query_as(
+    let tasks: Vec<TaskSettlement> = on_db!(db, pool => sqlx::query_as(
         "SELECT t.id, t.status, t.price,
                 COUNT(l.id) FILTER (WHERE l.kind = 'hold') AS holds,
                 COUNT(l.id) FILTER (WHERE l.kind = 'capture') AS captures,
                 COUNT(l.id) FILTER (WHERE l.kind = 'release') AS releases,
-                COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'hold'), 0)::bigint AS hold,
-                COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'capture'), 0)::bigint AS capture,
-                COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'release'), 0)::bigint AS release,
+                CAST(COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'hold'), 0) AS BIGINT) AS hold,
+                CAST(COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'capture'), 0) AS BIGINT) AS capture,
+                CAST(COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'release'), 0) AS BIGINT) AS release,
                 COUNT(l.id) FILTER (WHERE l.account_id <> t.account_id
                                        OR l.kind NOT IN ('hold', 'capture', 'release')) AS foreign_rows
          FROM tasks t LEFT JOIN ledger l ON l.task_id = t.id
          GROUP BY t.id ORDER BY t.id",
     )
     .fetch_all(pool)
-    .await
+    .await)
     .expect("read tasks and their ledger rows");
     for TaskSettlement { id, status, price, holds, captures, releases, hold, capture, release, foreign_rows } in tasks {
         assert_eq!(holds, 1, "task {id} ({status}): {holds} holds");
@@ -412,24 +430,24 @@ pub async fn assert_ledger_consistent(pool: &PgPool) {
         }
     }
 
-    let broken: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+    let broken: Vec<(i64, i64, i64, i64)> = on_db!(db, pool => sqlx::query_as(
         "SELECT id, account_id, balance_after, running FROM (
              SELECT id, account_id, balance_after,
-                    (SUM(amount) OVER (PARTITION BY account_id ORDER BY id))::bigint AS running
+                    CAST(SUM(amount) OVER (PARTITION BY account_id ORDER BY id) AS BIGINT) AS running
              FROM ledger) entries
          WHERE balance_after <> running",
     )
     .fetch_all(pool)
-    .await
+    .await)
     .expect("read the ledger");
     assert!(broken.is_empty(), "ledger rows whose balance_after is not the running sum (id, account, after, sum): {broken:?}");
 
-    let orphans: Vec<(i64,)> = sqlx::query_as(
+    let orphans: Vec<(i64,)> = on_db!(db, pool => sqlx::query_as(
         "SELECT id FROM ledger WHERE kind IN ('hold', 'capture', 'release') AND task_id IS NULL
             OR kind NOT IN ('hold', 'capture', 'release') AND task_id IS NOT NULL",
     )
     .fetch_all(pool)
-    .await
+    .await)
     .expect("read the ledger");
     assert!(orphans.is_empty(), "ledger rows with a wrong task link: {orphans:?}");
 }
@@ -437,13 +455,19 @@ pub async fn assert_ledger_consistent(pool: &PgPool) {
 /// Waits until every task in the database is `succeeded` or `failed`. The 60 s bound only keeps a
 /// broken engine from hanging the suite.
 pub async fn wait_all_terminal(pool: &PgPool) {
+    wait_all_terminal_on(&Db::Pg(pool.clone())).await
+}
+
+/// [`wait_all_terminal`] on either backend.
+pub async fn wait_all_terminal_on(db: &Db) {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let open: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, status FROM tasks WHERE status IN ('pending', 'running') ORDER BY id")
-                .fetch_all(pool)
-                .await
-                .expect("read tasks");
+        let open: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as(
+            "SELECT id, status FROM tasks WHERE status IN ('pending', 'running') ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await)
+        .expect("read tasks");
         if open.is_empty() {
             return;
         }
@@ -615,5 +639,42 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         task_id
+    }
+}
+
+/// The two storage backends, for tests that run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A fresh, migrated database of either backend: a PostgreSQL database of its own, or a SQLite file in
+/// a temporary folder. Dropped (database or folder) with this.
+pub struct TestStore {
+    pub db: Db,
+    pub url: String,
+    _postgres: Option<TestDatabase>,
+    _folder: Option<TempDir>,
+}
+
+impl TestStore {
+    pub async fn new(backend: Backend, max_connections: u32) -> TestStore {
+        match backend {
+            Backend::Postgres => {
+                let database = TestDatabase::new(max_connections).await;
+                TestStore { db: database.db.clone(), url: database.url.clone(), _postgres: Some(database), _folder: None }
+            }
+            Backend::Sqlite => {
+                let folder = tempfile::tempdir().expect("create a folder for the SQLite database");
+                // A folder that does not exist yet: connecting creates it.
+                let url = format!("sqlite://{}", folder.path().join("data").join("gateway.db").display());
+                let settings =
+                    aio_gateway::config::DatabaseSettings { url: url.clone(), max_connections, acquire_timeout_secs: 30 };
+                let db = store::connect(&settings).await.expect("open (and create) the SQLite database");
+                store::migrate(&db).await.expect("migrate the SQLite database");
+                TestStore { db, url, _postgres: None, _folder: Some(folder) }
+            }
+        }
     }
 }

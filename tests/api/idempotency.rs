@@ -94,7 +94,7 @@ async fn bad_keys_are_refused_and_refused_creates_do_not_burn_the_key() {
     let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM idempotency_keys").fetch_one(&app.pool).await.expect("count");
     assert_eq!(count, 0);
     // … so after a top-up the same key creates the task.
-    let mut tx = app.pool.begin().await.expect("tx");
+    let mut tx = app.db.begin().await.expect("tx");
     aio_gateway::ledger::grant(&mut tx, account_id, 100, "top-up").await.expect("grant");
     tx.commit().await.expect("commit");
     assert_eq!(create_with_key(&app, &key, &max, &seed_request()).await.status(), StatusCode::OK);
@@ -123,6 +123,6 @@ async fn a_key_older_than_24_hours_starts_a_new_task() {
 
     // The engine's purge removes expired rows.
     sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'").execute(&app.pool).await.expect("backdate");
-    assert_eq!(aio_gateway::idempotency::purge(&app.pool).await.expect("purge"), 1);
+    assert_eq!(aio_gateway::idempotency::purge(&app.db).await.expect("purge"), 1);
     assert_ledger_consistent(&app.pool).await;
 }

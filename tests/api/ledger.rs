@@ -94,7 +94,7 @@ async fn racing_settlements_settle_each_task_once() {
     let mut racers = Vec::new();
     for id in &ids {
         for attempt in 0..10 {
-            let pool = app.pool.clone();
+            let pool = app.db.clone();
             let id = id.clone();
             racers.push(tokio::spawn(async move {
                 let outcome = if attempt % 2 == 0 {
@@ -136,7 +136,7 @@ async fn racing_settlements_settle_each_task_once() {
 
     // A settlement of a settled task changes nothing.
     let again = tasks::settle(
-        &app.pool,
+        &app.db,
         &ids[0],
         Outcome::Failed(TaskError { code: TaskErrorCode::Timeout, message: "late".into() }),
         Duration::ZERO,

@@ -25,6 +25,8 @@ mod recovery;
 mod rehost;
 mod session;
 mod shutdown;
+mod sqlite;
+mod storage;
 mod replicate;
 mod validation;
 mod wavespeed;

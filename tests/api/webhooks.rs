@@ -60,7 +60,7 @@ async fn create_with_callback(app: &TestApp, key: &str, prompt: &str, callback_u
 }
 
 async fn secret_of(app: &TestApp, account_id: i64) -> String {
-    secrets::signing(&app.pool, account_id).await.expect("the account's webhook secret").current
+    secrets::signing(&app.db, account_id).await.expect("the account's webhook secret").current
 }
 
 fn deliveries_path(task_id: &str) -> String {
@@ -285,7 +285,7 @@ async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
 async fn a_rotation_signs_with_both_secrets_during_the_overlap_then_with_the_new_one() {
     let Setup { app, receiver, account_id, key, .. } = setup("0s", []).await;
     let old = secret_of(&app, account_id).await;
-    let new = secrets::rotate(&app.pool, account_id, Duration::from_secs(3600)).await.expect("rotate");
+    let new = secrets::rotate(&app.db, account_id, Duration::from_secs(3600)).await.expect("rotate");
     assert_ne!(old, new);
     assert_eq!(secret_of(&app, account_id).await, new, "the new secret is the current one");
 

@@ -40,7 +40,7 @@ impl Node {
     async fn start(credits: i64) -> Node {
         let db = TestDatabase::new(5).await;
         let (account_id, key) = new_account(&db.pool, credits).await;
-        let secret = secrets::signing(&db.pool, account_id).await.expect("the node account's webhook secret").current;
+        let secret = secrets::signing(&db.db, account_id).await.expect("the node account's webhook secret").current;
         let dir = tempfile::tempdir().expect("a node directory");
         let files = dir.path().join("files");
         std::fs::create_dir_all(&files).expect("the node's files directory");
