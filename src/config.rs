@@ -774,6 +774,19 @@ mod tests {
     }
 
     #[test]
+    fn console_admin_accounts_come_as_a_list_one_id_or_a_comma_separated_string() {
+        let key = "auth.session.admin_accounts";
+        let ids = |settings: Result<Settings, String>| settings.map(|s| s.auth.session.admin_accounts);
+        assert_eq!(ids(with(key, vec![1, 7])), Ok(vec![1, 7]));
+        assert_eq!(ids(with(key, 3)), Ok(vec![3]));
+        // What AIO__AUTH__SESSION__ADMIN_ACCOUNTS=1,7 produces.
+        assert_eq!(ids(with(key, "1, 7")), Ok(vec![1, 7]));
+        assert_eq!(ids(with(key, "")), Ok(vec![]));
+        assert!(with(key, "1,admin").is_err());
+        assert!(Settings::default().auth.session.admin_accounts.is_empty());
+    }
+
+    #[test]
     fn webhook_lists_come_as_lists_or_comma_separated_strings() {
         let defaults = Settings::default().webhooks;
         let expected: Vec<String> = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"].map(String::from).to_vec();

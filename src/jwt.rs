@@ -238,6 +238,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn session_signers_without_a_configured_secret_trust_only_their_own_tokens() {
+        let settings = JwtSettings { secret_env: "AIO_TEST_UNSET_SESSION_SECRET".into(), ..JwtSettings::default() };
+        let signer = SessionSigner::from_settings(&settings).expect("a signer");
+        let other = SessionSigner::from_settings(&settings).expect("another process");
+        assert!(!signer.shared);
+        let (token, expires_at) = signer.mint(7, Role::Admin, Duration::from_secs(60)).expect("mint");
+        let session = signer.verify(&token).expect("its own token");
+        assert_eq!((session.account_id, session.role, session.expires_at), (7, Role::Admin, expires_at));
+        assert!(other.verify(&token).is_none(), "another process's random secret");
+        assert!(signer.verify(&format!("{token}x")).is_none());
+    }
+
+    #[test]
     fn ttls_parse() {
         assert_eq!(parse_ttl("1h").ok(), Some(Duration::from_secs(3600)));
         assert_eq!(parse_ttl("90").ok(), Some(Duration::from_secs(90)));
