@@ -31,14 +31,15 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=builder /build/target/release/aio-gateway /usr/local/bin/aio-gateway
 COPY config /app/config
-# Result images; mount a volume shared by all replicas here.
+# Result images (data/files) and, when DATABASE_URL is unset, the SQLite database (data/aio-gateway.db):
+# mount a volume here (with PostgreSQL and several replicas, one shared by all of them for the files).
 RUN mkdir -p /app/data/files && chown -R aio:aio /app/data
 USER aio
 ENV AIO__SERVER__LISTEN=0.0.0.0:8080 \
     AIO__LOG__FORMAT=json \
     AIO__FILES__DIR=/app/data/files
 EXPOSE 8080
-VOLUME ["/app/data/files"]
+VOLUME ["/app/data"]
 # `healthcheck` calls /readyz on server.listen's port: ready means the database is reachable.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["aio-gateway", "healthcheck"]
 # serve: migrate, then serve. SIGTERM stops it gracefully within server.shutdown_grace_secs.
