@@ -200,19 +200,10 @@ pub fn mint(settings: &JwtSettings, account_id: i64, role: Role, ttl: Duration) 
     if parse_algorithm(&settings.algorithm)? != Algorithm::HS256 {
         bail!("token mint signs HS256 tokens only; auth.jwt.algorithm is {}", settings.algorithm);
     }
-    let secret = hs256_secret(settings)?
-        .with_context(|| format!("token mint needs the HS256 secret in ${}", settings.secret_env))?;
-    let now = jsonwebtoken::get_current_timestamp();
-    let claims = Claims {
-        sub: account_id.to_string(),
-        role,
-        exp: now + ttl.as_secs(),
-        iat: Some(now),
-        iss: (!settings.issuer.is_empty()).then(|| settings.issuer.clone()),
-        aud: (!settings.audience.is_empty()).then(|| settings.audience.clone()),
-    };
-    let key = EncodingKey::from_secret(secret.expose_secret().as_bytes());
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).context("signing the token")
+    hs256_secret(settings)?.with_context(|| format!("token mint needs the HS256 secret in ${}", settings.secret_env))?;
+    // With the secret configured, the session signer signs with exactly that secret.
+    let (token, _) = SessionSigner::from_settings(settings)?.mint(account_id, role, ttl)?;
+    Ok(token)
 }
 
 /// `90s`, `15m`, `1h`, `7d` (or plain seconds).
