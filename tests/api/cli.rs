@@ -12,6 +12,17 @@ use crate::helpers::{http_client, models_path, spawn_app, TestDatabase};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml");
 
+/// `check-config` on the catalog at `path`, which must fail: its stderr.
+fn check_config_fails(path: &std::path::Path) -> String {
+    let bad = gateway("postgres://unused@127.0.0.1/none")
+        .arg("check-config")
+        .env("AIO__CATALOG__MODELS_PATH", path)
+        .output()
+        .expect("run check-config");
+    assert!(!bad.status.success());
+    String::from_utf8_lossy(&bad.stderr).into_owned()
+}
+
 fn gateway(database_url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_aio-gateway"));
     command
@@ -106,13 +117,7 @@ fn check_config_reports_every_problem_and_fails() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("tasks.deadline_secs"), "{stderr}");
 
-    let bad = gateway("postgres://unused@127.0.0.1/none")
-        .arg("check-config")
-        .env("AIO__CATALOG__MODELS_PATH", &catalog)
-        .output()
-        .expect("run check-config");
-    assert!(!bad.status.success());
-    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let stderr = check_config_fails(&catalog);
     assert!(stderr.contains("credits must not be negative"), "{stderr}");
     assert!(stderr.contains("provider `nowhere`"), "{stderr}");
 }
@@ -309,13 +314,7 @@ fn check_config_warns_about_unused_routes_and_fails_on_bad_mappings_and_unknown_
         text.replace(from, to)
     });
     std::fs::write(&catalog, broken).expect("write the broken catalog");
-    let bad = gateway("postgres://unused@127.0.0.1/none")
-        .arg("check-config")
-        .env("AIO__CATALOG__MODELS_PATH", &catalog)
-        .output()
-        .expect("run check-config");
-    assert!(!bad.status.success());
-    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let stderr = check_config_fails(&catalog);
     for expected in [
         "model `dall-e-3`: route `openai` → `dall-e-3`: map.quality: `ultra` is not one of the parameter's values (basic, high)",
         "model `dall-e-3`: route `openai` → `dall-e-3`: map.quality: the parameter's value `high` is not mapped",
