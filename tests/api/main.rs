@@ -19,6 +19,7 @@ mod idempotency;
 mod logs;
 mod metrics;
 mod openapi;
+mod properties;
 mod rate_limits;
 mod recovery;
 mod shutdown;
