@@ -18,19 +18,29 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// `cargo build --release --bin aio-gateway`; returns the binary.
+/// `cargo build --release` of the gateway binary (with the bench in the same build, so features
+/// resolve as for `cargo run -p aio-bench` and nothing is compiled twice); returns the directory of
+/// both binaries.
 pub fn build() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // `cargo run` hands this process its CARGO_PKG_* (and the like); build scripts that watch them
+    // (ring's) would see a change and recompile half the tree.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CARGO_") && !matches!(name.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR") {
+            command.env_remove(name);
+        }
+    }
+    let status = command
         .current_dir(root())
-        .args(["build", "--release", "--locked", "-p", "aio-gateway", "--bin", "aio-gateway"])
+        .args(["build", "--release", "--locked", "-p", "aio-gateway", "-p", "aio-bench"])
         .status()
         .context("run cargo build")?;
     if !status.success() {
         bail!("building the gateway failed");
     }
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
-    Ok(target.join("release/aio-gateway"))
+    Ok(target.join("release"))
 }
 
 /// A child process killed when dropped.
@@ -49,9 +59,10 @@ impl Drop for Process {
     }
 }
 
-/// The fake upstream: this binary again, as `fake-upstream PORT`.
-pub fn start_fake(port: u16) -> anyhow::Result<Process> {
-    let child = Command::new(std::env::current_exe()?)
+/// The fake upstream: the bench binary in `binaries` (freshly built: maybe not this process's own
+/// file any more), as `fake-upstream PORT`.
+pub fn start_fake(binaries: &Path, port: u16) -> anyhow::Result<Process> {
+    let child = Command::new(binaries.join("aio-bench"))
         .args(["fake-upstream", &port.to_string()])
         .stdin(Stdio::null())
         .spawn()

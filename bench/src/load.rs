@@ -47,7 +47,7 @@ impl Measured {
 pub async fn run<F, Fut>(concurrency: usize, duration: Duration, server: Option<u32>, request: F) -> Measured
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Outcome> + Send,
+    Fut: Future<Output = Outcome> + Send + 'static,
 {
     let request = Arc::new(request);
     let client_clock = CpuClock::own();

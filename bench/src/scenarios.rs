@@ -31,6 +31,8 @@ struct Bench {
     gateway: String,
     upstream: String,
     key: String,
+    /// `Bearer …` of 64 accounts' keys.
+    spread_keys: Arc<Vec<String>>,
     account_id: i64,
     gateway_pid: u32,
     upstream_pid: u32,
@@ -41,18 +43,18 @@ struct Bench {
 }
 
 pub async fn all(options: Options) -> anyhow::Result<()> {
-    let binary = gateway::build()?;
+    let binaries = gateway::build()?;
     let load_before = procstat::load_average();
     let upstream_port = gateway::free_port()?;
     let upstream = format!("http://127.0.0.1:{upstream_port}");
-    let fake = gateway::start_fake(upstream_port)?;
+    let fake = gateway::start_fake(&binaries, upstream_port)?;
     gateway::wait_http(&format!("{upstream}/api/v1/jobs/recordInfo?taskId=probe")).await?;
 
     let server = std::env::var("AIO_BENCH_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let database = format!("aio_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
     let port = gateway::free_port()?;
     let gateway = Gateway {
-        binary,
+        binary: binaries.join("aio-gateway"),
         database_url: format!("{server}/{database}"),
         upstream: upstream.clone(),
         port,
@@ -66,6 +68,15 @@ pub async fn all(options: Options) -> anyhow::Result<()> {
         .as_str()
         .context("api_key")?
         .to_owned();
+    // One key per account for the many-accounts create: what bounds one account's creates is its row.
+    let mut spread_keys = Vec::new();
+    for _ in 0..64 {
+        let account = gateway.admin(&["accounts", "create", "--name", "spread", "--credits", "1000000000"])?["account_id"]
+            .as_i64()
+            .context("account_id")?;
+        let key = gateway.admin(&["keys", "create", "--account", &account.to_string()])?;
+        spread_keys.push(format!("Bearer {}", key["api_key"].as_str().context("api_key")?));
+    }
     let process = gateway.serve().await?;
     let pool = PgPool::connect(&gateway.database_url).await?;
 
@@ -74,6 +85,7 @@ pub async fn all(options: Options) -> anyhow::Result<()> {
         gateway: format!("http://127.0.0.1:{port}"),
         upstream,
         key,
+        spread_keys: Arc::new(spread_keys),
         account_id,
         gateway_pid: process.pid(),
         upstream_pid: fake.pid(),
@@ -136,6 +148,9 @@ impl Bench {
             create.push(json!({"concurrency": concurrency, "gateway": measured.json(), "floor": floor.json()}));
         }
         self.report.insert("create".into(), Value::Array(create));
+        let spread = self.create_spread(64).await;
+        self.row("create, 64 accounts (one per worker)", 64, &spread, None);
+        self.report.insert("create_64_accounts".into(), spread.json());
 
         let ids = self.task_ids().await?;
         let mut poll = Vec::new();
@@ -197,6 +212,18 @@ impl Bench {
         let body = seed_request();
         load::run(concurrency, self.options.measure, Some(self.gateway_pid), move |_, _| {
             let request = client.post(&url).header("authorization", &auth).json(&body).send();
+            async move { load::ok(request.await).await }
+        })
+        .await
+    }
+
+    /// The same creates, each worker with its own account.
+    async fn create_spread(&self, concurrency: usize) -> Measured {
+        let (client, url, keys) =
+            (self.client.clone(), format!("{}/api/v1/images/generations", self.gateway), Arc::clone(&self.spread_keys));
+        let body = seed_request();
+        load::run(concurrency, self.options.measure, Some(self.gateway_pid), move |worker, _| {
+            let request = client.post(&url).header("authorization", &keys[worker % keys.len()]).json(&body).send();
             async move { load::ok(request.await).await }
         })
         .await
@@ -316,34 +343,54 @@ impl Bench {
         Ok(json!({"sizes": sizes, "poll_p50_ratio": poll_ratio, "create_p50_ratio": create_ratio}))
     }
 
-    /// Inserts tasks `from..to` (ids `task_bulk…`) of the bench account, in chunks of 100,000.
+    /// Inserts tasks `from..to` (ids `task_bulk…`) of the bench account, in chunks of 50,000 on two
+    /// connections. A bulk load, not a measurement: the loading sessions skip the per-row foreign-key
+    /// triggers (`session_replication_role = replica`; the rows are valid) and commit asynchronously.
     async fn bulk_load(&self, from: i64, to: i64, status: &str) -> anyhow::Result<()> {
-        let mut start = from;
-        while start < to {
-            let end = (start + 100_000).min(to);
-            let running = status == "running";
-            sqlx::query(
-                "INSERT INTO tasks (id, account_id, model, sub_model, status, input, output, price, provider,
-                                    upstream_model, upstream_id, deadline_at, next_poll_at, completed_at)
-                 SELECT 'task_bulk' || lpad(g::text, 21, '0'), $1, 'seedream-4-5', 'seedream/4.5-text-to-image', $4,
-                        '{\"prompt\": \"bulk\", \"aspect_ratio\": \"1:1\", \"quality\": \"basic\", \"image_urls\": []}'::jsonb,
-                        CASE WHEN $5 THEN NULL ELSE '{\"images\": [{\"url\": \"https://cdn.example.com/x.png\"}]}'::jsonb END,
-                        12, 'kie', 'seedream/4.5-text-to-image',
-                        CASE WHEN $5 THEN 'hold-' || g ELSE 'bench-bulk-' || g END,
-                        now() + interval '1 day', now() + make_interval(secs => (g % 30)::float8),
-                        CASE WHEN $5 THEN NULL ELSE now() END
-                 FROM generate_series($2::bigint, $3::bigint - 1) g",
-            )
-            .bind(self.account_id)
-            .bind(start)
-            .bind(end)
-            .bind(status)
-            .bind(running)
-            .execute(&self.pool)
-            .await?;
-            start = end;
-        }
+        const CHUNK: i64 = 50_000;
+        let chunks: Vec<(i64, i64)> = (from..to).step_by(CHUNK as usize).map(|s| (s, (s + CHUNK).min(to))).collect();
+        let (first, second) = chunks.split_at(chunks.len() / 2);
+        let load = |part: &[(i64, i64)]| {
+            let part = part.to_vec();
+            async move {
+                let mut connection = self.pool.acquire().await?;
+                sqlx::query("SET session_replication_role = replica").execute(&mut *connection).await?;
+                sqlx::query("SET synchronous_commit = off").execute(&mut *connection).await?;
+                for (start, end) in part {
+                    self.insert_tasks(&mut connection, start, end, status).await?;
+                }
+                sqlx::query("RESET ALL").execute(&mut *connection).await?;
+                anyhow::Ok(())
+            }
+        };
+        let (first, second) = tokio::join!(load(first), load(second));
+        first?;
+        second?;
         sqlx::query("ANALYZE tasks").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_tasks(&self, connection: &mut sqlx::PgConnection, start: i64, end: i64, status: &str) -> anyhow::Result<()> {
+        let running = status == "running";
+        sqlx::query(
+            "INSERT INTO tasks (id, account_id, model, sub_model, status, input, output, price, provider,
+                                upstream_model, upstream_id, deadline_at, next_poll_at, completed_at)
+             SELECT 'task_bulk' || lpad(g::text, 21, '0'), $1, 'seedream-4-5', 'seedream/4.5-text-to-image', $4,
+                    '{\"prompt\": \"bulk\", \"aspect_ratio\": \"1:1\", \"quality\": \"basic\", \"image_urls\": []}'::jsonb,
+                    CASE WHEN $5 THEN NULL ELSE '{\"images\": [{\"url\": \"https://cdn.example.com/x.png\"}]}'::jsonb END,
+                    12, 'kie', 'seedream/4.5-text-to-image',
+                    CASE WHEN $5 THEN 'hold-' || g ELSE 'bench-bulk-' || g END,
+                    now() + interval '1 day', now() + make_interval(secs => (g % 30)::float8),
+                    CASE WHEN $5 THEN NULL ELSE now() END
+             FROM generate_series($2::bigint, $3::bigint - 1) g",
+        )
+        .bind(self.account_id)
+        .bind(start)
+        .bind(end)
+        .bind(status)
+        .bind(running)
+        .execute(&mut *connection)
+        .await?;
         Ok(())
     }
 
