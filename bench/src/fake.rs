@@ -13,9 +13,8 @@ use serde_json::{json, Value};
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 pub async fn serve(port: u16) -> anyhow::Result<()> {
-    let router = Router::new()
-        .route("/api/v1/jobs/createTask", post(create))
-        .route("/api/v1/jobs/recordInfo", get(record_info));
+    let router =
+        Router::new().route("/api/v1/jobs/createTask", post(create)).route("/api/v1/jobs/recordInfo", get(record_info));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, router).await?;
     Ok(())

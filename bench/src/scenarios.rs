@@ -61,7 +61,8 @@ pub async fn all(options: Options) -> anyhow::Result<()> {
         log: std::env::temp_dir().join("aio-bench-gateway.log"),
     };
     gateway.admin(&["migrate"])?;
-    let account_id = gateway.admin(&["accounts", "create", "--name", "bench", "--credits", "1000000000000"])?["account_id"]
+    let account_id = gateway.admin(&["accounts", "create", "--name", "bench", "--credits", "1000000000000"])?
+        ["account_id"]
         .as_i64()
         .context("account_id")?;
     let key = gateway.admin(&["keys", "create", "--account", &account_id.to_string()])?["api_key"]
@@ -71,7 +72,8 @@ pub async fn all(options: Options) -> anyhow::Result<()> {
     // One key per account for the many-accounts create: what bounds one account's creates is its row.
     let mut spread_keys = Vec::new();
     for _ in 0..64 {
-        let account = gateway.admin(&["accounts", "create", "--name", "spread", "--credits", "1000000000"])?["account_id"]
+        let account = gateway.admin(&["accounts", "create", "--name", "spread", "--credits", "1000000000"])?
+            ["account_id"]
             .as_i64()
             .context("account_id")?;
         let key = gateway.admin(&["keys", "create", "--account", &account.to_string()])?;
@@ -106,7 +108,10 @@ pub async fn all(options: Options) -> anyhow::Result<()> {
     bench.report.insert("load_average_before".into(), json!(load_before));
     bench.report.insert("load_average_after".into(), json!(procstat::load_average()));
     bench.report.insert("measure_secs".into(), json!(bench.options.measure.as_secs()));
-    bench.report.insert("unix_time".into(), json!(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()));
+    bench.report.insert(
+        "unix_time".into(),
+        json!(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()),
+    );
     let results = gateway::root().join("bench/results");
     std::fs::create_dir_all(&results)?;
     std::fs::write(results.join("latest.json"), serde_json::to_string_pretty(&Value::Object(bench.report.clone()))?)?;
@@ -208,7 +213,8 @@ impl Bench {
     }
 
     async fn create(&self, concurrency: usize) -> Measured {
-        let (client, url, auth) = (self.client.clone(), format!("{}/api/v1/images/generations", self.gateway), self.auth());
+        let (client, url, auth) =
+            (self.client.clone(), format!("{}/api/v1/images/generations", self.gateway), self.auth());
         let body = seed_request();
         load::run(concurrency, self.options.measure, Some(self.gateway_pid), move |_, _| {
             let request = client.post(&url).header("authorization", &auth).json(&body).send();
@@ -289,8 +295,12 @@ impl Bench {
                 let mut status = task["status"].as_str().unwrap_or_default().to_owned();
                 while status == "pending" || status == "running" {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    let response =
-                        client.get(format!("{base}/api/v1/tasks/{id}")).header("authorization", &auth).send().await.map_err(|_| ())?;
+                    let response = client
+                        .get(format!("{base}/api/v1/tasks/{id}"))
+                        .header("authorization", &auth)
+                        .send()
+                        .await
+                        .map_err(|_| ())?;
                     let task: Value = response.json().await.map_err(|_| ())?;
                     status = task["status"].as_str().unwrap_or_default().to_owned();
                 }
@@ -370,7 +380,13 @@ impl Bench {
         Ok(())
     }
 
-    async fn insert_tasks(&self, connection: &mut sqlx::PgConnection, start: i64, end: i64, status: &str) -> anyhow::Result<()> {
+    async fn insert_tasks(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        start: i64,
+        end: i64,
+        status: &str,
+    ) -> anyhow::Result<()> {
         let running = status == "running";
         sqlx::query(
             "INSERT INTO tasks (id, account_id, model, sub_model, status, input, output, price, provider,
@@ -410,7 +426,8 @@ impl Bench {
         Ok(format!(
             "{:.3} ms, {} buffers",
             top["Execution Time"].as_f64().unwrap_or(f64::NAN),
-            top["Plan"]["Shared Hit Blocks"].as_i64().unwrap_or(0) + top["Plan"]["Shared Read Blocks"].as_i64().unwrap_or(0)
+            top["Plan"]["Shared Hit Blocks"].as_i64().unwrap_or(0)
+                + top["Plan"]["Shared Read Blocks"].as_i64().unwrap_or(0)
         ))
     }
 
@@ -427,7 +444,9 @@ impl Bench {
         let (polled,): (i64,) = sqlx::query_as("SELECT count(*) FROM tasks WHERE status = 'running' AND attempts > 0")
             .fetch_one(&self.pool)
             .await?;
-        Ok(json!({"tasks": self.options.running, "rss_mb": rss_mb, "gateway_cpu_cores": cpu, "polled_at_least_once": polled}))
+        Ok(
+            json!({"tasks": self.options.running, "rss_mb": rss_mb, "gateway_cpu_cores": cpu, "polled_at_least_once": polled}),
+        )
     }
 }
 

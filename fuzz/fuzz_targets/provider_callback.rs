@@ -24,24 +24,24 @@ static PROVIDERS: LazyLock<(tokio::runtime::Runtime, [Providers; 2])> = LazyLock
 });
 
 async fn providers(signed: bool) -> Providers {
-        let mut settings = Settings::default();
-        let kinds = [ProviderKind::Kie, ProviderKind::Wavespeed, ProviderKind::Replicate, ProviderKind::Fal];
-        settings.providers = IDS
-            .iter()
-            .zip(kinds)
-            .map(|(id, kind)| {
-                let mut provider = ProviderSettings::new(kind);
-                // Nothing listens on port 9: fal's key fetch fails at once.
-                provider.base_url = Some("http://127.0.0.1:9".into());
-                provider.api_key = Some("fuzz-key".into());
-                provider.webhook_hmac_key = signed.then(|| "fuzz-secret".into());
-                provider.jwks_url = Some("http://127.0.0.1:9/jwks".into());
-                (id.to_string(), provider)
-            })
-            .collect();
-        let pool = sqlx::PgPool::connect_lazy("postgres://unused@127.0.0.1:9/unused").expect("lazy pool");
-        let files = FileStore::new(std::env::temp_dir().join("aio-fuzz-files"), "http://127.0.0.1:9").expect("files");
-        Providers::from_settings(&settings, &pool, &files).expect("providers")
+    let mut settings = Settings::default();
+    let kinds = [ProviderKind::Kie, ProviderKind::Wavespeed, ProviderKind::Replicate, ProviderKind::Fal];
+    settings.providers = IDS
+        .iter()
+        .zip(kinds)
+        .map(|(id, kind)| {
+            let mut provider = ProviderSettings::new(kind);
+            // Nothing listens on port 9: fal's key fetch fails at once.
+            provider.base_url = Some("http://127.0.0.1:9".into());
+            provider.api_key = Some("fuzz-key".into());
+            provider.webhook_hmac_key = signed.then(|| "fuzz-secret".into());
+            provider.jwks_url = Some("http://127.0.0.1:9/jwks".into());
+            (id.to_string(), provider)
+        })
+        .collect();
+    let pool = sqlx::PgPool::connect_lazy("postgres://unused@127.0.0.1:9/unused").expect("lazy pool");
+    let files = FileStore::new(std::env::temp_dir().join("aio-fuzz-files"), "http://127.0.0.1:9").expect("files");
+    Providers::from_settings(&settings, &pool, &files).expect("providers")
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -13,11 +13,11 @@ use aio_gateway::tasks::TaskInput;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use axum::Router;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{json, Map, Value};
 
 use crate::fakes::{polling_provider, Server};
@@ -52,10 +52,37 @@ fn any_json() -> impl Strategy<Value = Value> {
 fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "model", "prompt", "aspect_ratio", "quality", "image_urls", "callback_url", "code", "msg", "message",
-            "data", "taskId", "task_id", "state", "resultJson", "failMsg", "failCode", "id", "status", "outputs",
-            "output", "error", "urls", "get", "images", "url", "b64_json", "request_id", "response_url", "payload",
-            "detail", "logs",
+            "model",
+            "prompt",
+            "aspect_ratio",
+            "quality",
+            "image_urls",
+            "callback_url",
+            "code",
+            "msg",
+            "message",
+            "data",
+            "taskId",
+            "task_id",
+            "state",
+            "resultJson",
+            "failMsg",
+            "failCode",
+            "id",
+            "status",
+            "outputs",
+            "output",
+            "error",
+            "urls",
+            "get",
+            "images",
+            "url",
+            "b64_json",
+            "request_id",
+            "response_url",
+            "payload",
+            "detail",
+            "logs",
         ])
         .prop_map(str::to_owned),
         "\\PC{0,12}",
@@ -209,7 +236,8 @@ fn random_and_mutated_create_bodies_never_get_a_5xx() {
             })?;
             *statuses.lock().expect("statuses").entry(status.as_u16()).or_default() += 1;
             prop_assert!(status.as_u16() < 500, "{status} for {:?}: {text}", String::from_utf8_lossy(&body));
-            let answer: Value = serde_json::from_str(&text).map_err(|e| TestCaseError::fail(format!("not JSON ({e}): {text}")))?;
+            let answer: Value =
+                serde_json::from_str(&text).map_err(|e| TestCaseError::fail(format!("not JSON ({e}): {text}")))?;
             if status != StatusCode::OK {
                 prop_assert!(answer["error"]["code"].is_string(), "no error envelope: {text}");
             }
@@ -264,10 +292,22 @@ fn provider_answers() -> Vec<Value> {
 /// Headers a callback might carry: the signature headers of each provider, with random values.
 fn callback_headers() -> impl Strategy<Value = Vec<(&'static str, String)>> {
     let names = prop::sample::select(vec![
-        "x-webhook-timestamp", "x-webhook-signature", "webhook-id", "webhook-timestamp", "webhook-signature",
-        "x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp", "x-fal-webhook-signature",
+        "x-webhook-timestamp",
+        "x-webhook-signature",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "x-fal-webhook-request-id",
+        "x-fal-webhook-user-id",
+        "x-fal-webhook-timestamp",
+        "x-fal-webhook-signature",
     ]);
-    let values = prop_oneof!["[ -~]{0,40}", "[0-9]{1,12}", Just(chrono::Utc::now().timestamp().to_string()), "v1,[A-Za-z0-9+/=]{0,60}"];
+    let values = prop_oneof![
+        "[ -~]{0,40}",
+        "[0-9]{1,12}",
+        Just(chrono::Utc::now().timestamp().to_string()),
+        "v1,[A-Za-z0-9+/=]{0,60}"
+    ];
     prop::collection::vec((names, values), 0..5)
 }
 

@@ -63,11 +63,18 @@ fn gateway_env(upstream: &str) -> Vec<(&'static str, String)> {
 }
 
 /// A gateway process (role `all`) on `port`, logging to `{dir}/{name}.log`.
-async fn start_gateway(database_url: &str, dir: &Path, name: &str, port: u16, env: &[(&'static str, String)]) -> Gateway {
+async fn start_gateway(
+    database_url: &str,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    env: &[(&'static str, String)],
+) -> Gateway {
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let listen = format!("127.0.0.1:{port}");
     env.push(("AIO__SERVER__LISTEN", &listen));
-    let mut gateway = Gateway::start_with(database_url, &dir.join("files"), &dir.join(format!("{name}.log")), "all", &env);
+    let mut gateway =
+        Gateway::start_with(database_url, &dir.join("files"), &dir.join(format!("{name}.log")), "all", &env);
     gateway.address = format!("http://{listen}");
     gateway.ready(&client()).await;
     gateway
@@ -198,8 +205,10 @@ async fn money_survives_crashes_restarts_and_a_hostile_upstream() {
     // The clients: every create attempt once, spread over both gateways.
     let total = ACCOUNTS as u64 * ATTEMPTS_PER_ACCOUNT;
     let next = Arc::new(AtomicU64::new(0));
-    let outcomes =
-        Arc::new(Outcomes { created: Mutex::default(), refused_402: (0..ACCOUNTS).map(|_| AtomicU64::new(0)).collect() });
+    let outcomes = Arc::new(Outcomes {
+        created: Mutex::default(),
+        refused_402: (0..ACCOUNTS).map(|_| AtomicU64::new(0)).collect(),
+    });
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (next, traffic, outcomes, addresses, keys) =
@@ -297,7 +306,12 @@ async fn check_books(pool: &PgPool, accounts: &[(i64, String)], outcomes: &Outco
         assert_eq!(held, 0, "account {account_id}: {held} still held");
         assert!(balance >= 0, "account {account_id}: available {balance}");
         assert_eq!(captured, succeeded * PRICE, "account {account_id}: captured {captured} for {succeeded} successes");
-        assert_eq!(granted - balance, captured, "account {account_id}: spent {} but captured {captured}", granted - balance);
+        assert_eq!(
+            granted - balance,
+            captured,
+            "account {account_id}: spent {} but captured {captured}",
+            granted - balance
+        );
         let refused = outcomes.refused_402[index].load(Ordering::Relaxed);
         assert!(refused > 0, "account {account_id} was never refused: the creates did not exceed its credits");
     }
@@ -317,12 +331,16 @@ async fn check_results(pool: &PgPool, upstream: &ChaosKie) {
     let jobs = upstream.job_numbers();
     let mut by_fate: HashMap<(Fate, String), usize> = HashMap::new();
     for (id, status, input, upstream_id, output, error) in &rows {
-        let n: u64 = input["prompt"].as_str().and_then(|p| p.rsplit(' ').next()).and_then(|n| n.parse().ok()).expect("prompt");
+        let n: u64 =
+            input["prompt"].as_str().and_then(|p| p.rsplit(' ').next()).and_then(|n| n.parse().ok()).expect("prompt");
         *by_fate.entry((fate(n), status.clone())).or_default() += 1;
         match status.as_str() {
             "succeeded" => {
                 let upstream_id = upstream_id.as_deref().expect("a succeeded task has an upstream id");
-                assert!(succeeded_upstream.contains(upstream_id), "task {id} succeeded but upstream never completed {upstream_id}");
+                assert!(
+                    succeeded_upstream.contains(upstream_id),
+                    "task {id} succeeded but upstream never completed {upstream_id}"
+                );
                 assert_eq!(jobs.get(upstream_id), Some(&n), "task {id} took job {upstream_id} of another task");
                 let output = output.as_ref().map(Value::to_string).unwrap_or_default();
                 assert!(output.contains(upstream_id) && !output.contains("evil.example"), "task {id}: output {output}");
@@ -400,7 +418,11 @@ async fn check_webhooks(pool: &PgPool, receiver: &Receiver) {
     .expect("read deliveries");
     assert!(!rows.is_empty());
     for (task_id, delivered, pending, dead) in &rows {
-        assert_eq!((delivered + pending, *dead), (1, 0), "task {task_id}: {delivered} delivered, {pending} scheduled, {dead} dead");
+        assert_eq!(
+            (delivered + pending, *dead),
+            (1, 0),
+            "task {task_id}: {delivered} delivered, {pending} scheduled, {dead} dead"
+        );
     }
     let delivered: Vec<(String,)> =
         sqlx::query_as("SELECT webhook_id FROM webhook_deliveries WHERE status = 'delivered'")

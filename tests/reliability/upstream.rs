@@ -162,7 +162,11 @@ async fn create(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
     axum::Json(json!({"code": 200, "msg": "success", "data": {"taskId": task_id}})).into_response()
 }
 
-async fn record_info(State(fake): State<Arc<Fake>>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn record_info(
+    State(fake): State<Arc<Fake>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     if !authorized(&headers, &format!("Bearer {KEY}")) {
         return Step::Json(200, json!({"code": 401, "msg": "You do not have access permissions"})).into_response();
     }
@@ -203,7 +207,9 @@ impl Fake {
         let answer = request.send().await;
         let status = answer.as_ref().ok().map(|r| r.status().as_u16());
         let code = match answer {
-            Ok(response) => response.json::<Value>().await.ok().and_then(|b| b["error"]["code"].as_str().map(str::to_owned)),
+            Ok(response) => {
+                response.json::<Value>().await.ok().and_then(|b| b["error"]["code"].as_str().map(str::to_owned))
+            }
             Err(_) => None,
         };
         self.traffic.record(what, sent, status, code);
@@ -216,7 +222,8 @@ async fn call_back(fake: Arc<Fake>, task_id: String, n: u64, url: String, run_fo
     if calls == Calls::Forged {
         // Claims success before the job ends, for whatever fate it has: wrongly signed, then unsigned.
         let result = json!({"resultUrls": ["https://evil.example/forged.png"]});
-        let body = json!({"code": 200, "msg": "success", "data": record(&task_id, "success", Some(result.to_string()), None)});
+        let body =
+            json!({"code": 200, "msg": "success", "data": record(&task_id, "success", Some(result.to_string()), None)});
         let timestamp = chrono::Utc::now().timestamp().to_string();
         let forged = sign("not-the-key", &task_id, &timestamp);
         fake.post(&url, &body, Some((timestamp.as_str(), forged)), "forged callback").await;
