@@ -5,13 +5,17 @@
 use std::sync::LazyLock;
 
 use aio_gateway::catalog::{Catalog, CreateRequest};
-use aio_gateway::config::Settings;
+use aio_gateway::config::{ProviderKind, ProviderSettings, Settings};
 use aio_gateway::outbound::Guard;
 use libfuzzer_sys::fuzz_target;
 
 static CATALOG: LazyLock<(Catalog, Guard)> = LazyLock::new(|| {
     let mut settings = Settings::default();
     settings.catalog.models_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/models.toml").into();
+    // The providers the shipped catalog routes to.
+    for (id, kind) in [("kie", ProviderKind::Kie), ("simulated", ProviderKind::Simulated)] {
+        settings.providers.insert(id.into(), ProviderSettings::new(kind));
+    }
     let catalog = Catalog::load(&settings).expect("the shipped catalog loads");
     (catalog, Guard::new(&settings.webhooks))
 });
