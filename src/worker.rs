@@ -46,12 +46,18 @@ impl Runner {
     /// Runs `job` until `shutdown`.
     pub async fn run<J: Job>(&self, job: &Arc<J>, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let claimed = self.tick(job).await.unwrap_or_else(|error| {
+            let (claimed, room) = self.tick(job).await.unwrap_or_else(|error| {
                 tracing::error!(error = %error, worker = self.name, "tick failed");
-                0
+                (0, 1)
             });
-            // A full batch means more may be due: go again at once.
-            if claimed == self.batch {
+            // Every free slot filled (or none free) means more may be due: go again as soon as a slot
+            // frees up, not a whole tick later, or the loop works off at most `max_in_flight` items
+            // per tick however fast each one is.
+            if claimed == room {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.in_flight.acquire() => {}
+                }
                 continue;
             }
             tokio::select! {
@@ -66,11 +72,11 @@ impl Runner {
     }
 
     /// Claims up to a batch of due items (as many as there are free slots) and starts working on them.
-    /// Returns how many it claimed.
-    pub async fn tick<J: Job>(&self, job: &Arc<J>) -> sqlx::Result<usize> {
+    /// Returns how many it claimed, and how many it had room for.
+    pub async fn tick<J: Job>(&self, job: &Arc<J>) -> sqlx::Result<(usize, usize)> {
         let free = self.in_flight.available_permits().min(self.batch);
         if free == 0 {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let due = job.claim(free).await?;
         let claimed = due.len();
@@ -84,6 +90,6 @@ impl Runner {
                 drop(permit);
             });
         }
-        Ok(claimed)
+        Ok((claimed, free))
     }
 }

@@ -127,8 +127,14 @@ impl From<anyhow::Error> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => {
                 tracing::error!(error = %error, "database unavailable");
+                ApiError::Unavailable("The database is unavailable; retry shortly.".into())
+            }
+            // The server cut the connection or is shutting down or starting up (a restart, a
+            // failover): as unreachable as a refused connection, and as temporary.
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_server_unavailable) => {
+                tracing::error!(error = %db, "database unavailable");
                 ApiError::Unavailable("The database is unavailable; retry shortly.".into())
             }
             // A number beyond what the database holds (e.g. a balance past 2^63).
@@ -154,6 +160,12 @@ impl From<sqlx::Error> for ApiError {
             other => ApiError::Internal(other.into()),
         }
     }
+}
+
+/// SQLSTATE class 08 (connection exception), 57P01 admin_shutdown, 57P02 crash_shutdown,
+/// 57P03 cannot_connect_now.
+fn is_server_unavailable(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// Carried from `into_response` to `render_errors`.

@@ -76,7 +76,7 @@ impl Webhooks {
 
     /// Claims what is due now and starts delivering it; returns how many it claimed.
     pub async fn tick(self: &Arc<Self>) -> sqlx::Result<usize> {
-        self.runner.tick(self).await
+        self.runner.tick(self).await.map(|(claimed, _)| claimed)
     }
 
     /// Longer than an attempt can take, so a delivery is not claimed twice while it is being sent.

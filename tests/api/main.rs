@@ -20,6 +20,7 @@ mod idempotency;
 mod logs;
 mod metrics;
 mod openapi;
+mod properties;
 mod rate_limits;
 mod recovery;
 mod rehost;

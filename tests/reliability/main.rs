@@ -1,0 +1,19 @@
+//! The reliability suite: two gateway processes on one private PostgreSQL cluster and a KIE upstream
+//! with faults, while one gateway is SIGKILLed and PostgreSQL restarts; money must come out exact.
+//! Its own test binary, sharing the API suite's harness, fakes and webhook receiver.
+
+// The shared modules serve the API suite too; this binary uses only part of them.
+#[allow(dead_code)]
+#[path = "../api/fakes/mod.rs"]
+mod fakes;
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+#[allow(dead_code)]
+#[path = "../api/receiver.rs"]
+mod receiver;
+
+mod faults;
+mod postgres;
+mod traffic;
+mod upstream;
