@@ -319,18 +319,28 @@ async fn check_books(pool: &PgPool, accounts: &[(i64, String)], outcomes: &Outco
     assert!(created <= tasks, "clients saw {created} tasks, the database has {tasks}");
 }
 
+/// How a task ended, as stored.
+#[derive(sqlx::FromRow)]
+struct Ended {
+    id: String,
+    status: String,
+    input: Value,
+    upstream_id: Option<String>,
+    output: Option<Value>,
+    error: Option<Value>,
+}
+
 /// A task succeeded only if the upstream reported its job as succeeded, and each task ended as its
 /// fate says: failures and hung jobs fail (hung ones by the deadline), forged successes change nothing.
 async fn check_results(pool: &PgPool, upstream: &ChaosKie) {
-    let rows: Vec<(String, String, Value, Option<String>, Option<Value>, Option<Value>)> =
-        sqlx::query_as("SELECT id, status, input, upstream_id, output, error FROM tasks")
-            .fetch_all(pool)
-            .await
-            .expect("read tasks");
+    let rows: Vec<Ended> = sqlx::query_as("SELECT id, status, input, upstream_id, output, error FROM tasks")
+        .fetch_all(pool)
+        .await
+        .expect("read tasks");
     let succeeded_upstream = upstream.succeeded();
     let jobs = upstream.job_numbers();
     let mut by_fate: HashMap<(Fate, String), usize> = HashMap::new();
-    for (id, status, input, upstream_id, output, error) in &rows {
+    for Ended { id, status, input, upstream_id, output, error } in &rows {
         let n: u64 =
             input["prompt"].as_str().and_then(|p| p.rsplit(' ').next()).and_then(|n| n.parse().ok()).expect("prompt");
         *by_fate.entry((fate(n), status.clone())).or_default() += 1;
