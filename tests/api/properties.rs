@@ -334,7 +334,7 @@ fn adapters(base_url: &str, files: &std::path::Path, signed: bool) -> Providers 
     // No adapter here touches the database; the pool never connects.
     let pool = sqlx::PgPool::connect_lazy("postgres://unused@127.0.0.1:9/unused").expect("lazy pool");
     let store = FileStore::new(files.to_path_buf(), base_url).expect("file store");
-    Providers::from_settings(&settings, &pool, &store).expect("providers")
+    Providers::from_settings(&settings, &pool.into(), &store).expect("providers")
 }
 
 #[test]
@@ -376,6 +376,7 @@ fn random_and_mutated_provider_answers_never_panic_an_adapter() {
                         upstream_model: "owner/model",
                         input: &input,
                         callback_url: Some("http://127.0.0.1:9/cb"),
+                        fields: None,
                     };
                     // Any answer is fine; a panic fails the case.
                     let _ = provider.submit(request).await;

@@ -177,8 +177,9 @@ async fn money_survives_crashes_restarts_and_a_hostile_upstream() {
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.expect("start PostgreSQL"));
     let database_url = cluster.url("aio_reliability");
     let settings = DatabaseSettings { url: database_url.clone(), max_connections: 4, acquire_timeout_secs: 10 };
-    let pool = store::connect(&settings).await.expect("connect to the private cluster");
-    store::migrate(&pool).await.expect("migrate");
+    let db = store::connect(&settings).await.expect("connect to the private cluster");
+    store::migrate(&db).await.expect("migrate");
+    let aio_gateway::store::Db::Pg(pool) = db else { panic!("a postgres:// URL opens PostgreSQL") };
     let mut accounts = Vec::new();
     for _ in 0..ACCOUNTS {
         accounts.push(new_account(&pool, AFFORDABLE * PRICE).await);
