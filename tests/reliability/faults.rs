@@ -51,6 +51,9 @@ fn gateway_env(upstream: &str) -> Vec<(&'static str, String)> {
         ("AIO__PROVIDERS__KIE__CALLBACK_POLL_SECS", "1".into()),
         ("AIO__TASKS__DEADLINE_SECS", DEADLINE_SECS.into()),
         ("AIO__TASKS__BREAKER_COOLDOWN_SECS", "1".into()),
+        // Outputs keep the upstream's URL, which names its job: that ties each success to the upstream
+        // job that produced it (rehosting has its own tests).
+        ("AIO__RESULTS__REHOST", "false".into()),
         ("AIO__DATABASE__MAX_CONNECTIONS", "8".into()),
         ("AIO__DATABASE__ACQUIRE_TIMEOUT_SECS", "2".into()),
         ("AIO__WEBHOOKS__ALLOW_HTTP", "true".into()),
