@@ -99,6 +99,9 @@ impl Gateway {
             .env("KIE_API_KEY", "bench-upstream-key")
             .env("AIO__PROVIDERS__KIE__BASE_URL", &self.upstream)
             .env("AIO__PROVIDERS__KIE__CALLBACKS", "false")
+            // The fake's result URLs are not real images: the gateway passes them through instead of
+            // copying them (`results.rehost`, on by default), so the figures are the gateway's own work.
+            .env("AIO__RESULTS__REHOST", "false")
             .env("AIO__RATE_LIMIT__REQUESTS_PER_MINUTE", "1000000000")
             .env("AIO__RATE_LIMIT__BURST", "100000000")
             .env("AIO__LOG__LEVEL", "warn")
