@@ -1,6 +1,6 @@
 //! `cargo run --release -p aio-bench -- all [--secs N] [--rows N] [--running N]`: builds the gateway
 //! (release), starts an instant fake KIE upstream and the gateway as separate processes on a fresh
-//! database of the local PostgreSQL server, runs the scenarios of the README's Performance section,
+//! database of the local PostgreSQL server, runs the scenarios of docs/performance.md,
 //! prints a Markdown table and writes `bench/results/latest.json`.
 
 mod fake;

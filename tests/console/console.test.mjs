@@ -2,7 +2,7 @@
 // playwright-core). Starts the built gateway binary on a fresh PostgreSQL database and a free port,
 // with the built-in simulated provider; signs in as a user and as an admin and walks every page.
 // Screenshots of each page go to tests/console/artifacts/ (git-ignored); with UPDATE_DOCS=1 the
-// README's pictures (docs/console-*.png) are retaken too.
+// console pictures (docs/console-*.png) are retaken too.
 //
 // Run: (cd tests/console && npm ci && node --test console.test.mjs), after `cargo build`.
 import { after, before, test } from 'node:test';
