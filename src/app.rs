@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::{FileStore, Rehost};
 use crate::jwt::{JwtAuth, SessionSigner};
-use crate::outbound::{Guard, SystemResolver};
+use crate::url_guard::{Guard, SystemResolver};
 use crate::providers::Providers;
 use crate::ratelimit::RateLimiter;
 use crate::webhooks::Webhooks;

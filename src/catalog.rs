@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{ProviderKind, Settings};
 use crate::http::error::ApiError;
-use crate::outbound::Guard;
+use crate::url_guard::Guard;
 use crate::tasks::TaskInput;
 
 /// The request parameters a model may declare, besides the prompt and image URLs every model has.

@@ -18,11 +18,11 @@ use tracing::Instrument;
 use crate::catalog::Catalog;
 use crate::config::TaskSettings;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
-use crate::routing::Breakers;
+use crate::breakers::Breakers;
 use crate::files::{Rehost, RehostError};
 use crate::tasks::{self, OutputImage, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
 use crate::webhooks::Webhooks;
-use crate::worker::{Job, Runner};
+use crate::work_queue::{Job, Runner};
 use crate::{idempotency, monitoring};
 
 /// How often the engine purges expired idempotency keys.
