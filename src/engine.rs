@@ -157,7 +157,7 @@ impl Engine {
         let task = match tasks::create(&self.pool, new).await? {
             Created::Task(task) => {
                 tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
-                monitoring::task_created(&task);
+                monitoring::task_created(&task.sub_model, &task.provider, task.price);
                 if !self.fast_path {
                     return Ok(*task);
                 }
@@ -415,7 +415,8 @@ impl Engine {
         if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay()).await? {
             let code = settled.error.as_ref().map(|e| e.code);
             tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
-            monitoring::task_settled(&settled);
+            let error_code = code.map(TaskErrorCode::as_str);
+            monitoring::task_settled(&settled.sub_model, &settled.provider, settled.price, error_code);
             if settled.callback_url.is_some() {
                 self.webhooks.wake();
             }

@@ -12,7 +12,6 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::store::Db;
-use crate::tasks::{self, Task};
 
 pub const HTTP_REQUESTS: &str = "aio_http_requests_total";
 pub const HTTP_DURATION: &str = "aio_http_request_duration_seconds";
@@ -83,30 +82,25 @@ pub fn http_request(labels: &[(&'static str, String); 3], started: Instant) {
     histogram!(HTTP_DURATION, labels).record(started.elapsed().as_secs_f64());
 }
 
-/// A task and its hold were committed.
-pub fn task_created(task: &Task) {
-    let labels = [("model", task.sub_model.clone()), ("provider", task.provider.clone())];
+/// A task of `model` (its sub-model id) on `provider` and its hold of `price` were committed.
+pub fn task_created(model: &str, provider: &str, price: i64) {
+    let labels = [("model", model.to_owned()), ("provider", provider.to_owned())];
     counter!(TASKS_CREATED, &labels).increment(1);
-    counter!(CREDITS_HELD, "model" => task.sub_model.clone()).increment(price(task));
+    counter!(CREDITS_HELD, "model" => model.to_owned()).increment(credits(price));
 }
 
-/// A terminal transition and its settlement were committed.
-pub fn task_settled(task: &Task) {
-    let outcome = match &task.error {
-        None => "succeeded".to_owned(),
-        Some(error) => serde_json::to_value(error.code)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "failed".into()),
-    };
-    let labels = [("model", task.sub_model.clone()), ("provider", task.provider.clone()), ("outcome", outcome)];
+/// A terminal transition and its settlement were committed: captured on success (`error_code` is
+/// `None`), released on failure.
+pub fn task_settled(model: &str, provider: &str, price: i64, error_code: Option<&'static str>) {
+    let outcome = error_code.unwrap_or("succeeded").to_owned();
+    let labels = [("model", model.to_owned()), ("provider", provider.to_owned()), ("outcome", outcome)];
     counter!(TASKS_SETTLED, &labels).increment(1);
-    let settled = if task.error.is_none() { CREDITS_CAPTURED } else { CREDITS_RELEASED };
-    counter!(settled, "model" => task.sub_model.clone()).increment(price(task));
+    let settled = if error_code.is_none() { CREDITS_CAPTURED } else { CREDITS_RELEASED };
+    counter!(settled, "model" => model.to_owned()).increment(credits(price));
 }
 
-fn price(task: &Task) -> u64 {
-    u64::try_from(task.price).unwrap_or(0)
+fn credits(price: i64) -> u64 {
+    u64::try_from(price).unwrap_or(0)
 }
 
 pub fn idempotent_replay() {
@@ -137,16 +131,14 @@ pub fn webhook_attempt(outcome: &'static str) {
     counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
 }
 
-/// Samples the gauges (one cheap count on the partial index of unfinished tasks, the pool's own
-/// numbers), then renders everything in the Prometheus text format.
-pub async fn render(db: &Db) -> String {
-    match tasks::count_open(db).await {
-        Ok((pending, running)) => {
-            gauge!(TASKS_OPEN, "status" => "pending").set(pending as f64);
-            gauge!(TASKS_OPEN, "status" => "running").set(running as f64);
-        }
-        Err(error) => tracing::warn!(error = %error, "counting open tasks for /metrics failed"),
-    }
+/// The unfinished tasks in the database, sampled when `/metrics` is scraped.
+pub fn open_tasks(pending: i64, running: i64) {
+    gauge!(TASKS_OPEN, "status" => "pending").set(pending as f64);
+    gauge!(TASKS_OPEN, "status" => "running").set(running as f64);
+}
+
+/// Samples the pool's gauges, then renders everything in the Prometheus text format.
+pub fn render(db: &Db) -> String {
     let size = db.size() as f64;
     let idle = db.num_idle() as f64;
     gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(size - idle);

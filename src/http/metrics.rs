@@ -9,12 +9,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
-use crate::monitoring;
+use crate::{monitoring, tasks};
 
 /// The label of requests no route matched, so unknown paths cannot grow the label set.
 const UNMATCHED: &str = "unmatched";
 
-/// `GET /metrics`: the gauges sampled now, and everything in the Prometheus text format.
+/// `GET /metrics`: samples the gauges (one cheap count on the partial index of unfinished tasks, the
+/// pool's own numbers), then renders everything in the Prometheus text format.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -23,7 +24,11 @@ const UNMATCHED: &str = "unmatched";
     responses((status = 200, description = "Prometheus text format. Bind it privately (`server.metrics_listen`).", body = String, content_type = "text/plain"))
 )]
 pub async fn render(State(state): State<AppState>) -> Response {
-    let text = monitoring::render(&state.pool).await;
+    match tasks::count_open(&state.pool).await {
+        Ok((pending, running)) => monitoring::open_tasks(pending, running),
+        Err(error) => tracing::warn!(error = %error, "counting open tasks for /metrics failed"),
+    }
+    let text = monitoring::render(&state.pool);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

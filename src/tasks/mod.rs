@@ -78,6 +78,18 @@ pub enum TaskErrorCode {
     ContentPolicy,
 }
 
+impl TaskErrorCode {
+    /// As serialised: the code clients see, and the outcome label of the settled-task metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskErrorCode::UpstreamFailed => "upstream_failed",
+            TaskErrorCode::UpstreamRejected => "upstream_rejected",
+            TaskErrorCode::Timeout => "timeout",
+            TaskErrorCode::ContentPolicy => "content_policy",
+        }
+    }
+}
+
 /// Why a task failed, in words a client can act on: never credentials or raw provider internals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskError {
@@ -504,6 +516,14 @@ mod tests {
         assert_ne!(a, request_hash("m", &input("y"), None));
         assert_ne!(a, request_hash("n", &input("x"), None));
         assert_ne!(a, request_hash("m", &input("x"), Some("https://example.com/")));
+    }
+
+    #[test]
+    fn error_codes_read_as_they_serialise() {
+        use TaskErrorCode::*;
+        for code in [UpstreamFailed, UpstreamRejected, Timeout, ContentPolicy] {
+            assert_eq!(serde_json::to_value(code).ok(), Some(serde_json::Value::from(code.as_str())));
+        }
     }
 
     #[test]
