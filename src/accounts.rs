@@ -1,4 +1,5 @@
-//! Accounts and their API keys: what the CLI (and later the admin API) creates, lists and revokes.
+//! Accounts and their API keys: what the CLI and the admin API create, list and revoke, and the
+//! `default` account of a fresh install ([`bootstrap`]).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -6,6 +7,29 @@ use ulid::Ulid;
 
 use crate::store::Db;
 use crate::{auth, ledger, on_db, on_tx};
+
+/// On a database with no accounts, creates `default` with `credits` and a key for it. Returns the new
+/// key. On PostgreSQL an advisory lock keeps two replicas starting together from both doing it; a
+/// SQLite file has one gateway (see [`crate::store::lock_single_process`]).
+pub async fn bootstrap(db: &Db, credits: i64) -> anyhow::Result<Option<CreatedKey>> {
+    let create = async {
+        let (accounts,): (i64,) = on_db!(db, pool => sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(pool).await)?;
+        if accounts > 0 {
+            return Ok(None);
+        }
+        let account_id = create(db, "default", credits).await?;
+        let key = create_key(db, account_id, Some("bootstrap"), None).await?;
+        Ok(Some(key))
+    };
+    let Db::Pg(pool) = db else {
+        return create.await;
+    };
+    let mut lock = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(736241)").execute(&mut *lock).await?;
+    let result = create.await;
+    sqlx::query("SELECT pg_advisory_unlock(736241)").execute(&mut *lock).await?;
+    result
+}
 
 /// Creates an account, granting `credits` through the ledger so the balance has its history.
 pub async fn create(db: &Db, name: &str, credits: i64) -> anyhow::Result<i64> {
@@ -38,6 +62,11 @@ const ACCOUNT_COLUMNS: &str = "id AS account_id, name, balance, held, created_at
 pub async fn get(db: &Db, account_id: i64) -> sqlx::Result<Option<Account>> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
     on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).fetch_optional(pool).await)
+}
+
+/// A page cursor is the id of the last account of the previous page (see [`crate::paging`]).
+pub fn cursor(text: &str) -> Option<i64> {
+    text.parse::<i64>().ok()
 }
 
 /// Accounts by id, after `after` (the cursor) when given.

@@ -9,6 +9,7 @@ use reqwest::dns::Resolve;
 use crate::store::Db;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::KeyAuth;
 use crate::catalog::Catalog;
@@ -16,7 +17,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::{FileStore, Rehost};
 use crate::jwt::{JwtAuth, SessionSigner};
-use crate::outbound::{Guard, SystemResolver};
+use crate::url_guard::{Guard, SystemResolver};
 use crate::providers::Providers;
 use crate::ratelimit::RateLimiter;
 use crate::webhooks::Webhooks;
@@ -95,8 +96,15 @@ impl Application {
         };
         let webhooks = Webhooks::new(pool.clone(), &settings.webhooks, resolver)?;
         let catalog = Arc::new(catalog);
-        let engine =
-            Engine::new(pool.clone(), providers, Arc::clone(&catalog), settings.tasks.clone(), Arc::clone(&webhooks), rehost);
+        let engine = Engine::new(
+            pool.clone(),
+            providers,
+            Arc::clone(&catalog),
+            Arc::clone(&guard),
+            &settings,
+            Arc::clone(&webhooks),
+            rehost,
+        );
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
         let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
         if jwt.is_none() {
@@ -138,17 +146,21 @@ impl Application {
         let role = self.state.settings.server.role;
         let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
         let engine = Arc::clone(&self.state.engine);
-        let engine_loop = role.runs_engine().then(|| tokio::spawn(Arc::clone(&engine).run(shutdown.clone())));
+        // The long-lived tasks, all stopped by `shutdown`; a clean stop waits for every one of them.
+        let background = TaskTracker::new();
+        let engine_loop = role.runs_engine().then(|| background.spawn(Arc::clone(&engine).run(shutdown.clone())));
         let webhooks =
-            role.runs_engine().then(|| tokio::spawn(Arc::clone(&self.state.webhooks).run(shutdown.clone())));
+            role.runs_engine().then(|| background.spawn(Arc::clone(&self.state.webhooks).run(shutdown.clone())));
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let metrics = self.metrics_listener.map(|listener| {
             let router = crate::http::metrics_router(self.state.clone());
-            tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future())
+            let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            background.spawn(serve.into_future())
         });
         let router = crate::http::router(self.state);
         let serve = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = tokio::spawn(serve.into_future());
+        let mut server = background.spawn(serve.into_future());
+        background.close();
         tokio::select! {
             _ = shutdown.cancelled() => {}
             served = &mut server => {
@@ -177,6 +189,7 @@ impl Application {
         if let Some(metrics) = metrics {
             metrics.abort();
         }
+        background.wait().await;
         tracing::info!("stopped");
         Ok(())
     }

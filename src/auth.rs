@@ -12,7 +12,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use crate::store::Db;
 
-use crate::http::error::ApiError;
+use crate::error::Error;
 
 const KEY_PREFIX: &str = "aio_";
 const KEY_RANDOM_CHARS: usize = 40;
@@ -90,26 +90,26 @@ impl KeyAuth {
     }
 
     /// Resolves an `Authorization` header value to a caller, or the one 401.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Error> {
         let secret = authorization
             .and_then(|value| value.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, secret)| secret.trim())
-            .ok_or(ApiError::Unauthorized)?;
+            .ok_or(Error::Unauthorized)?;
         self.authenticate_key(secret).await
     }
 
     /// Resolves the key itself (as the console's sign-in receives it) to a caller, or the one 401.
-    pub async fn authenticate_key(&self, secret: &str) -> Result<Caller, ApiError> {
+    pub async fn authenticate_key(&self, secret: &str) -> Result<Caller, Error> {
         if !is_well_formed(secret) {
-            return Err(ApiError::Unauthorized);
+            return Err(Error::Unauthorized);
         }
         let hash = hash_key(secret);
         let now = Utc::now();
         if let Some(hit) = self.cache.get(&hash) {
             if hit.expires_at.is_some_and(|at| at <= now) {
                 self.cache.invalidate(&hash);
-                return Err(ApiError::Unauthorized);
+                return Err(Error::Unauthorized);
             }
             return Ok(hit.caller);
         }
@@ -121,7 +121,7 @@ impl KeyAuth {
         );
         let row: Option<KeyRow> =
             crate::on_db!(&self.db, pool => sqlx::query_as(&sql).bind(&hash[..]).fetch_optional(pool).await)?;
-        let KeyRow { id: key_id, account_id, expires_at, rate_limit_per_minute } = row.ok_or(ApiError::Unauthorized)?;
+        let KeyRow { id: key_id, account_id, expires_at, rate_limit_per_minute } = row.ok_or(Error::Unauthorized)?;
         let rate_limit_per_minute = rate_limit_per_minute.and_then(|r| u32::try_from(r).ok());
         let caller = Caller { account_id, key_id, rate_limit_per_minute };
         self.cache.insert(hash, CachedKey { caller: caller.clone(), expires_at });

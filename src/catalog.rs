@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::config::{ProviderKind, Settings};
-use crate::http::error::ApiError;
-use crate::outbound::Guard;
+use crate::error::Error;
+use crate::url_guard::Guard;
 use crate::tasks::TaskInput;
 
 /// The request parameters a model may declare, besides the prompt and image URLs every model has.
@@ -274,7 +274,7 @@ impl Catalog {
     }
 
     /// A model id means its default sub-model; a sub-model id means itself; none means the default.
-    pub fn resolve(&self, name: Option<&str>) -> Result<(&Model, &SubModel), ApiError> {
+    pub fn resolve(&self, name: Option<&str>) -> Result<(&Model, &SubModel), Error> {
         let name = name.unwrap_or(&self.default_model);
         for model in &self.models {
             if model.id == name {
@@ -284,15 +284,15 @@ impl Catalog {
                 return Ok((model, sub));
             }
         }
-        Err(ApiError::InvalidRequest(format!(
+        Err(Error::Invalid(format!(
             "`model`: unknown model `{name}`. GET /api/v1/models lists the available models."
         )))
     }
 
     /// Checks every field of a create request against the catalog and fills in the defaults.
-    pub fn validate(&self, request: CreateRequest, guard: &Guard) -> Result<ValidRequest<'_>, ApiError> {
+    pub fn validate(&self, request: CreateRequest, guard: &Guard) -> Result<ValidRequest<'_>, Error> {
         let (model, sub_model) = self.resolve(request.model.as_deref())?;
-        let invalid = |message: String| Err(ApiError::InvalidRequest(message));
+        let invalid = |message: String| Err(Error::Invalid(message));
 
         let prompt = request.prompt.unwrap_or_default();
         let prompt = prompt.trim();
@@ -322,7 +322,7 @@ impl Catalog {
             return invalid(format!("`image_urls`: {} takes {min} to {max} image URLs; got {}.", sub_model.id, image_urls.len()));
         }
         for (i, url) in image_urls.iter().enumerate() {
-            guard.check_url(url).map_err(|why| ApiError::InvalidRequest(format!("`image_urls[{i}]`: {why}")))?;
+            guard.check_url(url).map_err(|why| Error::Invalid(format!("`image_urls[{i}]`: {why}")))?;
         }
 
         if let Some(url) = &request.callback_url {
@@ -332,7 +332,7 @@ impl Catalog {
                     model.id
                 ));
             }
-            guard.check_url(url).map_err(|why| ApiError::InvalidRequest(format!("`callback_url`: {why}")))?;
+            guard.check_url(url).map_err(|why| Error::Invalid(format!("`callback_url`: {why}")))?;
         }
 
         Ok(ValidRequest {
@@ -348,17 +348,17 @@ impl Catalog {
 
 /// The value of a declared parameter: the given one if allowed, else its default. A parameter the
 /// model does not declare may not be given.
-fn choose(model: &Model, name: &str, given: Option<String>) -> Result<Option<String>, ApiError> {
+fn choose(model: &Model, name: &str, given: Option<String>) -> Result<Option<String>, Error> {
     let Some(parameter) = model.parameter(name) else {
         return match given {
-            Some(_) => Err(ApiError::InvalidRequest(format!("`{name}`: {} has no {name} parameter.", model.id))),
+            Some(_) => Err(Error::Invalid(format!("`{name}`: {} has no {name} parameter.", model.id))),
             None => Ok(None),
         };
     };
     match given {
         None => Ok(Some(parameter.default.clone())),
         Some(value) if parameter.values.contains(&value) => Ok(Some(value)),
-        Some(value) => Err(ApiError::InvalidRequest(format!(
+        Some(value) => Err(Error::Invalid(format!(
             "`{name}`: `{value}` is not allowed for {}; use one of {}.",
             model.id,
             parameter.values.join(", ")

@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use crate::store::Db;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::Application;
 use crate::catalog::{self, Catalog};
@@ -215,12 +217,12 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
         }
         Command::Keys(command) => Some(keys(&pool, command).await?),
         Command::Credits(CreditsCommand::Grant { account, amount, reason }) => {
+            // This command only grants; the rest of the rules are the ledger's, as for the admin API.
             anyhow::ensure!(amount > 0, "--amount must be above 0");
-            anyhow::ensure!(accounts::exists(&pool, account).await?, "account {account} does not exist");
-            let mut tx = pool.begin().await?;
-            let balance = ledger::grant(&mut tx, account, amount, reason.as_deref().unwrap_or("granted by CLI")).await?;
-            tx.commit().await?;
-            Some(json!({"balance": balance}))
+            let reason = reason.as_deref().unwrap_or("granted by CLI");
+            let entry =
+                ledger::change(&pool, account, amount, reason).await.with_context(|| format!("account {account}"))?;
+            Some(json!({"balance": entry.balance_after}))
         }
         Command::Webhooks(WebhooksCommand::Secret(command)) => Some(webhook_secret(&pool, &settings, command).await?),
         Command::CheckConfig | Command::Token(_) | Command::Healthcheck { .. } => {
@@ -282,7 +284,7 @@ async fn webhook_secret(pool: &Db, settings: &Settings, command: SecretCommand) 
 
 async fn serve(settings: Settings, pool: Db) -> anyhow::Result<()> {
     if settings.bootstrap.enabled {
-        if let Some(key) = store::bootstrap(&pool, settings.bootstrap.credits).await? {
+        if let Some(key) = accounts::bootstrap(&pool, settings.bootstrap.credits).await? {
             // Printed once, on stdout only: it is never logged and cannot be shown again.
             println!(
                 "Created account `default` with {} credits.\nIts API key (shown once, store it now):\n\n    {}\n",
@@ -292,8 +294,14 @@ async fn serve(settings: Settings, pool: Db) -> anyhow::Result<()> {
     }
     let application = Application::build(settings, pool).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    application.run(shutdown).await
+    let signals = TaskTracker::new();
+    signals.spawn(stop_on_signal(shutdown.clone()));
+    signals.close();
+    let served = application.run(shutdown.clone()).await;
+    // Stopped by itself (an error): the signal watcher stops too.
+    shutdown.cancel();
+    signals.wait().await;
+    served
 }
 
 /// `migrate --to`: the configured SQLite database into the empty PostgreSQL database at `url`.
@@ -337,6 +345,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
+        _ = shutdown.cancelled() => return,
         _ = interrupt => {}
         _ = terminate => {}
     }

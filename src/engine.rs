@@ -1,5 +1,6 @@
-//! The task engine: the one place that drives providers. It submits `pending` tasks, polls `running`
-//! ones with backoff, and fails whatever passes its deadline, settling each task exactly once.
+//! The task engine: the one place that drives providers. It creates tasks (validated, their price
+//! held) and submits them, polls `running` ones with backoff, and fails whatever passes its deadline,
+//! settling each task exactly once.
 //!
 //! All of its state is in the `tasks` table (`next_poll_at` is both the schedule and the lease), so
 //! it survives restarts and several gateways can share one database: each claims due tasks with
@@ -13,17 +14,23 @@ use chrono::Utc;
 use crate::store::Db;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::catalog::Catalog;
-use crate::config::TaskSettings;
-use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
-use crate::routing::Breakers;
+use crate::breakers::Breakers;
+use crate::catalog::{Catalog, CreateRequest};
+use crate::config::{Settings, TaskSettings};
+use crate::error::Error;
 use crate::files::{Rehost, RehostError};
-use crate::tasks::{self, OutputImage, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
+use crate::idempotency::{self, IdempotencyKey};
+use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
+use crate::tasks::{
+    self, Created, NewTask, OutputImage, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus,
+};
+use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
-use crate::worker::{Job, Runner};
-use crate::{idempotency, monitoring};
+use crate::work_queue::{Job, Runner};
+use crate::monitoring;
 
 /// How often the engine purges expired idempotency keys.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -43,8 +50,13 @@ fn undeliverable(why: &str) -> TaskError {
 pub struct Engine {
     pool: Db,
     providers: Providers,
-    /// The routes of each sub-model, for failover.
+    /// What a create is validated against, and the routes of each sub-model, for failover.
     catalog: Arc<Catalog>,
+    /// The outbound URL guard, for the URLs in a create.
+    guard: Arc<Guard>,
+    /// This process runs the engine: it submits the tasks it creates at once (the fast path). An
+    /// API-only process leaves them to the processes that run it.
+    fast_path: bool,
     /// Per-route circuit breakers.
     breakers: Breakers,
     /// `results.rehost`: result images are copied into the file store before the task settles.
@@ -54,6 +66,9 @@ pub struct Engine {
     webhooks: Arc<Webhooks>,
     /// The background loop; it bounds the provider calls in flight.
     runner: Runner,
+    /// The fast path's submits, which outlive the request that created them; [`Engine::drain`] waits
+    /// for them through `claimed`.
+    dispatched: TaskTracker,
     /// Tasks this process is working on (fast path and loop): on shutdown it waits for them, then
     /// hands back the leases of those still unfinished.
     claimed: Mutex<HashSet<String>>,
@@ -82,10 +97,13 @@ impl Engine {
         pool: Db,
         providers: Providers,
         catalog: Arc<Catalog>,
-        settings: TaskSettings,
+        guard: Arc<Guard>,
+        settings: &Settings,
         webhooks: Arc<Webhooks>,
         rehost: Option<Rehost>,
     ) -> Arc<Engine> {
+        let fast_path = settings.server.role.runs_engine();
+        let settings = settings.tasks.clone();
         let tick = Duration::from_millis(settings.tick_ms);
         let runner = Runner::new("engine", tick, settings.batch_size as usize, settings.max_in_flight);
         let breakers = Breakers::new(settings.breaker_failures, Duration::from_secs(settings.breaker_cooldown_secs));
@@ -93,23 +111,93 @@ impl Engine {
             pool,
             providers,
             catalog,
+            guard,
+            fast_path,
             breakers,
             rehost,
             settings,
             webhooks,
             runner,
+            dispatched: TaskTracker::new(),
             claimed: Mutex::new(HashSet::new()),
             idle: Notify::new(),
         })
+    }
+
+    /// Creates a task of `account_id` from a client's request: validated against the catalog, its
+    /// price held and the task stored in one transaction (with its `Idempotency-Key` when given), then
+    /// submitted at once on the fast path. The same key with the same request answers its first task
+    /// (nothing new held); with another request, a conflict.
+    pub async fn create(
+        self: &Arc<Self>,
+        account_id: i64,
+        request: CreateRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<Task, Error> {
+        let valid = self.catalog.validate(request, &self.guard)?;
+        let key = idempotency_key.map(|key| IdempotencyKey {
+            request_hash: tasks::request_hash(&valid.sub_model.id, &valid.input, valid.callback_url.as_deref()),
+            key,
+        });
+        let task_id = tasks::new_task_id();
+        let new = NewTask {
+            id: &task_id,
+            account_id,
+            model: &valid.model.id,
+            sub_model: &valid.sub_model.id,
+            input: &valid.input,
+            price: valid.price,
+            callback_url: valid.callback_url.as_deref(),
+            provider: &valid.route.provider,
+            upstream_model: &valid.route.upstream_model,
+            deadline: Duration::from_secs(self.settings.deadline_secs),
+            lease: self.fast_path.then(|| self.lease()),
+            idempotency: key.as_ref(),
+        };
+        let task = match tasks::create(&self.pool, new).await? {
+            Created::Task(task) => {
+                tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
+                monitoring::task_created(&task.sub_model, &task.provider, task.price);
+                if !self.fast_path {
+                    return Ok(*task);
+                }
+                self.dispatch((*task).clone()).await;
+                tasks::get(&self.pool, account_id, &task.id).await?.unwrap_or(*task)
+            }
+            // The same key and request again: the first task, as it is now; nothing new is held.
+            Created::Replayed(task) => {
+                tracing::info!(task_id = %task.id, "idempotent replay");
+                monitoring::idempotent_replay();
+                *task
+            }
+            Created::Conflict => {
+                return Err(Error::Conflict(
+                    "This Idempotency-Key was already used with a different request in the last 24 hours; \
+                     use a new key for a new request."
+                        .into(),
+                ));
+            }
+            Created::Insufficient { available } => {
+                return Err(Error::InsufficientCredits { price: valid.price, available });
+            }
+        };
+        // A provider that refuses the task outright is something the client must see now.
+        if let Some(error) = task.error.as_ref().filter(|e| e.code == TaskErrorCode::UpstreamRejected) {
+            if task.status == TaskStatus::Failed {
+                let message = format!("{} Task {} failed and nothing was charged.", error.message, task.id);
+                return Err(Error::Upstream(message));
+            }
+        }
+        Ok(task)
     }
 
     /// The create fast path: submit a task this process just created (born claimed, see
     /// [`Engine::lease`]) instead of waiting for a tick, and wait a little for the provider to
     /// accept it. The work is spawned, so it completes even if the client hangs up; if this process
     /// dies first, the lease runs out and another process takes the task.
-    pub async fn dispatch(self: &Arc<Self>, task: Task) {
+    async fn dispatch(self: &Arc<Self>, task: Task) {
         let engine = Arc::clone(self);
-        let work = tokio::spawn(async move { engine.process(task).await });
+        let work = self.dispatched.spawn(async move { engine.process(task).await });
         let _ = tokio::time::timeout(Duration::from_millis(self.settings.dispatch_wait_ms), work).await;
     }
 
@@ -129,8 +217,8 @@ impl Engine {
     }
 
     /// On shutdown, after the loop stopped and the API drained: waits until `deadline` for the tasks
-    /// this process is working on, then makes those still unfinished due at once (their lease handed
-    /// back), so another process takes them now rather than after `tasks.lease_secs`.
+    /// this process is working on (fast path and loop), then makes those still unfinished due at once
+    /// (their lease handed back), so another process takes them now rather than after `tasks.lease_secs`.
     pub async fn drain(&self, deadline: tokio::time::Instant) {
         loop {
             let idle = self.idle.notified();
@@ -240,7 +328,7 @@ impl Engine {
             };
             let started = Instant::now();
             let result = provider.submit(request).await;
-            monitoring::upstream_call(provider_id, "submit", started, result.as_ref().err());
+            monitoring::upstream_call(provider_id, "submit", started, result.as_ref().err().map(|e| e.retriable));
             match &result {
                 Err(error) if error.retriable => self.breakers.failed(provider_id, upstream_model),
                 _ => self.breakers.succeeded(provider_id, upstream_model),
@@ -277,7 +365,7 @@ impl Engine {
         };
         let started = Instant::now();
         let polled = provider.poll(upstream_id).await;
-        monitoring::upstream_call(&task.provider, "poll", started, polled.as_ref().err());
+        monitoring::upstream_call(&task.provider, "poll", started, polled.as_ref().err().map(|e| e.retriable));
         match polled {
             Ok(JobState::Succeeded { images }) => match self.deliverable(images).await {
                 Ok(images) => self.finish(task, Outcome::Succeeded(TaskOutput { images })).await,
@@ -303,7 +391,8 @@ impl Engine {
             if let (Some(provider), Some(upstream_id)) = (self.providers.get(&task.provider), &task.upstream_id) {
                 let started = Instant::now();
                 let cancelled = provider.cancel(upstream_id).await;
-                monitoring::upstream_call(&task.provider, "cancel", started, cancelled.as_ref().err());
+                let failed = cancelled.as_ref().err().map(|e| e.retriable);
+                monitoring::upstream_call(&task.provider, "cancel", started, failed);
                 if let Err(error) = cancelled {
                     tracing::info!(error = %error, "upstream cancel failed");
                 }
@@ -326,7 +415,8 @@ impl Engine {
         if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay()).await? {
             let code = settled.error.as_ref().map(|e| e.code);
             tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
-            monitoring::task_settled(&settled);
+            let error_code = code.map(TaskErrorCode::as_str);
+            monitoring::task_settled(&settled.sub_model, &settled.provider, settled.price, error_code);
             if settled.callback_url.is_some() {
                 self.webhooks.wake();
             }

@@ -10,7 +10,7 @@ use rand::Rng;
 use reqwest::dns::Resolve;
 
 use crate::config::ResultSettings;
-use crate::outbound::{self, Guard};
+use crate::url_guard::{self, Guard};
 use crate::tasks::OutputImage;
 
 #[derive(Clone)]
@@ -111,7 +111,7 @@ impl Rehost {
         node_base_urls: &[&str],
     ) -> anyhow::Result<Rehost> {
         let timeout = Duration::from_secs(settings.timeout_secs);
-        let http = outbound::client(&guard, resolver, timeout)?;
+        let http = url_guard::client(&guard, resolver, timeout)?;
         let nodes_http = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
         let nodes = node_base_urls.iter().filter_map(|u| url::Url::parse(u).ok()).map(|u| u.origin()).collect();
         Ok(Rehost {
@@ -145,7 +145,7 @@ impl Rehost {
             self.http.get(parsed)
         };
         let mut response = request.send().await.map_err(|error| {
-            if outbound::refused_by_guard(&error).is_some() {
+            if url_guard::refused_by_guard(&error).is_some() {
                 RehostError::Refuse("its URL resolves to no public address".into())
             } else if error.is_timeout() {
                 RehostError::Retry("the download timed out".into())

@@ -8,8 +8,14 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+use crate::error::Error;
 use crate::store::{Db, Tx};
 use crate::{on_db, on_tx};
+
+/// The largest manual change in one go, and the largest starting balance of a new account.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+const MAX_REASON_CHARS: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
@@ -91,6 +97,39 @@ pub async fn adjust(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> 
     Ok(Some(balance_after))
 }
 
+/// A manual change by an operator (admin API or CLI): a grant when `amount` is positive, an adjustment
+/// when negative (refused when it would take the balance below 0), with its reason, in one transaction.
+/// Returns its ledger row.
+pub async fn change(db: &Db, account_id: i64, amount: i64, reason: &str) -> Result<Entry, Error> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(Error::Invalid(format!("`reason`: 1 to {MAX_REASON_CHARS} characters.")));
+    }
+    if amount == 0 || amount.unsigned_abs() > MAX_AMOUNT.unsigned_abs() {
+        return Err(Error::Invalid(format!("`amount`: not 0, and at most {MAX_AMOUNT} either way.")));
+    }
+    let Some(before) = balance(db, account_id).await? else {
+        return Err(Error::not_found("Account"));
+    };
+    let mut tx = db.begin().await?;
+    if amount > 0 {
+        grant(&mut tx, account_id, amount, reason).await?;
+    } else if adjust(&mut tx, account_id, amount, reason).await?.is_none() {
+        tx.rollback().await?;
+        let now = balance(db, account_id).await?.unwrap_or(before);
+        return Err(Error::Conflict(format!(
+            "Taking {} credits would leave a negative balance: the account has {} (and {} on hold, which cannot \
+             be taken).",
+            amount.unsigned_abs(),
+            now.balance,
+            now.held
+        )));
+    }
+    let entry = last(&mut tx, account_id).await?;
+    tx.commit().await?;
+    Ok(entry)
+}
+
 async fn append(
     tx: &mut Tx,
     account_id: i64,
@@ -142,12 +181,41 @@ pub async fn balance(db: &Db, account_id: i64) -> sqlx::Result<Option<Balance>> 
     Ok(row.map(|(balance, held)| Balance { balance, held }))
 }
 
+/// The usage filters of the dashboard, over tasks and the ledger: a creation-time range `[from, to)`
+/// and a model or sub-model id.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UsageFilter<'a> {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub model: Option<&'a str>,
+}
+
+impl<'a> UsageFilter<'a> {
+    /// Binds `from`, `to` and `model`, in that order, as the query's next three parameters.
+    pub fn bind_to<DB, O>(
+        &self,
+        query: sqlx::query::QueryAs<'a, DB, O, <DB as sqlx::Database>::Arguments<'a>>,
+    ) -> sqlx::query::QueryAs<'a, DB, O, <DB as sqlx::Database>::Arguments<'a>>
+    where
+        DB: sqlx::Database,
+        Option<DateTime<Utc>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    {
+        query.bind(self.from).bind(self.to).bind(self.model)
+    }
+}
+
+/// A page cursor is the id of the last entry of the previous page (see [`crate::paging`]).
+pub fn cursor(text: &str) -> Option<i64> {
+    text.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
 /// An account's entries, newest first, optionally only older than `before` (an entry id), within
 /// `[from, to)`, and only those of tasks of `model` (a model or sub-model id; other entries drop out).
 pub async fn page(
     db: &Db,
     account_id: i64,
-    filter: &crate::tasks::UsageFilter<'_>,
+    filter: &UsageFilter<'_>,
     before: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<Entry>> {

@@ -1,5 +1,6 @@
-//! Prometheus metrics: one process-wide recorder, the metric names, the HTTP middleware that counts
-//! requests by route, and the `/metrics` handler that samples the gauges when it is scraped.
+//! Prometheus metrics: one process-wide recorder, the metric names, the recording functions, and the
+//! rendering of everything when `/metrics` is scraped (its handler and the HTTP request counting are
+//! in `http::metrics`).
 //!
 //! Labels stay few: routes are the router's patterns (`/api/v1/tasks/{task_id}`), never ids or keys.
 //! Counters that move money are recorded after their transaction committed.
@@ -7,16 +8,10 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::app::AppState;
-use crate::tasks::Task;
+use crate::store::Db;
 
 pub const HTTP_REQUESTS: &str = "aio_http_requests_total";
 pub const HTTP_DURATION: &str = "aio_http_request_duration_seconds";
@@ -36,9 +31,6 @@ pub const DB_POOL_CONNECTIONS: &str = "aio_db_pool_connections";
 /// Outgoing webhook attempts, label `outcome` (`delivered`, `failed`, `dead`): incremented by the
 /// webhook deliverer through [`webhook_attempt`]: `delivered`, `retry` or `dead`.
 pub const WEBHOOK_ATTEMPTS: &str = "aio_webhook_attempts_total";
-
-/// The label of requests no route matched, so unknown paths cannot grow the label set.
-const UNMATCHED: &str = "unmatched";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -84,63 +76,43 @@ fn describe() {
     describe_counter!(WEBHOOK_ATTEMPTS, "Outgoing webhook delivery attempts, by outcome.");
 }
 
-/// Counts and times every request by its route pattern and final status. Runs inside the request
-/// span and records the route there too.
-pub async fn track_http(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let route = route.unwrap_or_else(|| UNMATCHED.to_owned());
-    tracing::Span::current().record("route", route.as_str());
-    // Extension methods (any token is a valid method) would grow the label set: one label for them.
-    let method = match *request.method() {
-        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::HEAD | Method::OPTIONS => {
-            request.method().as_str().to_owned()
-        }
-        _ => "other".to_owned(),
-    };
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let labels = [("route", route), ("method", method), ("status", response.status().as_u16().to_string())];
-    counter!(HTTP_REQUESTS, &labels).increment(1);
-    histogram!(HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
-    response
+/// One answered HTTP request, by its route pattern, method and status.
+pub fn http_request(labels: &[(&'static str, String); 3], started: Instant) {
+    counter!(HTTP_REQUESTS, labels).increment(1);
+    histogram!(HTTP_DURATION, labels).record(started.elapsed().as_secs_f64());
 }
 
-/// A task and its hold were committed.
-pub fn task_created(task: &Task) {
-    let labels = [("model", task.sub_model.clone()), ("provider", task.provider.clone())];
+/// A task of `model` (its sub-model id) on `provider` and its hold of `price` were committed.
+pub fn task_created(model: &str, provider: &str, price: i64) {
+    let labels = [("model", model.to_owned()), ("provider", provider.to_owned())];
     counter!(TASKS_CREATED, &labels).increment(1);
-    counter!(CREDITS_HELD, "model" => task.sub_model.clone()).increment(price(task));
+    counter!(CREDITS_HELD, "model" => model.to_owned()).increment(credits(price));
 }
 
-/// A terminal transition and its settlement were committed.
-pub fn task_settled(task: &Task) {
-    let outcome = match &task.error {
-        None => "succeeded".to_owned(),
-        Some(error) => serde_json::to_value(error.code)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "failed".into()),
-    };
-    let labels = [("model", task.sub_model.clone()), ("provider", task.provider.clone()), ("outcome", outcome)];
+/// A terminal transition and its settlement were committed: captured on success (`error_code` is
+/// `None`), released on failure.
+pub fn task_settled(model: &str, provider: &str, price: i64, error_code: Option<&'static str>) {
+    let outcome = error_code.unwrap_or("succeeded").to_owned();
+    let labels = [("model", model.to_owned()), ("provider", provider.to_owned()), ("outcome", outcome)];
     counter!(TASKS_SETTLED, &labels).increment(1);
-    let settled = if task.error.is_none() { CREDITS_CAPTURED } else { CREDITS_RELEASED };
-    counter!(settled, "model" => task.sub_model.clone()).increment(price(task));
+    let settled = if error_code.is_none() { CREDITS_CAPTURED } else { CREDITS_RELEASED };
+    counter!(settled, "model" => model.to_owned()).increment(credits(price));
 }
 
-fn price(task: &Task) -> u64 {
-    u64::try_from(task.price).unwrap_or(0)
+fn credits(price: i64) -> u64 {
+    u64::try_from(price).unwrap_or(0)
 }
 
 pub fn idempotent_replay() {
     counter!(IDEMPOTENT_REPLAYS).increment(1);
 }
 
-/// One provider call: its latency, and its error kind when it failed.
-pub fn upstream_call(provider: &str, call: &'static str, started: Instant, error: Option<&crate::providers::ProviderError>) {
+/// One provider call: its latency, and when it failed, whether the error was retriable.
+pub fn upstream_call(provider: &str, call: &'static str, started: Instant, failed_retriable: Option<bool>) {
     let labels = [("provider", provider.to_owned()), ("call", call.to_owned())];
     histogram!(UPSTREAM_DURATION, &labels).record(started.elapsed().as_secs_f64());
-    if let Some(error) = error {
-        let kind = if error.retriable { "retriable" } else { "permanent" };
+    if let Some(retriable) = failed_retriable {
+        let kind = if retriable { "retriable" } else { "permanent" };
         counter!(UPSTREAM_ERRORS, "provider" => provider.to_owned(), "call" => call, "kind" => kind).increment(1);
     }
 }
@@ -159,28 +131,19 @@ pub fn webhook_attempt(outcome: &'static str) {
     counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
 }
 
-/// `GET /metrics`: samples the gauges (one cheap count on the partial index of unfinished tasks, the
-/// pool's own numbers), then renders everything in the Prometheus text format.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    operation_id = "metrics",
-    tag = "operations",
-    responses((status = 200, description = "Prometheus text format. Bind it privately (`server.metrics_listen`).", body = String, content_type = "text/plain"))
-)]
-pub async fn render(State(state): State<AppState>) -> Response {
-    match crate::tasks::count_open(&state.pool).await {
-        Ok((pending, running)) => {
-            gauge!(TASKS_OPEN, "status" => "pending").set(pending as f64);
-            gauge!(TASKS_OPEN, "status" => "running").set(running as f64);
-        }
-        Err(error) => tracing::warn!(error = %error, "counting open tasks for /metrics failed"),
-    }
-    let size = state.pool.size() as f64;
-    let idle = state.pool.num_idle() as f64;
+/// The unfinished tasks in the database, sampled when `/metrics` is scraped.
+pub fn open_tasks(pending: i64, running: i64) {
+    gauge!(TASKS_OPEN, "status" => "pending").set(pending as f64);
+    gauge!(TASKS_OPEN, "status" => "running").set(running as f64);
+}
+
+/// Samples the pool's gauges, then renders everything in the Prometheus text format.
+pub fn render(db: &Db) -> String {
+    let size = db.size() as f64;
+    let idle = db.num_idle() as f64;
     gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(size - idle);
     gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
     let handle = handle();
     handle.run_upkeep();
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
+    handle.render()
 }

@@ -18,7 +18,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::RateLimitSettings;
-use crate::http::error::ApiError;
+use crate::error::Error;
 use crate::monitoring;
 
 /// GCRA in Redis, atomic. KEYS[1]: the key's state (its theoretical arrival time, in ms).
@@ -85,7 +85,7 @@ impl RateLimiter {
     }
 
     /// Counts one request of `key_id` against its limit (`per_minute` overrides the default).
-    pub async fn check_key(&self, key_id: &str, per_minute: Option<u32>) -> Result<(), ApiError> {
+    pub async fn check_key(&self, key_id: &str, per_minute: Option<u32>) -> Result<(), Error> {
         let per_minute = per_minute.unwrap_or(self.default_per_minute).max(1);
         let wait = match &self.redis {
             Some(shared) => match self.check_shared(shared, key_id, per_minute).await {
@@ -101,7 +101,7 @@ impl RateLimiter {
             None => Ok(()),
             Some(wait) => {
                 monitoring::rate_limited("key");
-                Err(ApiError::RateLimited {
+                Err(Error::RateLimited {
                     retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
                     message: format!(
                         "This API key is limited to {per_minute} requests per minute (bursts of {}); retry later.",
@@ -136,12 +136,12 @@ impl RateLimiter {
     }
 
     /// A slot for one create; 429 when `rate_limit.max_concurrent_creates` are already in flight.
-    pub fn create_permit(&self) -> Result<CreatePermit, ApiError> {
+    pub fn create_permit(&self) -> Result<CreatePermit, Error> {
         match Arc::clone(&self.creates).try_acquire_owned() {
             Ok(permit) => Ok(CreatePermit(permit)),
             Err(_) => {
                 monitoring::rate_limited("concurrency");
-                Err(ApiError::RateLimited {
+                Err(Error::RateLimited {
                     retry_after_secs: 1,
                     message: "The gateway is handling as many creates as it allows at once; retry shortly.".into(),
                 })

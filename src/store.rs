@@ -349,26 +349,3 @@ where
 pub async fn is_ready(db: &Db) -> bool {
     on_db!(db, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())
 }
-
-/// On a database with no accounts, creates `default` with `credits` and a key for it. Returns the new
-/// key. On PostgreSQL an advisory lock keeps two replicas starting together from both doing it; a
-/// SQLite file has one gateway (see [`lock_single_process`]).
-pub async fn bootstrap(db: &Db, credits: i64) -> anyhow::Result<Option<crate::accounts::CreatedKey>> {
-    let create = async {
-        let (accounts,): (i64,) = on_db!(db, pool => sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(pool).await)?;
-        if accounts > 0 {
-            return Ok(None);
-        }
-        let account_id = crate::accounts::create(db, "default", credits).await?;
-        let key = crate::accounts::create_key(db, account_id, Some("bootstrap"), None).await?;
-        Ok(Some(key))
-    };
-    let Db::Pg(pool) = db else {
-        return create.await;
-    };
-    let mut lock = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock(736241)").execute(&mut *lock).await?;
-    let result = create.await;
-    sqlx::query("SELECT pg_advisory_unlock(736241)").execute(&mut *lock).await?;
-    result
-}

@@ -1,5 +1,5 @@
 //! `/api/v1/admin/accounts…`: accounts and their credits, for admin sessions. Every credit change is
-//! one ledger row with its reason, in the transaction that changes the balance.
+//! one ledger row with its reason ([`ledger::change`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,15 +9,12 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope};
 use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
-use super::tasks::check_limit;
 use crate::accounts::{self, Account};
 use crate::app::AppState;
-use crate::ledger::{self, Entry};
+use crate::ledger::{self, Entry, MAX_AMOUNT};
+use crate::paging;
 
-/// The largest grant or adjustment in one request, and the largest starting balance.
-const MAX_AMOUNT: i64 = 1_000_000_000_000;
 const MAX_NAME_CHARS: usize = 200;
-const MAX_REASON_CHARS: usize = 500;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -99,18 +96,10 @@ pub async fn list(
     _admin: Admin,
     ApiQuery(query): ApiQuery<AccountsQuery>,
 ) -> Result<Json<AccountPage>, ApiError> {
-    let limit = check_limit(query.limit)?;
-    let after = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(
-            cursor
-                .parse::<i64>()
-                .ok()
-                .ok_or_else(|| ApiError::InvalidRequest("`cursor`: not a cursor from a previous page.".into()))?,
-        ),
-    };
+    let limit = paging::limit(query.limit)?;
+    let after = paging::cursor("cursor", query.cursor.as_deref(), accounts::cursor)?;
     let data = accounts::list(&state.pool, after, limit).await?;
-    let next_cursor = data.last().filter(|_| data.len() as i64 == limit).map(|a| a.account_id.to_string());
+    let next_cursor = paging::next_cursor(&data, limit, |a| &a.account_id);
     Ok(Json(AccountPage { data, next_cursor }))
 }
 
@@ -183,31 +172,8 @@ pub async fn change_credits(
     ApiJson(request): ApiJson<CreditChange>,
 ) -> Result<Json<CreditChanged>, ApiError> {
     let account_id = account_id(&id)?;
-    let reason = request.reason.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
-        return Err(ApiError::InvalidRequest(format!("`reason`: 1 to {MAX_REASON_CHARS} characters.")));
-    }
-    let amount = request.amount;
-    if amount == 0 || amount.abs() > MAX_AMOUNT {
-        return Err(ApiError::InvalidRequest(format!("`amount`: not 0, and at most {MAX_AMOUNT} either way.")));
-    }
-    let Some(before) = ledger::balance(&state.pool, account_id).await? else {
-        return Err(ApiError::not_found("Account"));
-    };
-    let mut tx = state.pool.begin().await?;
-    if amount > 0 {
-        ledger::grant(&mut tx, account_id, amount, reason).await?;
-    } else if ledger::adjust(&mut tx, account_id, amount, reason).await?.is_none() {
-        tx.rollback().await?;
-        let now = ledger::balance(&state.pool, account_id).await?.unwrap_or(before);
-        return Err(ApiError::Conflict(format!(
-            "Taking {} credits would leave a negative balance: the account has {} (and {} on hold, which cannot be taken).",
-            -amount, now.balance, now.held
-        )));
-    }
-    let entry = ledger::last(&mut tx, account_id).await?;
-    tx.commit().await?;
-    tracing::info!(admin = admin.account_id, account_id, amount, "credits changed");
+    let entry = ledger::change(&state.pool, account_id, request.amount, &request.reason).await?;
+    tracing::info!(admin = admin.account_id, account_id, amount = request.amount, "credits changed");
     let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
     Ok(Json(CreditChanged { account, entry }))
 }

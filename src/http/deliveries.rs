@@ -10,10 +10,9 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::{ErrorEnvelope, KeyErrors};
-use super::tasks::timestamp;
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::tasks::{self, Task};
+use crate::tasks::{self, timestamp};
 use crate::webhooks::queue::{self, Attempt, Delivery, DeliveryStatus, Trigger};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -74,10 +73,6 @@ pub struct DeliveryList {
     data: Vec<DeliveryView>,
 }
 
-async fn owned_task(state: &AppState, caller: &Caller, task_id: &str) -> Result<Task, ApiError> {
-    tasks::get(&state.pool, caller.account_id, task_id).await?.ok_or_else(|| ApiError::not_found("Task"))
-}
-
 /// The task's deliveries, oldest first, each with its attempts.
 #[utoipa::path(
     get,
@@ -97,7 +92,7 @@ pub async fn list(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let task = owned_task(&state, &caller, &task_id).await?;
+    let task = tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| ApiError::not_found("Task"))?;
     let deliveries = queue::list_for_task(&state.pool, &task.id).await?;
     Ok(Json(DeliveryList { data: deliveries.into_iter().map(|(d, a)| DeliveryView::new(d, a)).collect() }))
 }
@@ -123,18 +118,8 @@ pub async fn retry(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
-    let task = owned_task(&state, &caller, &task_id).await?;
-    if !task.status.is_terminal() {
-        return Err(ApiError::Conflict(format!(
-            "Task {} has not finished; its webhook is sent when it succeeds or fails.",
-            task.id
-        )));
-    }
-    let Some(url) = task.callback_url.as_deref() else {
-        return Err(ApiError::Conflict(format!("Task {} has no callback_url; there is no webhook to send.", task.id)));
-    };
-    let delivery = queue::enqueue_retry(&state.pool, &task, url).await?;
-    tracing::info!(task_id = %task.id, delivery_id = %delivery.id, "manual webhook retry");
+    let delivery = tasks::resend_webhook(&state.pool, caller.account_id, &task_id).await?;
+    tracing::info!(task_id = %delivery.task_id, delivery_id = %delivery.id, "manual webhook retry");
     if state.settings.server.role.runs_engine() {
         state.webhooks.wake();
     }

@@ -1,7 +1,7 @@
 //! The one error type of the HTTP API and its envelope:
 //! `{"error": {"code", "message", "request_id"}}` with a matching status.
 //!
-//! A handler returns `ApiError`; its response carries the code and message as an extension, and the
+//! A handler returns `ApiError` (domain errors convert into it); its response carries the code and message as an extension, and the
 //! `render_errors` middleware writes the body, because only the middleware knows the request id.
 
 use axum::extract::Request;
@@ -10,6 +10,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+
+use crate::error::Error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -114,58 +116,35 @@ impl ApiError {
     }
 }
 
-/// A database error carried in an `anyhow::Error` is classified like any other database error.
+/// The domain's error, as the API answers it.
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(message) => ApiError::InvalidRequest(message),
+            Error::Unauthorized => ApiError::Unauthorized,
+            Error::Forbidden(message) => ApiError::Forbidden(message),
+            Error::InsufficientCredits { price, available } => ApiError::InsufficientCredits { price, available },
+            Error::NotFound(message) => ApiError::NotFound(message),
+            Error::Conflict(message) => ApiError::Conflict(message),
+            Error::RateLimited { retry_after_secs, message } => ApiError::RateLimited { retry_after_secs, message },
+            Error::Upstream(message) => ApiError::Upstream(message),
+            Error::Unavailable(message) => ApiError::Unavailable(message),
+            Error::Internal(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+/// Database errors (also inside an `anyhow::Error`) are classified by the domain's error.
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
-        match error.downcast::<sqlx::Error>() {
-            Ok(database) => ApiError::from(database),
-            Err(other) => ApiError::Internal(other),
-        }
+        ApiError::from(Error::from(error))
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => {
-                tracing::error!(error = %error, "database unavailable");
-                ApiError::Unavailable("The database is unavailable; retry shortly.".into())
-            }
-            // The server cut the connection or is shutting down or starting up (a restart, a
-            // failover): as unreachable as a refused connection, and as temporary.
-            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_server_unavailable) => {
-                tracing::error!(error = %db, "database unavailable");
-                ApiError::Unavailable("The database is unavailable; retry shortly.".into())
-            }
-            // A number beyond what the database holds (e.g. a balance past 2^63).
-            // SQLite: the one write lock stayed taken past the busy timeout (SQLITE_BUSY, SQLITE_LOCKED).
-            sqlx::Error::Database(db)
-                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
-                    && db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6)) =>
-            {
-                tracing::error!(error = %db, "database busy");
-                ApiError::Unavailable("The database is busy; retry shortly.".into())
-            }
-            // SQLite: the schema's `typeof(…) = 'integer'` checks refuse a sum that left the integers.
-            sqlx::Error::Database(db)
-                if db.code().as_deref() == Some("22003")
-                    || (db.kind() == sqlx::error::ErrorKind::CheckViolation && db.message().contains("typeof(")) =>
-            {
-                ApiError::InvalidRequest("A number in this request is out of range.".into())
-            }
-            // Text the database cannot store: a NUL character (U+0000), in text or in JSON.
-            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22021" | "22P05")) => {
-                ApiError::InvalidRequest("Text in this request contains a NUL character (U+0000), which is not allowed.".into())
-            }
-            other => ApiError::Internal(other.into()),
-        }
+        ApiError::from(Error::from(error))
     }
-}
-
-/// SQLSTATE class 08 (connection exception), 57P01 admin_shutdown, 57P02 crash_shutdown,
-/// 57P03 cannot_connect_now.
-fn is_server_unavailable(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// Carried from `into_response` to `render_errors`.

@@ -121,7 +121,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
         let key = value.to_str().map_err(|_| {
             ApiError::InvalidRequest("`Idempotency-Key`: must be printable ASCII characters.".into())
         })?;
-        crate::idempotency::check_key(key).map_err(ApiError::InvalidRequest)?;
+        crate::idempotency::check_key(key)?;
         Ok(IdempotencyHeader(Some(key.to_owned())))
     }
 }

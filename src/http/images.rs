@@ -1,5 +1,5 @@
-//! `POST /api/v1/images/generations`: validate, hold the price and store the task in one
-//! transaction, hand it to the engine, answer with the task.
+//! `POST /api/v1/images/generations`: the engine creates the task (validated, its price held) and
+//! submits it; the answer is the task.
 
 use axum::extract::State;
 use axum::http::header::LOCATION;
@@ -9,13 +9,10 @@ use axum::Json;
 use super::error::ApiError;
 use super::openapi::{BodyErrors, ErrorEnvelope, KeyErrors};
 use super::extract::{ApiJson, IdempotencyHeader};
-use super::tasks::TaskView;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::catalog::CreateRequest;
-use crate::idempotency::{self, IdempotencyKey};
-use crate::monitoring;
-use crate::tasks::{self, Created, NewTask, TaskErrorCode, TaskStatus};
+use crate::tasks::TaskView;
 
 #[utoipa::path(
     post,
@@ -42,69 +39,7 @@ pub async fn create(
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let _slot = state.limits.create_permit()?;
-    let valid = state.catalog.validate(request, &state.guard)?;
-    let key = key.map(|key| IdempotencyKey {
-        request_hash: idempotency::request_hash(&valid.sub_model.id, &valid.input, valid.callback_url.as_deref()),
-        key,
-    });
-    let task_id = tasks::new_task_id();
-    // An API-only process leaves new tasks to the processes that run the engine.
-    let fast_path = state.settings.server.role.runs_engine();
-    let created = tasks::create(
-        &state.pool,
-        NewTask {
-            id: &task_id,
-            account_id: caller.account_id,
-            model: &valid.model.id,
-            sub_model: &valid.sub_model.id,
-            input: &valid.input,
-            price: valid.price,
-            callback_url: valid.callback_url.as_deref(),
-            provider: &valid.route.provider,
-            upstream_model: &valid.route.upstream_model,
-            deadline: std::time::Duration::from_secs(state.settings.tasks.deadline_secs),
-            lease: fast_path.then(|| state.engine.lease()),
-            idempotency: key.as_ref(),
-        },
-    )
-    .await?;
-    let task = match created {
-        Created::Task(task) => {
-            tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
-            monitoring::task_created(&task);
-            if fast_path {
-                state.engine.dispatch((*task).clone()).await;
-                tasks::get(&state.pool, caller.account_id, &task.id).await?.unwrap_or(*task)
-            } else {
-                *task
-            }
-        }
-        // The same key and request again: the first task, as it is now; nothing new is held.
-        Created::Replayed(task) => {
-            tracing::info!(task_id = %task.id, "idempotent replay");
-            monitoring::idempotent_replay();
-            *task
-        }
-        Created::Conflict => {
-            return Err(ApiError::Conflict(
-                "This Idempotency-Key was already used with a different request in the last 24 hours; \
-                 use a new key for a new request."
-                    .into(),
-            ));
-        }
-        Created::Insufficient { available } => {
-            return Err(ApiError::InsufficientCredits { price: valid.price, available });
-        }
-    };
-    // A provider that refuses the task outright is something the client must see now.
-    if task.status == TaskStatus::Failed {
-        if let Some(error) = task.error.as_ref().filter(|e| e.code == TaskErrorCode::UpstreamRejected) {
-            return Err(ApiError::Upstream(format!(
-                "{} Task {} failed and nothing was charged.",
-                error.message, task.id
-            )));
-        }
-    }
+    let task = state.engine.create(caller.account_id, request, key).await?;
     let location = format!("/api/v1/tasks/{}", task.id);
     Ok(([(LOCATION, location)], Json(TaskView::from(&task))))
 }

@@ -11,6 +11,7 @@ mod files;
 mod health;
 mod images;
 mod keys;
+mod metrics;
 mod models;
 pub mod openapi;
 mod session;
@@ -28,16 +29,14 @@ use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, 
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
-use crate::monitoring;
 use error::ApiError;
 use extract::BodyLimit;
-pub use tasks::TaskView;
 
 pub fn router(state: AppState) -> Router {
     let routes = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
     let routes = if state.settings.server.role.serves_api() { routes.merge(api_routes()) } else { routes };
     let routes = if state.settings.server.metrics_listen.is_empty() {
-        routes.route("/metrics", get(monitoring::render))
+        routes.route("/metrics", get(metrics::render))
     } else {
         routes
     };
@@ -46,7 +45,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The router of `server.metrics_listen`: `/metrics` alone.
 pub fn metrics_router(state: AppState) -> Router {
-    with_middleware(Router::new().route("/metrics", get(monitoring::render)), state)
+    with_middleware(Router::new().route("/metrics", get(metrics::render)), state)
 }
 
 /// The middleware every listener shares: request ids, the request span, metrics, the error envelope,
@@ -57,7 +56,7 @@ fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound("No route matches this path.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn(monitoring::track_http))
+        .layer(middleware::from_fn(metrics::track_http))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(BodyLimit(body_limit)))
         .layer(

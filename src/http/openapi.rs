@@ -66,7 +66,7 @@ pub enum ErrorCode {
         files::get,
         health::live,
         health::ready,
-        crate::monitoring::render,
+        super::metrics::render,
         document,
         keys::list,
         keys::create,

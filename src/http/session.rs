@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
-use super::tasks::timestamp;
 use crate::accounts;
 use crate::app::AppState;
+use crate::tasks::timestamp;
 use crate::jwt::{Role, Session};
 
 pub const COOKIE_NAME: &str = "aio_session";

@@ -1,8 +1,7 @@
-//! `GET /api/v1/tasks/{task_id}` and `GET /api/v1/tasks`, and the task object clients see.
+//! `GET /api/v1/tasks/{task_id}` and `GET /api/v1/tasks`.
 
 use axum::extract::State;
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -10,61 +9,8 @@ use super::openapi::{ErrorEnvelope, KeyErrors};
 use super::extract::{ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::tasks::{self, Task, TaskError, TaskInput, TaskOutput, TaskStatus};
-
-/// The task object of SPEC §2.2.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TaskView {
-    pub task_id: String,
-    pub model: String,
-    pub sub_model: String,
-    pub status: TaskStatus,
-    pub input: TaskInput,
-    pub output: Option<TaskOutput>,
-    pub error: Option<TaskError>,
-    pub credits: CreditsView,
-    pub callback_url: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    pub completed_at: Option<String>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CreditsView {
-    pub price: i64,
-    pub charged: i64,
-    /// `held` while unfinished, `charged` after success, `refunded` after failure.
-    pub state: &'static str,
-}
-
-/// API timestamps: RFC 3339, UTC, milliseconds.
-pub(super) fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-impl From<&Task> for TaskView {
-    fn from(task: &Task) -> Self {
-        let (charged, state) = match task.status {
-            TaskStatus::Pending | TaskStatus::Running => (0, "held"),
-            TaskStatus::Succeeded => (task.price, "charged"),
-            TaskStatus::Failed => (0, "refunded"),
-        };
-        TaskView {
-            task_id: task.id.clone(),
-            model: task.model.clone(),
-            sub_model: task.sub_model.clone(),
-            status: task.status,
-            input: task.input.0.clone(),
-            output: task.output.as_ref().map(|o| o.0.clone()),
-            error: task.error.as_ref().map(|e| e.0.clone()),
-            credits: CreditsView { price: task.price, charged, state },
-            callback_url: task.callback_url.clone(),
-            created_at: timestamp(task.created_at),
-            updated_at: timestamp(task.updated_at),
-            completed_at: task.completed_at.map(timestamp),
-        }
-    }
-}
+use crate::paging;
+use crate::tasks::{self, TaskStatus, TaskView};
 
 #[utoipa::path(
     get,
@@ -112,18 +58,6 @@ pub struct TaskPage {
     next_cursor: Option<String>,
 }
 
-const DEFAULT_PAGE: i64 = 20;
-const MAX_PAGE: i64 = 100;
-
-/// A page size: 1–100, 20 when not given.
-pub fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidRequest(format!("`limit`: must be between 1 and {MAX_PAGE}.")));
-    }
-    Ok(limit)
-}
-
 #[utoipa::path(
     get,
     path = "/api/v1/tasks",
@@ -142,15 +76,15 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<TaskPage>, ApiError> {
-    let limit = check_limit(query.limit)?;
+    let limit = paging::limit(query.limit)?;
     let status = match query.status.as_deref() {
         None => None,
         Some(value) => Some(TaskStatus::parse(value).ok_or_else(|| {
             ApiError::InvalidRequest(format!("`status`: `{value}` is not one of pending, running, succeeded, failed."))
         })?),
     };
-    let cursor = query.cursor.as_deref().map(|c| tasks::check_cursor("cursor", c)).transpose()?;
+    let cursor = paging::cursor("cursor", query.cursor.as_deref(), tasks::cursor)?;
     let page = tasks::list(&state.pool, caller.account_id, limit, cursor, status, query.model.as_deref()).await?;
-    let next_cursor = (page.len() as i64 == limit).then(|| page.last().map(|t| t.id.clone())).flatten();
+    let next_cursor = paging::next_cursor(&page, limit, |t| &t.id);
     Ok(Json(TaskPage { data: page.iter().map(TaskView::from).collect(), next_cursor }))
 }

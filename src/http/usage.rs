@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::openapi::{ErrorEnvelope, SessionErrors};
 use super::extract::ApiQuery;
-use super::tasks::{check_limit, TaskView};
 use crate::app::AppState;
 use crate::jwt::Session;
-use crate::ledger::{self, Entry};
-use crate::tasks::{self, UsageFilter};
+use crate::ledger::{self, Entry, UsageFilter};
+use crate::paging;
+use crate::tasks::{self, TaskView};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -86,37 +86,27 @@ pub async fn usage(
     session: Session,
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> Result<Json<Usage>, ApiError> {
-    let limit = check_limit(query.limit)?;
+    let limit = paging::limit(query.limit)?;
     if let (Some(from), Some(to)) = (query.from, query.to) {
         if from > to {
             return Err(ApiError::InvalidRequest("`from`: must not be after `to`.".into()));
         }
     }
-    let tasks_cursor = query.tasks_cursor.as_deref().map(|c| tasks::check_cursor("tasks_cursor", c)).transpose()?;
-    let ledger_cursor = match query.ledger_cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(
-            cursor
-                .parse::<i64>()
-                .ok()
-                .filter(|id| *id > 0)
-                .ok_or_else(|| ApiError::InvalidRequest("`ledger_cursor`: not a cursor from a previous page.".into()))?,
-        ),
-    };
+    let tasks_cursor = paging::cursor("tasks_cursor", query.tasks_cursor.as_deref(), tasks::cursor)?;
+    let ledger_cursor = paging::cursor("ledger_cursor", query.ledger_cursor.as_deref(), ledger::cursor)?;
     let filter = UsageFilter { from: query.from, to: query.to, model: query.model.as_deref() };
     let account = session.account_id;
     let (total, succeeded, failed, unfinished, credits_charged) = tasks::usage_totals(&state.pool, account, &filter).await?;
     let task_rows = tasks::usage_page(&state.pool, account, &filter, tasks_cursor, limit).await?;
     let entries = ledger::page(&state.pool, account, &filter, ledger_cursor, limit).await?;
-    let full = |len: usize| len as i64 == limit;
     Ok(Json(Usage {
         summary: UsageSummary { tasks: total, succeeded, failed, unfinished, credits_charged },
         tasks: UsageTasks {
-            next_cursor: task_rows.last().filter(|_| full(task_rows.len())).map(|t| t.id.clone()),
+            next_cursor: paging::next_cursor(&task_rows, limit, |t| &t.id),
             data: task_rows.iter().map(TaskView::from).collect(),
         },
         ledger: UsageLedger {
-            next_cursor: entries.last().filter(|_| full(entries.len())).map(|e| e.id.to_string()),
+            next_cursor: paging::next_cursor(&entries, limit, |e| &e.id),
             data: entries,
         },
     }))

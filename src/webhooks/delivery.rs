@@ -17,8 +17,8 @@ use super::queue::{self, Attempt, Delivery, Next};
 use super::retry::{self, Schedule};
 use super::{secrets, signing};
 use crate::config::WebhookSettings;
-use crate::outbound::{self, Guard};
-use crate::worker::{Job, Runner};
+use crate::url_guard::{self, Guard};
+use crate::work_queue::{Job, Runner};
 
 /// How much of a receiver's answer is kept in the delivery log.
 const EXCERPT_BYTES: usize = 2048;
@@ -48,7 +48,7 @@ impl Webhooks {
     /// `resolver` resolves host names before the guard filters them: the system's in production.
     pub fn new(pool: Db, settings: &WebhookSettings, resolver: Arc<dyn Resolve>) -> anyhow::Result<Arc<Webhooks>> {
         let guard = Guard::new(settings);
-        let client = outbound::client(&guard, resolver, Duration::from_secs(settings.timeout_secs))?;
+        let client = url_guard::client(&guard, resolver, Duration::from_secs(settings.timeout_secs))?;
         Ok(Arc::new(Webhooks {
             pool,
             client,
@@ -180,7 +180,7 @@ impl Webhooks {
 
     /// A transport error in words for the delivery log.
     fn describe(&self, error: &reqwest::Error) -> String {
-        if let Some(refused) = outbound::refused_by_guard(error) {
+        if let Some(refused) = url_guard::refused_by_guard(error) {
             return refused.to_string();
         }
         if error.is_timeout() {

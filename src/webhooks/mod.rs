@@ -8,7 +8,7 @@
 //! - [`retry`]: the schedule, its jitter, `Retry-After`.
 //! - [`signing`] and [`secrets`]: the signature, and each account's secret with its rotation.
 //!
-//! Where a delivery may go is decided by the outbound URL guard in [`crate::outbound`].
+//! Where a delivery may go is decided by the outbound URL guard in [`crate::url_guard`].
 
 pub mod delivery;
 pub mod queue;

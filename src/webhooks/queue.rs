@@ -10,10 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::http::TaskView;
 use crate::store::{self, Db, Tx, WorkQueue};
 use crate::{ids, on_db, on_tx};
-use crate::tasks::Task;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -75,22 +73,23 @@ pub enum Next {
     Dead,
 }
 
-/// The body of a task's webhook: its task object (SPEC §2.2), as `GET /api/v1/tasks/{id}` shows it.
-fn body(task: &Task) -> Vec<u8> {
-    serde_json::to_vec(&TaskView::from(task)).expect("a task view always serialises")
+/// A task's event, for its callback URL: the body is the task object (SPEC §2.2), frozen when the
+/// event is enqueued.
+pub struct Event<'a> {
+    pub task_id: &'a str,
+    pub account_id: i64,
+    pub url: &'a str,
+    pub body: Vec<u8>,
 }
 
-/// A delivery of `task`'s event to `url`, due after `delay`.
-struct NewDelivery<'a> {
-    task: &'a Task,
-    url: &'a str,
-    webhook_id: String,
-    body: Vec<u8>,
+async fn insert(
+    tx: &mut Tx,
+    event: &Event<'_>,
+    webhook_id: &str,
+    body: &[u8],
     trigger: Trigger,
     delay: Duration,
-}
-
-async fn insert(tx: &mut Tx, new: NewDelivery<'_>) -> sqlx::Result<Delivery> {
+) -> sqlx::Result<Delivery> {
     let sql = format!(
         "INSERT INTO webhook_deliveries (id, task_id, account_id, url, webhook_id, body, trigger, status,
                                          next_attempt_at)
@@ -100,43 +99,36 @@ async fn insert(tx: &mut Tx, new: NewDelivery<'_>) -> sqlx::Result<Delivery> {
     );
     on_tx!(tx, conn => sqlx::query_as(&sql)
     .bind(ids::new_id("dlv"))
-    .bind(&new.task.id)
-    .bind(new.task.account_id)
-    .bind(new.url)
-    .bind(new.webhook_id)
-    .bind(new.body)
-    .bind(new.trigger)
-    .bind(new.delay.as_secs_f64())
+    .bind(event.task_id)
+    .bind(event.account_id)
+    .bind(event.url)
+    .bind(webhook_id)
+    .bind(body)
+    .bind(trigger)
+    .bind(delay.as_secs_f64())
     .fetch_one(conn)
     .await)
 }
 
-/// In the settling transaction: a task with a `callback_url` gets its delivery, due after `delay`,
-/// with a new `webhook-id` and its body frozen now.
-pub async fn enqueue(tx: &mut Tx, task: &Task, delay: Duration) -> sqlx::Result<()> {
-    let Some(url) = &task.callback_url else {
-        return Ok(());
-    };
-    let (webhook_id, body) = (ids::new_id("msg"), body(task));
-    insert(tx, NewDelivery { task, url, webhook_id, body, trigger: Trigger::Settled, delay }).await?;
+/// In the settling transaction: the event's first delivery, due after `delay`, with a new `webhook-id`.
+pub async fn enqueue(tx: &mut Tx, event: &Event<'_>, delay: Duration) -> sqlx::Result<()> {
+    insert(tx, event, &ids::new_id("msg"), &event.body, Trigger::Settled, delay).await?;
     Ok(())
 }
 
 /// A manual re-send, due now, of the task's event: the same `webhook-id` and the same bytes as its
-/// first delivery (a task without one, e.g. settled before webhooks existed, gets a new event).
-/// The caller checked that the task is terminal and has a `callback_url`.
-pub async fn enqueue_retry(db: &Db, task: &Task, url: &str) -> sqlx::Result<Delivery> {
+/// first delivery (a task without one, e.g. settled before webhooks existed, gets a new event with
+/// `event.body`). The caller checked that the task is terminal and has a `callback_url`.
+pub async fn enqueue_retry(db: &Db, event: &Event<'_>) -> sqlx::Result<Delivery> {
     let mut tx = db.begin().await?;
     let first: Option<(String, Vec<u8>)> = on_tx!(&mut tx, conn => sqlx::query_as(
         "SELECT webhook_id, body FROM webhook_deliveries WHERE task_id = $1 ORDER BY id LIMIT 1",
     )
-    .bind(&task.id)
+    .bind(event.task_id)
     .fetch_optional(conn)
     .await)?;
-    let (webhook_id, body) = first.unwrap_or_else(|| (ids::new_id("msg"), body(task)));
-    let delivery =
-        insert(&mut tx, NewDelivery { task, url, webhook_id, body, trigger: Trigger::Manual, delay: Duration::ZERO })
-            .await?;
+    let (webhook_id, body) = first.unwrap_or_else(|| (ids::new_id("msg"), event.body.clone()));
+    let delivery = insert(&mut tx, event, &webhook_id, &body, Trigger::Manual, Duration::ZERO).await?;
     tx.commit().await?;
     Ok(delivery)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aio_gateway::app::Application;
 use aio_gateway::config::{ProviderKind, ProviderSettings, Role, Settings};
-use aio_gateway::outbound::SystemResolver;
+use aio_gateway::url_guard::SystemResolver;
 use aio_gateway::store::Db;
 use aio_gateway::{accounts, on_db, store};
 use reqwest::dns::Resolve;

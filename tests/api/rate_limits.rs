@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aio_gateway::config::RateLimitSettings;
-use aio_gateway::http::error::ApiError;
+use aio_gateway::error::Error;
 use aio_gateway::ratelimit::RateLimiter;
 use reqwest::header::RETRY_AFTER;
 use reqwest::StatusCode;
@@ -84,7 +84,7 @@ async fn creates_beyond_the_concurrency_cap_get_429() {
     let limiter = RateLimiter::new(&settings).expect("limiter");
     let slot = limiter.create_permit().expect("the first slot");
     match limiter.create_permit() {
-        Err(ApiError::RateLimited { retry_after_secs, .. }) => assert_eq!(retry_after_secs, 1),
+        Err(Error::RateLimited { retry_after_secs, .. }) => assert_eq!(retry_after_secs, 1),
         Err(other) => panic!("expected rate_limited, got {other:?}"),
         Ok(_) => panic!("a second slot was handed out"),
     }

@@ -8,11 +8,11 @@ use aio_gateway::accounts::{self, OwnRevoke};
 use aio_gateway::auth::KeyAuth;
 use aio_gateway::files::FileStore;
 use aio_gateway::idempotency::{self, IdempotencyKey};
-use aio_gateway::ledger::{self, Hold};
+use aio_gateway::ledger::{self, Hold, UsageFilter};
 use aio_gateway::providers::simulated::Simulated;
 use aio_gateway::providers::{JobState, Provider, SubmitRequest, Submitted};
 use aio_gateway::store::{self, Db};
-use aio_gateway::tasks::{self, Created, NewTask, Outcome, OutputImage, TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus, UsageFilter};
+use aio_gateway::tasks::{self, Created, NewTask, Outcome, OutputImage, TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus};
 use aio_gateway::webhooks::queue::{self, Attempt, DeliveryStatus, Next, Trigger};
 use aio_gateway::webhooks::secrets;
 use aio_gateway::on_db;
@@ -284,7 +284,7 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     let retried = queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim");
     assert_eq!((retried.len(), retried[0].attempts), (1, 1));
     queue::record(db, &attempt(Some(204)), Next::Delivered).await.expect("record");
-    let manual = queue::enqueue_retry(db, &settled, url).await.expect("manual retry");
+    let manual = tasks::resend_webhook(db, settled.account_id, &settled.id).await.expect("manual retry");
     assert_eq!((manual.trigger, manual.webhook_id.as_str()), (Trigger::Manual, delivery.webhook_id.as_str()));
     assert_eq!(manual.body, delivery.body, "the same event, byte for byte");
     let history = queue::list_for_task(db, &task.id).await.expect("history");
@@ -300,7 +300,7 @@ async fn idempotency_keys(backend: Backend) {
     let db = &store.db;
     let account = accounts::create(db, "a", 100).await.expect("create");
     let prompt = input("a lake");
-    let key = IdempotencyKey { key: "k-1".into(), request_hash: idempotency::request_hash("m", &prompt, None) };
+    let key = IdempotencyKey { key: "k-1".into(), request_hash: tasks::request_hash("m", &prompt, None) };
     let first_id = tasks::new_task_id();
     let Created::Task(first) = tasks::create(db, new_task(&first_id, account, &prompt, None, Some(&key))).await.expect("create")
     else {
@@ -311,7 +311,7 @@ async fn idempotency_keys(backend: Backend) {
         Created::Replayed(task) => assert_eq!(task.id, first.id),
         _ => panic!("the same key and request replay the first task"),
     }
-    let other = IdempotencyKey { key: "k-1".into(), request_hash: idempotency::request_hash("n", &prompt, None) };
+    let other = IdempotencyKey { key: "k-1".into(), request_hash: tasks::request_hash("n", &prompt, None) };
     assert!(matches!(
         tasks::create(db, new_task(&tasks::new_task_id(), account, &prompt, None, Some(&other))).await.expect("create"),
         Created::Conflict
@@ -427,9 +427,9 @@ async fn bootstrap_once(backend: Backend) {
     let store = TestStore::new(backend, 5).await;
     let db = &store.db;
     assert!(store::is_ready(db).await);
-    let key = store::bootstrap(db, 1000).await.expect("bootstrap").expect("a key on an empty database");
+    let key = accounts::bootstrap(db, 1000).await.expect("bootstrap").expect("a key on an empty database");
     assert!(key.api_key.starts_with("aio_"));
-    assert!(store::bootstrap(db, 1000).await.expect("bootstrap").is_none(), "only once");
+    assert!(accounts::bootstrap(db, 1000).await.expect("bootstrap").is_none(), "only once");
     let all = accounts::list(db, None, 10).await.expect("list");
     assert_eq!(all.iter().map(|a| (a.name.as_str(), a.balance)).collect::<Vec<_>>(), [("default", 1000)]);
     assert_ledger_consistent_on(db).await;

@@ -1,7 +1,7 @@
 //! The background loop of a Postgres work queue, shared by the task engine and the webhook deliveries:
 //! every tick (or when woken), claim what is due, as many rows as there are free slots, and work on
-//! each in its own task, at most `max_in_flight` at once. On shutdown the work in flight may finish
-//! briefly; what is cut off comes due again after its lease, for this process or another.
+//! each in its own (tracked) task, at most `max_in_flight` at once. On shutdown the work in flight may
+//! finish briefly; what is cut off comes due again after its lease, for this process or another.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What a [`Runner`] drives.
 pub trait Job: Send + Sync + 'static {
@@ -27,15 +28,16 @@ pub struct Runner {
     tick: Duration,
     /// Items claimed per tick, at most.
     batch: usize,
-    max_in_flight: usize,
     in_flight: Arc<Semaphore>,
+    /// The work on each claimed item; shutdown waits for it.
+    work: TaskTracker,
     wake: Notify,
 }
 
 impl Runner {
     pub fn new(name: &'static str, tick: Duration, batch: usize, max_in_flight: usize) -> Runner {
         let in_flight = Arc::new(Semaphore::new(max_in_flight));
-        Runner { name, tick, batch, max_in_flight, in_flight, wake: Notify::new() }
+        Runner { name, tick, batch, in_flight, work: TaskTracker::new(), wake: Notify::new() }
     }
 
     /// Something became due: look now rather than at the next tick.
@@ -66,8 +68,8 @@ impl Runner {
                 _ = self.wake.notified() => {}
             }
         }
-        let all = self.max_in_flight as u32;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.in_flight.acquire_many(all)).await;
+        self.work.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.work.wait()).await;
         tracing::info!(worker = self.name, "stopped");
     }
 
@@ -85,7 +87,7 @@ impl Runner {
                 break;
             };
             let job = Arc::clone(job);
-            tokio::spawn(async move {
+            self.work.spawn(async move {
                 job.work(item).await;
                 drop(permit);
             });

@@ -1,8 +1,10 @@
-//! Tasks: the type, its state machine and its queries.
+//! Tasks: the type, its state machine and its queries; [`view`] is the task object clients see.
 //!
 //! `pending → running → succeeded | failed`. Every transition is an `UPDATE … WHERE status IN (…)`,
 //! so when two workers race, the row count tells exactly one of them that it won. Terminal
-//! transitions settle the credits in the same transaction.
+//! transitions settle the credits and enqueue the webhook in the same transaction.
+
+mod view;
 
 use std::time::Duration;
 
@@ -11,9 +13,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
 use crate::idempotency::{self, IdempotencyKey};
+use crate::ledger::{self, UsageFilter};
 use crate::store::{self, Db, Dialect, Tx, WorkQueue};
-use crate::{ids, ledger, on_db, on_tx, webhooks};
+use crate::webhooks::queue::{self, Delivery, Event};
+use crate::{ids, on_db, on_tx};
+
+pub use view::{timestamp, CreditsView, TaskView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -71,6 +78,18 @@ pub enum TaskErrorCode {
     ContentPolicy,
 }
 
+impl TaskErrorCode {
+    /// As serialised: the code clients see, and the outcome label of the settled-task metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskErrorCode::UpstreamFailed => "upstream_failed",
+            TaskErrorCode::UpstreamRejected => "upstream_rejected",
+            TaskErrorCode::Timeout => "timeout",
+            TaskErrorCode::ContentPolicy => "content_policy",
+        }
+    }
+}
+
 /// Why a task failed, in words a client can act on: never credentials or raw provider internals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskError {
@@ -120,6 +139,22 @@ pub struct NewTask<'a> {
     pub lease: Option<Duration>,
     /// The client's `Idempotency-Key`, recorded with the task.
     pub idempotency: Option<&'a IdempotencyKey>,
+}
+
+/// What makes two creates with one `Idempotency-Key` the same request: the request after validation
+/// and defaults, so `{"prompt": "x"}` and `{"prompt": "x", "aspect_ratio": "1:1"}` are the same,
+/// whatever the JSON key order.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    sub_model: &'a str,
+    input: &'a TaskInput,
+    callback_url: Option<&'a str>,
+}
+
+pub fn request_hash(sub_model: &str, input: &TaskInput, callback_url: Option<&str>) -> [u8; 32] {
+    // Serialising a struct of strings cannot fail; an empty hash would only make every replay a conflict.
+    let bytes = serde_json::to_vec(&Canonical { sub_model, input, callback_url }).unwrap_or_default();
+    Sha256::digest(&bytes).into()
 }
 
 /// `task_` + a ULID (see [`ids::new_id`]): tasks created in the same millisecond still list in order.
@@ -207,15 +242,10 @@ pub async fn get(db: &Db, account_id: i64, task_id: &str) -> sqlx::Result<Option
     on_db!(db, pool => sqlx::query_as(&sql).bind(task_id).bind(account_id).fetch_optional(pool).await)
 }
 
-/// A page cursor is the id of the last task of the previous page.
-pub fn check_cursor<'a>(parameter: &str, cursor: &'a str) -> Result<&'a str, crate::http::error::ApiError> {
-    let id = cursor.strip_prefix("task_").unwrap_or_default();
-    if !id.is_empty() && id.len() <= 59 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(cursor)
-    } else {
-        let message = format!("`{parameter}`: not a cursor from a previous page.");
-        Err(crate::http::error::ApiError::InvalidRequest(message))
-    }
+/// A page cursor is the id of the last task of the previous page (see [`crate::paging`]).
+pub fn cursor(text: &str) -> Option<&str> {
+    let id = text.strip_prefix("task_").unwrap_or_default();
+    (!id.is_empty() && id.len() <= 59 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(text)
 }
 
 /// An account's tasks, newest first, strictly older than `before` (the cursor) when given, of one
@@ -236,29 +266,6 @@ pub async fn list(
          ORDER BY id DESC LIMIT $4"
     );
     on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).bind(before).bind(status).bind(limit).bind(model).fetch_all(pool).await)
-}
-
-/// The usage filters of the dashboard: a creation-time range `[from, to)` and a model or sub-model id.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct UsageFilter<'a> {
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub model: Option<&'a str>,
-}
-
-impl<'a> UsageFilter<'a> {
-    /// Binds `from`, `to` and `model`, in that order, as the query's next three parameters.
-    pub fn bind_to<DB, O>(
-        &self,
-        query: sqlx::query::QueryAs<'a, DB, O, <DB as sqlx::Database>::Arguments<'a>>,
-    ) -> sqlx::query::QueryAs<'a, DB, O, <DB as sqlx::Database>::Arguments<'a>>
-    where
-        DB: sqlx::Database,
-        Option<DateTime<Utc>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-        Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    {
-        query.bind(self.from).bind(self.to).bind(self.model)
-    }
 }
 
 /// An account's tasks matching `filter`, newest first, strictly older than `before` when given.
@@ -447,7 +454,9 @@ pub async fn settle(
         return Ok(None);
     };
     settle_credits(&mut tx, &task).await?;
-    webhooks::queue::enqueue(&mut tx, &task, webhook_delay).await?;
+    if let Some(event) = webhook_event(&task) {
+        queue::enqueue(&mut tx, &event, webhook_delay).await?;
+    }
     tx.commit().await?;
     Ok(Some(task))
 }
@@ -459,6 +468,29 @@ async fn settle_credits(tx: &mut Tx, task: &Task) -> sqlx::Result<()> {
     }
 }
 
+/// The event a task's webhook reports: its task object as it is now, for its `callback_url`.
+pub fn webhook_event(task: &Task) -> Option<Event<'_>> {
+    let url = task.callback_url.as_deref()?;
+    // A view of strings and numbers always serialises; an empty body would still be delivered and logged.
+    let body = serde_json::to_vec(&TaskView::from(task)).unwrap_or_default();
+    Some(Event { task_id: &task.id, account_id: task.account_id, url, body })
+}
+
+/// `POST /api/v1/tasks/{task_id}/deliveries/retry`: a new delivery, due now, of a finished task's event.
+pub async fn resend_webhook(db: &Db, account_id: i64, task_id: &str) -> Result<Delivery, Error> {
+    let task = get(db, account_id, task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
+    if !task.status.is_terminal() {
+        return Err(Error::Conflict(format!(
+            "Task {} has not finished; its webhook is sent when it succeeds or fails.",
+            task.id
+        )));
+    }
+    let Some(event) = webhook_event(&task) else {
+        return Err(Error::Conflict(format!("Task {} has no callback_url; there is no webhook to send.", task.id)));
+    };
+    Ok(queue::enqueue_retry(db, &event).await?)
+}
+
 /// Unfinished tasks: `(pending, running)`. Served by the partial index of the work queue.
 pub async fn count_open(db: &Db) -> sqlx::Result<(i64, i64)> {
     on_db!(db, pool => sqlx::query_as(
@@ -467,4 +499,38 @@ pub async fn count_open(db: &Db) -> sqlx::Result<(i64, i64)> {
     )
     .fetch_one(pool)
     .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(prompt: &str) -> TaskInput {
+        TaskInput { prompt: prompt.into(), aspect_ratio: Some("1:1".into()), quality: None, image_urls: vec![] }
+    }
+
+    #[test]
+    fn the_request_hash_follows_the_request() {
+        let a = request_hash("m", &input("x"), None);
+        assert_eq!(a, request_hash("m", &input("x"), None));
+        assert_ne!(a, request_hash("m", &input("y"), None));
+        assert_ne!(a, request_hash("n", &input("x"), None));
+        assert_ne!(a, request_hash("m", &input("x"), Some("https://example.com/")));
+    }
+
+    #[test]
+    fn error_codes_read_as_they_serialise() {
+        use TaskErrorCode::*;
+        for code in [UpstreamFailed, UpstreamRejected, Timeout, ContentPolicy] {
+            assert_eq!(serde_json::to_value(code).ok(), Some(serde_json::Value::from(code.as_str())));
+        }
+    }
+
+    #[test]
+    fn cursors_are_task_ids() {
+        assert_eq!(cursor("task_01ARZ3NDEKTSV4RRFFQ69G5FAV"), Some("task_01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+        for bad in ["", "task_", "01ARZ3", "task_a-b", &format!("task_{}", "a".repeat(60))] {
+            assert_eq!(cursor(bad), None, "{bad}");
+        }
+    }
 }

@@ -1,0 +1,60 @@
+//! The task object clients see (SPEC §2.2): the answer of `GET /api/v1/tasks/{id}`, and the body of
+//! the task's webhook.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use super::{Task, TaskError, TaskInput, TaskOutput, TaskStatus};
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    pub model: String,
+    pub sub_model: String,
+    pub status: TaskStatus,
+    pub input: TaskInput,
+    pub output: Option<TaskOutput>,
+    pub error: Option<TaskError>,
+    pub credits: CreditsView,
+    pub callback_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub completed_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreditsView {
+    pub price: i64,
+    pub charged: i64,
+    /// `held` while unfinished, `charged` after success, `refunded` after failure.
+    pub state: &'static str,
+}
+
+/// API timestamps: RFC 3339, UTC, milliseconds.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl From<&Task> for TaskView {
+    fn from(task: &Task) -> Self {
+        let (charged, state) = match task.status {
+            TaskStatus::Pending | TaskStatus::Running => (0, "held"),
+            TaskStatus::Succeeded => (task.price, "charged"),
+            TaskStatus::Failed => (0, "refunded"),
+        };
+        TaskView {
+            task_id: task.id.clone(),
+            model: task.model.clone(),
+            sub_model: task.sub_model.clone(),
+            status: task.status,
+            input: task.input.0.clone(),
+            output: task.output.as_ref().map(|o| o.0.clone()),
+            error: task.error.as_ref().map(|e| e.0.clone()),
+            credits: CreditsView { price: task.price, charged, state },
+            callback_url: task.callback_url.clone(),
+            created_at: timestamp(task.created_at),
+            updated_at: timestamp(task.updated_at),
+            completed_at: task.completed_at.map(timestamp),
+        }
+    }
+}
