@@ -1,19 +1,42 @@
 //! Settings: built-in defaults, then the TOML file, then `AIO__SECTION__KEY` environment variables
-//! (and `DATABASE_URL`). Validated once at start-up so a bad value fails fast, naming the key.
+//! (and `DATABASE_URL`). The types refuse bad values as they are read (a zero where a count or a wait
+//! must be positive, a name outside a closed set, an address that does not parse), and the error names
+//! the key; [`Settings::validate`] checks only rules across fields. One file per area.
+
+mod auth;
+mod catalog;
+pub mod durations;
+mod files;
+mod lists;
+mod providers;
+mod server;
+mod tasks;
+mod webhooks;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::bail;
+use figment::error::{Actual, Kind};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+
+pub use auth::{AuthSettings, JwtAlgorithm, JwtSettings, SessionSettings};
+pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
+pub use durations::{format_duration, parse_duration};
+pub use files::{FileSettings, ImageType, ResultSettings};
+pub use providers::{ProviderKind, ProviderSettings};
+pub use server::{DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
+pub use tasks::TaskSettings;
+pub use webhooks::WebhookSettings;
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
 /// An embedded SQLite file: a first start needs no database server.
 pub const DEFAULT_DATABASE_URL: &str = crate::store::DEFAULT_SQLITE_URL;
+
+/// What a zero (or negative number) where a positive one is needed reads as, whichever type refused it.
+const ABOVE_ZERO: &str = "must be above 0";
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -31,576 +54,6 @@ pub struct Settings {
     pub log: LogSettings,
     pub rate_limit: RateLimitSettings,
     pub providers: BTreeMap<String, ProviderSettings>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerSettings {
-    /// Address the HTTP server binds, e.g. `0.0.0.0:8080`.
-    pub listen: String,
-    /// How clients reach this gateway; used to build `/files/…` URLs and provider callback URLs.
-    /// Empty: `http://` + the bound address.
-    pub public_base_url: String,
-    pub body_limit_bytes: usize,
-    /// What this process does; several processes with different roles can share one database.
-    pub role: Role,
-    /// Serve `/metrics` on this separate address (e.g. `127.0.0.1:9090`) instead of on `listen`.
-    /// Empty: `/metrics` is a route of the main listener.
-    pub metrics_listen: String,
-    /// On SIGTERM/SIGINT: how long in-flight requests and provider calls may take to finish.
-    pub shutdown_grace_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The API and the task engine.
-    All,
-    /// The API only: new tasks wait for a process that runs the engine.
-    Api,
-    /// The task engine only; HTTP answers `/healthz` and `/readyz`.
-    Worker,
-}
-
-impl Role {
-    pub fn runs_engine(self) -> bool {
-        self != Role::Api
-    }
-
-    pub fn serves_api(self) -> bool {
-        self != Role::Worker
-    }
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            public_base_url: String::new(),
-            body_limit_bytes: 1024 * 1024,
-            role: Role::All,
-            metrics_listen: String::new(),
-            shutdown_grace_secs: 30,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseSettings {
-    /// Overridden by `DATABASE_URL`. May hold a password: never logged.
-    pub url: String,
-    pub max_connections: u32,
-    pub acquire_timeout_secs: u64,
-}
-
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        Self { url: DEFAULT_DATABASE_URL.into(), max_connections: 20, acquire_timeout_secs: 10 }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthSettings {
-    /// How long a successful API-key lookup is served from memory. Revocation takes effect within it.
-    pub key_cache_ttl_secs: u64,
-    /// Session tokens of the dashboard and admin routes.
-    pub jwt: JwtSettings,
-    /// The web console's sign-in (an API key exchanged for a session cookie).
-    pub session: SessionSettings,
-}
-
-impl Default for AuthSettings {
-    fn default() -> Self {
-        Self { key_cache_ttl_secs: 30, jwt: JwtSettings::default(), session: SessionSettings::default() }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SessionSettings {
-    /// How long a console session (its cookie and the token in it) lasts.
-    pub ttl_secs: u64,
-    /// Accounts whose console sessions have the `admin` role; every other account signs in as `user`.
-    /// From the environment: `AIO__AUTH__SESSION__ADMIN_ACCOUNTS=1,7`.
-    #[serde(deserialize_with = "deserialize_account_ids")]
-    pub admin_accounts: Vec<i64>,
-}
-
-impl Default for SessionSettings {
-    fn default() -> Self {
-        Self { ttl_secs: 3600, admin_accounts: Vec::new() }
-    }
-}
-
-/// A list of account ids, one id, or a comma-separated string of them (as environment variables give).
-fn deserialize_account_ids<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<i64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Ids {
-        List(Vec<i64>),
-        One(i64),
-        Csv(String),
-    }
-    match Ids::deserialize(deserializer)
-        .map_err(|_| serde::de::Error::custom("expected a list of account ids or a comma-separated string"))?
-    {
-        Ids::List(ids) => Ok(ids),
-        Ids::One(id) => Ok(vec![id]),
-        Ids::Csv(csv) => csv
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|id| id.parse().map_err(|_| serde::de::Error::custom(format!("`{id}` is not an account id"))))
-            .collect(),
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JwtSettings {
-    /// Pinned: tokens signed any other way are refused. `HS256`, `RS256` or `ES256`.
-    pub algorithm: String,
-    /// HS256: the environment variable that holds the secret (at least 32 bytes). Unset variable: the
-    /// dashboard and admin routes answer 401.
-    pub secret_env: String,
-    /// RS256/ES256: the PEM file of the public key.
-    pub public_key_path: PathBuf,
-    /// Checked when set.
-    pub issuer: String,
-    pub audience: String,
-    /// Clock skew tolerated on `exp`.
-    pub leeway_secs: u64,
-}
-
-impl Default for JwtSettings {
-    fn default() -> Self {
-        Self {
-            algorithm: "HS256".into(),
-            secret_env: "AIO_JWT_SECRET".into(),
-            public_key_path: PathBuf::new(),
-            issuer: String::new(),
-            audience: String::new(),
-            leeway_secs: 30,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitSettings {
-    /// Per API key, unless the key has its own `rate_limit_per_minute`.
-    pub requests_per_minute: u32,
-    /// Requests a key may send at once above the steady rate.
-    pub burst: u32,
-    /// Creates in flight in this process at once; more get 429.
-    pub max_concurrent_creates: usize,
-    /// Share the per-key limits between replicas through this Redis (`redis://host:6379`). Empty:
-    /// each process limits on its own. May hold a password: never logged.
-    pub redis_url: String,
-    /// Prefix of the Redis keys, so several gateways (or tests) can share one Redis.
-    pub redis_prefix: String,
-}
-
-impl Default for RateLimitSettings {
-    fn default() -> Self {
-        Self {
-            requests_per_minute: 600,
-            burst: 60,
-            max_concurrent_creates: 256,
-            redis_url: String::new(),
-            redis_prefix: "aio:".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CatalogSettings {
-    pub default_model: String,
-    pub models_path: PathBuf,
-}
-
-impl Default for CatalogSettings {
-    fn default() -> Self {
-        Self { default_model: "seedream/4.5-text-to-image".into(), models_path: "config/models.toml".into() }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BillingSettings {
-    pub usd_per_credit: f64,
-}
-
-impl Default for BillingSettings {
-    fn default() -> Self {
-        Self { usd_per_credit: 0.01 }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BootstrapSettings {
-    /// On first start with no accounts, create `default` with `credits` and print its key once.
-    pub enabled: bool,
-    pub credits: i64,
-}
-
-impl Default for BootstrapSettings {
-    fn default() -> Self {
-        Self { enabled: true, credits: 1000 }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TaskSettings {
-    /// A task not finished this long after creation fails with `timeout` and its hold is released.
-    pub deadline_secs: u64,
-    /// First poll of a running task after this long; later polls back off by 1.5× up to `poll_max_ms`.
-    pub poll_initial_ms: u64,
-    pub poll_max_ms: u64,
-    /// A failed submit that may succeed later is retried after this long, doubling up to `poll_max_ms`.
-    pub retry_initial_ms: u64,
-    /// How often the engine looks for due tasks.
-    pub tick_ms: u64,
-    /// A claimed task is invisible to other workers this long; if its worker dies it is picked up again.
-    pub lease_secs: u64,
-    /// Due tasks claimed per tick, and how many provider calls run at once.
-    pub batch_size: i64,
-    pub max_in_flight: usize,
-    /// How long the create request waits for the provider to accept the task before answering `pending`.
-    pub dispatch_wait_ms: u64,
-    /// A route's circuit opens after this many retriable submit failures in a row…
-    pub breaker_failures: u32,
-    /// …for this long; then one trial request decides whether it closes.
-    pub breaker_cooldown_secs: u64,
-}
-
-impl Default for TaskSettings {
-    fn default() -> Self {
-        Self {
-            deadline_secs: 900,
-            poll_initial_ms: 1000,
-            poll_max_ms: 30_000,
-            retry_initial_ms: 1000,
-            tick_ms: 500,
-            lease_secs: 60,
-            batch_size: 100,
-            max_in_flight: 64,
-            dispatch_wait_ms: 5000,
-            breaker_failures: 3,
-            breaker_cooldown_secs: 30,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FileSettings {
-    /// Where result images are stored; served under `/files/`. Share it between replicas.
-    pub dir: PathBuf,
-}
-
-impl Default for FileSettings {
-    fn default() -> Self {
-        Self { dir: "data/files".into() }
-    }
-}
-
-/// Result images: with `rehost`, each image a provider returns by URL is downloaded (through the
-/// outbound URL guard) into the file store, and the task's URLs are the gateway's own `/files/…`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ResultSettings {
-    pub rehost: bool,
-    /// A larger image fails the task (`upstream_failed`, credits released).
-    pub max_bytes: u64,
-    /// One download may take this long; a timeout is retried on the next poll.
-    pub timeout_secs: u64,
-    /// Content types accepted (of image/png, image/jpeg, image/webp); others fail the task. A list,
-    /// or from the environment a comma-separated string.
-    #[serde(with = "string_list")]
-    pub content_types: Vec<String>,
-}
-
-/// The content types the file store can serve.
-pub const RESULT_CONTENT_TYPES: [&str; 3] = ["image/png", "image/jpeg", "image/webp"];
-
-impl Default for ResultSettings {
-    fn default() -> Self {
-        Self {
-            rehost: true,
-            max_bytes: 20 * 1024 * 1024,
-            timeout_secs: 60,
-            content_types: RESULT_CONTENT_TYPES.map(String::from).to_vec(),
-        }
-    }
-}
-
-/// Outgoing webhooks (SPEC §4) and the outbound URL guard (SPEC §8).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebhookSettings {
-    /// The wait before each delivery attempt, ±20 % jitter: the first entry counts from the task's end,
-    /// each later one from the previous attempt. Its length is the number of attempts; after the last
-    /// failed one the delivery is `dead`. A list, or from the environment a comma-separated string.
-    #[serde(with = "duration_list")]
-    pub retry_schedule: Vec<Duration>,
-    /// One attempt (connect, send, first 2 KiB of the answer) may take this long.
-    pub timeout_secs: u64,
-    /// Accept `http://` for `callback_url` and `image_urls` (otherwise https only).
-    pub allow_http: bool,
-    /// Private ranges the guard lets through, e.g. `10.20.0.0/16`. A list or a comma-separated string.
-    #[serde(with = "cidr_list")]
-    pub allowed_private_cidrs: Vec<ipnet::IpNet>,
-    /// After a secret rotation the previous secret still signs (a second signature) this long.
-    pub secret_overlap_secs: u64,
-    /// How often the delivery loop looks for due deliveries.
-    pub tick_ms: u64,
-    /// Deliveries in flight at once, per process.
-    pub max_in_flight: usize,
-}
-
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        let schedule = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"];
-        Self {
-            retry_schedule: schedule.iter().filter_map(|d| parse_duration(d).ok()).collect(),
-            timeout_secs: 15,
-            allow_http: false,
-            allowed_private_cidrs: Vec::new(),
-            secret_overlap_secs: 86_400,
-            tick_ms: 500,
-            max_in_flight: 32,
-        }
-    }
-}
-
-/// `500ms`, `0s`, `5s`, `5m`, `2h`, `1d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 5s, 5m or 2h"))?;
-    let millis = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("`{text}` is not a duration like 5s, 5m or 2h (units: ms, s, m, h, d)")),
-    };
-    number.checked_mul(millis).map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too long"))
-}
-
-/// The inverse of [`parse_duration`], in the largest unit that divides the duration.
-pub fn format_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if millis == 0 {
-        return "0s".into();
-    }
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if millis.is_multiple_of(size) {
-            return format!("{}{unit}", millis / size);
-        }
-    }
-    format!("{millis}ms")
-}
-
-/// A list of values from TOML (`["a", "b"]`) or an environment variable (`a,b`).
-fn deserialize_list<'de, D, T>(deserializer: D, parse: fn(&str) -> Result<T, String>) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrCsv {
-        List(Vec<String>),
-        Csv(String),
-    }
-    let items = match ListOrCsv::deserialize(deserializer)
-        .map_err(|_| serde::de::Error::custom("expected a list of strings or a comma-separated string"))?
-    {
-        ListOrCsv::List(items) => items,
-        ListOrCsv::Csv(csv) => csv.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-    };
-    items.iter().map(|item| parse(item).map_err(serde::de::Error::custom)).collect()
-}
-
-mod duration_list {
-    use std::time::Duration;
-
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(items: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(items.iter().map(|d| super::format_duration(*d)))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
-        super::deserialize_list(deserializer, super::parse_duration)
-    }
-}
-
-mod string_list {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(items: &[String], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(items)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-        super::deserialize_list(deserializer, |text| Ok(text.to_ascii_lowercase()))
-    }
-}
-
-mod cidr_list {
-    use ipnet::IpNet;
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(items: &[IpNet], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(items.iter().map(ToString::to_string))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
-        super::deserialize_list(deserializer, |text| {
-            text.parse().map_err(|_| format!("`{text}` is not a CIDR range like 10.0.0.0/8 or fd00::/8"))
-        })
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSettings {
-    /// `pretty` for terminals, `json` for log collectors.
-    pub format: String,
-    /// A `tracing` filter, e.g. `info` or `aio_gateway=debug,info`; `RUST_LOG` wins when set.
-    pub level: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self { format: "pretty".into(), level: "info".into() }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    Simulated,
-    Kie,
-    Wavespeed,
-    Fal,
-    Replicate,
-    Openai,
-    Worker,
-}
-
-/// One `[providers.<id>]` table. Secrets are named by environment variable, never given by value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSettings {
-    pub kind: ProviderKind,
-    /// Shown to clients in the catalog, e.g. `KIE`.
-    #[serde(default)]
-    pub label: Option<String>,
-    #[serde(default)]
-    pub base_url: Option<String>,
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    #[serde(default)]
-    pub timeout_secs: Option<u64>,
-    /// Simulated provider: completion delay when the prompt has no `[simulate:delay=MS]`.
-    #[serde(default)]
-    pub delay_ms: Option<u64>,
-    /// The key read from `api_key_env` at start-up ([`Settings::load`]); never serialised. A real
-    /// provider without one is inactive: its routes are not used.
-    #[serde(skip)]
-    pub api_key: Option<SecretString>,
-    /// Give the provider a callback URL (`/api/v1/callbacks/{id}/{token}`), for kinds that call back.
-    #[serde(default = "default_true")]
-    pub callbacks: bool,
-    /// With callbacks on, polling is only the fallback: at most one poll per this many seconds.
-    #[serde(default)]
-    pub callback_poll_secs: Option<u64>,
-    /// Settle from a callback's own body instead of confirming it with the provider's status API.
-    #[serde(default)]
-    pub trust_callback_payload: bool,
-    /// The name of the environment variable with the provider's callback signing key (KIE's
-    /// `webhookHmacKey`, WaveSpeed's or Replicate's webhook secret); when set, unsigned or badly signed callbacks
-    /// are refused.
-    #[serde(default)]
-    pub webhook_hmac_key_env: Option<String>,
-    /// Read from `webhook_hmac_key_env` at start-up; never serialised.
-    #[serde(skip)]
-    pub webhook_hmac_key: Option<SecretString>,
-    /// fal: where the public keys that sign its callbacks are published (default fal's own JWKS).
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-    /// Worker: the backend node's name that the catalog shows on its routes (`backend_node`), e.g.
-    /// `node30`; default the provider id.
-    #[serde(default)]
-    pub node_label: Option<String>,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-pub const DEFAULT_CALLBACK_POLL_SECS: u64 = 30;
-
-pub const DEFAULT_PROVIDER_TIMEOUT_SECS: u64 = 30;
-
-impl ProviderSettings {
-    /// A provider of this kind with nothing else set.
-    pub fn new(kind: ProviderKind) -> ProviderSettings {
-        ProviderSettings {
-            kind,
-            label: None,
-            base_url: None,
-            api_key_env: None,
-            timeout_secs: None,
-            delay_ms: None,
-            api_key: None,
-            callbacks: true,
-            callback_poll_secs: None,
-            trust_callback_payload: false,
-            webhook_hmac_key_env: None,
-            webhook_hmac_key: None,
-            jwks_url: None,
-            node_label: None,
-        }
-    }
-
-    /// Whether this provider serves: the simulated one always, the others once their key is set.
-    pub fn is_active(&self) -> bool {
-        self.kind == ProviderKind::Simulated || self.api_key.is_some()
-    }
-
-    /// One upstream request may take this long (connect, send, answer).
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_secs.unwrap_or(DEFAULT_PROVIDER_TIMEOUT_SECS))
-    }
-
-    /// Reads the keys from the environment variables `api_key_env` and `webhook_hmac_key_env` name.
-    fn read_key(&mut self) {
-        self.api_key = secret_from_env(self.api_key_env.as_deref());
-        self.webhook_hmac_key = secret_from_env(self.webhook_hmac_key_env.as_deref());
-    }
-
-    /// The slowest polling for a task whose provider calls back.
-    pub fn callback_poll(&self) -> Duration {
-        Duration::from_secs(self.callback_poll_secs.unwrap_or(DEFAULT_CALLBACK_POLL_SECS))
-    }
-}
-
-/// The value of the environment variable `name`; unset or empty: none.
-fn secret_from_env(name: Option<&str>) -> Option<SecretString> {
-    let value = std::env::var(name?).ok()?;
-    let value = value.trim();
-    (!value.is_empty()).then(|| SecretString::from(value.to_owned()))
 }
 
 impl Settings {
@@ -631,114 +84,10 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks values the types cannot: every problem is reported, each naming its key.
+    /// Checks the rules across fields that the types cannot: every problem is reported, each naming
+    /// its key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let mut problems = Vec::new();
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!("server.listen: `{}` is not an address like 0.0.0.0:8080", self.server.listen));
-        }
-        if !self.server.metrics_listen.is_empty() && self.server.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!(
-                "server.metrics_listen: `{}` is not an address like 127.0.0.1:9090",
-                self.server.metrics_listen
-            ));
-        }
-        if !self.server.public_base_url.is_empty() && reqwest::Url::parse(&self.server.public_base_url).is_err() {
-            problems.push("server.public_base_url: not a URL like https://gateway.example.com".to_string());
-        }
-        if self.server.body_limit_bytes == 0 {
-            problems.push("server.body_limit_bytes: must be above 0".into());
-        }
-        if crate::store::Dialect::of_url(&self.database.url).is_none() {
-            problems.push("database.url (DATABASE_URL): must start with postgres:// or sqlite://".into());
-        }
-        if self.database.max_connections == 0 {
-            problems.push("database.max_connections: must be above 0".into());
-        }
-        if self.bootstrap.credits < 0 {
-            problems.push("bootstrap.credits: must not be negative".into());
-        }
-        if !(self.billing.usd_per_credit.is_finite() && self.billing.usd_per_credit >= 0.0) {
-            problems.push("billing.usd_per_credit: must be a number ≥ 0".into());
-        }
-        let t = &self.tasks;
-        for (key, value) in [
-            ("tasks.deadline_secs", t.deadline_secs),
-            ("tasks.poll_initial_ms", t.poll_initial_ms),
-            ("tasks.poll_max_ms", t.poll_max_ms),
-            ("tasks.retry_initial_ms", t.retry_initial_ms),
-            ("tasks.tick_ms", t.tick_ms),
-            ("tasks.lease_secs", t.lease_secs),
-            ("tasks.max_in_flight", t.max_in_flight as u64),
-            ("webhooks.timeout_secs", self.webhooks.timeout_secs),
-            ("results.max_bytes", self.results.max_bytes),
-            ("results.timeout_secs", self.results.timeout_secs),
-            ("webhooks.tick_ms", self.webhooks.tick_ms),
-            ("webhooks.max_in_flight", self.webhooks.max_in_flight as u64),
-        ] {
-            if value == 0 {
-                problems.push(format!("{key}: must be above 0"));
-            }
-        }
-        if self.auth.session.ttl_secs == 0 {
-            problems.push("auth.session.ttl_secs: must be above 0".into());
-        }
-        if !matches!(self.auth.jwt.algorithm.as_str(), "HS256" | "RS256" | "ES256") {
-            problems.push(format!("auth.jwt.algorithm: `{}` is not one of HS256, RS256, ES256", self.auth.jwt.algorithm));
-        }
-        let r = &self.rate_limit;
-        for (key, value) in [
-            ("rate_limit.requests_per_minute", u64::from(r.requests_per_minute)),
-            ("rate_limit.burst", u64::from(r.burst)),
-            ("rate_limit.max_concurrent_creates", r.max_concurrent_creates as u64),
-        ] {
-            if value == 0 {
-                problems.push(format!("{key}: must be above 0"));
-            }
-        }
-        let redis_scheme = r.redis_url.starts_with("redis://") || r.redis_url.starts_with("rediss://");
-        if !r.redis_url.is_empty() && !redis_scheme {
-            problems.push("rate_limit.redis_url: must start with redis:// or rediss://".into());
-        }
-        if t.batch_size <= 0 {
-            problems.push("tasks.batch_size: must be above 0".into());
-        }
-        for content_type in &self.results.content_types {
-            if !RESULT_CONTENT_TYPES.contains(&content_type.as_str()) {
-                problems.push(format!(
-                    "results.content_types: `{content_type}` is not one of {}",
-                    RESULT_CONTENT_TYPES.join(", ")
-                ));
-            }
-        }
-        if self.webhooks.retry_schedule.is_empty() {
-            problems.push("webhooks.retry_schedule: needs at least one entry (the first attempt, e.g. 0s)".into());
-        }
-        if !matches!(self.log.format.as_str(), "pretty" | "json") {
-            problems.push(format!("log.format: `{}` is not one of pretty, json", self.log.format));
-        }
-        for (id, provider) in &self.providers {
-            match provider.kind {
-                ProviderKind::Simulated => {}
-                ProviderKind::Kie
-                | ProviderKind::Wavespeed
-                | ProviderKind::Replicate
-                | ProviderKind::Openai
-                | ProviderKind::Fal
-                | ProviderKind::Worker => {
-                    match provider.base_url.as_deref().map(reqwest::Url::parse) {
-                        Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
-                        _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
-                    }
-                    if provider.timeout_secs == Some(0) {
-                        problems.push(format!("providers.{id}.timeout_secs: must be above 0"));
-                    }
-                }
-            }
-            if provider.kind == ProviderKind::Worker && provider.api_key_env.as_deref().is_none_or(str::is_empty) {
-                problems.push(format!("providers.{id}.api_key_env: a worker node needs the variable of its API key"));
-            }
-        }
+        let problems: Vec<String> = self.providers.iter().flat_map(|(id, provider)| provider.problems(id)).collect();
         if problems.is_empty() {
             Ok(())
         } else {
@@ -747,14 +96,20 @@ impl Settings {
     }
 }
 
-/// Figment's errors already name the key; make them one line per problem and never echo values of
-/// keys that could be secrets.
+/// Figment's errors already name the key; make them one line per problem, word the refusals of the
+/// non-zero and enum types like the gateway's own, and never echo values of keys that could be secrets.
 fn describe_figment_error(error: figment::Error) -> String {
     let lines: Vec<String> = error
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let kind = e.kind.to_string();
+            let kind = match &e.kind {
+                Kind::InvalidValue(Actual::Unsigned(_) | Actual::Signed(_), expected) if expected.starts_with("a nonzero") => {
+                    ABOVE_ZERO.to_string()
+                }
+                Kind::UnknownVariant(found, expected) => format!("`{found}` is not one of {}", expected.join(", ")),
+                kind => kind.to_string(),
+            };
             if key.is_empty() {
                 kind
             } else {
@@ -764,13 +119,124 @@ fn describe_figment_error(error: figment::Error) -> String {
         .collect();
     format!("invalid configuration:\n  {}", lines.join("\n  "))
 }
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
     use super::*;
 
+    /// The defaults with `key` set to `value`, as the file or the environment would set it; an error
+    /// as `check-config` prints it.
     fn with(key: &str, value: impl Serialize) -> Result<Settings, String> {
-        Figment::from(Serialized::defaults(Settings::default())).merge((key, value)).extract().map_err(|e| e.to_string())
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge((key, value))
+            .extract()
+            .map_err(describe_figment_error)
+    }
+
+    fn refusal(key: &str, value: impl Serialize) -> String {
+        with(key, value).map(|_| ()).expect_err(key)
+    }
+
+    /// The defaults and this TOML text.
+    fn from_toml(text: &str) -> Result<Settings, String> {
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(describe_figment_error)
+    }
+
+    #[test]
+    fn a_zero_where_a_positive_value_is_needed_is_refused_naming_the_key() {
+        for key in [
+            "server.body_limit_bytes",
+            "database.max_connections",
+            "auth.session.ttl_secs",
+            "tasks.deadline_secs",
+            "tasks.poll_initial_ms",
+            "tasks.poll_max_ms",
+            "tasks.retry_initial_ms",
+            "tasks.tick_ms",
+            "tasks.lease_secs",
+            "tasks.batch_size",
+            "tasks.max_in_flight",
+            "results.max_bytes",
+            "results.timeout_secs",
+            "webhooks.timeout_secs",
+            "webhooks.tick_ms",
+            "webhooks.max_in_flight",
+            "rate_limit.requests_per_minute",
+            "rate_limit.burst",
+            "rate_limit.max_concurrent_creates",
+        ] {
+            let error = refusal(key, 0);
+            assert!(error.contains(&format!("{key}: must be above 0")), "{error}");
+        }
+        assert!(refusal("tasks.batch_size", -1).contains("tasks.batch_size: must be above 0"));
+        // Where 0 means "no wait", it stays allowed.
+        assert_eq!(with("tasks.dispatch_wait_ms", 0).map(|s| s.tasks.dispatch_wait), Ok(Duration::ZERO));
+        assert_eq!(with("server.shutdown_grace_secs", 0).map(|s| s.server.shutdown_grace), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_provider_timeout_of_zero_is_refused_naming_the_provider() {
+        let error = from_toml("[providers.kie]\nkind = \"kie\"\ntimeout_secs = 0").map(|_| ()).expect_err("refused");
+        assert!(error.contains("providers.kie.timeout_secs: must be above 0"), "{error}");
+    }
+
+    #[test]
+    fn durations_keep_the_unit_of_their_key() {
+        let settings = with("tasks.tick_ms", 50).expect("tick");
+        assert_eq!(settings.tasks.tick, Duration::from_millis(50));
+        let settings = with("tasks.deadline_secs", 2).expect("deadline");
+        assert_eq!(settings.tasks.deadline, Duration::from_secs(2));
+        let defaults = Settings::default();
+        assert_eq!(defaults.tasks.deadline, Duration::from_secs(900));
+        assert_eq!(defaults.tasks.poll_initial, Duration::from_millis(1000));
+        assert_eq!(defaults.webhooks.secret_overlap, Duration::from_secs(86_400));
+        let mut settings = from_toml("[providers.sim]\nkind = \"simulated\"\ndelay_ms = 250").expect("a provider");
+        let sim = settings.providers.remove("sim").expect("sim");
+        assert_eq!((sim.timeout, sim.callback_poll, sim.delay), (Duration::from_secs(30), Duration::from_secs(30), Some(Duration::from_millis(250))));
+    }
+
+    #[test]
+    fn a_name_outside_a_closed_set_is_refused_naming_the_key_and_the_choices() {
+        assert_eq!(refusal("log.format", "xml"), "invalid configuration:\n  log.format: `xml` is not one of pretty, json");
+        let error = refusal("auth.jwt.algorithm", "HS512");
+        assert!(error.contains("auth.jwt.algorithm: `HS512` is not one of HS256, RS256, ES256"), "{error}");
+        // The spellings are exact, as they always were.
+        assert!(refusal("auth.jwt.algorithm", "hs256").contains("auth.jwt.algorithm"));
+        assert_eq!(with("auth.jwt.algorithm", "ES256").map(|s| s.auth.jwt.algorithm), Ok(JwtAlgorithm::Es256));
+        assert!(refusal("server.role", "everything").contains("server.role: `everything` is not one of all, api, worker"));
+        assert_eq!(with("log.format", "json").map(|s| s.log.format), Ok(LogFormat::Json));
+        let error = refusal("results.content_types", "image/png,image/gif");
+        assert!(error.contains("results.content_types: `image/gif` is not one of image/png, image/jpeg, image/webp"), "{error}");
+        let types = with("results.content_types", "IMAGE/JPEG, image/webp").map(|s| s.results.content_types);
+        assert_eq!(types, Ok(vec![ImageType::Jpeg, ImageType::Webp]));
+    }
+
+    #[test]
+    fn addresses_are_socket_addresses_and_an_empty_metrics_address_is_none() {
+        let error = refusal("server.listen", "localhost");
+        assert!(error.contains("server.listen: `localhost` is not an address like 0.0.0.0:8080"), "{error}");
+        let listen = with("server.listen", "0.0.0.0:9000").map(|s| s.server.listen);
+        assert_eq!(listen, Ok(SocketAddr::from(([0, 0, 0, 0], 9000))));
+        assert_eq!(Settings::default().server.metrics_listen, None);
+        assert_eq!(with("server.metrics_listen", "").map(|s| s.server.metrics_listen), Ok(None));
+        let metrics = with("server.metrics_listen", "127.0.0.1:9090").map(|s| s.server.metrics_listen);
+        assert_eq!(metrics, Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9090)))));
+        let error = refusal("server.metrics_listen", "127.0.0.1");
+        assert!(error.contains("server.metrics_listen: `127.0.0.1` is not an address like 127.0.0.1:9090"), "{error}");
+    }
+
+    #[test]
+    fn single_values_are_checked_as_they_are_read() {
+        assert!(refusal("database.url", "mysql://x").contains("database.url: (DATABASE_URL) must start with postgres://"));
+        assert!(refusal("rate_limit.redis_url", "http://x").contains("rate_limit.redis_url: must start with redis://"));
+        assert!(refusal("server.public_base_url", "not a url").contains("server.public_base_url: not a URL"));
+        assert!(refusal("bootstrap.credits", -1).contains("bootstrap.credits: must not be negative"));
+        assert!(refusal("billing.usd_per_credit", -0.5).contains("billing.usd_per_credit: must be a number ≥ 0"));
     }
 
     #[test]
@@ -818,8 +284,10 @@ mod tests {
 
     #[test]
     fn a_provider_is_active_only_once_its_key_variable_is_set() {
-        let mut kie =
-            ProviderSettings { api_key_env: Some("AIO_SURELY_UNSET_VARIABLE".into()), ..ProviderSettings::new(ProviderKind::Kie) };
+        let mut kie = ProviderSettings {
+            api_key_env: Some("AIO_SURELY_UNSET_VARIABLE".into()),
+            ..ProviderSettings::new(ProviderKind::Kie)
+        };
         kie.read_key();
         assert!(!kie.is_active());
         // Any variable that is set will do for the test; PATH always is.
@@ -844,9 +312,8 @@ mod tests {
 
     #[test]
     fn an_empty_schedule_is_refused() {
-        let mut settings = Settings::default();
-        settings.webhooks.retry_schedule.clear();
-        let error = settings.validate().expect_err("refused").to_string();
-        assert!(error.contains("webhooks.retry_schedule"), "{error}");
+        let error = refusal("webhooks.retry_schedule", Vec::<String>::new());
+        assert!(error.contains("webhooks.retry_schedule: needs at least one entry"), "{error}");
+        assert!(refusal("webhooks.retry_schedule", "").contains("webhooks.retry_schedule"));
     }
 }

@@ -62,7 +62,7 @@ pub async fn create(
             callback_url: valid.callback_url.as_deref(),
             provider: &valid.route.provider,
             upstream_model: &valid.route.upstream_model,
-            deadline: std::time::Duration::from_secs(state.settings.tasks.deadline_secs),
+            deadline: state.settings.tasks.deadline,
             lease: fast_path.then(|| state.engine.lease()),
             idempotency: key.as_ref(),
         },

@@ -83,7 +83,7 @@ pub async fn create(
     }
     let caller = state.auth.authenticate_key(request.api_key.trim()).await?;
     let role = if state.settings.auth.session.admin_accounts.contains(&caller.account_id) { Role::Admin } else { Role::User };
-    let ttl = Duration::from_secs(state.settings.auth.session.ttl_secs);
+    let ttl = state.settings.auth.session.ttl;
     let (token, expires_at) = state.sessions.mint(caller.account_id, role, ttl)?;
     let cookie = Cookie::build((COOKIE_NAME, token))
         .path("/")
