@@ -2,7 +2,6 @@
 
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::dns::Resolve;

@@ -99,36 +99,6 @@ pub mod positive_millis {
     }
 }
 
-/// An optional `*_secs` key (absent: `None`).
-pub mod option_secs {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
-        match duration {
-            Some(duration) => serializer.serialize_some(&duration.as_secs()),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-        Option::<u64>::deserialize(deserializer).map(|secs| secs.map(Duration::from_secs))
-    }
-}
-
-/// An optional `*_secs` key that, when given, must be above 0.
-pub mod option_positive_secs {
-    use super::*;
-
-    pub use super::option_secs::serialize;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-        match Option::<u64>::deserialize(deserializer)? {
-            Some(0) => Err(D::Error::custom(super::super::ABOVE_ZERO)),
-            secs => Ok(secs.map(Duration::from_secs)),
-        }
-    }
-}
-
 /// An optional `*_ms` key (absent: `None`).
 pub mod option_millis {
     use super::*;

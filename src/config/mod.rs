@@ -104,8 +104,9 @@ fn describe_figment_error(error: figment::Error) -> String {
         .map(|e| {
             let key = e.path.join(".");
             let kind = match &e.kind {
-                Kind::InvalidValue(Actual::Unsigned(_) | Actual::Signed(_), expected) if expected.starts_with("a nonzero") => {
-                    ABOVE_ZERO.to_string()
+                Kind::InvalidValue(Actual::Unsigned(0), expected) if expected.starts_with("a nonzero") => ABOVE_ZERO.into(),
+                Kind::InvalidValue(Actual::Signed(n), expected) if *n <= 0 && expected.starts_with("a nonzero") => {
+                    ABOVE_ZERO.into()
                 }
                 Kind::UnknownVariant(found, expected) => format!("`{found}` is not one of {}", expected.join(", ")),
                 kind => kind.to_string(),

@@ -73,6 +73,8 @@ fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAd
 
 /// `server.metrics_listen`: an address, or the empty string for none.
 mod metrics_address {
+    use serde::de::Error as _;
+
     use super::*;
 
     pub fn serialize<S: Serializer>(address: &Option<SocketAddr>, serializer: S) -> Result<S::Ok, S::Error> {

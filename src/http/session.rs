@@ -8,7 +8,6 @@
 //! authenticated by the cookie must come from the console's own origin (CSRF): `Sec-Fetch-Site:
 //! same-origin` where the browser sends it, else an `Origin` naming this gateway; neither is refused.
 
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};

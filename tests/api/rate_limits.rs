@@ -81,7 +81,7 @@ async fn a_key_with_its_own_limit_uses_it() {
 #[tokio::test]
 async fn creates_beyond_the_concurrency_cap_get_429() {
     // The cap itself: a second slot while the only one is taken is a 429 with Retry-After: 1.
-    let settings = RateLimitSettings { max_concurrent_creates: 1, ..RateLimitSettings::default() };
+    let settings = RateLimitSettings { max_concurrent_creates: std::num::NonZeroUsize::MIN, ..RateLimitSettings::default() };
     let limiter = RateLimiter::new(&settings).expect("limiter");
     let slot = limiter.create_permit().expect("the first slot");
     match limiter.create_permit() {
