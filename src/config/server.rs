@@ -161,7 +161,7 @@ impl Default for RateLimitSettings {
 
 fn redis_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let url = String::deserialize(deserializer)?;
-    if !url.is_empty() && !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err(D::Error::custom("must start with redis:// or rediss://"));
     }
     Ok(url)
