@@ -5,7 +5,7 @@
 
 mod auth;
 mod catalog;
-pub mod durations;
+mod durations;
 mod files;
 mod lists;
 mod providers;
