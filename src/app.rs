@@ -2,7 +2,6 @@
 
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::dns::Resolve;
@@ -66,9 +65,9 @@ impl Application {
             .await
             .with_context(|| format!("server.listen: cannot bind {}", settings.server.listen))?;
         let address = listener.local_addr()?;
-        let metrics_listener = match settings.server.metrics_listen.as_str() {
-            "" => None,
-            metrics_listen => Some(
+        let metrics_listener = match settings.server.metrics_listen {
+            None => None,
+            Some(metrics_listen) => Some(
                 TcpListener::bind(metrics_listen)
                     .await
                     .with_context(|| format!("server.metrics_listen: cannot bind {metrics_listen}"))?,
@@ -114,7 +113,7 @@ impl Application {
         if !sessions.shared {
             tracing::info!("console sessions are signed with a secret of this process: they end on restart and are not shared between replicas");
         }
-        let auth = KeyAuth::new(pool.clone(), Duration::from_secs(settings.auth.key_cache_ttl_secs));
+        let auth = KeyAuth::new(pool.clone(), settings.auth.key_cache_ttl);
         let state = AppState {
             pool,
             settings: Arc::new(settings),
@@ -144,7 +143,7 @@ impl Application {
     /// within `server.shutdown_grace_secs`; hand back the leases of tasks still unfinished.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let role = self.state.settings.server.role;
-        let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
+        let grace = self.state.settings.server.shutdown_grace;
         let engine = Arc::clone(&self.state.engine);
         // The long-lived tasks, all stopped by `shutdown`; a clean stop waits for every one of them.
         let background = TaskTracker::new();

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -276,7 +275,7 @@ async fn webhook_secret(pool: &Db, settings: &Settings, command: SecretCommand) 
     let secret = match command {
         SecretCommand::Show { .. } => secrets::signing(pool, account).await?.current,
         SecretCommand::Rotate { .. } => {
-            secrets::rotate(pool, account, Duration::from_secs(settings.webhooks.secret_overlap_secs)).await?
+            secrets::rotate(pool, account, settings.webhooks.secret_overlap).await?
         }
     };
     Ok(json!({"secret": secret}))
@@ -324,8 +323,7 @@ async fn healthcheck(settings: &Settings, url: Option<&str>) -> anyhow::Result<(
     let base = match url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
-            let listen: std::net::SocketAddr = settings.server.listen.parse()?;
-            format!("http://127.0.0.1:{}", listen.port())
+            format!("http://127.0.0.1:{}", settings.server.listen.port())
         }
     };
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;

@@ -104,9 +104,8 @@ impl Engine {
     ) -> Arc<Engine> {
         let fast_path = settings.server.role.runs_engine();
         let settings = settings.tasks.clone();
-        let tick = Duration::from_millis(settings.tick_ms);
-        let runner = Runner::new("engine", tick, settings.batch_size as usize, settings.max_in_flight);
-        let breakers = Breakers::new(settings.breaker_failures, Duration::from_secs(settings.breaker_cooldown_secs));
+        let runner = Runner::new("engine", settings.tick, settings.batch_size.get(), settings.max_in_flight.get());
+        let breakers = Breakers::new(settings.breaker_failures, settings.breaker_cooldown);
         Arc::new(Engine {
             pool,
             providers,
@@ -150,7 +149,7 @@ impl Engine {
             callback_url: valid.callback_url.as_deref(),
             provider: &valid.route.provider,
             upstream_model: &valid.route.upstream_model,
-            deadline: Duration::from_secs(self.settings.deadline_secs),
+            deadline: self.settings.deadline,
             lease: self.fast_path.then(|| self.lease()),
             idempotency: key.as_ref(),
         };
@@ -198,7 +197,7 @@ impl Engine {
     async fn dispatch(self: &Arc<Self>, task: Task) {
         let engine = Arc::clone(self);
         let work = self.dispatched.spawn(async move { engine.process(task).await });
-        let _ = tokio::time::timeout(Duration::from_millis(self.settings.dispatch_wait_ms), work).await;
+        let _ = tokio::time::timeout(self.settings.dispatch_wait, work).await;
     }
 
     /// Runs until `shutdown`: every tick, claim what is due and work on it; now and then, purge
@@ -261,7 +260,7 @@ impl Engine {
 
     /// How long a claimed task stays hidden from other workers.
     pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.settings.lease_secs)
+        self.settings.lease
     }
 
     /// One step for one claimed task. Errors leave the task to its lease: it becomes due again.
@@ -427,10 +426,10 @@ impl Engine {
     /// Next poll: the provider's hint when it gave one, else 1.5× backoff; within [50 ms, poll_max].
     /// For a provider that calls back, polling is the fallback: its slower interval is the floor.
     fn poll_delay(&self, provider: &str, attempts: i32, hint: Option<Duration>) -> Duration {
-        let max = Duration::from_millis(self.settings.poll_max_ms);
+        let max = self.settings.poll_max;
         let backoff = || {
             let factor = 1.5f64.powi(attempts.clamp(0, 30));
-            Duration::from_millis(self.settings.poll_initial_ms).mul_f64(factor)
+            self.settings.poll_initial.mul_f64(factor)
         };
         let delay = hint.unwrap_or_else(backoff).clamp(Duration::from_millis(50), max.max(Duration::from_millis(50)));
         delay.max(self.providers.callback_poll(provider).unwrap_or_default())
@@ -496,8 +495,8 @@ impl Engine {
 
     /// Next submit attempt after a retriable failure: doubling, up to poll_max.
     fn retry_delay(&self, attempts: i32) -> Duration {
-        let delay = Duration::from_millis(self.settings.retry_initial_ms).mul_f64(2f64.powi(attempts.clamp(0, 30)));
-        delay.min(Duration::from_millis(self.settings.poll_max_ms))
+        let delay = self.settings.retry_initial.mul_f64(2f64.powi(attempts.clamp(0, 30)));
+        delay.min(self.settings.poll_max)
     }
 }
 

@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use reqwest::dns::Resolve;
 
-use crate::config::ResultSettings;
+use crate::config::{ImageType, ResultSettings};
 use crate::url_guard::{self, Guard};
 use crate::tasks::OutputImage;
 
@@ -88,7 +87,7 @@ pub struct Rehost {
     nodes: Vec<url::Origin>,
     nodes_http: reqwest::Client,
     max_bytes: u64,
-    content_types: Vec<String>,
+    content_types: Vec<ImageType>,
 }
 
 /// Why a result could not be copied. `Retry`: a passing problem (network, timeout, 429/5xx, disk):
@@ -110,7 +109,7 @@ impl Rehost {
         resolver: Arc<dyn Resolve>,
         node_base_urls: &[&str],
     ) -> anyhow::Result<Rehost> {
-        let timeout = Duration::from_secs(settings.timeout_secs);
+        let timeout = settings.timeout;
         let http = url_guard::client(&guard, resolver, timeout)?;
         let nodes_http = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
         let nodes = node_base_urls.iter().filter_map(|u| url::Url::parse(u).ok()).map(|u| u.origin()).collect();
@@ -120,7 +119,7 @@ impl Rehost {
             http,
             nodes,
             nodes_http,
-            max_bytes: settings.max_bytes,
+            max_bytes: settings.max_bytes.get(),
             content_types: settings.content_types.clone(),
         })
     }
@@ -167,15 +166,9 @@ impl Rehost {
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase())
             .unwrap_or_default();
-        let extension = match content_type.as_str() {
-            "image/png" => "png",
-            "image/jpeg" => "jpg",
-            "image/webp" => "webp",
-            _ => "",
-        };
-        if extension.is_empty() || !self.content_types.contains(&content_type) {
+        let Some(image_type) = ImageType::from_mime(&content_type).filter(|t| self.content_types.contains(t)) else {
             return Err(RehostError::Refuse(format!("it is `{content_type}`, not an allowed image type")));
-        }
+        };
         let too_large = || RehostError::Refuse(format!("it is larger than {} bytes", self.max_bytes));
         if response.content_length().is_some_and(|length| length > self.max_bytes) {
             return Err(too_large());
@@ -190,7 +183,7 @@ impl Rehost {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let name = FileStore::new_name(extension);
+        let name = FileStore::new_name(image_type.extension());
         self.files.save(&name, &bytes).await.map_err(|error| {
             tracing::error!(error = %error, "cannot store a result image");
             RehostError::Retry("the image could not be stored".into())

@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::JwtSettings;
+use crate::config::{JwtAlgorithm, JwtSettings};
 
 /// HS256 secrets shorter than this are refused at start-up.
 const MIN_SECRET_BYTES: usize = 32;
@@ -57,27 +57,26 @@ impl JwtAuth {
     /// `None` when no key material is configured (the dashboard routes then answer 401); an error when
     /// it is configured but unusable.
     pub fn from_settings(settings: &JwtSettings) -> anyhow::Result<Option<JwtAuth>> {
-        let algorithm = parse_algorithm(&settings.algorithm)?;
-        let decoding = match algorithm {
-            Algorithm::HS256 => match hs256_secret(settings)? {
+        let algorithm = header_algorithm(settings.algorithm);
+        let decoding = match settings.algorithm {
+            JwtAlgorithm::Hs256 => match hs256_secret(settings)? {
                 Some(secret) => DecodingKey::from_secret(secret.expose_secret().as_bytes()),
                 None => return Ok(None),
             },
-            Algorithm::RS256 | Algorithm::ES256 => {
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
                 if settings.public_key_path.as_os_str().is_empty() {
                     return Ok(None);
                 }
                 let path = &settings.public_key_path;
                 let pem = std::fs::read(path)
                     .with_context(|| format!("auth.jwt.public_key_path: cannot read {}", path.display()))?;
-                let key = if algorithm == Algorithm::RS256 {
+                let key = if settings.algorithm == JwtAlgorithm::Rs256 {
                     DecodingKey::from_rsa_pem(&pem)
                 } else {
                     DecodingKey::from_ec_pem(&pem)
                 };
                 key.with_context(|| format!("auth.jwt.public_key_path: {} is not a {algorithm:?} public key PEM", path.display()))?
             }
-            _ => unreachable!("parse_algorithm admits HS256, RS256 and ES256 only"),
         };
         Ok(Some(JwtAuth { algorithm, decoding, validation: validation(algorithm, settings) }))
     }
@@ -97,7 +96,7 @@ fn validation(algorithm: Algorithm, settings: &JwtSettings) -> Validation {
     let mut validation = Validation::new(algorithm);
     validation.algorithms = vec![algorithm];
     validation.set_required_spec_claims(&["exp", "sub"]);
-    validation.leeway = settings.leeway_secs;
+    validation.leeway = settings.leeway.as_secs();
     validation.validate_exp = true;
     if settings.issuer.is_empty() {
         validation.iss = None;
@@ -129,9 +128,9 @@ pub struct SessionSigner {
 
 impl SessionSigner {
     pub fn from_settings(settings: &JwtSettings) -> anyhow::Result<SessionSigner> {
-        let configured = match parse_algorithm(&settings.algorithm)? {
-            Algorithm::HS256 => hs256_secret(settings)?,
-            _ => None,
+        let configured = match settings.algorithm {
+            JwtAlgorithm::Hs256 => hs256_secret(settings)?,
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => None,
         };
         let shared = configured.is_some();
         let secret = configured.unwrap_or_else(|| {
@@ -173,12 +172,12 @@ impl SessionSigner {
     }
 }
 
-fn parse_algorithm(name: &str) -> anyhow::Result<Algorithm> {
-    match name {
-        "HS256" => Ok(Algorithm::HS256),
-        "RS256" => Ok(Algorithm::RS256),
-        "ES256" => Ok(Algorithm::ES256),
-        other => bail!("auth.jwt.algorithm: `{other}` is not one of HS256, RS256, ES256"),
+/// The `alg` of a token header signed with `algorithm`.
+fn header_algorithm(algorithm: JwtAlgorithm) -> Algorithm {
+    match algorithm {
+        JwtAlgorithm::Hs256 => Algorithm::HS256,
+        JwtAlgorithm::Rs256 => Algorithm::RS256,
+        JwtAlgorithm::Es256 => Algorithm::ES256,
     }
 }
 
@@ -197,7 +196,7 @@ fn hs256_secret(settings: &JwtSettings) -> anyhow::Result<Option<SecretString>> 
 /// Mints an HS256 token (CLI `token mint`, for development). RS256/ES256 tokens are minted by whoever
 /// holds the private key.
 pub fn mint(settings: &JwtSettings, account_id: i64, role: Role, ttl: Duration) -> anyhow::Result<String> {
-    if parse_algorithm(&settings.algorithm)? != Algorithm::HS256 {
+    if settings.algorithm != JwtAlgorithm::Hs256 {
         bail!("token mint signs HS256 tokens only; auth.jwt.algorithm is {}", settings.algorithm);
     }
     hs256_secret(settings)?.with_context(|| format!("token mint needs the HS256 secret in ${}", settings.secret_env))?;

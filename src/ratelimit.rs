@@ -42,7 +42,7 @@ return {1, 0}
 
 pub struct RateLimiter {
     default_per_minute: u32,
-    burst: u32,
+    burst: NonZeroU32,
     /// Per-process state, one limiter per (key, rate); idle keys are forgotten.
     local: moka::sync::Cache<(String, u32), Arc<DefaultDirectRateLimiter>>,
     redis: Option<SharedState>,
@@ -76,11 +76,11 @@ impl RateLimiter {
             }
         };
         Ok(RateLimiter {
-            default_per_minute: settings.requests_per_minute,
+            default_per_minute: settings.requests_per_minute.get(),
             burst: settings.burst,
             local: moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build(),
             redis,
-            creates: Arc::new(Semaphore::new(settings.max_concurrent_creates)),
+            creates: Arc::new(Semaphore::new(settings.max_concurrent_creates.get())),
         })
     }
 
@@ -116,7 +116,6 @@ impl RateLimiter {
         let burst = self.burst;
         let limiter = self.local.get_with((key_id.to_owned(), per_minute), || {
             let rate = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
             Arc::new(DefaultDirectRateLimiter::direct(Quota::per_minute(rate).allow_burst(burst)))
         });
         limiter.check().err().map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
@@ -129,7 +128,7 @@ impl RateLimiter {
             .script
             .key(format!("{}rl:{key_id}", shared.prefix))
             .arg(interval_ms)
-            .arg(self.burst)
+            .arg(self.burst.get())
             .invoke_async(&mut connection)
             .await?;
         Ok((allowed == 0).then(|| Duration::from_millis(retry_after_ms.max(1) as u64)))

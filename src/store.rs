@@ -208,8 +208,8 @@ async fn connect_postgres(settings: &DatabaseSettings) -> anyhow::Result<PgPool>
         }
     }
     PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .max_connections(settings.max_connections.get())
+        .acquire_timeout(settings.acquire_timeout)
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to database `{database}`"))
@@ -227,8 +227,8 @@ async fn connect_sqlite(settings: &DatabaseSettings) -> anyhow::Result<SqlitePoo
     let file = options.get_filename().to_path_buf();
     create_folder_of(&file)?;
     SqlitePoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .max_connections(settings.max_connections.get())
+        .acquire_timeout(settings.acquire_timeout)
         .connect_with(options)
         .await
         .with_context(|| format!("cannot open the SQLite database {}", file.display()))

@@ -3,11 +3,11 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogSettings;
+use crate::config::{LogFormat, LogSettings};
 
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests build several apps in one process) keeps the first subscriber.
-    let _ = if settings.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = if settings.format == LogFormat::Json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -35,7 +35,7 @@ use extract::BodyLimit;
 pub fn router(state: AppState) -> Router {
     let routes = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
     let routes = if state.settings.server.role.serves_api() { routes.merge(api_routes()) } else { routes };
-    let routes = if state.settings.server.metrics_listen.is_empty() {
+    let routes = if state.settings.server.metrics_listen.is_none() {
         routes.route("/metrics", get(metrics::render))
     } else {
         routes
@@ -51,7 +51,7 @@ pub fn metrics_router(state: AppState) -> Router {
 /// The middleware every listener shares: request ids, the request span, metrics, the error envelope,
 /// body limits, panics as 500s.
 fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
-    let body_limit = state.settings.server.body_limit_bytes;
+    let body_limit = state.settings.server.body_limit_bytes.get();
     let request_id = HeaderName::from_static("x-request-id");
     routes
         .fallback(|| async { ApiError::NotFound("No route matches this path.".into()) })

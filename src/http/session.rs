@@ -8,7 +8,6 @@
 //! authenticated by the cookie must come from the console's own origin (CSRF): `Sec-Fetch-Site:
 //! same-origin` where the browser sends it, else an `Origin` naming this gateway; neither is refused.
 
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};
@@ -83,7 +82,7 @@ pub async fn create(
     }
     let caller = state.auth.authenticate_key(request.api_key.trim()).await?;
     let role = if state.settings.auth.session.admin_accounts.contains(&caller.account_id) { Role::Admin } else { Role::User };
-    let ttl = Duration::from_secs(state.settings.auth.session.ttl_secs);
+    let ttl = state.settings.auth.session.ttl;
     let (token, expires_at) = state.sessions.mint(caller.account_id, role, ttl)?;
     let cookie = Cookie::build((COOKIE_NAME, token))
         .path("/")

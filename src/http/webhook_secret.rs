@@ -35,7 +35,7 @@ pub struct WebhookSecret {
 )]
 pub async fn show(State(state): State<AppState>, session: Session) -> Result<Json<WebhookSecret>, ApiError> {
     let signing = secrets::signing(&state.pool, session.account_id).await?;
-    Ok(Json(WebhookSecret { secret: signing.current, overlap_secs: state.settings.webhooks.secret_overlap_secs }))
+    Ok(Json(WebhookSecret { secret: signing.current, overlap_secs: state.settings.webhooks.secret_overlap.as_secs() }))
 }
 
 #[utoipa::path(
@@ -50,7 +50,7 @@ pub async fn show(State(state): State<AppState>, session: Session) -> Result<Jso
     security(("session" = []), ("session_cookie" = []))
 )]
 pub async fn rotate(State(state): State<AppState>, session: Session) -> Result<Json<WebhookSecret>, ApiError> {
-    let overlap_secs = state.settings.webhooks.secret_overlap_secs;
+    let overlap_secs = state.settings.webhooks.secret_overlap.as_secs();
     let secret = secrets::rotate(&state.pool, session.account_id, Duration::from_secs(overlap_secs)).await?;
     tracing::info!(account_id = session.account_id, "webhook secret rotated");
     Ok(Json(WebhookSecret { secret, overlap_secs }))

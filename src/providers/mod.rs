@@ -166,10 +166,10 @@ impl Providers {
                 ProviderKind::Simulated => Arc::new(simulated::Simulated::new(
                     pool.clone(),
                     files.clone(),
-                    Duration::from_millis(config.delay_ms.unwrap_or(simulated::DEFAULT_DELAY_MS)),
+                    config.delay.unwrap_or(Duration::from_millis(simulated::DEFAULT_DELAY_MS)),
                 )),
             };
-            let callback_poll = (config.callbacks && provider.calls_back()).then(|| config.callback_poll());
+            let callback_poll = (config.callbacks && provider.calls_back()).then_some(config.callback_poll);
             let entry = Entry { provider, callback_poll, trust_callback_payload: config.trust_callback_payload };
             by_id.insert(id.clone(), Arc::new(entry));
         }

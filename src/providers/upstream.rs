@@ -27,7 +27,7 @@ impl Upstream {
         let (Some(key), Some(base_url)) = (settings.api_key.clone(), settings.base_url.as_deref()) else {
             return Ok(None);
         };
-        let timeout = settings.timeout();
+        let timeout = settings.timeout;
         // Provider URLs come from the operator's configuration, not from clients: a plain client,
         // without proxies from the environment so that where it connects is what the config says.
         let http = reqwest::Client::builder()

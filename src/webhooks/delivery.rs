@@ -48,14 +48,14 @@ impl Webhooks {
     /// `resolver` resolves host names before the guard filters them: the system's in production.
     pub fn new(pool: Db, settings: &WebhookSettings, resolver: Arc<dyn Resolve>) -> anyhow::Result<Arc<Webhooks>> {
         let guard = Guard::new(settings);
-        let client = url_guard::client(&guard, resolver, Duration::from_secs(settings.timeout_secs))?;
+        let client = url_guard::client(&guard, resolver, settings.timeout)?;
         Ok(Arc::new(Webhooks {
             pool,
             client,
             guard,
             schedule: Schedule::new(settings.retry_schedule.clone()),
             settings: settings.clone(),
-            runner: Runner::new("webhooks", Duration::from_millis(settings.tick_ms), BATCH, settings.max_in_flight),
+            runner: Runner::new("webhooks", settings.tick, BATCH, settings.max_in_flight.get()),
         }))
     }
 
@@ -81,7 +81,7 @@ impl Webhooks {
 
     /// Longer than an attempt can take, so a delivery is not claimed twice while it is being sent.
     fn lease(&self) -> Duration {
-        Duration::from_secs(self.settings.timeout_secs + 30)
+        self.settings.timeout + Duration::from_secs(30)
     }
 
     /// One attempt of one claimed delivery. A database error leaves it to its lease: due again later.
@@ -184,7 +184,7 @@ impl Webhooks {
             return refused.to_string();
         }
         if error.is_timeout() {
-            return format!("timed out after {} s", self.settings.timeout_secs);
+            return format!("timed out after {} s", self.settings.timeout.as_secs());
         }
         let mut cause: &dyn std::error::Error = error;
         while let Some(source) = cause.source() {

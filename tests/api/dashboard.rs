@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use aio_gateway::config::JwtAlgorithm;
 use aio_gateway::jwt::{Claims, Role};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -117,9 +118,9 @@ async fn users_get_403_on_admin_routes_and_admins_pass() {
 
 /// A gateway whose sessions are `algorithm` tokens checked with the fixture public key `pem`, and an
 /// account on it.
-async fn spawn_public_key_app(algorithm: &str, pem: &str) -> (TestApp, i64) {
+async fn spawn_public_key_app(algorithm: JwtAlgorithm, pem: &str) -> (TestApp, i64) {
     let app = spawn_app_with(|s| {
-        s.auth.jwt.algorithm = algorithm.into();
+        s.auth.jwt.algorithm = algorithm;
         s.auth.jwt.public_key_path = format!("{FIXTURES}/{pem}").into();
     })
     .await;
@@ -129,7 +130,7 @@ async fn spawn_public_key_app(algorithm: &str, pem: &str) -> (TestApp, i64) {
 
 #[tokio::test]
 async fn rs256_is_pinned_against_hs256_confusion() {
-    let (app, account) = spawn_public_key_app("RS256", "rsa_public.pem").await;
+    let (app, account) = spawn_public_key_app(JwtAlgorithm::Rs256, "rsa_public.pem").await;
     let valid = claims(account, Role::User, now() + 600);
     let private = EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).expect("RSA key");
     assert_eq!(status_of(&app, "/api/v1/keys", &sign(Algorithm::RS256, &private, &valid)).await, StatusCode::OK);
@@ -145,7 +146,7 @@ async fn rs256_is_pinned_against_hs256_confusion() {
 
 #[tokio::test]
 async fn es256_tokens_work_when_configured() {
-    let (app, account) = spawn_public_key_app("ES256", "ec_public.pem").await;
+    let (app, account) = spawn_public_key_app(JwtAlgorithm::Es256, "ec_public.pem").await;
     let private = EncodingKey::from_ec_pem(&fixture("ec_private.pem")).expect("EC key");
     let token = sign(Algorithm::ES256, &private, &claims(account, Role::Admin, now() + 600));
     assert_eq!(status_of(&app, "/api/v1/admin/accounts", &token).await, StatusCode::OK);
@@ -155,7 +156,7 @@ async fn es256_tokens_work_when_configured() {
 
 #[tokio::test]
 async fn keys_created_through_the_api_work_and_revoked_ones_stop_within_the_cache_ttl() {
-    let app = spawn_dashboard_app_with(|s| s.auth.key_cache_ttl_secs = 1).await;
+    let app = spawn_dashboard_app_with(|s| s.auth.key_cache_ttl = std::time::Duration::from_secs(1)).await;
     let (account, _) = app.new_account(100).await;
     let (other_account, other_key) = app.new_account(100).await;
     let session = session_token(account, Role::User);

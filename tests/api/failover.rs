@@ -29,7 +29,7 @@ async fn a_failing_route_is_failed_over_and_its_circuit_opens_and_closes() {
     let app = spawn_app_with(|settings| {
         fake.configure(settings);
         settings.tasks.breaker_failures = 2;
-        settings.tasks.breaker_cooldown_secs = 1;
+        settings.tasks.breaker_cooldown = Duration::from_secs(1);
     })
     .await;
     let (_, key) = app.new_account(100).await;

@@ -314,7 +314,7 @@ async fn refused_submit_answers_502_and_charges_nothing() {
 
 #[tokio::test]
 async fn a_task_past_its_deadline_times_out_and_refunds() {
-    let app = spawn_app_with(|settings| settings.tasks.deadline_secs = 1).await;
+    let app = spawn_app_with(|settings| settings.tasks.deadline = std::time::Duration::from_secs(1)).await;
     let (_, key) = app.new_account(100).await;
     let task = app.create_ok(&key, json!({"prompt": "A slow cat [simulate:delay=60000]"})).await;
     let done = app.wait_terminal(&key, &task_id(&task)).await;

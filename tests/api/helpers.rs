@@ -55,7 +55,11 @@ impl TestDatabase {
     pub async fn new(max_connections: u32) -> TestDatabase {
         let name = format!("aio_test_{}", ulid::Ulid::new().to_string().to_lowercase());
         let url = format!("{}/{name}", postgres_server());
-        let settings = aio_gateway::config::DatabaseSettings { url: url.clone(), max_connections, acquire_timeout_secs: 30 };
+        let settings = aio_gateway::config::DatabaseSettings {
+            url: url.clone(),
+            max_connections: std::num::NonZeroU32::new(max_connections).unwrap(),
+            acquire_timeout: Duration::from_secs(30),
+        };
         let db = store::connect(&settings).await.expect("connect to (and create) the test database");
         store::migrate(&db).await.expect("migrate the test database");
         let Db::Pg(pool) = db.clone() else { panic!("a postgres:// URL opens PostgreSQL") };
@@ -87,27 +91,27 @@ impl Drop for TestDatabase {
 /// 200 ms delay, and an engine that ticks every 50 ms.
 pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     let mut settings = Settings::default();
-    settings.server.listen = "127.0.0.1:0".into();
+    settings.server.listen = ([127, 0, 0, 1], 0).into();
     settings.server.public_base_url = String::new();
     settings.server.role = Role::All;
     settings.database.url = database_url.to_owned();
-    settings.database.max_connections = 10;
+    settings.database.max_connections = std::num::NonZeroU32::new(10).unwrap();
     settings.catalog.models_path = models_path();
     settings.files.dir = files_dir;
     settings.bootstrap.enabled = false;
     // Provider tests assert the fakes' own result URLs; the rehosting tests turn copying on.
     settings.results.rehost = false;
-    settings.tasks.tick_ms = 50;
-    settings.tasks.poll_initial_ms = 50;
-    settings.tasks.poll_max_ms = 1000;
-    settings.tasks.retry_initial_ms = 50;
-    settings.tasks.lease_secs = 2;
-    settings.tasks.dispatch_wait_ms = 2000;
+    settings.tasks.tick = Duration::from_millis(50);
+    settings.tasks.poll_initial = Duration::from_millis(50);
+    settings.tasks.poll_max = Duration::from_millis(1000);
+    settings.tasks.retry_initial = Duration::from_millis(50);
+    settings.tasks.lease = Duration::from_secs(2);
+    settings.tasks.dispatch_wait = Duration::from_millis(2000);
     // Polling loops would trip the per-key limit; the rate-limit tests set their own.
-    settings.rate_limit.requests_per_minute = 1_000_000;
-    settings.rate_limit.burst = 100_000;
+    settings.rate_limit.requests_per_minute = std::num::NonZeroU32::new(1_000_000).unwrap();
+    settings.rate_limit.burst = std::num::NonZeroU32::new(100_000).unwrap();
     let simulated =
-        ProviderSettings { label: Some("Simulated".into()), delay_ms: Some(200), ..ProviderSettings::new(ProviderKind::Simulated) };
+        ProviderSettings { label: Some("Simulated".into()), delay: Some(Duration::from_millis(200)), ..ProviderSettings::new(ProviderKind::Simulated) };
     // The shipped real providers, inactive (no key) unless a test points one at its fake.
     let kie = ProviderSettings {
         label: Some("KIE".into()),
@@ -173,7 +177,7 @@ pub async fn spawn_app_resolving(resolver: Arc<dyn Resolve>, configure: impl FnO
     let mut settings = test_settings("postgres://unused", files.path().to_path_buf());
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
-    let database = TestDatabase::new(settings.database.max_connections).await;
+    let database = TestDatabase::new(settings.database.max_connections.get()).await;
     settings.database.url = database.url.clone();
     start(settings, resolver, files, database).await
 }
@@ -500,7 +504,7 @@ pub fn jwt_secret() -> &'static str {
 pub async fn spawn_dashboard_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     jwt_secret();
     spawn_app_with(|settings| {
-        settings.auth.jwt.algorithm = "HS256".into();
+        settings.auth.jwt.algorithm = aio_gateway::config::JwtAlgorithm::Hs256;
         settings.auth.jwt.secret_env = JWT_SECRET_ENV.into();
         configure(settings);
     })
@@ -669,8 +673,11 @@ impl TestStore {
                 let folder = tempfile::tempdir().expect("create a folder for the SQLite database");
                 // A folder that does not exist yet: connecting creates it.
                 let url = format!("sqlite://{}", folder.path().join("data").join("gateway.db").display());
-                let settings =
-                    aio_gateway::config::DatabaseSettings { url: url.clone(), max_connections, acquire_timeout_secs: 30 };
+                let settings = aio_gateway::config::DatabaseSettings {
+                    url: url.clone(),
+                    max_connections: std::num::NonZeroU32::new(max_connections).unwrap(),
+                    acquire_timeout: Duration::from_secs(30),
+                };
                 let db = store::connect(&settings).await.expect("open (and create) the SQLite database");
                 store::migrate(&db).await.expect("migrate the SQLite database");
                 TestStore { db, url, _postgres: None, _folder: Some(folder) }

@@ -79,7 +79,7 @@ async fn racing_settlements_settle_each_task_once() {
     // An API-only gateway runs no engine: the tasks stay pending until this test settles them.
     let app = spawn_app_with(|settings| {
         settings.server.role = Role::Api;
-        settings.database.max_connections = 20;
+        settings.database.max_connections = std::num::NonZeroU32::new(20).unwrap();
     })
     .await;
     let (account_id, key) = app.new_account(1000).await;

@@ -1,6 +1,7 @@
 //! Rate limits: 429 `rate_limited` with `Retry-After` after the burst, and recovery; a key's own
 //! limit; the cap on concurrent creates; the shared limit through Redis (127.0.0.1:6379).
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use aio_gateway::config::RateLimitSettings;
@@ -45,8 +46,8 @@ async fn recovers_after(app: &TestApp, key: &str, retry_after: u64) {
 #[tokio::test]
 async fn a_key_is_limited_after_its_burst_and_recovers() {
     let app = spawn_app_with(|s| {
-        s.rate_limit.requests_per_minute = 60;
-        s.rate_limit.burst = 5;
+        s.rate_limit.requests_per_minute = NonZeroU32::new(60).unwrap();
+        s.rate_limit.burst = NonZeroU32::new(5).unwrap();
     })
     .await;
     let (_, key) = app.new_account(100).await;
@@ -66,8 +67,8 @@ async fn a_key_is_limited_after_its_burst_and_recovers() {
 #[tokio::test]
 async fn a_key_with_its_own_limit_uses_it() {
     let app = spawn_app_with(|s| {
-        s.rate_limit.requests_per_minute = 6000;
-        s.rate_limit.burst = 2;
+        s.rate_limit.requests_per_minute = NonZeroU32::new(6000).unwrap();
+        s.rate_limit.burst = NonZeroU32::new(2).unwrap();
     })
     .await;
     let (_, key) = app.new_account(100).await;
@@ -80,7 +81,7 @@ async fn a_key_with_its_own_limit_uses_it() {
 #[tokio::test]
 async fn creates_beyond_the_concurrency_cap_get_429() {
     // The cap itself: a second slot while the only one is taken is a 429 with Retry-After: 1.
-    let settings = RateLimitSettings { max_concurrent_creates: 1, ..RateLimitSettings::default() };
+    let settings = RateLimitSettings { max_concurrent_creates: std::num::NonZeroUsize::MIN, ..RateLimitSettings::default() };
     let limiter = RateLimiter::new(&settings).expect("limiter");
     let slot = limiter.create_permit().expect("the first slot");
     match limiter.create_permit() {
@@ -92,7 +93,7 @@ async fn creates_beyond_the_concurrency_cap_get_429() {
     assert!(limiter.create_permit().is_ok(), "a released slot is free again");
 
     // Over HTTP: racing creates either get their task or a 429 envelope, and nothing refused is held.
-    let app = spawn_app_with(|s| s.rate_limit.max_concurrent_creates = 1).await;
+    let app = spawn_app_with(|s| s.rate_limit.max_concurrent_creates = std::num::NonZeroUsize::MIN).await;
     let (_, key) = app.new_account(1000).await;
     let responses = futures::future::join_all((0..12).map(|_| app.create(&key, json!({"prompt": "x"})))).await;
     let mut created = 0;
@@ -113,8 +114,8 @@ async fn creates_beyond_the_concurrency_cap_get_429() {
 async fn with_redis_the_limit_is_enforced_and_recovers() {
     let prefix = unique_prefix();
     let app = spawn_app_with(|s| {
-        s.rate_limit.requests_per_minute = 60;
-        s.rate_limit.burst = 4;
+        s.rate_limit.requests_per_minute = NonZeroU32::new(60).unwrap();
+        s.rate_limit.burst = NonZeroU32::new(4).unwrap();
         s.rate_limit.redis_url = REDIS.into();
         s.rate_limit.redis_prefix = prefix.clone();
     })
@@ -147,9 +148,9 @@ async fn passes(limiters: &[&RateLimiter], key_id: &str, requests: usize) -> usi
 #[tokio::test]
 async fn replicas_share_the_limit_through_redis() {
     let shared = RateLimitSettings {
-        requests_per_minute: 60,
-        burst: 6,
-        max_concurrent_creates: 10,
+        requests_per_minute: NonZeroU32::new(60).unwrap(),
+        burst: NonZeroU32::new(6).unwrap(),
+        max_concurrent_creates: std::num::NonZeroUsize::new(10).unwrap(),
         redis_url: REDIS.into(),
         redis_prefix: unique_prefix(),
     };
@@ -166,9 +167,9 @@ async fn replicas_share_the_limit_through_redis() {
 #[tokio::test]
 async fn an_unreachable_redis_falls_back_to_the_process_limit() {
     let settings = RateLimitSettings {
-        requests_per_minute: 60,
-        burst: 3,
-        max_concurrent_creates: 10,
+        requests_per_minute: NonZeroU32::new(60).unwrap(),
+        burst: NonZeroU32::new(3).unwrap(),
+        max_concurrent_creates: std::num::NonZeroUsize::new(10).unwrap(),
         // Nothing listens on port 1.
         redis_url: "redis://127.0.0.1:1".into(),
         redis_prefix: unique_prefix(),

@@ -64,7 +64,7 @@ async fn a_download_that_fails_for_now_is_retried_on_the_next_poll() {
     fake.script("result", [Step::Text(503, "busy"), Step::Hang(Duration::from_millis(1500))]);
     let app = app(&fake, |settings| {
         rehosting(settings);
-        settings.results.timeout_secs = 1;
+        settings.results.timeout = Duration::from_secs(1);
     })
     .await;
     let (_, key) = app.new_account(100).await;
@@ -97,7 +97,7 @@ async fn an_oversized_result_fails_the_task_and_costs_nothing() {
     let fake = FakeKie::start().await;
     let app = app(&fake, |settings| {
         rehosting(settings);
-        settings.results.max_bytes = 16;
+        settings.results.max_bytes = std::num::NonZeroU64::new(16).unwrap();
     })
     .await;
     assert_undeliverable(&app, "larger than 16 bytes").await;
@@ -115,7 +115,7 @@ async fn a_result_of_another_content_type_fails_the_task_and_costs_nothing() {
     let fake = FakeKie::start().await;
     let app = crate::rehost::app(&fake, |settings| {
         rehosting(settings);
-        settings.results.content_types = vec!["image/jpeg".into()];
+        settings.results.content_types = vec![aio_gateway::config::ImageType::Jpeg];
     })
     .await;
     assert_undeliverable(&app, "`image/png`, not an allowed image type").await;

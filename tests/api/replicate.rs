@@ -115,7 +115,7 @@ async fn a_replicate_job_past_the_deadline_is_canceled_upstream() {
     fake.polls(100_000);
     let app = spawn_app_only_on("replicate_only.toml", |settings| {
         fake.configure(settings);
-        settings.tasks.deadline_secs = 1;
+        settings.tasks.deadline = Duration::from_secs(1);
     })
     .await;
     let (_, key) = app.new_account(100).await;

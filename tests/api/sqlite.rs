@@ -126,7 +126,11 @@ async fn a_second_gateway_on_one_sqlite_file_refuses_to_start() {
     let bootstrap = [("AIO__BOOTSTRAP__ENABLED", "true")];
     let mut first = Gateway::start_with(&url, &dir.path().join("files"), &dir.path().join("first.log"), "all", &bootstrap);
     first.ready(&client).await;
-    let settings = aio_gateway::config::DatabaseSettings { url: url.clone(), max_connections: 1, acquire_timeout_secs: 30 };
+    let settings = aio_gateway::config::DatabaseSettings {
+        url: url.clone(),
+        max_connections: std::num::NonZeroU32::MIN,
+        acquire_timeout: Duration::from_secs(30),
+    };
     let db = aio_gateway::store::connect(&settings).await.expect("open the gateway's file");
     let created = accounts::list(&db, None, 10).await.expect("accounts");
     assert_eq!(created.iter().map(|a| (a.name.as_str(), a.balance)).collect::<Vec<_>>(), [("default", 1000)]);
@@ -328,8 +332,8 @@ async fn webhooks_are_delivered_and_retried_on_sqlite() {
         webhooks.allow_http = true;
         webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
         webhooks.retry_schedule = ["0s", "0s"].iter().map(|d| parse_duration(d).expect("duration")).collect();
-        webhooks.tick_ms = 50;
-        webhooks.timeout_secs = 1;
+        webhooks.tick = Duration::from_millis(50);
+        webhooks.timeout = Duration::from_secs(1);
     })
     .await;
     let receiver = Receiver::start("127.0.0.1").await;

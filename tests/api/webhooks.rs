@@ -26,8 +26,8 @@ fn loopback(schedule: &str) -> impl FnOnce(&mut Settings) + '_ {
         webhooks.allow_http = true;
         webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
         webhooks.retry_schedule = schedule.split(',').map(|d| parse_duration(d).expect("duration")).collect();
-        webhooks.tick_ms = 50;
-        webhooks.timeout_secs = 1;
+        webhooks.tick = Duration::from_millis(50);
+        webhooks.timeout = Duration::from_secs(1);
     }
 }
 

@@ -107,8 +107,8 @@ fn worker(node: Option<&Node>, node_label: &str) -> ProviderSettings {
         api_key: node.map(|n| n.key.clone().into()),
         webhook_hmac_key: node.map(|n| n.secret.clone().into()),
         node_label: Some(node_label.into()),
-        callback_poll_secs: Some(3600),
-        timeout_secs: Some(10),
+        callback_poll: std::time::Duration::from_secs(3600),
+        timeout: std::time::Duration::from_secs(10),
         ..ProviderSettings::new(ProviderKind::Worker)
     }
 }

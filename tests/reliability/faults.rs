@@ -179,7 +179,11 @@ async fn wait_ready(client: &reqwest::Client, addresses: &[String; 2]) {
 async fn money_survives_crashes_restarts_and_a_hostile_upstream() {
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.expect("start PostgreSQL"));
     let database_url = cluster.url("aio_reliability");
-    let settings = DatabaseSettings { url: database_url.clone(), max_connections: 4, acquire_timeout_secs: 10 };
+    let settings = DatabaseSettings {
+        url: database_url.clone(),
+        max_connections: std::num::NonZeroU32::new(4).unwrap(),
+        acquire_timeout: std::time::Duration::from_secs(10),
+    };
     let db = store::connect(&settings).await.expect("connect to the private cluster");
     store::migrate(&db).await.expect("migrate");
     let aio_gateway::store::Db::Pg(pool) = db else { panic!("a postgres:// URL opens PostgreSQL") };

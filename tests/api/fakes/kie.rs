@@ -308,7 +308,7 @@ impl FakeKie {
         let kie = settings.providers.get_mut("kie").expect("the test settings have a kie provider");
         kie.base_url = Some(self.base_url().to_owned());
         kie.api_key = Some(KEY.into());
-        kie.timeout_secs = Some(1);
+        kie.timeout = std::time::Duration::from_secs(1);
         // These tests poll; the callback tests turn callbacks on.
         kie.callbacks = false;
     }

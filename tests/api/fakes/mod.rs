@@ -211,7 +211,7 @@ pub fn polling_provider(kind: ProviderKind, label: &str, base_url: &str, key: &s
         label: Some(label.into()),
         base_url: Some(base_url.to_owned()),
         api_key: Some(key.into()),
-        timeout_secs: Some(1),
+        timeout: std::time::Duration::from_secs(1),
         callbacks: false,
         ..ProviderSettings::new(kind)
     }
@@ -222,7 +222,7 @@ pub fn polling_provider(kind: ProviderKind, label: &str, base_url: &str, key: &s
 pub fn enable_callbacks(settings: &mut Settings, name: &str, secret: Option<&str>) {
     let provider = settings.providers.get_mut(name).unwrap_or_else(|| panic!("the settings have a {name} provider"));
     provider.callbacks = true;
-    provider.callback_poll_secs = Some(60);
+    provider.callback_poll = std::time::Duration::from_secs(60);
     provider.webhook_hmac_key = secret.map(Into::into);
 }
 

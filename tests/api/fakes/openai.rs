@@ -82,7 +82,7 @@ impl FakeOpenAi {
             label: Some("OpenAI".into()),
             base_url: Some(self.state.base_url.clone()),
             api_key: Some(KEY.into()),
-            timeout_secs: Some(1),
+            timeout: std::time::Duration::from_secs(1),
             ..ProviderSettings::new(ProviderKind::Openai)
         };
         settings.providers.insert("openai".into(), provider);

@@ -1,0 +1,62 @@
+//! What is sold: the catalog, the price of a credit, and the credits of the first account.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogSettings {
+    pub default_model: String,
+    pub models_path: PathBuf,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        Self { default_model: "seedream/4.5-text-to-image".into(), models_path: "config/models.toml".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillingSettings {
+    #[serde(deserialize_with = "usd_per_credit")]
+    pub usd_per_credit: f64,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self { usd_per_credit: 0.01 }
+    }
+}
+
+fn usd_per_credit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(serde::de::Error::custom("must be a number ≥ 0"));
+    }
+    Ok(value)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapSettings {
+    /// On first start with no accounts, create `default` with `credits` and print its key once.
+    pub enabled: bool,
+    #[serde(deserialize_with = "credits")]
+    pub credits: i64,
+}
+
+impl Default for BootstrapSettings {
+    fn default() -> Self {
+        Self { enabled: true, credits: 1000 }
+    }
+}
+
+fn credits<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let value = i64::deserialize(deserializer)?;
+    if value < 0 {
+        return Err(serde::de::Error::custom("must not be negative"));
+    }
+    Ok(value)
+}

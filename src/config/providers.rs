@@ -1,0 +1,136 @@
+//! The `[providers.<id>]` tables: which upstream, where, with which key, and how it calls back.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::durations;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Simulated,
+    Kie,
+    Wavespeed,
+    Fal,
+    Replicate,
+    Openai,
+    Worker,
+}
+
+/// One `[providers.<id>]` table. Secrets are named by environment variable, never given by value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    pub kind: ProviderKind,
+    /// Shown to clients in the catalog, e.g. `KIE`.
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// `timeout_secs`. One upstream request may take this long (connect, send, answer).
+    #[serde(rename = "timeout_secs", default = "default_timeout", with = "durations::positive_secs")]
+    pub timeout: Duration,
+    /// `delay_ms`. Simulated provider: completion delay when the prompt has no `[simulate:delay=MS]`.
+    #[serde(rename = "delay_ms", default, with = "durations::option_millis")]
+    pub delay: Option<Duration>,
+    /// The key read from `api_key_env` at start-up ([`super::Settings::load`]); never serialised. A real
+    /// provider without one is inactive: its routes are not used.
+    #[serde(skip)]
+    pub api_key: Option<SecretString>,
+    /// Give the provider a callback URL (`/api/v1/callbacks/{id}/{token}`), for kinds that call back.
+    #[serde(default = "default_true")]
+    pub callbacks: bool,
+    /// `callback_poll_secs`. With callbacks on, polling is only the fallback: at most one poll per this
+    /// long.
+    #[serde(rename = "callback_poll_secs", default = "default_callback_poll", with = "durations::secs")]
+    pub callback_poll: Duration,
+    /// Settle from a callback's own body instead of confirming it with the provider's status API.
+    #[serde(default)]
+    pub trust_callback_payload: bool,
+    /// The name of the environment variable with the provider's callback signing key (KIE's
+    /// `webhookHmacKey`, WaveSpeed's or Replicate's webhook secret); when set, unsigned or badly signed callbacks
+    /// are refused.
+    #[serde(default)]
+    pub webhook_hmac_key_env: Option<String>,
+    /// Read from `webhook_hmac_key_env` at start-up; never serialised.
+    #[serde(skip)]
+    pub webhook_hmac_key: Option<SecretString>,
+    /// fal: where the public keys that sign its callbacks are published (default fal's own JWKS).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Worker: the backend node's name that the catalog shows on its routes (`backend_node`), e.g.
+    /// `node30`; default the provider id.
+    #[serde(default)]
+    pub node_label: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_callback_poll() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl ProviderSettings {
+    /// A provider of this kind with nothing else set.
+    pub fn new(kind: ProviderKind) -> ProviderSettings {
+        ProviderSettings {
+            kind,
+            label: None,
+            base_url: None,
+            api_key_env: None,
+            timeout: default_timeout(),
+            delay: None,
+            api_key: None,
+            callbacks: true,
+            callback_poll: default_callback_poll(),
+            trust_callback_payload: false,
+            webhook_hmac_key_env: None,
+            webhook_hmac_key: None,
+            jwks_url: None,
+            node_label: None,
+        }
+    }
+
+    /// Whether this provider serves: the simulated one always, the others once their key is set.
+    pub fn is_active(&self) -> bool {
+        self.kind == ProviderKind::Simulated || self.api_key.is_some()
+    }
+
+    /// Reads the keys from the environment variables `api_key_env` and `webhook_hmac_key_env` name.
+    pub(super) fn read_key(&mut self) {
+        self.api_key = secret_from_env(self.api_key_env.as_deref());
+        self.webhook_hmac_key = secret_from_env(self.webhook_hmac_key_env.as_deref());
+    }
+
+    /// What [`super::Settings::validate`] checks across this table's fields.
+    pub(super) fn problems(&self, id: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.kind != ProviderKind::Simulated {
+            match self.base_url.as_deref().map(reqwest::Url::parse) {
+                Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {}
+                _ => problems.push(format!("providers.{id}.base_url: needs a URL like https://api.example.com")),
+            }
+        }
+        if self.kind == ProviderKind::Worker && self.api_key_env.as_deref().is_none_or(str::is_empty) {
+            problems.push(format!("providers.{id}.api_key_env: a worker node needs the variable of its API key"));
+        }
+        problems
+    }
+}
+
+/// The value of the environment variable `name`; unset or empty: none.
+fn secret_from_env(name: Option<&str>) -> Option<SecretString> {
+    let value = std::env::var(name?).ok()?;
+    let value = value.trim();
+    (!value.is_empty()).then(|| SecretString::from(value.to_owned()))
+}

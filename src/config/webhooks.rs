@@ -1,0 +1,51 @@
+//! Outgoing webhooks (SPEC §4) and the outbound URL guard (SPEC §8).
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{durations, lists};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// The wait before each delivery attempt, ±20 % jitter: the first entry counts from the task's end,
+    /// each later one from the previous attempt. Its length is the number of attempts (at least one);
+    /// after the last failed one the delivery is `dead`. A list, or from the environment a
+    /// comma-separated string.
+    #[serde(with = "durations::list")]
+    pub retry_schedule: Vec<Duration>,
+    /// `timeout_secs`. One attempt (connect, send, first 2 KiB of the answer) may take this long.
+    #[serde(rename = "timeout_secs", with = "durations::positive_secs")]
+    pub timeout: Duration,
+    /// Accept `http://` for `callback_url` and `image_urls` (otherwise https only).
+    pub allow_http: bool,
+    /// Private ranges the guard lets through, e.g. `10.20.0.0/16`. A list or a comma-separated string.
+    #[serde(with = "lists::cidrs")]
+    pub allowed_private_cidrs: Vec<ipnet::IpNet>,
+    /// `secret_overlap_secs`. After a secret rotation the previous secret still signs (a second
+    /// signature) this long.
+    #[serde(rename = "secret_overlap_secs", with = "durations::secs")]
+    pub secret_overlap: Duration,
+    /// `tick_ms`. How often the delivery loop looks for due deliveries.
+    #[serde(rename = "tick_ms", with = "durations::positive_millis")]
+    pub tick: Duration,
+    /// Deliveries in flight at once, per process.
+    pub max_in_flight: NonZeroUsize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let schedule = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"];
+        Self {
+            retry_schedule: schedule.iter().filter_map(|d| durations::parse_duration(d).ok()).collect(),
+            timeout: Duration::from_secs(15),
+            allow_http: false,
+            allowed_private_cidrs: Vec::new(),
+            secret_overlap: Duration::from_secs(86_400),
+            tick: Duration::from_millis(500),
+            max_in_flight: const { NonZeroUsize::new(32).unwrap() },
+        }
+    }
+}
