@@ -5,8 +5,10 @@
 pub mod fal;
 pub mod kie;
 pub mod openai;
+mod outcome;
 mod picture;
 pub mod replicate;
+mod signed_callback;
 pub mod simulated;
 mod upstream;
 pub mod wavespeed;
@@ -32,10 +34,11 @@ pub struct SubmitRequest<'a> {
     pub task_id: &'a str,
     /// The provider's own name for the model, from the catalog route.
     pub upstream_model: &'a str,
+    /// The request as validated, for an adapter's own checks; what it sends is `fields`.
     pub input: &'a TaskInput,
-    /// The input fields as the catalog route maps them (see `catalog::Route::map`), when it does;
-    /// otherwise the adapter builds them from `input` its own way.
-    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The provider's input fields, as the catalog route maps `input` (`catalog::Route::map`). Adapters
+    /// send them as they are, adding only their envelope (model, callback).
+    pub fields: serde_json::Map<String, serde_json::Value>,
     /// Where the provider may call back when the job ends (providers that support it).
     pub callback_url: Option<&'a str>,
 }
@@ -193,5 +196,91 @@ impl Providers {
     /// The URL a provider calls back on for the task holding `token`.
     pub fn callback_url(&self, id: &str, token: &str) -> String {
         format!("{}/api/v1/callbacks/{id}/{token}", self.public_base_url)
+    }
+}
+
+#[cfg(test)]
+mod fallback_equivalence {
+    use std::path::Path;
+
+    use serde_json::{json, Value};
+
+    use crate::catalog;
+    use crate::tasks::TaskInput;
+
+    fn worker_body(input: &TaskInput) -> Value {
+        let mut body = json!({"prompt": input.prompt});
+        if let Some(aspect_ratio) = &input.aspect_ratio {
+            body["aspect_ratio"] = json!(aspect_ratio);
+        }
+        if let Some(quality) = &input.quality {
+            body["quality"] = json!(quality);
+        }
+        if !input.image_urls.is_empty() {
+            body["image_urls"] = json!(input.image_urls);
+        }
+        body
+    }
+
+    #[test]
+    fn catalogs_reproduce_the_adapter_fallbacks() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let files = [
+            "tests/api/catalogs/kie_only.toml",
+            "tests/api/catalogs/wavespeed_only.toml",
+            "tests/api/catalogs/fal_only.toml",
+            "tests/api/catalogs/replicate_only.toml",
+            "tests/api/catalogs/openai_only.toml",
+            "config/models.toml",
+            "config/models.edge.toml",
+        ];
+        let mut compared = 0;
+        let mut reordered = 0;
+        for file in files {
+            let models = catalog::read(&Path::new(root).join(file)).unwrap();
+            for model in &models {
+                let values = |name: &str| model.parameter(name).map(|p| p.values.iter().cloned().map(Some).collect::<Vec<_>>()).unwrap_or(vec![None]);
+                for sub in &model.sub_models {
+                    for route in &sub.routes {
+                        let unmapped = route.map.is_empty() && route.fixed.is_empty();
+                        let kind = route.provider.as_str();
+                        for aspect_ratio in values("aspect_ratio") {
+                            for quality in values("quality") {
+                                for urls in [vec![], vec!["https://a.example/1.png".to_owned(), "https://a.example/2.png".to_owned()]] {
+                                    if urls.len() > sub.max_image_urls || urls.len() < sub.min_image_urls { continue; }
+                                    let input = TaskInput { prompt: "a lake".into(), aspect_ratio: aspect_ratio.clone(), quality: quality.clone(), image_urls: urls };
+                                    let fields = route.mapped_input(&input);
+                                    let (new, old) = match kind {
+                                        "simulated" => continue,
+                                        _ if !unmapped && !file.contains("catalogs/") && kind != "openai" => continue,
+                                        "kie" => (Value::Object(fields), super::kie::model_input(&input)),
+                                        "wavespeed" => (Value::Object(fields), super::wavespeed::model_input(&input)),
+                                        "fal" => (Value::Object(fields), super::fal::model_input(&input)),
+                                        "replicate" => (Value::Object(fields), super::replicate::model_input(&input)),
+                                        "openai" if !input.image_urls.is_empty() => continue,
+                                        "openai" => {
+                                            let mut fields = fields;
+                                            fields.insert("model".into(), json!(route.upstream_model));
+                                            fields.insert("n".into(), json!(1));
+                                            let old = if unmapped || file.contains("catalogs/") { super::openai::request_body(&route.upstream_model, &input) } else { Value::Object(fields.clone()) };
+                                            (Value::Object(fields), old)
+                                        }
+                                        _ if file.ends_with("edge.toml") => (Value::Object(fields), worker_body(&input)),
+                                        other => panic!("{other}"),
+                                    };
+                                    assert_eq!(new, old, "{file} {kind} {} {input:?}", route.upstream_model);
+                                    if serde_json::to_string(&new).unwrap() != serde_json::to_string(&old).unwrap() {
+                                        reordered += 1;
+                                        eprintln!("order differs: {file} {kind}: {new} vs {old}");
+                                    }
+                                    compared += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("compared {compared}, reordered {reordered}");
     }
 }

@@ -9,8 +9,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::upstream::{self, Upstream};
-use super::{JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use super::upstream::Upstream;
+use super::{outcome, JobState, Provider, ProviderError, SubmitRequest, Submitted};
 use crate::files::FileStore;
 use crate::tasks::{OutputImage, TaskErrorCode, TaskInput};
 
@@ -32,10 +32,10 @@ impl OpenAi {
         };
         let message = error.get("message").and_then(Value::as_str).unwrap_or_default();
         let code = error.get("code").and_then(Value::as_str).unwrap_or_default();
-        if status == 400 && (code.contains("content_policy") || code.contains("moderation") || upstream::is_content_policy(message)) {
+        if status == 400 && (code.contains("content_policy") || code.contains("moderation") || outcome::is_content_policy(message)) {
             return ProviderError::permanent(
                 TaskErrorCode::ContentPolicy,
-                format!("The provider's content filter refused the request: {}", upstream::short(message)),
+                format!("The provider's content filter refused the request: {}", outcome::short(message)),
             );
         }
         self.upstream.error_for(status, message)
@@ -60,7 +60,7 @@ impl OpenAi {
 
 /// Our parameters as OpenAI's: `size` from the aspect ratio (square, landscape or portrait) and
 /// `quality` (`basic` → `medium`/`standard`, `high` → `high`/`hd`), per model family.
-fn request_body(model: &str, input: &TaskInput) -> Value {
+pub(super) fn request_body(model: &str, input: &TaskInput) -> Value {
     let ratio = input.aspect_ratio.as_deref().and_then(|r| r.split_once(':'));
     let ratio = ratio.and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
     let shape = match ratio {
@@ -109,15 +109,10 @@ impl Provider for OpenAi {
                 "The provider rejected the request: this route does not take input images.",
             ));
         }
-        let body = match request.fields {
-            // The route's mapping gives size, quality and any other field; n is always 1.
-            Some(mut fields) => {
-                fields.insert("model".into(), json!(request.upstream_model));
-                fields.insert("n".into(), json!(1));
-                Value::Object(fields)
-            }
-            None => request_body(request.upstream_model, request.input),
-        };
+        // The route's mapping gives size, quality and any other field; n is always 1.
+        let mut body = request.fields;
+        body.insert("model".into(), json!(request.upstream_model));
+        body.insert("n".into(), json!(1));
         let http = self
             .upstream
             .http
@@ -138,9 +133,8 @@ impl Provider for OpenAi {
                 _ => {}
             }
         }
-        if images.is_empty() {
-            return Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider finished without an image."));
-        }
+        let images = outcome::with_images(outcome::PROVIDER, images)
+            .map_err(|error| ProviderError::permanent(error.code, error.message))?;
         Ok(Submitted::Completed { images })
     }
 
