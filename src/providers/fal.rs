@@ -16,14 +16,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use base64::Engine as _;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use super::signed_callback::{self, header};
 use super::upstream::Upstream;
 use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskInput};
+use crate::tasks::OutputImage;
 
 /// Where fal publishes its webhook signing keys.
 pub const DEFAULT_JWKS_URL: &str = "https://rest.alpha.fal.ai/.well-known/jwks.json";
@@ -141,25 +141,6 @@ fn detail_text(detail: &Value) -> String {
         }
         other => other.to_string(),
     }
-}
-
-/// Our parameters as fal's Seedream fields: `image_size` `{width, height}` (long side 2048 for
-/// `basic`, 4096 for `high`), one image, and `image_urls` for edits.
-pub(super) fn model_input(input: &TaskInput) -> Value {
-    let long = if input.quality.as_deref() == Some("high") { 4096 } else { 2048 };
-    let ratio = input.aspect_ratio.as_deref().and_then(|r| r.split_once(':'));
-    let ratio = ratio.and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
-    let (width, height) = match ratio {
-        Some((w, h)) if w >= h && h > 0 => (long, (long * h / w) / 16 * 16),
-        Some((w, h)) if w > 0 => ((long * w / h) / 16 * 16, long),
-        _ => (long, long),
-    };
-    let mut fields =
-        json!({"prompt": input.prompt, "image_size": {"width": width, "height": height}, "num_images": 1});
-    if !input.image_urls.is_empty() {
-        fields["image_urls"] = json!(input.image_urls);
-    }
-    fields
 }
 
 #[derive(Deserialize)]

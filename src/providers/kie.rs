@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::signed_callback::{self, header};
 use super::upstream::Upstream;
 use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskErrorCode, TaskInput};
+use crate::tasks::{OutputImage, TaskErrorCode};
 
 pub struct Kie {
     upstream: Upstream,
@@ -125,21 +125,6 @@ impl Record {
             _ => Ok(JobState::Running { check_after: None }),
         }
     }
-}
-
-/// Without a catalog mapping: our parameters under their own names (Seedream 4.5's fields).
-pub(super) fn model_input(input: &TaskInput) -> Value {
-    let mut fields = json!({"prompt": input.prompt});
-    if let Some(aspect_ratio) = &input.aspect_ratio {
-        fields["aspect_ratio"] = json!(aspect_ratio);
-    }
-    if let Some(quality) = &input.quality {
-        fields["quality"] = json!(quality);
-    }
-    if !input.image_urls.is_empty() {
-        fields["image_urls"] = json!(input.image_urls);
-    }
-    fields
 }
 
 #[async_trait]

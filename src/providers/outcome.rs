@@ -10,14 +10,14 @@ pub const BACKEND_NODE: &str = "The backend node";
 
 /// A finished job: its images, or an `upstream_failed` failure when `who` gave none.
 pub fn finished(who: &str, images: Vec<OutputImage>) -> JobState {
-    match with_images(who, images) {
+    match require_images(who, images) {
         Ok(images) => JobState::Succeeded { images },
         Err(error) => JobState::Failed(error),
     }
 }
 
 /// [`finished`] for a job that ends within its submit.
-pub fn with_images(who: &str, images: Vec<OutputImage>) -> Result<Vec<OutputImage>, TaskError> {
+pub fn require_images(who: &str, images: Vec<OutputImage>) -> Result<Vec<OutputImage>, TaskError> {
     if images.is_empty() {
         return Err(TaskError { code: TaskErrorCode::UpstreamFailed, message: format!("{who} finished without an image.") });
     }
@@ -78,7 +78,7 @@ mod tests {
         assert!(matches!(finished(PROVIDER, vec![image()]), JobState::Succeeded { images } if images.len() == 1));
         let JobState::Failed(error) = finished(PROVIDER, vec![]) else { panic!("failed") };
         assert_eq!((error.code, error.message.as_str()), (TaskErrorCode::UpstreamFailed, "The provider finished without an image."));
-        let error = with_images(BACKEND_NODE, vec![]).expect_err("no image");
+        let error = require_images(BACKEND_NODE, vec![]).expect_err("no image");
         assert_eq!(error.message, "The backend node finished without an image.");
     }
 

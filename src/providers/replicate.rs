@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::signed_callback;
 use super::upstream::Upstream;
 use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
 use crate::webhooks::signing;
 
 pub struct Replicate {
@@ -43,22 +43,6 @@ impl Replicate {
         }
         serde_json::from_slice(&body).map_err(|error| self.upstream.malformed("answer", error))
     }
-}
-
-/// Our parameters as Replicate's Seedream fields: `aspect_ratio`, `size` (`2K` for `basic`, `4K` for
-/// `high`) and `image_input` for edits.
-pub(super) fn model_input(input: &TaskInput) -> Value {
-    let mut fields = json!({"prompt": input.prompt});
-    if let Some(aspect_ratio) = &input.aspect_ratio {
-        fields["aspect_ratio"] = json!(aspect_ratio);
-    }
-    if let Some(quality) = &input.quality {
-        fields["size"] = json!(if quality == "high" { "4K" } else { "2K" });
-    }
-    if !input.image_urls.is_empty() {
-        fields["image_input"] = json!(input.image_urls);
-    }
-    fields
 }
 
 /// A prediction: the create and get answers and a callback's body.

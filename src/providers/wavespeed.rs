@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::signed_callback;
 use super::upstream::Upstream;
 use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskInput};
+use crate::tasks::OutputImage;
 use crate::webhooks::signing;
 
 pub struct WaveSpeed {
@@ -59,24 +59,6 @@ impl WaveSpeed {
         });
         valid.then_some(()).ok_or(CallbackRefused("The callback signature is wrong."))
     }
-}
-
-/// Our parameters as WaveSpeed's Seedream fields: `size` as `W*H` (long side 2048 for `basic`,
-/// 4096 for `high`), and `images` for edit models.
-pub(super) fn model_input(input: &TaskInput) -> Value {
-    let long = if input.quality.as_deref() == Some("high") { 4096 } else { 2048 };
-    let ratio = input.aspect_ratio.as_deref().and_then(|r| r.split_once(':'));
-    let ratio = ratio.and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
-    let (width, height) = match ratio {
-        Some((w, h)) if w >= h && h > 0 => (long, (long * h / w) / 16 * 16),
-        Some((w, h)) if w > 0 => ((long * w / h) / 16 * 16, long),
-        _ => (long, long),
-    };
-    let mut fields = json!({"prompt": input.prompt, "size": format!("{width}*{height}")});
-    if !input.image_urls.is_empty() {
-        fields["images"] = json!(input.image_urls);
-    }
-    fields
 }
 
 #[derive(Deserialize)]
@@ -160,23 +142,4 @@ impl Provider for WaveSpeed {
 /// A job id as one path segment.
 fn urlencoding(id: &str) -> String {
     form_urlencoded::byte_serialize(id.as_bytes()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_follow_the_aspect_ratio_and_quality() {
-        let input = |ratio: &str, quality: &str| TaskInput {
-            prompt: "p".into(),
-            aspect_ratio: Some(ratio.into()),
-            quality: Some(quality.into()),
-            image_urls: vec![],
-        };
-        assert_eq!(model_input(&input("1:1", "basic"))["size"], "2048*2048");
-        assert_eq!(model_input(&input("16:9", "high"))["size"], "4096*2304");
-        assert_eq!(model_input(&input("9:16", "basic"))["size"], "1152*2048");
-        assert!(model_input(&input("1:1", "basic")).get("images").is_none());
-    }
 }

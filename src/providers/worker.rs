@@ -156,7 +156,7 @@ pub fn idempotency_key(task_id: &str) -> String {
 #[async_trait]
 impl Provider for Worker {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
-        // The node's own API takes our fields: the catalog's routes to nodes map none.
+        // A node takes our own fields (SPEC §2.1), which is what a route without a mapping sends.
         let mut body = Map::from_iter([("model".to_owned(), json!(request.upstream_model))]);
         body.extend(request.fields);
         if let Some(callback_url) = request.callback_url {
