@@ -78,8 +78,8 @@ pub struct Route {
     #[serde(default = "default_weight")]
     pub weight: u32,
     /// How our parameters become the provider's input fields on this route, by our parameter name
-    /// (`prompt`, `aspect_ratio`, `quality`, `image_urls`). With neither `map` nor `fixed`, the
-    /// adapter's own defaults apply.
+    /// (`prompt`, `aspect_ratio`, `quality`, `image_urls`); a parameter without an entry goes under our
+    /// name as it is. The only place request fields are mapped: adapters add just their envelope.
     #[serde(default)]
     pub map: BTreeMap<String, FieldMap>,
     /// Input fields sent as they are on every request of this route, e.g. `num_images = 1`.
@@ -98,6 +98,10 @@ pub struct FieldMap {
     /// parameter allows.
     #[serde(default)]
     pub values: BTreeMap<String, Value>,
+    /// Another parameter whose value picks the table, `values = { <its value> = { <ours> = <theirs> } }`:
+    /// for a provider field that depends on both (a pixel size from aspect ratio and quality).
+    #[serde(default)]
+    pub by: Option<String>,
     /// The provider has no such field: send nothing.
     #[serde(default)]
     pub omit: bool,
@@ -107,32 +111,9 @@ pub struct FieldMap {
 const ALWAYS_MAPPABLE: [&str; 2] = ["prompt", "image_urls"];
 
 impl Route {
-    /// The provider's input fields for `input`, when this route declares a mapping.
-    pub fn mapped_input(&self, input: &TaskInput) -> Option<Map<String, Value>> {
-        if self.map.is_empty() && self.fixed.is_empty() {
-            return None;
-        }
-        let mut fields = self.fixed.clone();
-        let ours = [
-            ("prompt", Some(json!(input.prompt))),
-            ("aspect_ratio", input.aspect_ratio.as_ref().map(|v| json!(v))),
-            ("quality", input.quality.as_ref().map(|v| json!(v))),
-            ("image_urls", (!input.image_urls.is_empty()).then(|| json!(input.image_urls))),
-        ];
-        for (name, value) in ours {
-            let Some(value) = value else { continue };
-            let rule = self.map.get(name);
-            if rule.is_some_and(|rule| rule.omit) {
-                continue;
-            }
-            let field = rule.and_then(|rule| rule.to.clone()).unwrap_or_else(|| name.to_owned());
-            let value = match (rule, value.as_str()) {
-                (Some(rule), Some(ours)) => rule.values.get(ours).cloned().unwrap_or(value),
-                _ => value,
-            };
-            fields.insert(field, value);
-        }
-        Some(fields)
+    /// The provider's input fields for `input` on this route.
+    pub fn mapped_input(&self, input: &TaskInput) -> Map<String, Value> {
+        map_input(&self.map, &self.fixed, input)
     }
 
     /// What is wrong with this route's mapping for `model`, one line each.
@@ -146,23 +127,77 @@ impl Route {
             let Some(parameter) = model.parameter(name) else {
                 if !ALWAYS_MAPPABLE.contains(&name.as_str()) {
                     problems.push(format!("{at}: the model has no parameter `{name}`"));
-                } else if !rule.values.is_empty() {
+                } else if !rule.values.is_empty() || rule.by.is_some() {
                     problems.push(format!("{at}: `{name}` is free text, it has no values to map"));
                 }
                 continue;
             };
-            if rule.values.is_empty() {
+            let Some(by) = &rule.by else {
+                problems.extend(coverage_problems(&at, rule.values.keys(), parameter));
                 continue;
+            };
+            let Some(by_parameter) = model.parameter(by).filter(|_| by != name) else {
+                problems.push(format!("{at}: `by` must name another parameter of the model, not `{by}`"));
+                continue;
+            };
+            if rule.values.is_empty() {
+                problems.push(format!("{at}: `by` needs `values`"));
             }
-            for value in rule.values.keys().filter(|v| !parameter.values.contains(v)) {
-                problems.push(format!("{at}: `{value}` is not one of the parameter's values ({})", parameter.values.join(", ")));
-            }
-            for value in parameter.values.iter().filter(|v| !rule.values.contains_key(*v)) {
-                problems.push(format!("{at}: the parameter's value `{value}` is not mapped"));
+            problems.extend(coverage_problems(&at, rule.values.keys(), by_parameter));
+            for (by_value, table) in &rule.values {
+                let at = format!("{at}.values.{by_value}");
+                match table.as_object() {
+                    Some(table) => problems.extend(coverage_problems(&at, table.keys(), parameter)),
+                    None => problems.push(format!("{at}: must be a table of `{name}` values")),
+                }
             }
         }
         problems
     }
+}
+
+/// `fixed`, then each of our parameters as `map` says: left out (`omit`), under another name (`to`),
+/// with the provider's value (`values`, picked by ours, or `by` another parameter's and ours), or else
+/// under our name as it is.
+fn map_input(map: &BTreeMap<String, FieldMap>, fixed: &Map<String, Value>, input: &TaskInput) -> Map<String, Value> {
+    let ours = [
+        ("prompt", Some(json!(input.prompt))),
+        ("aspect_ratio", input.aspect_ratio.as_ref().map(|v| json!(v))),
+        ("quality", input.quality.as_ref().map(|v| json!(v))),
+        ("image_urls", (!input.image_urls.is_empty()).then(|| json!(input.image_urls))),
+    ];
+    let our_text = |name: &str| ours.iter().find(|(ours, _)| *ours == name)?.1.as_ref()?.as_str();
+    let mut fields = fixed.clone();
+    for (name, value) in &ours {
+        let Some(value) = value else { continue };
+        let rule = map.get(*name);
+        if rule.is_some_and(|rule| rule.omit) {
+            continue;
+        }
+        let field = rule.and_then(|rule| rule.to.clone()).unwrap_or_else(|| (*name).to_owned());
+        let theirs = rule.and_then(|rule| match &rule.by {
+            Some(by) => rule.values.get(our_text(by)?)?.get(value.as_str()?).cloned(),
+            None => rule.values.get(value.as_str()?).cloned(),
+        });
+        fields.insert(field, theirs.unwrap_or_else(|| value.clone()));
+    }
+    fields
+}
+
+/// A value table's problems against the parameter it translates: it covers exactly its values.
+fn coverage_problems<'a>(at: &str, keys: impl Iterator<Item = &'a String>, parameter: &Parameter) -> Vec<String> {
+    let keys: Vec<&String> = keys.collect();
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    for value in keys.iter().copied().filter(|v| !parameter.values.contains(*v)) {
+        problems.push(format!("{at}: `{value}` is not one of the parameter's values ({})", parameter.values.join(", ")));
+    }
+    for value in parameter.values.iter().filter(|v| !keys.contains(v)) {
+        problems.push(format!("{at}: the parameter's value `{value}` is not mapped"));
+    }
+    problems
 }
 
 fn default_weight() -> u32 {
@@ -257,6 +292,21 @@ impl Catalog {
     /// The sub-model's route to this provider and upstream model.
     pub fn route(&self, sub_model_id: &str, provider: &str, upstream_model: &str) -> Option<&Route> {
         self.sub_model(sub_model_id)?.routes.iter().find(|r| r.provider == provider && r.upstream_model == upstream_model)
+    }
+
+    /// The provider's input fields for `input` on a route: as the route maps them, or under our names
+    /// when the catalog no longer has the route (a task created before the catalog changed).
+    pub fn provider_input(
+        &self,
+        sub_model_id: &str,
+        provider: &str,
+        upstream_model: &str,
+        input: &TaskInput,
+    ) -> Map<String, Value> {
+        match self.route(sub_model_id, provider, upstream_model) {
+            Some(route) => route.mapped_input(input),
+            None => map_input(&BTreeMap::new(), &Map::new(), input),
+        }
     }
 
     /// What clients see for a route: its own `provider_label`, else its provider's label.
@@ -546,19 +596,58 @@ mod tests {
         );
         let route = &model.sub_models[0].routes[0];
         assert!(route.mapping_problems(&model).is_empty(), "{:?}", route.mapping_problems(&model));
-        let fields = route.mapped_input(&input("16:9", "high", &["https://a.example/1.png"])).expect("mapped");
+        let fields = route.mapped_input(&input("16:9", "high", &["https://a.example/1.png"]));
         assert_eq!(
             Value::Object(fields),
             json!({"prompt": "a lake", "image_size": "landscape_16_9", "images": ["https://a.example/1.png"], "num_images": 1})
         );
-        let fields = route.mapped_input(&input("1:1", "basic", &[])).expect("mapped");
+        let fields = route.mapped_input(&input("1:1", "basic", &[]));
         assert_eq!(Value::Object(fields), json!({"prompt": "a lake", "image_size": {"width": 1024, "height": 1024}, "num_images": 1}));
     }
 
     #[test]
-    fn a_route_without_a_mapping_leaves_the_fields_to_the_adapter() {
+    fn a_route_without_a_mapping_sends_our_fields_under_our_names() {
         let model = model_with_route("");
-        assert!(model.sub_models[0].routes[0].mapped_input(&input("1:1", "basic", &[])).is_none());
+        let fields = model.sub_models[0].routes[0].mapped_input(&input("16:9", "high", &["https://a.example/1.png"]));
+        assert_eq!(
+            Value::Object(fields),
+            json!({"prompt": "a lake", "aspect_ratio": "16:9", "quality": "high", "image_urls": ["https://a.example/1.png"]})
+        );
+    }
+
+    #[test]
+    fn a_value_may_be_picked_by_another_parameter() {
+        let model = model_with_route(
+            r#"map.aspect_ratio = { to = "size", by = "quality", values = { basic = { "1:1" = "2048*2048", "16:9" = "2048*1152" }, high = { "1:1" = "4096*4096", "16:9" = "4096*2304" } } }
+            map.quality = { omit = true }"#,
+        );
+        let route = &model.sub_models[0].routes[0];
+        assert!(route.mapping_problems(&model).is_empty(), "{:?}", route.mapping_problems(&model));
+        assert_eq!(Value::Object(route.mapped_input(&input("16:9", "high", &[]))), json!({"prompt": "a lake", "size": "4096*2304"}));
+        assert_eq!(Value::Object(route.mapped_input(&input("1:1", "basic", &[]))), json!({"prompt": "a lake", "size": "2048*2048"}));
+    }
+
+    #[test]
+    fn tables_picked_by_another_parameter_are_checked() {
+        let problems = |route: &str| {
+            let model = model_with_route(route);
+            model.sub_models[0].routes[0].mapping_problems(&model).join("\n")
+        };
+        let found = problems(r#"map.aspect_ratio = { by = "quality", values = { basic = { "1:1" = 1 }, ultra = 2 } }"#);
+        for expected in [
+            "map.aspect_ratio: `ultra` is not one of the parameter's values (basic, high)",
+            "map.aspect_ratio: the parameter's value `high` is not mapped",
+            "map.aspect_ratio.values.basic: the parameter's value `16:9` is not mapped",
+            "map.aspect_ratio.values.ultra: must be a table of `aspect_ratio` values",
+        ] {
+            assert!(found.contains(expected), "{expected:?} in {found}");
+        }
+        let found = problems(r#"map.aspect_ratio = { by = "aspect_ratio", values = { "1:1" = {} } }"#);
+        assert!(found.contains("map.aspect_ratio: `by` must name another parameter of the model, not `aspect_ratio`"), "{found}");
+        let found = problems(r#"map.quality = { by = "aspect_ratio" }"#);
+        assert!(found.contains("map.quality: `by` needs `values`"), "{found}");
+        let found = problems(r#"map.prompt = { by = "quality" }"#);
+        assert!(found.contains("map.prompt: `prompt` is free text"), "{found}");
     }
 
     #[test]

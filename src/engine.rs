@@ -317,7 +317,7 @@ impl Engine {
                 }
                 None => None,
             };
-            let fields = self.catalog.route(&task.sub_model, provider_id, upstream_model).and_then(|r| r.mapped_input(&task.input));
+            let fields = self.catalog.provider_input(&task.sub_model, provider_id, upstream_model, &task.input);
             let request = SubmitRequest {
                 task_id: &task.id,
                 upstream_model,

@@ -16,13 +16,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use base64::Engine as _;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use super::upstream::{self, Upstream};
-use super::{Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+use super::signed_callback::{self, header};
+use super::upstream::Upstream;
+use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use crate::tasks::OutputImage;
 
 /// Where fal publishes its webhook signing keys.
 pub const DEFAULT_JWKS_URL: &str = "https://rest.alpha.fal.ai/.well-known/jwks.json";
@@ -85,19 +86,15 @@ impl Fal {
     }
 
     async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), CallbackRefused> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let (Some(request_id), Some(user_id), Some(timestamp), Some(signature)) = (
-            header("x-fal-webhook-request-id"),
-            header("x-fal-webhook-user-id"),
-            header("x-fal-webhook-timestamp"),
-            header("x-fal-webhook-signature"),
+            header(headers, "x-fal-webhook-request-id"),
+            header(headers, "x-fal-webhook-user-id"),
+            header(headers, "x-fal-webhook-timestamp"),
+            header(headers, "x-fal-webhook-signature"),
         ) else {
             return Err(CallbackRefused("The callback is not signed."));
         };
-        let seconds: i64 = timestamp.parse().map_err(|_| CallbackRefused("The callback timestamp is not a number."))?;
-        if (chrono::Utc::now().timestamp() - seconds).abs() > upstream::CALLBACK_TOLERANCE_SECS {
-            return Err(CallbackRefused("The callback timestamp is too far from now."));
-        }
+        signed_callback::timestamp(timestamp, chrono::Utc::now().timestamp())?;
         let signature = hex::decode(signature).map_err(|_| CallbackRefused("The callback signature is not hex."))?;
         let message = format!("{request_id}\n{user_id}\n{timestamp}\n{}", hex::encode(Sha256::digest(body)));
         let keys = self.public_keys().await?;
@@ -121,22 +118,17 @@ impl Fal {
             if !failed {
                 return Err(self.upstream.error_for(status, &detail));
             }
-            return Ok(failed_job(&self.upstream, &detail));
+            tracing::info!(provider = %self.upstream.id, reason = %outcome::short(&detail), "job failed upstream");
+            return Ok(JobState::Failed(outcome::failed(&detail)));
         }
         let answer = answer.ok_or_else(|| self.upstream.malformed("result", "not JSON"))?;
-        let images: Vec<OutputImage> = answer["images"]
+        let images = answer["images"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|image| image["url"].as_str().map(|url| OutputImage { url: url.to_owned() }))
             .collect();
-        if images.is_empty() {
-            return Ok(JobState::Failed(TaskError {
-                code: TaskErrorCode::UpstreamFailed,
-                message: "The provider finished without an image.".into(),
-            }));
-        }
-        Ok(JobState::Succeeded { images })
+        Ok(outcome::finished(outcome::PROVIDER, images))
     }
 }
 
@@ -151,32 +143,6 @@ fn detail_text(detail: &Value) -> String {
     }
 }
 
-fn failed_job(upstream: &Upstream, reason: &str) -> JobState {
-    tracing::info!(provider = %upstream.id, reason = %upstream::short(reason), "job failed upstream");
-    let code =
-        if upstream::is_content_policy(reason) { TaskErrorCode::ContentPolicy } else { TaskErrorCode::UpstreamFailed };
-    JobState::Failed(TaskError { code, message: upstream::generation_failed(Some(reason)) })
-}
-
-/// Our parameters as fal's Seedream fields: `image_size` `{width, height}` (long side 2048 for
-/// `basic`, 4096 for `high`), one image, and `image_urls` for edits.
-fn model_input(input: &TaskInput) -> Value {
-    let long = if input.quality.as_deref() == Some("high") { 4096 } else { 2048 };
-    let ratio = input.aspect_ratio.as_deref().and_then(|r| r.split_once(':'));
-    let ratio = ratio.and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
-    let (width, height) = match ratio {
-        Some((w, h)) if w >= h && h > 0 => (long, (long * h / w) / 16 * 16),
-        Some((w, h)) if w > 0 => ((long * w / h) / 16 * 16, long),
-        _ => (long, long),
-    };
-    let mut fields =
-        json!({"prompt": input.prompt, "image_size": {"width": width, "height": height}, "num_images": 1});
-    if !input.image_urls.is_empty() {
-        fields["image_urls"] = json!(input.image_urls);
-    }
-    fields
-}
-
 #[derive(Deserialize)]
 struct Queued {
     request_id: String,
@@ -188,8 +154,7 @@ struct Queued {
 impl Provider for Fal {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
         let model = request.upstream_model.trim_matches('/');
-        let input = request.fields.map(Value::Object).unwrap_or_else(|| model_input(request.input));
-        let mut http = self.upstream.http.post(self.upstream.url(&format!("/{model}"))).json(&input);
+        let mut http = self.upstream.http.post(self.upstream.url(&format!("/{model}"))).json(&request.fields);
         if let Some(callback_url) = request.callback_url {
             http = http.query(&[("fal_webhook", callback_url)]);
         }

@@ -14,18 +14,16 @@ use sha2::Sha256;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::upstream::{self, Upstream};
-use super::{Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+use super::signed_callback::{self, header};
+use super::upstream::Upstream;
+use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use crate::tasks::{OutputImage, TaskErrorCode};
 
 pub struct Kie {
     upstream: Upstream,
     /// KIE's `webhookHmacKey`: when configured, callbacks must carry its signature.
     hmac_key: Option<SecretString>,
 }
-
-/// A callback's timestamp may be this far from now.
-const CALLBACK_TOLERANCE_SECS: i64 = 300;
 
 impl Kie {
     pub fn new(upstream: Upstream, hmac_key: Option<SecretString>) -> Kie {
@@ -35,14 +33,12 @@ impl Kie {
     /// `X-Webhook-Signature` = base64(HMAC-SHA256(key, taskId + "." + X-Webhook-Timestamp)). KIE
     /// does not sign the body, which is one reason a callback is confirmed with recordInfo.
     fn verify(&self, key: &SecretString, headers: &HeaderMap, task_id: &str) -> Result<(), CallbackRefused> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        let (Some(timestamp), Some(signature)) = (header("x-webhook-timestamp"), header("x-webhook-signature")) else {
+        let (Some(timestamp), Some(signature)) =
+            (header(headers, "x-webhook-timestamp"), header(headers, "x-webhook-signature"))
+        else {
             return Err(CallbackRefused("The callback is not signed."));
         };
-        let seconds: i64 = timestamp.parse().map_err(|_| CallbackRefused("The callback timestamp is not a number."))?;
-        if (chrono::Utc::now().timestamp() - seconds).abs() > CALLBACK_TOLERANCE_SECS {
-            return Err(CallbackRefused("The callback timestamp is too far from now."));
-        }
+        signed_callback::timestamp(timestamp, chrono::Utc::now().timestamp())?;
         let signature = BASE64.decode(signature).map_err(|_| CallbackRefused("The callback signature is not base64."))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
             .map_err(|_| CallbackRefused("The callback key is unusable."))?;
@@ -75,7 +71,7 @@ impl Kie {
         match code {
             455 => self.upstream.error_for(503, detail),
             433 | 505 => self.upstream.unavailable(code, detail),
-            501 => ProviderError::permanent(TaskErrorCode::UpstreamFailed, upstream::generation_failed(Some(detail))),
+            501 => ProviderError::permanent(TaskErrorCode::UpstreamFailed, outcome::generation_failed(Some(detail))),
             _ => self.upstream.error_for(code, detail),
         }
     }
@@ -117,24 +113,13 @@ impl Record {
                 let text = self.result_json.unwrap_or_default();
                 let result: ResultJson =
                     serde_json::from_str(&text).map_err(|error| upstream.malformed("resultJson", error))?;
-                if result.result_urls.is_empty() {
-                    return Ok(JobState::Failed(TaskError {
-                        code: TaskErrorCode::UpstreamFailed,
-                        message: "The provider finished without an image.".into(),
-                    }));
-                }
                 let images = result.result_urls.into_iter().map(|url| OutputImage { url }).collect();
-                Ok(JobState::Succeeded { images })
+                Ok(outcome::finished(outcome::PROVIDER, images))
             }
             "fail" => {
                 let reason = self.fail_msg.unwrap_or_default();
-                tracing::info!(provider = %upstream.id, fail_code = ?self.fail_code, reason = %upstream::short(&reason), "job failed upstream");
-                let code = if upstream::is_content_policy(&reason) {
-                    TaskErrorCode::ContentPolicy
-                } else {
-                    TaskErrorCode::UpstreamFailed
-                };
-                Ok(JobState::Failed(TaskError { code, message: upstream::generation_failed(Some(&reason)) }))
+                tracing::info!(provider = %upstream.id, fail_code = ?self.fail_code, reason = %outcome::short(&reason), "job failed upstream");
+                Ok(JobState::Failed(outcome::failed(&reason)))
             }
             // waiting, queuing, generating, and whatever KIE adds later.
             _ => Ok(JobState::Running { check_after: None }),
@@ -142,29 +127,10 @@ impl Record {
     }
 }
 
-/// Without a catalog mapping: our parameters under their own names (Seedream 4.5's fields).
-fn model_input(input: &TaskInput) -> Value {
-    let mut fields = json!({"prompt": input.prompt});
-    if let Some(aspect_ratio) = &input.aspect_ratio {
-        fields["aspect_ratio"] = json!(aspect_ratio);
-    }
-    if let Some(quality) = &input.quality {
-        fields["quality"] = json!(quality);
-    }
-    if !input.image_urls.is_empty() {
-        fields["image_urls"] = json!(input.image_urls);
-    }
-    fields
-}
-
 #[async_trait]
 impl Provider for Kie {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
-        let fields = match request.fields {
-            Some(fields) => Value::Object(fields),
-            None => model_input(request.input),
-        };
-        let mut body = json!({"model": request.upstream_model, "input": fields});
+        let mut body = json!({"model": request.upstream_model, "input": request.fields});
         if let Some(callback_url) = request.callback_url {
             body["callBackUrl"] = json!(callback_url);
         }

@@ -5,8 +5,10 @@
 pub mod fal;
 pub mod kie;
 pub mod openai;
+mod outcome;
 mod picture;
 pub mod replicate;
+mod signed_callback;
 pub mod simulated;
 mod upstream;
 pub mod wavespeed;
@@ -32,10 +34,11 @@ pub struct SubmitRequest<'a> {
     pub task_id: &'a str,
     /// The provider's own name for the model, from the catalog route.
     pub upstream_model: &'a str,
+    /// The request as validated, for an adapter's own checks; what it sends is `fields`.
     pub input: &'a TaskInput,
-    /// The input fields as the catalog route maps them (see `catalog::Route::map`), when it does;
-    /// otherwise the adapter builds them from `input` its own way.
-    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The provider's input fields, as the catalog route maps `input` (`catalog::Route::map`). Adapters
+    /// send them as they are, adding only their envelope (model, callback).
+    pub fields: serde_json::Map<String, serde_json::Value>,
     /// Where the provider may call back when the job ends (providers that support it).
     pub callback_url: Option<&'a str>,
 }

@@ -9,10 +9,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::upstream::{self, Upstream};
-use super::{JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use super::upstream::Upstream;
+use super::{outcome, JobState, Provider, ProviderError, SubmitRequest, Submitted};
 use crate::files::FileStore;
-use crate::tasks::{OutputImage, TaskErrorCode, TaskInput};
+use crate::tasks::{OutputImage, TaskErrorCode};
 
 pub struct OpenAi {
     upstream: Upstream,
@@ -32,10 +32,10 @@ impl OpenAi {
         };
         let message = error.get("message").and_then(Value::as_str).unwrap_or_default();
         let code = error.get("code").and_then(Value::as_str).unwrap_or_default();
-        if status == 400 && (code.contains("content_policy") || code.contains("moderation") || upstream::is_content_policy(message)) {
+        if status == 400 && (code.contains("content_policy") || code.contains("moderation") || outcome::is_content_policy(message)) {
             return ProviderError::permanent(
                 TaskErrorCode::ContentPolicy,
-                format!("The provider's content filter refused the request: {}", upstream::short(message)),
+                format!("The provider's content filter refused the request: {}", outcome::short(message)),
             );
         }
         self.upstream.error_for(status, message)
@@ -56,35 +56,6 @@ impl OpenAi {
         })?;
         Ok(self.files.url(&name))
     }
-}
-
-/// Our parameters as OpenAI's: `size` from the aspect ratio (square, landscape or portrait) and
-/// `quality` (`basic` → `medium`/`standard`, `high` → `high`/`hd`), per model family.
-fn request_body(model: &str, input: &TaskInput) -> Value {
-    let ratio = input.aspect_ratio.as_deref().and_then(|r| r.split_once(':'));
-    let ratio = ratio.and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
-    let shape = match ratio {
-        Some((w, h)) if w > h => std::cmp::Ordering::Greater,
-        Some((w, h)) if w < h => std::cmp::Ordering::Less,
-        _ => std::cmp::Ordering::Equal,
-    };
-    let high = input.quality.as_deref() == Some("high");
-    let (size, quality) = if model.starts_with("dall-e") {
-        let size = match shape {
-            std::cmp::Ordering::Greater => "1792x1024",
-            std::cmp::Ordering::Less => "1024x1792",
-            std::cmp::Ordering::Equal => "1024x1024",
-        };
-        (size, if high { "hd" } else { "standard" })
-    } else {
-        let size = match shape {
-            std::cmp::Ordering::Greater => "1536x1024",
-            std::cmp::Ordering::Less => "1024x1536",
-            std::cmp::Ordering::Equal => "1024x1024",
-        };
-        (size, if high { "high" } else { "medium" })
-    };
-    json!({"model": model, "prompt": input.prompt, "n": 1, "size": size, "quality": quality})
 }
 
 #[derive(Deserialize)]
@@ -109,15 +80,10 @@ impl Provider for OpenAi {
                 "The provider rejected the request: this route does not take input images.",
             ));
         }
-        let body = match request.fields {
-            // The route's mapping gives size, quality and any other field; n is always 1.
-            Some(mut fields) => {
-                fields.insert("model".into(), json!(request.upstream_model));
-                fields.insert("n".into(), json!(1));
-                Value::Object(fields)
-            }
-            None => request_body(request.upstream_model, request.input),
-        };
+        // The route's mapping gives size, quality and any other field; n is always 1.
+        let mut body = request.fields;
+        body.insert("model".into(), json!(request.upstream_model));
+        body.insert("n".into(), json!(1));
         let http = self
             .upstream
             .http
@@ -138,34 +104,13 @@ impl Provider for OpenAi {
                 _ => {}
             }
         }
-        if images.is_empty() {
-            return Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider finished without an image."));
-        }
+        let images = outcome::require_images(outcome::PROVIDER, images)
+            .map_err(|error| ProviderError::permanent(error.code, error.message))?;
         Ok(Submitted::Completed { images })
     }
 
     /// Never called: every job completes within its submit.
     async fn poll(&self, _upstream_id: &str) -> Result<JobState, ProviderError> {
         Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider lost the job."))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_and_qualities_per_model_family() {
-        let input = |ratio: &str, quality: &str| TaskInput {
-            prompt: "p".into(),
-            aspect_ratio: Some(ratio.into()),
-            quality: Some(quality.into()),
-            image_urls: vec![],
-        };
-        let body = request_body("gpt-image-1", &input("16:9", "high"));
-        assert_eq!(body, json!({"model": "gpt-image-1", "prompt": "p", "n": 1, "size": "1536x1024", "quality": "high"}));
-        assert_eq!(request_body("gpt-image-1", &input("1:1", "basic"))["quality"], "medium");
-        assert_eq!(request_body("dall-e-3", &input("9:16", "high"))["size"], "1024x1792");
-        assert_eq!(request_body("dall-e-3", &input("9:16", "high"))["quality"], "hd");
     }
 }

@@ -13,9 +13,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::upstream::{self, Upstream};
-use super::{Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+use super::signed_callback;
+use super::upstream::Upstream;
+use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
 use crate::webhooks::signing;
 
 pub struct Replicate {
@@ -44,22 +45,6 @@ impl Replicate {
     }
 }
 
-/// Our parameters as Replicate's Seedream fields: `aspect_ratio`, `size` (`2K` for `basic`, `4K` for
-/// `high`) and `image_input` for edits.
-fn model_input(input: &TaskInput) -> Value {
-    let mut fields = json!({"prompt": input.prompt});
-    if let Some(aspect_ratio) = &input.aspect_ratio {
-        fields["aspect_ratio"] = json!(aspect_ratio);
-    }
-    if let Some(quality) = &input.quality {
-        fields["size"] = json!(if quality == "high" { "4K" } else { "2K" });
-    }
-    if !input.image_urls.is_empty() {
-        fields["image_input"] = json!(input.image_urls);
-    }
-    fields
-}
-
 /// A prediction: the create and get answers and a callback's body.
 #[derive(Deserialize)]
 struct Prediction {
@@ -83,13 +68,7 @@ impl Prediction {
                     Some(Value::Array(items)) => items.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
                     _ => vec![],
                 };
-                if urls.is_empty() {
-                    return JobState::Failed(TaskError {
-                        code: TaskErrorCode::UpstreamFailed,
-                        message: "The provider finished without an image.".into(),
-                    });
-                }
-                JobState::Succeeded { images: urls.into_iter().map(|url| OutputImage { url }).collect() }
+                outcome::finished(outcome::PROVIDER, urls.into_iter().map(|url| OutputImage { url }).collect())
             }
             "failed" => {
                 let reason = match self.error {
@@ -97,13 +76,8 @@ impl Prediction {
                     Some(Value::Null) | None => String::new(),
                     Some(other) => other.to_string(),
                 };
-                tracing::info!(provider = %upstream.id, reason = %upstream::short(&reason), "job failed upstream");
-                let code = if upstream::is_content_policy(&reason) {
-                    TaskErrorCode::ContentPolicy
-                } else {
-                    TaskErrorCode::UpstreamFailed
-                };
-                JobState::Failed(TaskError { code, message: upstream::generation_failed(Some(&reason)) })
+                tracing::info!(provider = %upstream.id, reason = %outcome::short(&reason), "job failed upstream");
+                JobState::Failed(outcome::failed(&reason))
             }
             "canceled" | "aborted" => JobState::Failed(TaskError {
                 code: TaskErrorCode::UpstreamFailed,
@@ -124,8 +98,7 @@ fn segment(id: &str) -> String {
 impl Provider for Replicate {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
         let model = request.upstream_model.trim_matches('/');
-        let input = request.fields.map(Value::Object).unwrap_or_else(|| model_input(request.input));
-        let mut body = json!({"input": input});
+        let mut body = json!({"input": request.fields});
         let url = if model.contains(':') || !model.contains('/') {
             body["version"] = json!(model);
             self.upstream.url("/v1/predictions")
@@ -162,7 +135,7 @@ impl Provider for Replicate {
 
     async fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
         if let Some(secret) = &self.webhook_secret {
-            let (id, timestamp, header) = upstream::webhook_headers(headers)?;
+            let (id, timestamp, header) = signed_callback::webhook_headers(headers)?;
             if !signing::verify(secret.expose_secret(), &id, timestamp, body, &header) {
                 return Err(CallbackRefused("The callback signature is wrong."));
             }

@@ -5,6 +5,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::outcome::short;
 use super::ProviderError;
 use crate::config::ProviderSettings;
 use crate::tasks::TaskErrorCode;
@@ -108,47 +109,4 @@ impl Upstream {
         tracing::error!(provider = %self.id, code, detail = %short(detail), "provider refused the gateway's account");
         ProviderError::permanent(TaskErrorCode::UpstreamFailed, UNAVAILABLE)
     }
-}
-
-/// At most 300 characters of a provider's text, for messages and logs.
-pub fn short(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(300) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-/// A failure message naming the provider's reason, or a general one when it gave none.
-pub fn generation_failed(reason: Option<&str>) -> String {
-    match reason.map(str::trim).filter(|r| !r.is_empty()) {
-        Some(reason) => format!("The provider could not generate the image: {}", short(reason)),
-        None => "The provider could not generate the image.".to_owned(),
-    }
-}
-
-/// Whether a provider's failure reason says its content filter blocked the request.
-pub fn is_content_policy(reason: &str) -> bool {
-    let reason = reason.to_ascii_lowercase();
-    ["nsfw", "content policy", "sensitive", "safety", "moderation"].iter().any(|word| reason.contains(word))
-}
-
-/// A signed callback's timestamp may be this far from now.
-pub const CALLBACK_TOLERANCE_SECS: i64 = 300;
-
-/// The Standard-Webhooks-shaped headers of a signed callback (Replicate, WaveSpeed): `(webhook-id,
-/// webhook-timestamp, webhook-signature)`, with the timestamp within [`CALLBACK_TOLERANCE_SECS`].
-pub fn webhook_headers(headers: &reqwest::header::HeaderMap) -> Result<(String, i64, String), super::CallbackRefused> {
-    use super::CallbackRefused;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let (Some(id), Some(timestamp), Some(signature)) =
-        (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"))
-    else {
-        return Err(CallbackRefused("The callback is not signed."));
-    };
-    let seconds: i64 = timestamp.parse().map_err(|_| CallbackRefused("The callback timestamp is not a number."))?;
-    if (chrono::Utc::now().timestamp() - seconds).abs() > CALLBACK_TOLERANCE_SECS {
-        return Err(CallbackRefused("The callback timestamp is too far from now."));
-    }
-    Ok((id.to_owned(), seconds, signature.to_owned()))
 }

@@ -10,11 +10,12 @@ use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::upstream::{self, Upstream};
-use super::{Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
+use super::signed_callback;
+use super::upstream::Upstream;
+use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use crate::tasks::OutputImage;
 use crate::webhooks::signing;
 
 pub struct WaveSpeed {
@@ -50,7 +51,7 @@ impl WaveSpeed {
     /// `v3,<hex HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the secret's
     /// UTF-8 bytes after `whsec_` (not base64-decoded).
     fn verify(&self, secret: &SecretString, headers: &HeaderMap, body: &[u8]) -> Result<(), CallbackRefused> {
-        let (id, timestamp, header) = upstream::webhook_headers(headers)?;
+        let (id, timestamp, header) = signed_callback::webhook_headers(headers)?;
         let secret = secret.expose_secret();
         let key = secret.strip_prefix("whsec_").unwrap_or(secret).as_bytes();
         let valid = header.split_whitespace().filter_map(|entry| entry.strip_prefix("v3,")).any(|signature| {
@@ -58,24 +59,6 @@ impl WaveSpeed {
         });
         valid.then_some(()).ok_or(CallbackRefused("The callback signature is wrong."))
     }
-}
-
-/// Our parameters as WaveSpeed's Seedream fields: `size` as `W*H` (long side 2048 for `basic`,
-/// 4096 for `high`), and `images` for edit models.
-fn model_input(input: &TaskInput) -> Value {
-    let long = if input.quality.as_deref() == Some("high") { 4096 } else { 2048 };
-    let ratio = input.aspect_ratio.as_deref().and_then(|r| r.split_once(':'));
-    let ratio = ratio.and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
-    let (width, height) = match ratio {
-        Some((w, h)) if w >= h && h > 0 => (long, (long * h / w) / 16 * 16),
-        Some((w, h)) if w > 0 => ((long * w / h) / 16 * 16, long),
-        _ => (long, long),
-    };
-    let mut fields = json!({"prompt": input.prompt, "size": format!("{width}*{height}")});
-    if !input.image_urls.is_empty() {
-        fields["images"] = json!(input.image_urls);
-    }
-    fields
 }
 
 #[derive(Deserialize)]
@@ -102,25 +85,13 @@ impl Prediction {
     fn job_state(self, upstream: &Upstream) -> JobState {
         match self.status.as_str() {
             "completed" => {
-                let images: Vec<OutputImage> =
-                    self.outputs.unwrap_or_default().into_iter().map(|url| OutputImage { url }).collect();
-                if images.is_empty() {
-                    return JobState::Failed(TaskError {
-                        code: TaskErrorCode::UpstreamFailed,
-                        message: "The provider finished without an image.".into(),
-                    });
-                }
-                JobState::Succeeded { images }
+                let images = self.outputs.unwrap_or_default().into_iter().map(|url| OutputImage { url }).collect();
+                outcome::finished(outcome::PROVIDER, images)
             }
             "failed" => {
                 let reason = self.error.unwrap_or_default();
-                tracing::info!(provider = %upstream.id, reason = %upstream::short(&reason), "job failed upstream");
-                let code = if upstream::is_content_policy(&reason) {
-                    TaskErrorCode::ContentPolicy
-                } else {
-                    TaskErrorCode::UpstreamFailed
-                };
-                JobState::Failed(TaskError { code, message: upstream::generation_failed(Some(&reason)) })
+                tracing::info!(provider = %upstream.id, reason = %outcome::short(&reason), "job failed upstream");
+                JobState::Failed(outcome::failed(&reason))
             }
             // created, processing, and whatever WaveSpeed adds later.
             _ => JobState::Running { check_after: None },
@@ -132,8 +103,7 @@ impl Prediction {
 impl Provider for WaveSpeed {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
         let path = format!("/api/v3/{}", request.upstream_model.trim_matches('/'));
-        let input = request.fields.map(Value::Object).unwrap_or_else(|| model_input(request.input));
-        let mut http = self.upstream.http.post(self.upstream.url(&path)).json(&input);
+        let mut http = self.upstream.http.post(self.upstream.url(&path)).json(&request.fields);
         if let Some(callback_url) = request.callback_url {
             http = http.query(&[("webhook", callback_url)]);
         }
@@ -172,23 +142,4 @@ impl Provider for WaveSpeed {
 /// A job id as one path segment.
 fn urlencoding(id: &str) -> String {
     form_urlencoded::byte_serialize(id.as_bytes()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_follow_the_aspect_ratio_and_quality() {
-        let input = |ratio: &str, quality: &str| TaskInput {
-            prompt: "p".into(),
-            aspect_ratio: Some(ratio.into()),
-            quality: Some(quality.into()),
-            image_urls: vec![],
-        };
-        assert_eq!(model_input(&input("1:1", "basic"))["size"], "2048*2048");
-        assert_eq!(model_input(&input("16:9", "high"))["size"], "4096*2304");
-        assert_eq!(model_input(&input("9:16", "basic"))["size"], "1152*2048");
-        assert!(model_input(&input("1:1", "basic")).get("images").is_none());
-    }
 }

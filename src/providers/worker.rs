@@ -21,11 +21,12 @@ use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
-use super::upstream::{self, Upstream};
-use super::{Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use super::signed_callback;
+use super::upstream::Upstream;
+use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
 use crate::monitoring;
 use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
 use crate::webhooks::signing;
@@ -80,7 +81,7 @@ impl Worker {
 fn without_node_task_id(message: &str) -> String {
     match message.find(" Task task_") {
         Some(cut) => message[..cut].to_owned(),
-        None => upstream::short(message),
+        None => outcome::short(message),
     }
 }
 
@@ -118,14 +119,7 @@ impl NodeTask {
     fn job_state(self) -> JobState {
         match self.status.as_str() {
             "succeeded" => {
-                let images = self.output.map(|o| o.images).unwrap_or_default();
-                if images.is_empty() {
-                    return JobState::Failed(TaskError {
-                        code: TaskErrorCode::UpstreamFailed,
-                        message: "The backend node finished without an image.".into(),
-                    });
-                }
-                JobState::Succeeded { images }
+                outcome::finished(outcome::BACKEND_NODE, self.output.map(|o| o.images).unwrap_or_default())
             }
             "failed" => {
                 let error = self.error.unwrap_or(NodeErrorBody { code: String::new(), message: String::new() });
@@ -137,9 +131,9 @@ impl NodeTask {
                 };
                 // The node's message is already client-safe: it follows the same contract.
                 let message = if error.message.trim().is_empty() {
-                    upstream::generation_failed(None)
+                    outcome::generation_failed(None)
                 } else {
-                    upstream::short(&error.message)
+                    outcome::short(&error.message)
                 };
                 JobState::Failed(TaskError { code, message })
             }
@@ -162,19 +156,11 @@ pub fn idempotency_key(task_id: &str) -> String {
 #[async_trait]
 impl Provider for Worker {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError> {
-        let input = request.input;
-        let mut body = json!({"model": request.upstream_model, "prompt": input.prompt});
-        if let Some(aspect_ratio) = &input.aspect_ratio {
-            body["aspect_ratio"] = json!(aspect_ratio);
-        }
-        if let Some(quality) = &input.quality {
-            body["quality"] = json!(quality);
-        }
-        if !input.image_urls.is_empty() {
-            body["image_urls"] = json!(input.image_urls);
-        }
+        // A node takes our own fields (SPEC §2.1), which is what a route without a mapping sends.
+        let mut body = Map::from_iter([("model".to_owned(), json!(request.upstream_model))]);
+        body.extend(request.fields);
         if let Some(callback_url) = request.callback_url {
-            body["callback_url"] = json!(callback_url);
+            body.insert("callback_url".into(), json!(callback_url));
         }
         let post = self
             .upstream
@@ -214,7 +200,7 @@ impl Provider for Worker {
         let Some(secret) = &self.webhook_secret else {
             return Err(CallbackRefused("Callbacks from this node are not configured."));
         };
-        let (id, timestamp, header) = upstream::webhook_headers(headers)?;
+        let (id, timestamp, header) = signed_callback::webhook_headers(headers)?;
         if !signing::verify(secret.expose_secret(), &id, timestamp, body, &header) {
             return Err(CallbackRefused("The callback signature is wrong."));
         }

@@ -3,6 +3,7 @@
 //! provider's own fields and values.
 
 use aio_gateway::config::{ProviderKind, Settings};
+use aio_gateway::tasks::TaskInput;
 use serde_json::{json, Value};
 
 use crate::fakes::fal::FakeFal;
@@ -11,7 +12,7 @@ use crate::fakes::openai::FakeOpenAi;
 use crate::fakes::replicate::FakeReplicate;
 use crate::fakes::wavespeed::FakeWaveSpeed;
 use crate::fakes;
-use crate::helpers::{assert_ledger_consistent, spawn_app_with, TestApp};
+use crate::helpers::{assert_ledger_consistent, catalog, spawn_app_with, TestApp};
 
 /// Every real provider of the shipped configuration, active (a key is set) but never called.
 fn activate_every_provider(settings: &mut Settings) {
@@ -190,4 +191,32 @@ async fn fal_and_replicate_models_receive_their_fields_and_fixed_values() {
         create.json()["input"],
         json!({"prompt": "a bird", "aspect_ratio": "21:9", "num_outputs": 1, "output_format": "png"})
     );
+}
+
+/// What the adapters once derived themselves, the test catalogs now map: WaveSpeed's `W*H` sizes from
+/// aspect ratio and quality, OpenAI's sizes and qualities per model family.
+#[test]
+fn catalogs_map_sizes_and_qualities() {
+    let fields = |path: &std::path::Path, upstream_model: &str, ratio: &str, quality: &str| {
+        let models = aio_gateway::catalog::read(path).expect("a catalog");
+        let route = models
+            .iter()
+            .flat_map(|model| &model.sub_models)
+            .flat_map(|sub| &sub.routes)
+            .find(|route| route.upstream_model == upstream_model)
+            .expect("the route")
+            .clone();
+        let input = TaskInput { prompt: "p".into(), aspect_ratio: Some(ratio.into()), quality: Some(quality.into()), image_urls: vec![] };
+        Value::Object(route.mapped_input(&input))
+    };
+    let wavespeed = &catalog("wavespeed_only.toml");
+    assert_eq!(fields(wavespeed, "bytedance/seedream-v4.5", "1:1", "basic"), json!({"prompt": "p", "size": "2048*2048"}));
+    assert_eq!(fields(wavespeed, "bytedance/seedream-v4.5", "16:9", "high")["size"], "4096*2304");
+    assert_eq!(fields(wavespeed, "bytedance/seedream-v4.5", "9:16", "basic")["size"], "1152*2048");
+
+    let openai = &catalog("openai_only.toml");
+    assert_eq!(fields(openai, "gpt-image-1", "16:9", "high"), json!({"prompt": "p", "size": "1536x1024", "quality": "high"}));
+    assert_eq!(fields(openai, "gpt-image-1", "1:1", "basic")["quality"], "medium");
+    let shipped = &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/models.toml");
+    assert_eq!(fields(shipped, "dall-e-3", "9:16", "high"), json!({"prompt": "p", "size": "1024x1792", "quality": "hd"}));
 }

@@ -369,6 +369,8 @@ fn random_and_mutated_provider_answers_never_panic_an_adapter() {
                     quality: Some("high".into()),
                     image_urls: vec![],
                 };
+                let fields = json!({"prompt": "a lake", "aspect_ratio": "16:9", "quality": "high"});
+                let fields = fields.as_object().cloned().expect("an object");
                 for id in ids {
                     let provider = unsigned.get(id).expect("configured provider");
                     let request = SubmitRequest {
@@ -376,7 +378,7 @@ fn random_and_mutated_provider_answers_never_panic_an_adapter() {
                         upstream_model: "owner/model",
                         input: &input,
                         callback_url: Some("http://127.0.0.1:9/cb"),
-                        fields: None,
+                        fields: fields.clone(),
                     };
                     // Any answer is fine; a panic fails the case.
                     let _ = provider.submit(request).await;

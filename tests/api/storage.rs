@@ -416,7 +416,8 @@ async fn crash_recovery(backend: Backend) {
 /// Submits a task to the simulated provider; returns its job id.
 async fn submit(provider: &Simulated, task_id: &str) -> String {
     let prompt = input("a lake");
-    let request = SubmitRequest { task_id, upstream_model: "sim", input: &prompt, callback_url: None, fields: None };
+    let fields = serde_json::Map::from_iter([("prompt".to_owned(), serde_json::json!("a lake"))]);
+    let request = SubmitRequest { task_id, upstream_model: "sim", input: &prompt, callback_url: None, fields };
     match provider.submit(request).await.expect("submit") {
         Submitted::Accepted { upstream_id } => upstream_id,
         Submitted::Completed { .. } => panic!("the simulated provider is asynchronous"),
