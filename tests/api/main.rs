@@ -1,5 +1,8 @@
 //! The integration suite: one binary, one fresh database per test (see `helpers`).
 
+// Test code fails loudly: unwrap/expect are its assertions, and its servers live as long as the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 mod auth;
 mod callbacks;
 mod catalog;
