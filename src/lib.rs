@@ -19,6 +19,5 @@ pub mod ratelimit;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
-pub mod transfer;
 pub mod webhooks;
 pub mod worker;

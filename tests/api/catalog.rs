@@ -119,7 +119,7 @@ async fn run(app: &TestApp, body: Value) -> Value {
     let task = app.create_ok(&key, body).await;
     let done = app.wait_terminal(&key, task["task_id"].as_str().expect("task_id")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
     done
 }
 

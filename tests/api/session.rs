@@ -142,7 +142,7 @@ async fn state_changing_requests_by_cookie_must_be_same_origin() {
         .await
         .expect("POST");
     assert_error(rotate, StatusCode::FORBIDDEN, "forbidden").await;
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(&app.pool).await.expect("count keys");
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(app.pool()).await.expect("count keys");
     assert_eq!(keys, 1, "nothing was created");
 
     // The console's own requests pass: Sec-Fetch-Site, or an Origin naming this gateway.
