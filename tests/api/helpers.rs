@@ -80,6 +80,8 @@ fn migrated_template() -> String {
     static TEMPLATE: OnceLock<String> = OnceLock::new();
     TEMPLATE
         .get_or_init(|| {
+            // On this thread, so that a missing server fails the test with what to install.
+            postgres_server();
             let mut hash = Sha256::new();
             let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
             let mut files: Vec<PathBuf> =

@@ -235,8 +235,16 @@ impl Drop for Cluster {
 /// `AIO_TEST_PG_BIN`, else the newest `/usr/lib/postgresql/{version}/bin` with `initdb`, else the
 /// directory of `initdb` on `PATH`.
 fn server_bin_dir() -> Result<PathBuf, String> {
+    let missing = |looked: &str| {
+        format!(
+            "PostgreSQL is not reachable at 127.0.0.1:5432 and its server binaries (initdb, pg_ctl) were not found \
+             (looked in {looked}): install them (apt-get install postgresql) or set \
+             AIO_TEST_DATABASE_URL=postgres://user@host:port"
+        )
+    };
     if let Ok(dir) = std::env::var("AIO_TEST_PG_BIN") {
-        return Ok(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        return if dir.join("initdb").exists() { Ok(dir) } else { Err(missing(&format!("AIO_TEST_PG_BIN={}", dir.display()))) };
     }
     let root = Path::new("/usr/lib/postgresql");
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
@@ -253,10 +261,7 @@ fn server_bin_dir() -> Result<PathBuf, String> {
     if let Some(initdb) = which("initdb").filter(|initdb| initdb.with_file_name("pg_ctl").exists()) {
         return Ok(initdb.parent().map(Path::to_path_buf).unwrap_or_default());
     }
-    Err("PostgreSQL is not reachable at 127.0.0.1:5432 and its server binaries (initdb, pg_ctl) were not found \
-         (looked in $AIO_TEST_PG_BIN, /usr/lib/postgresql/*/bin and PATH): install them \
-         (apt-get install postgresql) or set AIO_TEST_DATABASE_URL=postgres://user@host:port"
-        .to_owned())
+    Err(missing("/usr/lib/postgresql/*/bin and PATH"))
 }
 
 fn running_as_root() -> bool {
