@@ -24,7 +24,7 @@ async fn holds(app: &TestApp, account_id: i64) -> usize {
 
 #[tokio::test]
 async fn twenty_racing_creates_with_one_key_make_one_task_and_one_hold() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (account_id, key) = app.new_account(1000).await;
     let body = seed_request();
 

@@ -254,7 +254,7 @@ async fn the_console_is_served_with_a_strict_csp_and_hashed_cached_assets() {
 
 #[tokio::test]
 async fn the_task_list_filters_by_model_as_the_usage_page_asks() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (_, key) = app.new_account(100).await;
     let task = app.create_ok(&key, seed_request()).await;
     let task_id = task["task_id"].as_str().expect("task id");

@@ -4,13 +4,13 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_ledger_consistent, ledger_of, spawn_app, TestApp};
+use crate::helpers::{assert_error, assert_ledger_consistent, ledger_of, TestApp};
 
 const START: i64 = 100;
 
 /// A gateway and an account holding `START` credits.
 async fn setup() -> (TestApp, i64, String) {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (account_id, key) = app.new_account(START).await;
     (app, account_id, key)
 }
