@@ -207,13 +207,16 @@ impl Drop for TestApp {
     }
 }
 
+/// A change to a test gateway's settings.
+type Configure<'a> = Box<dyn FnOnce(&mut Settings) + 'a>;
+
 /// How a test gateway is started: the one way, through [`TestApp::builder`] (the `spawn_app*`
 /// functions are its common shapes).
 pub struct AppBuilder<'a> {
     backend: Backend,
     resolver: Arc<dyn Resolve>,
     driven: bool,
-    configure: Vec<Box<dyn FnOnce(&mut Settings) + 'a>>,
+    configure: Vec<Configure<'a>>,
 }
 
 impl TestApp {
