@@ -315,7 +315,7 @@ async fn copy_to_postgres(source: &Db, settings: &Settings, url: String) -> anyh
     let target = store::connect(&crate::config::DatabaseSettings { url, ..settings.database.clone() }).await?;
     store::migrate(&target).await?;
     let Db::Pg(target) = target else { anyhow::bail!("--to must be a PostgreSQL URL (postgres://…)") };
-    let copied = crate::transfer::sqlite_to_postgres(source, &target).await?;
+    let copied = crate::store::copy::sqlite_to_postgres(source, &target).await?;
     Ok(json!({"copied": copied, "verified": true}))
 }
 

@@ -20,7 +20,6 @@ pub mod ratelimit;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
-pub mod transfer;
 pub mod url_guard;
 pub mod webhooks;
 pub mod work_queue;

@@ -40,7 +40,7 @@ async fn a_signed_callback_is_confirmed_by_a_poll_and_settles_once() {
     assert!(token.len() >= 32 && !token.contains(&task_id), "{token}");
     let (hash,): (Vec<u8>,) = sqlx::query_as("SELECT callback_token_hash FROM tasks WHERE id = $1")
         .bind(&task_id)
-        .fetch_one(&app.pool)
+        .fetch_one(app.pool())
         .await
         .expect("the task");
     assert_eq!(hash, Sha256::digest(token.as_bytes()).to_vec());
@@ -59,7 +59,7 @@ async fn a_signed_callback_is_confirmed_by_a_poll_and_settles_once() {
     assert_eq!(fake.call_back_with("task_kie_1", late_failure, Signing::With(HMAC_KEY)).await, 200);
     assert_eq!(app.get_task(&key, &task_id).await, done);
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -81,7 +81,7 @@ async fn forged_and_unknown_callbacks_are_refused() {
     }
     assert!(fake.polls_received().is_empty(), "refused callbacks trigger nothing");
     assert_eq!(app.get_task(&key, &task_id).await["status"], "running");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -105,7 +105,7 @@ async fn an_unsigned_forged_success_is_checked_with_the_provider_and_ignored() {
     let done = app.wait_terminal(&key, &task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"]["images"][0]["url"], fake.result_url("task_kie_1"), "never the forged URL");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -119,7 +119,7 @@ async fn a_callback_before_the_submit_answer_is_not_lost() {
     let done = app.wait_terminal(&key, task["task_id"].as_str().expect("task_id")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.polls_received().len(), 1, "polled at once after the submit, not after 60 s");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -140,5 +140,5 @@ async fn a_trusted_callback_payload_settles_without_a_poll() {
     assert!(done["error"]["message"].as_str().unwrap_or_default().contains("the model crashed"), "{done}");
     assert!(fake.polls_received().is_empty());
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

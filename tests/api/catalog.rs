@@ -114,13 +114,13 @@ async fn only_models_with_an_active_route_are_offered() {
     crate::helpers::assert_error(response, reqwest::StatusCode::BAD_REQUEST, "invalid_request").await;
 }
 
-/// Creates `body`, waits until it ends and checks it succeeded and settled once.
+/// Creates `body`, drives it to its end and checks it succeeded and settled once.
 async fn run(app: &TestApp, body: Value) -> Value {
     let (_, key) = app.new_account(100).await;
     let task = app.create_ok(&key, body).await;
     let done = app.wait_terminal(&key, task["task_id"].as_str().expect("task_id")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
     done
 }
 
@@ -128,7 +128,7 @@ async fn run(app: &TestApp, body: Value) -> Value {
 async fn kie_seedream_4_receives_its_image_size_and_resolution_fields() {
     let fake = FakeKie::start().await;
     fake.polls(0);
-    let app = spawn_app_with(|settings| fake.configure(settings)).await;
+    let app = TestApp::builder().configure(|settings| fake.configure(settings)).driven().spawn().await;
     run(&app, json!({"model": "seedream-4", "prompt": "a lake", "aspect_ratio": "16:9", "quality": "high"})).await;
     let body = fake.creates()[0].json();
     assert_eq!(body["model"], "bytedance/seedream-v4-text-to-image");
@@ -142,7 +142,7 @@ async fn kie_seedream_4_receives_its_image_size_and_resolution_fields() {
 async fn wavespeed_cogview_4_receives_a_pixel_size() {
     let fake = FakeWaveSpeed::start().await;
     fake.polls(0);
-    let app = spawn_app_with(|settings| fake.configure(settings)).await;
+    let app = TestApp::builder().configure(|settings| fake.configure(settings)).driven().spawn().await;
     run(&app, json!({"model": "cogview-4", "prompt": "a poster", "aspect_ratio": "9:16"})).await;
     let submit = &fake.submits()[0];
     assert_eq!(submit.path, "/api/v3/zhipu/cogview-4");
@@ -152,7 +152,7 @@ async fn wavespeed_cogview_4_receives_a_pixel_size() {
 #[tokio::test]
 async fn openai_models_receive_their_own_sizes_and_qualities() {
     let fake = FakeOpenAi::start().await;
-    let app = spawn_app_with(|settings| fake.configure(settings)).await;
+    let app = TestApp::builder().configure(|settings| fake.configure(settings)).driven().spawn().await;
     run(&app, json!({"model": "gpt-image-1", "prompt": "a fox", "aspect_ratio": "3:2", "quality": "high"})).await;
     run(&app, json!({"model": "dall-e-3", "prompt": "a fox", "aspect_ratio": "9:16"})).await;
     let bodies: Vec<Value> = fake.requests().iter().map(|r| r.json()).collect();

@@ -191,7 +191,7 @@ async fn keys_created_through_the_api_work_and_revoked_ones_stop_within_the_cach
     // Another account's key cannot be revoked from here (404, like a missing one) and keeps working.
     let (other_key_id,): (String,) = sqlx::query_as("SELECT id FROM api_keys WHERE account_id = $1")
         .bind(other_account)
-        .fetch_one(&app.pool)
+        .fetch_one(app.pool())
         .await
         .expect("other key id");
     let response = app.with_bearer(Method::DELETE, &format!("/api/v1/keys/{other_key_id}"), &session).send().await.expect("DELETE");
@@ -344,8 +344,8 @@ async fn admins_manage_accounts_and_credits_through_the_ledger() {
     let next: Value = app.with_bearer(Method::GET, &format!("/api/v1/admin/accounts?limit=1&cursor={cursor}"), &admin).send().await.expect("GET").json().await.expect("JSON");
     assert_eq!(next["data"][0]["account_id"], id);
 
-    let kinds: Vec<(String, i64, Option<String>)> = crate::helpers::ledger_of(&app.pool, id).await;
+    let kinds: Vec<(String, i64, Option<String>)> = crate::helpers::ledger_of(app.pool(), id).await;
     let kinds: Vec<(&str, i64)> = kinds.iter().map(|(k, a, _)| (k.as_str(), *a)).collect();
     assert_eq!(kinds, [("grant", 40), ("grant", 60), ("adjust", -30), ("adjust", -70)]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

@@ -17,7 +17,7 @@ async fn served_by(app: &TestApp, key: &str) -> (String, String) {
         assert!(done.get(internal).is_none(), "clients never see the route: {done}");
     }
     let (provider,): (String,) =
-        sqlx::query_as("SELECT provider FROM tasks WHERE id = $1").bind(task_id).fetch_one(&app.pool).await.expect("task");
+        sqlx::query_as("SELECT provider FROM tasks WHERE id = $1").bind(task_id).fetch_one(app.pool()).await.expect("task");
     (provider, done["output"]["images"][0]["url"].as_str().expect("url").to_owned())
 }
 
@@ -53,5 +53,5 @@ async fn a_failing_route_is_failed_over_and_its_circuit_opens_and_closes() {
     assert_eq!(fake.creates().len(), 4);
 
     app.assert_balance(&key, 100 - 5 * 12, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

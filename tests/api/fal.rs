@@ -11,7 +11,7 @@ use crate::fakes::Step;
 use crate::helpers::{assert_ledger_consistent, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeFal) -> TestApp {
-    spawn_app_only_on("fal_only.toml", |settings| fake.configure(settings)).await
+    TestApp::builder().configure(|settings| fake.configure(settings)).catalog("fal_only.toml").driven().spawn().await
 }
 
 #[tokio::test]
@@ -51,7 +51,7 @@ async fn a_fal_task_succeeds_after_queue_polls_and_the_fake_saw_exact_requests()
     );
     app.assert_balance(&key, 88, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -73,7 +73,7 @@ async fn a_fal_job_error_in_the_result_fails_the_task_with_its_reason() {
     assert_eq!(done["status"], "failed", "{done}");
     assert!(done["error"]["message"].as_str().unwrap_or_default().contains("Request timed out"), "{done}");
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -90,7 +90,7 @@ async fn fal_429_5xx_and_malformed_answers_are_retried() {
     let posts = fake.requests().into_iter().filter(|r| r.method == "POST").count();
     assert_eq!(posts, 3);
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -114,7 +114,7 @@ async fn an_ed25519_signed_fal_callback_triggers_settlement_and_bad_signatures_a
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("req-1")}]), "{done}");
     assert_eq!(fake.jwks_fetches(), 1, "the keys are cached");
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -133,7 +133,7 @@ async fn a_fal_upstream_that_hangs_past_the_timeout_is_retried() {
     // Which job serves depends on whether the timed-out request got as far as creating one upstream.
     let url = done["output"]["images"][0]["url"].as_str().expect("url");
     assert!(url.starts_with(fake.result_url("req-").trim_end_matches(".png")), "{url}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -156,5 +156,5 @@ async fn duplicated_fal_callbacks_settle_the_task_exactly_once() {
 
     app.assert_balance(&key, 88, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

@@ -28,7 +28,7 @@ fn task_id(task: &Value) -> String {
 
 #[tokio::test]
 async fn seed_request_is_held_then_charged_and_serves_a_png() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (account_id, key) = app.new_account(1000).await;
 
     let response = app.create(&key, seed_request()).await;
@@ -92,13 +92,13 @@ async fn seed_request_is_held_then_charged_and_serves_a_png() {
     let alias = app.get_json(&key, "/billing/credits").await;
     assert_eq!(alias, credits, "/billing/credits answers like /api/v1/billing/credits");
 
-    assert_eq!(ledger_of(&app.pool, account_id).await.len(), 3);
-    assert_ledger_consistent(&app.pool).await;
+    assert_eq!(ledger_of(app.pool(), account_id).await.len(), 3);
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn edit_sub_model_with_an_input_image_succeeds() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (_, key) = app.new_account(100).await;
     let task = app
         .create_ok(
@@ -116,12 +116,12 @@ async fn edit_sub_model_with_an_input_image_succeeds() {
     let url = done["output"]["images"][0]["url"].as_str().expect("result url");
     assert_eq!(png_size(&app, url).await, (256, 256), "default 1:1 result size");
     assert_eq!(app.credits(&key).await["balance"], 88);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn model_id_means_its_default_sub_model_and_defaults_are_filled() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (_, key) = app.new_account(100).await;
 
     let by_model = app.create_ok(&key, json!({"model": "seedream-4-5", "prompt": "A red fox"})).await;
@@ -141,12 +141,12 @@ async fn model_id_means_its_default_sub_model_and_defaults_are_filled() {
         assert_eq!(done["status"], "succeeded", "{done}");
     }
     assert_eq!(app.credits(&key).await["balance"], 76);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn task_list_is_newest_first_paginates_and_filters() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (_, key) = app.new_account(1000).await;
     let prompts = ["one", "two [simulate:fail]", "three", "four [simulate:fail]", "five"];
     let mut ids = Vec::new();
@@ -195,7 +195,7 @@ async fn task_list_is_newest_first_paginates_and_filters() {
         let field = query.split('=').next().unwrap_or_default();
         assert!(message.contains(field), "?{query}: message {message:?} names `{field}`");
     }
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -274,7 +274,7 @@ async fn health_and_readiness_answer() {
 
 #[tokio::test]
 async fn upstream_failure_fails_the_task_and_refunds() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (account_id, key) = app.new_account(100).await;
     let task = app.create_ok(&key, json!({"prompt": "A cat [simulate:fail]"})).await;
     let done = app.wait_terminal(&key, &task_id(&task)).await;
@@ -286,7 +286,7 @@ async fn upstream_failure_fails_the_task_and_refunds() {
 
     app.assert_balance(&key, 100, 0).await;
     assert_eq!(app.ledger_kinds(account_id).await, ["grant", "hold", "release"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -309,7 +309,7 @@ async fn refused_submit_answers_502_and_charges_nothing() {
 
     app.assert_balance(&key, 100, 0).await;
     assert_eq!(app.ledger_kinds(account_id).await, ["grant", "hold", "release"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -322,5 +322,5 @@ async fn a_task_past_its_deadline_times_out_and_refunds() {
     assert_eq!(done["error"]["code"], "timeout", "{done}");
     assert_eq!(done["credits"], json!({"price": 12, "charged": 0, "state": "refunded"}));
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

@@ -1,31 +1,33 @@
-//! The test harness: one fresh PostgreSQL database per test, the gateway served in-process on a
-//! random port with fast engine settings, an HTTP client, and the ledger invariants of SPEC §2.3.
+//! The test harness: one gateway per test, served in-process on a random port with fast engine
+//! settings, on a fresh database of either backend (a PostgreSQL database cloned from a migrated
+//! template, or a SQLite file); an HTTP client; a way to drive the engine without waiting; and the
+//! ledger invariants of SPEC §2.3.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aio_gateway::app::Application;
-use aio_gateway::config::{ProviderKind, ProviderSettings, Role, Settings};
+use aio_gateway::config::{DatabaseSettings, ProviderKind, ProviderSettings, Role, Settings};
+use aio_gateway::engine::Engine;
 use aio_gateway::url_guard::SystemResolver;
 use aio_gateway::store::Db;
+use aio_gateway::webhooks::Webhooks;
 use aio_gateway::{accounts, on_db, store};
 use reqwest::dns::Resolve;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-/// The PostgreSQL server the tests use, without a database name. `AIO_TEST_POSTGRES` overrides it.
-pub fn postgres_server() -> String {
-    std::env::var("AIO_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
-}
+use crate::services::postgres_server;
 
 pub fn models_path() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml"))
@@ -41,7 +43,8 @@ pub fn seed_request() -> Value {
     })
 }
 
-/// A freshly created, migrated database that is dropped (with its connections) when this is dropped.
+/// A fresh, migrated PostgreSQL database (a copy of the template) that is dropped (with its
+/// connections) when this is dropped.
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
@@ -53,18 +56,78 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn new(max_connections: u32) -> TestDatabase {
+        let template = migrated_template();
         let name = format!("aio_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_server())).await.expect("connect to PostgreSQL");
+        admin
+            .execute(format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#).as_str())
+            .await
+            .expect("create the test database from the template");
+        let _ = admin.close().await;
         let url = format!("{}/{name}", postgres_server());
-        let settings = aio_gateway::config::DatabaseSettings {
+        let settings = DatabaseSettings {
             url: url.clone(),
             max_connections: std::num::NonZeroU32::new(max_connections).unwrap(),
             acquire_timeout: Duration::from_secs(30),
         };
-        let db = store::connect(&settings).await.expect("connect to (and create) the test database");
-        store::migrate(&db).await.expect("migrate the test database");
+        let db = store::connect(&settings).await.expect("connect to the test database");
         let Db::Pg(pool) = db.clone() else { panic!("a postgres:// URL opens PostgreSQL") };
         TestDatabase { name, url, pool, db }
     }
+}
+
+/// The name of a database migrated with this checkout's PostgreSQL migrations, which each test's
+/// database is copied from (`CREATE DATABASE … TEMPLATE`): migrating once per run, not per test. Named
+/// by a hash of the migrations, so a changed migration gets a new template; built under an advisory
+/// lock and published by a rename, so concurrent test binaries never see a half-migrated one.
+fn migrated_template() -> String {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            // On this thread, so that a missing server fails the test with what to install.
+            postgres_server();
+            let mut hash = Sha256::new();
+            let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+            let mut files: Vec<PathBuf> =
+                std::fs::read_dir(&folder).expect("read migrations/postgres").map(|e| e.expect("entry").path()).collect();
+            files.sort();
+            for file in files {
+                hash.update(file.file_name().expect("a file name").as_encoded_bytes());
+                hash.update(std::fs::read(&file).expect("read a migration"));
+            }
+            let digest = hash.finalize();
+            let name = format!("aio_template_{}", digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
+            // The caller's runtime cannot be blocked on: build it on a thread with its own.
+            let template = name.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                runtime.block_on(create_template(&template));
+            })
+            .join()
+            .expect("create the template database");
+            name
+        })
+        .clone()
+}
+
+async fn create_template(name: &str) {
+    const LOCK: i64 = 0x6169_6f5f_7465_7374; // "aio_test"
+    let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_server())).await.expect("connect to PostgreSQL");
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK).execute(&mut admin).await.expect("lock");
+    let exists: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1").bind(name).fetch_optional(&mut admin).await.expect("look");
+    if exists.is_none() {
+        let building = format!("{name}_building");
+        admin.execute(format!(r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#).as_str()).await.expect("drop");
+        let url = format!("{}/{building}", postgres_server());
+        let settings = DatabaseSettings { url, max_connections: std::num::NonZeroU32::MIN, acquire_timeout: Duration::from_secs(30) };
+        let db = store::connect(&settings).await.expect("create the template database");
+        store::migrate(&db).await.expect("migrate the template database");
+        on_db!(&db, pool => pool.close().await);
+        admin.execute(format!(r#"ALTER DATABASE "{building}" RENAME TO "{name}""#).as_str()).await.expect("rename");
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK).execute(&mut admin).await.expect("unlock");
+    let _ = admin.close().await;
 }
 
 impl Drop for TestDatabase {
@@ -126,19 +189,20 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
 pub struct TestApp {
     /// `http://127.0.0.1:{port}`
     pub address: String,
-    /// A pool on the app's database (the same pool the app uses).
-    pub pool: PgPool,
-    /// The same pool, as the gateway's storage functions take it.
+    /// The app's database (the same pool the app uses); [`TestApp::pool`] for PostgreSQL's own SQL.
     pub db: Db,
     pub client: reqwest::Client,
     pub shutdown: CancellationToken,
+    /// The app's engine and webhook queue, for [`TestApp::run_pending`].
+    engine: Arc<Engine>,
+    webhooks: Arc<Webhooks>,
     /// What [`TestApp::restart`] builds the next gateway from.
     settings: Settings,
     resolver: Arc<dyn Resolve>,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    // Options only so that `restart` can hand them on; dropped after the server was told to stop.
+    // Options only so that `restart` and `stop` can hand them on; dropped after the server was told to stop.
     files: Option<TempDir>,
-    database: Option<TestDatabase>,
+    store: Option<TestStore>,
 }
 
 impl Drop for TestApp {
@@ -147,8 +211,72 @@ impl Drop for TestApp {
     }
 }
 
+/// A change to a test gateway's settings.
+type Configure<'a> = Box<dyn FnOnce(&mut Settings) + 'a>;
+
+/// How a test gateway is started: the one way, through [`TestApp::builder`] (the `spawn_app*`
+/// functions are its common shapes).
+pub struct AppBuilder<'a> {
+    backend: Backend,
+    resolver: Arc<dyn Resolve>,
+    driven: bool,
+    configure: Vec<Configure<'a>>,
+}
+
+impl TestApp {
+    pub fn builder<'a>() -> AppBuilder<'a> {
+        AppBuilder { backend: Backend::Postgres, resolver: Arc::new(SystemResolver), driven: false, configure: vec![] }
+    }
+}
+
+impl<'a> AppBuilder<'a> {
+    /// The storage backend (PostgreSQL unless set).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The resolver outbound requests look host names up with.
+    pub fn resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Only `tests/api/catalogs/{file}` (a catalog that routes only to one provider).
+    pub fn catalog(self, file: &str) -> Self {
+        let path = catalog(file);
+        self.configure(move |settings| settings.catalog.models_path = path)
+    }
+
+    /// No engine or webhook loop runs (the API role): the test drives them with
+    /// [`TestApp::run_pending`], and [`TestApp::wait_terminal`] does so instead of waiting.
+    pub fn driven(mut self) -> Self {
+        self.driven = true;
+        self
+    }
+
+    /// Changes the settings before the app is built (applied in the order given).
+    pub fn configure(mut self, configure: impl FnOnce(&mut Settings) + 'a) -> Self {
+        self.configure.push(Box::new(configure));
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let mut settings = test_settings("postgres://unused", PathBuf::new());
+        for configure in self.configure {
+            configure(&mut settings);
+        }
+        if self.driven {
+            settings.server.role = Role::Api;
+        }
+        settings.validate().expect("test settings are valid");
+        let store = TestStore::new(self.backend, settings.database.max_connections.get()).await;
+        TestApp::start(settings, self.resolver, store, None).await
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+    TestApp::builder().spawn().await
 }
 
 /// A catalog file under `tests/api/catalogs`.
@@ -159,49 +287,144 @@ pub fn catalog(file: &str) -> PathBuf {
 /// An app whose catalog is `tests/api/catalogs/{catalog_file}` (one that routes only to provider X),
 /// with `configure` pointing provider X at its fake.
 pub async fn spawn_app_only_on(catalog_file: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    spawn_app_with(|settings| {
-        configure(settings);
-        settings.catalog.models_path = catalog(catalog_file);
-    })
-    .await
+    TestApp::builder().configure(configure).catalog(catalog_file).spawn().await
 }
 
 /// Like [`spawn_app`], with `configure` applied to the settings before the app is built.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    spawn_app_resolving(Arc::new(SystemResolver), configure).await
+    TestApp::builder().configure(configure).spawn().await
 }
 
-/// Like [`spawn_app_with`], with the resolver outbound requests look host names up with.
-pub async fn spawn_app_resolving(resolver: Arc<dyn Resolve>, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let files = tempfile::tempdir().expect("create a files directory");
-    let mut settings = test_settings("postgres://unused", files.path().to_path_buf());
-    configure(&mut settings);
-    settings.validate().expect("test settings are valid");
-    let database = TestDatabase::new(settings.database.max_connections.get()).await;
-    settings.database.url = database.url.clone();
-    start(settings, resolver, files, database).await
+/// Like [`spawn_app_with`], on the given backend.
+pub async fn spawn_app_on(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    TestApp::builder().backend(backend).configure(configure).spawn().await
 }
 
-async fn start(settings: Settings, resolver: Arc<dyn Resolve>, files: TempDir, database: TestDatabase) -> TestApp {
-    let (pool, db) = (database.pool.clone(), database.db.clone());
-    let application = Application::build_with_resolver(settings.clone(), db.clone(), Arc::clone(&resolver))
-        .await
-        .expect("build the application");
-    let port = application.port();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(application.run(shutdown.clone()));
+impl TestApp {
+    /// A gateway with `settings` on `store` (its URL replaces the settings' database URL), with
+    /// `files` as its file store (a new folder when none).
+    async fn start(mut settings: Settings, resolver: Arc<dyn Resolve>, store: TestStore, files: Option<TempDir>) -> TestApp {
+        let files = files.unwrap_or_else(|| tempfile::tempdir().expect("create a files directory"));
+        settings.database.url = store.url.clone();
+        settings.files.dir = files.path().to_path_buf();
+        let db = store.db.clone();
+        let application = Application::build_with_resolver(settings.clone(), db.clone(), Arc::clone(&resolver))
+            .await
+            .expect("build the application");
+        let port = application.port();
+        let state = application.state();
+        let (engine, webhooks) = (Arc::clone(&state.engine), Arc::clone(&state.webhooks));
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(application.run(shutdown.clone()));
 
-    TestApp {
-        address: format!("http://127.0.0.1:{port}"),
-        pool,
-        db,
-        client: http_client(),
-        shutdown,
-        settings,
-        resolver,
-        running: Some(running),
-        files: Some(files),
-        database: Some(database),
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            db,
+            client: http_client(),
+            shutdown,
+            engine,
+            webhooks,
+            settings,
+            resolver,
+            running: Some(running),
+            files: Some(files),
+            store: Some(store),
+        }
+    }
+
+    /// A gateway on `store` (any backend), e.g. one a test filled or another gateway left.
+    pub async fn serve(store: TestStore, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = test_settings(&store.url, PathBuf::new());
+        configure(&mut settings);
+        TestApp::start(settings, Arc::new(SystemResolver), store, None).await
+    }
+
+    /// The app's PostgreSQL pool, for the tests' own SQL (the app runs on PostgreSQL unless a test
+    /// asked for SQLite).
+    pub fn pool(&self) -> &PgPool {
+        match &self.db {
+            Db::Pg(pool) => pool,
+            Db::Sqlite(_) => panic!("this app runs on SQLite: use app.db"),
+        }
+    }
+
+    /// Stops the gateway as SIGTERM does (and waits until it has stopped); returns its database.
+    pub async fn stop(mut self) -> TestStore {
+        self.stop_serving().await;
+        self.store.take().expect("the app's database")
+    }
+
+    async fn stop_serving(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.expect("the gateway task").expect("the gateway stops cleanly");
+        }
+    }
+
+    /// Works off everything the engine and the webhook queue have due, until nothing is.
+    pub async fn run_pending(&self) {
+        loop {
+            let steps = self.engine.run_pending().await.expect("run the engine");
+            let attempts = self.webhooks.run_pending().await.expect("run the webhook queue");
+            if steps + attempts == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Makes every scheduled task and webhook delivery due now, as if its wait had passed, and the
+    /// simulated provider's jobs finish now.
+    pub async fn advance(&self) {
+        let now = self.db.dialect().now();
+        for statement in [
+            format!("UPDATE tasks SET next_poll_at = {now} WHERE status IN ('pending', 'running')"),
+            format!("UPDATE simulated_jobs SET due_at = {now}"),
+            format!("UPDATE webhook_deliveries SET next_attempt_at = {now} WHERE status = 'pending'"),
+        ] {
+            on_db!(&self.db, pool => sqlx::query(&statement).execute(pool).await.map(|_| ())).expect("advance the clock");
+        }
+    }
+
+    /// Whether no engine or webhook loop runs: the test drives them ([`AppBuilder::driven`]).
+    pub fn is_driven(&self) -> bool {
+        !self.settings.server.role.runs_engine()
+    }
+
+    /// Drives a [`AppBuilder::driven`] app until no task is unfinished and no delivery pending: each
+    /// round works off what is due, then makes the rest due. The 30 s bound only stops a hang.
+    pub async fn settle_all(&self) {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            self.run_pending().await;
+            let (open,): (i64,) = on_db!(&self.db, pool => sqlx::query_as(
+                "SELECT (SELECT count(*) FROM tasks WHERE status IN ('pending', 'running'))
+                      + (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')",
+            )
+            .fetch_one(pool)
+            .await)
+            .expect("count unfinished work");
+            if open == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < give_up, "{open} tasks or deliveries never finished");
+            self.advance().await;
+        }
+    }
+
+    /// Drives a [`AppBuilder::driven`] app's engine until the task is terminal: each round makes
+    /// everything due and works it off, so a fake that answers `running` N times takes N rounds.
+    /// The 30 s bound only keeps a broken engine from hanging the suite.
+    async fn drive_until_terminal(&self, key: &str, task_id: &str) -> Value {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            self.run_pending().await;
+            let task = self.get_task(key, task_id).await;
+            if matches!(task["status"].as_str(), Some("succeeded" | "failed")) {
+                return task;
+            }
+            assert!(tokio::time::Instant::now() < give_up, "task {task_id} did not finish: {task}");
+            self.advance().await;
+        }
     }
 }
 
@@ -219,19 +442,16 @@ pub fn bearer(key: &str) -> String {
 
 impl TestApp {
     pub fn database_url(&self) -> &str {
-        self.database.as_ref().map_or("", |d| d.url.as_str())
+        self.store.as_ref().map_or("", |store| store.url.as_str())
     }
 
     /// Shuts this gateway down the way SIGTERM does (and waits until it has stopped), then starts a
     /// new one with the same settings on the same database and files.
     pub async fn restart(mut self) -> TestApp {
-        self.shutdown.cancel();
-        if let Some(running) = self.running.take() {
-            running.await.expect("the gateway task").expect("the gateway stops cleanly");
-        }
-        let files = self.files.take().expect("files directory");
-        let database = self.database.take().expect("database");
-        start(self.settings.clone(), Arc::clone(&self.resolver), files, database).await
+        self.stop_serving().await;
+        let files = self.files.take();
+        let store = self.store.take().expect("the app's database");
+        TestApp::start(self.settings.clone(), Arc::clone(&self.resolver), store, files).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -240,7 +460,7 @@ impl TestApp {
 
     /// A new account holding `credits`, and an API key for it.
     pub async fn new_account(&self, credits: i64) -> (i64, String) {
-        new_account(&self.pool, credits).await
+        new_account_on(&self.db, credits).await
     }
 
     pub async fn create(&self, key: &str, body: Value) -> Response {
@@ -289,9 +509,13 @@ impl TestApp {
         self.get_json(key, &format!("/api/v1/tasks/{task_id}")).await
     }
 
-    /// Polls the task every 50 ms until it is `succeeded` or `failed`. The 30 s bound only keeps a
+    /// Polls the task every 50 ms until it is `succeeded` or `failed` (a driven app: drives it there).
+    /// The 30 s bound only keeps a
     /// broken engine from hanging the suite; it is not a timing assertion.
     pub async fn wait_terminal(&self, key: &str, task_id: &str) -> Value {
+        if self.is_driven() {
+            return self.drive_until_terminal(key, task_id).await;
+        }
         let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let task = self.get_task(key, task_id).await;
@@ -315,12 +539,12 @@ impl TestApp {
 
     /// The kinds of the account's ledger entries, oldest first.
     pub async fn ledger_kinds(&self, account_id: i64) -> Vec<String> {
-        ledger_of(&self.pool, account_id).await.into_iter().map(|entry| entry.0).collect()
+        ledger_of(self.pool(), account_id).await.into_iter().map(|entry| entry.0).collect()
     }
 
     pub async fn count_tasks(&self) -> i64 {
         let (count,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM tasks").fetch_one(&self.pool).await.expect("count tasks");
+            on_db!(&self.db, pool => sqlx::query_as("SELECT count(*) FROM tasks").fetch_one(pool).await).expect("count tasks");
         count
     }
 }
@@ -637,6 +861,9 @@ impl TestApp {
     pub async fn running_seed_task(&self, key: &str) -> String {
         let task = self.create_ok(key, seed_request()).await;
         let task_id = task["task_id"].as_str().expect("task_id").to_owned();
+        if self.is_driven() {
+            self.run_pending().await;
+        }
         let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
         while self.get_task(key, &task_id).await["status"] != "running" {
             assert!(tokio::time::Instant::now() < give_up, "task {task_id} never ran");

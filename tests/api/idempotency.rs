@@ -19,12 +19,12 @@ async fn create_with_key(app: &TestApp, key: &str, idempotency_key: &str, body: 
 }
 
 async fn holds(app: &TestApp, account_id: i64) -> usize {
-    ledger_of(&app.pool, account_id).await.iter().filter(|(kind, _, _)| kind == "hold").count()
+    ledger_of(app.pool(), account_id).await.iter().filter(|(kind, _, _)| kind == "hold").count()
 }
 
 #[tokio::test]
 async fn twenty_racing_creates_with_one_key_make_one_task_and_one_hold() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (account_id, key) = app.new_account(1000).await;
     let body = seed_request();
 
@@ -50,7 +50,7 @@ async fn twenty_racing_creates_with_one_key_make_one_task_and_one_hold() {
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(again.json::<Value>().await.expect("task JSON"), done);
     assert_eq!(holds(&app, account_id).await, 1);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -78,7 +78,7 @@ async fn the_same_key_with_another_body_is_a_conflict() {
     let theirs: Value = create_with_key(&app, &other_key, "k-1", &json!({"prompt": "a blue fox"})).await.json().await.expect("JSON");
     assert_ne!(theirs["task_id"], task["task_id"]);
     assert_eq!(holds(&app, other_account).await, 1);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -91,7 +91,7 @@ async fn bad_keys_are_refused_and_refused_creates_do_not_burn_the_key() {
     let max = "k".repeat(255);
     // 12 credits do not fit in 10: refused, and the key stays unused …
     assert_error(create_with_key(&app, &key, &max, &seed_request()).await, StatusCode::PAYMENT_REQUIRED, "insufficient_credits").await;
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM idempotency_keys").fetch_one(&app.pool).await.expect("count");
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM idempotency_keys").fetch_one(app.pool()).await.expect("count");
     assert_eq!(count, 0);
     // … so after a top-up the same key creates the task.
     let mut tx = app.db.begin().await.expect("tx");
@@ -99,7 +99,7 @@ async fn bad_keys_are_refused_and_refused_creates_do_not_burn_the_key() {
     tx.commit().await.expect("commit");
     assert_eq!(create_with_key(&app, &key, &max, &seed_request()).await.status(), StatusCode::OK);
     assert_eq!(holds(&app, account_id).await, 1);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -108,7 +108,7 @@ async fn a_key_older_than_24_hours_starts_a_new_task() {
     let (account_id, key) = app.new_account(1000).await;
     let first: Value = create_with_key(&app, &key, "daily", &seed_request()).await.json().await.expect("JSON");
     sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
-        .execute(&app.pool)
+        .execute(app.pool())
         .await
         .expect("backdate the key");
 
@@ -122,7 +122,7 @@ async fn a_key_older_than_24_hours_starts_a_new_task() {
     assert_eq!(replay["task_id"], second["task_id"]);
 
     // The engine's purge removes expired rows.
-    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'").execute(&app.pool).await.expect("backdate");
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'").execute(app.pool()).await.expect("backdate");
     assert_eq!(aio_gateway::idempotency::purge(&app.db).await.expect("purge"), 1);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

@@ -10,7 +10,7 @@ use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn
 
 /// A gateway whose Seedream 4.5 runs on the fake KIE only (no fallback route).
 async fn app(fake: &FakeKie) -> TestApp {
-    spawn_app_only_on("kie_only.toml", |settings| fake.configure(settings)).await
+    TestApp::builder().configure(|settings| fake.configure(settings)).catalog("kie_only.toml").driven().spawn().await
 }
 
 /// Neither the provider's key nor its account message may be in what the client sees.
@@ -56,7 +56,7 @@ async fn a_kie_task_succeeds_after_polls_and_the_fake_saw_exact_requests() {
     }
     app.assert_balance(&key, 88, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -78,13 +78,14 @@ async fn a_kie_failure_gives_its_reason_and_releases_the_credits() {
     let done = app.run_seed(&key).await;
     assert_eq!(done["error"]["code"], "content_policy", "{done}");
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn an_error_envelope_is_an_error_under_http_200_and_under_its_own_status() {
     let fake = FakeKie::start().await;
-    let app = app(&fake).await;
+    // The create answers with the submit's refusal: the fast path, which a driven app has not.
+    let app = spawn_app_only_on("kie_only.toml", |settings| fake.configure(settings)).await;
     let (_, key) = app.new_account(100).await;
 
     for step in [kie::error_under_200(422, "prompt is too long"), kie::error_with_status(422, "prompt is too long")] {
@@ -94,13 +95,13 @@ async fn an_error_envelope_is_an_error_under_http_200_and_under_its_own_status()
         assert!(message.contains("prompt is too long"), "{message}");
     }
     let failed: Vec<(Value,)> =
-        sqlx::query_as("SELECT to_jsonb(error) FROM tasks").fetch_all(&app.pool).await.expect("tasks");
+        sqlx::query_as("SELECT to_jsonb(error) FROM tasks").fetch_all(app.pool()).await.expect("tasks");
     assert_eq!(failed.len(), 2);
     for (error,) in failed {
         assert_eq!(error["code"], "upstream_rejected", "{error}");
     }
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -124,7 +125,7 @@ async fn account_problems_fail_the_task_with_a_neutral_message() {
     }
     assert_eq!(fake.creates().len(), 4, "account problems are not retried");
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -140,7 +141,7 @@ async fn rate_limits_maintenance_and_5xx_are_retried_until_success() {
     assert_eq!(fake.creates().len(), 3);
     assert!(fake.polls_received().len() >= 5, "two failed polls, two running, one success");
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -158,7 +159,7 @@ async fn an_upstream_that_hangs_past_the_timeout_is_retried() {
     assert_eq!(fake.creates().len(), 2);
     let url = done["output"]["images"][0]["url"].as_str().expect("url");
     assert!(url.starts_with(&format!("{}/results/task_kie_", fake.base_url())), "{url}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -183,7 +184,7 @@ async fn malformed_answers_are_retried() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.creates().len(), 2);
     assert_eq!(fake.polls_received().len(), 3);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]

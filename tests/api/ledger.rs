@@ -39,7 +39,7 @@ async fn concurrent_creates_never_spend_more_than_the_balance() {
 
     let credits = app.credits(&key).await;
     assert_eq!(credits["balance"], 0, "{credits}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
     assert_eq!(app.count_tasks().await, 50, "refused creates leave no task");
 
     for id in &accepted {
@@ -47,10 +47,10 @@ async fn concurrent_creates_never_spend_more_than_the_balance() {
         assert_eq!(done["status"], "succeeded", "{done}");
     }
     app.assert_balance(&key, 0, 0).await;
-    let ledger = ledger_of(&app.pool, account_id).await;
+    let ledger = ledger_of(app.pool(), account_id).await;
     let count = |kind: &str| ledger.iter().filter(|e| e.0 == kind).count();
     assert_eq!((count("grant"), count("hold"), count("capture"), count("release")), (1, 50, 50, 0));
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -62,7 +62,7 @@ async fn a_create_the_balance_cannot_cover_holds_nothing() {
     assert_eq!(message, "This request costs 12 credits; 11 are available.");
 
     assert_eq!(app.count_tasks().await, 0, "no task row");
-    assert_eq!(ledger_of(&app.pool, account_id).await, vec![("grant".to_string(), 11, None)], "no ledger row");
+    assert_eq!(ledger_of(app.pool(), account_id).await, vec![("grant".to_string(), 11, None)], "no ledger row");
     app.assert_balance(&key, 11, 0).await;
 
     // An account with nothing at all gets the same answer.
@@ -71,7 +71,7 @@ async fn a_create_the_balance_cannot_cover_holds_nothing() {
     let (_, message) = assert_error(response, StatusCode::PAYMENT_REQUIRED, "insufficient_credits").await;
     assert_eq!(message, "This request costs 12 credits; 0 are available.");
     assert_eq!(app.count_tasks().await, 0);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +89,7 @@ async fn racing_settlements_settle_each_task_once() {
         assert_eq!(task["status"], "pending", "no engine, no dispatch");
         ids.push(task["task_id"].as_str().expect("task_id").to_owned());
     }
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 
     let mut racers = Vec::new();
     for id in &ids {
@@ -123,7 +123,7 @@ async fn racing_settlements_settle_each_task_once() {
              WHERE t.id = $1 AND l.kind IN ('capture', 'release')",
         )
         .bind(id)
-        .fetch_one(&app.pool)
+        .fetch_one(app.pool())
         .await
         .expect("one settlement row");
         let expected = match won[0] {
@@ -145,12 +145,12 @@ async fn racing_settlements_settle_each_task_once() {
     .expect("settle");
     assert!(again.is_none(), "a second settlement returns None");
 
-    let ledger = ledger_of(&app.pool, account_id).await;
+    let ledger = ledger_of(app.pool(), account_id).await;
     let settlements = ledger.iter().filter(|e| e.0 == "capture" || e.0 == "release").count();
     assert_eq!(settlements, 20);
     let captured = ledger.iter().filter(|e| e.0 == "capture").count() as i64;
     let credits = app.credits(&key).await;
     assert_eq!(credits["balance"].as_i64(), Some(1000 - 12 * captured), "{credits}");
     assert_eq!(credits["held"], 0, "{credits}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

@@ -27,6 +27,10 @@ mod properties;
 mod rate_limits;
 mod recovery;
 mod rehost;
+// Stopping and restarting a private cluster serves the reliability suite only.
+#[allow(dead_code)]
+mod services;
+mod schema;
 mod session;
 mod shutdown;
 mod sqlite;

@@ -26,7 +26,7 @@ fn sample(text: &str, series: &str) -> f64 {
 /// and only ever checked to have grown by at least this test's share.
 #[tokio::test]
 async fn counters_move_after_a_flow() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (_, key) = app.new_account(1000).await;
     let metrics_url = app.url("/metrics");
     let before = scrape(&app, &metrics_url).await;

@@ -8,7 +8,7 @@ use crate::fakes::Step;
 use crate::helpers::{assert_ledger_consistent, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeOpenAi) -> TestApp {
-    spawn_app_only_on("openai_only.toml", |settings| fake.configure(settings)).await
+    TestApp::builder().configure(|settings| fake.configure(settings)).catalog("openai_only.toml").driven().spawn().await
 }
 
 #[tokio::test]
@@ -43,7 +43,7 @@ async fn a_b64_json_result_is_stored_and_served_under_files_after_one_request() 
     );
     app.assert_balance(&key, 88, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -56,7 +56,7 @@ async fn a_url_result_is_passed_through() {
     let done = app.run_seed(&key).await;
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url()}]), "{done}");
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -78,7 +78,7 @@ async fn openai_rate_limits_5xx_and_malformed_answers_are_retried() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.requests().len(), 4);
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -98,7 +98,7 @@ async fn content_policy_and_account_problems_end_the_task_without_leaking() {
     assert!(!done.to_string().contains(openai::KEY));
     assert_eq!(fake.requests().len(), 2, "neither is retried");
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -113,5 +113,5 @@ async fn an_openai_generation_that_hangs_past_the_timeout_is_retried() {
     assert_eq!(fake.requests().len(), 2, "the first request timed out");
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url()}]), "{done}");
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

@@ -1,5 +1,5 @@
 //! Rate limits: 429 `rate_limited` with `Retry-After` after the burst, and recovery; a key's own
-//! limit; the cap on concurrent creates; the shared limit through Redis (127.0.0.1:6379).
+//! limit; the cap on concurrent creates; the shared limit through Redis (see `services::redis_url`).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -12,8 +12,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{assert_error, assert_ledger_consistent, spawn_app_with, TestApp};
-
-const REDIS: &str = "redis://127.0.0.1:6379";
+use crate::services::redis_url;
 
 /// A Redis key prefix no other test (or earlier run) uses.
 fn unique_prefix() -> String {
@@ -61,7 +60,7 @@ async fn a_key_is_limited_after_its_burst_and_recovers() {
     assert_error(app.create(&key, json!({"prompt": "x"})).await, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(app.count_tasks().await, 0);
     recovers_after(&app, &key, retry_after).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -72,7 +71,7 @@ async fn a_key_with_its_own_limit_uses_it() {
     })
     .await;
     let (_, key) = app.new_account(100).await;
-    sqlx::query("UPDATE api_keys SET rate_limit_per_minute = 1").execute(&app.pool).await.expect("set the key's limit");
+    sqlx::query("UPDATE api_keys SET rate_limit_per_minute = 1").execute(app.pool()).await.expect("set the key's limit");
     let (passed, retry_after) = requests_until_limited(&app, &key, 50).await;
     assert_eq!(passed, 2, "the burst only: one request a minute trickles in after it");
     assert!(retry_after > 10, "the next request is allowed only after about a minute: {retry_after}");
@@ -107,16 +106,17 @@ async fn creates_beyond_the_concurrency_cap_get_429() {
     }
     assert!(created >= 1);
     assert_eq!(app.count_tasks().await, created);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn with_redis_the_limit_is_enforced_and_recovers() {
     let prefix = unique_prefix();
+    let redis = redis_url();
     let app = spawn_app_with(|s| {
         s.rate_limit.requests_per_minute = NonZeroU32::new(60).unwrap();
         s.rate_limit.burst = NonZeroU32::new(4).unwrap();
-        s.rate_limit.redis_url = REDIS.into();
+        s.rate_limit.redis_url = redis.clone();
         s.rate_limit.redis_prefix = prefix.clone();
     })
     .await;
@@ -124,7 +124,7 @@ async fn with_redis_the_limit_is_enforced_and_recovers() {
     let (passed, retry_after) = requests_until_limited(&app, &key, 50).await;
     assert!((4..=6).contains(&passed), "{passed} requests passed");
     // The state is in Redis, under the prefix, with an expiry.
-    let client = redis::Client::open(REDIS).expect("redis client");
+    let client = redis::Client::open(redis.as_str()).expect("redis client");
     let mut connection = client.get_multiplexed_async_connection().await.expect("connect to Redis");
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut connection).await.expect("KEYS");
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -151,7 +151,7 @@ async fn replicas_share_the_limit_through_redis() {
         requests_per_minute: NonZeroU32::new(60).unwrap(),
         burst: NonZeroU32::new(6).unwrap(),
         max_concurrent_creates: std::num::NonZeroUsize::new(10).unwrap(),
-        redis_url: REDIS.into(),
+        redis_url: redis_url(),
         redis_prefix: unique_prefix(),
     };
     let (a, b) = (RateLimiter::new(&shared).expect("limiter"), RateLimiter::new(&shared).expect("limiter"));

@@ -21,14 +21,18 @@ fn rehosting(settings: &mut Settings) {
     settings.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
 }
 
-/// Seedream 4.5 on the fake KIE only, jobs done at the first poll, then `configure`.
+/// Seedream 4.5 on the fake KIE only, jobs done at the first poll, then `configure`; driven (no loops).
 async fn app(fake: &FakeKie, configure: impl FnOnce(&mut Settings)) -> TestApp {
     fake.polls(0);
-    spawn_app_only_on("kie_only.toml", |settings| {
-        fake.configure(settings);
-        configure(settings);
-    })
-    .await
+    TestApp::builder()
+        .catalog("kie_only.toml")
+        .configure(|settings| {
+            fake.configure(settings);
+            configure(settings);
+        })
+        .driven()
+        .spawn()
+        .await
 }
 
 /// The task's one image URL must be the gateway's own, serving exactly the fake's image.
@@ -54,7 +58,7 @@ async fn a_result_is_served_by_the_gateway_byte_identical_to_the_upstream_image(
     assert_eq!(fake.downloads().len(), 1);
     app.assert_balance(&key, 88, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -75,7 +79,7 @@ async fn a_download_that_fails_for_now_is_retried_on_the_next_poll() {
     assert_eq!(fake.downloads().len(), 3);
     assert!(fake.polls_received().len() >= 3, "each retry asked the provider again");
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 /// Runs the seed request, which must fail as undeliverable with `reason` in its message and cost
@@ -89,7 +93,7 @@ async fn assert_undeliverable(app: &TestApp, reason: &str) {
     assert!(message.contains("could not be delivered") && message.contains(reason), "{message}");
     app.assert_balance(&key, 100, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "release"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -152,5 +156,5 @@ async fn a_synchronous_providers_url_result_is_rehosted_within_the_submit_step()
     assert_eq!(served.as_ref(), openai::image().as_slice());
     assert_eq!(fake.downloads().len(), 2);
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

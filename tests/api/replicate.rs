@@ -11,7 +11,7 @@ use crate::fakes::Step;
 use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeReplicate) -> TestApp {
-    spawn_app_only_on("replicate_only.toml", |settings| fake.configure(settings)).await
+    TestApp::builder().configure(|settings| fake.configure(settings)).catalog("replicate_only.toml").driven().spawn().await
 }
 
 #[tokio::test]
@@ -52,7 +52,7 @@ async fn a_replicate_task_succeeds_with_201_or_200_creates_and_the_fake_saw_exac
     assert_eq!(done["output"]["images"], json!([{"url": fake.result_url("rep2")}]), "{done}");
     app.assert_balance(&key, 76, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture", "hold", "capture"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -67,7 +67,7 @@ async fn a_replicate_failure_gives_its_reason_and_releases_the_credits() {
     assert_eq!(done["error"]["code"], "upstream_failed");
     assert!(done["error"]["message"].as_str().unwrap_or_default().contains("CUDA out of memory"), "{done}");
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -106,7 +106,7 @@ async fn replicate_throttling_5xx_and_malformed_answers_are_retried_and_rejectio
     assert_eq!(done["error"], json!({"code": "upstream_failed", "message": "The provider is unavailable."}));
     assert_eq!(fake.creates().len(), 6, "rejections and account problems are not retried");
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -133,7 +133,7 @@ async fn a_replicate_job_past_the_deadline_is_canceled_upstream() {
     assert_eq!(cancels[0].path, "/v1/predictions/rep1/cancel");
     assert_eq!(cancels[0].header("authorization"), Some(format!("Bearer {}", replicate::KEY).as_str()));
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -167,7 +167,7 @@ async fn a_standard_webhooks_signed_replicate_callback_settles_and_forgeries_are
     assert_eq!(fake.finish_and_call_back("rep1", Some(replicate::SECRET)).await, 200);
     assert_eq!(app.get_task(&key, &task_id).await, done);
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -185,5 +185,5 @@ async fn a_replicate_upstream_that_hangs_past_the_timeout_is_retried() {
     // Which job serves depends on whether the timed-out request got as far as creating one upstream.
     let url = done["output"]["images"][0]["url"].as_str().expect("url");
     assert!(url.starts_with(fake.result_url("rep").trim_end_matches(".png")), "{url}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

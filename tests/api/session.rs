@@ -142,7 +142,7 @@ async fn state_changing_requests_by_cookie_must_be_same_origin() {
         .await
         .expect("POST");
     assert_error(rotate, StatusCode::FORBIDDEN, "forbidden").await;
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(&app.pool).await.expect("count keys");
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(app.pool()).await.expect("count keys");
     assert_eq!(keys, 1, "nothing was created");
 
     // The console's own requests pass: Sec-Fetch-Site, or an Origin naming this gateway.
@@ -254,7 +254,7 @@ async fn the_console_is_served_with_a_strict_csp_and_hashed_cached_assets() {
 
 #[tokio::test]
 async fn the_task_list_filters_by_model_as_the_usage_page_asks() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (_, key) = app.new_account(100).await;
     let task = app.create_ok(&key, seed_request()).await;
     let task_id = task["task_id"].as_str().expect("task id");

@@ -4,8 +4,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use aio_gateway::app::Application;
-use aio_gateway::config::{parse_duration, Settings};
+use aio_gateway::config::parse_duration;
 use aio_gateway::store::Db;
 use aio_gateway::tasks;
 use aio_gateway::webhooks::queue;
@@ -13,95 +12,33 @@ use aio_gateway::{accounts, ledger, on_db};
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::receiver::{Receiver, Reply};
 use crate::helpers::{
-    assert_ledger_consistent_on, bearer, http_client, models_path, new_account_on, seed_request, test_settings,
-    wait_all_terminal_on, Backend, Gateway, TestDatabase, TestStore,
+    assert_ledger_consistent_on, bearer, http_client, models_path, seed_request, spawn_app_on, wait_all_terminal_on,
+    Backend, Gateway, TestApp, TestStore,
 };
-
-/// A gateway served in-process on `db` (any backend).
-struct Served {
-    address: String,
-    shutdown: CancellationToken,
-    running: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn serve(db: &Db, url: &str, files: &std::path::Path) -> Served {
-    serve_with(db, url, files, |_| {}).await
-}
-
-async fn serve_with(db: &Db, url: &str, files: &std::path::Path, configure: impl FnOnce(&mut Settings)) -> Served {
-    let mut settings = test_settings(url, files.to_path_buf());
-    configure(&mut settings);
-    let application = Application::build(settings, db.clone()).await.expect("build the application");
-    let address = format!("http://127.0.0.1:{}", application.port());
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(application.run(shutdown.clone()));
-    Served { address, shutdown, running }
-}
-
-impl Served {
-    /// Stops the gateway as SIGTERM does and waits until its engine has stopped writing.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.running.await.expect("the gateway task").expect("the gateway stops cleanly");
-    }
-}
-
-async fn get_json(address: &str, key: &str, path: &str) -> Value {
-    let response =
-        http_client().get(format!("{address}{path}")).header(AUTHORIZATION, bearer(key)).send().await.expect("GET");
-    assert_eq!(response.status(), StatusCode::OK, "GET {path}");
-    response.json().await.expect("JSON")
-}
-
-/// Polls until the task is terminal. The 30 s bound only keeps a broken engine from hanging the suite.
-async fn wait_terminal(address: &str, key: &str, task_id: &str) -> Value {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let task = get_json(address, key, &format!("/api/v1/tasks/{task_id}")).await;
-        if matches!(task["status"].as_str(), Some("succeeded" | "failed")) {
-            return task;
-        }
-        assert!(tokio::time::Instant::now() < give_up, "task {task_id} did not finish: {task}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_request_succeeds_on_sqlite() {
-    let store = TestStore::new(Backend::Sqlite, 10).await;
-    let files = tempfile::tempdir().expect("files folder");
-    let served = serve(&store.db, &store.url, files.path()).await;
-    let address = served.address.clone();
-    let (_, key) = new_account_on(&store.db, 1000).await;
+    let app = spawn_app_on(Backend::Sqlite, |_| {}).await;
+    let (_, key) = app.new_account(1000).await;
 
-    let response = http_client()
-        .post(format!("{address}/api/v1/images/generations"))
-        .header(AUTHORIZATION, bearer(&key))
-        .json(&seed_request())
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(response.status(), StatusCode::OK);
-    let task: Value = response.json().await.expect("task JSON");
+    let task = app.create_ok(&key, seed_request()).await;
     assert_eq!(task["credits"], json!({"price": 12, "charged": 0, "state": "held"}));
     let task_id = task["task_id"].as_str().expect("task_id");
 
-    let done = wait_terminal(&address, &key, task_id).await;
+    let done = app.wait_terminal(&key, task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["credits"], json!({"price": 12, "charged": 12, "state": "charged"}));
     let image_url = done["output"]["images"][0]["url"].as_str().expect("an image URL");
     let image = http_client().get(image_url).send().await.expect("GET the image");
     assert_eq!(image.status(), StatusCode::OK);
-    let credits = get_json(&address, &key, "/api/v1/billing/credits").await;
-    assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(988), Some(0)), "{credits}");
-    let listed = get_json(&address, &key, "/api/v1/tasks").await;
+    app.assert_balance(&key, 988, 0).await;
+    let listed = app.get_json(&key, "/api/v1/tasks").await;
     assert_eq!(listed["data"][0]["task_id"], task_id, "{listed}");
-    assert_ledger_consistent_on(&store.db).await;
-    served.stop().await;
+    assert_ledger_consistent_on(&app.db).await;
+    app.stop().await;
 }
 
 /// Waits (bounded) for a process to exit; returns its exit status.
@@ -183,18 +120,16 @@ async fn accounts_and_ledger(db: &Db) -> (Accounts, Ledger) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     // A SQLite gateway with history: finished and failed tasks, a webhook, a grant, a revoked key.
-    let source = TestStore::new(Backend::Sqlite, 5).await;
-    let files = tempfile::tempdir().expect("files folder");
-    let served = serve(&source.db, &source.url, files.path()).await;
-    let address = served.address.clone();
-    let (account_id, key) = new_account_on(&source.db, 1000).await;
-    let (_, other_key) = new_account_on(&source.db, 50).await;
+    let served = spawn_app_on(Backend::Sqlite, |settings| settings.database.max_connections = std::num::NonZeroU32::new(5).unwrap()).await;
+    let (account_id, key) = served.new_account(1000).await;
+    let (_, other_key) = served.new_account(50).await;
     let mut task_ids = Vec::new();
     for (i, prompt) in ["a lake", "a cat [simulate:fail]", "a hill"].iter().enumerate() {
         let mut body = seed_request();
         body["prompt"] = json!(prompt);
-        let response = http_client()
-            .post(format!("{address}/api/v1/images/generations"))
+        let response = served
+            .client
+            .post(served.url("/api/v1/images/generations"))
             .header(AUTHORIZATION, bearer(&key))
             .header("Idempotency-Key", format!("key-{i}"))
             .json(&body)
@@ -206,9 +141,9 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     }
     let mut finished = Vec::new();
     for id in &task_ids {
-        finished.push(wait_terminal(&address, &key, id).await);
+        finished.push(served.wait_terminal(&key, id).await);
     }
-    served.stop().await;
+    let source = served.stop().await;
     let first = tasks::get(&source.db, account_id, &task_ids[0]).await.expect("get").expect("the first task");
     let body = serde_json::to_vec(&tasks::TaskView::from(&first)).expect("a task object");
     let event = queue::Event { task_id: &first.id, account_id, url: "https://receiver.example.com/hook", body };
@@ -238,7 +173,7 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     assert!(matches!(tasks::create(&source.db, open).await.expect("create"), tasks::Created::Task(_)));
     let before = accounts_and_ledger(&source.db).await;
 
-    let target = TestDatabase::new(5).await;
+    let target = TestStore::new(Backend::Postgres, 5).await;
     let (ok, output, stderr) = migrate_to(&source.url, &target.url);
     assert!(ok, "migrate --to failed: {output} {stderr}");
     assert_eq!(output["verified"], true, "{output}");
@@ -253,19 +188,18 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     assert!(!ok && output["error"].as_str().is_some_and(|e| e.contains("not empty")), "{output}");
 
     // A gateway on PostgreSQL serves the moved tasks to the same keys, and goes on from there.
-    let pg_files = tempfile::tempdir().expect("files folder");
-    let served = serve(&target.db, &target.url, pg_files.path()).await;
-    let address = served.address.clone();
+    let app = TestApp::serve(target, |_| {}).await;
     for (id, was) in task_ids.iter().zip(&finished) {
-        let task = get_json(&address, &key, &format!("/api/v1/tasks/{id}")).await;
+        let task = app.get_task(&key, id).await;
         assert_eq!((&task["status"], &task["credits"], &task["output"]), (&was["status"], &was["credits"], &was["output"]));
     }
-    let open_task = get_json(&address, &key, &format!("/api/v1/tasks/{open_id}")).await;
+    let open_task = app.get_task(&key, &open_id).await;
     assert_eq!(open_task["credits"]["state"], "held");
-    let deliveries = get_json(&address, &key, &format!("/api/v1/tasks/{}/deliveries", task_ids[0])).await;
+    let deliveries = app.get_json(&key, &format!("/api/v1/tasks/{}/deliveries", task_ids[0])).await;
     assert!(deliveries.to_string().contains("receiver.example.com"), "{deliveries}");
-    let replay = http_client()
-        .post(format!("{address}/api/v1/images/generations"))
+    let replay = app
+        .client
+        .post(app.url("/api/v1/images/generations"))
         .header(AUTHORIZATION, bearer(&key))
         .header("Idempotency-Key", "key-2")
         .json(&json!({"model": "seedream/4.5-text-to-image", "prompt": "a hill", "aspect_ratio": "16:9", "quality": "high"}))
@@ -274,60 +208,44 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
         .expect("POST");
     let replayed: Value = replay.json().await.expect("JSON");
     assert_eq!(replayed["task_id"], task_ids[2].as_str(), "idempotency keys moved too: {replayed}");
-    let fresh = http_client()
-        .post(format!("{address}/api/v1/images/generations"))
-        .header(AUTHORIZATION, bearer(&other_key))
-        .json(&seed_request())
-        .send()
-        .await
-        .expect("POST");
+    let fresh = app.create(&other_key, seed_request()).await;
     let fresh: Value = fresh.json().await.expect("JSON");
     let fresh_id = fresh["task_id"].as_str().expect("a new task on PostgreSQL");
-    assert_eq!(wait_terminal(&address, &other_key, fresh_id).await["status"], "succeeded");
-    let unfinished = wait_terminal(&address, &key, &open_id).await;
+    assert_eq!(app.wait_terminal(&other_key, fresh_id).await["status"], "succeeded");
+    let unfinished = app.wait_terminal(&key, &open_id).await;
     assert!(matches!(unfinished["status"].as_str(), Some("succeeded" | "failed")));
-    let credits = get_json(&address, &other_key, "/api/v1/billing/credits").await;
+    let credits = app.credits(&other_key).await;
     assert_eq!(credits["balance"], 38);
-    assert_ledger_consistent_on(&target.db).await;
-    // Not waited for: its webhook loop may be trying the (unreachable) receiver.
-    served.shutdown.cancel();
-
+    assert_ledger_consistent_on(&app.db).await;
+    // Not waited for (dropping it only cancels): its webhook loop may be trying the (unreachable) receiver.
 }
 
 /// 200 creates at once over HTTP on an account that pays for 50: SQLite's one writer serialises the
 /// holds, so exactly 50 tasks exist, the other 150 get 402, and every credit is accounted for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_over_http_never_overspend_on_sqlite() {
-    let store = TestStore::new(Backend::Sqlite, 10).await;
-    let files = tempfile::tempdir().expect("files folder");
-    let served = serve(&store.db, &store.url, files.path()).await;
-    let (_, key) = new_account_on(&store.db, 50 * 12).await;
-    let client = http_client();
+    let app = spawn_app_on(Backend::Sqlite, |_| {}).await;
+    let (_, key) = app.new_account(50 * 12).await;
     let creates = (0..200).map(|_| {
-        let request = client
-            .post(format!("{}/api/v1/images/generations", served.address))
-            .header(AUTHORIZATION, bearer(&key))
-            .json(&seed_request());
+        let request =
+            app.client.post(app.url("/api/v1/images/generations")).header(AUTHORIZATION, bearer(&key)).json(&seed_request());
         async move { request.send().await.expect("POST").status() }
     });
     let statuses = futures::future::join_all(creates).await;
     let created = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     let refused = statuses.iter().filter(|s| **s == StatusCode::PAYMENT_REQUIRED).count();
     assert_eq!((created, refused), (50, 150), "{statuses:?}");
-    wait_all_terminal_on(&store.db).await;
-    let credits = get_json(&served.address, &key, "/api/v1/billing/credits").await;
-    assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(0), Some(0)), "{credits}");
-    assert_ledger_consistent_on(&store.db).await;
-    served.stop().await;
+    wait_all_terminal_on(&app.db).await;
+    app.assert_balance(&key, 0, 0).await;
+    assert_ledger_consistent_on(&app.db).await;
+    app.stop().await;
 }
 
 /// A settled task's webhook on SQLite: enqueued with the settlement, retried after a 500, signed with
 /// the account's secret, and listed in the delivery log with both attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_delivered_and_retried_on_sqlite() {
-    let store = TestStore::new(Backend::Sqlite, 10).await;
-    let files = tempfile::tempdir().expect("files folder");
-    let served = serve_with(&store.db, &store.url, files.path(), |settings| {
+    let app = spawn_app_on(Backend::Sqlite, |settings| {
         let webhooks = &mut settings.webhooks;
         webhooks.allow_http = true;
         webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
@@ -338,19 +256,12 @@ async fn webhooks_are_delivered_and_retried_on_sqlite() {
     .await;
     let receiver = Receiver::start("127.0.0.1").await;
     receiver.script([Reply::Status(500)]);
-    let (account_id, key) = new_account_on(&store.db, 100).await;
-    let response = http_client()
-        .post(format!("{}/api/v1/images/generations", served.address))
-        .header(AUTHORIZATION, bearer(&key))
-        .json(&json!({"prompt": "A lighthouse at dusk", "callback_url": receiver.url}))
-        .send()
-        .await
-        .expect("POST");
-    let task: Value = response.json().await.expect("task JSON");
+    let (account_id, key) = app.new_account(100).await;
+    let task = app.create_ok(&key, json!({"prompt": "A lighthouse at dusk", "callback_url": receiver.url})).await;
     let task_id = task["task_id"].as_str().expect("task_id");
 
     let received = receiver.wait_for(2).await;
-    let secret = aio_gateway::webhooks::secrets::signing(&store.db, account_id).await.expect("secret").current;
+    let secret = aio_gateway::webhooks::secrets::signing(&app.db, account_id).await.expect("secret").current;
     for delivery in &received {
         delivery.verify(&secret).expect("signed with the account's secret");
     }
@@ -360,7 +271,7 @@ async fn webhooks_are_delivered_and_retried_on_sqlite() {
 
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let log = get_json(&served.address, &key, &format!("/api/v1/tasks/{task_id}/deliveries")).await;
+        let log = app.get_json(&key, &format!("/api/v1/tasks/{task_id}/deliveries")).await;
         if log["data"][0]["status"] == "delivered" {
             let attempts = log["data"][0]["attempts"].as_array().expect("attempts");
             let codes: Vec<i64> = attempts.iter().filter_map(|a| a["status_code"].as_i64()).collect();
@@ -370,6 +281,6 @@ async fn webhooks_are_delivered_and_retried_on_sqlite() {
         assert!(tokio::time::Instant::now() < give_up, "the delivery was never marked delivered: {log}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_ledger_consistent_on(&store.db).await;
-    served.stop().await;
+    assert_ledger_consistent_on(&app.db).await;
+    app.stop().await;
 }

@@ -4,13 +4,13 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_ledger_consistent, ledger_of, spawn_app, TestApp};
+use crate::helpers::{assert_error, assert_ledger_consistent, ledger_of, TestApp};
 
 const START: i64 = 100;
 
 /// A gateway and an account holding `START` credits.
 async fn setup() -> (TestApp, i64, String) {
-    let app = spawn_app().await;
+    let app = TestApp::builder().driven().spawn().await;
     let (account_id, key) = app.new_account(START).await;
     (app, account_id, key)
 }
@@ -27,10 +27,10 @@ async fn assert_refused(app: &TestApp, key: &str, body: Value, mentions: &[&str]
 /// Nothing was held or stored by the refused requests.
 async fn assert_nothing_held(app: &TestApp, account_id: i64, key: &str) {
     assert_eq!(app.count_tasks().await, 0, "refused requests stored a task");
-    assert_eq!(ledger_of(&app.pool, account_id).await, vec![("grant".to_string(), START, None)], "ledger");
+    assert_eq!(ledger_of(app.pool(), account_id).await, vec![("grant".to_string(), START, None)], "ledger");
     let credits = app.credits(key).await;
     assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(START), Some(0)), "{credits}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -54,7 +54,7 @@ async fn a_prompt_of_exactly_the_limit_is_accepted() {
     let task = app.create_ok(&key, json!({"prompt": "é".repeat(3000)})).await;
     let done = app.wait_terminal(&key, task["task_id"].as_str().expect("task_id")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use crate::fakes::Step;
 use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeWaveSpeed) -> TestApp {
-    spawn_app_only_on("wavespeed_only.toml", |settings| fake.configure(settings)).await
+    TestApp::builder().configure(|settings| fake.configure(settings)).catalog("wavespeed_only.toml").driven().spawn().await
 }
 
 fn assert_no_secrets(text: &str) {
@@ -50,7 +50,7 @@ async fn a_wavespeed_task_succeeds_after_polls_and_the_fake_saw_exact_requests()
     }
     app.assert_balance(&key, 88, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -69,7 +69,7 @@ async fn a_wavespeed_failure_gives_its_reason_and_releases_the_credits() {
     let done = app.run_seed(&key).await;
     assert_eq!(done["error"]["code"], "content_policy", "{done}");
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -86,13 +86,14 @@ async fn wavespeed_429_and_5xx_are_retried_until_success() {
     assert_eq!(fake.submits().len(), 3);
     assert_eq!(fake.polls_received().len(), 3, "two failed polls, then completed");
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn wavespeed_rejections_and_account_problems_end_the_task_without_leaking() {
     let fake = FakeWaveSpeed::start().await;
-    let app = app(&fake).await;
+    // The create answers with the submit's refusal: the fast path, which a driven app has not.
+    let app = spawn_app_only_on("wavespeed_only.toml", |settings| fake.configure(settings)).await;
     let (_, key) = app.new_account(100).await;
 
     // A rejection that quotes the key: the reason reaches the client, the key does not.
@@ -110,10 +111,10 @@ async fn wavespeed_rejections_and_account_problems_end_the_task_without_leaking(
     assert_no_secrets(&done.to_string());
     assert_eq!(fake.submits().len(), 2, "neither is retried");
     let errors: Vec<(String,)> =
-        sqlx::query_as("SELECT error::text FROM tasks").fetch_all(&app.pool).await.expect("tasks");
+        sqlx::query_as("SELECT error::text FROM tasks").fetch_all(app.pool()).await.expect("tasks");
     assert!(errors.iter().all(|(error,)| !error.contains(wavespeed::KEY)), "{errors:?}");
     app.assert_balance(&key, 100, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -132,7 +133,7 @@ async fn malformed_wavespeed_answers_are_retried() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(fake.submits().len(), 2);
     assert_eq!(fake.polls_received().len(), 3);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -166,7 +167,7 @@ async fn a_signed_wavespeed_callback_settles_and_unsigned_or_forged_ones_are_ref
     assert_eq!(fake.finish_and_call_back("pred_1", Signing::With(wavespeed::SECRET)).await, 200);
     assert_eq!(app.get_task(&key, &task_id).await, done);
     app.assert_balance(&key, 88, 0).await;
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -185,7 +186,7 @@ async fn a_wavespeed_upstream_that_hangs_past_the_timeout_is_retried() {
     // Which job serves depends on whether the timed-out request got as far as creating one upstream.
     let url = done["output"]["images"][0]["url"].as_str().expect("url");
     assert!(url.starts_with(fake.result_url("pred_").trim_end_matches(".png")), "{url}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -211,5 +212,5 @@ async fn a_wavespeed_callback_before_the_submit_answer_is_not_lost_and_settles_o
     assert_eq!(app.get_task(&key, task_id).await, done);
     app.assert_balance(&key, 88, 0).await;
     assert_eq!(app.ledger_kinds(account).await, ["grant", "hold", "capture"]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

@@ -15,7 +15,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_ledger_consistent, bearer, spawn_app_resolving, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, assert_ledger_consistent, bearer, spawn_app_with, TestApp};
 use crate::receiver::{Receiver, Reply};
 
 /// Webhooks to loopback receivers: http allowed, 127.0.0.0/8 opened, a fast loop, a short timeout, and
@@ -41,7 +41,15 @@ struct Setup {
 }
 
 async fn setup(schedule: &str, script: impl IntoIterator<Item = Reply>) -> Setup {
-    let app = spawn_app_with(loopback(schedule)).await;
+    setup_on(spawn_app_with(loopback(schedule)).await, script).await
+}
+
+/// [`setup`] on a driven gateway (no loops): for what does not depend on time.
+async fn setup_driven(schedule: &str, script: impl IntoIterator<Item = Reply>) -> Setup {
+    setup_on(TestApp::builder().configure(loopback(schedule)).driven().spawn().await, script).await
+}
+
+async fn setup_on(app: TestApp, script: impl IntoIterator<Item = Reply>) -> Setup {
     let receiver = Receiver::start("127.0.0.1").await;
     receiver.script(script);
     let (account_id, key) = app.new_account(100).await;
@@ -67,18 +75,25 @@ fn deliveries_path(task_id: &str) -> String {
     format!("/api/v1/tasks/{task_id}/deliveries")
 }
 
-/// The delivery log of a task, once it has `count` deliveries and none is pending. The 30 s bound
-/// only stops a hang.
+/// The delivery log of a task, once it has `count` deliveries and none is pending (a driven app is
+/// driven there). The 30 s bound only stops a hang.
 async fn finished_deliveries(app: &TestApp, key: &str, task_id: &str, count: usize) -> Vec<Value> {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
+        if app.is_driven() {
+            app.run_pending().await;
+        }
         let log = app.get_json(key, &deliveries_path(task_id)).await;
         let data = log["data"].as_array().expect("data").clone();
         if data.len() >= count && data.iter().all(|d| d["status"] != "pending") {
             return data;
         }
         assert!(tokio::time::Instant::now() < give_up, "deliveries of {task_id} did not finish: {log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if app.is_driven() {
+            app.advance().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -92,9 +107,10 @@ fn unix_now() -> i64 {
 
 #[tokio::test]
 async fn succeeded_and_failed_tasks_deliver_their_task_object_signed() {
-    let Setup { app, receiver, account_id, key, .. } = setup("0s", []).await;
+    let Setup { app, receiver, account_id, key, .. } = setup_driven("0s", []).await;
     let succeeded = create_with_callback(&app, &key, "A lighthouse at dusk", &receiver.url).await;
     let failed = create_with_callback(&app, &key, "A storm at sea [simulate:fail]", &receiver.url).await;
+    app.settle_all().await;
 
     let received = receiver.wait_for(2).await;
     let secret = secret_of(&app, account_id).await;
@@ -132,7 +148,7 @@ async fn succeeded_and_failed_tasks_deliver_their_task_object_signed() {
     // Webhooks move no money: the success is charged, the failure refunded, nothing else.
     let credits = app.credits(&key).await;
     assert_eq!((credits["balance"].as_i64(), credits["held"].as_i64()), (Some(88), Some(0)), "{credits}");
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
@@ -166,12 +182,12 @@ async fn retries_keep_the_webhook_id_follow_the_schedule_and_record_every_attemp
     for attempt in attempts {
         assert!(attempt["attempted_at"].is_string() && attempt["latency_ms"].as_i64() >= Some(0), "{attempt}");
     }
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn a_delivery_is_dead_after_its_last_scheduled_attempt() {
-    let Setup { app, receiver, key, .. } = setup("0s,1s", [Reply::Status(500), Reply::Status(502), Reply::Status(500)]).await;
+    let Setup { app, receiver, key, .. } = setup_driven("0s,1s", [Reply::Status(500), Reply::Status(502), Reply::Status(500)]).await;
     let task_id = create_with_callback(&app, &key, "A desert road", &receiver.url).await;
 
     let log = finished_deliveries(&app, &key, &task_id, 1).await;
@@ -179,12 +195,12 @@ async fn a_delivery_is_dead_after_its_last_scheduled_attempt() {
     assert_eq!(attempt_codes(&log[0]), [json!(500), json!(502)], "two delays, two attempts");
     assert!(log[0]["next_attempt_at"].is_null());
     assert_eq!(receiver.received().len(), 2);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn a_410_ends_the_delivery_at_once() {
-    let Setup { app, receiver, key, .. } = setup("0s,1s,1s", [Reply::Status(410)]).await;
+    let Setup { app, receiver, key, .. } = setup_driven("0s,1s,1s", [Reply::Status(410)]).await;
     let task_id = create_with_callback(&app, &key, "A frozen lake", &receiver.url).await;
 
     let log = finished_deliveries(&app, &key, &task_id, 1).await;
@@ -196,7 +212,7 @@ async fn a_410_ends_the_delivery_at_once() {
 #[tokio::test]
 async fn redirects_are_not_followed() {
     let target = Receiver::start("127.0.0.1").await;
-    let Setup { app, receiver, key, .. } = setup("0s", [Reply::Redirect(target.url.clone())]).await;
+    let Setup { app, receiver, key, .. } = setup_driven("0s", [Reply::Redirect(target.url.clone())]).await;
     let task_id = create_with_callback(&app, &key, "A mountain pass", &receiver.url).await;
 
     let log = finished_deliveries(&app, &key, &task_id, 1).await;
@@ -278,18 +294,19 @@ async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
     let (_, message) = assert_error(post_retry(&app, &key, &slow).await, StatusCode::CONFLICT, "conflict").await;
     assert!(message.contains("not finished"), "{message}");
     assert_eq!(app.get_json(&key, &deliveries_path(&slow)).await, json!({"data": []}));
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 #[tokio::test]
 async fn a_rotation_signs_with_both_secrets_during_the_overlap_then_with_the_new_one() {
-    let Setup { app, receiver, account_id, key, .. } = setup("0s", []).await;
+    let Setup { app, receiver, account_id, key, .. } = setup_driven("0s", []).await;
     let old = secret_of(&app, account_id).await;
     let new = secrets::rotate(&app.db, account_id, Duration::from_secs(3600)).await.expect("rotate");
     assert_ne!(old, new);
     assert_eq!(secret_of(&app, account_id).await, new, "the new secret is the current one");
 
     let task_id = create_with_callback(&app, &key, "Two keys", &receiver.url).await;
+    app.settle_all().await;
     let during = receiver.wait_for(1).await.remove(0);
     let signatures = during.signatures();
     assert_eq!(signatures.len(), 2, "one signature per active secret: {signatures:?}");
@@ -302,10 +319,11 @@ async fn a_rotation_signs_with_both_secrets_during_the_overlap_then_with_the_new
     // The overlap ends (as if its hour had passed): only the new secret signs.
     sqlx::query("UPDATE webhook_secrets SET previous_expires_at = now() WHERE account_id = $1")
         .bind(account_id)
-        .execute(&app.pool)
+        .execute(app.pool())
         .await
         .expect("end the overlap");
     assert_eq!(post_retry(&app, &key, &task_id).await.status(), StatusCode::ACCEPTED);
+    app.settle_all().await;
     let after = receiver.wait_for(2).await.remove(1);
     assert_eq!(after.signatures().len(), 1, "{:?}", after.signatures());
     after.verify(&new).expect("signed with the new secret");
@@ -335,7 +353,7 @@ async fn a_pending_delivery_survives_a_restart() {
     let log = finished_deliveries(&app, &key, &task_id, 1).await;
     assert_eq!(log[0]["status"], "delivered", "{}", log[0]);
     assert_eq!(attempt_codes(&log[0]), [json!(503), json!(200)]);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }
 
 /// Test host names: each maps to one address; anything else is unknown (never real DNS).
@@ -360,11 +378,15 @@ async fn a_host_name_resolving_to_a_private_address_is_refused_at_connect_time()
     ]));
     // Only 127.0.0.2 is opened: rebind.test passes validation (a name) and must be stopped when
     // the gateway connects.
-    let app = spawn_app_resolving(Arc::new(hosts), |settings| {
-        loopback("0s")(settings);
-        settings.webhooks.allowed_private_cidrs = vec!["127.0.0.2/32".parse().expect("cidr")];
-    })
-    .await;
+    let app = TestApp::builder()
+        .resolver(Arc::new(hosts))
+        .configure(|settings| {
+            loopback("0s")(settings);
+            settings.webhooks.allowed_private_cidrs = vec!["127.0.0.2/32".parse().expect("cidr")];
+        })
+        .driven()
+        .spawn()
+        .await;
     let refused = Receiver::start("127.0.0.1").await;
     let allowed = Receiver::start("127.0.0.2").await;
     let (_, key) = app.new_account(100).await;
@@ -386,5 +408,5 @@ async fn a_host_name_resolving_to_a_private_address_is_refused_at_connect_time()
     let log = finished_deliveries(&app, &key, &fine, 1).await;
     assert_eq!(log[0]["status"], "delivered", "{}", log[0]);
     assert_eq!(allowed.wait_for(1).await.len(), 1);
-    assert_ledger_consistent(&app.pool).await;
+    assert_ledger_consistent(app.pool()).await;
 }

@@ -186,15 +186,15 @@ async fn the_seed_request_completes_through_a_node_called_back_with_a_verified_s
     assert_eq!(copy, original);
     let callback_url = callback_url.as_deref().expect("the edge gave the node a callback URL");
     assert!(callback_url.starts_with(&edge.url("/api/v1/callbacks/node30/")), "{callback_url}");
-    assert_eq!(edge_column::<Option<String>>(&edge.pool, "upstream_id", task_id).await.as_deref(), Some(node_task_id.as_str()));
+    assert_eq!(edge_column::<Option<String>>(edge.pool(), "upstream_id", task_id).await.as_deref(), Some(node_task_id.as_str()));
     assert_eq!(node.idempotency_keys().await, [(format!("aio-edge-{task_id}"), node_task_id.clone())]);
     // The edge polls once an hour here: its task ended because the node's signed callback arrived.
-    assert!(edge_column::<bool>(&edge.pool, "callback_at IS NOT NULL", task_id).await);
+    assert!(edge_column::<bool>(edge.pool(), "callback_at IS NOT NULL", task_id).await);
 
     // Each hop charged once: the node the edge's account, the edge its client.
     edge.assert_balance(&key, 50 - 12, 0).await;
     assert_eq!(node.balance().await, 100 - 12);
-    assert_ledger_consistent(&edge.pool).await;
+    assert_ledger_consistent(edge.pool()).await;
     assert_ledger_consistent(&node.db.pool).await;
 }
 
@@ -221,14 +221,14 @@ async fn forged_callbacks_are_refused_and_change_nothing() {
     let right_key = webhook_headers("2", &forged, |id, ts, body| signing::signature_header(&[&node.secret], id, ts, body));
     let unknown_token = post_callback(edge.url("/api/v1/callbacks/node30/not-a-token"), forged, right_key).await;
     assert_eq!((unsigned, wrongly_signed, unknown_token), (401, 401, 404));
-    assert!(edge_column::<bool>(&edge.pool, "callback_at IS NULL", &task_id).await, "no forgery counted as a callback");
+    assert!(edge_column::<bool>(edge.pool(), "callback_at IS NULL", &task_id).await, "no forgery counted as a callback");
 
     let done = edge.wait_terminal(&key, &task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let url = done["output"]["images"][0]["url"].as_str().expect("url");
     assert!(url.starts_with(&node.gateway.address), "the node's image, not the forged one: {url}");
     edge.assert_balance(&key, 50 - 12, 0).await;
-    assert_ledger_consistent(&edge.pool).await;
+    assert_ledger_consistent(edge.pool()).await;
     assert_ledger_consistent(&node.db.pool).await;
 }
 
@@ -251,7 +251,7 @@ async fn a_node_refusing_the_edge_account_is_unavailable_to_the_client_and_count
         .any(|line| line.starts_with("aio_upstream_account_problems_total{") && line.contains("node30") && line.contains("402"));
     assert!(counted, "{metrics}");
     assert!(node.tasks().await.is_empty());
-    assert_ledger_consistent(&edge.pool).await;
+    assert_ledger_consistent(edge.pool()).await;
     assert_ledger_consistent(&node.db.pool).await;
 }
 
@@ -275,7 +275,7 @@ async fn the_nodes_refusals_and_failures_reach_the_client_as_the_node_reported_t
     // Nothing charged at either hop.
     edge.assert_balance(&key, 50, 0).await;
     assert_eq!(node.balance().await, 100);
-    assert_ledger_consistent(&edge.pool).await;
+    assert_ledger_consistent(edge.pool()).await;
     assert_ledger_consistent(&node.db.pool).await;
 }
 
@@ -295,13 +295,13 @@ async fn a_node_that_is_down_is_failed_over_to_the_next_node() {
     let done = edge.wait_terminal(&key, task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(done["output"]["images"][0]["url"].as_str().expect("url").starts_with(&node_b.gateway.address), "{done}");
-    assert_eq!(edge_column::<String>(&edge.pool, "provider", task_id).await, "node31");
+    assert_eq!(edge_column::<String>(edge.pool(), "provider", task_id).await, "node31");
     assert_eq!(node_b.tasks().await.len(), 1);
     assert!(node_a.tasks().await.is_empty());
 
     edge.assert_balance(&key, 50 - 12, 0).await;
     assert_eq!((node_a.balance().await, node_b.balance().await), (100, 100 - 12));
-    for pool in [&edge.pool, &node_a.db.pool, &node_b.db.pool] {
+    for pool in [edge.pool(), &node_a.db.pool, &node_b.db.pool] {
         assert_ledger_consistent(pool).await;
     }
 }

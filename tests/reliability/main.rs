@@ -15,8 +15,10 @@ mod helpers;
 #[allow(dead_code)]
 #[path = "../api/receiver.rs"]
 mod receiver;
+#[allow(dead_code)]
+#[path = "../api/services.rs"]
+mod services;
 
 mod faults;
-mod postgres;
 mod traffic;
 mod upstream;

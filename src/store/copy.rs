@@ -1,13 +1,16 @@
 //! `aio-gateway migrate --to postgres://…`: moves everything from the SQLite database of a single
 //! gateway to an empty PostgreSQL database, for a user who outgrows one machine, then checks that
 //! nothing was lost: every account's balance is the sum of its ledger, and balances, ledgers and row
-//! counts equal the source's.
+//! counts equal the source's. The tables are [`TABLES`]; their columns are read from the migrated
+//! target, so a new migration needs no change here (the schema-parity test keeps SQLite in step).
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::postgres::Postgres;
 use sqlx::types::Json;
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+
+use super::TABLES;
 
 /// How a column is read from SQLite and written to PostgreSQL.
 #[derive(Clone, Copy)]
@@ -21,126 +24,56 @@ enum Kind {
     Json,
 }
 
-use Kind::{Blob, Bool, Int, Int32, Json as JsonKind, Text, Time};
+impl Kind {
+    /// The kind of a PostgreSQL column, by its `information_schema` data type.
+    fn of_postgres(data_type: &str) -> Option<Kind> {
+        Some(match data_type {
+            "bigint" => Kind::Int,
+            "integer" => Kind::Int32,
+            "text" => Kind::Text,
+            "bytea" => Kind::Blob,
+            "boolean" => Kind::Bool,
+            "timestamp with time zone" => Kind::Time,
+            "jsonb" | "json" => Kind::Json,
+            _ => return None,
+        })
+    }
+}
 
-/// Every table, parents before children, with every column.
-const TABLES: &[(&str, &[(&str, Kind)])] = &[
-    ("accounts", &[("id", Int), ("name", Text), ("balance", Int), ("held", Int), ("created_at", Time)]),
-    (
-        "api_keys",
-        &[
-            ("id", Text),
-            ("account_id", Int),
-            ("name", Text),
-            ("prefix", Text),
-            ("hash", Blob),
-            ("created_at", Time),
-            ("last_used_at", Time),
-            ("expires_at", Time),
-            ("revoked_at", Time),
-            ("rate_limit_per_minute", Int32),
-        ],
-    ),
-    (
-        "tasks",
-        &[
-            ("id", Text),
-            ("account_id", Int),
-            ("model", Text),
-            ("sub_model", Text),
-            ("status", Text),
-            ("input", JsonKind),
-            ("output", JsonKind),
-            ("error", JsonKind),
-            ("price", Int),
-            ("callback_url", Text),
-            ("provider", Text),
-            ("upstream_model", Text),
-            ("upstream_id", Text),
-            ("callback_token_hash", Blob),
-            ("attempts", Int32),
-            ("next_poll_at", Time),
-            ("deadline_at", Time),
-            ("created_at", Time),
-            ("updated_at", Time),
-            ("completed_at", Time),
-            ("callback_at", Time),
-        ],
-    ),
-    (
-        "ledger",
-        &[
-            ("id", Int),
-            ("account_id", Int),
-            ("kind", Text),
-            ("amount", Int),
-            ("task_id", Text),
-            ("balance_after", Int),
-            ("reason", Text),
-            ("created_at", Time),
-        ],
-    ),
-    (
-        "simulated_jobs",
-        &[
-            ("id", Text),
-            ("task_id", Text),
-            ("prompt", Text),
-            ("aspect_ratio", Text),
-            ("fails", Bool),
-            ("due_at", Time),
-            ("file_name", Text),
-            ("created_at", Time),
-        ],
-    ),
-    (
-        "webhook_secrets",
-        &[
-            ("account_id", Int),
-            ("secret", Text),
-            ("previous_secret", Text),
-            ("previous_expires_at", Time),
-            ("created_at", Time),
-            ("rotated_at", Time),
-        ],
-    ),
-    (
-        "webhook_deliveries",
-        &[
-            ("id", Text),
-            ("task_id", Text),
-            ("account_id", Int),
-            ("url", Text),
-            ("webhook_id", Text),
-            ("body", Blob),
-            ("trigger", Text),
-            ("status", Text),
-            ("attempts", Int32),
-            ("next_attempt_at", Time),
-            ("created_at", Time),
-            ("updated_at", Time),
-        ],
-    ),
-    (
-        "webhook_attempts",
-        &[
-            ("id", Int),
-            ("delivery_id", Text),
-            ("attempted_at", Time),
-            ("status_code", Int32),
-            ("latency_ms", Int32),
-            ("error", Text),
-            ("response_excerpt", Text),
-        ],
-    ),
-    (
-        "idempotency_keys",
-        &[("account_id", Int), ("key", Text), ("request_hash", Blob), ("task_id", Text), ("created_at", Time)],
-    ),
-];
+/// A table of [`TABLES`] as the migrated target has it: its columns in order, and whether its id is
+/// drawn from a sequence (which must continue after the copied ids).
+struct Table {
+    name: &'static str,
+    columns: Vec<(String, Kind)>,
+    serial: bool,
+}
 
-/// Tables whose ids PostgreSQL draws from a sequence, which must continue after the copied ids.
-const SERIAL_TABLES: &[&str] = &["accounts", "ledger", "webhook_attempts"];
+/// Reads the columns of every table from the migrated target, so the copy follows the migrations.
+async fn target_tables(target: &PgPool) -> anyhow::Result<Vec<Table>> {
+    let mut tables = Vec::with_capacity(TABLES.len());
+    for name in TABLES {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT column_name::text, data_type::text, column_default::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(name)
+        .fetch_all(target)
+        .await?;
+        anyhow::ensure!(!rows.is_empty(), "the PostgreSQL database has no table {name}: is it migrated?");
+        let serial = rows.iter().any(|(column, _, default)| {
+            column == "id" && default.as_deref().is_some_and(|d| d.starts_with("nextval("))
+        });
+        let columns = rows
+            .into_iter()
+            .map(|(column, data_type, _)| match Kind::of_postgres(&data_type) {
+                Some(kind) => Ok((column, kind)),
+                None => Err(anyhow::anyhow!("{name}.{column}: the copy cannot move a column of type {data_type}")),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        tables.push(Table { name, columns, serial });
+    }
+    Ok(tables)
+}
 
 /// Rows per INSERT: well below PostgreSQL's 65535 parameters for the widest table.
 const BATCH_ROWS: usize = 500;
@@ -158,13 +91,13 @@ enum Cell {
 
 fn read_cell(row: &sqlx::sqlite::SqliteRow, column: &str, kind: Kind) -> sqlx::Result<Cell> {
     Ok(match kind {
-        Int => Cell::Int(row.try_get(column)?),
-        Int32 => Cell::Int32(row.try_get(column)?),
-        Text => Cell::Text(row.try_get(column)?),
-        Blob => Cell::Blob(row.try_get(column)?),
-        Bool => Cell::Bool(row.try_get(column)?),
-        Time => Cell::Time(row.try_get(column)?),
-        JsonKind => Cell::Json(row.try_get(column)?),
+        Kind::Int => Cell::Int(row.try_get(column)?),
+        Kind::Int32 => Cell::Int32(row.try_get(column)?),
+        Kind::Text => Cell::Text(row.try_get(column)?),
+        Kind::Blob => Cell::Blob(row.try_get(column)?),
+        Kind::Bool => Cell::Bool(row.try_get(column)?),
+        Kind::Time => Cell::Time(row.try_get(column)?),
+        Kind::Json => Cell::Json(row.try_get(column)?),
     })
 }
 
@@ -175,10 +108,11 @@ pub async fn sqlite_to_postgres(source: &SqlitePool, target: &PgPool) -> anyhow:
         sqlx::query_as("SELECT (SELECT count(*) FROM accounts) + (SELECT count(*) FROM tasks)").fetch_one(target).await?;
     anyhow::ensure!(existing == 0, "the PostgreSQL database is not empty: it has accounts or tasks; copy into an empty one");
 
+    let tables = target_tables(target).await?;
     let mut copied = serde_json::Map::new();
     let mut tx = target.begin().await?;
-    for (table, columns) in TABLES {
-        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    for Table { name: table, columns, .. } in &tables {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
         let select = format!("SELECT {} FROM {table} ORDER BY rowid", names.join(", "));
         let rows = sqlx::query(&select).fetch_all(source).await?;
         let cells = rows
@@ -204,7 +138,7 @@ pub async fn sqlite_to_postgres(source: &SqlitePool, target: &PgPool) -> anyhow:
         }
         copied.insert((*table).to_owned(), json!(cells.len()));
     }
-    for table in SERIAL_TABLES {
+    for Table { name: table, .. } in tables.iter().filter(|table| table.serial) {
         sqlx::query(&format!(
             "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
         ))
@@ -238,7 +172,7 @@ async fn verify(source: &SqlitePool, target: &PgPool) -> anyhow::Result<()> {
     let after: Vec<Entry> = sqlx::query_as(LEDGER).fetch_all(target).await?;
     anyhow::ensure!(before == after, "after the copy, the ledger differs from the source's");
 
-    for (table, _) in TABLES {
+    for table in TABLES {
         let count = format!("SELECT count(*) FROM {table}");
         let (before,): (i64,) = sqlx::query_as(&count).fetch_one(source).await?;
         let (after,): (i64,) = sqlx::query_as(&count).fetch_one(target).await?;

@@ -1,6 +1,7 @@
 //! The database: PostgreSQL (production, several replicas) or an embedded SQLite file (one process,
 //! nothing to install), chosen by the scheme of `database.url`. Connecting (creating the database on
-//! first use), migrating, transactions, the work-queue claim, readiness, the first-start bootstrap.
+//! first use), migrating, transactions, the work-queue claim, readiness, the first-start bootstrap;
+//! [`copy`] moves a SQLite database to PostgreSQL (`migrate --to`).
 //!
 //! The storage modules (`accounts`, `ledger`, `tasks`, …) take a [`Db`] (or, inside a transaction, a
 //! [`Tx`]). SQL that both backends understand is written once and run on either through [`on_db!`] /
@@ -19,6 +20,22 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{FromRow, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 use crate::config::DatabaseSettings;
+
+pub mod copy;
+
+/// Every table of the schema, parents before children: the order [`copy`] fills them in. The
+/// schema-parity test checks that both backends' migrations create exactly these.
+pub const TABLES: &[&str] = &[
+    "accounts",
+    "api_keys",
+    "tasks",
+    "ledger",
+    "simulated_jobs",
+    "webhook_secrets",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "idempotency_keys",
+];
 
 /// Where `DATABASE_URL` points when it is unset: a file next to the working directory.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://data/aio-gateway.db";
