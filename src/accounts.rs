@@ -13,7 +13,8 @@ use crate::{auth, ledger, on_db, on_tx};
 /// SQLite file has one gateway (see [`crate::store::lock_single_process`]).
 pub async fn bootstrap(db: &Db, credits: i64) -> anyhow::Result<Option<CreatedKey>> {
     let create = async {
-        let (accounts,): (i64,) = on_db!(db, pool => sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(pool).await)?;
+        let (accounts,): (i64,) =
+            on_db!(db, pool => sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(pool).await)?;
         if accounts > 0 {
             return Ok(None);
         }
@@ -76,8 +77,7 @@ pub async fn list(db: &Db, after: Option<i64>, limit: i64) -> sqlx::Result<Vec<A
 }
 
 pub async fn exists(db: &Db, account_id: i64) -> anyhow::Result<bool> {
-    let found: Option<(i64,)> =
-        on_db!(db, pool => sqlx::query_as("SELECT id FROM accounts WHERE id = $1").bind(account_id).fetch_optional(pool).await)?;
+    let found: Option<(i64,)> = on_db!(db, pool => sqlx::query_as("SELECT id FROM accounts WHERE id = $1").bind(account_id).fetch_optional(pool).await)?;
     Ok(found.is_some())
 }
 
@@ -97,7 +97,8 @@ pub async fn create_key(
     anyhow::ensure!(exists(db, account_id).await?, "account {account_id} does not exist");
     let key = auth::generate_key();
     let key_id = format!("key_{}", Ulid::new());
-    const SQL: &str = "INSERT INTO api_keys (id, account_id, name, prefix, hash, expires_at) VALUES ($1, $2, $3, $4, $5, $6)";
+    const SQL: &str =
+        "INSERT INTO api_keys (id, account_id, name, prefix, hash, expires_at) VALUES ($1, $2, $3, $4, $5, $6)";
     on_db!(db, pool => sqlx::query(SQL)
         .bind(&key_id)
         .bind(account_id)
@@ -118,7 +119,8 @@ pub async fn revoke_own_key(db: &Db, account_id: i64, key_id: &str) -> sqlx::Res
     // Read and revoke in one transaction (the row locked on PostgreSQL; SQLite has one writer).
     let mut tx = db.begin().await?;
     let for_update = if db.dialect() == crate::store::Dialect::Postgres { "FOR UPDATE" } else { "" };
-    let sql = format!("SELECT hash, revoked_at IS NOT NULL FROM api_keys WHERE id = $1 AND account_id = $2 {for_update}");
+    let sql =
+        format!("SELECT hash, revoked_at IS NOT NULL FROM api_keys WHERE id = $1 AND account_id = $2 {for_update}");
     let row: Option<(Vec<u8>, bool)> =
         on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(key_id).bind(account_id).fetch_optional(conn).await)?;
     if let Some((_, false)) = row {
@@ -137,7 +139,9 @@ pub enum OwnRevoke {
     NotFound,
     AlreadyRevoked,
     /// Revoked now; the hash lets this process drop the key from its cache at once.
-    Revoked { hash: Vec<u8> },
+    Revoked {
+        hash: Vec<u8>,
+    },
 }
 
 /// Returns false when no active key has that id.

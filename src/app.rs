@@ -3,9 +3,9 @@
 use std::future::IntoFuture;
 use std::sync::Arc;
 
+use crate::store::Db;
 use anyhow::Context;
 use reqwest::dns::Resolve;
-use crate::store::Db;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,9 +16,9 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::{FileStore, Rehost};
 use crate::jwt::{JwtAuth, SessionSigner};
-use crate::url_guard::{Guard, SystemResolver};
 use crate::providers::Providers;
 use crate::ratelimit::RateLimiter;
+use crate::url_guard::{Guard, SystemResolver};
 use crate::webhooks::Webhooks;
 
 /// What every handler can reach. Cheap to clone.

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
+use crate::store::Db;
 use chrono::{DateTime, Utc};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use crate::store::Db;
 
 use crate::error::Error;
 
@@ -30,8 +30,7 @@ pub struct NewKey {
 }
 
 pub fn generate_key() -> NewKey {
-    let random: String =
-        rand::thread_rng().sample_iter(&Alphanumeric).take(KEY_RANDOM_CHARS).map(char::from).collect();
+    let random: String = rand::thread_rng().sample_iter(&Alphanumeric).take(KEY_RANDOM_CHARS).map(char::from).collect();
     let secret = format!("{KEY_PREFIX}{random}");
     NewKey { prefix: secret[..VISIBLE_PREFIX_CHARS].to_owned(), hash: hash_key(&secret), secret }
 }

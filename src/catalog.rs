@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{ProviderKind, Settings};
 use crate::error::Error;
-use crate::url_guard::Guard;
 use crate::tasks::TaskInput;
+use crate::url_guard::Guard;
 
 /// The request parameters a model may declare, besides the prompt and image URLs every model has.
 const KNOWN_PARAMETERS: [&str; 2] = ["aspect_ratio", "quality"];
@@ -192,7 +192,8 @@ fn coverage_problems<'a>(at: &str, keys: impl Iterator<Item = &'a String>, param
     }
     let mut problems = Vec::new();
     for value in keys.iter().copied().filter(|v| !parameter.values.contains(*v)) {
-        problems.push(format!("{at}: `{value}` is not one of the parameter's values ({})", parameter.values.join(", ")));
+        problems
+            .push(format!("{at}: `{value}` is not one of the parameter's values ({})", parameter.values.join(", ")));
     }
     for value in parameter.values.iter().filter(|v| !keys.contains(v)) {
         problems.push(format!("{at}: the parameter's value `{value}` is not mapped"));
@@ -213,7 +214,9 @@ impl SubModel {
         let mut keyed: Vec<(i32, f64, &Route)> = self
             .routes
             .iter()
-            .map(|route| (route.priority, rand::Rng::gen::<f64>(&mut rng).powf(1.0 / f64::from(route.weight.max(1))), route))
+            .map(|route| {
+                (route.priority, rand::Rng::gen::<f64>(&mut rng).powf(1.0 / f64::from(route.weight.max(1))), route)
+            })
             .collect();
         keyed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
         keyed.into_iter().map(|(_, _, route)| route).collect()
@@ -241,7 +244,12 @@ impl Catalog {
         let path = &settings.catalog.models_path;
         let models = read(path)?;
         let report = check(&models, settings);
-        anyhow::ensure!(report.errors.is_empty(), "invalid catalog {}:\n  {}", path.display(), report.errors.join("\n  "));
+        anyhow::ensure!(
+            report.errors.is_empty(),
+            "invalid catalog {}:\n  {}",
+            path.display(),
+            report.errors.join("\n  ")
+        );
         // At serve time a route to a provider that is not configured is only unused, like a route to
         // an inactive one: the shipped catalog names every provider, a deployment configures a few.
         for warning in report.unknown_providers.iter().chain(&report.warnings) {
@@ -271,9 +279,9 @@ impl Catalog {
             .collect();
         let catalog =
             Catalog { models, default_model: settings.catalog.default_model.clone(), provider_labels, backend_nodes };
-        catalog
-            .resolve(None)
-            .map_err(|_| anyhow::anyhow!("catalog.default_model: `{}` is not an active sub-model", catalog.default_model))?;
+        catalog.resolve(None).map_err(|_| {
+            anyhow::anyhow!("catalog.default_model: `{}` is not an active sub-model", catalog.default_model)
+        })?;
         Ok(catalog)
     }
 
@@ -291,7 +299,10 @@ impl Catalog {
 
     /// The sub-model's route to this provider and upstream model.
     pub fn route(&self, sub_model_id: &str, provider: &str, upstream_model: &str) -> Option<&Route> {
-        self.sub_model(sub_model_id)?.routes.iter().find(|r| r.provider == provider && r.upstream_model == upstream_model)
+        self.sub_model(sub_model_id)?
+            .routes
+            .iter()
+            .find(|r| r.provider == provider && r.upstream_model == upstream_model)
     }
 
     /// The provider's input fields for `input` on a route: as the route maps them, or under our names
@@ -334,9 +345,7 @@ impl Catalog {
                 return Ok((model, sub));
             }
         }
-        Err(Error::Invalid(format!(
-            "`model`: unknown model `{name}`. GET /api/v1/models lists the available models."
-        )))
+        Err(Error::Invalid(format!("`model`: unknown model `{name}`. GET /api/v1/models lists the available models.")))
     }
 
     /// Checks every field of a create request against the catalog and fills in the defaults.
@@ -369,7 +378,11 @@ impl Catalog {
             ));
         }
         if image_urls.len() < min || image_urls.len() > max {
-            return invalid(format!("`image_urls`: {} takes {min} to {max} image URLs; got {}.", sub_model.id, image_urls.len()));
+            return invalid(format!(
+                "`image_urls`: {} takes {min} to {max} image URLs; got {}.",
+                sub_model.id,
+                image_urls.len()
+            ));
         }
         for (i, url) in image_urls.iter().enumerate() {
             guard.check_url(url).map_err(|why| Error::Invalid(format!("`image_urls[{i}]`: {why}")))?;
@@ -500,7 +513,8 @@ pub fn check(models: &[Model], settings: &Settings) -> Report {
         ));
     }
     for (provider, subs) in inactive {
-        let variable = settings.providers.get(provider).and_then(|p| p.api_key_env.as_deref()).unwrap_or("its key variable");
+        let variable =
+            settings.providers.get(provider).and_then(|p| p.api_key_env.as_deref()).unwrap_or("its key variable");
         report.warnings.push(format!(
             "provider `{provider}` is inactive (${variable} is unset): routes of {} are unused",
             subs.join(", ")
@@ -602,7 +616,10 @@ mod tests {
             json!({"prompt": "a lake", "image_size": "landscape_16_9", "images": ["https://a.example/1.png"], "num_images": 1})
         );
         let fields = route.mapped_input(&input("1:1", "basic", &[]));
-        assert_eq!(Value::Object(fields), json!({"prompt": "a lake", "image_size": {"width": 1024, "height": 1024}, "num_images": 1}));
+        assert_eq!(
+            Value::Object(fields),
+            json!({"prompt": "a lake", "image_size": {"width": 1024, "height": 1024}, "num_images": 1})
+        );
     }
 
     #[test]
@@ -623,8 +640,14 @@ mod tests {
         );
         let route = &model.sub_models[0].routes[0];
         assert!(route.mapping_problems(&model).is_empty(), "{:?}", route.mapping_problems(&model));
-        assert_eq!(Value::Object(route.mapped_input(&input("16:9", "high", &[]))), json!({"prompt": "a lake", "size": "4096*2304"}));
-        assert_eq!(Value::Object(route.mapped_input(&input("1:1", "basic", &[]))), json!({"prompt": "a lake", "size": "2048*2048"}));
+        assert_eq!(
+            Value::Object(route.mapped_input(&input("16:9", "high", &[]))),
+            json!({"prompt": "a lake", "size": "4096*2304"})
+        );
+        assert_eq!(
+            Value::Object(route.mapped_input(&input("1:1", "basic", &[]))),
+            json!({"prompt": "a lake", "size": "2048*2048"})
+        );
     }
 
     #[test]
@@ -643,7 +666,10 @@ mod tests {
             assert!(found.contains(expected), "{expected:?} in {found}");
         }
         let found = problems(r#"map.aspect_ratio = { by = "aspect_ratio", values = { "1:1" = {} } }"#);
-        assert!(found.contains("map.aspect_ratio: `by` must name another parameter of the model, not `aspect_ratio`"), "{found}");
+        assert!(
+            found.contains("map.aspect_ratio: `by` must name another parameter of the model, not `aspect_ratio`"),
+            "{found}"
+        );
         let found = problems(r#"map.quality = { by = "aspect_ratio" }"#);
         assert!(found.contains("map.quality: `by` needs `values`"), "{found}");
         let found = problems(r#"map.prompt = { by = "quality" }"#);

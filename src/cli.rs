@@ -5,19 +5,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::store::Db;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use crate::store::Db;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::Application;
 use crate::catalog::{self, Catalog};
 use crate::config::Settings;
-use crate::webhooks::secrets;
 use crate::jwt::{self, JwtAuth, Role};
+use crate::webhooks::secrets;
 use crate::{accounts, ledger, store, telemetry};
 
 #[derive(Debug, Parser)]
@@ -274,9 +274,7 @@ async fn webhook_secret(pool: &Db, settings: &Settings, command: SecretCommand) 
     anyhow::ensure!(accounts::exists(pool, account).await?, "account {account} does not exist");
     let secret = match command {
         SecretCommand::Show { .. } => secrets::signing(pool, account).await?.current,
-        SecretCommand::Rotate { .. } => {
-            secrets::rotate(pool, account, settings.webhooks.secret_overlap).await?
-        }
+        SecretCommand::Rotate { .. } => secrets::rotate(pool, account, settings.webhooks.secret_overlap).await?,
     };
     Ok(json!({"secret": secret}))
 }

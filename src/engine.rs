@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use crate::store::Db;
+use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,14 +23,14 @@ use crate::config::{Settings, TaskSettings};
 use crate::error::Error;
 use crate::files::{Rehost, RehostError};
 use crate::idempotency::{self, IdempotencyKey};
+use crate::monitoring;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
 use crate::tasks::{
-    self, Created, NewTask, OutputImage, Outcome, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus,
+    self, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus,
 };
 use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
 use crate::work_queue::{Job, Runner};
-use crate::monitoring;
 
 /// How often the engine purges expired idempotency keys.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -43,7 +43,10 @@ fn undeliverable(why: &str) -> TaskError {
     tracing::warn!(reason = %why, "result image refused");
     TaskError {
         code: TaskErrorCode::UpstreamFailed,
-        message: format!("The provider's result image could not be delivered: {}. The credits were released.", why.trim_end_matches('.')),
+        message: format!(
+            "The provider's result image could not be delivered: {}. The credits were released.",
+            why.trim_end_matches('.')
+        ),
     }
 }
 
@@ -328,7 +331,8 @@ impl Engine {
             // use it: a callback may arrive before the submit answers.
             let callback_url = match self.providers.callback_poll(provider_id) {
                 Some(_) => {
-                    let token = tasks::new_callback_token(&self.pool, &task.id, provider.callback_token(&task.id)).await?;
+                    let token =
+                        tasks::new_callback_token(&self.pool, &task.id, provider.callback_token(&task.id)).await?;
                     Some(self.providers.callback_url(provider_id, &token))
                 }
                 None => None,

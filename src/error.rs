@@ -68,7 +68,10 @@ impl From<sqlx::Error> for Error {
             // SQLite: the one write lock stayed taken past the busy timeout (SQLITE_BUSY, SQLITE_LOCKED).
             sqlx::Error::Database(db)
                 if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
-                    && db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6)) =>
+                    && db
+                        .code()
+                        .and_then(|code| code.parse::<i32>().ok())
+                        .is_some_and(|code| matches!(code & 0xff, 5 | 6)) =>
             {
                 tracing::error!(error = %db, "database busy");
                 Error::Unavailable("The database is busy; retry shortly.".into())

@@ -9,8 +9,8 @@ use rand::Rng;
 use reqwest::dns::Resolve;
 
 use crate::config::{ImageType, ResultSettings};
-use crate::url_guard::{self, Guard};
 use crate::tasks::OutputImage;
+use crate::url_guard::{self, Guard};
 
 #[derive(Clone)]
 pub struct FileStore {
@@ -111,7 +111,8 @@ impl Rehost {
     ) -> anyhow::Result<Rehost> {
         let timeout = settings.timeout;
         let http = url_guard::client(&guard, resolver, timeout)?;
-        let nodes_http = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
+        let nodes_http =
+            reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
         let nodes = node_base_urls.iter().filter_map(|u| url::Url::parse(u).ok()).map(|u| u.origin()).collect();
         Ok(Rehost {
             files,

@@ -31,7 +31,9 @@ pub struct IdempotencyKey {
 pub fn check_key(key: &str) -> Result<(), Error> {
     let chars = key.chars().count();
     if chars == 0 || chars > MAX_KEY_CHARS {
-        return Err(Error::Invalid(format!("`Idempotency-Key`: must be 1 to {MAX_KEY_CHARS} characters; got {chars}.")));
+        return Err(Error::Invalid(format!(
+            "`Idempotency-Key`: must be 1 to {MAX_KEY_CHARS} characters; got {chars}."
+        )));
     }
     Ok(())
 }

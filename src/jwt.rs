@@ -75,7 +75,9 @@ impl JwtAuth {
                 } else {
                     DecodingKey::from_ec_pem(&pem)
                 };
-                key.with_context(|| format!("auth.jwt.public_key_path: {} is not a {algorithm:?} public key PEM", path.display()))?
+                key.with_context(|| {
+                    format!("auth.jwt.public_key_path: {} is not a {algorithm:?} public key PEM", path.display())
+                })?
             }
         };
         Ok(Some(JwtAuth { algorithm, decoding, validation: validation(algorithm, settings) }))
@@ -163,7 +165,8 @@ impl SessionSigner {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing the session")?;
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .context("signing the session")?;
         Ok((token, claims.exp))
     }
 
@@ -199,7 +202,8 @@ pub fn mint(settings: &JwtSettings, account_id: i64, role: Role, ttl: Duration) 
     if settings.algorithm != JwtAlgorithm::Hs256 {
         bail!("token mint signs HS256 tokens only; auth.jwt.algorithm is {}", settings.algorithm);
     }
-    hs256_secret(settings)?.with_context(|| format!("token mint needs the HS256 secret in ${}", settings.secret_env))?;
+    hs256_secret(settings)?
+        .with_context(|| format!("token mint needs the HS256 secret in ${}", settings.secret_env))?;
     // With the secret configured, the session signer signs with exactly that secret.
     let (token, _) = SessionSigner::from_settings(settings)?.mint(account_id, role, ttl)?;
     Ok(token)

@@ -47,8 +47,7 @@ pub async fn hold(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sq
 
 /// The held credits are spent: `held` shrinks, the balance stays (it already paid on hold).
 pub async fn capture(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
-    let (balance_after,): (i64,) =
-        on_tx!(tx, conn => sqlx::query_as("UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance")
+    let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as("UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance")
             .bind(account_id)
             .bind(price)
             .fetch_one(conn)
@@ -70,8 +69,7 @@ pub async fn release(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) ->
 
 /// Adds credits to an account; returns the new balance.
 pub async fn grant(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> sqlx::Result<i64> {
-    let (balance_after,): (i64,) =
-        on_tx!(tx, conn => sqlx::query_as("UPDATE accounts SET balance = balance + $2 WHERE id = $1 RETURNING balance")
+    let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as("UPDATE accounts SET balance = balance + $2 WHERE id = $1 RETURNING balance")
             .bind(account_id)
             .bind(amount)
             .fetch_one(conn)

@@ -62,7 +62,11 @@ fn describe() {
     describe_counter!(TASKS_SETTLED, "Tasks settled, by model, provider and outcome (succeeded or the error code).");
     describe_gauge!(TASKS_OPEN, "Unfinished tasks in the database, by status (pending, running).");
     describe_counter!(IDEMPOTENT_REPLAYS, "Creates answered with an earlier task of the same Idempotency-Key.");
-    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Provider call latency, by provider and call (submit, poll, cancel).");
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Provider call latency, by provider and call (submit, poll, cancel)."
+    );
     describe_counter!(UPSTREAM_ERRORS, "Failed provider calls, by provider, call and kind (retriable, permanent).");
     describe_counter!(
         UPSTREAM_ACCOUNT_PROBLEMS,

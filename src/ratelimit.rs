@@ -72,7 +72,11 @@ impl RateLimiter {
                     .set_number_of_retries(1);
                 let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
                     .map_err(|_| anyhow::anyhow!("rate_limit.redis_url: cannot set up the Redis connection"))?;
-                Some(SharedState { connection, script: redis::Script::new(GCRA_SCRIPT), prefix: settings.redis_prefix.clone() })
+                Some(SharedState {
+                    connection,
+                    script: redis::Script::new(GCRA_SCRIPT),
+                    prefix: settings.redis_prefix.clone(),
+                })
             }
         };
         Ok(RateLimiter {
@@ -121,7 +125,12 @@ impl RateLimiter {
         limiter.check().err().map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
-    async fn check_shared(&self, shared: &SharedState, key_id: &str, per_minute: u32) -> redis::RedisResult<Option<Duration>> {
+    async fn check_shared(
+        &self,
+        shared: &SharedState,
+        key_id: &str,
+        per_minute: u32,
+    ) -> redis::RedisResult<Option<Duration>> {
         let interval_ms = (60_000 / u64::from(per_minute)).max(1);
         let mut connection = shared.connection.clone();
         let (allowed, retry_after_ms): (i64, i64) = shared

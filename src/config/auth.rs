@@ -22,7 +22,11 @@ pub struct AuthSettings {
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { key_cache_ttl: Duration::from_secs(30), jwt: JwtSettings::default(), session: SessionSettings::default() }
+        Self {
+            key_cache_ttl: Duration::from_secs(30),
+            jwt: JwtSettings::default(),
+            session: SessionSettings::default(),
+        }
     }
 }
 

@@ -104,7 +104,9 @@ fn describe_figment_error(error: figment::Error) -> String {
         .map(|e| {
             let key = e.path.join(".");
             let kind = match &e.kind {
-                Kind::InvalidValue(Actual::Unsigned(0), expected) if expected.starts_with("a nonzero") => ABOVE_ZERO.into(),
+                Kind::InvalidValue(Actual::Unsigned(0), expected) if expected.starts_with("a nonzero") => {
+                    ABOVE_ZERO.into()
+                }
                 Kind::InvalidValue(Actual::Signed(n), expected) if *n <= 0 && expected.starts_with("a nonzero") => {
                     ABOVE_ZERO.into()
                 }
@@ -198,21 +200,32 @@ mod tests {
         assert_eq!(defaults.webhooks.secret_overlap, Duration::from_secs(86_400));
         let mut settings = from_toml("[providers.sim]\nkind = \"simulated\"\ndelay_ms = 250").expect("a provider");
         let sim = settings.providers.remove("sim").expect("sim");
-        assert_eq!((sim.timeout, sim.callback_poll, sim.delay), (Duration::from_secs(30), Duration::from_secs(30), Some(Duration::from_millis(250))));
+        assert_eq!(
+            (sim.timeout, sim.callback_poll, sim.delay),
+            (Duration::from_secs(30), Duration::from_secs(30), Some(Duration::from_millis(250)))
+        );
     }
 
     #[test]
     fn a_name_outside_a_closed_set_is_refused_naming_the_key_and_the_choices() {
-        assert_eq!(refusal("log.format", "xml"), "invalid configuration:\n  log.format: `xml` is not one of pretty, json");
+        assert_eq!(
+            refusal("log.format", "xml"),
+            "invalid configuration:\n  log.format: `xml` is not one of pretty, json"
+        );
         let error = refusal("auth.jwt.algorithm", "HS512");
         assert!(error.contains("auth.jwt.algorithm: `HS512` is not one of HS256, RS256, ES256"), "{error}");
         // The spellings are exact, as they always were.
         assert!(refusal("auth.jwt.algorithm", "hs256").contains("auth.jwt.algorithm"));
         assert_eq!(with("auth.jwt.algorithm", "ES256").map(|s| s.auth.jwt.algorithm), Ok(JwtAlgorithm::Es256));
-        assert!(refusal("server.role", "everything").contains("server.role: `everything` is not one of all, api, worker"));
+        assert!(
+            refusal("server.role", "everything").contains("server.role: `everything` is not one of all, api, worker")
+        );
         assert_eq!(with("log.format", "json").map(|s| s.log.format), Ok(LogFormat::Json));
         let error = refusal("results.content_types", "image/png,image/gif");
-        assert!(error.contains("results.content_types: `image/gif` is not one of image/png, image/jpeg, image/webp"), "{error}");
+        assert!(
+            error.contains("results.content_types: `image/gif` is not one of image/png, image/jpeg, image/webp"),
+            "{error}"
+        );
         let types = with("results.content_types", "IMAGE/JPEG, image/webp").map(|s| s.results.content_types);
         assert_eq!(types, Ok(vec![ImageType::Jpeg, ImageType::Webp]));
     }
@@ -233,7 +246,9 @@ mod tests {
 
     #[test]
     fn single_values_are_checked_as_they_are_read() {
-        assert!(refusal("database.url", "mysql://x").contains("database.url: (DATABASE_URL) must start with postgres://"));
+        assert!(
+            refusal("database.url", "mysql://x").contains("database.url: (DATABASE_URL) must start with postgres://")
+        );
         assert!(refusal("rate_limit.redis_url", "http://x").contains("rate_limit.redis_url: must start with redis://"));
         assert!(refusal("server.public_base_url", "not a url").contains("server.public_base_url: not a URL"));
         assert!(refusal("bootstrap.credits", -1).contains("bootstrap.credits: must not be negative"));
@@ -295,7 +310,10 @@ mod tests {
         kie.api_key_env = Some("PATH".into());
         kie.read_key();
         assert!(kie.is_active());
-        assert!(!format!("{kie:?}").contains(&std::env::var("PATH").unwrap_or_default()), "the key is redacted in Debug");
+        assert!(
+            !format!("{kie:?}").contains(&std::env::var("PATH").unwrap_or_default()),
+            "the key is redacted in Debug"
+        );
         assert!(ProviderSettings::new(ProviderKind::Simulated).is_active());
     }
 
@@ -304,7 +322,10 @@ mod tests {
         let mut settings = Settings::default();
         settings.providers.insert("node30".into(), ProviderSettings::new(ProviderKind::Worker));
         let error = settings.validate().expect_err("refused").to_string();
-        assert!(error.contains("providers.node30.base_url") && error.contains("providers.node30.api_key_env"), "{error}");
+        assert!(
+            error.contains("providers.node30.base_url") && error.contains("providers.node30.api_key_env"),
+            "{error}"
+        );
         let node = settings.providers.get_mut("node30").expect("node30");
         node.base_url = Some("http://127.0.0.1:8081".into());
         node.api_key_env = Some("NODE30_API_KEY".into());

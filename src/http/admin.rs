@@ -7,8 +7,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope};
 use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
+use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope};
 use crate::accounts::{self, Account};
 use crate::app::AppState;
 use crate::ledger::{self, Entry, MAX_AMOUNT};

@@ -36,7 +36,8 @@ pub struct Credits {
     security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn credits(State(state): State<AppState>, caller: Caller) -> Result<Json<Credits>, ApiError> {
-    let balance = ledger::balance(&state.pool, caller.account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    let balance =
+        ledger::balance(&state.pool, caller.account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
     let ledger = ledger::recent(&state.pool, caller.account_id, RECENT_ENTRIES).await?;
     Ok(Json(Credits {
         balance: balance.balance,

@@ -40,10 +40,9 @@ pub async fn receive(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let providers = state.engine.providers();
-    let (Some(provider), Some(task)) = (
-        providers.get(&provider_id),
-        tasks::by_callback_token(&state.pool, &provider_id, &token).await?,
-    ) else {
+    let (Some(provider), Some(task)) =
+        (providers.get(&provider_id), tasks::by_callback_token(&state.pool, &provider_id, &token).await?)
+    else {
         return Err(ApiError::not_found("Callback"));
     };
     let callback = provider.read_callback(&headers, &body).await.map_err(|refused| {

@@ -92,7 +92,8 @@ pub async fn list(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let task = tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| ApiError::not_found("Task"))?;
+    let task =
+        tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| ApiError::not_found("Task"))?;
     let deliveries = queue::list_for_task(&state.pool, &task.id).await?;
     Ok(Json(DeliveryList { data: deliveries.into_iter().map(|(d, a)| DeliveryView::new(d, a)).collect() }))
 }

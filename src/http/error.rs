@@ -99,7 +99,8 @@ impl ApiError {
                 "Missing or invalid API key. Send `Authorization: Bearer aio_…` with an active key.".into()
             }
             ApiError::InvalidToken => {
-                "Missing, invalid or expired session. Send `Authorization: Bearer <JWT>`, or sign in to the console.".into()
+                "Missing, invalid or expired session. Send `Authorization: Bearer <JWT>`, or sign in to the console."
+                    .into()
             }
             ApiError::InsufficientCredits { price, available } => {
                 format!("This request costs {price} credits; {available} are available.")
@@ -179,12 +180,7 @@ impl IntoResponse for ApiError {
 
 /// Writes the envelope for every `ApiError`, with the request id set by the request-id layer.
 pub async fn render_errors(request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let mut response = next.run(request).await;
     let Some(body) = response.extensions_mut().remove::<ErrorBody>() else {
         return response;

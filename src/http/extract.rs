@@ -99,12 +99,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer)
-            .map(ApiQuery)
-            .map_err(|error| {
-                let path = error.path().to_string();
-                ApiError::InvalidRequest(format!("`{path}`: {}.", error.into_inner()))
-            })
+        serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|error| {
+            let path = error.path().to_string();
+            ApiError::InvalidRequest(format!("`{path}`: {}.", error.into_inner()))
+        })
     }
 }
 
@@ -118,9 +116,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
         let Some(value) = parts.headers.get("idempotency-key") else {
             return Ok(IdempotencyHeader(None));
         };
-        let key = value.to_str().map_err(|_| {
-            ApiError::InvalidRequest("`Idempotency-Key`: must be printable ASCII characters.".into())
-        })?;
+        let key = value
+            .to_str()
+            .map_err(|_| ApiError::InvalidRequest("`Idempotency-Key`: must be printable ASCII characters.".into()))?;
         crate::idempotency::check_key(key)?;
         Ok(IdempotencyHeader(Some(key.to_owned())))
     }
@@ -155,7 +153,11 @@ async fn cookie_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiErr
     if !crate::accounts::exists(&state.pool, session.account_id).await? {
         return Err(ApiError::Unauthorized);
     }
-    Ok(Caller { account_id: session.account_id, key_id: format!("session_{}", session.account_id), rate_limit_per_minute: None })
+    Ok(Caller {
+        account_id: session.account_id,
+        key_id: format!("session_{}", session.account_id),
+        rate_limit_per_minute: None,
+    })
 }
 
 /// The holder of a valid session token (dashboard routes): any role, acting on its own account. The

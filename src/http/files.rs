@@ -6,8 +6,8 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
 
 use super::error::ApiError;
-use super::openapi::ErrorEnvelope;
 use super::extract::ApiPath;
+use super::openapi::ErrorEnvelope;
 use crate::app::AppState;
 
 #[utoipa::path(

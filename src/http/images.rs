@@ -7,8 +7,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::error::ApiError;
-use super::openapi::{BodyErrors, ErrorEnvelope, KeyErrors};
 use super::extract::{ApiJson, IdempotencyHeader};
+use super::openapi::{BodyErrors, ErrorEnvelope, KeyErrors};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::catalog::CreateRequest;

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use super::extract::{ApiJson, ApiPath};
+use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use crate::accounts::{self, KeyInfo, OwnRevoke};
 use crate::app::AppState;
 use crate::jwt::Session;

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::openapi::ErrorEnvelope;
 use super::extract::ApiPath;
+use super::openapi::ErrorEnvelope;
 use crate::app::AppState;
 use crate::catalog::{Catalog, Model};
 
@@ -138,7 +138,8 @@ fn parameters(model: &Model) -> Vec<ParameterView> {
 }
 
 fn example(model: &Model, sub_model: &str, base_url: &str) -> String {
-    let mut body = json!({"model": sub_model, "prompt": "A serene mountain lake at sunrise with reflections, photorealistic"});
+    let mut body =
+        json!({"model": sub_model, "prompt": "A serene mountain lake at sunrise with reflections, photorealistic"});
     for p in &model.parameters {
         body[&p.name] = json!(p.values.iter().find(|v| **v != p.default).unwrap_or(&p.default));
     }
@@ -190,8 +191,10 @@ pub struct CheapestModel {
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     let usd = state.settings.billing.usd_per_credit;
     let base_url = &state.settings.server.public_base_url;
-    let models: Vec<ModelView> = state.catalog.models().iter().map(|m| view(&state.catalog, m, usd, base_url)).collect();
-    let providers: BTreeSet<&str> = models.iter().flat_map(|m| m.routes.iter().map(|r| r.provider_label.as_str())).collect();
+    let models: Vec<ModelView> =
+        state.catalog.models().iter().map(|m| view(&state.catalog, m, usd, base_url)).collect();
+    let providers: BTreeSet<&str> =
+        models.iter().flat_map(|m| m.routes.iter().map(|r| r.provider_label.as_str())).collect();
     let cheapest = models.iter().min_by_key(|m| m.credits);
     let endpoint_summary = EndpointSummary {
         endpoint: ENDPOINT,
@@ -202,7 +205,11 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
             max: models.iter().map(|m| m.credits).max(),
         },
         webhook_coverage: format!("{}/{}", models.iter().filter(|m| m.webhook).count(), models.len()),
-        lowest_cost_model: cheapest.map(|m| CheapestModel { id: m.id.clone(), name: m.name.clone(), credits: m.credits }),
+        lowest_cost_model: cheapest.map(|m| CheapestModel {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            credits: m.credits,
+        }),
     };
     Json(ModelList { data: models, endpoint_summary })
 }
@@ -218,7 +225,10 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
         (status = 404, description = "No such model.", body = ErrorEnvelope),
     )
 )]
-pub async fn get(State(state): State<AppState>, ApiPath(model_id): ApiPath<String>) -> Result<Json<ModelView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(model_id): ApiPath<String>,
+) -> Result<Json<ModelView>, ApiError> {
     let model = state.catalog.get(&model_id).ok_or_else(|| ApiError::not_found("Model"))?;
     let base_url = &state.settings.server.public_base_url;
     Ok(Json(view(&state.catalog, model, state.settings.billing.usd_per_credit, base_url)))

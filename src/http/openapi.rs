@@ -5,7 +5,9 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use super::{admin, billing, callbacks, deliveries, files, health, images, keys, models, session, tasks, usage, webhook_secret};
+use super::{
+    admin, billing, callbacks, deliveries, files, health, images, keys, models, session, tasks, usage, webhook_secret,
+};
 
 /// The body of every non-2xx answer (SPEC §3).
 #[derive(ToSchema)]

@@ -8,7 +8,6 @@
 //! authenticated by the cookie must come from the console's own origin (CSRF): `Sec-Fetch-Site:
 //! same-origin` where the browser sends it, else an `Origin` naming this gateway; neither is refused.
 
-
 use axum::extract::State;
 use axum::http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::request::Parts;
@@ -23,8 +22,8 @@ use super::extract::ApiJson;
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use crate::accounts;
 use crate::app::AppState;
-use crate::tasks::timestamp;
 use crate::jwt::{Role, Session};
+use crate::tasks::timestamp;
 
 pub const COOKIE_NAME: &str = "aio_session";
 
@@ -81,7 +80,8 @@ pub async fn create(
         return Err(cross_site());
     }
     let caller = state.auth.authenticate_key(request.api_key.trim()).await?;
-    let role = if state.settings.auth.session.admin_accounts.contains(&caller.account_id) { Role::Admin } else { Role::User };
+    let role =
+        if state.settings.auth.session.admin_accounts.contains(&caller.account_id) { Role::Admin } else { Role::User };
     let ttl = state.settings.auth.session.ttl;
     let (token, expires_at) = state.sessions.mint(caller.account_id, role, ttl)?;
     let cookie = Cookie::build((COOKIE_NAME, token))

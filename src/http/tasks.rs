@@ -5,8 +5,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::openapi::{ErrorEnvelope, KeyErrors};
 use super::extract::{ApiPath, ApiQuery};
+use super::openapi::{ErrorEnvelope, KeyErrors};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::paging;
@@ -30,7 +30,8 @@ pub async fn get(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task = tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| ApiError::not_found("Task"))?;
+    let task =
+        tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| ApiError::not_found("Task"))?;
     Ok(Json(TaskView::from(&task)))
 }
 

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::openapi::{ErrorEnvelope, SessionErrors};
 use super::extract::ApiQuery;
+use super::openapi::{ErrorEnvelope, SessionErrors};
 use crate::app::AppState;
 use crate::jwt::Session;
 use crate::ledger::{self, Entry, UsageFilter};
@@ -96,7 +96,8 @@ pub async fn usage(
     let ledger_cursor = paging::cursor("ledger_cursor", query.ledger_cursor.as_deref(), ledger::cursor)?;
     let filter = UsageFilter { from: query.from, to: query.to, model: query.model.as_deref() };
     let account = session.account_id;
-    let (total, succeeded, failed, unfinished, credits_charged) = tasks::usage_totals(&state.pool, account, &filter).await?;
+    let (total, succeeded, failed, unfinished, credits_charged) =
+        tasks::usage_totals(&state.pool, account, &filter).await?;
     let task_rows = tasks::usage_page(&state.pool, account, &filter, tasks_cursor, limit).await?;
     let entries = ledger::page(&state.pool, account, &filter, ledger_cursor, limit).await?;
     Ok(Json(Usage {
@@ -105,9 +106,6 @@ pub async fn usage(
             next_cursor: paging::next_cursor(&task_rows, limit, |t| &t.id),
             data: task_rows.iter().map(TaskView::from).collect(),
         },
-        ledger: UsageLedger {
-            next_cursor: paging::next_cursor(&entries, limit, |e| &e.id),
-            data: entries,
-        },
+        ledger: UsageLedger { next_cursor: paging::next_cursor(&entries, limit, |e| &e.id), data: entries },
     }))
 }

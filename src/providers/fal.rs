@@ -166,7 +166,8 @@ impl Provider for Fal {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             return Err(self.upstream.error_for(status, &detail));
         }
-        let queued: Queued = serde_json::from_slice(&body).map_err(|error| self.upstream.malformed("queue answer", error))?;
+        let queued: Queued =
+            serde_json::from_slice(&body).map_err(|error| self.upstream.malformed("queue answer", error))?;
         let path = self.job_path(model, &queued.request_id, queued.response_url.as_deref());
         Ok(Submitted::Accepted { upstream_id: path })
     }

@@ -10,9 +10,9 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::Sha256;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::Sha256;
 
 use super::signed_callback::{self, header};
 use super::upstream::Upstream;
@@ -39,7 +39,8 @@ impl Kie {
             return Err(CallbackRefused("The callback is not signed."));
         };
         signed_callback::timestamp(timestamp, chrono::Utc::now().timestamp())?;
-        let signature = BASE64.decode(signature).map_err(|_| CallbackRefused("The callback signature is not base64."))?;
+        let signature =
+            BASE64.decode(signature).map_err(|_| CallbackRefused("The callback signature is not base64."))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
             .map_err(|_| CallbackRefused("The callback key is unusable."))?;
         mac.update(format!("{task_id}.{timestamp}").as_bytes());
@@ -160,12 +161,12 @@ impl Provider for Kie {
     /// The body reuses recordInfo's shape: `{code, msg, data: {taskId | task_id, state, resultJson, …}}`.
     async fn read_callback(&self, headers: &HeaderMap, body: &[u8]) -> Result<Callback, CallbackRefused> {
         let data = serde_json::from_slice::<Envelope>(body).ok().and_then(|envelope| envelope.data).unwrap_or_default();
-        let upstream_id =
-            data.get("taskId").or_else(|| data.get("task_id")).and_then(Value::as_str).map(str::to_owned);
+        let upstream_id = data.get("taskId").or_else(|| data.get("task_id")).and_then(Value::as_str).map(str::to_owned);
         if let Some(key) = &self.hmac_key {
             self.verify(key, headers, upstream_id.as_deref().unwrap_or_default())?;
         }
-        let state = serde_json::from_value::<Record>(data).ok().and_then(|record| record.job_state(&self.upstream).ok());
+        let state =
+            serde_json::from_value::<Record>(data).ok().and_then(|record| record.job_state(&self.upstream).ok());
         Ok(Callback { upstream_id, state })
     }
 }

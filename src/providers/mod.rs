@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Db;
 use async_trait::async_trait;
 use reqwest::header::HeaderMap;
-use crate::store::Db;
 
 use crate::config::{ProviderKind, Settings};
 use crate::files::FileStore;
@@ -52,8 +52,12 @@ pub enum Submitted {
 
 pub enum JobState {
     /// Still working. `check_after` is the provider's hint of when to look again.
-    Running { check_after: Option<Duration> },
-    Succeeded { images: Vec<OutputImage> },
+    Running {
+        check_after: Option<Duration>,
+    },
+    Succeeded {
+        images: Vec<OutputImage>,
+    },
     Failed(TaskError),
 }
 

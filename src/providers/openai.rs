@@ -32,7 +32,9 @@ impl OpenAi {
         };
         let message = error.get("message").and_then(Value::as_str).unwrap_or_default();
         let code = error.get("code").and_then(Value::as_str).unwrap_or_default();
-        if status == 400 && (code.contains("content_policy") || code.contains("moderation") || outcome::is_content_policy(message)) {
+        if status == 400
+            && (code.contains("content_policy") || code.contains("moderation") || outcome::is_content_policy(message))
+        {
             return ProviderError::permanent(
                 TaskErrorCode::ContentPolicy,
                 format!("The provider's content filter refused the request: {}", outcome::short(message)),
@@ -99,7 +101,9 @@ impl Provider for OpenAi {
         let mut images = Vec::new();
         for image in answer.data {
             match (image.b64_json, image.url) {
-                (Some(encoded), _) if !encoded.is_empty() => images.push(OutputImage { url: self.store(&encoded).await? }),
+                (Some(encoded), _) if !encoded.is_empty() => {
+                    images.push(OutputImage { url: self.store(&encoded).await? })
+                }
                 (_, Some(url)) if !url.is_empty() => images.push(OutputImage { url }),
                 _ => {}
             }

@@ -19,7 +19,10 @@ pub fn finished(who: &str, images: Vec<OutputImage>) -> JobState {
 /// [`finished`] for a job that ends within its submit.
 pub fn require_images(who: &str, images: Vec<OutputImage>) -> Result<Vec<OutputImage>, TaskError> {
     if images.is_empty() {
-        return Err(TaskError { code: TaskErrorCode::UpstreamFailed, message: format!("{who} finished without an image.") });
+        return Err(TaskError {
+            code: TaskErrorCode::UpstreamFailed,
+            message: format!("{who} finished without an image."),
+        });
     }
     Ok(images)
 }
@@ -60,7 +63,8 @@ mod tests {
 
     #[test]
     fn content_filter_reasons_are_content_policy() {
-        for reason in ["NSFW content detected", "Blocked by our content policy", "flagged as sensitive", "Safety check"] {
+        for reason in ["NSFW content detected", "Blocked by our content policy", "flagged as sensitive", "Safety check"]
+        {
             let error = failed(reason);
             assert_eq!(error.code, TaskErrorCode::ContentPolicy, "{reason}");
             assert_eq!(error.message, format!("The provider could not generate the image: {reason}"));
@@ -77,7 +81,10 @@ mod tests {
         let image = || OutputImage { url: "https://u.example/1.png".into() };
         assert!(matches!(finished(PROVIDER, vec![image()]), JobState::Succeeded { images } if images.len() == 1));
         let JobState::Failed(error) = finished(PROVIDER, vec![]) else { panic!("failed") };
-        assert_eq!((error.code, error.message.as_str()), (TaskErrorCode::UpstreamFailed, "The provider finished without an image."));
+        assert_eq!(
+            (error.code, error.message.as_str()),
+            (TaskErrorCode::UpstreamFailed, "The provider finished without an image.")
+        );
         let error = require_images(BACKEND_NODE, vec![]).expect_err("no image");
         assert_eq!(error.message, "The backend node finished without an image.");
     }

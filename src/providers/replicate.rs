@@ -65,7 +65,9 @@ impl Prediction {
             "succeeded" => {
                 let urls: Vec<String> = match self.output {
                     Some(Value::String(url)) => vec![url],
-                    Some(Value::Array(items)) => items.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+                    Some(Value::Array(items)) => {
+                        items.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+                    }
                     _ => vec![],
                 };
                 outcome::finished(outcome::PROVIDER, urls.into_iter().map(|url| OutputImage { url }).collect())
@@ -81,7 +83,10 @@ impl Prediction {
             }
             "canceled" | "aborted" => JobState::Failed(TaskError {
                 code: TaskErrorCode::UpstreamFailed,
-                message: format!("The provider {} the job.", if self.status == "canceled" { "canceled" } else { "aborted" }),
+                message: format!(
+                    "The provider {} the job.",
+                    if self.status == "canceled" { "canceled" } else { "aborted" }
+                ),
             }),
             // starting, processing, and whatever Replicate adds later.
             _ => JobState::Running { check_after: None },

@@ -118,9 +118,7 @@ struct NodeOutput {
 impl NodeTask {
     fn job_state(self) -> JobState {
         match self.status.as_str() {
-            "succeeded" => {
-                outcome::finished(outcome::BACKEND_NODE, self.output.map(|o| o.images).unwrap_or_default())
-            }
+            "succeeded" => outcome::finished(outcome::BACKEND_NODE, self.output.map(|o| o.images).unwrap_or_default()),
             "failed" => {
                 let error = self.error.unwrap_or(NodeErrorBody { code: String::new(), message: String::new() });
                 let code = match error.code.as_str() {
@@ -226,7 +224,9 @@ mod tests {
         assert!(matches!(running, JobState::Running { .. }));
         assert!(matches!(node_task(json!({"task_id": "t", "status": "pending"})), JobState::Running { .. }));
 
-        let done = node_task(json!({"task_id": "t", "status": "succeeded", "output": {"images": [{"url": "https://n/f.png"}]}}));
+        let done = node_task(
+            json!({"task_id": "t", "status": "succeeded", "output": {"images": [{"url": "https://n/f.png"}]}}),
+        );
         let JobState::Succeeded { images } = done else { panic!("succeeded") };
         assert_eq!(images[0].url, "https://n/f.png");
 
@@ -236,7 +236,8 @@ mod tests {
             ("timeout", TaskErrorCode::Timeout),
             ("content_policy", TaskErrorCode::ContentPolicy),
         ] {
-            let failed = node_task(json!({"task_id": "t", "status": "failed", "error": {"code": code, "message": "why"}}));
+            let failed =
+                node_task(json!({"task_id": "t", "status": "failed", "error": {"code": code, "message": "why"}}));
             let JobState::Failed(error) = failed else { panic!("failed") };
             assert_eq!((error.code, error.message.as_str()), (expected, "why"));
         }

@@ -104,9 +104,13 @@ fn read_cell(row: &sqlx::sqlite::SqliteRow, column: &str, kind: Kind) -> sqlx::R
 /// Copies every row of `source` into `target` (migrated and empty) in one transaction, then verifies.
 /// Returns the rows copied per table.
 pub async fn sqlite_to_postgres(source: &SqlitePool, target: &PgPool) -> anyhow::Result<Value> {
-    let (existing,): (i64,) =
-        sqlx::query_as("SELECT (SELECT count(*) FROM accounts) + (SELECT count(*) FROM tasks)").fetch_one(target).await?;
-    anyhow::ensure!(existing == 0, "the PostgreSQL database is not empty: it has accounts or tasks; copy into an empty one");
+    let (existing,): (i64,) = sqlx::query_as("SELECT (SELECT count(*) FROM accounts) + (SELECT count(*) FROM tasks)")
+        .fetch_one(target)
+        .await?;
+    anyhow::ensure!(
+        existing == 0,
+        "the PostgreSQL database is not empty: it has accounts or tasks; copy into an empty one"
+    );
 
     let tables = target_tables(target).await?;
     let mut copied = serde_json::Map::new();
@@ -159,7 +163,10 @@ async fn verify(source: &SqlitePool, target: &PgPool) -> anyhow::Result<()> {
     )
     .fetch_all(target)
     .await?;
-    anyhow::ensure!(unbalanced.is_empty(), "after the copy, accounts {unbalanced:?} have a balance other than their ledger's sum");
+    anyhow::ensure!(
+        unbalanced.is_empty(),
+        "after the copy, accounts {unbalanced:?} have a balance other than their ledger's sum"
+    );
 
     const ACCOUNTS: &str = "SELECT id, balance, held FROM accounts ORDER BY id";
     let before: Vec<(i64, i64, i64)> = sqlx::query_as(ACCOUNTS).fetch_all(source).await?;

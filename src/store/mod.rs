@@ -281,7 +281,8 @@ pub fn lock_single_process(url: &str) -> anyhow::Result<Option<ProcessLock>> {
     if Dialect::of_url(url) != Some(Dialect::Sqlite) {
         return Ok(None);
     }
-    let options = SqliteConnectOptions::from_str(url).context("database.url (DATABASE_URL) is not a valid SQLite URL")?;
+    let options =
+        SqliteConnectOptions::from_str(url).context("database.url (DATABASE_URL) is not a valid SQLite URL")?;
     create_folder_of(options.get_filename())?;
     let path: PathBuf = lock_path(options.get_filename());
     let file = File::options()

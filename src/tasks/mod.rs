@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::types::Json;
 use sha2::{Digest, Sha256};
+use sqlx::types::Json;
 
 use crate::error::Error;
 use crate::idempotency::{self, IdempotencyKey};
@@ -287,7 +287,11 @@ pub async fn usage_page(
 }
 
 /// Totals over everything `filter` matches: `(tasks, succeeded, failed, unfinished, credits charged)`.
-pub async fn usage_totals(db: &Db, account_id: i64, filter: &UsageFilter<'_>) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
+pub async fn usage_totals(
+    db: &Db,
+    account_id: i64,
+    filter: &UsageFilter<'_>,
+) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
     const SQL: &str = "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'),
                 count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status IN ('pending', 'running')),
                 CAST(COALESCE(SUM(price) FILTER (WHERE status = 'succeeded'), 0) AS BIGINT)
@@ -299,8 +303,12 @@ pub async fn usage_totals(db: &Db, account_id: i64, filter: &UsageFilter<'_>) ->
 }
 
 /// The engine's work queue: unfinished tasks, due at `next_poll_at`.
-const QUEUE: WorkQueue =
-    WorkQueue { table: "tasks", pending: "status IN ('pending', 'running')", due_column: "next_poll_at", columns: COLUMNS };
+const QUEUE: WorkQueue = WorkQueue {
+    table: "tasks",
+    pending: "status IN ('pending', 'running')",
+    due_column: "next_poll_at",
+    columns: COLUMNS,
+};
 
 /// Claims up to `limit` due unfinished tasks for `lease` (see [`store::claim_due`]).
 pub async fn claim_due(db: &Db, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
@@ -426,12 +434,7 @@ pub enum Outcome {
 /// The terminal transition, its settlement and, for a task with a `callback_url`, its webhook delivery
 /// (due after `webhook_delay`), in one transaction. Returns the settled task when this call made the
 /// transition, `None` when the task was already terminal (someone else settled).
-pub async fn settle(
-    db: &Db,
-    task_id: &str,
-    outcome: Outcome,
-    webhook_delay: Duration,
-) -> sqlx::Result<Option<Task>> {
+pub async fn settle(db: &Db, task_id: &str, outcome: Outcome, webhook_delay: Duration) -> sqlx::Result<Option<Task>> {
     let mut tx = db.begin().await?;
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::store::Db;
 use chrono::Utc;
 use reqwest::dns::Resolve;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
-use crate::store::Db;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 

@@ -28,7 +28,8 @@ pub async fn signing(db: &Db, account_id: i64) -> sqlx::Result<Signing> {
         return Ok(found);
     }
     // Two first uses at once: one insert wins, both read the winner.
-    const SQL: &str = "INSERT INTO webhook_secrets (account_id, secret) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING";
+    const SQL: &str =
+        "INSERT INTO webhook_secrets (account_id, secret) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING";
     on_db!(db, pool => sqlx::query(SQL)
         .bind(account_id)
         .bind(signing::generate_secret())

@@ -27,9 +27,10 @@ async fn every_bad_key_gets_the_same_401() {
 
     let revoked = accounts::create_key(&app.db, account_id, Some("revoked"), None).await.expect("create key");
     assert!(accounts::revoke_key(&app.db, &revoked.key_id).await.expect("revoke"), "revoked");
-    let expired = accounts::create_key(&app.db, account_id, Some("expired"), Some(Utc::now() - chrono::Duration::hours(1)))
-        .await
-        .expect("create key");
+    let expired =
+        accounts::create_key(&app.db, account_id, Some("expired"), Some(Utc::now() - chrono::Duration::hours(1)))
+            .await
+            .expect("create key");
     // Well-formed (`aio_` + 40 alphanumerics) but never issued; built at run time, not a literal.
     let unknown = format!("aio_{}", "Zq9".repeat(14).chars().take(40).collect::<String>());
 
@@ -52,7 +53,10 @@ async fn every_bad_key_gets_the_same_401() {
         }
     }
     let post = app.client.post(app.url("/api/v1/images/generations")).json(&json!({"prompt": "A cat"})).send().await;
-    answers.push(("missing header on create".into(), assert_error(post.expect("POST"), StatusCode::UNAUTHORIZED, "unauthorized").await));
+    answers.push((
+        "missing header on create".into(),
+        assert_error(post.expect("POST"), StatusCode::UNAUTHORIZED, "unauthorized").await,
+    ));
     let post = app
         .client
         .post(app.url("/api/v1/images/generations"))
@@ -60,7 +64,10 @@ async fn every_bad_key_gets_the_same_401() {
         .json(&json!({"prompt": "A cat"}))
         .send()
         .await;
-    answers.push(("revoked key on create".into(), assert_error(post.expect("POST"), StatusCode::UNAUTHORIZED, "unauthorized").await));
+    answers.push((
+        "revoked key on create".into(),
+        assert_error(post.expect("POST"), StatusCode::UNAUTHORIZED, "unauthorized").await,
+    ));
 
     let (first_case, first) = &answers[0];
     for (case, answer) in &answers {

@@ -6,12 +6,12 @@ use aio_gateway::config::{ProviderKind, Settings};
 use aio_gateway::tasks::TaskInput;
 use serde_json::{json, Value};
 
+use crate::fakes;
 use crate::fakes::fal::FakeFal;
 use crate::fakes::kie::FakeKie;
 use crate::fakes::openai::FakeOpenAi;
 use crate::fakes::replicate::FakeReplicate;
 use crate::fakes::wavespeed::FakeWaveSpeed;
-use crate::fakes;
 use crate::helpers::{assert_ledger_consistent, catalog, spawn_app_with, TestApp};
 
 /// Every real provider of the shipped configuration, active (a key is set) but never called.
@@ -83,8 +83,14 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
     assert_eq!(seedream["provider_label"], "ByteDance / KIE");
     assert_eq!(seedream["routes"], json!([{"provider_label": "KIE"}, {"provider_label": "Simulated"}]));
     let cogview = model(&catalog, "cogview-4");
-    assert_eq!((cogview["vendor"].as_str(), cogview["provider_label"].as_str()), (Some("Zhipu"), Some("Zhipu / WaveSpeed")));
-    assert_eq!(model(&catalog, "seedream-4")["routes"], json!([{"provider_label": "KIE"}, {"provider_label": "WaveSpeed"}]));
+    assert_eq!(
+        (cogview["vendor"].as_str(), cogview["provider_label"].as_str()),
+        (Some("Zhipu"), Some("Zhipu / WaveSpeed"))
+    );
+    assert_eq!(
+        model(&catalog, "seedream-4")["routes"],
+        json!([{"provider_label": "KIE"}, {"provider_label": "WaveSpeed"}])
+    );
     assert_eq!(model(&catalog, "gpt-image-1")["routes"], json!([{"provider_label": "OpenAI"}]));
 
     // Provider internals and keys never leak.
@@ -206,17 +212,31 @@ fn catalogs_map_sizes_and_qualities() {
             .find(|route| route.upstream_model == upstream_model)
             .expect("the route")
             .clone();
-        let input = TaskInput { prompt: "p".into(), aspect_ratio: Some(ratio.into()), quality: Some(quality.into()), image_urls: vec![] };
+        let input = TaskInput {
+            prompt: "p".into(),
+            aspect_ratio: Some(ratio.into()),
+            quality: Some(quality.into()),
+            image_urls: vec![],
+        };
         Value::Object(route.mapped_input(&input))
     };
     let wavespeed = &catalog("wavespeed_only.toml");
-    assert_eq!(fields(wavespeed, "bytedance/seedream-v4.5", "1:1", "basic"), json!({"prompt": "p", "size": "2048*2048"}));
+    assert_eq!(
+        fields(wavespeed, "bytedance/seedream-v4.5", "1:1", "basic"),
+        json!({"prompt": "p", "size": "2048*2048"})
+    );
     assert_eq!(fields(wavespeed, "bytedance/seedream-v4.5", "16:9", "high")["size"], "4096*2304");
     assert_eq!(fields(wavespeed, "bytedance/seedream-v4.5", "9:16", "basic")["size"], "1152*2048");
 
     let openai = &catalog("openai_only.toml");
-    assert_eq!(fields(openai, "gpt-image-1", "16:9", "high"), json!({"prompt": "p", "size": "1536x1024", "quality": "high"}));
+    assert_eq!(
+        fields(openai, "gpt-image-1", "16:9", "high"),
+        json!({"prompt": "p", "size": "1536x1024", "quality": "high"})
+    );
     assert_eq!(fields(openai, "gpt-image-1", "1:1", "basic")["quality"], "medium");
     let shipped = &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/models.toml");
-    assert_eq!(fields(shipped, "dall-e-3", "9:16", "high"), json!({"prompt": "p", "size": "1024x1792", "quality": "hd"}));
+    assert_eq!(
+        fields(shipped, "dall-e-3", "9:16", "high"),
+        json!({"prompt": "p", "size": "1024x1792", "quality": "hd"})
+    );
 }

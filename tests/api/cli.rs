@@ -36,11 +36,11 @@ fn gateway(database_url: &str) -> Command {
 
 /// Runs an admin command with `--json` and returns its exit status and the one JSON object it printed.
 fn run_json(database_url: &str, args: &[&str]) -> (bool, Value) {
-    let Output { status, stdout, stderr } = gateway(database_url).arg("--json").args(args).output().expect("run the CLI");
+    let Output { status, stdout, stderr } =
+        gateway(database_url).arg("--json").args(args).output().expect("run the CLI");
     let text = String::from_utf8(stdout).expect("utf-8 output");
-    let value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!("one JSON object, got {text:?}: {e}; stderr: {}", String::from_utf8_lossy(&stderr))
-    });
+    let value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("one JSON object, got {text:?}: {e}; stderr: {}", String::from_utf8_lossy(&stderr)));
     (status.success(), value)
 }
 
@@ -66,7 +66,8 @@ async fn admin_commands_manage_accounts_keys_and_credits() {
     // The key minted by the CLI works over HTTP and sees the granted balance and its history.
     let credits = app.credits(&api_key).await;
     assert_eq!(credits["balance"], 150, "{credits}");
-    let kinds: Vec<&str> = credits["ledger"].as_array().expect("ledger").iter().filter_map(|e| e["kind"].as_str()).collect();
+    let kinds: Vec<&str> =
+        credits["ledger"].as_array().expect("ledger").iter().filter_map(|e| e["kind"].as_str()).collect();
     assert_eq!(kinds, ["grant", "grant"]);
 
     // Listings show the prefix, never the key or its hash.
@@ -209,9 +210,10 @@ async fn serve_once(database_url: &str, files: &std::path::Path) -> Option<Strin
     let _ = child.kill();
     let _ = child.wait();
     let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout).lines().map_while(Result::ok).find_map(|line| {
-        line.split_whitespace().find(|word| word.starts_with("aio_")).map(str::to_owned)
-    })
+    BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.split_whitespace().find(|word| word.starts_with("aio_")).map(str::to_owned))
 }
 
 #[tokio::test]
@@ -224,11 +226,13 @@ async fn first_start_creates_the_default_account_and_prints_its_key_once() {
     let (name, balance): (String, i64) =
         sqlx::query_as("SELECT name, balance FROM accounts").fetch_one(&database.pool).await.expect("one account");
     assert_eq!((name.as_str(), balance), ("default", 1000));
-    let (hash,): (Vec<u8>,) = sqlx::query_as("SELECT hash FROM api_keys").fetch_one(&database.pool).await.expect("one key");
+    let (hash,): (Vec<u8>,) =
+        sqlx::query_as("SELECT hash FROM api_keys").fetch_one(&database.pool).await.expect("one key");
     assert_eq!(hash, aio_gateway::auth::hash_key(&key).to_vec(), "only the hash is stored");
 
     assert_eq!(serve_once(&database.url, files.path()).await, None, "a second start prints no key");
-    let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&database.pool).await.expect("count");
+    let (accounts,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&database.pool).await.expect("count");
     assert_eq!(accounts, 1);
 }
 
@@ -270,7 +274,8 @@ async fn token_mint_signs_a_session_token_the_gateway_accepts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_exits_0_only_when_the_gateway_is_ready() {
     let app = spawn_app().await;
-    let ready = gateway("postgres://unused@127.0.0.1/none").args(["healthcheck", "--url", &app.address]).output().expect("run");
+    let ready =
+        gateway("postgres://unused@127.0.0.1/none").args(["healthcheck", "--url", &app.address]).output().expect("run");
     assert!(ready.status.success(), "{}", String::from_utf8_lossy(&ready.stderr));
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
     let down = gateway("postgres://unused@127.0.0.1/none")
@@ -302,11 +307,20 @@ fn check_config_warns_about_unused_routes_and_fails_on_bad_mappings_and_unknown_
     let text = std::fs::read_to_string(models_path()).expect("read the catalog");
     let broken = [
         // A value the parameter does not have, and so one of its values left unmapped.
-        ("map.quality = { values = { basic = \"standard\", high = \"hd\" } }", "map.quality = { values = { basic = \"standard\", ultra = \"hd\" } }"),
+        (
+            "map.quality = { values = { basic = \"standard\", high = \"hd\" } }",
+            "map.quality = { values = { basic = \"standard\", ultra = \"hd\" } }",
+        ),
         // A parameter the model does not have.
-        ("upstream_model = \"zhipu/cogview-4\"\n", "upstream_model = \"zhipu/cogview-4\"\nmap.style = { to = \"style\" }\n"),
+        (
+            "upstream_model = \"zhipu/cogview-4\"\n",
+            "upstream_model = \"zhipu/cogview-4\"\nmap.style = { to = \"style\" }\n",
+        ),
         // A provider the configuration does not have.
-        ("provider = \"replicate\"\nprovider_label = \"Replicate\"\nupstream_model = \"google/imagen-4\"", "provider = \"midjourney\"\nupstream_model = \"google/imagen-4\""),
+        (
+            "provider = \"replicate\"\nprovider_label = \"Replicate\"\nupstream_model = \"google/imagen-4\"",
+            "provider = \"midjourney\"\nupstream_model = \"google/imagen-4\"",
+        ),
     ]
     .iter()
     .fold(text, |text, (from, to)| {

@@ -61,7 +61,11 @@ async fn hs256_tokens_are_checked_and_every_bad_one_is_the_same_401() {
     })
     .await;
     let (account, api_key) = app.new_account(100).await;
-    let valid = Claims { iss: Some("aio-tests".into()), aud: Some("aio-dashboard".into()), ..claims(account, Role::User, now() + 600) };
+    let valid = Claims {
+        iss: Some("aio-tests".into()),
+        aud: Some("aio-dashboard".into()),
+        ..claims(account, Role::User, now() + 600)
+    };
     assert_eq!(status_of(&app, "/api/v1/keys", &hs256(JWT_SECRET, &valid)).await, StatusCode::OK);
 
     let cases: Vec<(&str, String)> = vec![
@@ -71,11 +75,23 @@ async fn hs256_tokens_are_checked_and_every_bad_one_is_the_same_401() {
         ("wrong audience", hs256(JWT_SECRET, &Claims { aud: Some("elsewhere".into()), ..valid.clone() })),
         ("no audience", hs256(JWT_SECRET, &Claims { aud: None, ..valid.clone() })),
         ("wrong issuer", hs256(JWT_SECRET, &Claims { iss: Some("mallory".into()), ..valid.clone() })),
-        ("no exp", hs256(JWT_SECRET, &json!({"sub": account.to_string(), "role": "user", "iss": "aio-tests", "aud": "aio-dashboard"}))),
+        (
+            "no exp",
+            hs256(
+                JWT_SECRET,
+                &json!({"sub": account.to_string(), "role": "user", "iss": "aio-tests", "aud": "aio-dashboard"}),
+            ),
+        ),
         ("HS384", sign(Algorithm::HS384, &EncodingKey::from_secret(JWT_SECRET.as_bytes()), &valid)),
         ("unknown account", hs256(JWT_SECRET, &Claims { sub: "999999".into(), ..valid.clone() })),
         ("sub not an id", hs256(JWT_SECRET, &Claims { sub: "root".into(), ..valid.clone() })),
-        ("unknown role", hs256(JWT_SECRET, &json!({"sub": account.to_string(), "role": "owner", "exp": now() + 600, "iss": "aio-tests", "aud": "aio-dashboard"}))),
+        (
+            "unknown role",
+            hs256(
+                JWT_SECRET,
+                &json!({"sub": account.to_string(), "role": "owner", "exp": now() + 600, "iss": "aio-tests", "aud": "aio-dashboard"}),
+            ),
+        ),
         ("garbage", "not.a.token".into()),
         ("an API key", api_key.clone()),
     ];
@@ -89,7 +105,12 @@ async fn hs256_tokens_are_checked_and_every_bad_one_is_the_same_401() {
     let response = app.client.get(app.url("/api/v1/usage")).send().await.expect("GET");
     assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
     let token = hs256(JWT_SECRET, &valid);
-    assert_error(app.with_bearer(Method::GET, "/api/v1/billing/credits", &token).send().await.expect("GET"), StatusCode::UNAUTHORIZED, "unauthorized").await;
+    assert_error(
+        app.with_bearer(Method::GET, "/api/v1/billing/credits", &token).send().await.expect("GET"),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -151,7 +172,13 @@ async fn es256_tokens_work_when_configured() {
     let token = sign(Algorithm::ES256, &private, &claims(account, Role::Admin, now() + 600));
     assert_eq!(status_of(&app, "/api/v1/admin/accounts", &token).await, StatusCode::OK);
     let rsa = EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).expect("RSA key");
-    assert_unauthorized(&app, "/api/v1/keys", &sign(Algorithm::RS256, &rsa, &claims(account, Role::Admin, now() + 600)), "RS256").await;
+    assert_unauthorized(
+        &app,
+        "/api/v1/keys",
+        &sign(Algorithm::RS256, &rsa, &claims(account, Role::Admin, now() + 600)),
+        "RS256",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -161,16 +188,25 @@ async fn keys_created_through_the_api_work_and_revoked_ones_stop_within_the_cach
     let (other_account, other_key) = app.new_account(100).await;
     let session = session_token(account, Role::User);
 
-    let response = app.with_bearer(Method::POST, "/api/v1/keys", &session).json(&json!({"name": "ci"})).send().await.expect("POST");
+    let response = app
+        .with_bearer(Method::POST, "/api/v1/keys", &session)
+        .json(&json!({"name": "ci"}))
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(response.status(), StatusCode::CREATED);
     let created: Value = response.json().await.expect("JSON");
     let api_key = created["api_key"].as_str().expect("api_key").to_owned();
     let key_id = created["key_id"].as_str().expect("key_id").to_owned();
-    assert!(api_key.starts_with("aio_") && api_key.starts_with(created["prefix"].as_str().expect("prefix")), "{created}");
+    assert!(
+        api_key.starts_with("aio_") && api_key.starts_with(created["prefix"].as_str().expect("prefix")),
+        "{created}"
+    );
     assert_eq!(app.credits(&api_key).await["balance"], 100);
 
     // Listed by prefix, never in full.
-    let listed: Value = app.with_bearer(Method::GET, "/api/v1/keys", &session).send().await.expect("GET").json().await.expect("JSON");
+    let listed: Value =
+        app.with_bearer(Method::GET, "/api/v1/keys", &session).send().await.expect("GET").json().await.expect("JSON");
     let keys = listed["data"].as_array().expect("data");
     assert_eq!(keys.len(), 2, "{listed}");
     assert!(keys.iter().any(|k| k["key_id"] == key_id.as_str() && k["name"] == "ci"));
@@ -194,15 +230,21 @@ async fn keys_created_through_the_api_work_and_revoked_ones_stop_within_the_cach
         .fetch_one(app.pool())
         .await
         .expect("other key id");
-    let response = app.with_bearer(Method::DELETE, &format!("/api/v1/keys/{other_key_id}"), &session).send().await.expect("DELETE");
+    let response = app
+        .with_bearer(Method::DELETE, &format!("/api/v1/keys/{other_key_id}"), &session)
+        .send()
+        .await
+        .expect("DELETE");
     assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(app.get(&other_key, "/api/v1/billing/credits").await.status(), StatusCode::OK);
 
     // Revoked through the API: refused (this process forgets it at once; others within the TTL).
-    let response = app.with_bearer(Method::DELETE, &format!("/api/v1/keys/{key_id}"), &session).send().await.expect("DELETE");
+    let response =
+        app.with_bearer(Method::DELETE, &format!("/api/v1/keys/{key_id}"), &session).send().await.expect("DELETE");
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_error(app.get(&api_key, "/api/v1/billing/credits").await, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let again = app.with_bearer(Method::DELETE, &format!("/api/v1/keys/{key_id}"), &session).send().await.expect("DELETE");
+    let again =
+        app.with_bearer(Method::DELETE, &format!("/api/v1/keys/{key_id}"), &session).send().await.expect("DELETE");
     assert_eq!(again.status(), StatusCode::NO_CONTENT, "revoking is idempotent");
 
     // Revoked elsewhere (another replica, the CLI): the cached key stops within the 1 s TTL.
@@ -219,7 +261,10 @@ async fn usage_filters_by_model_and_time_and_pages() {
     let session = session_token(account, Role::User);
     let text = app.create_ok(&key, seed_request()).await;
     let edit = app
-        .create_ok(&key, json!({"model": "seedream/4.5-edit", "prompt": "winter", "image_urls": ["https://example.com/in.png"]}))
+        .create_ok(
+            &key,
+            json!({"model": "seedream/4.5-edit", "prompt": "winter", "image_urls": ["https://example.com/in.png"]}),
+        )
         .await;
     let failing = app.create_ok(&key, json!({"prompt": "no [simulate:fail]"})).await;
     for task in [&text, &edit, &failing] {
@@ -237,7 +282,10 @@ async fn usage_filters_by_model_and_time_and_pages() {
     };
 
     let all = usage(String::new()).await;
-    assert_eq!(all["summary"], json!({"tasks": 3, "succeeded": 2, "failed": 1, "unfinished": 0, "credits_charged": 24}));
+    assert_eq!(
+        all["summary"],
+        json!({"tasks": 3, "succeeded": 2, "failed": 1, "unfinished": 0, "credits_charged": 24})
+    );
     assert_eq!(all["tasks"]["data"].as_array().expect("tasks").len(), 3);
     // grant, 3 holds, 2 captures, 1 release.
     assert_eq!(all["ledger"]["data"].as_array().expect("ledger").len(), 7);
@@ -245,7 +293,8 @@ async fn usage_filters_by_model_and_time_and_pages() {
     let edits = usage("?model=seedream/4.5-edit".into()).await;
     assert_eq!(edits["summary"]["tasks"], 1);
     assert_eq!(edits["tasks"]["data"][0]["task_id"], edit["task_id"]);
-    let kinds: Vec<&str> = edits["ledger"]["data"].as_array().expect("ledger").iter().filter_map(|e| e["kind"].as_str()).collect();
+    let kinds: Vec<&str> =
+        edits["ledger"]["data"].as_array().expect("ledger").iter().filter_map(|e| e["kind"].as_str()).collect();
     assert_eq!(kinds, ["capture", "hold"], "only the edit task's entries");
     assert_eq!(usage("?model=seedream-4-5".into()).await["summary"]["tasks"], 3);
 
@@ -279,7 +328,8 @@ async fn usage_filters_by_model_and_time_and_pages() {
         ("?ledger_cursor=x", "ledger_cursor"),
         ("?colour=red", "colour"),
     ] {
-        let response = app.with_bearer(Method::GET, &format!("/api/v1/usage{query}"), &session).send().await.expect("GET");
+        let response =
+            app.with_bearer(Method::GET, &format!("/api/v1/usage{query}"), &session).send().await.expect("GET");
         let (_, message) = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
         assert!(message.contains(field), "{query}: {message}");
     }
@@ -299,19 +349,42 @@ async fn admins_manage_accounts_and_credits_through_the_ledger() {
     let (admin_account, _) = app.new_account(0).await;
     let admin = session_token(admin_account, Role::Admin);
 
-    let response = app.with_bearer(Method::POST, "/api/v1/admin/accounts", &admin).json(&json!({"name": "acme", "credits": 40})).send().await.expect("POST");
+    let response = app
+        .with_bearer(Method::POST, "/api/v1/admin/accounts", &admin)
+        .json(&json!({"name": "acme", "credits": 40}))
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(response.status(), StatusCode::CREATED);
     let acme: Value = response.json().await.expect("JSON");
-    assert_eq!((acme["name"].clone(), acme["balance"].clone(), acme["held"].clone()), (json!("acme"), json!(40), json!(0)));
+    assert_eq!(
+        (acme["name"].clone(), acme["balance"].clone(), acme["held"].clone()),
+        (json!("acme"), json!(40), json!(0))
+    );
     let id = acme["account_id"].as_i64().expect("account_id");
-    let fetched: Value = app.with_bearer(Method::GET, &format!("/api/v1/admin/accounts/{id}"), &admin).send().await.expect("GET").json().await.expect("JSON");
+    let fetched: Value = app
+        .with_bearer(Method::GET, &format!("/api/v1/admin/accounts/{id}"), &admin)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!(fetched, acme);
 
-    let granted: Value = change_credits(&app, &admin, id, json!({"amount": 60, "reason": "invoice 42"})).await.json().await.expect("JSON");
+    let granted: Value = change_credits(&app, &admin, id, json!({"amount": 60, "reason": "invoice 42"}))
+        .await
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!(granted["account"]["balance"], 100);
     assert_eq!((granted["entry"]["kind"].clone(), granted["entry"]["amount"].clone()), (json!("grant"), json!(60)));
     assert_eq!(granted["entry"]["reason"], "invoice 42");
-    let adjusted: Value = change_credits(&app, &admin, id, json!({"amount": -30, "reason": "refund reversed"})).await.json().await.expect("JSON");
+    let adjusted: Value = change_credits(&app, &admin, id, json!({"amount": -30, "reason": "refund reversed"}))
+        .await
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!(adjusted["account"]["balance"], 70);
     assert_eq!((adjusted["entry"]["kind"].clone(), adjusted["entry"]["amount"].clone()), (json!("adjust"), json!(-30)));
     assert_eq!(adjusted["entry"]["balance_after"], 70);
@@ -320,7 +393,10 @@ async fn admins_manage_accounts_and_credits_through_the_ledger() {
     let response = change_credits(&app, &admin, id, json!({"amount": -71, "reason": "too much"})).await;
     let (_, message) = assert_error(response, StatusCode::CONFLICT, "conflict").await;
     assert!(message.contains("70") && message.contains("negative"), "{message}");
-    assert_eq!(change_credits(&app, &admin, id, json!({"amount": -70, "reason": "close"})).await.status(), StatusCode::OK);
+    assert_eq!(
+        change_credits(&app, &admin, id, json!({"amount": -70, "reason": "close"})).await.status(),
+        StatusCode::OK
+    );
 
     for (body, field) in [
         (json!({"amount": 0, "reason": "nothing"}), "amount"),
@@ -330,18 +406,42 @@ async fn admins_manage_accounts_and_credits_through_the_ledger() {
         (json!({"amount": 2_000_000_000_000i64, "reason": "huge"}), "amount"),
         (json!({"amount": "5", "reason": "text"}), "amount"),
     ] {
-        let (_, message) = assert_error(change_credits(&app, &admin, id, body.clone()).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+        let (_, message) = assert_error(
+            change_credits(&app, &admin, id, body.clone()).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
         assert!(message.contains(field), "{body}: {message}");
     }
-    assert_error(change_credits(&app, &admin, 999_999, json!({"amount": 5, "reason": "x"})).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(
+        change_credits(&app, &admin, 999_999, json!({"amount": 5, "reason": "x"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     let response = app.with_bearer(Method::GET, "/api/v1/admin/accounts/abc", &admin).send().await.expect("GET");
     assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
 
     // The list pages by id.
-    let page: Value = app.with_bearer(Method::GET, "/api/v1/admin/accounts?limit=1", &admin).send().await.expect("GET").json().await.expect("JSON");
+    let page: Value = app
+        .with_bearer(Method::GET, "/api/v1/admin/accounts?limit=1", &admin)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!(page["data"].as_array().expect("data").len(), 1);
     let cursor = page["next_cursor"].as_str().expect("cursor");
-    let next: Value = app.with_bearer(Method::GET, &format!("/api/v1/admin/accounts?limit=1&cursor={cursor}"), &admin).send().await.expect("GET").json().await.expect("JSON");
+    let next: Value = app
+        .with_bearer(Method::GET, &format!("/api/v1/admin/accounts?limit=1&cursor={cursor}"), &admin)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!(next["data"][0]["account_id"], id);
 
     let kinds: Vec<(String, i64, Option<String>)> = crate::helpers::ledger_of(app.pool(), id).await;

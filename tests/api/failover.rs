@@ -16,8 +16,11 @@ async fn served_by(app: &TestApp, key: &str) -> (String, String) {
     for internal in ["provider", "upstream_model", "upstream_id"] {
         assert!(done.get(internal).is_none(), "clients never see the route: {done}");
     }
-    let (provider,): (String,) =
-        sqlx::query_as("SELECT provider FROM tasks WHERE id = $1").bind(task_id).fetch_one(app.pool()).await.expect("task");
+    let (provider,): (String,) = sqlx::query_as("SELECT provider FROM tasks WHERE id = $1")
+        .bind(task_id)
+        .fetch_one(app.pool())
+        .await
+        .expect("task");
     (provider, done["output"]["images"][0]["url"].as_str().expect("url").to_owned())
 }
 

@@ -80,7 +80,10 @@ async fn a_fal_job_error_in_the_result_fails_the_task_with_its_reason() {
 async fn fal_429_5xx_and_malformed_answers_are_retried() {
     let fake = FakeFal::start().await;
     fake.polls(0);
-    fake.script("submit", [Step::Json(429, json!({"detail": "concurrency limit"})), Step::Text(200, "{\"request_id\":")]);
+    fake.script(
+        "submit",
+        [Step::Json(429, json!({"detail": "concurrency limit"})), Step::Text(200, "{\"request_id\":")],
+    );
     fake.script("status", [Step::Text(502, "<html>bad gateway</html>"), Step::Text(200, "not json")]);
     let app = app(&fake).await;
     let (_, key) = app.new_account(100).await;
@@ -103,7 +106,8 @@ async fn an_ed25519_signed_fal_callback_triggers_settlement_and_bad_signatures_a
     let webhook = fake.requests()[0].query_param("fal_webhook").expect("?fal_webhook=");
     assert!(webhook.starts_with(&format!("{}/api/v1/callbacks/fal/", app.address)), "{webhook}");
 
-    let forged = json!({"request_id": "req-1", "status": "OK", "payload": {"images": [{"url": "https://evil.example/x.png"}]}});
+    let forged =
+        json!({"request_id": "req-1", "status": "OK", "payload": {"images": [{"url": "https://evil.example/x.png"}]}});
     assert_eq!(fake.send("req-1", forged.to_string(), Signing::Unsigned).await, 401);
     assert_eq!(fake.send("req-1", forged.to_string(), Signing::Stranger).await, 401);
     assert_eq!(app.get_task(&key, &task_id).await["status"], "running");
@@ -145,8 +149,10 @@ async fn duplicated_fal_callbacks_settle_the_task_exactly_once() {
     let task_id = app.running_seed_task(&key).await;
 
     // fal retries deliveries: the same signed callback twice at once, then once more after the end.
-    let (first, second) =
-        tokio::join!(fake.finish_and_call_back("req-1", Signing::Valid), fake.finish_and_call_back("req-1", Signing::Valid));
+    let (first, second) = tokio::join!(
+        fake.finish_and_call_back("req-1", Signing::Valid),
+        fake.finish_and_call_back("req-1", Signing::Valid)
+    );
     assert_eq!((first, second), (200, 200));
     let done = app.wait_terminal(&key, &task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");

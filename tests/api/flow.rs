@@ -5,7 +5,9 @@ use reqwest::header::{CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_ledger_consistent, ledger_of, seed_request, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{
+    assert_error, assert_ledger_consistent, ledger_of, seed_request, spawn_app, spawn_app_with, TestApp,
+};
 
 /// Fetches a result image and returns its PNG dimensions, checking that it is served as a PNG.
 async fn png_size(app: &TestApp, url: &str) -> (u32, u32) {

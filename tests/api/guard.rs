@@ -125,14 +125,21 @@ async fn http_is_refused_unless_allowed_for_callbacks_and_image_urls() {
 async fn allowed_private_cidrs_open_exactly_the_listed_ranges() {
     let app = spawn_app_with(|settings| {
         settings.server.role = Role::Api;
-        settings.webhooks.allowed_private_cidrs = vec!["10.20.0.0/16".parse().expect("cidr"), "fd12::/16".parse().expect("cidr")];
+        settings.webhooks.allowed_private_cidrs =
+            vec!["10.20.0.0/16".parse().expect("cidr"), "fd12::/16".parse().expect("cidr")];
     })
     .await;
     let (_, key) = app.new_account(1000).await;
-    for url in ["https://10.20.1.2/hook", "https://169083138/hook", "https://[::ffff:10.20.1.2]/hook", "https://[fd12::5]/hook"] {
+    for url in [
+        "https://10.20.1.2/hook",
+        "https://169083138/hook",
+        "https://[::ffff:10.20.1.2]/hook",
+        "https://[fd12::5]/hook",
+    ] {
         app.create_ok(&key, json!({"prompt": "a cat", "callback_url": url})).await;
     }
-    for url in ["https://10.21.0.1/hook", "https://127.0.0.1/hook", "https://localhost/hook", "https://[fd13::5]/hook"] {
+    for url in ["https://10.21.0.1/hook", "https://127.0.0.1/hook", "https://localhost/hook", "https://[fd13::5]/hook"]
+    {
         assert_refused(&app, &key, json!({"prompt": "a cat", "callback_url": url}), "`callback_url`").await;
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use aio_gateway::app::Application;
 use aio_gateway::config::{DatabaseSettings, ProviderKind, ProviderSettings, Role, Settings};
 use aio_gateway::engine::Engine;
-use aio_gateway::url_guard::SystemResolver;
 use aio_gateway::store::Db;
+use aio_gateway::url_guard::SystemResolver;
 use aio_gateway::webhooks::Webhooks;
 use aio_gateway::{accounts, on_db, store};
 use reqwest::dns::Resolve;
@@ -58,7 +58,8 @@ impl TestDatabase {
     pub async fn new(max_connections: u32) -> TestDatabase {
         let template = migrated_template();
         let name = format!("aio_test_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_server())).await.expect("connect to PostgreSQL");
+        let mut admin =
+            PgConnection::connect(&format!("{}/postgres", postgres_server())).await.expect("connect to PostgreSQL");
         admin
             .execute(format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#).as_str())
             .await
@@ -88,8 +89,10 @@ fn migrated_template() -> String {
             postgres_server();
             let mut hash = Sha256::new();
             let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
-            let mut files: Vec<PathBuf> =
-                std::fs::read_dir(&folder).expect("read migrations/postgres").map(|e| e.expect("entry").path()).collect();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+                .expect("read migrations/postgres")
+                .map(|e| e.expect("entry").path())
+                .collect();
             files.sort();
             for file in files {
                 hash.update(file.file_name().expect("a file name").as_encoded_bytes());
@@ -112,15 +115,23 @@ fn migrated_template() -> String {
 
 async fn create_template(name: &str) {
     const LOCK: i64 = 0x6169_6f5f_7465_7374; // "aio_test"
-    let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_server())).await.expect("connect to PostgreSQL");
+    let mut admin =
+        PgConnection::connect(&format!("{}/postgres", postgres_server())).await.expect("connect to PostgreSQL");
     sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK).execute(&mut admin).await.expect("lock");
-    let exists: Option<(i32,)> =
-        sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1").bind(name).fetch_optional(&mut admin).await.expect("look");
+    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut admin)
+        .await
+        .expect("look");
     if exists.is_none() {
         let building = format!("{name}_building");
         admin.execute(format!(r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#).as_str()).await.expect("drop");
         let url = format!("{}/{building}", postgres_server());
-        let settings = DatabaseSettings { url, max_connections: std::num::NonZeroU32::MIN, acquire_timeout: Duration::from_secs(30) };
+        let settings = DatabaseSettings {
+            url,
+            max_connections: std::num::NonZeroU32::MIN,
+            acquire_timeout: Duration::from_secs(30),
+        };
         let db = store::connect(&settings).await.expect("create the template database");
         store::migrate(&db).await.expect("migrate the template database");
         on_db!(&db, pool => pool.close().await);
@@ -173,8 +184,11 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     // Polling loops would trip the per-key limit; the rate-limit tests set their own.
     settings.rate_limit.requests_per_minute = std::num::NonZeroU32::new(1_000_000).unwrap();
     settings.rate_limit.burst = std::num::NonZeroU32::new(100_000).unwrap();
-    let simulated =
-        ProviderSettings { label: Some("Simulated".into()), delay: Some(Duration::from_millis(200)), ..ProviderSettings::new(ProviderKind::Simulated) };
+    let simulated = ProviderSettings {
+        label: Some("Simulated".into()),
+        delay: Some(Duration::from_millis(200)),
+        ..ProviderSettings::new(ProviderKind::Simulated)
+    };
     // The shipped real providers, inactive (no key) unless a test points one at its fake.
     let kie = ProviderSettings {
         label: Some("KIE".into()),
@@ -303,7 +317,12 @@ pub async fn spawn_app_on(backend: Backend, configure: impl FnOnce(&mut Settings
 impl TestApp {
     /// A gateway with `settings` on `store` (its URL replaces the settings' database URL), with
     /// `files` as its file store (a new folder when none).
-    async fn start(mut settings: Settings, resolver: Arc<dyn Resolve>, store: TestStore, files: Option<TempDir>) -> TestApp {
+    async fn start(
+        mut settings: Settings,
+        resolver: Arc<dyn Resolve>,
+        store: TestStore,
+        files: Option<TempDir>,
+    ) -> TestApp {
         let files = files.unwrap_or_else(|| tempfile::tempdir().expect("create a files directory"));
         settings.database.url = store.url.clone();
         settings.files.dir = files.path().to_path_buf();
@@ -381,7 +400,8 @@ impl TestApp {
             format!("UPDATE simulated_jobs SET due_at = {now}"),
             format!("UPDATE webhook_deliveries SET next_attempt_at = {now} WHERE status = 'pending'"),
         ] {
-            on_db!(&self.db, pool => sqlx::query(&statement).execute(pool).await.map(|_| ())).expect("advance the clock");
+            on_db!(&self.db, pool => sqlx::query(&statement).execute(pool).await.map(|_| ()))
+                .expect("advance the clock");
         }
     }
 
@@ -544,7 +564,8 @@ impl TestApp {
 
     pub async fn count_tasks(&self) -> i64 {
         let (count,): (i64,) =
-            on_db!(&self.db, pool => sqlx::query_as("SELECT count(*) FROM tasks").fetch_one(pool).await).expect("count tasks");
+            on_db!(&self.db, pool => sqlx::query_as("SELECT count(*) FROM tasks").fetch_one(pool).await)
+                .expect("count tasks");
         count
     }
 }
@@ -644,7 +665,11 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
         assert_eq!(foreign_rows, 0, "task {id}: ledger rows of another account or kind");
         match status.as_str() {
             "succeeded" => {
-                assert_eq!((captures, releases), (1, 0), "task {id} succeeded: {captures} captures, {releases} releases");
+                assert_eq!(
+                    (captures, releases),
+                    (1, 0),
+                    "task {id} succeeded: {captures} captures, {releases} releases"
+                );
                 assert_eq!(capture, 0, "task {id}: capture amount {capture}");
             }
             "failed" => {
@@ -668,7 +693,10 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
     .fetch_all(pool)
     .await)
     .expect("read the ledger");
-    assert!(broken.is_empty(), "ledger rows whose balance_after is not the running sum (id, account, after, sum): {broken:?}");
+    assert!(
+        broken.is_empty(),
+        "ledger rows whose balance_after is not the running sum (id, account, after, sum): {broken:?}"
+    );
 
     let orphans: Vec<(i64,)> = on_db!(db, pool => sqlx::query_as(
         "SELECT id FROM ledger WHERE kind IN ('hold', 'capture', 'release') AND task_id IS NULL
@@ -894,7 +922,12 @@ impl TestStore {
         match backend {
             Backend::Postgres => {
                 let database = TestDatabase::new(max_connections).await;
-                TestStore { db: database.db.clone(), url: database.url.clone(), _postgres: Some(database), _folder: None }
+                TestStore {
+                    db: database.db.clone(),
+                    url: database.url.clone(),
+                    _postgres: Some(database),
+                    _folder: None,
+                }
             }
             Backend::Sqlite => {
                 let folder = tempfile::tempdir().expect("create a folder for the SQLite database");

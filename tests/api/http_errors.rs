@@ -46,7 +46,9 @@ async fn bodies_that_are_not_json_are_415_and_hold_nothing() {
     let app = spawn_app().await;
     let (_, key) = app.new_account(100).await;
     let body = json!({"prompt": "a cat"}).to_string();
-    for content_type in [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data"), None] {
+    for content_type in
+        [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data"), None]
+    {
         let response = app.create_raw(&key, content_type, body.clone()).await;
         assert_error(response, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
     }
@@ -82,7 +84,9 @@ async fn every_response_carries_a_request_id_and_echoes_the_clients() {
 
     // Generated ids on success and on errors.
     let mut seen = Vec::new();
-    for (path, authorized) in [("/healthz", false), ("/api/v1/models", false), ("/api/v1/billing/credits", true), ("/nope", false)] {
+    for (path, authorized) in
+        [("/healthz", false), ("/api/v1/models", false), ("/api/v1/billing/credits", true), ("/nope", false)]
+    {
         let mut request = app.client.get(app.url(path));
         if authorized {
             request = request.header(AUTHORIZATION, bearer(&key));

@@ -75,7 +75,8 @@ async fn the_same_key_with_another_body_is_a_conflict() {
 
     // Keys are per account: another account's identical key is its own.
     let (other_account, other_key) = app.new_account(100).await;
-    let theirs: Value = create_with_key(&app, &other_key, "k-1", &json!({"prompt": "a blue fox"})).await.json().await.expect("JSON");
+    let theirs: Value =
+        create_with_key(&app, &other_key, "k-1", &json!({"prompt": "a blue fox"})).await.json().await.expect("JSON");
     assert_ne!(theirs["task_id"], task["task_id"]);
     assert_eq!(holds(&app, other_account).await, 1);
     assert_ledger_consistent(app.pool()).await;
@@ -86,12 +87,23 @@ async fn bad_keys_are_refused_and_refused_creates_do_not_burn_the_key() {
     let app = spawn_app().await;
     let (account_id, key) = app.new_account(10).await;
     let long = "k".repeat(256);
-    let (_, message) = assert_error(create_with_key(&app, &key, &long, &seed_request()).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let (_, message) = assert_error(
+        create_with_key(&app, &key, &long, &seed_request()).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
     assert!(message.contains("Idempotency-Key") && message.contains("255"), "{message}");
     let max = "k".repeat(255);
     // 12 credits do not fit in 10: refused, and the key stays unused …
-    assert_error(create_with_key(&app, &key, &max, &seed_request()).await, StatusCode::PAYMENT_REQUIRED, "insufficient_credits").await;
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM idempotency_keys").fetch_one(app.pool()).await.expect("count");
+    assert_error(
+        create_with_key(&app, &key, &max, &seed_request()).await,
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_credits",
+    )
+    .await;
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM idempotency_keys").fetch_one(app.pool()).await.expect("count");
     assert_eq!(count, 0);
     // … so after a top-up the same key creates the task.
     let mut tx = app.db.begin().await.expect("tx");
@@ -122,7 +134,10 @@ async fn a_key_older_than_24_hours_starts_a_new_task() {
     assert_eq!(replay["task_id"], second["task_id"]);
 
     // The engine's purge removes expired rows.
-    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'").execute(app.pool()).await.expect("backdate");
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(app.pool())
+        .await
+        .expect("backdate");
     assert_eq!(aio_gateway::idempotency::purge(&app.db).await.expect("purge"), 1);
     assert_ledger_consistent(app.pool()).await;
 }

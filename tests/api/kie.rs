@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 
 use crate::fakes::kie::{self, FakeKie, Outcome};
 use crate::fakes::Step;
-use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn_app_only_on, spawn_app_with, TestApp};
+use crate::helpers::{
+    assert_error, assert_ledger_consistent, seed_request, spawn_app_only_on, spawn_app_with, TestApp,
+};
 
 /// A gateway whose Seedream 4.5 runs on the fake KIE only (no fallback route).
 async fn app(fake: &FakeKie) -> TestApp {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aio_gateway::config::Role;
-use aio_gateway::tasks::{self, OutputImage, Outcome, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
+use aio_gateway::tasks::{self, Outcome, OutputImage, TaskError, TaskErrorCode, TaskOutput, TaskStatus};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -98,7 +98,9 @@ async fn racing_settlements_settle_each_task_once() {
             let id = id.clone();
             racers.push(tokio::spawn(async move {
                 let outcome = if attempt % 2 == 0 {
-                    Outcome::Succeeded(TaskOutput { images: vec![OutputImage { url: format!("https://example.com/{attempt}.png") }] })
+                    Outcome::Succeeded(TaskOutput {
+                        images: vec![OutputImage { url: format!("https://example.com/{attempt}.png") }],
+                    })
                 } else {
                     Outcome::Failed(TaskError { code: TaskErrorCode::UpstreamFailed, message: "raced".into() })
                 };

@@ -29,25 +29,54 @@ async fn logs_carry_request_spans_and_never_a_key_token_or_secret() {
     // The flow: a task to the end, a key made and used and revoked, an admin call, some refusals.
     let task_id = gateway.create(&client, &key, "A lake").await;
     loop {
-        let task: Value = client.get(url(&format!("/api/v1/tasks/{task_id}"))).header(AUTHORIZATION, bearer(&key)).send().await.expect("GET").json().await.expect("JSON");
+        let task: Value = client
+            .get(url(&format!("/api/v1/tasks/{task_id}")))
+            .header(AUTHORIZATION, bearer(&key))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON");
         if task["status"] == "succeeded" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let created: Value = client.post(url("/api/v1/keys")).header(AUTHORIZATION, bearer(&token)).json(&json!({"name": "log"})).send().await.expect("POST").json().await.expect("JSON");
+    let created: Value = client
+        .post(url("/api/v1/keys"))
+        .header(AUTHORIZATION, bearer(&token))
+        .json(&json!({"name": "log"}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
     let new_key = created["api_key"].as_str().expect("api_key").to_owned();
-    let response = client.get(url("/api/v1/billing/credits")).header(AUTHORIZATION, bearer(&new_key)).send().await.expect("GET");
+    let response =
+        client.get(url("/api/v1/billing/credits")).header(AUTHORIZATION, bearer(&new_key)).send().await.expect("GET");
     assert_eq!(response.status(), StatusCode::OK);
     let key_id = created["key_id"].as_str().expect("key_id");
-    client.delete(url(&format!("/api/v1/keys/{key_id}"))).header(AUTHORIZATION, bearer(&token)).send().await.expect("DELETE");
-    let response = client.get(url("/api/v1/billing/credits")).header(AUTHORIZATION, bearer(&new_key)).send().await.expect("GET");
+    client
+        .delete(url(&format!("/api/v1/keys/{key_id}")))
+        .header(AUTHORIZATION, bearer(&token))
+        .send()
+        .await
+        .expect("DELETE");
+    let response =
+        client.get(url("/api/v1/billing/credits")).header(AUTHORIZATION, bearer(&new_key)).send().await.expect("GET");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     client.get(url("/api/v1/admin/accounts")).header(AUTHORIZATION, bearer(&token)).send().await.expect("GET");
     client.get(url("/api/v1/keys")).header(AUTHORIZATION, format!("Bearer {token}x")).send().await.expect("GET");
     // A provider callback's token is a per-task secret: its path is logged without it.
     let callback_token = format!("cbt{}", ulid::Ulid::new());
-    client.post(url(&format!("/api/v1/callbacks/simulated/{callback_token}"))).json(&json!({})).send().await.expect("POST");
+    client
+        .post(url(&format!("/api/v1/callbacks/simulated/{callback_token}")))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("POST");
     gateway.kill();
 
     let text = std::fs::read_to_string(&log).expect("read the log");
@@ -80,7 +109,9 @@ async fn logs_carry_request_spans_and_never_a_key_token_or_secret() {
     assert!(task_get["fields"]["latency_ms"].is_number(), "{task_get}");
     assert_eq!(task_get["span"]["account_id"], account_id, "{task_get}");
     assert!(task_get["span"]["request_id"].as_str().is_some_and(|id| id.starts_with("req_")), "{task_get}");
-    assert!(finished.iter().any(|event| event["span"]["route"] == "/api/v1/admin/accounts" && event["fields"]["status"] == 200));
+    assert!(finished
+        .iter()
+        .any(|event| event["span"]["route"] == "/api/v1/admin/accounts" && event["fields"]["status"] == 200));
     assert!(finished.iter().any(|event| event["fields"]["status"] == 401));
     // The engine's steps have their task span.
     assert!(text.lines().any(|line| line.contains("task settled") && line.contains(&task_id)), "no task span:\n{text}");

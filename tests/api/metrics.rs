@@ -86,7 +86,8 @@ async fn metrics_listen_serves_metrics_apart_from_the_api() {
     let port = probe.local_addr().expect("address").port();
     drop(probe);
     let app = spawn_app_with(|settings| settings.server.metrics_listen = Some(([127, 0, 0, 1], port).into())).await;
-    assert_error(app.client.get(app.url("/metrics")).send().await.expect("GET"), StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(app.client.get(app.url("/metrics")).send().await.expect("GET"), StatusCode::NOT_FOUND, "not_found")
+        .await;
     let text = scrape(&app, &format!("http://127.0.0.1:{port}/metrics")).await;
     assert!(text.contains("aio_db_pool_connections"), "{text}");
 }

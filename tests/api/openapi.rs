@@ -64,7 +64,12 @@ async fn the_document_covers_every_route_and_is_consistent() {
 
     let paths = doc["paths"].as_object().expect("paths");
     let documented: usize = paths.values().map(|item| item.as_object().map_or(0, |ops| ops.len())).sum();
-    assert_eq!(documented, ROUTES.len(), "operations beyond the router's routes: {:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(
+        documented,
+        ROUTES.len(),
+        "operations beyond the router's routes: {:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
     let mut operation_ids = std::collections::BTreeSet::new();
     for (method, path) in ROUTES {
         let operation = &doc["paths"][path][method];
@@ -76,7 +81,10 @@ async fn the_document_covers_every_route_and_is_consistent() {
         for (status, response) in responses {
             if !status.starts_with('2') {
                 let schema = &response["content"]["application/json"]["schema"]["$ref"];
-                assert_eq!(schema, "#/components/schemas/ErrorEnvelope", "{method} {path} {status}: the error envelope");
+                assert_eq!(
+                    schema, "#/components/schemas/ErrorEnvelope",
+                    "{method} {path} {status}: the error envelope"
+                );
             }
         }
         let security = operation["security"].to_string();
@@ -85,7 +93,10 @@ async fn the_document_covers_every_route_and_is_consistent() {
             assert!(has("401"), "{method} {path}: authenticated routes document 401");
         }
         if path.starts_with("/api/v1/admin") {
-            assert!(security.contains("session") && has("403"), "{method} {path}: admin routes take a session and document 403");
+            assert!(
+                security.contains("session") && has("403"),
+                "{method} {path}: admin routes take a session and document 403"
+            );
         }
     }
     let schemes = &doc["components"]["securitySchemes"];

@@ -24,7 +24,8 @@ async fn requests_until_limited(app: &TestApp, key: &str, at_most: usize) -> (us
     for passed in 0..at_most {
         let response = app.get(key, "/api/v1/billing/credits").await;
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            let retry_after =
+                response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
             let retry_after = retry_after.expect("429 carries Retry-After in seconds");
             let (_, message) = assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
             assert!(message.contains("per minute"), "{message}");
@@ -71,7 +72,10 @@ async fn a_key_with_its_own_limit_uses_it() {
     })
     .await;
     let (_, key) = app.new_account(100).await;
-    sqlx::query("UPDATE api_keys SET rate_limit_per_minute = 1").execute(app.pool()).await.expect("set the key's limit");
+    sqlx::query("UPDATE api_keys SET rate_limit_per_minute = 1")
+        .execute(app.pool())
+        .await
+        .expect("set the key's limit");
     let (passed, retry_after) = requests_until_limited(&app, &key, 50).await;
     assert_eq!(passed, 2, "the burst only: one request a minute trickles in after it");
     assert!(retry_after > 10, "the next request is allowed only after about a minute: {retry_after}");
@@ -80,7 +84,8 @@ async fn a_key_with_its_own_limit_uses_it() {
 #[tokio::test]
 async fn creates_beyond_the_concurrency_cap_get_429() {
     // The cap itself: a second slot while the only one is taken is a 429 with Retry-After: 1.
-    let settings = RateLimitSettings { max_concurrent_creates: std::num::NonZeroUsize::MIN, ..RateLimitSettings::default() };
+    let settings =
+        RateLimitSettings { max_concurrent_creates: std::num::NonZeroUsize::MIN, ..RateLimitSettings::default() };
     let limiter = RateLimiter::new(&settings).expect("limiter");
     let slot = limiter.create_permit().expect("the first slot");
     match limiter.create_permit() {
@@ -126,7 +131,8 @@ async fn with_redis_the_limit_is_enforced_and_recovers() {
     // The state is in Redis, under the prefix, with an expiry.
     let client = redis::Client::open(redis.as_str()).expect("redis client");
     let mut connection = client.get_multiplexed_async_connection().await.expect("connect to Redis");
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut connection).await.expect("KEYS");
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut connection).await.expect("KEYS");
     assert_eq!(keys.len(), 1, "{keys:?}");
     let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut connection).await.expect("PTTL");
     assert!(ttl > 0, "the state expires: {ttl}");

@@ -4,18 +4,19 @@
 
 use std::time::Duration;
 
+use aio_gateway::on_db;
+use aio_gateway::store::Db;
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::Value;
-use aio_gateway::on_db;
-use aio_gateway::store::Db;
 
 use crate::helpers::{
     assert_ledger_consistent_on, bearer, http_client, new_account_on, wait_all_terminal_on, Backend, Gateway, TestStore,
 };
 
 async fn statuses(db: &Db) -> Vec<(String, String)> {
-    on_db!(db, pool => sqlx::query_as("SELECT id, status FROM tasks ORDER BY id").fetch_all(pool).await).expect("read tasks")
+    on_db!(db, pool => sqlx::query_as("SELECT id, status FROM tasks ORDER BY id").fetch_all(pool).await)
+        .expect("read tasks")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,15 +119,17 @@ async fn tasks_survive_sigkill(backend: Backend) {
         assert!(same, "task {id} points at its one upstream job");
     }
     let (total_jobs,): (i64,) =
-        on_db!(&db, pool => sqlx::query_as("SELECT count(*) FROM simulated_jobs").fetch_one(pool).await).expect("count jobs");
+        on_db!(&db, pool => sqlx::query_as("SELECT count(*) FROM simulated_jobs").fetch_one(pool).await)
+            .expect("count jobs");
     assert_eq!(total_jobs, 20);
 
     assert_ledger_consistent_on(&db).await;
     let failing = prompts.iter().filter(|(_, p)| p.contains("[simulate:fail]")).count() as i64;
-    let (balance, held): (i64, i64) = on_db!(&db, pool => sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1")
+    let (balance, held): (i64, i64) =
+        on_db!(&db, pool => sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1")
         .bind(account_id)
         .fetch_one(pool)
         .await)
-    .expect("read the account");
+        .expect("read the account");
     assert_eq!((balance, held), (1000 - 12 * (20 - failing), 0));
 }

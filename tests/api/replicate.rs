@@ -11,7 +11,12 @@ use crate::fakes::Step;
 use crate::helpers::{assert_error, assert_ledger_consistent, seed_request, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeReplicate) -> TestApp {
-    TestApp::builder().configure(|settings| fake.configure(settings)).catalog("replicate_only.toml").driven().spawn().await
+    TestApp::builder()
+        .configure(|settings| fake.configure(settings))
+        .catalog("replicate_only.toml")
+        .driven()
+        .spawn()
+        .await
 }
 
 #[tokio::test]
@@ -101,7 +106,10 @@ async fn replicate_throttling_5xx_and_malformed_answers_are_retried_and_rejectio
     let (_, message) = assert_error(response, reqwest::StatusCode::BAD_GATEWAY, "upstream_error").await;
     assert!(message.contains("aspect_ratio: invalid choice"), "{message}");
 
-    fake.script("create", [replicate::error(402, "You have insufficient credit, token r8_replicate-test-token-5ecr3t")]);
+    fake.script(
+        "create",
+        [replicate::error(402, "You have insufficient credit, token r8_replicate-test-token-5ecr3t")],
+    );
     let done = app.run_seed(&key).await;
     assert_eq!(done["error"], json!({"code": "upstream_failed", "message": "The provider is unavailable."}));
     assert_eq!(fake.creates().len(), 6, "rejections and account problems are not retried");

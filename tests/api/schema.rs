@@ -124,7 +124,10 @@ fn differences(postgres: &Schema, sqlite: &Schema) -> Vec<String> {
             }
         }
         if pg.primary_key != lite.primary_key {
-            found.push(format!("{name}: primary key {:?} on PostgreSQL, {:?} on SQLite", pg.primary_key, lite.primary_key));
+            found.push(format!(
+                "{name}: primary key {:?} on PostgreSQL, {:?} on SQLite",
+                pg.primary_key, lite.primary_key
+            ));
         }
         let describe = |(columns, partial): &(Vec<String>, bool)| {
             format!("UNIQUE ({}){}", columns.join(", "), if *partial { " WHERE …" } else { "" })

@@ -96,15 +96,15 @@ fn hold_until_exit(child: Child, stdin: ChildStdin) {
 fn start_redis() -> Result<String, String> {
     use std::os::unix::process::CommandExt;
     let candidates = ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/opt/homebrew/bin/redis-server"];
-    let binary = which("redis-server").or_else(|| candidates.iter().map(PathBuf::from).find(|p| p.exists())).ok_or_else(
-        || {
+    let binary = which("redis-server")
+        .or_else(|| candidates.iter().map(PathBuf::from).find(|p| p.exists()))
+        .ok_or_else(|| {
             format!(
                 "Redis is not reachable at 127.0.0.1:6379 and redis-server was not found (looked in PATH and {}): \
                  install it (apt-get install redis-server) or set AIO_TEST_REDIS_URL",
                 candidates.join(", ")
             )
-        },
-    )?;
+        })?;
     let port = free_port();
     let mut child = Command::new("sh")
         .args(["-c", r#""$@" & server=$!; read _ignored; kill $server; wait $server"#, "sh"])
@@ -151,16 +151,19 @@ impl Cluster {
 
     fn try_start() -> Result<Cluster, String> {
         let bin = server_bin_dir()?;
-        let dir = tempfile::Builder::new().prefix("aio-pg-").tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+        let dir =
+            tempfile::Builder::new().prefix("aio-pg-").tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
         if running_as_root() {
             try_run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(dir.path()))?;
         }
         let cluster = Cluster { bin, dir, port: free_port() };
         // `--no-sync`: this throwaway cluster never needs to survive an OS crash.
-        try_run(cluster
-            .command("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
-            .arg(cluster.data()))?;
+        try_run(
+            cluster
+                .command("initdb")
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+                .arg(cluster.data()),
+        )?;
         cluster.try_pg_ctl_start()?;
         Ok(cluster)
     }
@@ -185,14 +188,15 @@ impl Cluster {
             self.port,
             self.dir.path().display()
         );
-        try_run(self
-            .command("pg_ctl")
-            .args(["-w", "-t", "60", "start", "-D"])
-            .arg(self.data())
-            .arg("-l")
-            .arg(self.dir.path().join("server.log"))
-            .arg("-o")
-            .arg(options))
+        try_run(
+            self.command("pg_ctl")
+                .args(["-w", "-t", "60", "start", "-D"])
+                .arg(self.data())
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .arg("-o")
+                .arg(options),
+        )
     }
 
     fn data(&self) -> PathBuf {
@@ -223,7 +227,6 @@ impl Cluster {
         stop.push(self.data().display().to_string());
         stop
     }
-
 }
 
 impl Drop for Cluster {
@@ -244,7 +247,11 @@ fn server_bin_dir() -> Result<PathBuf, String> {
     };
     if let Ok(dir) = std::env::var("AIO_TEST_PG_BIN") {
         let dir = PathBuf::from(dir);
-        return if dir.join("initdb").exists() { Ok(dir) } else { Err(missing(&format!("AIO_TEST_PG_BIN={}", dir.display()))) };
+        return if dir.join("initdb").exists() {
+            Ok(dir)
+        } else {
+            Err(missing(&format!("AIO_TEST_PG_BIN={}", dir.display())))
+        };
     }
     let root = Path::new("/usr/lib/postgresql");
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)

@@ -10,7 +10,8 @@ use crate::helpers::{assert_error, seed_request, spawn_app, spawn_app_with, Test
 
 /// Signs in with `key`; returns the `Set-Cookie` header and the `Cookie` header to send back.
 async fn sign_in(app: &TestApp, key: &str) -> (String, String) {
-    let response = app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("sign in");
+    let response =
+        app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("sign in");
     assert_eq!(response.status(), StatusCode::OK);
     let set_cookie = response.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()).expect("Set-Cookie").to_owned();
     let pair = set_cookie.split(';').next().expect("name=value").to_owned();
@@ -25,7 +26,8 @@ fn with_cookie(app: &TestApp, method: Method, path: &str, cookie: &str) -> reqwe
 async fn signing_in_sets_a_strict_http_only_cookie_that_opens_dashboard_and_key_routes() {
     let app = spawn_app().await;
     let (account_id, key) = app.new_account(100).await;
-    let response = app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("sign in");
+    let response =
+        app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("sign in");
     assert_eq!(response.status(), StatusCode::OK);
     let set_cookie = response.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()).expect("Set-Cookie").to_owned();
     let body: Value = response.json().await.expect("JSON");
@@ -39,12 +41,24 @@ async fn signing_in_sets_a_strict_http_only_cookie_that_opens_dashboard_and_key_
     assert!(!set_cookie.contains(&key), "the key itself is not in the cookie");
     let cookie = set_cookie.split(';').next().expect("pair");
 
-    let session: Value = with_cookie(&app, Method::GET, "/api/v1/session", cookie).send().await.expect("GET").json().await.expect("JSON");
+    let session: Value = with_cookie(&app, Method::GET, "/api/v1/session", cookie)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!((session["account_id"].clone(), session["role"].clone()), (json!(account_id), json!("user")));
     // A dashboard route and an API-key route, both by the cookie alone.
     let keys = with_cookie(&app, Method::GET, "/api/v1/keys", cookie).send().await.expect("GET keys");
     assert_eq!(keys.status(), StatusCode::OK);
-    let credits: Value = with_cookie(&app, Method::GET, "/api/v1/billing/credits", cookie).send().await.expect("GET").json().await.expect("JSON");
+    let credits: Value = with_cookie(&app, Method::GET, "/api/v1/billing/credits", cookie)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!(credits["balance"], 100);
     // A user session is no admin.
     let admin = with_cookie(&app, Method::GET, "/api/v1/admin/accounts", cookie).send().await.expect("GET admin");
@@ -61,7 +75,8 @@ async fn the_cookie_is_secure_over_https_and_admin_accounts_sign_in_as_admin() {
     .await;
     let (account_id, key) = app.new_account(10).await;
     assert_eq!(account_id, 1);
-    let response = app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("sign in");
+    let response =
+        app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("sign in");
     let set_cookie = response.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert!(set_cookie.contains("; Secure"), "{set_cookie}");
     let body: Value = response.json().await.expect("JSON");
@@ -91,7 +106,8 @@ async fn bad_keys_bad_bodies_and_bad_cookies_are_refused() {
     let (_, key) = app.new_account(10).await;
     let unknown = format!("aio_{}", "Z".repeat(40));
     for api_key in [unknown.as_str(), "", "not a key"] {
-        let response = app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": api_key})).send().await.expect("POST");
+        let response =
+            app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": api_key})).send().await.expect("POST");
         assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
     }
     let response = app.client.post(app.url("/api/v1/session")).json(&json!({"key": key})).send().await.expect("POST");
@@ -104,7 +120,8 @@ async fn bad_keys_bad_bodies_and_bad_cookies_are_refused() {
     }
     // A revoked key signs in no more.
     let (_, cookie) = sign_in(&app, &key).await;
-    let keys: Value = with_cookie(&app, Method::GET, "/api/v1/keys", &cookie).send().await.expect("GET").json().await.expect("JSON");
+    let keys: Value =
+        with_cookie(&app, Method::GET, "/api/v1/keys", &cookie).send().await.expect("GET").json().await.expect("JSON");
     let key_id = keys["data"][0]["key_id"].as_str().expect("key id").to_owned();
     let revoked = with_cookie(&app, Method::DELETE, &format!("/api/v1/keys/{key_id}"), &cookie)
         .header("sec-fetch-site", "same-origin")
@@ -112,7 +129,8 @@ async fn bad_keys_bad_bodies_and_bad_cookies_are_refused() {
         .await
         .expect("DELETE");
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
-    let response = app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("POST");
+    let response =
+        app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("POST");
     assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
 
@@ -134,7 +152,11 @@ async fn state_changing_requests_by_cookie_must_be_same_origin() {
         let response = create_key().header(header, value).send().await.expect("POST");
         assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
     }
-    let task = with_cookie(&app, Method::POST, "/api/v1/images/generations", &cookie).json(&seed_request()).send().await.expect("POST");
+    let task = with_cookie(&app, Method::POST, "/api/v1/images/generations", &cookie)
+        .json(&seed_request())
+        .send()
+        .await
+        .expect("POST");
     assert_error(task, StatusCode::FORBIDDEN, "forbidden").await;
     let rotate = with_cookie(&app, Method::POST, "/api/v1/webhooks/secret/rotate", &cookie)
         .header("sec-fetch-site", "cross-site")
@@ -142,7 +164,8 @@ async fn state_changing_requests_by_cookie_must_be_same_origin() {
         .await
         .expect("POST");
     assert_error(rotate, StatusCode::FORBIDDEN, "forbidden").await;
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(app.pool()).await.expect("count keys");
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(app.pool()).await.expect("count keys");
     assert_eq!(keys, 1, "nothing was created");
 
     // The console's own requests pass: Sec-Fetch-Site, or an Origin naming this gateway.
@@ -158,11 +181,12 @@ async fn state_changing_requests_by_cookie_must_be_same_origin() {
         .expect("POST");
     assert_eq!(task.status(), StatusCode::OK);
     let task: Value = task.json().await.expect("JSON");
-    let polled = with_cookie(&app, Method::GET, &format!("/api/v1/tasks/{}", task["task_id"].as_str().expect("id")), &cookie)
-        .header("sec-fetch-site", "cross-site")
-        .send()
-        .await
-        .expect("GET");
+    let polled =
+        with_cookie(&app, Method::GET, &format!("/api/v1/tasks/{}", task["task_id"].as_str().expect("id")), &cookie)
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .expect("GET");
     assert_eq!(polled.status(), StatusCode::OK, "reading needs no same-origin proof");
     // A bearer key is no cookie: no same-origin proof needed.
     assert_eq!(app.create(&key, seed_request()).await.status(), StatusCode::OK);
@@ -191,7 +215,10 @@ async fn signing_out_clears_the_cookie() {
         .expect("DELETE");
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let cleared = response.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    assert!(cleared.starts_with("aio_session=;") && cleared.contains("Max-Age=0") && cleared.contains("HttpOnly"), "{cleared}");
+    assert!(
+        cleared.starts_with("aio_session=;") && cleared.contains("Max-Age=0") && cleared.contains("HttpOnly"),
+        "{cleared}"
+    );
     // The browser then sends no cookie: nothing is signed in.
     let response = app.client.get(app.url("/api/v1/session")).send().await.expect("GET");
     assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
@@ -208,7 +235,13 @@ async fn the_webhook_secret_is_revealed_and_rotated_with_the_session() {
     let app = spawn_app().await;
     let (_, key) = app.new_account(10).await;
     let (_, cookie) = sign_in(&app, &key).await;
-    let shown: Value = with_cookie(&app, Method::GET, "/api/v1/webhooks/secret", &cookie).send().await.expect("GET").json().await.expect("JSON");
+    let shown: Value = with_cookie(&app, Method::GET, "/api/v1/webhooks/secret", &cookie)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
     let first = shown["secret"].as_str().expect("secret").to_owned();
     assert!(first.starts_with("whsec_"), "{shown}");
     let rotated = with_cookie(&app, Method::POST, "/api/v1/webhooks/secret/rotate", &cookie)
@@ -219,7 +252,13 @@ async fn the_webhook_secret_is_revealed_and_rotated_with_the_session() {
     assert_eq!(rotated.status(), StatusCode::OK);
     let rotated: Value = rotated.json().await.expect("JSON");
     assert!(rotated["secret"].as_str().is_some_and(|s| s.starts_with("whsec_") && s != first), "{rotated}");
-    let again: Value = with_cookie(&app, Method::GET, "/api/v1/webhooks/secret", &cookie).send().await.expect("GET").json().await.expect("JSON");
+    let again: Value = with_cookie(&app, Method::GET, "/api/v1/webhooks/secret", &cookie)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!(again["secret"], rotated["secret"]);
     let response = app.client.get(app.url("/api/v1/webhooks/secret")).send().await.expect("GET");
     assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
@@ -238,7 +277,10 @@ async fn the_console_is_served_with_a_strict_csp_and_hashed_cached_assets() {
     assert!(header(CONTENT_TYPE.as_str()).starts_with("text/html"));
     assert_eq!(header(CACHE_CONTROL.as_str()), "no-cache");
     let csp = header("content-security-policy");
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
     let html = page.text().await.expect("HTML");
     let assets: Vec<&str> = html.split('"').filter(|part| part.starts_with("/console/assets/")).collect();
     assert!(assets.len() >= 2, "{html}");
@@ -268,7 +310,8 @@ async fn the_task_list_filters_by_model_as_the_usage_page_asks() {
         ("model=no-such-model", 0),
     ] {
         let page = app.get_json(&key, &format!("/api/v1/tasks?{query}")).await;
-        let ids: Vec<&str> = page["data"].as_array().expect("data").iter().filter_map(|t| t["task_id"].as_str()).collect();
+        let ids: Vec<&str> =
+            page["data"].as_array().expect("data").iter().filter_map(|t| t["task_id"].as_str()).collect();
         assert_eq!(ids.len(), found, "{query}: {page}");
         assert!(ids.iter().all(|id| *id == task_id), "{query}: {page}");
     }

@@ -9,7 +9,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{assert_ledger_consistent, bearer, http_client, new_account, wait_all_terminal, Gateway, TestDatabase};
+use crate::helpers::{
+    assert_ledger_consistent, bearer, http_client, new_account, wait_all_terminal, Gateway, TestDatabase,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_and_the_next_replica_finishes_the_tasks() {

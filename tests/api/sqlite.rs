@@ -13,11 +13,11 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::receiver::{Receiver, Reply};
 use crate::helpers::{
     assert_ledger_consistent_on, bearer, http_client, models_path, seed_request, spawn_app_on, wait_all_terminal_on,
     Backend, Gateway, TestApp, TestStore,
 };
+use crate::receiver::{Receiver, Reply};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_request_succeeds_on_sqlite() {
@@ -61,7 +61,8 @@ async fn a_second_gateway_on_one_sqlite_file_refuses_to_start() {
     let url = format!("sqlite://{}", dir.path().join("new").join("aio-gateway.db").display());
     let client = http_client();
     let bootstrap = [("AIO__BOOTSTRAP__ENABLED", "true")];
-    let mut first = Gateway::start_with(&url, &dir.path().join("files"), &dir.path().join("first.log"), "all", &bootstrap);
+    let mut first =
+        Gateway::start_with(&url, &dir.path().join("files"), &dir.path().join("first.log"), "all", &bootstrap);
     first.ready(&client).await;
     let settings = aio_gateway::config::DatabaseSettings {
         url: url.clone(),
@@ -89,7 +90,14 @@ async fn a_second_gateway_on_one_sqlite_file_refuses_to_start() {
 fn migrate_to(source: &str, target: &str) -> (bool, Value, String) {
     let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_aio-gateway"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"), "--json", "migrate", "--to", target])
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"),
+            "--json",
+            "migrate",
+            "--to",
+            target,
+        ])
         .env("DATABASE_URL", source)
         .env("AIO__CATALOG__MODELS_PATH", models_path())
         .env_remove("RUST_LOG")
@@ -120,7 +128,10 @@ async fn accounts_and_ledger(db: &Db) -> (Accounts, Ledger) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     // A SQLite gateway with history: finished and failed tasks, a webhook, a grant, a revoked key.
-    let served = spawn_app_on(Backend::Sqlite, |settings| settings.database.max_connections = std::num::NonZeroU32::new(5).unwrap()).await;
+    let served = spawn_app_on(Backend::Sqlite, |settings| {
+        settings.database.max_connections = std::num::NonZeroU32::new(5).unwrap()
+    })
+    .await;
     let (account_id, key) = served.new_account(1000).await;
     let (_, other_key) = served.new_account(50).await;
     let mut task_ids = Vec::new();
@@ -155,7 +166,8 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     assert!(accounts::revoke_key(&source.db, &revoked.key_id).await.expect("revoke"));
     // One task still unfinished when the move happens: its hold moves with it.
     let open_id = tasks::new_task_id();
-    let input = aio_gateway::tasks::TaskInput { prompt: "later".into(), aspect_ratio: None, quality: None, image_urls: vec![] };
+    let input =
+        aio_gateway::tasks::TaskInput { prompt: "later".into(), aspect_ratio: None, quality: None, image_urls: vec![] };
     let open = tasks::NewTask {
         id: &open_id,
         account_id,
@@ -191,7 +203,10 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     let app = TestApp::serve(target, |_| {}).await;
     for (id, was) in task_ids.iter().zip(&finished) {
         let task = app.get_task(&key, id).await;
-        assert_eq!((&task["status"], &task["credits"], &task["output"]), (&was["status"], &was["credits"], &was["output"]));
+        assert_eq!(
+            (&task["status"], &task["credits"], &task["output"]),
+            (&was["status"], &was["credits"], &was["output"])
+        );
     }
     let open_task = app.get_task(&key, &open_id).await;
     assert_eq!(open_task["credits"]["state"], "held");
@@ -227,8 +242,11 @@ async fn concurrent_creates_over_http_never_overspend_on_sqlite() {
     let app = spawn_app_on(Backend::Sqlite, |_| {}).await;
     let (_, key) = app.new_account(50 * 12).await;
     let creates = (0..200).map(|_| {
-        let request =
-            app.client.post(app.url("/api/v1/images/generations")).header(AUTHORIZATION, bearer(&key)).json(&seed_request());
+        let request = app
+            .client
+            .post(app.url("/api/v1/images/generations"))
+            .header(AUTHORIZATION, bearer(&key))
+            .json(&seed_request());
         async move { request.send().await.expect("POST").status() }
     });
     let statuses = futures::future::join_all(creates).await;

@@ -9,13 +9,15 @@ use aio_gateway::auth::KeyAuth;
 use aio_gateway::files::FileStore;
 use aio_gateway::idempotency::{self, IdempotencyKey};
 use aio_gateway::ledger::{self, Hold, UsageFilter};
+use aio_gateway::on_db;
 use aio_gateway::providers::simulated::Simulated;
 use aio_gateway::providers::{JobState, Provider, SubmitRequest, Submitted};
 use aio_gateway::store::{self, Db};
-use aio_gateway::tasks::{self, Created, NewTask, Outcome, OutputImage, TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus};
+use aio_gateway::tasks::{
+    self, Created, NewTask, Outcome, OutputImage, TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus,
+};
 use aio_gateway::webhooks::queue::{self, Attempt, DeliveryStatus, Next, Trigger};
 use aio_gateway::webhooks::secrets;
-use aio_gateway::on_db;
 use chrono::{Duration as Age, Utc};
 
 use crate::helpers::{assert_ledger_consistent_on, Backend, TestStore};
@@ -118,7 +120,8 @@ async fn accounts_and_keys(backend: Backend) {
     assert!(accounts::exists(db, second).await.expect("exists"));
     let listed: Vec<i64> = accounts::list(db, None, 10).await.expect("list").iter().map(|a| a.account_id).collect();
     assert_eq!(listed, vec![first, second]);
-    let after: Vec<i64> = accounts::list(db, Some(first), 10).await.expect("list").iter().map(|a| a.account_id).collect();
+    let after: Vec<i64> =
+        accounts::list(db, Some(first), 10).await.expect("list").iter().map(|a| a.account_id).collect();
     assert_eq!(after, vec![second]);
     assert!(accounts::create_key(db, 999, None, None).await.is_err(), "a key for a missing account");
 
@@ -140,8 +143,14 @@ async fn accounts_and_keys(backend: Backend) {
     assert!(used.iter().find(|k| k.key_id == key.key_id).expect("the key").last_used_at.is_some());
 
     assert!(matches!(accounts::revoke_own_key(db, second, &key.key_id).await.expect("revoke"), OwnRevoke::NotFound));
-    assert!(matches!(accounts::revoke_own_key(db, first, &key.key_id).await.expect("revoke"), OwnRevoke::Revoked { .. }));
-    assert!(matches!(accounts::revoke_own_key(db, first, &key.key_id).await.expect("revoke"), OwnRevoke::AlreadyRevoked));
+    assert!(matches!(
+        accounts::revoke_own_key(db, first, &key.key_id).await.expect("revoke"),
+        OwnRevoke::Revoked { .. }
+    ));
+    assert!(matches!(
+        accounts::revoke_own_key(db, first, &key.key_id).await.expect("revoke"),
+        OwnRevoke::AlreadyRevoked
+    ));
     assert!(auth.authenticate(Some(&bearer(&key.api_key))).await.is_err(), "a revoked key");
     assert!(accounts::revoke_key(db, &later.key_id).await.expect("revoke"));
     assert!(!accounts::revoke_key(db, &later.key_id).await.expect("revoke"), "revoked before");
@@ -157,7 +166,10 @@ async fn ledger_operations(backend: Backend) {
     assert_eq!(ledger::adjust(&mut tx, account, -26, "too much").await.expect("adjust"), None);
     assert_eq!(ledger::adjust(&mut tx, account, -3, "fix").await.expect("adjust"), Some(22));
     let last = ledger::last(&mut tx, account).await.expect("last");
-    assert_eq!((last.kind.as_str(), last.amount, last.balance_after, last.reason.as_deref()), ("adjust", -3, 22, Some("fix")));
+    assert_eq!(
+        (last.kind.as_str(), last.amount, last.balance_after, last.reason.as_deref()),
+        ("adjust", -3, 22, Some("fix"))
+    );
     tx.commit().await.expect("commit");
 
     // Holds go through task creation: 22 credits hold one task of 12, not two.
@@ -170,7 +182,10 @@ async fn ledger_operations(backend: Backend) {
     ));
     assert_eq!(balance(db, account).await, (10, 12));
     let mut tx = db.begin().await.expect("begin");
-    assert_eq!(ledger::hold(&mut tx, account, &held.id, 1000).await.expect("hold"), Hold::Insufficient { available: 10 });
+    assert_eq!(
+        ledger::hold(&mut tx, account, &held.id, 1000).await.expect("hold"),
+        Hold::Insufficient { available: 10 }
+    );
     tx.rollback().await.expect("rollback");
 
     // A second settlement of one task is refused by the database itself.
@@ -194,8 +209,16 @@ async fn ledger_operations(backend: Backend) {
 
     let kinds: Vec<(String, i64)> =
         ledger::recent(db, account, 100).await.expect("recent").into_iter().map(|e| (e.kind, e.amount)).collect();
-    let expected =
-        [("release", 12), ("hold", -12), ("grant", 2), ("capture", 0), ("hold", -12), ("adjust", -3), ("grant", 5), ("grant", 20)];
+    let expected = [
+        ("release", 12),
+        ("hold", -12),
+        ("grant", 2),
+        ("capture", 0),
+        ("hold", -12),
+        ("adjust", -3),
+        ("grant", 5),
+        ("grant", 20),
+    ];
     assert_eq!(kinds, expected.map(|(k, a)| (k.to_string(), a)).to_vec());
     let newest = ledger::recent(db, account, 1).await.expect("recent");
     let page = ledger::page(db, account, &UsageFilter::default(), Some(newest[0].id), 2).await.expect("page");
@@ -204,7 +227,8 @@ async fn ledger_operations(backend: Backend) {
     assert_eq!(ledger::page(db, account, &model, None, 100).await.expect("page").len(), 4, "task entries only");
     let future = UsageFilter { from: Some(Utc::now() + Age::hours(1)), ..UsageFilter::default() };
     assert!(ledger::page(db, account, &future, None, 100).await.expect("page").is_empty());
-    let past = UsageFilter { from: Some(Utc::now() - Age::hours(1)), to: Some(Utc::now() + Age::hours(1)), model: None };
+    let past =
+        UsageFilter { from: Some(Utc::now() - Age::hours(1)), to: Some(Utc::now() + Age::hours(1)), model: None };
     assert_eq!(ledger::page(db, account, &past, None, 100).await.expect("page").len(), 8);
     assert_ledger_consistent_on(db).await;
 }
@@ -268,7 +292,10 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     let deliveries = queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim deliveries");
     assert_eq!(deliveries.len(), 1);
     let delivery = &deliveries[0];
-    assert_eq!((delivery.url.as_str(), delivery.trigger, delivery.status), (url, Trigger::Settled, DeliveryStatus::Pending));
+    assert_eq!(
+        (delivery.url.as_str(), delivery.trigger, delivery.status),
+        (url, Trigger::Settled, DeliveryStatus::Pending)
+    );
     let body: serde_json::Value = serde_json::from_slice(&delivery.body).expect("a JSON body");
     assert_eq!(body["status"], "succeeded");
     assert!(queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim").is_empty(), "leased");
@@ -302,7 +329,8 @@ async fn idempotency_keys(backend: Backend) {
     let prompt = input("a lake");
     let key = IdempotencyKey { key: "k-1".into(), request_hash: tasks::request_hash("m", &prompt, None) };
     let first_id = tasks::new_task_id();
-    let Created::Task(first) = tasks::create(db, new_task(&first_id, account, &prompt, None, Some(&key))).await.expect("create")
+    let Created::Task(first) =
+        tasks::create(db, new_task(&first_id, account, &prompt, None, Some(&key))).await.expect("create")
     else {
         panic!("the first use creates the task");
     };
@@ -382,7 +410,11 @@ async fn crash_recovery(backend: Backend) {
         ids.push(create_task(db, account, None).await.id);
     }
     let files = tempfile::tempdir().expect("files folder");
-    let provider = Simulated::new(db.clone(), FileStore::new(files.path().to_path_buf(), "http://127.0.0.1:1").expect("files"), Duration::ZERO);
+    let provider = Simulated::new(
+        db.clone(),
+        FileStore::new(files.path().to_path_buf(), "http://127.0.0.1:1").expect("files"),
+        Duration::ZERO,
+    );
     // The first worker claims everything and submits one task, then dies.
     assert_eq!(tasks::claim_due(db, 10, Duration::from_secs(3600)).await.expect("claim").len(), 3);
     let first_job = submit(&provider, &ids[0]).await;

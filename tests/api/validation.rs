@@ -68,7 +68,8 @@ async fn parameters_must_be_allowed_values() {
     )
     .await;
     assert_refused(&app, &key, json!({"prompt": "a cat", "aspect_ratio": 1.5}), &["`aspect_ratio`"]).await;
-    assert_refused(&app, &key, json!({"prompt": "a cat", "quality": "ultra"}), &["`quality`", "ultra", "basic, high"]).await;
+    assert_refused(&app, &key, json!({"prompt": "a cat", "quality": "ultra"}), &["`quality`", "ultra", "basic, high"])
+        .await;
     assert_refused(&app, &key, json!({"prompt": "a cat", "colour": "red"}), &["colour"]).await;
     assert_refused(&app, &key, json!({"prompt": "a cat", "model": "dall-e-9"}), &["`model`", "dall-e-9"]).await;
     assert_refused(&app, &key, json!({"prompt": "a cat", "model": 7}), &["`model`"]).await;
@@ -87,9 +88,15 @@ async fn image_urls_follow_the_sub_model_and_the_url_guard() {
         &["`image_urls`"],
     )
     .await;
-    assert_refused(&app, &key, json!({"prompt": "a cat", "image_urls": ["https://example.com/in.png"]}), &["`image_urls`"])
+    assert_refused(
+        &app,
+        &key,
+        json!({"prompt": "a cat", "image_urls": ["https://example.com/in.png"]}),
+        &["`image_urls`"],
+    )
+    .await;
+    assert_refused(&app, &key, json!({"model": "seedream/4.5-edit", "prompt": "Make it winter"}), &["`image_urls`"])
         .await;
-    assert_refused(&app, &key, json!({"model": "seedream/4.5-edit", "prompt": "Make it winter"}), &["`image_urls`"]).await;
     assert_refused(&app, &key, edit(json!([])), &["`image_urls`"]).await;
     let fifteen: Vec<String> = (0..15).map(|i| format!("https://example.com/{i}.png")).collect();
     assert_refused(&app, &key, edit(json!(fifteen)), &["`image_urls`", "14"]).await;

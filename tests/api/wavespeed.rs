@@ -10,7 +10,12 @@ use crate::fakes::Step;
 use crate::helpers::{assert_ledger_consistent, seed_request, spawn_app_only_on, TestApp};
 
 async fn app(fake: &FakeWaveSpeed) -> TestApp {
-    TestApp::builder().configure(|settings| fake.configure(settings)).catalog("wavespeed_only.toml").driven().spawn().await
+    TestApp::builder()
+        .configure(|settings| fake.configure(settings))
+        .catalog("wavespeed_only.toml")
+        .driven()
+        .spawn()
+        .await
 }
 
 fn assert_no_secrets(text: &str) {
@@ -63,7 +68,10 @@ async fn a_wavespeed_failure_gives_its_reason_and_releases_the_credits() {
     let done = app.run_seed(&key).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "upstream_failed");
-    assert!(done["error"]["message"].as_str().unwrap_or_default().contains("Inference failed: out of memory"), "{done}");
+    assert!(
+        done["error"]["message"].as_str().unwrap_or_default().contains("Inference failed: out of memory"),
+        "{done}"
+    );
 
     fake.outcome(Outcome::Fail("NSFW content detected in the output"));
     let done = app.run_seed(&key).await;
@@ -100,8 +108,7 @@ async fn wavespeed_rejections_and_account_problems_end_the_task_without_leaking(
     let quoting = format!("size is invalid (request by {})", wavespeed::KEY);
     fake.script("submit", [Step::Json(200, json!({"code": 400, "message": quoting, "data": null}))]);
     let response = app.create(&key, seed_request()).await;
-    let (_, message) =
-        crate::helpers::assert_error(response, reqwest::StatusCode::BAD_GATEWAY, "upstream_error").await;
+    let (_, message) = crate::helpers::assert_error(response, reqwest::StatusCode::BAD_GATEWAY, "upstream_error").await;
     assert!(message.contains("size is invalid (request by [redacted])"), "{message}");
     assert_no_secrets(&message);
 

@@ -153,7 +153,8 @@ async fn succeeded_and_failed_tasks_deliver_their_task_object_signed() {
 
 #[tokio::test]
 async fn retries_keep_the_webhook_id_follow_the_schedule_and_record_every_attempt() {
-    let Setup { app, receiver, account_id, key, .. } = setup("0s,1s,2s", [Reply::Hang(Duration::from_secs(3)), Reply::Status(500)]).await;
+    let Setup { app, receiver, account_id, key, .. } =
+        setup("0s,1s,2s", [Reply::Hang(Duration::from_secs(3)), Reply::Status(500)]).await;
     let task_id = create_with_callback(&app, &key, "A quiet harbour", &receiver.url).await;
 
     let received = receiver.wait_for(3).await;
@@ -187,7 +188,8 @@ async fn retries_keep_the_webhook_id_follow_the_schedule_and_record_every_attemp
 
 #[tokio::test]
 async fn a_delivery_is_dead_after_its_last_scheduled_attempt() {
-    let Setup { app, receiver, key, .. } = setup_driven("0s,1s", [Reply::Status(500), Reply::Status(502), Reply::Status(500)]).await;
+    let Setup { app, receiver, key, .. } =
+        setup_driven("0s,1s", [Reply::Status(500), Reply::Status(502), Reply::Status(500)]).await;
     let task_id = create_with_callback(&app, &key, "A desert road", &receiver.url).await;
 
     let log = finished_deliveries(&app, &key, &task_id, 1).await;
@@ -312,7 +314,10 @@ async fn a_rotation_signs_with_both_secrets_during_the_overlap_then_with_the_new
     assert_eq!(signatures.len(), 2, "one signature per active secret: {signatures:?}");
     during.verify_signature(&new, &signatures[0]).expect("the first signature is the new secret's");
     during.verify_signature(&old, &signatures[1]).expect("the second signature is the previous secret's");
-    assert!(during.verify_signature(&old, &signatures[0]).is_err() && during.verify_signature(&new, &signatures[1]).is_err());
+    assert!(
+        during.verify_signature(&old, &signatures[0]).is_err()
+            && during.verify_signature(&new, &signatures[1]).is_err()
+    );
     during.verify(&old).expect("a receiver still on the old secret accepts it");
     during.verify(&new).expect("a receiver on the new secret accepts it");
 
@@ -338,7 +343,8 @@ async fn a_pending_delivery_survives_a_restart() {
     // The first attempt failed and is recorded; the next is due in about 3 s.
     receiver.wait_for(1).await;
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.get_json(&key, &deliveries_path(&task_id)).await["data"][0]["attempts"].as_array().map_or(0, Vec::len) < 1 {
+    while app.get_json(&key, &deliveries_path(&task_id)).await["data"][0]["attempts"].as_array().map_or(0, Vec::len) < 1
+    {
         assert!(tokio::time::Instant::now() < give_up, "the first attempt was never recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -394,7 +400,8 @@ async fn a_host_name_resolving_to_a_private_address_is_refused_at_connect_time()
     let literal = app.create(&key, json!({"prompt": "x", "callback_url": refused.url})).await;
     assert_error(literal, StatusCode::BAD_REQUEST, "invalid_request").await;
 
-    let rebind = create_with_callback(&app, &key, "Rebinding", &format!("http://rebind.test:{}/hook", refused.port)).await;
+    let rebind =
+        create_with_callback(&app, &key, "Rebinding", &format!("http://rebind.test:{}/hook", refused.port)).await;
     let fine = create_with_callback(&app, &key, "Opened", &format!("http://allowed.test:{}/hook", allowed.port)).await;
 
     let log = finished_deliveries(&app, &key, &rebind, 1).await;

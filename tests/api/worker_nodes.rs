@@ -148,8 +148,13 @@ async fn the_seed_request_completes_through_a_node_called_back_with_a_verified_s
     let edge = spawn_edge(Some(&node), None, true).await;
 
     // The catalog names the node behind each route; node31 is inactive, so it is not listed.
-    let models: Value = edge.client.get(edge.url("/api/v1/models")).send().await.expect("models").json().await.expect("JSON");
-    assert_eq!(models["data"][0]["routes"], json!([{"provider_label": "Seedream node", "backend_node": "node30"}]), "{models}");
+    let models: Value =
+        edge.client.get(edge.url("/api/v1/models")).send().await.expect("models").json().await.expect("JSON");
+    assert_eq!(
+        models["data"][0]["routes"],
+        json!([{"provider_label": "Seedream node", "backend_node": "node30"}]),
+        "{models}"
+    );
     assert!(!models.to_string().contains(&node.gateway.address), "node URLs are never shown: {models}");
 
     let (_, key) = edge.new_account(50).await;
@@ -186,7 +191,10 @@ async fn the_seed_request_completes_through_a_node_called_back_with_a_verified_s
     assert_eq!(copy, original);
     let callback_url = callback_url.as_deref().expect("the edge gave the node a callback URL");
     assert!(callback_url.starts_with(&edge.url("/api/v1/callbacks/node30/")), "{callback_url}");
-    assert_eq!(edge_column::<Option<String>>(edge.pool(), "upstream_id", task_id).await.as_deref(), Some(node_task_id.as_str()));
+    assert_eq!(
+        edge_column::<Option<String>>(edge.pool(), "upstream_id", task_id).await.as_deref(),
+        Some(node_task_id.as_str())
+    );
     assert_eq!(node.idempotency_keys().await, [(format!("aio-edge-{task_id}"), node_task_id.clone())]);
     // The edge polls once an hour here: its task ended because the node's signed callback arrived.
     assert!(edge_column::<bool>(edge.pool(), "callback_at IS NOT NULL", task_id).await);
@@ -216,12 +224,17 @@ async fn forged_callbacks_are_refused_and_change_nothing() {
     .to_string();
     let unsigned = post_callback(callback_url.clone(), forged.clone(), vec![]).await;
     let other_secret = signing::generate_secret();
-    let wrong_key = webhook_headers("1", &forged, |id, ts, body| signing::signature_header(&[&other_secret], id, ts, body));
+    let wrong_key =
+        webhook_headers("1", &forged, |id, ts, body| signing::signature_header(&[&other_secret], id, ts, body));
     let wrongly_signed = post_callback(callback_url.clone(), forged.clone(), wrong_key).await;
-    let right_key = webhook_headers("2", &forged, |id, ts, body| signing::signature_header(&[&node.secret], id, ts, body));
+    let right_key =
+        webhook_headers("2", &forged, |id, ts, body| signing::signature_header(&[&node.secret], id, ts, body));
     let unknown_token = post_callback(edge.url("/api/v1/callbacks/node30/not-a-token"), forged, right_key).await;
     assert_eq!((unsigned, wrongly_signed, unknown_token), (401, 401, 404));
-    assert!(edge_column::<bool>(edge.pool(), "callback_at IS NULL", &task_id).await, "no forgery counted as a callback");
+    assert!(
+        edge_column::<bool>(edge.pool(), "callback_at IS NULL", &task_id).await,
+        "no forgery counted as a callback"
+    );
 
     let done = edge.wait_terminal(&key, &task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -246,9 +259,9 @@ async fn a_node_refusing_the_edge_account_is_unavailable_to_the_client_and_count
     edge.assert_balance(&key, 50, 0).await;
 
     let metrics = edge.client.get(edge.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    let counted = metrics
-        .lines()
-        .any(|line| line.starts_with("aio_upstream_account_problems_total{") && line.contains("node30") && line.contains("402"));
+    let counted = metrics.lines().any(|line| {
+        line.starts_with("aio_upstream_account_problems_total{") && line.contains("node30") && line.contains("402")
+    });
     assert!(counted, "{metrics}");
     assert!(node.tasks().await.is_empty());
     assert_ledger_consistent(edge.pool()).await;
@@ -269,7 +282,8 @@ async fn the_nodes_refusals_and_failures_reach_the_client_as_the_node_reported_t
     // The job fails on the node: the same code and reason at the edge.
     let task = edge.create_ok(&key, json!({"prompt": "A lake [simulate:fail]"})).await;
     let done = edge.wait_terminal(&key, task["task_id"].as_str().expect("task_id")).await;
-    let expected = json!({"code": "upstream_failed", "message": "The provider could not generate the image ([simulate:fail])."});
+    let expected =
+        json!({"code": "upstream_failed", "message": "The provider could not generate the image ([simulate:fail])."});
     assert_eq!(done["error"], expected, "{done}");
 
     // Nothing charged at either hop.
@@ -284,8 +298,14 @@ async fn a_node_that_is_down_is_failed_over_to_the_next_node() {
     let mut node_a = Node::start(100).await;
     let node_b = Node::start(100).await;
     let edge = spawn_edge(Some(&node_a), Some(&node_b), false).await;
-    let models: Value = edge.client.get(edge.url("/api/v1/models")).send().await.expect("models").json().await.expect("JSON");
-    let nodes: Vec<&str> = models["data"][0]["routes"].as_array().expect("routes").iter().filter_map(|r| r["backend_node"].as_str()).collect();
+    let models: Value =
+        edge.client.get(edge.url("/api/v1/models")).send().await.expect("models").json().await.expect("JSON");
+    let nodes: Vec<&str> = models["data"][0]["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter_map(|r| r["backend_node"].as_str())
+        .collect();
     assert_eq!(nodes, ["node30", "node31"], "{models}");
 
     node_a.gateway.kill();
@@ -316,7 +336,13 @@ struct Proxy {
     swallowed: Notify,
 }
 
-async fn forward(State(proxy): State<Arc<Proxy>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn forward(
+    State(proxy): State<Arc<Proxy>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = proxy.http.request(method.clone(), format!("{}{path}", proxy.node)).body(body);
     for name in ["authorization", "content-type", "idempotency-key"] {

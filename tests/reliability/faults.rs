@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::fakes::kie::KEY;
 use crate::helpers::{assert_ledger_consistent, bearer, catalog, new_account, wait_all_terminal, Gateway};
-use crate::services::Cluster;
 use crate::receiver::{Receiver, Reply};
+use crate::services::Cluster;
 use crate::traffic::Traffic;
 use crate::upstream::{fate, ChaosKie, Fate, HMAC_KEY};
 

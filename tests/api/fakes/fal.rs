@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use aio_gateway::config::{ProviderKind, ProviderSettings};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use aio_gateway::config::{ProviderKind, ProviderSettings};
 use axum::Router;
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -203,7 +203,9 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
                     .into_response(),
             }
         }
-        ("PUT", [_, _, "requests", _, "cancel"]) => axum::Json(json!({"status": "CANCELLATION_REQUESTED"})).into_response(),
+        ("PUT", [_, _, "requests", _, "cancel"]) => {
+            axum::Json(json!({"status": "CANCELLATION_REQUESTED"})).into_response()
+        }
         ("POST", [owner, app, ..]) => {
             if let Some(step) = fake.recorder.next("submit").await {
                 return step.into_response();
@@ -216,11 +218,7 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
             let id = {
                 let mut jobs = fake.jobs.lock().expect("jobs");
                 let id = format!("req-{}", jobs.len() + 1);
-                let job = Job {
-                    polls_left: fake.plan.polls(),
-                    outcome: fake.plan.outcome(),
-                    webhook,
-                };
+                let job = Job { polls_left: fake.plan.polls(), outcome: fake.plan.outcome(), webhook };
                 jobs.insert(id.clone(), job);
                 id
             };

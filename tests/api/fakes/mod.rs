@@ -11,10 +11,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aio_gateway::config::{ProviderKind, ProviderSettings, Settings};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use aio_gateway::config::{ProviderKind, ProviderSettings, Settings};
 use axum::Router;
 use serde_json::Value;
 
@@ -150,7 +150,8 @@ pub async fn start<S>(name: &str, router: Router<Arc<S>>, state: impl FnOnce(Str
 where
     S: Send + Sync + 'static,
 {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap_or_else(|e| panic!("bind the fake {name} ({e})"));
+    let listener =
+        tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap_or_else(|e| panic!("bind the fake {name} ({e})"));
     let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
     let state = Arc::new(state(base_url));
     let server = Server::serve(listener, router.with_state(Arc::clone(&state)));

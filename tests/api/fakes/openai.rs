@@ -91,7 +91,10 @@ impl FakeOpenAi {
 
 /// OpenAI's error answer.
 pub fn error(status: u16, message: &str, code: &str) -> Step {
-    Step::Json(status, json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}))
+    Step::Json(
+        status,
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}),
+    )
 }
 
 async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {

@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use aio_gateway::config::ProviderKind;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use aio_gateway::config::ProviderKind;
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -110,9 +110,9 @@ impl FakeReplicate {
         let url = self.state.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
         let headers = match secret {
             None => vec![],
-            Some(secret) => webhook_headers(id, &body, |webhook_id, timestamp, body| {
-                sign(secret, webhook_id, timestamp, body)
-            }),
+            Some(secret) => {
+                webhook_headers(id, &body, |webhook_id, timestamp, body| sign(secret, webhook_id, timestamp, body))
+            }
         };
         post_callback(url, body, headers).await
     }
@@ -155,7 +155,9 @@ impl Fake {
         let (status, output, error) = match (&job.outcome, job.polls_left, job.canceled) {
             (_, _, true) => ("canceled", Value::Null, Value::Null),
             (_, left, _) if left > 0 => ("processing", Value::Null, Value::Null),
-            (Outcome::Success, _, _) => ("succeeded", json!([format!("{}/results/{id}.png", self.base_url)]), Value::Null),
+            (Outcome::Success, _, _) => {
+                ("succeeded", json!([format!("{}/results/{id}.png", self.base_url)]), Value::Null)
+            }
             (Outcome::Fail(reason), _, _) => ("failed", Value::Null, json!(reason)),
         };
         let get = format!("{}/v1/predictions/{id}", self.base_url);

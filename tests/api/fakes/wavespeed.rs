@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use aio_gateway::config::ProviderKind;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use aio_gateway::config::ProviderKind;
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -166,9 +166,9 @@ impl Fake {
         let url = self.jobs.lock().expect("jobs")[id].webhook.clone().expect("the job has a webhook");
         let headers = match signing {
             Signing::Unsigned => vec![],
-            Signing::With(secret) => webhook_headers(id, &body, |webhook_id, timestamp, body| {
-                sign(secret, webhook_id, timestamp, body)
-            }),
+            Signing::With(secret) => {
+                webhook_headers(id, &body, |webhook_id, timestamp, body| sign(secret, webhook_id, timestamp, body))
+            }
         };
         post_callback(url, body, headers).await
     }
