@@ -21,24 +21,7 @@ use crate::ratelimit::RateLimiter;
 use crate::url_guard::{Guard, SystemResolver};
 use crate::webhooks::Webhooks;
 
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: Db,
-    pub settings: Arc<Settings>,
-    pub catalog: Arc<Catalog>,
-    pub auth: Arc<KeyAuth>,
-    pub engine: Arc<Engine>,
-    pub webhooks: Arc<Webhooks>,
-    /// The outbound URL guard, for URLs in requests.
-    pub guard: Arc<Guard>,
-    pub files: FileStore,
-    pub limits: Arc<RateLimiter>,
-    /// Session tokens of the dashboard and admin routes; `None` when no key is configured.
-    pub jwt: Option<Arc<JwtAuth>>,
-    /// Signs and checks the web console's session cookies.
-    pub sessions: Arc<SessionSigner>,
-}
+use crate::http::AppState;
 
 pub struct Application {
     listener: TcpListener,

@@ -307,7 +307,7 @@ async fn copy_to_postgres(source: &Db, settings: &Settings, url: String) -> anyh
         anyhow::bail!("migrate --to copies from a SQLite database; database.url (DATABASE_URL) is not one");
     };
     anyhow::ensure!(
-        store::Dialect::of_url(&url) == Some(store::Dialect::Postgres),
+        crate::config::DatabaseBackend::of_url(&url) == Some(crate::config::DatabaseBackend::Postgres),
         "--to must be a PostgreSQL URL (postgres://…)"
     );
     let target = store::connect(&crate::config::DatabaseSettings { url, ..settings.database.clone() }).await?;

@@ -27,13 +27,13 @@ pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
 pub use files::{FileSettings, ImageType, ResultSettings};
 pub use providers::{ProviderKind, ProviderSettings};
-pub use server::{DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
+pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
 pub use webhooks::WebhookSettings;
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
 /// An embedded SQLite file: a first start needs no database server.
-pub const DEFAULT_DATABASE_URL: &str = crate::store::DEFAULT_SQLITE_URL;
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/aio-gateway.db";
 
 /// What a zero (or negative number) where a positive one is needed reads as, whichever type refused it.
 const ABOVE_ZERO: &str = "must be above 0";

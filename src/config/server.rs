@@ -122,9 +122,28 @@ impl Default for DatabaseSettings {
     }
 }
 
+/// The database server kind a `database.url` names, by its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseBackend {
+    Postgres,
+    Sqlite,
+}
+
+impl DatabaseBackend {
+    pub fn of_url(url: &str) -> Option<DatabaseBackend> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(DatabaseBackend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(DatabaseBackend::Sqlite)
+        } else {
+            None
+        }
+    }
+}
+
 fn database_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let url = String::deserialize(deserializer)?;
-    if crate::store::Dialect::of_url(&url).is_none() {
+    if DatabaseBackend::of_url(&url).is_none() {
         return Err(D::Error::custom("(DATABASE_URL) must start with postgres:// or sqlite://"));
     }
     Ok(url)

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope};
+use super::AppState;
 use crate::accounts::{self, Account};
-use crate::app::AppState;
 use crate::ledger::{self, Entry, MAX_AMOUNT};
 use crate::paging;
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::openapi::KeyErrors;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Caller;
 use crate::ledger::{self, Entry};
 

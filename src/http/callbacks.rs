@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::ErrorEnvelope;
-use crate::app::AppState;
+use super::AppState;
 use crate::tasks;
 
 #[utoipa::path(

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::{ErrorEnvelope, KeyErrors};
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Caller;
 use crate::tasks::{self, timestamp};
 use crate::webhooks::queue::{self, Attempt, Delivery, DeliveryStatus, Trigger};

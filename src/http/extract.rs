@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Caller;
 use crate::jwt::{Role, Session};
 

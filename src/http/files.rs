@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::ErrorEnvelope;
-use crate::app::AppState;
+use super::AppState;
 
 #[utoipa::path(
     get,

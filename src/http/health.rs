@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::openapi::ErrorEnvelope;
-use crate::app::AppState;
+use super::AppState;
 use crate::store;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -9,7 +9,7 @@ use axum::Json;
 use super::error::ApiError;
 use super::extract::{ApiJson, IdempotencyHeader};
 use super::openapi::{BodyErrors, ErrorEnvelope, KeyErrors};
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Caller;
 use crate::catalog::CreateRequest;
 use crate::tasks::TaskView;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
+use super::AppState;
 use crate::accounts::{self, KeyInfo, OwnRevoke};
-use crate::app::AppState;
 use crate::jwt::Session;
 
 const MAX_NAME_CHARS: usize = 100;

@@ -8,7 +8,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
+use super::AppState;
 use crate::{monitoring, tasks};
 
 /// The label of requests no route matched, so unknown paths cannot grow the label set.

@@ -15,6 +15,7 @@ mod metrics;
 mod models;
 pub mod openapi;
 mod session;
+mod state;
 mod tasks;
 mod usage;
 mod webhook_secret;
@@ -28,9 +29,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
 use error::ApiError;
 use extract::BodyLimit;
+pub use state::AppState;
 
 pub fn router(state: AppState) -> Router {
     let routes = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));

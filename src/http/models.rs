@@ -11,7 +11,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::ErrorEnvelope;
-use crate::app::AppState;
+use super::AppState;
 use crate::catalog::{Catalog, Model};
 
 const ENDPOINT: &str = "/api/v1/images/generations";

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
+use super::AppState;
 use crate::accounts;
-use crate::app::AppState;
 use crate::jwt::{Role, Session};
 use crate::tasks::timestamp;
 

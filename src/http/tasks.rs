@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery};
 use super::openapi::{ErrorEnvelope, KeyErrors};
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Caller;
 use crate::paging;
 use crate::tasks::{self, TaskStatus, TaskView};

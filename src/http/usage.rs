@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::openapi::{ErrorEnvelope, SessionErrors};
-use crate::app::AppState;
+use super::AppState;
 use crate::jwt::Session;
 use crate::ledger::{self, Entry, UsageFilter};
 use crate::paging;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::openapi::SessionErrors;
-use crate::app::AppState;
+use super::AppState;
 use crate::jwt::Session;
 use crate::webhooks::secrets;
 

@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{FromRow, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseBackend, DatabaseSettings};
 
 pub mod copy;
 
@@ -36,9 +36,6 @@ pub const TABLES: &[&str] = &[
     "webhook_attempts",
     "idempotency_keys",
 ];
-
-/// Where `DATABASE_URL` points when it is unset: a file next to the working directory.
-pub const DEFAULT_SQLITE_URL: &str = "sqlite://data/aio-gateway.db";
 
 /// How long a SQLite writer waits for the one write lock before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -160,17 +157,6 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// The backend a database URL names, by its scheme.
-    pub fn of_url(url: &str) -> Option<Dialect> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Some(Dialect::Postgres)
-        } else if url.starts_with("sqlite:") {
-            Some(Dialect::Sqlite)
-        } else {
-            None
-        }
-    }
-
     /// The current time.
     pub fn now(self) -> &'static str {
         match self {
@@ -202,9 +188,9 @@ impl Dialect {
 /// Opens the database `settings.url` names, creating it on first use (PostgreSQL: the database;
 /// SQLite: the file and its folder). Errors never include the URL, which may hold a password.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Db> {
-    match Dialect::of_url(&settings.url) {
-        Some(Dialect::Postgres) => connect_postgres(settings).await.map(Db::Pg),
-        Some(Dialect::Sqlite) => connect_sqlite(settings).await.map(Db::Sqlite),
+    match DatabaseBackend::of_url(&settings.url) {
+        Some(DatabaseBackend::Postgres) => connect_postgres(settings).await.map(Db::Pg),
+        Some(DatabaseBackend::Sqlite) => connect_sqlite(settings).await.map(Db::Sqlite),
         None => anyhow::bail!("database.url (DATABASE_URL) must start with postgres:// or sqlite://"),
     }
 }
@@ -278,7 +264,7 @@ pub struct ProcessLock {
 /// For a SQLite URL: takes the exclusive lock on `<database file>.lock`, or explains why another
 /// gateway has it. Nothing for PostgreSQL, which any number of gateways share.
 pub fn lock_single_process(url: &str) -> anyhow::Result<Option<ProcessLock>> {
-    if Dialect::of_url(url) != Some(Dialect::Sqlite) {
+    if DatabaseBackend::of_url(url) != Some(DatabaseBackend::Sqlite) {
         return Ok(None);
     }
     let options =

@@ -1,0 +1,33 @@
+//! What every handler can reach: the parts of the application, built by `app`.
+
+use std::sync::Arc;
+
+use crate::auth::KeyAuth;
+use crate::catalog::Catalog;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::files::FileStore;
+use crate::jwt::{JwtAuth, SessionSigner};
+use crate::ratelimit::RateLimiter;
+use crate::store::Db;
+use crate::url_guard::Guard;
+use crate::webhooks::Webhooks;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Db,
+    pub settings: Arc<Settings>,
+    pub catalog: Arc<Catalog>,
+    pub auth: Arc<KeyAuth>,
+    pub engine: Arc<Engine>,
+    pub webhooks: Arc<Webhooks>,
+    /// The outbound URL guard, for URLs in requests.
+    pub guard: Arc<Guard>,
+    pub files: FileStore,
+    pub limits: Arc<RateLimiter>,
+    /// Session tokens of the dashboard and admin routes; `None` when no key is configured.
+    pub jwt: Option<Arc<JwtAuth>>,
+    /// Signs and checks the web console's session cookies.
+    pub sessions: Arc<SessionSigner>,
+}
