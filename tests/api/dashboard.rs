@@ -11,8 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_error, assert_ledger_consistent, seed_request, session_token, spawn_app_with, spawn_dashboard_app_with,
-    TestApp, JWT_SECRET,
+    assert_error, assert_ledger_consistent, json_of, seed_request, session_token, spawn_app_with,
+    spawn_dashboard_app_with, TestApp, JWT_SECRET,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
@@ -362,14 +362,7 @@ async fn admins_manage_accounts_and_credits_through_the_ledger() {
         (json!("acme"), json!(40), json!(0))
     );
     let id = acme["account_id"].as_i64().expect("account_id");
-    let fetched: Value = app
-        .with_bearer(Method::GET, &format!("/api/v1/admin/accounts/{id}"), &admin)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let fetched: Value = json_of(app.with_bearer(Method::GET, &format!("/api/v1/admin/accounts/{id}"), &admin)).await;
     assert_eq!(fetched, acme);
 
     let granted: Value = change_credits(&app, &admin, id, json!({"amount": 60, "reason": "invoice 42"}))
@@ -424,24 +417,11 @@ async fn admins_manage_accounts_and_credits_through_the_ledger() {
     assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
 
     // The list pages by id.
-    let page: Value = app
-        .with_bearer(Method::GET, "/api/v1/admin/accounts?limit=1", &admin)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let page: Value = json_of(app.with_bearer(Method::GET, "/api/v1/admin/accounts?limit=1", &admin)).await;
     assert_eq!(page["data"].as_array().expect("data").len(), 1);
     let cursor = page["next_cursor"].as_str().expect("cursor");
-    let next: Value = app
-        .with_bearer(Method::GET, &format!("/api/v1/admin/accounts?limit=1&cursor={cursor}"), &admin)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let next: Value =
+        json_of(app.with_bearer(Method::GET, &format!("/api/v1/admin/accounts?limit=1&cursor={cursor}"), &admin)).await;
     assert_eq!(next["data"][0]["account_id"], id);
 
     let kinds: Vec<(String, i64, Option<String>)> = crate::helpers::ledger_of(app.pool(), id).await;

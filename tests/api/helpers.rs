@@ -456,6 +456,11 @@ pub fn http_client() -> reqwest::Client {
         .expect("build the HTTP client")
 }
 
+/// Sends `request` and reads its answer as JSON, whatever the status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.expect("send the request").json().await.expect("a JSON answer")
+}
+
 pub fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }

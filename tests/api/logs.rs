@@ -5,7 +5,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{bearer, http_client, new_account, session_token, Gateway, TestDatabase, JWT_SECRET};
+use crate::helpers::{bearer, http_client, json_of, new_account, session_token, Gateway, TestDatabase, JWT_SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_request_spans_and_never_a_key_token_or_secret() {
@@ -29,30 +29,16 @@ async fn logs_carry_request_spans_and_never_a_key_token_or_secret() {
     // The flow: a task to the end, a key made and used and revoked, an admin call, some refusals.
     let task_id = gateway.create(&client, &key, "A lake").await;
     loop {
-        let task: Value = client
-            .get(url(&format!("/api/v1/tasks/{task_id}")))
-            .header(AUTHORIZATION, bearer(&key))
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("JSON");
+        let task: Value =
+            json_of(client.get(url(&format!("/api/v1/tasks/{task_id}"))).header(AUTHORIZATION, bearer(&key))).await;
         if task["status"] == "succeeded" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let created: Value = client
-        .post(url("/api/v1/keys"))
-        .header(AUTHORIZATION, bearer(&token))
-        .json(&json!({"name": "log"}))
-        .send()
-        .await
-        .expect("POST")
-        .json()
-        .await
-        .expect("JSON");
+    let created: Value =
+        json_of(client.post(url("/api/v1/keys")).header(AUTHORIZATION, bearer(&token)).json(&json!({"name": "log"})))
+            .await;
     let new_key = created["api_key"].as_str().expect("api_key").to_owned();
     let response =
         client.get(url("/api/v1/billing/credits")).header(AUTHORIZATION, bearer(&new_key)).send().await.expect("GET");

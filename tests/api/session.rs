@@ -6,7 +6,7 @@ use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE}
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, seed_request, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, json_of, seed_request, spawn_app, spawn_app_with, TestApp};
 
 /// Signs in with `key`; returns the `Set-Cookie` header and the `Cookie` header to send back.
 async fn sign_in(app: &TestApp, key: &str) -> (String, String) {
@@ -41,24 +41,12 @@ async fn signing_in_sets_a_strict_http_only_cookie_that_opens_dashboard_and_key_
     assert!(!set_cookie.contains(&key), "the key itself is not in the cookie");
     let cookie = set_cookie.split(';').next().expect("pair");
 
-    let session: Value = with_cookie(&app, Method::GET, "/api/v1/session", cookie)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let session: Value = json_of(with_cookie(&app, Method::GET, "/api/v1/session", cookie)).await;
     assert_eq!((session["account_id"].clone(), session["role"].clone()), (json!(account_id), json!("user")));
     // A dashboard route and an API-key route, both by the cookie alone.
     let keys = with_cookie(&app, Method::GET, "/api/v1/keys", cookie).send().await.expect("GET keys");
     assert_eq!(keys.status(), StatusCode::OK);
-    let credits: Value = with_cookie(&app, Method::GET, "/api/v1/billing/credits", cookie)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let credits: Value = json_of(with_cookie(&app, Method::GET, "/api/v1/billing/credits", cookie)).await;
     assert_eq!(credits["balance"], 100);
     // A user session is no admin.
     let admin = with_cookie(&app, Method::GET, "/api/v1/admin/accounts", cookie).send().await.expect("GET admin");
@@ -235,13 +223,7 @@ async fn the_webhook_secret_is_revealed_and_rotated_with_the_session() {
     let app = spawn_app().await;
     let (_, key) = app.new_account(10).await;
     let (_, cookie) = sign_in(&app, &key).await;
-    let shown: Value = with_cookie(&app, Method::GET, "/api/v1/webhooks/secret", &cookie)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let shown: Value = json_of(with_cookie(&app, Method::GET, "/api/v1/webhooks/secret", &cookie)).await;
     let first = shown["secret"].as_str().expect("secret").to_owned();
     assert!(first.starts_with("whsec_"), "{shown}");
     let rotated = with_cookie(&app, Method::POST, "/api/v1/webhooks/secret/rotate", &cookie)
@@ -252,13 +234,7 @@ async fn the_webhook_secret_is_revealed_and_rotated_with_the_session() {
     assert_eq!(rotated.status(), StatusCode::OK);
     let rotated: Value = rotated.json().await.expect("JSON");
     assert!(rotated["secret"].as_str().is_some_and(|s| s.starts_with("whsec_") && s != first), "{rotated}");
-    let again: Value = with_cookie(&app, Method::GET, "/api/v1/webhooks/secret", &cookie)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let again: Value = json_of(with_cookie(&app, Method::GET, "/api/v1/webhooks/secret", &cookie)).await;
     assert_eq!(again["secret"], rotated["secret"]);
     let response = app.client.get(app.url("/api/v1/webhooks/secret")).send().await.expect("GET");
     assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
