@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use aio_gateway::catalog::{Catalog, CreateRequest};
 use aio_gateway::config::{ProviderKind, ProviderSettings, Settings};
-use aio_gateway::outbound::Guard;
+use aio_gateway::url_guard::Guard;
 use libfuzzer_sys::fuzz_target;
 
 static CATALOG: LazyLock<(Catalog, Guard)> = LazyLock::new(|| {

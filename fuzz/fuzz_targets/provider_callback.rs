@@ -39,7 +39,7 @@ async fn providers(signed: bool) -> Providers {
             (id.to_string(), provider)
         })
         .collect();
-    let pool = sqlx::PgPool::connect_lazy("postgres://unused@127.0.0.1:9/unused").expect("lazy pool");
+    let pool = aio_gateway::store::Db::from(sqlx::PgPool::connect_lazy("postgres://unused@127.0.0.1:9/unused").expect("lazy pool"));
     let files = FileStore::new(std::env::temp_dir().join("aio-fuzz-files"), "http://127.0.0.1:9").expect("files");
     Providers::from_settings(&settings, &pool, &files).expect("providers")
 }
