@@ -11,6 +11,7 @@ use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope};
 use super::AppState;
 use crate::accounts::{self, Account};
+use crate::error::Error;
 use crate::ledger::{self, Entry, MAX_AMOUNT};
 use crate::paging;
 
@@ -47,15 +48,15 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Account>), ApiError> {
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(ApiError::InvalidRequest(format!("`name`: 1 to {MAX_NAME_CHARS} characters.")));
+        return Err(Error::Invalid(format!("`name`: 1 to {MAX_NAME_CHARS} characters.")).into());
     }
     let credits = request.credits.unwrap_or(0);
     if !(0..=MAX_AMOUNT).contains(&credits) {
-        return Err(ApiError::InvalidRequest(format!("`credits`: 0 to {MAX_AMOUNT}.")));
+        return Err(Error::Invalid(format!("`credits`: 0 to {MAX_AMOUNT}.")).into());
     }
     let account_id = accounts::create(&state.pool, name, credits).await?;
     tracing::info!(admin = admin.account_id, new_account = account_id, credits, "account created");
-    let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
     Ok((StatusCode::CREATED, Json(account)))
 }
 
@@ -105,7 +106,7 @@ pub async fn list(
 
 /// An account id from the path; anything else is as unknown as a missing account.
 fn account_id(text: &str) -> Result<i64, ApiError> {
-    text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| ApiError::not_found("Account"))
+    text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| Error::not_found("Account").into())
 }
 
 #[utoipa::path(
@@ -126,7 +127,7 @@ pub async fn get(
     _admin: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Account>, ApiError> {
-    let account = accounts::get(&state.pool, account_id(&id)?).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    let account = accounts::get(&state.pool, account_id(&id)?).await?.ok_or_else(|| Error::not_found("Account"))?;
     Ok(Json(account))
 }
 
@@ -174,6 +175,6 @@ pub async fn change_credits(
     let account_id = account_id(&id)?;
     let entry = ledger::change(&state.pool, account_id, request.amount, &request.reason).await?;
     tracing::info!(admin = admin.account_id, account_id, amount = request.amount, "credits changed");
-    let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
     Ok(Json(CreditChanged { account, entry }))
 }

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::openapi::KeyErrors;
 use super::AppState;
 use crate::auth::Caller;
+use crate::error::Error;
 use crate::ledger::{self, Entry};
 
 const RECENT_ENTRIES: i64 = 20;
@@ -36,8 +37,7 @@ pub struct Credits {
     security(("api_key" = []), ("session_cookie" = []))
 )]
 pub async fn credits(State(state): State<AppState>, caller: Caller) -> Result<Json<Credits>, ApiError> {
-    let balance =
-        ledger::balance(&state.pool, caller.account_id).await?.ok_or_else(|| ApiError::not_found("Account"))?;
+    let balance = ledger::balance(&state.pool, caller.account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
     let ledger = ledger::recent(&state.pool, caller.account_id, RECENT_ENTRIES).await?;
     Ok(Json(Credits {
         balance: balance.balance,

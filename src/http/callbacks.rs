@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::ErrorEnvelope;
 use super::AppState;
+use crate::error::Error;
 use crate::tasks;
 
 #[utoipa::path(
@@ -43,11 +44,11 @@ pub async fn receive(
     let (Some(provider), Some(task)) =
         (providers.get(&provider_id), tasks::by_callback_token(&state.pool, &provider_id, &token).await?)
     else {
-        return Err(ApiError::not_found("Callback"));
+        return Err(Error::not_found("Callback").into());
     };
     let callback = provider.read_callback(&headers, &body).await.map_err(|refused| {
         tracing::warn!(task_id = %task.id, provider = %provider_id, reason = %refused, "callback refused");
-        ApiError::Unauthorized
+        Error::Unauthorized
     })?;
     // A callback about another job (an earlier submit's) is only a reason to look, never a result.
     let about_this_job = match (&callback.upstream_id, &task.upstream_id) {

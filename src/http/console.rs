@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::extract::ApiPath;
+use crate::error::Error;
 
 /// The page's `{{name}}` placeholders are replaced by the hashed URL of the asset `name`.
 const PAGE: &str = include_str!("../../console/index.html");
@@ -83,7 +84,7 @@ pub async fn page() -> Response {
 }
 
 pub async fn asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
-    let asset = console().assets.iter().find(|a| a.hashed_name == name).ok_or_else(|| ApiError::not_found("Asset"))?;
+    let asset = console().assets.iter().find(|a| a.hashed_name == name).ok_or_else(|| Error::not_found("Asset"))?;
     let response = ([(CONTENT_TYPE, asset.content_type)], asset.bytes).into_response();
     Ok(secured(response, "public, max-age=31536000, immutable"))
 }

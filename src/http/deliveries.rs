@@ -12,6 +12,7 @@ use super::extract::ApiPath;
 use super::openapi::{ErrorEnvelope, KeyErrors};
 use super::AppState;
 use crate::auth::Caller;
+use crate::error::Error;
 use crate::tasks::{self, timestamp};
 use crate::webhooks::queue::{self, Attempt, Delivery, DeliveryStatus, Trigger};
 
@@ -92,8 +93,7 @@ pub async fn list(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let task =
-        tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| ApiError::not_found("Task"))?;
+    let task = tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
     let deliveries = queue::list_for_task(&state.pool, &task.id).await?;
     Ok(Json(DeliveryList { data: deliveries.into_iter().map(|(d, a)| DeliveryView::new(d, a)).collect() }))
 }

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Caller;
+use crate::error::Error;
 use crate::jwt::{Role, Session};
 
 /// A JSON body: 415 unless `application/json`, 413 over the body limit, 400 naming the field that
@@ -37,7 +38,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge { limit }
             } else {
-                ApiError::InvalidRequest("The request body could not be read.".into())
+                Error::Invalid("The request body could not be read.".into()).into()
             }
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -51,7 +52,7 @@ pub struct BodyLimit(pub usize);
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde reads a struct from an array too (fields by position): only an object is a request.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::InvalidRequest("The body must be a JSON object.".into()));
+        return Err(Error::Invalid("The body must be a JSON object.".into()).into());
     }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|error| {
@@ -64,10 +65,10 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             _ if path.is_empty() || path == "." => format!("{}.", strip_position(&inner.to_string())),
             _ => format!("`{path}`: {}.", strip_position(&inner.to_string())),
         };
-        ApiError::InvalidRequest(message)
+        Error::Invalid(message)
     })?;
     // Nothing but white space may follow the object.
-    deserializer.end().map_err(|error| ApiError::InvalidRequest(format!("The body is not valid JSON: {error}.")))?;
+    deserializer.end().map_err(|error| Error::Invalid(format!("The body is not valid JSON: {error}.")))?;
     Ok(value)
 }
 
@@ -86,7 +87,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| ApiPath(value))
-            .map_err(|_| ApiError::NotFound("No route matches this path.".into()))
+            .map_err(|_| Error::NotFound("No route matches this path.".into()).into())
     }
 }
 
@@ -101,7 +102,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|error| {
             let path = error.path().to_string();
-            ApiError::InvalidRequest(format!("`{path}`: {}.", error.into_inner()))
+            Error::Invalid(format!("`{path}`: {}.", error.into_inner())).into()
         })
     }
 }
@@ -118,7 +119,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
         };
         let key = value
             .to_str()
-            .map_err(|_| ApiError::InvalidRequest("`Idempotency-Key`: must be printable ASCII characters.".into()))?;
+            .map_err(|_| Error::Invalid("`Idempotency-Key`: must be printable ASCII characters.".into()))?;
         crate::idempotency::check_key(key)?;
         Ok(IdempotencyHeader(Some(key.to_owned())))
     }
@@ -147,11 +148,11 @@ impl FromRequestParts<AppState> for Caller {
 async fn cookie_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     let session = match super::session::from_cookie(parts, state) {
         Ok(Some(session)) => session,
-        Ok(None) | Err(ApiError::InvalidToken) => return Err(ApiError::Unauthorized),
+        Ok(None) | Err(ApiError::InvalidToken) => return Err(Error::Unauthorized.into()),
         Err(other) => return Err(other),
     };
     if !crate::accounts::exists(&state.pool, session.account_id).await? {
-        return Err(ApiError::Unauthorized);
+        return Err(Error::Unauthorized.into());
     }
     Ok(Caller {
         account_id: session.account_id,
@@ -198,7 +199,7 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let session = Session::from_request_parts(parts, state).await?;
         if session.role != Role::Admin {
-            return Err(ApiError::Forbidden("This route needs an admin session.".into()));
+            return Err(Error::Forbidden("This route needs an admin session.".into()).into());
         }
         Ok(Admin(session))
     }
@@ -218,7 +219,7 @@ mod tests {
 
     fn message(body: &str) -> String {
         match parse_json::<Body>(body.as_bytes()) {
-            Err(ApiError::InvalidRequest(m)) => m,
+            Err(ApiError::Domain(Error::Invalid(m))) => m,
             other => panic!("expected invalid_request, got {other:?}"),
         }
     }

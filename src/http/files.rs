@@ -9,6 +9,7 @@ use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::ErrorEnvelope;
 use super::AppState;
+use crate::error::Error;
 
 #[utoipa::path(
     get,
@@ -22,7 +23,7 @@ use super::AppState;
     )
 )]
 pub async fn get(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
-    let bytes = state.files.read(&name).await.ok_or_else(|| ApiError::not_found("File"))?;
+    let bytes = state.files.read(&name).await.ok_or_else(|| Error::not_found("File"))?;
     let content_type = match name.rsplit('.').next() {
         Some("jpg") => "image/jpeg",
         Some("webp") => "image/webp",

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::openapi::ErrorEnvelope;
 use super::AppState;
+use crate::error::Error;
 use crate::store;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -34,6 +35,6 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiErr
     if store::is_ready(&state.pool).await {
         Ok(Json(Health { status: "ready" }))
     } else {
-        Err(ApiError::Unavailable("The database is not reachable.".into()))
+        Err(Error::Unavailable("The database is not reachable.".into()).into())
     }
 }

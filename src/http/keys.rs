@@ -12,6 +12,7 @@ use super::extract::{ApiJson, ApiPath};
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use super::AppState;
 use crate::accounts::{self, KeyInfo, OwnRevoke};
+use crate::error::Error;
 use crate::jwt::Session;
 
 const MAX_NAME_CHARS: usize = 100;
@@ -78,10 +79,10 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
     let name = request.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
     if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
-        return Err(ApiError::InvalidRequest(format!("`name`: at most {MAX_NAME_CHARS} characters.")));
+        return Err(Error::Invalid(format!("`name`: at most {MAX_NAME_CHARS} characters.")).into());
     }
     if request.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(ApiError::InvalidRequest("`expires_at`: must be in the future.".into()));
+        return Err(Error::Invalid("`expires_at`: must be in the future.".into()).into());
     }
     let created = accounts::create_key(&state.pool, session.account_id, name.as_deref(), request.expires_at).await?;
     tracing::info!(key_id = %created.key_id, "API key created");
@@ -110,7 +111,7 @@ pub async fn revoke(
     ApiPath(key_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     match accounts::revoke_own_key(&state.pool, session.account_id, &key_id).await? {
-        OwnRevoke::NotFound => Err(ApiError::not_found("Key")),
+        OwnRevoke::NotFound => Err(Error::not_found("Key").into()),
         OwnRevoke::AlreadyRevoked => Ok(StatusCode::NO_CONTENT),
         OwnRevoke::Revoked { hash } => {
             state.auth.forget(&hash);

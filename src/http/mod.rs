@@ -29,6 +29,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::error::Error;
 use error::ApiError;
 use extract::BodyLimit;
 pub use state::AppState;
@@ -55,7 +56,7 @@ fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
     let body_limit = state.settings.server.body_limit_bytes.get();
     let request_id = HeaderName::from_static("x-request-id");
     routes
-        .fallback(|| async { ApiError::NotFound("No route matches this path.".into()) })
+        .fallback(|| async { ApiError::from(Error::NotFound("No route matches this path.".into())) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(metrics::track_http))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -13,6 +13,7 @@ use super::extract::ApiPath;
 use super::openapi::ErrorEnvelope;
 use super::AppState;
 use crate::catalog::{Catalog, Model};
+use crate::error::Error;
 
 const ENDPOINT: &str = "/api/v1/images/generations";
 
@@ -229,7 +230,7 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath(model_id): ApiPath<String>,
 ) -> Result<Json<ModelView>, ApiError> {
-    let model = state.catalog.get(&model_id).ok_or_else(|| ApiError::not_found("Model"))?;
+    let model = state.catalog.get(&model_id).ok_or_else(|| Error::not_found("Model"))?;
     let base_url = &state.settings.server.public_base_url;
     Ok(Json(view(&state.catalog, model, state.settings.billing.usd_per_credit, base_url)))
 }

@@ -22,6 +22,7 @@ use super::extract::ApiJson;
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use super::AppState;
 use crate::accounts;
+use crate::error::Error;
 use crate::jwt::{Role, Session};
 use crate::tasks::timestamp;
 
@@ -165,10 +166,10 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 }
 
 fn cross_site() -> ApiError {
-    ApiError::Forbidden(
+    ApiError::from(Error::Forbidden(
         "Cross-site request refused: requests signed in by the console's cookie must come from the console's own origin."
             .into(),
-    )
+    ))
 }
 
 /// Whether a browser says the request comes from this gateway's own pages: `Sec-Fetch-Site` when

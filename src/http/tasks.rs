@@ -9,6 +9,7 @@ use super::extract::{ApiPath, ApiQuery};
 use super::openapi::{ErrorEnvelope, KeyErrors};
 use super::AppState;
 use crate::auth::Caller;
+use crate::error::Error;
 use crate::paging;
 use crate::tasks::{self, TaskStatus, TaskView};
 
@@ -30,8 +31,7 @@ pub async fn get(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task =
-        tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| ApiError::not_found("Task"))?;
+    let task = tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
     Ok(Json(TaskView::from(&task)))
 }
 
@@ -81,7 +81,7 @@ pub async fn list(
     let status = match query.status.as_deref() {
         None => None,
         Some(value) => Some(TaskStatus::parse(value).ok_or_else(|| {
-            ApiError::InvalidRequest(format!("`status`: `{value}` is not one of pending, running, succeeded, failed."))
+            Error::Invalid(format!("`status`: `{value}` is not one of pending, running, succeeded, failed."))
         })?),
     };
     let cursor = paging::cursor("cursor", query.cursor.as_deref(), tasks::cursor)?;

@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::openapi::{ErrorEnvelope, SessionErrors};
 use super::AppState;
+use crate::error::Error;
 use crate::jwt::Session;
 use crate::ledger::{self, Entry, UsageFilter};
 use crate::paging;
@@ -89,7 +90,7 @@ pub async fn usage(
     let limit = paging::limit(query.limit)?;
     if let (Some(from), Some(to)) = (query.from, query.to) {
         if from > to {
-            return Err(ApiError::InvalidRequest("`from`: must not be after `to`.".into()));
+            return Err(Error::Invalid("`from`: must not be after `to`.".into()).into());
         }
     }
     let tasks_cursor = paging::cursor("tasks_cursor", query.tasks_cursor.as_deref(), tasks::cursor)?;
