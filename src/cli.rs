@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::Application;
 use crate::catalog::{self, Catalog};
 use crate::config::Settings;
-use crate::jwt::{self, JwtAuth, Role};
+use crate::jwt::{self, JwtAuth, Role, SessionSigner};
 use crate::webhooks::secrets;
 use crate::{accounts, ledger, store, telemetry};
 
@@ -196,6 +196,10 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
         }
         _ => {}
     }
+    // The whole configuration is checked before anything is opened, created or printed: a bad catalog
+    // or key file must not leave a new database or a bootstrapped account behind. Logging starts after
+    // it, so the catalog's warnings are logged once, when the application loads it again.
+    check_parts(&settings)?;
     telemetry::init(&settings.log);
     // A SQLite file serves one gateway; a copy must not race one either.
     let _lock = match &cli.command {
@@ -246,14 +250,22 @@ fn check_config(settings: &Settings, json: bool) -> anyhow::Result<Value> {
         path.display(),
         errors.iter().map(|e| e.as_str()).collect::<Vec<_>>().join("\n  ")
     );
-    let catalog = Catalog::load(settings)?;
-    JwtAuth::from_settings(&settings.auth.jwt)?;
+    let catalog = check_parts(settings)?;
     let offered: Vec<&str> = catalog.models().iter().map(|m| m.id.as_str()).collect();
     Ok(if json {
         json!({"ok": true, "models_path": path, "models_offered": offered, "warnings": report.warnings})
     } else {
         json!({"ok": true, "models_path": path, "models_offered": offered.join(", ")})
     })
+}
+
+/// Loads what the settings name besides themselves (the catalog, the session key files), as serving
+/// would: an error names the setting and the file.
+fn check_parts(settings: &Settings) -> anyhow::Result<Catalog> {
+    let catalog = Catalog::load(settings).context("catalog.models_path")?;
+    JwtAuth::from_settings(&settings.auth.jwt)?;
+    SessionSigner::from_settings(&settings.auth.jwt)?;
+    Ok(catalog)
 }
 
 async fn keys(pool: &Db, command: KeysCommand) -> anyhow::Result<Value> {
@@ -280,16 +292,19 @@ async fn webhook_secret(pool: &Db, settings: &Settings, command: SecretCommand) 
 }
 
 async fn serve(settings: Settings, pool: Db) -> anyhow::Result<()> {
-    if settings.bootstrap.enabled {
-        if let Some(key) = accounts::bootstrap(&pool, settings.bootstrap.credits).await? {
+    let bootstrap = settings.bootstrap.clone();
+    // Built (and the port bound) before the bootstrap account exists: a gateway that cannot start
+    // prints no key.
+    let application = Application::build(settings, pool.clone()).await?;
+    if bootstrap.enabled {
+        if let Some(key) = accounts::bootstrap(&pool, bootstrap.credits).await? {
             // Printed once, on stdout only: it is never logged and cannot be shown again.
             println!(
                 "Created account `default` with {} credits.\nIts API key (shown once, store it now):\n\n    {}\n",
-                settings.bootstrap.credits, key.api_key
+                bootstrap.credits, key.api_key
             );
         }
     }
-    let application = Application::build(settings, pool).await?;
     let shutdown = CancellationToken::new();
     let signals = TaskTracker::new();
     signals.spawn(stop_on_signal(shutdown.clone()));

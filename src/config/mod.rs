@@ -2,6 +2,9 @@
 //! (and `DATABASE_URL`). The types refuse bad values as they are read (a zero where a count or a wait
 //! must be positive, a name outside a closed set, an address that does not parse), and the error names
 //! the key; [`Settings::validate`] checks only rules across fields. One file per area.
+//!
+//! A relative path written in the file is relative to the file's folder (the file is moved with what it
+//! names); one given in the environment or as a default is relative to the working folder.
 
 mod auth;
 mod catalog;
@@ -14,7 +17,7 @@ mod tasks;
 mod webhooks;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use figment::error::{Actual, Kind};
@@ -60,28 +63,54 @@ impl Settings {
     /// Loads `path` (or the default path when it exists), then the environment.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
-        match path {
-            Some(path) => {
-                if !path.exists() {
-                    bail!("config file {} does not exist", path.display());
-                }
-                figment = figment.merge(Toml::file(path));
-            }
-            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-                figment = figment.merge(Toml::file(DEFAULT_CONFIG_PATH));
-            }
-            None => {}
+        let file = match path {
+            Some(path) if !path.exists() => bail!("config file {} does not exist", path.display()),
+            Some(path) => Some(path),
+            None => Some(Path::new(DEFAULT_CONFIG_PATH)).filter(|path| path.exists()),
+        };
+        if let Some(file) = file {
+            // `file_exact`: `Toml::file` would also search the parent folders for a relative path.
+            figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(Env::prefixed("AIO__").split("__"));
         if let Ok(url) = std::env::var("DATABASE_URL") {
             figment = figment.merge(("database.url", url));
         }
         let mut settings: Settings = figment.extract().map_err(|e| anyhow::anyhow!(describe_figment_error(e)))?;
+        if let Some(folder) = file.and_then(Path::parent) {
+            settings.resolve_paths_from(&figment, folder);
+        }
         settings.validate()?;
         for provider in settings.providers.values_mut() {
             provider.read_key();
         }
         Ok(settings)
+    }
+
+    /// Makes every relative path that the config file set relative to `folder`, the file's folder.
+    /// Values from the environment or the defaults stay as they are (relative to the working folder).
+    /// Every setting that names a file or folder is listed here.
+    fn resolve_paths_from(&mut self, figment: &Figment, folder: &Path) {
+        let from_file = |key: &str| {
+            figment.find_metadata(key).is_some_and(|meta| meta.source.as_ref().is_some_and(|s| s.file_path().is_some()))
+        };
+        let within = |path: &Path| -> Option<PathBuf> {
+            (!path.as_os_str().is_empty() && path.is_relative()).then(|| folder.join(path))
+        };
+        for (key, path) in [
+            ("catalog.models_path", &mut self.catalog.models_path),
+            ("files.dir", &mut self.files.dir),
+            ("auth.jwt.public_key_path", &mut self.auth.jwt.public_key_path),
+        ] {
+            if let Some(resolved) = within(path).filter(|_| from_file(key)) {
+                *path = resolved;
+            }
+        }
+        if from_file("database.url") {
+            if let Some(url) = sqlite_url_within(&self.database.url, folder) {
+                self.database.url = url;
+            }
+        }
     }
 
     /// Checks the rules across fields that the types cannot: every problem is reported, each naming
@@ -94,6 +123,19 @@ impl Settings {
             bail!("invalid configuration:\n  {}", problems.join("\n  "))
         }
     }
+}
+
+/// `sqlite://relative/file?options` with the file made relative to `folder`; `None` for any other URL (a
+/// PostgreSQL one, an absolute path, an in-memory database).
+fn sqlite_url_within(url: &str, folder: &Path) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let (file, options) = rest.split_once('?').map_or((rest, None), |(file, options)| (file, Some(options)));
+    if file.is_empty() || file.starts_with(':') || Path::new(file).is_absolute() {
+        return None;
+    }
+    let joined = folder.join(file);
+    let options = options.map(|o| format!("?{o}")).unwrap_or_default();
+    Some(format!("sqlite://{}{options}", joined.display()))
 }
 
 /// Figment's errors already name the key; make them one line per problem, word the refusals of the
@@ -337,5 +379,39 @@ mod tests {
         let error = refusal("webhooks.retry_schedule", Vec::<String>::new());
         assert!(error.contains("webhooks.retry_schedule: needs at least one entry"), "{error}");
         assert!(refusal("webhooks.retry_schedule", "").contains("webhooks.retry_schedule"));
+    }
+
+    #[test]
+    fn relative_paths_in_the_file_resolve_against_its_folder_and_defaults_against_the_working_folder() {
+        let folder = tempfile::tempdir().expect("temp folder");
+        let file = folder.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            "[database]\nurl = \"sqlite://../data/gw.db?mode=rwc\"\n[catalog]\nmodels_path = \"models.toml\"\n\
+             [auth.jwt]\npublic_key_path = \"/etc/aio/key.pem\"\n",
+        )
+        .expect("write the config");
+        let settings = Settings::load(Some(&file)).expect("load");
+        assert_eq!(settings.catalog.models_path, folder.path().join("models.toml"));
+        assert_eq!(
+            settings.database.url,
+            format!("sqlite://{}?mode=rwc", folder.path().join("../data/gw.db").display())
+        );
+        // Absolute in the file, and a default the file does not set: unchanged.
+        assert_eq!(settings.auth.jwt.public_key_path, PathBuf::from("/etc/aio/key.pem"));
+        assert_eq!(settings.files.dir, Settings::default().files.dir);
+    }
+
+    #[test]
+    fn only_relative_sqlite_files_move() {
+        let folder = Path::new("/srv/aio/config");
+        assert_eq!(
+            sqlite_url_within("sqlite://data/a.db", folder).as_deref(),
+            Some("sqlite:///srv/aio/config/data/a.db")
+        );
+        assert_eq!(sqlite_url_within("sqlite:a.db", folder).as_deref(), Some("sqlite:///srv/aio/config/a.db"));
+        for unchanged in ["sqlite:///var/a.db", "sqlite::memory:", "sqlite://:memory:", "postgres://u@h/d"] {
+            assert_eq!(sqlite_url_within(unchanged, folder), None, "{unchanged}");
+        }
     }
 }

@@ -7,6 +7,7 @@ mod auth;
 mod callbacks;
 mod catalog;
 mod cli;
+mod config_paths;
 mod dashboard;
 mod failover;
 mod fakes;
