@@ -1,7 +1,8 @@
 //! What every HTTP provider shares: the client (with the provider's timeout), and how HTTP-level
-//! failures become [`ProviderError`]s: retriable (rate limits, 5xx, network, timeouts) or permanent
-//! (invalid input, or an operator problem such as a bad key or an empty account, which clients see
-//! only as "unavailable" and operators find in the log).
+//! failures become [`ProviderError`]s: retriable (rate limits, 5xx, network, timeouts), route
+//! unavailable (an operator problem such as a bad key or an empty account, or a model the provider
+//! does not have: clients see only "unavailable", operators find it in the log and the metric), or
+//! permanent (invalid input, a lost job).
 
 use secrecy::{ExposeSecret, SecretString};
 
