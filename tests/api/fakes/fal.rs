@@ -31,8 +31,8 @@ pub const KEY: &str = "fal-test-key-id:5ecr3t";
 pub const USER_ID: &str = "user_fake_fal";
 
 /// The endpoints this fake serves: fal-ai/flux/dev (docs.fal.ai/guides/generating-images-from-text),
-/// fal-ai/recraft/v3/text-to-image (docs.litellm.ai/docs/providers/fal_ai), fal-ai/qwen-image
-/// (unverified: seen only as "fal-hosted Qwen-Image", developer.civitai.com/orchestration/recipes/qwen),
+/// fal-ai/recraft/v3/text-to-image (docs.litellm.ai/docs/providers/fal_ai), fal-ai/qwen-image (called so
+/// with fal's own client in public integrations; unverified: no fal page for it in the stored docs),
 /// fal-ai/bytedance/seedream/v4.5/text-to-image and …/edit (the fal-only test catalog; the Seedream v3
 /// path family is on docs.litellm.ai/docs/providers/fal_ai; unverified for v4.5).
 pub const MODELS: [&str; 5] = [
