@@ -19,12 +19,23 @@
     };
   }
 
+  // Which providers serve (demo, live or staging), said where the catalog is read.
+  function mode(list) {
+    const words = {
+      demo: 'Demo mode: no provider key is configured, so every model runs on the simulated provider and returns placeholder images.',
+      staging: 'Staging mode: simulated routes serve beside real ones; their placeholder images are billed.',
+      live: 'Live: real providers only.',
+    };
+    return el('p', { class: list.mode === 'live' ? 'muted' : 'notice', id: 'mode-banner', 'data-mode': list.mode || '', text: words[list.mode] || '' });
+  }
+
   function panel(list) {
     const f = figures(list.data);
     const card = (key, label, value) =>
       el('div', { class: 'figure' }, el('span', { class: 'label', text: label }), el('strong', { 'data-figure': key, text: value }));
     return el('section', { class: 'card' },
       el('h2', {}, 'Endpoint ', el('code', { text: list.endpoint_summary.endpoint })),
+      mode(list),
       el('div', { class: 'figures' },
         card('models', 'Models', f.models),
         card('providers', 'Providers', f.providers),

@@ -127,6 +127,10 @@
         el('a', { href: image.url, target: '_blank', rel: 'noopener' }, el('img', { src: image.url, alt: request.prompt, class: 'result-image' })))),
       el('p', {}, 'Charged ', el('strong', { id: 'run-charged', text: String(task.credits.charged) }), ' credits. New balance: ',
         el('strong', { id: 'run-balance', text: credits ? String(credits.balance) : '?' }), ' credits.'));
+    if (task.provider) {
+      const simulated = task.provider.simulated ? ' (simulated: a placeholder image)' : '';
+      result.append(el('p', { class: 'muted', id: 'run-provider', text: `Served by ${task.provider.label}${simulated}.` }));
+    }
   }
 
   window.AIO.page('console', async (params, current) => {

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::KeyAuth;
 use crate::catalog::Catalog;
-use crate::config::Settings;
+use crate::config::{ProviderMode, Settings};
 use crate::engine::Engine;
 use crate::files::{FileStore, Rehost};
 use crate::jwt::{JwtAuth, SessionSigner};
@@ -62,6 +62,17 @@ impl Application {
             settings.server.public_base_url = format!("http://{host}:{}", address.port());
         }
         let catalog = Catalog::load(&settings)?;
+        match catalog.mode() {
+            ProviderMode::Demo => tracing::warn!(
+                mode = "demo",
+                "demo mode: no real provider is configured; the simulated provider serves every model with placeholder images"
+            ),
+            ProviderMode::Live => tracing::info!(mode = "live", "live mode: real providers only"),
+            ProviderMode::Staging => tracing::warn!(
+                mode = "staging",
+                "staging mode: catalog.allow_simulated_fallback keeps simulated routes beside real ones; simulated images are billed"
+            ),
+        }
         let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
         let providers = Providers::from_settings(&settings, &pool, &files)?;
         let guard = Arc::new(Guard::new(&settings.webhooks));

@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::config::{ProviderKind, Settings};
+use crate::config::{ProviderKind, ProviderMode, Settings};
 use crate::error::Error;
 use crate::tasks::TaskInput;
 use crate::url_guard::Guard;
@@ -237,6 +237,9 @@ pub struct Catalog {
     provider_labels: BTreeMap<String, String>,
     /// Active worker provider id → its backend node's label (`node_label`).
     backend_nodes: BTreeMap<String, String>,
+    /// The serving simulated providers (none in live mode).
+    simulated: BTreeSet<String>,
+    mode: ProviderMode,
 }
 
 impl Catalog {
@@ -255,10 +258,14 @@ impl Catalog {
         for warning in report.unknown_providers.iter().chain(&report.warnings) {
             tracing::warn!("catalog: {warning}");
         }
+        let mode = settings.provider_mode();
+        let serves = |p: &crate::config::ProviderSettings| {
+            p.is_active() && (p.kind != ProviderKind::Simulated || mode.serves_simulated())
+        };
         let provider_labels: BTreeMap<String, String> = settings
             .providers
             .iter()
-            .filter(|(_, p)| p.is_active())
+            .filter(|(_, p)| serves(p))
             .map(|(id, p)| (id.clone(), p.label.clone().unwrap_or_else(|| id.clone())))
             .collect();
         let backend_nodes: BTreeMap<String, String> = settings
@@ -267,26 +274,57 @@ impl Catalog {
             .filter(|(id, p)| p.kind == ProviderKind::Worker && provider_labels.contains_key(*id))
             .map(|(id, p)| (id.clone(), p.node_label.clone().unwrap_or_else(|| id.clone())))
             .collect();
+        let simulated: BTreeSet<String> = settings
+            .providers
+            .iter()
+            .filter(|(id, p)| p.kind == ProviderKind::Simulated && provider_labels.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
         let models = models
             .into_iter()
             .filter_map(|mut model| {
                 for sub in &mut model.sub_models {
+                    if mode == ProviderMode::Demo {
+                        sub.routes = demo_routes(sub, &simulated);
+                    }
                     sub.routes.retain(|r| provider_labels.contains_key(&r.provider));
                 }
                 model.sub_models.retain(|s| !s.routes.is_empty());
                 (!model.sub_models.is_empty()).then_some(model)
             })
             .collect();
-        let catalog =
-            Catalog { models, default_model: settings.catalog.default_model.clone(), provider_labels, backend_nodes };
-        catalog.resolve(None).map_err(|_| {
-            anyhow::anyhow!("catalog.default_model: `{}` is not an active sub-model", catalog.default_model)
-        })?;
+        let mut catalog = Catalog {
+            models,
+            default_model: settings.catalog.default_model.clone(),
+            provider_labels,
+            backend_nodes,
+            simulated,
+            mode,
+        };
+        if catalog.resolve(None).is_err() {
+            // The configured providers do not serve it (e.g. only OpenAI is configured): the first
+            // model offered is the default instead, rather than refusing to start.
+            let Some(first) = catalog.models.first().map(|m| m.sub_models[0].id.clone()) else {
+                anyhow::bail!("catalog.default_model: `{}` is not an active sub-model", catalog.default_model);
+            };
+            tracing::warn!(configured = %catalog.default_model, default = %first, "catalog.default_model is not served by the configured providers; using the first model offered");
+            catalog.default_model = first;
+        }
         Ok(catalog)
     }
 
     pub fn models(&self) -> &[Model] {
         &self.models
+    }
+
+    /// Demo, live or staging (see [`ProviderMode`]).
+    pub fn mode(&self) -> ProviderMode {
+        self.mode
+    }
+
+    /// Whether this provider is the simulated one: its images are placeholders.
+    pub fn is_simulated(&self, provider_id: &str) -> bool {
+        self.simulated.contains(provider_id)
     }
 
     pub fn get(&self, model_id: &str) -> Option<&Model> {
@@ -429,6 +467,25 @@ fn choose(model: &Model, name: &str, given: Option<String>) -> Result<Option<Str
     }
 }
 
+/// Demo mode: the sub-model's own simulated routes, else one to the simulated provider, so that every
+/// model of the catalog is there to try on a fresh machine.
+fn demo_routes(sub: &SubModel, simulated: &BTreeSet<String>) -> Vec<Route> {
+    let own: Vec<Route> = sub.routes.iter().filter(|r| simulated.contains(&r.provider)).cloned().collect();
+    if !own.is_empty() {
+        return own;
+    }
+    let Some(provider) = simulated.iter().next() else { return Vec::new() };
+    vec![Route {
+        provider: provider.clone(),
+        upstream_model: sub.id.clone(),
+        provider_label: None,
+        priority: 0,
+        weight: 1,
+        map: BTreeMap::new(),
+        fixed: Map::new(),
+    }]
+}
+
 /// Reads and parses a catalog file.
 pub fn read(path: &Path) -> anyhow::Result<Vec<Model>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?;
@@ -451,6 +508,10 @@ pub struct Report {
 /// Everything wrong or doubtful with a catalog under these settings.
 pub fn check(models: &[Model], settings: &Settings) -> Report {
     let mut report = Report::default();
+    let mode = settings.provider_mode();
+    // Demo mode: the simulated provider serves every model.
+    let demo_served = mode == ProviderMode::Demo
+        && settings.providers.values().any(|p| p.kind == ProviderKind::Simulated && p.is_active());
     let problems = &mut report.errors;
     let mut ids = BTreeSet::new();
     // Provider id → the sub-models whose routes name it, for one line per provider.
@@ -493,16 +554,27 @@ pub fn check(models: &[Model], settings: &Settings) -> Report {
             if sub.routes.is_empty() {
                 problems.push(format!("{at}: sub-model `{}` has no route", sub.id));
             }
+            let kind = |route: &Route| settings.providers.get(&route.provider).map(|p| p.kind);
+            let simulated = sub.routes.iter().filter(|r| kind(r) == Some(ProviderKind::Simulated)).count();
+            let real = sub.routes.iter().filter(|r| kind(r).is_some_and(|k| k != ProviderKind::Simulated)).count();
+            if simulated > 0 && real > 0 && !settings.catalog.allow_simulated_fallback {
+                problems.push(format!(
+                    "{at}: sub-model `{}` mixes simulated and real routes: a simulated image would be billed as \
+                     a real one (demo mode needs no simulated route; staging sets catalog.allow_simulated_fallback)",
+                    sub.id
+                ));
+            }
             for route in &sub.routes {
                 problems.extend(route.mapping_problems(model).into_iter().map(|p| format!("{at}: {p}")));
                 match settings.providers.get(&route.provider) {
+                    Some(provider) if provider.kind == ProviderKind::Simulated && !mode.serves_simulated() => {}
                     Some(provider) if provider.is_active() => active_routes += 1,
                     Some(_) => inactive.entry(&route.provider).or_default().push(&sub.id),
                     None => unknown.entry(&route.provider).or_default().push(&sub.id),
                 }
             }
         }
-        if active_routes == 0 && !model.sub_models.is_empty() {
+        if active_routes == 0 && !demo_served && !model.sub_models.is_empty() {
             report.warnings.push(format!("{at}: no active provider route; it is not offered"));
         }
     }

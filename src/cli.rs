@@ -2,6 +2,7 @@
 //! readable lines without it; failures go to stderr with a non-zero exit code.
 #![allow(clippy::print_stdout)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,7 +17,9 @@ use tokio_util::task::TaskTracker;
 use crate::app::Application;
 use crate::catalog::{self, Catalog};
 use crate::config::Settings;
+use crate::files::FileStore;
 use crate::jwt::{self, JwtAuth, Role, SessionSigner};
+use crate::providers::Providers;
 use crate::webhooks::secrets;
 use crate::{accounts, ledger, store, telemetry};
 
@@ -61,6 +64,9 @@ pub enum Command {
     Token(TokenCommand),
     /// Validate the configuration and catalog; exit non-zero if anything is wrong.
     CheckConfig,
+    /// Ask the configured providers about their routes.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
     /// Exit 0 when the gateway on `server.listen` (or `--url`) answers `/readyz` with 200: the
     /// container HEALTHCHECK, with no curl in the image.
     Healthcheck {
@@ -68,6 +74,14 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// For every configured provider route, one authenticated call that bills nothing: reachable, key
+    /// accepted, model exists, remaining balance (where the provider tells). Exit non-zero when a
+    /// route is dead.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +242,14 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             Some(json!({"balance": entry.balance_after}))
         }
         Command::Webhooks(WebhooksCommand::Secret(command)) => Some(webhook_secret(&pool, &settings, command).await?),
+        Command::Providers(ProvidersCommand::Check) => {
+            let (report, dead) = providers_check(&settings, &pool, cli.json).await?;
+            if dead > 0 {
+                print(cli.json, &report);
+                anyhow::bail!("{dead} provider route(s) cannot serve");
+            }
+            Some(report)
+        }
         Command::CheckConfig | Command::Token(_) | Command::Healthcheck { .. } => {
             unreachable!("handled before connecting")
         }
@@ -252,10 +274,11 @@ fn check_config(settings: &Settings, json: bool) -> anyhow::Result<Value> {
     );
     let catalog = check_parts(settings)?;
     let offered: Vec<&str> = catalog.models().iter().map(|m| m.id.as_str()).collect();
+    let mode = catalog.mode().as_str();
     Ok(if json {
-        json!({"ok": true, "models_path": path, "models_offered": offered, "warnings": report.warnings})
+        json!({"ok": true, "mode": mode, "models_path": path, "models_offered": offered, "warnings": report.warnings})
     } else {
-        json!({"ok": true, "models_path": path, "models_offered": offered.join(", ")})
+        json!({"ok": true, "mode": mode, "models_path": path, "models_offered": offered.join(", ")})
     })
 }
 
@@ -266,6 +289,47 @@ fn check_parts(settings: &Settings) -> anyhow::Result<Catalog> {
     JwtAuth::from_settings(&settings.auth.jwt)?;
     SessionSigner::from_settings(&settings.auth.jwt)?;
     Ok(catalog)
+}
+
+/// `providers check`: each real route of the live catalog, checked once; returns the report and how
+/// many routes are dead.
+async fn providers_check(settings: &Settings, pool: &Db, json: bool) -> anyhow::Result<(Value, usize)> {
+    let catalog = Catalog::load(settings)?;
+    let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
+    let providers = Providers::from_settings(settings, pool, &files)?;
+    // (provider, upstream model) → the sub-models it serves.
+    let mut routes: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for sub in catalog.models().iter().flat_map(|m| &m.sub_models) {
+        for route in sub.routes.iter().filter(|r| !catalog.is_simulated(&r.provider)) {
+            routes.entry((route.provider.clone(), route.upstream_model.clone())).or_default().push(sub.id.clone());
+        }
+    }
+    let (mut rows, mut dead) = (Vec::new(), 0);
+    for ((provider_id, upstream_model), sub_models) in routes {
+        let Some(provider) = providers.get(&provider_id) else { continue };
+        let check = provider.check(&upstream_model).await;
+        dead += usize::from(check.dead());
+        let verdict = if check.dead() { "DEAD" } else { "ok" };
+        rows.push(if json {
+            let mut row = json!({"provider": provider_id, "upstream_model": upstream_model, "sub_models": sub_models,
+                                 "ok": !check.dead()});
+            if let (Some(row), Value::Object(fields)) = (row.as_object_mut(), serde_json::to_value(&check)?) {
+                row.extend(fields);
+            }
+            row
+        } else {
+            let known = |value: Option<bool>| value.map_or("?".to_owned(), |v| v.to_string());
+            let balance = check.balance.map(|b| format!(", balance {b}")).unwrap_or_default();
+            json!(format!(
+                "{verdict} {provider_id} {upstream_model}: reachable {}, key accepted {}, model exists {}{balance} ({})",
+                known(check.reachable),
+                known(check.key_accepted),
+                known(check.model_exists),
+                check.detail
+            ))
+        });
+    }
+    Ok((json!({"mode": catalog.mode().as_str(), "routes": rows, "dead": dead}), dead))
 }
 
 async fn keys(pool: &Db, command: KeysCommand) -> anyhow::Result<Value> {

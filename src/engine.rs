@@ -17,14 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::breakers::Breakers;
+use crate::breakers::{Breakers, Gate};
 use crate::catalog::{Catalog, CreateRequest};
 use crate::config::{Settings, TaskSettings};
 use crate::error::Error;
 use crate::files::{Rehost, RehostError};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::monitoring;
-use crate::providers::{JobState, Providers, SubmitRequest, Submitted};
+use crate::providers::{JobState, Providers, SubmitRequest, Submitted, LOST, UNAVAILABLE};
 use crate::tasks::{
     self, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus,
 };
@@ -152,6 +152,8 @@ impl Engine {
             callback_url: valid.callback_url.as_deref(),
             provider: &valid.route.provider,
             upstream_model: &valid.route.upstream_model,
+            provider_label: self.catalog.route_label(valid.route),
+            simulated: self.catalog.is_simulated(&valid.route.provider),
             deadline: self.settings.deadline,
             lease: self.fast_path.then(|| self.lease()),
             idempotency: key.as_ref(),
@@ -315,18 +317,32 @@ impl Engine {
                 }
             }
         }
-        let mut tried = 0;
+        // Whether a route may still work later (it failed retriably, or rests after such failures),
+        // and whether one said it cannot serve (account, billing, missing model).
+        let (mut waiting, mut unavailable) = (false, false);
         for (provider_id, upstream_model) in &routes {
             let Some(provider) = self.providers.get(provider_id) else { continue };
-            if !self.breakers.allow(provider_id, upstream_model) {
-                continue;
+            match self.breakers.gate(provider_id, upstream_model) {
+                Gate::Allow => {}
+                Gate::Resting => {
+                    waiting = true;
+                    continue;
+                }
+                Gate::Unavailable => {
+                    unavailable = true;
+                    continue;
+                }
             }
-            if (provider_id, upstream_model) != (&task.provider, &task.upstream_model)
-                && !tasks::switch_route(&self.pool, &task.id, provider_id, upstream_model).await?
-            {
-                return Ok(());
+            if (provider_id, upstream_model) != (&task.provider, &task.upstream_model) {
+                let label = match self.catalog.route(&task.sub_model, provider_id, upstream_model) {
+                    Some(route) => self.catalog.route_label(route),
+                    None => provider_id.as_str(),
+                };
+                let simulated = self.catalog.is_simulated(provider_id);
+                if !tasks::switch_route(&self.pool, &task.id, provider_id, upstream_model, label, simulated).await? {
+                    return Ok(());
+                }
             }
-            tried += 1;
             // A new token per attempt (or the provider's stable one), stored before the provider can
             // use it: a callback may arrive before the submit answers.
             let callback_url = match self.providers.callback_poll(provider_id) {
@@ -349,6 +365,7 @@ impl Engine {
             let result = provider.submit(request).await;
             monitoring::upstream_call(provider_id, "submit", started, result.as_ref().err().map(|e| e.retriable));
             match &result {
+                Err(error) if error.route_unavailable => self.breakers.unavailable(provider_id, upstream_model),
                 Err(error) if error.retriable => self.breakers.failed(provider_id, upstream_model),
                 _ => self.breakers.succeeded(provider_id, upstream_model),
             }
@@ -360,20 +377,24 @@ impl Engine {
                     return Ok(());
                 }
                 Ok(Submitted::Completed { images }) => return self.succeed_now(task, images).await,
+                Err(error) if error.route_unavailable => {
+                    tracing::error!(error = %error, provider = %provider_id, "route unavailable; trying the next one");
+                    unavailable = true;
+                }
                 Err(error) if error.retriable => {
                     tracing::warn!(error = %error, provider = %provider_id, attempt = task.attempts, "submit failed");
+                    waiting = true;
                 }
                 Err(error) => return self.finish(task, Outcome::Failed(error.into_task_error())).await,
             }
         }
-        if tried == 0 && routes.iter().all(|(provider_id, _)| self.providers.get(provider_id).is_none()) {
-            let error = TaskError {
-                code: TaskErrorCode::UpstreamFailed,
-                message: "No provider serves this model any more.".into(),
-            };
+        if !waiting {
+            // No route can take the task, now or later: it ends now rather than at its deadline.
+            let message = if unavailable { UNAVAILABLE } else { "No provider serves this model any more." };
+            let error = TaskError { code: TaskErrorCode::UpstreamFailed, message: message.into() };
             return self.finish(task, Outcome::Failed(error)).await;
         }
-        // Every route failed or is resting: try again later.
+        // A route failed for now or is resting: try again later.
         tasks::reschedule(&self.pool, &task.id, self.retry_delay(task.attempts)).await
     }
 
@@ -396,6 +417,16 @@ impl Engine {
             },
             Ok(JobState::Failed(error)) => self.finish(task, Outcome::Failed(error)).await,
             Ok(JobState::Running { check_after }) => self.time_out_or_wait(task, check_after).await,
+            Ok(JobState::Unknown) => {
+                let age = (Utc::now() - task.created_at).to_std().unwrap_or_default();
+                if age < self.providers.record_grace(&task.provider) {
+                    tracing::info!(age_ms = age.as_millis() as u64, "the provider does not show the job yet");
+                    self.time_out_or_wait(task, None).await
+                } else {
+                    let error = TaskError { code: TaskErrorCode::UpstreamFailed, message: LOST.into() };
+                    self.finish(task, Outcome::Failed(error)).await
+                }
+            }
             Err(error) if error.retriable => {
                 tracing::warn!(error = %error, "poll failed; retrying");
                 self.time_out_or_wait(task, None).await

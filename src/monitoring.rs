@@ -21,7 +21,8 @@ pub const TASKS_OPEN: &str = "aio_tasks";
 pub const IDEMPOTENT_REPLAYS: &str = "aio_idempotent_replays_total";
 pub const UPSTREAM_DURATION: &str = "aio_upstream_request_duration_seconds";
 pub const UPSTREAM_ERRORS: &str = "aio_upstream_errors_total";
-/// Upstreams refusing the gateway's own account (bad key, out of credits), by provider and status.
+/// Upstreams refusing the gateway's own account (bad key, out of credits) or a route's model (404), by
+/// provider and status: each takes the route out of service.
 pub const UPSTREAM_ACCOUNT_PROBLEMS: &str = "aio_upstream_account_problems_total";
 pub const CREDITS_HELD: &str = "aio_credits_held_total";
 pub const CREDITS_CAPTURED: &str = "aio_credits_captured_total";
@@ -70,7 +71,7 @@ fn describe() {
     describe_counter!(UPSTREAM_ERRORS, "Failed provider calls, by provider, call and kind (retriable, permanent).");
     describe_counter!(
         UPSTREAM_ACCOUNT_PROBLEMS,
-        "Upstream answers that refuse the gateway's own account (401, 402, 403), by provider and status."
+        "Upstream answers that make a route unavailable: the gateway's own account refused or unable to pay (401, 402, 403, 429 insufficient_quota, …) or the route's model missing (404), by provider and status."
     );
     describe_counter!(CREDITS_HELD, "Credits held on create, by model.");
     describe_counter!(CREDITS_CAPTURED, "Held credits spent on success, by model.");

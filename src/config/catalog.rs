@@ -9,11 +9,19 @@ use serde::{Deserialize, Serialize};
 pub struct CatalogSettings {
     pub default_model: String,
     pub models_path: PathBuf,
+    /// Staging only: keep the simulated provider's routes beside real ones (the catalog may then mix
+    /// them, and a simulated image is billed like a real one). Off, the simulated provider serves only
+    /// while no real provider is configured (demo mode).
+    pub allow_simulated_fallback: bool,
 }
 
 impl Default for CatalogSettings {
     fn default() -> Self {
-        Self { default_model: "seedream/4.5-text-to-image".into(), models_path: "config/models.toml".into() }
+        Self {
+            default_model: "seedream/4.5-text-to-image".into(),
+            models_path: "config/models.toml".into(),
+            allow_simulated_fallback: false,
+        }
     }
 }
 

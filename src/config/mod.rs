@@ -29,7 +29,7 @@ pub use auth::{AuthSettings, JwtAlgorithm, JwtSettings, SessionSettings};
 pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
 pub use files::{FileSettings, ImageType, ResultSettings};
-pub use providers::{ProviderKind, ProviderSettings};
+pub use providers::{ProviderKind, ProviderMode, ProviderSettings};
 pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
 pub use webhooks::WebhookSettings;
@@ -110,6 +110,16 @@ impl Settings {
             if let Some(url) = sqlite_url_within(&self.database.url, folder) {
                 self.database.url = url;
             }
+        }
+    }
+
+    /// Demo, live or staging: whether a real provider is active, and the staging flag.
+    pub fn provider_mode(&self) -> ProviderMode {
+        let real = self.providers.values().any(|p| p.kind != ProviderKind::Simulated && p.is_active());
+        match (real, self.catalog.allow_simulated_fallback) {
+            (false, _) => ProviderMode::Demo,
+            (true, false) => ProviderMode::Live,
+            (true, true) => ProviderMode::Staging,
         }
     }
 

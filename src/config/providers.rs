@@ -19,6 +19,31 @@ pub enum ProviderKind {
     Worker,
 }
 
+/// Which providers serve (SPEC §9): with no real provider configured the simulated one serves every
+/// model (`demo`); once one is, only real ones do (`live`), unless `catalog.allow_simulated_fallback`
+/// keeps the simulated routes beside them (`staging`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderMode {
+    Demo,
+    Live,
+    Staging,
+}
+
+impl ProviderMode {
+    pub fn serves_simulated(self) -> bool {
+        self != ProviderMode::Live
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderMode::Demo => "demo",
+            ProviderMode::Live => "live",
+            ProviderMode::Staging => "staging",
+        }
+    }
+}
+
 /// One `[providers.<id>]` table. Secrets are named by environment variable, never given by value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +76,10 @@ pub struct ProviderSettings {
     /// Settle from a callback's own body instead of confirming it with the provider's status API.
     #[serde(default)]
     pub trust_callback_payload: bool,
+    /// `record_grace_secs`. For this long after a task is created, a status answer saying the job does
+    /// not exist (KIE's "recordInfo is null" right after createTask) means it is still starting.
+    #[serde(rename = "record_grace_secs", default = "default_record_grace", with = "durations::secs")]
+    pub record_grace: Duration,
     /// The name of the environment variable with the provider's callback signing key (KIE's
     /// `webhookHmacKey`, WaveSpeed's or Replicate's webhook secret); when set, unsigned or badly signed callbacks
     /// are refused.
@@ -76,6 +105,10 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_record_grace() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_callback_poll() -> Duration {
     Duration::from_secs(30)
 }
@@ -94,6 +127,7 @@ impl ProviderSettings {
             callbacks: true,
             callback_poll: default_callback_poll(),
             trust_callback_payload: false,
+            record_grace: default_record_grace(),
             webhook_hmac_key_env: None,
             webhook_hmac_key: None,
             jwks_url: None,

@@ -13,6 +13,7 @@ use super::extract::ApiPath;
 use super::openapi::ErrorEnvelope;
 use super::AppState;
 use crate::catalog::{Catalog, Model};
+use crate::config::ProviderMode;
 use crate::error::Error;
 
 const ENDPOINT: &str = "/api/v1/images/generations";
@@ -41,6 +42,8 @@ pub struct ModelView {
 #[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
 struct RouteView {
     provider_label: String,
+    /// Served by the simulated provider: placeholder images (demo mode, or a staging fallback).
+    simulated: bool,
     /// For a worker route: the backend node it forwards to (`node_label`, e.g. `node30`).
     #[serde(skip_serializing_if = "Option::is_none")]
     backend_node: Option<String>,
@@ -52,6 +55,7 @@ fn view(catalog: &Catalog, model: &Model, usd_per_credit: f64, base_url: &str) -
     for route in model.sub_models.iter().flat_map(|s| &s.routes) {
         let view = RouteView {
             provider_label: catalog.route_label(route).to_owned(),
+            simulated: catalog.is_simulated(&route.provider),
             backend_node: catalog.backend_node(&route.provider).map(str::to_owned),
         };
         if !routes.contains(&view) {
@@ -152,6 +156,9 @@ fn example(model: &Model, sub_model: &str, base_url: &str) -> String {
 /// `GET /api/v1/models`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelList {
+    /// `demo`: no real provider is configured and the simulated one serves every model (placeholder
+    /// images); `live`: real providers only; `staging`: real ones with simulated fallbacks.
+    mode: ProviderMode,
     data: Vec<ModelView>,
     endpoint_summary: EndpointSummary,
 }
@@ -212,7 +219,7 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
             credits: m.credits,
         }),
     };
-    Json(ModelList { data: models, endpoint_summary })
+    Json(ModelList { mode: state.catalog.mode(), data: models, endpoint_summary })
 }
 
 #[utoipa::path(

@@ -22,8 +22,10 @@ use tokio::sync::Mutex;
 
 use super::signed_callback::{self, header};
 use super::upstream::Upstream;
-use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::tasks::OutputImage;
+use super::{
+    outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, RouteCheck, SubmitRequest, Submitted,
+};
+use crate::tasks::{OutputImage, TaskErrorCode};
 
 /// Where fal publishes its webhook signing keys.
 pub const DEFAULT_JWKS_URL: &str = "https://rest.alpha.fal.ai/.well-known/jwks.json";
@@ -109,17 +111,21 @@ impl Fal {
     /// The output of a `COMPLETED` job, or its error.
     async fn result(&self, path: &str) -> Result<JobState, ProviderError> {
         let request = self.authorized(self.upstream.http.get(self.upstream.url(&format!("/{path}"))));
-        let (status, body) = self.upstream.send(request).await?;
+        let (status, headers, body) = self.upstream.send_full(request).await?;
         let answer: Option<Value> = serde_json::from_slice(&body).ok();
         if !(200..300).contains(&status) {
-            // A model error (4xx `detail`) or an infrastructure failure (`error_type`) ends the job.
-            let failed = matches!(status, 400 | 422) || answer.as_ref().is_some_and(|a| a.get("error_type").is_some());
+            // A model error (4xx `detail`) or a request error (`X-Fal-Error-Type`) ends the job.
+            let error_type = error_type(&headers, answer.as_ref());
             let detail = answer.as_ref().and_then(|a| a.get("detail")).map(detail_text).unwrap_or_default();
-            if !failed {
+            if !matches!(status, 400 | 422) && error_type.is_none() {
                 return Err(self.upstream.error_for(status, &detail));
             }
-            tracing::info!(provider = %self.upstream.id, reason = %outcome::short(&detail), "job failed upstream");
-            return Ok(JobState::Failed(outcome::failed(&detail)));
+            tracing::info!(provider = %self.upstream.id, error_type = ?error_type, reason = %outcome::short(&detail), "job failed upstream");
+            let mut error = outcome::failed(&detail);
+            if error_type.as_deref() == Some("bad_request") {
+                error.code = TaskErrorCode::UpstreamRejected;
+            }
+            return Ok(JobState::Failed(error));
         }
         let answer = answer.ok_or_else(|| self.upstream.malformed("result", "not JSON"))?;
         let images = answer["images"]
@@ -128,8 +134,39 @@ impl Fal {
             .flatten()
             .filter_map(|image| image["url"].as_str().map(|url| OutputImage { url: url.to_owned() }))
             .collect();
-        Ok(outcome::finished(outcome::PROVIDER, images))
+        let flags: Vec<bool> =
+            answer["has_nsfw_concepts"].as_array().into_iter().flatten().filter_map(Value::as_bool).collect();
+        Ok(outcome::finished_unless_flagged(outcome::PROVIDER, images, &flags))
     }
+
+    /// A non-2xx answer to a submit or a status request.
+    fn refused(&self, status: u16, headers: &HeaderMap, body: &[u8], submit: bool) -> ProviderError {
+        let answer = serde_json::from_slice::<Value>(body).ok();
+        let error_type = error_type(headers, answer.as_ref());
+        let detail = answer
+            .as_ref()
+            .and_then(|answer| answer.get("detail").map(detail_text))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        match error_type {
+            // fal's own infrastructure (timeouts, runners): its status says whether to retry.
+            Some(error_type) => {
+                tracing::warn!(provider = %self.upstream.id, status, error_type = %error_type, "request error");
+                self.upstream.error_for(status, &detail)
+            }
+            // No such app or path: the route's model is not on fal.
+            None if submit => self.upstream.submit_error_for(status, &detail),
+            None => self.upstream.error_for(status, &detail),
+        }
+    }
+}
+
+/// fal's machine-readable request error: the `X-Fal-Error-Type` header, or the body's `error_type`
+/// (fal.ai/docs/documentation/model-apis/request-errors).
+fn error_type(headers: &HeaderMap, answer: Option<&Value>) -> Option<String> {
+    header(headers, "x-fal-error-type")
+        .map(str::to_owned)
+        .or_else(|| answer?.get("error_type")?.as_str().map(str::to_owned))
+        .filter(|error_type| !error_type.is_empty())
 }
 
 /// fal's `detail`: a string, or a list of `{loc, msg, type}`.
@@ -158,13 +195,9 @@ impl Provider for Fal {
         if let Some(callback_url) = request.callback_url {
             http = http.query(&[("fal_webhook", callback_url)]);
         }
-        let (status, body) = self.upstream.send(self.authorized(http)).await?;
+        let (status, headers, body) = self.upstream.send_full(self.authorized(http)).await?;
         if !(200..300).contains(&status) {
-            let detail = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|answer| answer.get("detail").map(detail_text))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(self.upstream.error_for(status, &detail));
+            return Err(self.refused(status, &headers, &body, true));
         }
         let queued: Queued =
             serde_json::from_slice(&body).map_err(|error| self.upstream.malformed("queue answer", error))?;
@@ -174,13 +207,9 @@ impl Provider for Fal {
 
     async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError> {
         let request = self.authorized(self.upstream.http.get(self.upstream.url(&format!("/{upstream_id}/status"))));
-        let (status, body) = self.upstream.send(request).await?;
+        let (status, headers, body) = self.upstream.send_full(request).await?;
         if !(200..300).contains(&status) {
-            let detail = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|answer| answer.get("detail").map(detail_text))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(self.upstream.error_for(status, &detail));
+            return Err(self.refused(status, &headers, &body, false));
         }
         let answer: Value = serde_json::from_slice(&body).map_err(|error| self.upstream.malformed("status", error))?;
         match answer["status"].as_str() {
@@ -193,6 +222,15 @@ impl Provider for Fal {
     async fn cancel(&self, upstream_id: &str) -> Result<(), ProviderError> {
         let request = self.authorized(self.upstream.http.put(self.upstream.url(&format!("/{upstream_id}/cancel"))));
         self.upstream.send(request).await.map(|_| ())
+    }
+
+    /// unverified: fal documents no call on its queue host that checks a key or an endpoint without
+    /// running it; the route is reported as not checked.
+    async fn check(&self, _model: &str) -> RouteCheck {
+        RouteCheck {
+            detail: "not checked: fal has no documented non-billing call on the queue API".into(),
+            ..RouteCheck::default()
+        }
     }
 
     fn calls_back(&self) -> bool {

@@ -16,7 +16,9 @@ use sha2::Sha256;
 
 use super::signed_callback::{self, header};
 use super::upstream::Upstream;
-use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use super::{
+    outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, RouteCheck, SubmitRequest, Submitted,
+};
 use crate::tasks::{OutputImage, TaskErrorCode};
 
 pub struct Kie {
@@ -47,23 +49,22 @@ impl Kie {
         mac.verify_slice(&signature).map_err(|_| CallbackRefused("The callback signature is wrong."))
     }
 
-    /// Sends one request and opens the envelope: `data` when `code` is 200, else the mapped error.
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
+    /// Sends one request: `Ok(data)` when the envelope's `code` is 200, else `Err((code, msg))`; a
+    /// non-JSON error page gives its HTTP status.
+    async fn open(&self, request: reqwest::RequestBuilder) -> Result<Result<Value, (u16, String)>, ProviderError> {
         let request = request.header(reqwest::header::AUTHORIZATION, self.upstream.authorization("Bearer"));
         let (status, body) = self.upstream.send(request).await?;
-        let envelope = serde_json::from_slice::<Envelope>(&body);
-        let envelope = match envelope {
+        let envelope = match serde_json::from_slice::<Envelope>(&body) {
             Ok(envelope) => envelope,
-            // A non-JSON error page: the HTTP status is all there is.
-            Err(_) if status != 200 => return Err(self.error_for(status, &String::from_utf8_lossy(&body))),
+            Err(_) if status != 200 => return Ok(Err((status, String::from_utf8_lossy(&body).into_owned()))),
             Err(error) => return Err(self.upstream.malformed("answer", error)),
         };
         let code = envelope.code.unwrap_or(status);
         let code = if code == 200 && status != 200 { status } else { code };
         if code != 200 {
-            return Err(self.error_for(code, envelope.msg.as_deref().or(envelope.message.as_deref()).unwrap_or("")));
+            return Ok(Err((code, envelope.msg.or(envelope.message).unwrap_or_default())));
         }
-        Ok(envelope.data.unwrap_or(Value::Null))
+        Ok(Ok(envelope.data.unwrap_or(Value::Null)))
     }
 
     /// KIE's own codes first (455 maintenance, 433 sub-key limit, 501 generation failed, 505 feature
@@ -135,7 +136,12 @@ impl Provider for Kie {
         if let Some(callback_url) = request.callback_url {
             body["callBackUrl"] = json!(callback_url);
         }
-        let data = self.call(self.upstream.http.post(self.upstream.url("/api/v1/jobs/createTask")).json(&body)).await?;
+        let post = self.upstream.http.post(self.upstream.url("/api/v1/jobs/createTask")).json(&body);
+        // A 404 here is the model (the route's `upstream_model`) KIE does not have.
+        let data = self.open(post).await?.map_err(|(code, message)| match code {
+            404 => self.upstream.model_not_found(&message),
+            _ => self.error_for(code, &message),
+        })?;
         // `taskId`; KIE's own verification sample spells it `task_id`.
         match data.get("taskId").or_else(|| data.get("task_id")).and_then(Value::as_str) {
             Some(upstream_id) if !upstream_id.is_empty() => {
@@ -148,10 +154,26 @@ impl Provider for Kie {
     async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError> {
         let request =
             self.upstream.http.get(self.upstream.url("/api/v1/jobs/recordInfo")).query(&[("taskId", upstream_id)]);
-        let data = self.call(request).await?;
+        let data = match self.open(request).await? {
+            Ok(data) => data,
+            // Right after createTask KIE has no record yet: `{"code":422,"msg":"recordInfo is null"}`.
+            Err((422, message)) if message.contains("recordInfo is null") => return Ok(JobState::Unknown),
+            Err((code, message)) => return Err(self.error_for(code, &message)),
+        };
         let record: Record =
             serde_json::from_value(data).map_err(|error| self.upstream.malformed("recordInfo", error))?;
         record.job_state(&self.upstream)
+    }
+
+    /// The account's credit balance (`GET /api/v1/chat/credit`, docs.kie.ai/common-api/get-account-credits):
+    /// key and balance; KIE has no call that says whether a model exists.
+    async fn check(&self, _model: &str) -> RouteCheck {
+        const WHAT: &str = "GET /api/v1/chat/credit";
+        match self.open(self.upstream.http.get(self.upstream.url("/api/v1/chat/credit"))).await {
+            Ok(Ok(data)) => RouteCheck { balance: data.as_f64(), ..RouteCheck::from_status(WHAT, 200, false) },
+            Ok(Err((code, _))) => RouteCheck::from_status(WHAT, code, false),
+            Err(error) => RouteCheck::unreachable(WHAT, &error),
+        }
     }
 
     fn calls_back(&self) -> bool {

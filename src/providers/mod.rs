@@ -26,6 +26,10 @@ use crate::config::{ProviderKind, Settings};
 use crate::files::FileStore;
 use crate::tasks::{OutputImage, TaskError, TaskErrorCode, TaskInput};
 use upstream::Upstream;
+pub use upstream::UNAVAILABLE;
+
+/// A job the provider no longer knows.
+pub const LOST: &str = "The provider lost the job.";
 
 /// What a provider is asked to do for one task.
 pub struct SubmitRequest<'a> {
@@ -59,25 +63,36 @@ pub enum JobState {
         images: Vec<OutputImage>,
     },
     Failed(TaskError),
+    /// The provider does not know the job. KIE answers so for a moment after creating it: within the
+    /// provider's `record_grace` the engine reads it as still running, after it as a lost job.
+    Unknown,
 }
 
 /// A provider call that did not work. `retriable` errors (rate limits, 5xx, network) are tried again
-/// with backoff; the others end the task with `code` and `message`.
+/// with backoff; `route_unavailable` ones (our account cannot pay or is refused, the model is not
+/// there) take the route out of service and the task to the next route; the others end the task with
+/// `code` and `message`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ProviderError {
     pub retriable: bool,
+    pub route_unavailable: bool,
     pub code: TaskErrorCode,
     pub message: String,
 }
 
 impl ProviderError {
     pub fn permanent(code: TaskErrorCode, message: impl Into<String>) -> Self {
-        Self { retriable: false, code, message: message.into() }
+        Self { retriable: false, route_unavailable: false, code, message: message.into() }
     }
 
     pub fn retriable(message: impl Into<String>) -> Self {
-        Self { retriable: true, code: TaskErrorCode::UpstreamFailed, message: message.into() }
+        Self { retriable: true, route_unavailable: false, code: TaskErrorCode::UpstreamFailed, message: message.into() }
+    }
+
+    /// This route cannot serve now: the client sees only the neutral message.
+    pub fn route_unavailable(message: impl Into<String>) -> Self {
+        Self { retriable: false, route_unavailable: true, code: TaskErrorCode::UpstreamFailed, message: message.into() }
     }
 
     pub fn into_task_error(self) -> TaskError {
@@ -90,6 +105,12 @@ pub trait Provider: Send + Sync {
     async fn submit(&self, request: SubmitRequest<'_>) -> Result<Submitted, ProviderError>;
 
     async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError>;
+
+    /// `providers check`: one authenticated call that bills nothing, for the route to `model`. The
+    /// default checks nothing (a provider without such a call).
+    async fn check(&self, _model: &str) -> RouteCheck {
+        RouteCheck::default()
+    }
 
     /// Best effort, for jobs the gateway gave up on (deadline). Providers without cancel do nothing.
     async fn cancel(&self, _upstream_id: &str) -> Result<(), ProviderError> {
@@ -117,6 +138,51 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// What `providers check` learned of one route; `None` where the provider's call cannot tell.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RouteCheck {
+    pub reachable: Option<bool>,
+    pub key_accepted: Option<bool>,
+    pub model_exists: Option<bool>,
+    /// The account's remaining balance, in the provider's unit (KIE credits, WaveSpeed USD).
+    pub balance: Option<f64>,
+    /// What the call was, or why it tells nothing.
+    pub detail: String,
+}
+
+impl RouteCheck {
+    /// The route cannot serve: unreachable, key refused, or model missing.
+    pub fn dead(&self) -> bool {
+        [self.reachable, self.key_accepted, self.model_exists].contains(&Some(false))
+    }
+
+    /// The answer to `what`, read by its HTTP status: 2xx key and model fine, 401/403 key refused,
+    /// 404 the model missing (for calls that name it).
+    pub fn from_status(what: &str, status: u16, names_model: bool) -> RouteCheck {
+        let ok = (200..300).contains(&status);
+        RouteCheck {
+            reachable: Some(true),
+            key_accepted: match status {
+                401 | 403 => Some(false),
+                _ if ok || status == 404 => Some(true),
+                _ => None,
+            },
+            model_exists: match (names_model, status) {
+                (true, 404) => Some(false),
+                (true, _) if ok => Some(true),
+                _ => None,
+            },
+            balance: None,
+            detail: format!("{what}: HTTP {status}"),
+        }
+    }
+
+    /// The provider could not be reached.
+    pub fn unreachable(what: &str, error: &ProviderError) -> RouteCheck {
+        RouteCheck { reachable: Some(false), detail: format!("{what}: {error}"), ..RouteCheck::default() }
+    }
+}
+
 /// What an inbound callback claims.
 #[derive(Default)]
 pub struct Callback {
@@ -137,6 +203,8 @@ struct Entry {
     /// `Some(slowest polling)` when the provider calls back.
     callback_poll: Option<Duration>,
     trust_callback_payload: bool,
+    /// How long after a task's creation [`JobState::Unknown`] still means "running".
+    record_grace: Duration,
 }
 
 /// The configured providers, by id (`[providers.<id>]`).
@@ -151,9 +219,15 @@ impl Providers {
     /// The active providers: a real provider without its key is left out.
     pub fn from_settings(settings: &Settings, pool: &Db, files: &FileStore) -> anyhow::Result<Providers> {
         let mut by_id: HashMap<String, Arc<Entry>> = HashMap::new();
+        let mode = settings.provider_mode();
         for (id, config) in &settings.providers {
             if !config.is_active() {
                 tracing::info!(provider = %id, key_variable = ?config.api_key_env, "provider inactive: its key is not set");
+                continue;
+            }
+            // Never a simulated image billed beside real providers (SPEC §9).
+            if config.kind == ProviderKind::Simulated && !mode.serves_simulated() {
+                tracing::info!(provider = %id, "simulated provider off: a real provider is configured");
                 continue;
             }
             let upstream = || -> anyhow::Result<Upstream> {
@@ -177,7 +251,12 @@ impl Providers {
                 )),
             };
             let callback_poll = (config.callbacks && provider.calls_back()).then_some(config.callback_poll);
-            let entry = Entry { provider, callback_poll, trust_callback_payload: config.trust_callback_payload };
+            let entry = Entry {
+                provider,
+                callback_poll,
+                trust_callback_payload: config.trust_callback_payload,
+                record_grace: config.record_grace,
+            };
             by_id.insert(id.clone(), Arc::new(entry));
         }
         let public_base_url = settings.server.public_base_url.trim_end_matches('/').to_owned();
@@ -191,6 +270,11 @@ impl Providers {
     /// Whether the provider gets a callback URL; if so, it is polled at most once per this long.
     pub fn callback_poll(&self, id: &str) -> Option<Duration> {
         self.by_id.get(id).and_then(|entry| entry.callback_poll)
+    }
+
+    /// See [`JobState::Unknown`].
+    pub fn record_grace(&self, id: &str) -> Duration {
+        self.by_id.get(id).map(|entry| entry.record_grace).unwrap_or_default()
     }
 
     pub fn trusts_callback_payload(&self, id: &str) -> bool {

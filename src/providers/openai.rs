@@ -10,9 +10,20 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::upstream::Upstream;
-use super::{outcome, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use super::{outcome, JobState, Provider, ProviderError, RouteCheck, SubmitRequest, Submitted};
 use crate::files::FileStore;
 use crate::tasks::{OutputImage, TaskErrorCode};
+
+/// OpenAI's `error.code`s for an account that cannot pay (all under HTTP 429): retrying does not help.
+/// Source: learn.microsoft.com/…/dev-proxy/concepts/openai-insufficient-quota, quoting OpenAI's error
+/// codes guide; `insufficient_quota` from OpenAI's own answers (github.com/mattvr/ShellGPT/issues/23).
+const BILLING_CODES: [&str; 5] = [
+    "insufficient_quota",
+    "credit_balance_exhausted",
+    "organization_spend_limit_exceeded",
+    "project_spend_limit_exceeded",
+    "organization_usage_limit_exceeded",
+];
 
 pub struct OpenAi {
     upstream: Upstream,
@@ -32,6 +43,15 @@ impl OpenAi {
         };
         let message = error.get("message").and_then(Value::as_str).unwrap_or_default();
         let code = error.get("code").and_then(Value::as_str).unwrap_or_default();
+        let kind = error.get("type").and_then(Value::as_str).unwrap_or_default();
+        // Billing states of our account share 429 with rate limits: `insufficient_quota` (the type,
+        // and the code of older answers) and the codes that say which limit ran out.
+        if BILLING_CODES.contains(&code) || kind == "insufficient_quota" {
+            return self.upstream.unavailable(status, &format!("{code}: {message}"));
+        }
+        if code == "model_not_found" || status == 404 {
+            return self.upstream.model_not_found(&format!("{code}: {message}"));
+        }
         if status == 400
             && (code.contains("content_policy") || code.contains("moderation") || outcome::is_content_policy(message))
         {
@@ -113,8 +133,23 @@ impl Provider for OpenAi {
         Ok(Submitted::Completed { images })
     }
 
+    /// The model itself (`GET /v1/models/{id}`, OpenAI's models.retrieve): key and model.
+    async fn check(&self, model: &str) -> RouteCheck {
+        let what = format!("GET /v1/models/{model}");
+        let segment: String = form_urlencoded::byte_serialize(model.as_bytes()).collect();
+        let request = self
+            .upstream
+            .http
+            .get(self.upstream.url(&format!("/v1/models/{segment}")))
+            .header(reqwest::header::AUTHORIZATION, self.upstream.authorization("Bearer"));
+        match self.upstream.send(request).await {
+            Ok((status, _)) => RouteCheck::from_status(&what, status, true),
+            Err(error) => RouteCheck::unreachable(&what, &error),
+        }
+    }
+
     /// Never called: every job completes within its submit.
     async fn poll(&self, _upstream_id: &str) -> Result<JobState, ProviderError> {
-        Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider lost the job."))
+        Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, super::LOST))
     }
 }

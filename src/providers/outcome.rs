@@ -16,6 +16,19 @@ pub fn finished(who: &str, images: Vec<OutputImage>) -> JobState {
     }
 }
 
+/// [`finished`], unless the provider's safety checker flagged any of the images (fal's
+/// `has_nsfw_concepts`, WaveSpeed's `has_nsfw_contents`, one flag per image): then none is delivered
+/// and the task fails as `content_policy`.
+pub fn finished_unless_flagged(who: &str, images: Vec<OutputImage>, flags: &[bool]) -> JobState {
+    if flags.iter().any(|flagged| *flagged) {
+        return JobState::Failed(TaskError {
+            code: TaskErrorCode::ContentPolicy,
+            message: "The provider's safety checker flagged the generated image; it is not delivered.".into(),
+        });
+    }
+    finished(who, images)
+}
+
 /// [`finished`] for a job that ends within its submit.
 pub fn require_images(who: &str, images: Vec<OutputImage>) -> Result<Vec<OutputImage>, TaskError> {
     if images.is_empty() {
@@ -87,6 +100,18 @@ mod tests {
         );
         let error = require_images(BACKEND_NODE, vec![]).expect_err("no image");
         assert_eq!(error.message, "The backend node finished without an image.");
+    }
+
+    #[test]
+    fn a_flagged_image_is_not_delivered() {
+        let image = || OutputImage { url: "https://u.example/1.png".into() };
+        let JobState::Failed(error) = finished_unless_flagged(PROVIDER, vec![image(), image()], &[false, true]) else {
+            panic!("failed")
+        };
+        assert_eq!(error.code, TaskErrorCode::ContentPolicy);
+        let clean = finished_unless_flagged(PROVIDER, vec![image()], &[false]);
+        assert!(matches!(clean, JobState::Succeeded { images } if images.len() == 1));
+        assert!(matches!(finished_unless_flagged(PROVIDER, vec![image()], &[]), JobState::Succeeded { .. }));
     }
 
     #[test]

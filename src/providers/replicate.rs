@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 
 use super::signed_callback;
 use super::upstream::Upstream;
-use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use super::{
+    outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, RouteCheck, SubmitRequest, Submitted,
+};
 use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
 use crate::webhooks::signing;
 
@@ -30,8 +32,9 @@ impl Replicate {
         Replicate { upstream, webhook_secret }
     }
 
-    /// Sends one request: the JSON body of a 2xx answer (create answers 201, or 200), else the mapped error.
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
+    /// Sends one request: the JSON body of a 2xx answer (create answers 201, or 200), else the mapped
+    /// error (for a create, a 404 is the route's model Replicate does not have).
+    async fn call(&self, request: reqwest::RequestBuilder, create: bool) -> Result<Value, ProviderError> {
         let request = request.header(reqwest::header::AUTHORIZATION, self.upstream.authorization("Bearer"));
         let (status, body) = self.upstream.send(request).await?;
         if !(200..300).contains(&status) {
@@ -39,7 +42,10 @@ impl Replicate {
                 .ok()
                 .and_then(|v| v.get("detail").map(|d| d.as_str().map(str::to_owned).unwrap_or_else(|| d.to_string())))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(self.upstream.error_for(status, &detail));
+            return Err(match create {
+                true => self.upstream.submit_error_for(status, &detail),
+                false => self.upstream.error_for(status, &detail),
+            });
         }
         serde_json::from_slice(&body).map_err(|error| self.upstream.malformed("answer", error))
     }
@@ -114,7 +120,7 @@ impl Provider for Replicate {
             body["webhook"] = json!(callback_url);
             body["webhook_events_filter"] = json!(["completed"]);
         }
-        let answer = self.call(self.upstream.http.post(url).json(&body)).await?;
+        let answer = self.call(self.upstream.http.post(url).json(&body), true).await?;
         match answer.get("id").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => Ok(Submitted::Accepted { upstream_id: id.to_owned() }),
             _ => Err(self.upstream.malformed("create answer", "no id")),
@@ -123,7 +129,7 @@ impl Provider for Replicate {
 
     async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError> {
         let url = self.upstream.url(&format!("/v1/predictions/{}", segment(upstream_id)));
-        let answer = self.call(self.upstream.http.get(url)).await?;
+        let answer = self.call(self.upstream.http.get(url), false).await?;
         let prediction: Prediction =
             serde_json::from_value(answer).map_err(|error| self.upstream.malformed("prediction", error))?;
         Ok(prediction.job_state(&self.upstream))
@@ -131,7 +137,23 @@ impl Provider for Replicate {
 
     async fn cancel(&self, upstream_id: &str) -> Result<(), ProviderError> {
         let url = self.upstream.url(&format!("/v1/predictions/{}/cancel", segment(upstream_id)));
-        self.call(self.upstream.http.post(url)).await.map(|_| ())
+        self.call(self.upstream.http.post(url), false).await.map(|_| ())
+    }
+
+    /// The model itself (`GET /v1/models/{owner}/{name}`, Replicate's models.get): key and model.
+    async fn check(&self, model: &str) -> RouteCheck {
+        let model = model.trim_matches('/');
+        let model = model.split(':').next().unwrap_or(model);
+        let what = format!("GET /v1/models/{model}");
+        let request = self
+            .upstream
+            .http
+            .get(self.upstream.url(&format!("/v1/models/{model}")))
+            .header(reqwest::header::AUTHORIZATION, self.upstream.authorization("Bearer"));
+        match self.upstream.send(request).await {
+            Ok((status, _)) => RouteCheck::from_status(&what, status, model.contains('/')),
+            Err(error) => RouteCheck::unreachable(&what, &error),
+        }
     }
 
     fn calls_back(&self) -> bool {

@@ -85,7 +85,7 @@ impl Provider for Simulated {
         .await)
         .map_err(upstream_unavailable)?;
         let Some((prompt, aspect_ratio, fails, due_at, file_name)) = job else {
-            return Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider lost the job."));
+            return Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, super::LOST));
         };
         let remaining = (due_at - Utc::now()).to_std().unwrap_or_default();
         if !remaining.is_zero() {

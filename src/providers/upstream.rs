@@ -1,13 +1,15 @@
 //! What every HTTP provider shares: the client (with the provider's timeout), and how HTTP-level
-//! failures become [`ProviderError`]s: retriable (rate limits, 5xx, network, timeouts) or permanent
-//! (invalid input, or an operator problem such as a bad key or an empty account, which clients see
-//! only as "unavailable" and operators find in the log).
+//! failures become [`ProviderError`]s: retriable (rate limits, 5xx, network, timeouts), route
+//! unavailable (an operator problem such as a bad key or an empty account, or a model the provider
+//! does not have: clients see only "unavailable", operators find it in the log and the metric), or
+//! permanent (invalid input, a lost job).
 
 use secrecy::{ExposeSecret, SecretString};
 
 use super::outcome::short;
-use super::ProviderError;
+use super::{ProviderError, LOST};
 use crate::config::ProviderSettings;
+use crate::monitoring;
 use crate::tasks::TaskErrorCode;
 
 /// The neutral message for an upstream account problem: never the provider's own words.
@@ -52,10 +54,19 @@ impl Upstream {
     /// Sends the request and reads the whole answer: `(status, body)`. Network errors and timeouts
     /// are retriable.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), ProviderError> {
+        self.send_full(request).await.map(|(status, _, body)| (status, body))
+    }
+
+    /// [`Upstream::send`] with the answer's headers, for providers that put meaning in them.
+    pub async fn send_full(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, reqwest::header::HeaderMap, bytes::Bytes), ProviderError> {
         let response = request.send().await.map_err(|error| self.transport_error(&error))?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|error| self.transport_error(&error))?;
-        Ok((status, body))
+        Ok((status, headers, body))
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> ProviderError {
@@ -97,16 +108,34 @@ impl Upstream {
                 TaskErrorCode::UpstreamRejected,
                 format!("The provider rejected the request: {}", short(detail)),
             ),
-            404 => ProviderError::permanent(TaskErrorCode::UpstreamFailed, "The provider lost the job."),
+            404 => ProviderError::permanent(TaskErrorCode::UpstreamFailed, LOST),
             _ => self.unavailable(code, detail),
         }
     }
 
-    /// An operator problem (credentials, billing, a disabled feature, an unexpected status): the
-    /// client gets the neutral message; the provider's words go to the log only.
+    /// [`Upstream::error_for`] for a submit, where a 404 means the model (the route's path) is not there.
+    pub fn submit_error_for(&self, code: u16, detail: &str) -> ProviderError {
+        match code {
+            404 => self.model_not_found(detail),
+            _ => self.error_for(code, detail),
+        }
+    }
+
+    /// An operator problem (credentials, billing, a disabled feature, an unexpected status): the route
+    /// is unavailable; the client gets the neutral message, the provider's words go to the log only,
+    /// and `aio_upstream_account_problems_total` counts it.
     pub fn unavailable(&self, code: u16, detail: &str) -> ProviderError {
         let detail = &self.redact(detail);
         tracing::error!(provider = %self.id, code, detail = %short(detail), "provider refused the gateway's account");
-        ProviderError::permanent(TaskErrorCode::UpstreamFailed, UNAVAILABLE)
+        monitoring::upstream_account_problem(&self.id, code);
+        ProviderError::route_unavailable(UNAVAILABLE)
+    }
+
+    /// The provider does not have the route's model: a catalog problem, counted like an account one.
+    pub fn model_not_found(&self, detail: &str) -> ProviderError {
+        let detail = &self.redact(detail);
+        tracing::error!(provider = %self.id, detail = %short(detail), "the provider does not serve this route's model");
+        monitoring::upstream_account_problem(&self.id, 404);
+        ProviderError::route_unavailable(UNAVAILABLE)
     }
 }

@@ -14,7 +14,9 @@ use serde_json::Value;
 
 use super::signed_callback;
 use super::upstream::Upstream;
-use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
+use super::{
+    outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, RouteCheck, SubmitRequest, Submitted,
+};
 use crate::tasks::OutputImage;
 use crate::webhooks::signing;
 
@@ -29,13 +31,18 @@ impl WaveSpeed {
         WaveSpeed { upstream, webhook_secret }
     }
 
-    /// Sends one request and opens the envelope: `data` when `code` is 200, else the mapped error.
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
+    /// Sends one request and opens the envelope: `data` when `code` is 200, else the mapped error
+    /// (for a submit, a 404 is the route's model path WaveSpeed does not have).
+    async fn call(&self, request: reqwest::RequestBuilder, submit: bool) -> Result<Value, ProviderError> {
+        let error_for = |code: u16, detail: &str| match submit {
+            true => self.upstream.submit_error_for(code, detail),
+            false => self.upstream.error_for(code, detail),
+        };
         let request = request.header(reqwest::header::AUTHORIZATION, self.upstream.authorization("Bearer"));
         let (status, body) = self.upstream.send(request).await?;
         let envelope = match serde_json::from_slice::<Envelope>(&body) {
             Ok(envelope) => envelope,
-            Err(_) if status != 200 => return Err(self.upstream.error_for(status, &String::from_utf8_lossy(&body))),
+            Err(_) if status != 200 => return Err(error_for(status, &String::from_utf8_lossy(&body))),
             Err(error) => return Err(self.upstream.malformed("answer", error)),
         };
         let code = match envelope.code.unwrap_or(status) {
@@ -43,7 +50,7 @@ impl WaveSpeed {
             code => code,
         };
         if code != 200 {
-            return Err(self.upstream.error_for(code, envelope.message.as_deref().unwrap_or("")));
+            return Err(error_for(code, envelope.message.as_deref().unwrap_or("")));
         }
         Ok(envelope.data.unwrap_or(Value::Null))
     }
@@ -79,6 +86,9 @@ struct Prediction {
     outputs: Option<Vec<String>>,
     #[serde(default)]
     error: Option<String>,
+    /// The safety checker's verdict, one flag per output.
+    #[serde(default)]
+    has_nsfw_contents: Option<Vec<bool>>,
 }
 
 impl Prediction {
@@ -86,7 +96,8 @@ impl Prediction {
         match self.status.as_str() {
             "completed" => {
                 let images = self.outputs.unwrap_or_default().into_iter().map(|url| OutputImage { url }).collect();
-                outcome::finished(outcome::PROVIDER, images)
+                let flags = self.has_nsfw_contents.unwrap_or_default();
+                outcome::finished_unless_flagged(outcome::PROVIDER, images, &flags)
             }
             "failed" => {
                 let reason = self.error.unwrap_or_default();
@@ -107,7 +118,7 @@ impl Provider for WaveSpeed {
         if let Some(callback_url) = request.callback_url {
             http = http.query(&[("webhook", callback_url)]);
         }
-        let data = self.call(http).await?;
+        let data = self.call(http, true).await?;
         match data.get("id").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => Ok(Submitted::Accepted { upstream_id: id.to_owned() }),
             _ => Err(self.upstream.malformed("submit answer", "no data.id")),
@@ -116,10 +127,31 @@ impl Provider for WaveSpeed {
 
     async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError> {
         let path = format!("/api/v3/predictions/{}/result", urlencoding(upstream_id));
-        let data = self.call(self.upstream.http.get(self.upstream.url(&path))).await?;
+        let data = self.call(self.upstream.http.get(self.upstream.url(&path)), false).await?;
         let prediction: Prediction =
             serde_json::from_value(data).map_err(|error| self.upstream.malformed("result", error))?;
         Ok(prediction.job_state(&self.upstream))
+    }
+
+    /// The account's balance (`GET /api/v3/balance`, wavespeed.ai/docs-common-api/balance): key and
+    /// balance (USD); WaveSpeed's documented calls do not say whether a model path exists.
+    async fn check(&self, _model: &str) -> RouteCheck {
+        const WHAT: &str = "GET /api/v3/balance";
+        let request = self
+            .upstream
+            .http
+            .get(self.upstream.url("/api/v3/balance"))
+            .header(reqwest::header::AUTHORIZATION, self.upstream.authorization("Bearer"));
+        match self.upstream.send(request).await {
+            Ok((status, body)) => {
+                let envelope: Option<Envelope> = serde_json::from_slice(&body).ok();
+                let code = envelope.as_ref().and_then(|e| e.code).unwrap_or(status);
+                let code = if (200..300).contains(&status) { code } else { status };
+                let balance = envelope.and_then(|e| e.data).and_then(|data| data["balance"].as_f64());
+                RouteCheck { balance, ..RouteCheck::from_status(WHAT, code, false) }
+            }
+            Err(error) => RouteCheck::unreachable(WHAT, &error),
+        }
     }
 
     fn calls_back(&self) -> bool {

@@ -27,7 +27,6 @@ use sha2::Sha256;
 use super::signed_callback;
 use super::upstream::Upstream;
 use super::{outcome, Callback, CallbackRefused, JobState, Provider, ProviderError, SubmitRequest, Submitted};
-use crate::monitoring;
 use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
 use crate::webhooks::signing;
 
@@ -62,10 +61,7 @@ impl Worker {
         };
         match (status, code.as_str()) {
             // The node refuses the edge's account (key, credits, permissions): the operator's problem.
-            (401..=403, _) => {
-                monitoring::upstream_account_problem(&self.upstream.id, status);
-                self.upstream.unavailable(status, &format!("{code}: {message}"))
-            }
+            (401..=403, _) => self.upstream.unavailable(status, &format!("{code}: {message}")),
             // The node's provider refused the task outright: as final as our own upstream_rejected.
             // (A 502 without the envelope is a proxy in front of the node: retried.)
             (502, "upstream_error") => ProviderError::permanent(

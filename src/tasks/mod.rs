@@ -111,6 +111,10 @@ pub struct Task {
     pub callback_url: Option<String>,
     pub provider: String,
     pub upstream_model: String,
+    /// What clients see for the route (`None` on tasks older than the column: the provider id).
+    pub provider_label: Option<String>,
+    /// The route is the simulated provider's.
+    pub simulated: bool,
     pub upstream_id: Option<String>,
     pub attempts: i32,
     pub deadline_at: DateTime<Utc>,
@@ -120,7 +124,7 @@ pub struct Task {
 }
 
 const COLUMNS: &str = "id, account_id, model, sub_model, status, input, output, error, price, callback_url, \
-     provider, upstream_model, upstream_id, attempts, deadline_at, created_at, updated_at, completed_at";
+     provider, upstream_model, provider_label, simulated, upstream_id, attempts, deadline_at, created_at, updated_at, completed_at";
 
 /// A task to insert; its id is minted by [`new_task_id`].
 pub struct NewTask<'a> {
@@ -133,6 +137,8 @@ pub struct NewTask<'a> {
     pub callback_url: Option<&'a str>,
     pub provider: &'a str,
     pub upstream_model: &'a str,
+    pub provider_label: &'a str,
+    pub simulated: bool,
     pub deadline: Duration,
     /// `Some(lease)`: the creating process works on the task itself (the create fast path), so it is
     /// born claimed; other workers take it only if the lease runs out. `None`: due at once.
@@ -198,11 +204,11 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     let dialect = tx.dialect();
     let sql = format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
-                            upstream_model, deadline_at, next_poll_at)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, {}, {})
+                            upstream_model, provider_label, simulated, deadline_at, next_poll_at)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {})
          RETURNING {COLUMNS}",
-        dialect.now_plus_secs("$10"),
-        dialect.now_plus_secs("$11"),
+        dialect.now_plus_secs("$12"),
+        dialect.now_plus_secs("$13"),
     );
     let task: Task = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
     .bind(new.id)
@@ -214,6 +220,8 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     .bind(new.callback_url)
     .bind(new.provider)
     .bind(new.upstream_model)
+    .bind(new.provider_label)
+    .bind(new.simulated)
     .bind(new.deadline.as_secs_f64())
     .bind(new.lease.unwrap_or_default().as_secs_f64())
     .fetch_one(conn)
@@ -360,13 +368,24 @@ pub async fn mark_running(db: &Db, task_id: &str, upstream_id: &str, next_poll_i
     Ok(done == 1)
 }
 
-/// Submit to another route (failover): only while the task is still pending.
-pub async fn switch_route(db: &Db, task_id: &str, provider: &str, upstream_model: &str) -> sqlx::Result<bool> {
-    const SQL: &str = "UPDATE tasks SET provider = $2, upstream_model = $3 WHERE id = $1 AND status = 'pending'";
+/// Submit to another route (failover): only while the task is still pending. `label` and `simulated`
+/// are what clients see of the route.
+pub async fn switch_route(
+    db: &Db,
+    task_id: &str,
+    provider: &str,
+    upstream_model: &str,
+    label: &str,
+    simulated: bool,
+) -> sqlx::Result<bool> {
+    const SQL: &str = "UPDATE tasks SET provider = $2, upstream_model = $3, provider_label = $4, simulated = $5
+                       WHERE id = $1 AND status = 'pending'";
     let done = on_db!(db, pool => sqlx::query(SQL)
         .bind(task_id)
         .bind(provider)
         .bind(upstream_model)
+        .bind(label)
+        .bind(simulated)
         .execute(pool)
         .await
         .map(|done| done.rows_affected()))?;

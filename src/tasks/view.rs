@@ -17,6 +17,8 @@ pub struct TaskView {
     pub error: Option<TaskError>,
     pub credits: CreditsView,
     pub callback_url: Option<String>,
+    /// The provider route serving the task (the last one tried while pending).
+    pub provider: ProviderView,
     pub created_at: String,
     pub updated_at: String,
     pub completed_at: Option<String>,
@@ -28,6 +30,14 @@ pub struct CreditsView {
     pub charged: i64,
     /// `held` while unfinished, `charged` after success, `refunded` after failure.
     pub state: &'static str,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProviderView {
+    /// The route's label, e.g. `KIE`, or `Simulated`.
+    pub label: String,
+    /// `true`: the simulated provider (demo mode): the image is a placeholder.
+    pub simulated: bool,
 }
 
 /// API timestamps: RFC 3339, UTC, milliseconds.
@@ -52,6 +62,10 @@ impl From<&Task> for TaskView {
             error: task.error.as_ref().map(|e| e.0.clone()),
             credits: CreditsView { price: task.price, charged, state },
             callback_url: task.callback_url.clone(),
+            provider: ProviderView {
+                label: task.provider_label.clone().unwrap_or_else(|| task.provider.clone()),
+                simulated: task.simulated,
+            },
             created_at: timestamp(task.created_at),
             updated_at: timestamp(task.updated_at),
             completed_at: task.completed_at.map(timestamp),

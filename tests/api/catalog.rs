@@ -53,12 +53,12 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
             "cogview-4",
             "flux-dev",
             "flux-schnell",
-            "imagen-4",
+            "nano-banana-2",
             "ideogram-v3-turbo",
             "qwen-image",
             "recraft-v3",
-            "gpt-image-1",
-            "dall-e-3"
+            "gpt-image-2-6-sunburst",
+            "gpt-image-2-6-flare"
         ]
     );
     let vendors: std::collections::BTreeSet<&str> = data.iter().filter_map(|m| m["vendor"].as_str()).collect();
@@ -71,7 +71,7 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
         json!({
             "endpoint": "/api/v1/images/generations",
             "models": 11,
-            "providers": 6,
+            "providers": 5,
             "credit_range": {"min": 4, "max": 25},
             "webhook_coverage": "5/11",
             "lowest_cost_model": {"id": "cogview-4", "name": "CogView-4", "credits": 4}
@@ -81,7 +81,9 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
     let seedream = model(&catalog, "seedream-4-5");
     assert_eq!((seedream["credits"].as_i64(), seedream["webhook"].as_bool()), (Some(12), Some(true)));
     assert_eq!(seedream["provider_label"], "ByteDance / KIE");
-    assert_eq!(seedream["routes"], json!([{"provider_label": "KIE"}, {"provider_label": "Simulated"}]));
+    // Live: no simulated route beside the real ones.
+    assert_eq!(catalog["mode"], "live");
+    assert_eq!(seedream["routes"], json!([{"provider_label": "KIE", "simulated": false}]));
     let cogview = model(&catalog, "cogview-4");
     assert_eq!(
         (cogview["vendor"].as_str(), cogview["provider_label"].as_str()),
@@ -89,9 +91,12 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
     );
     assert_eq!(
         model(&catalog, "seedream-4")["routes"],
-        json!([{"provider_label": "KIE"}, {"provider_label": "WaveSpeed"}])
+        json!([{"provider_label": "KIE", "simulated": false}, {"provider_label": "WaveSpeed", "simulated": false}])
     );
-    assert_eq!(model(&catalog, "gpt-image-1")["routes"], json!([{"provider_label": "OpenAI"}]));
+    assert_eq!(
+        model(&catalog, "gpt-image-2-6-sunburst")["routes"],
+        json!([{"provider_label": "OpenAI", "simulated": false}])
+    );
 
     // Provider internals and keys never leak.
     for secret in ["base_url", "api_key", "upstream_model", "unused-key", "fal-ai/", "127.0.0.1:9", "image_size"] {
@@ -108,9 +113,10 @@ async fn only_models_with_an_active_route_are_offered() {
     let (catalog, _) = models(&app).await;
     let ids: Vec<&str> = catalog["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
     assert_eq!(ids, ["seedream-4-5", "seedream-4"]);
-    assert_eq!(model(&catalog, "seedream-4")["routes"], json!([{"provider_label": "KIE"}]));
+    assert_eq!(model(&catalog, "seedream-4")["routes"], json!([{"provider_label": "KIE", "simulated": false}]));
     let summary = &catalog["endpoint_summary"];
-    assert_eq!((summary["models"].as_u64(), summary["providers"].as_u64()), (Some(2), Some(2)), "{summary}");
+    // One real provider: the simulated one is gone.
+    assert_eq!((summary["models"].as_u64(), summary["providers"].as_u64()), (Some(2), Some(1)), "{summary}");
     assert_eq!(summary["webhook_coverage"], "2/2");
     assert_eq!(summary["lowest_cost_model"]["id"], "seedream-4");
 
@@ -151,7 +157,7 @@ async fn wavespeed_cogview_4_receives_a_pixel_size() {
     let app = TestApp::builder().configure(|settings| fake.configure(settings)).driven().spawn().await;
     run(&app, json!({"model": "cogview-4", "prompt": "a poster", "aspect_ratio": "9:16"})).await;
     let submit = &fake.submits()[0];
-    assert_eq!(submit.path, "/api/v3/zhipu/cogview-4");
+    assert_eq!(submit.path, "/api/v3/z-ai/cogview-4");
     assert_eq!(submit.json(), json!({"prompt": "a poster", "size": "768*1344"}));
 }
 
@@ -159,14 +165,16 @@ async fn wavespeed_cogview_4_receives_a_pixel_size() {
 async fn openai_models_receive_their_own_sizes_and_qualities() {
     let fake = FakeOpenAi::start().await;
     let app = TestApp::builder().configure(|settings| fake.configure(settings)).driven().spawn().await;
-    run(&app, json!({"model": "gpt-image-1", "prompt": "a fox", "aspect_ratio": "3:2", "quality": "high"})).await;
-    run(&app, json!({"model": "dall-e-3", "prompt": "a fox", "aspect_ratio": "9:16"})).await;
+    let sunburst =
+        json!({"model": "gpt-image-2-6-sunburst", "prompt": "a fox", "aspect_ratio": "3:2", "quality": "high"});
+    run(&app, sunburst).await;
+    run(&app, json!({"model": "gpt-image-2-6-flare", "prompt": "a fox", "aspect_ratio": "9:16"})).await;
     let bodies: Vec<Value> = fake.requests().iter().map(|r| r.json()).collect();
     assert_eq!(
         bodies,
         [
-            json!({"model": "gpt-image-1", "prompt": "a fox", "n": 1, "size": "1536x1024", "quality": "high"}),
-            json!({"model": "dall-e-3", "prompt": "a fox", "n": 1, "size": "1024x1792", "quality": "standard"}),
+            json!({"model": "gpt-image-2.6-sunburst", "prompt": "a fox", "n": 1, "size": "1536x1024", "quality": "high"}),
+            json!({"model": "gpt-image-2.6-flare", "prompt": "a fox", "n": 1, "size": "1024x1792", "quality": "low"}),
         ]
     );
 }
@@ -230,13 +238,13 @@ fn catalogs_map_sizes_and_qualities() {
 
     let openai = &catalog("openai_only.toml");
     assert_eq!(
-        fields(openai, "gpt-image-1", "16:9", "high"),
+        fields(openai, "gpt-image-2.6-sunburst", "16:9", "high"),
         json!({"prompt": "p", "size": "1536x1024", "quality": "high"})
     );
-    assert_eq!(fields(openai, "gpt-image-1", "1:1", "basic")["quality"], "medium");
+    assert_eq!(fields(openai, "gpt-image-2.6-sunburst", "1:1", "basic")["quality"], "medium");
     let shipped = &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/models.toml");
     assert_eq!(
-        fields(shipped, "dall-e-3", "9:16", "high"),
-        json!({"prompt": "p", "size": "1024x1792", "quality": "hd"})
+        fields(shipped, "gpt-image-2.6-flare", "9:16", "high"),
+        json!({"prompt": "p", "size": "1024x1792", "quality": "high"})
     );
 }

@@ -103,8 +103,8 @@ fn check_config_reports_every_problem_and_fails() {
         .expect("read the catalog")
         .replace("credits = 12", "credits = -12")
         .replace(
-            "provider = \"simulated\"\nprovider_label = \"Simulated\"\nupstream_model = \"seedream/4.5-edit\"",
-            "provider = \"nowhere\"\nupstream_model = \"x\"",
+            "provider = \"kie\"\nprovider_label = \"KIE\"\n# Evidence: docs.kie.ai/market (Seedream4.5 - Edit)",
+            "provider = \"nowhere\"\n# Evidence: docs.kie.ai/market (Seedream4.5 - Edit)",
         );
     assert!(text.contains("credits = -12") && text.contains("provider = \"nowhere\""), "both breakages applied");
     std::fs::write(&catalog, text).expect("write the broken catalog");
@@ -296,11 +296,12 @@ fn check_config_warns_about_unused_routes_and_fails_on_bad_mappings_and_unknown_
     let stderr = String::from_utf8_lossy(&ok.stderr);
     assert!(ok.status.success(), "{stderr}");
     assert!(stderr.contains("warning: provider `wavespeed` is inactive ($WAVESPEED_API_KEY is unset)"), "{stderr}");
-    assert!(stderr.contains("warning: model `cogview-4`: no active provider route"), "{stderr}");
     let report: Value = serde_json::from_slice(&ok.stdout).expect("one JSON object");
     assert_eq!(report["ok"], true);
     assert!(report["warnings"].as_array().is_some_and(|w| !w.is_empty()), "{report}");
-    assert!(report["models_offered"].as_array().is_some_and(|m| m.iter().any(|id| id == "seedream-4-5")), "{report}");
+    // No key at all: demo mode, the simulated provider serves every model.
+    assert_eq!(report["mode"], "demo", "{report}");
+    assert_eq!(report["models_offered"].as_array().map(Vec::len), Some(11), "{report}");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = dir.path().join("models.toml");
@@ -308,18 +309,18 @@ fn check_config_warns_about_unused_routes_and_fails_on_bad_mappings_and_unknown_
     let broken = [
         // A value the parameter does not have, and so one of its values left unmapped.
         (
-            "map.quality = { values = { basic = \"standard\", high = \"hd\" } }",
-            "map.quality = { values = { basic = \"standard\", ultra = \"hd\" } }",
+            "map.quality = { values = { basic = \"low\", high = \"high\" } }",
+            "map.quality = { values = { basic = \"low\", ultra = \"high\" } }",
         ),
         // A parameter the model does not have.
         (
-            "upstream_model = \"zhipu/cogview-4\"\n",
-            "upstream_model = \"zhipu/cogview-4\"\nmap.style = { to = \"style\" }\n",
+            "upstream_model = \"z-ai/cogview-4\"\n",
+            "upstream_model = \"z-ai/cogview-4\"\nmap.style = { to = \"style\" }\n",
         ),
         // A provider the configuration does not have.
         (
-            "provider = \"replicate\"\nprovider_label = \"Replicate\"\nupstream_model = \"google/imagen-4\"",
-            "provider = \"midjourney\"\nupstream_model = \"google/imagen-4\"",
+            "provider = \"replicate\"\nprovider_label = \"Replicate\"\n# Evidence: replicate.com/google/nano-banana-2",
+            "provider = \"midjourney\"\n# Evidence: replicate.com/google/nano-banana-2",
         ),
     ]
     .iter()
@@ -330,11 +331,112 @@ fn check_config_warns_about_unused_routes_and_fails_on_bad_mappings_and_unknown_
     std::fs::write(&catalog, broken).expect("write the broken catalog");
     let stderr = check_config_fails(&catalog);
     for expected in [
-        "model `dall-e-3`: route `openai` → `dall-e-3`: map.quality: `ultra` is not one of the parameter's values (basic, high)",
-        "model `dall-e-3`: route `openai` → `dall-e-3`: map.quality: the parameter's value `high` is not mapped",
-        "model `cogview-4`: route `wavespeed` → `zhipu/cogview-4`: map.style: the model has no parameter `style`",
-        "routes of imagen-4/text-to-image name provider `midjourney`, which is not configured",
+        "model `gpt-image-2-6-flare`: route `openai` → `gpt-image-2.6-flare`: map.quality: `ultra` is not one of the parameter's values (basic, high)",
+        "model `gpt-image-2-6-flare`: route `openai` → `gpt-image-2.6-flare`: map.quality: the parameter's value `high` is not mapped",
+        "model `cogview-4`: route `wavespeed` → `z-ai/cogview-4`: map.style: the model has no parameter `style`",
+        "routes of nano-banana-2/text-to-image name provider `midjourney`, which is not configured",
     ] {
         assert!(stderr.contains(expected), "{expected:?} in {stderr}");
     }
+}
+
+#[test]
+fn check_config_refuses_a_model_mixing_simulated_and_real_routes_unless_staging() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = dir.path().join("models.toml");
+    // A simulated fallback beside Seedream 4.5's KIE route: what once billed placeholders.
+    let kie_route =
+        "provider = \"kie\"\nprovider_label = \"KIE\"\n# Evidence: docs.kie.ai/market (Seedream4.5 - Text to Image)";
+    let text = std::fs::read_to_string(models_path()).expect("read the catalog");
+    assert!(text.contains(kie_route), "the shipped catalog routes Seedream 4.5 to KIE");
+    let fallback = "provider = \"simulated\"\nupstream_model = \"seedream/4.5-text-to-image\"\npriority = 10\n\n[[models.sub_models.routes]]\n";
+    std::fs::write(&catalog, text.replace(kie_route, &format!("{fallback}{kie_route}"))).expect("write");
+    let stderr = check_config_fails(&catalog);
+    assert!(stderr.contains("sub-model `seedream/4.5-text-to-image` mixes simulated and real routes"), "{stderr}");
+
+    let staging = gateway("postgres://unused@127.0.0.1/none")
+        .args(["--json", "check-config"])
+        .env("AIO__CATALOG__MODELS_PATH", &catalog)
+        .env("AIO__CATALOG__ALLOW_SIMULATED_FALLBACK", "true")
+        .output()
+        .expect("run check-config");
+    assert!(staging.status.success(), "{}", String::from_utf8_lossy(&staging.stderr));
+}
+
+/// `providers check` against the fakes: one call per route that bills nothing; a model the provider
+/// does not have makes the route dead and the exit non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_check_asks_each_route_without_billing() {
+    use crate::fakes::{kie::FakeKie, openai::FakeOpenAi, replicate::FakeReplicate, wavespeed::FakeWaveSpeed};
+    let database = TestDatabase::new(2).await;
+    let (kie, replicate, openai, wavespeed) =
+        (FakeKie::start().await, FakeReplicate::start().await, FakeOpenAi::start().await, FakeWaveSpeed::start().await);
+    let run = |catalog: &std::path::Path| {
+        let mut command = gateway(&database.url);
+        command
+            .args(["--json", "providers", "check"])
+            .env("AIO__CATALOG__MODELS_PATH", catalog)
+            .env("AIO__PROVIDERS__KIE__BASE_URL", kie.base_url())
+            .env("KIE_API_KEY", crate::fakes::kie::KEY)
+            .env("AIO__PROVIDERS__REPLICATE__BASE_URL", replicate.base_url())
+            .env("REPLICATE_API_TOKEN", crate::fakes::replicate::KEY)
+            .env("AIO__PROVIDERS__OPENAI__BASE_URL", openai.base_url())
+            .env("OPENAI_API_KEY", crate::fakes::openai::KEY)
+            .env("AIO__PROVIDERS__WAVESPEED__BASE_URL", wavespeed.base_url())
+            .env("WAVESPEED_API_KEY", crate::fakes::wavespeed::KEY)
+            .env_remove("FAL_KEY");
+        let output = command.output().expect("run providers check");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let report: Value = serde_json::from_str(stdout.lines().next().unwrap_or_default()).unwrap_or_else(|e| {
+            panic!("a JSON report, got {stdout:?} ({e}); {}", String::from_utf8_lossy(&output.stderr))
+        });
+        (output.status.success(), report)
+    };
+    let (ok, report) = run(&models_path());
+    assert!(ok, "every shipped route is alive on the fakes: {report}");
+    assert_eq!(report["mode"], "live");
+    let routes = report["routes"].as_array().expect("routes");
+    let route = |provider: &str, model: &str| {
+        routes
+            .iter()
+            .find(|r| r["provider"] == provider && r["upstream_model"] == model)
+            .unwrap_or_else(|| panic!("{provider} {model} in {report}"))
+            .clone()
+    };
+    let nano = route("replicate", "google/nano-banana-2");
+    assert_eq!(
+        (nano["reachable"].clone(), nano["key_accepted"].clone(), nano["model_exists"].clone()),
+        (true.into(), true.into(), true.into())
+    );
+    assert_eq!(route("openai", "gpt-image-2.6-sunburst")["model_exists"], true);
+    let seedream = route("kie", "seedream/4.5-text-to-image");
+    assert_eq!(
+        (seedream["key_accepted"].clone(), seedream["balance"].clone()),
+        (true.into(), 100.0.into()),
+        "{seedream}"
+    );
+    assert_eq!(route("wavespeed", "z-ai/cogview-4")["balance"], 156.78);
+    // Nothing was generated: no submit reached any fake.
+    assert!(kie.creates().is_empty() && replicate.creates().is_empty() && wavespeed.submits().is_empty());
+
+    // A shut-down model in the catalog: the route is dead, the exit non-zero.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = dir.path().join("models.toml");
+    let text = std::fs::read_to_string(models_path()).expect("read").replace("\"gpt-image-2.6-flare\"", "\"dall-e-3\"");
+    std::fs::write(&catalog, text).expect("write");
+    let (ok, report) = run(&catalog);
+    assert!(!ok, "{report}");
+    assert_eq!(report["dead"], 1, "{report}");
+    let dead = routes_of(&report, "dall-e-3");
+    assert_eq!((dead["ok"].clone(), dead["model_exists"].clone()), (false.into(), false.into()), "{dead}");
+}
+
+fn routes_of(report: &Value, model: &str) -> Value {
+    report["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["upstream_model"] == model)
+        .cloned()
+        .unwrap_or_default()
 }

@@ -287,6 +287,9 @@ async fn usage_filters_by_model_and_time_and_pages() {
         json!({"tasks": 3, "succeeded": 2, "failed": 1, "unfinished": 0, "credits_charged": 24})
     );
     assert_eq!(all["tasks"]["data"].as_array().expect("tasks").len(), 3);
+    for row in all["tasks"]["data"].as_array().expect("tasks") {
+        assert_eq!(row["provider"], json!({"label": "Simulated", "simulated": true}), "usage names the route: {row}");
+    }
     // grant, 3 holds, 2 captures, 1 release.
     assert_eq!(all["ledger"]["data"].as_array().expect("ledger").len(), 7);
 

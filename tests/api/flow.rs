@@ -208,8 +208,10 @@ async fn catalog_lists_the_model_with_its_parameters_and_summary() {
     let text = response.text().await.expect("body");
     let catalog: Value = serde_json::from_str(&text).expect("JSON");
 
+    // No provider key: demo mode, every model of the catalog on the simulated provider.
+    assert_eq!(catalog["mode"], "demo");
     let data = catalog["data"].as_array().expect("data");
-    assert_eq!(data.len(), 1);
+    assert_eq!(data.len(), 11);
     let model = &data[0];
     assert_eq!(model["id"], "seedream-4-5");
     assert_eq!(model["name"], "Seedream 4.5");
@@ -239,15 +241,15 @@ async fn catalog_lists_the_model_with_its_parameters_and_summary() {
     }
     let example = model["example_request"].as_str().expect("example_request");
     assert!(example.starts_with("curl ") && example.contains("/api/v1/images/generations"), "{example}");
-    assert_eq!(model["routes"], json!([{"provider_label": "Simulated"}]));
+    assert_eq!(model["routes"], json!([{"provider_label": "Simulated", "simulated": true}]));
 
     let summary = &catalog["endpoint_summary"];
-    assert_eq!(summary["models"], 1);
+    assert_eq!(summary["models"], 11);
     assert_eq!(summary["providers"], 1);
-    assert_eq!(summary["webhook_coverage"], "1/1");
-    assert_eq!(summary["credit_range"], json!({"min": 12, "max": 12}));
-    assert_eq!(summary["lowest_cost_model"]["id"], "seedream-4-5");
-    assert_eq!(summary["lowest_cost_model"]["credits"], 12);
+    assert_eq!(summary["webhook_coverage"], "5/11");
+    assert_eq!(summary["credit_range"], json!({"min": 4, "max": 25}));
+    assert_eq!(summary["lowest_cost_model"]["id"], "cogview-4");
+    assert_eq!(summary["lowest_cost_model"]["credits"], 4);
 
     // Provider internals never leak.
     for secret in ["base_url", "api_key", "upstream_model"] {

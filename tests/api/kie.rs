@@ -109,7 +109,16 @@ async fn an_error_envelope_is_an_error_under_http_200_and_under_its_own_status()
 #[tokio::test]
 async fn account_problems_fail_the_task_with_a_neutral_message() {
     let fake = FakeKie::start().await;
-    let app = app(&fake).await;
+    // Each problem takes the route out for the cool-down; none here, so every task makes a trial.
+    let app = TestApp::builder()
+        .configure(|settings| {
+            fake.configure(settings);
+            settings.tasks.breaker_cooldown = std::time::Duration::ZERO;
+        })
+        .catalog("kie_only.toml")
+        .driven()
+        .spawn()
+        .await;
     let (_, key) = app.new_account(100).await;
 
     for step in [
@@ -125,7 +134,7 @@ async fn account_problems_fail_the_task_with_a_neutral_message() {
         assert_eq!(done["error"], json!({"code": "upstream_failed", "message": "The provider is unavailable."}));
         assert_no_secrets(&done.to_string());
     }
-    assert_eq!(fake.creates().len(), 4, "account problems are not retried");
+    assert_eq!(fake.creates().len(), 4, "account problems are not retried: one submit per task");
     app.assert_balance(&key, 100, 0).await;
     assert_ledger_consistent(app.pool()).await;
 }

@@ -19,6 +19,7 @@ mod http_errors;
 mod idempotency;
 mod kie;
 mod ledger;
+mod live_providers;
 mod logs;
 mod metrics;
 mod openai;

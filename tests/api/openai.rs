@@ -34,7 +34,7 @@ async fn a_b64_json_result_is_stored_and_served_under_files_after_one_request() 
     assert_eq!(
         request.json(),
         json!({
-            "model": "gpt-image-1",
+            "model": "gpt-image-2.6-sunburst",
             "prompt": "A serene mountain lake at sunrise with reflections, photorealistic",
             "n": 1,
             "size": "1536x1024",

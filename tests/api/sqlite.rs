@@ -178,6 +178,8 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
         callback_url: None,
         provider: "simulated",
         upstream_model: "seedream-4.5",
+        provider_label: "Simulated",
+        simulated: true,
         deadline: Duration::from_secs(900),
         lease: None,
         idempotency: None,

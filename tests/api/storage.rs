@@ -74,6 +74,8 @@ fn new_task<'a>(
         callback_url,
         provider: "simulated",
         upstream_model: "sim",
+        provider_label: "Simulated",
+        simulated: true,
         deadline: Duration::from_secs(900),
         lease: None,
         idempotency,
@@ -249,14 +251,19 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     assert_eq!(claimed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [task.id.as_str()]);
     assert!(tasks::claim_due(db, 10, Duration::from_secs(3600)).await.expect("claim").is_empty());
 
-    assert!(tasks::switch_route(db, &task.id, "simulated", "sim-2").await.expect("switch"));
+    assert!(tasks::switch_route(db, &task.id, "simulated", "sim-2", "Simulated 2", true).await.expect("switch"));
     let token = tasks::new_callback_token(db, &task.id, None).await.expect("token");
     let found = tasks::by_callback_token(db, "simulated", &token).await.expect("by token").expect("found");
     assert_eq!((found.id.as_str(), found.upstream_model.as_str()), (task.id.as_str(), "sim-2"));
+    assert_eq!(
+        (found.provider_label.as_deref(), found.simulated),
+        (Some("Simulated 2"), true),
+        "the route's label moves with it"
+    );
     assert!(tasks::by_callback_token(db, "kie", &token).await.expect("by token").is_none(), "another provider");
     assert!(tasks::mark_running(db, &task.id, "up-1", Duration::from_secs(3600)).await.expect("running"));
     assert!(!tasks::mark_running(db, &task.id, "up-2", Duration::ZERO).await.expect("running"), "running already");
-    assert!(!tasks::switch_route(db, &task.id, "kie", "x").await.expect("switch"), "only while pending");
+    assert!(!tasks::switch_route(db, &task.id, "kie", "x", "KIE", false).await.expect("switch"), "only while pending");
     assert_eq!(tasks::count_open(db).await.expect("count"), (0, 1));
     assert!(tasks::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim").is_empty(), "polled in an hour");
     // A callback makes it due now; a reschedule counts an attempt and never passes the deadline.

@@ -126,6 +126,7 @@ async fn succeeded_and_failed_tasks_deliver_their_task_object_signed() {
         let body: Value = serde_json::from_slice(&request.body).expect("JSON");
         assert_eq!(body["status"], status, "{body}");
         assert_eq!(body["callback_url"], receiver.url.as_str());
+        assert_eq!(body["provider"], json!({"label": "Simulated", "simulated": true}), "the serving route");
 
         request.verify(&secret).unwrap_or_else(|e| panic!("{task_id}: the signature does not verify: {e}"));
         assert_eq!(request.signatures().len(), 1, "one secret, one signature");

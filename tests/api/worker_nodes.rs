@@ -152,7 +152,7 @@ async fn the_seed_request_completes_through_a_node_called_back_with_a_verified_s
         edge.client.get(edge.url("/api/v1/models")).send().await.expect("models").json().await.expect("JSON");
     assert_eq!(
         models["data"][0]["routes"],
-        json!([{"provider_label": "Seedream node", "backend_node": "node30"}]),
+        json!([{"provider_label": "Seedream node", "simulated": false, "backend_node": "node30"}]),
         "{models}"
     );
     assert!(!models.to_string().contains(&node.gateway.address), "node URLs are never shown: {models}");

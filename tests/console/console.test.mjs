@@ -214,6 +214,7 @@ test('the catalog shows Seedream 4.5 at 12 credits and the decision panel agrees
   assert.equal(await figure('webhook_coverage'), summary.webhook_coverage);
   assert.equal(await figure('lowest_cost_model'), `${summary.lowest_cost_model.name} (${summary.lowest_cost_model.credits})`);
   assert.equal(await page.locator('tr[data-model]').count(), list.data.length, 'one row per model');
+  assert.equal(await page.getAttribute('#mode-banner', 'data-mode'), list.mode, 'the console says which mode runs');
 
   const prices = () => page.$$eval('td[data-credits]', (cells) => cells.map((c) => Number(c.dataset.credits)));
   await page.click('#sort-price');

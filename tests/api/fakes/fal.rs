@@ -4,6 +4,12 @@
 //! `COMPLETED`), `GET /{owner}/{app}/requests/{id}` (the output, or a 422 `detail`), `PUT …/cancel`,
 //! and its own JWKS at `/.well-known/jwks.json`. Callbacks are Ed25519-signed like fal's. Scripts
 //! (endpoints `submit`, `status`, `result`) answer first.
+//!
+//! Sources: fal's queue docs (docs.fal.ai/model-endpoints/queue: submit, status 202/200, result), its
+//! request-error reference (fal.ai/docs/documentation/model-apis/request-errors: `{detail,
+//! error_type}` and the `X-Fal-Error-Type` header), and the FLUX output schema with its
+//! `has_nsfw_concepts: [bool]` (github.com/carlosdp/fal-rs src/endpoints/fal_ai/flux/mod.rs, generated
+//! from fal's OpenAPI). unverified: the body fal sends for an unknown app; the fake answers 404 `detail`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,11 +30,28 @@ use super::{authorized, post_callback, query_param, Plan, Recorder, Server, Step
 pub const KEY: &str = "fal-test-key-id:5ecr3t";
 pub const USER_ID: &str = "user_fake_fal";
 
+/// The endpoints this fake serves: fal-ai/flux/dev (docs.fal.ai/guides/generating-images-from-text),
+/// fal-ai/recraft/v3/text-to-image (docs.litellm.ai/docs/providers/fal_ai), fal-ai/qwen-image (called so
+/// with fal's own client in public integrations; unverified: no fal page for it in the stored docs),
+/// fal-ai/bytedance/seedream/v4.5/text-to-image and …/edit (the fal-only test catalog; the Seedream v3
+/// path family is on docs.litellm.ai/docs/providers/fal_ai; unverified for v4.5).
+pub const MODELS: [&str; 5] = [
+    "fal-ai/flux/dev",
+    "fal-ai/recraft/v3/text-to-image",
+    "fal-ai/qwen-image",
+    "fal-ai/bytedance/seedream/v4.5/text-to-image",
+    "fal-ai/bytedance/seedream/v4.5/edit",
+];
+
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Success,
     /// The result endpoint answers 422 with this `detail` message.
     Fail(&'static str),
+    /// A result whose image the safety checker flagged (`has_nsfw_concepts: [true]`).
+    Flagged,
+    /// The result endpoint answers a request error: this `error_type`, in the body and the header.
+    RequestError(u16, &'static str),
 }
 
 struct Job {
@@ -190,12 +213,22 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
             }
             let jobs = fake.jobs.lock().expect("jobs");
             let Some(job) = jobs.get(*id) else { return detail(404, "Request not found") };
-            match &job.outcome {
-                Outcome::Success => axum::Json(json!({
+            let output = |flagged: bool| {
+                axum::Json(json!({
                     "images": [{"url": format!("https://v3.fal.media/files/fake/{id}.png"), "content_type": "image/png", "width": 2048, "height": 2048}],
-                    "seed": 1
+                    "seed": 1, "has_nsfw_concepts": [flagged], "timings": {"inference": 1.8}
                 }))
-                .into_response(),
+                .into_response()
+            };
+            match &job.outcome {
+                Outcome::Success => output(false),
+                Outcome::Flagged => output(true),
+                Outcome::RequestError(status, error_type) => (
+                    StatusCode::from_u16(*status).expect("status"),
+                    [("x-fal-error-type", *error_type)],
+                    axum::Json(json!({"detail": "Request timed out", "error_type": error_type})),
+                )
+                    .into_response(),
                 Outcome::Fail(message) => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     axum::Json(json!({"detail": [{"loc": ["body", "prompt"], "msg": message, "type": "value_error"}]})),
@@ -209,6 +242,9 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         ("POST", [owner, app, ..]) => {
             if let Some(step) = fake.recorder.next("submit").await {
                 return step.into_response();
+            }
+            if !MODELS.contains(&path.trim_start_matches('/')) {
+                return detail(404, "Not found");
             }
             let input: Value = serde_json::from_slice(&body).unwrap_or_default();
             if input["prompt"].as_str().is_none() {

@@ -2,6 +2,13 @@
 //! envelopes `{code, msg|message, data}`, `resultJson` as a string, and result images under
 //! `/results/`. Each job runs through `waiting → queuing → generating` for `polls` polls, then ends
 //! as `outcome` says. Scripts (endpoints `create`, `poll`) answer first.
+//!
+//! Sources of its answers: KIE's OpenAPI for createTask and recordInfo (docs.kie.ai/market/common/
+//! get-task-detail; copies in github.com/henjicc/Henji-AI docs/api/KIE/Image Models/), including the
+//! `{"code":422,"msg":"recordInfo is null","data":null}` of a task created a moment ago, and the
+//! envelope codes (docs.kie.ai/common-api: 401, 402, 404, 422, 429, 455, 500, 501, 505).
+//! unverified: KIE's exact answer to an unknown model is not documented; the fake answers the
+//! envelope's 404 ("The requested resource or endpoint does not exist").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +24,20 @@ use serde_json::{json, Value};
 use super::{authorized, png_bytes, Plan, Recorder, Server, Step};
 
 pub const KEY: &str = "kie-test-key-5ecr3t";
+
+/// The jobs-API models this fake serves: KIE's market image models the catalogs use, as the market
+/// docs list them (docs.kie.ai/market; henjicc/Henji-AI docs/api/KIE/Image Models/Seedream/004–007).
+pub const MODELS: [&str; 4] = [
+    "seedream/4.5-text-to-image",
+    "seedream/4.5-edit",
+    "bytedance/seedream-v4-text-to-image",
+    "bytedance/seedream-v4-edit",
+];
+
+/// recordInfo for a task KIE created a moment ago and does not show yet (KIE's OpenAPI example).
+pub fn record_null() -> Step {
+    Step::Json(422, json!({"code": 422, "msg": "recordInfo is null", "data": null}))
+}
 
 /// How a job ends.
 #[derive(Debug, Clone)]
@@ -59,6 +80,7 @@ impl FakeKie {
         let router = Router::new()
             .route("/api/v1/jobs/createTask", post(create))
             .route("/api/v1/jobs/recordInfo", get(record_info))
+            .route("/api/v1/chat/credit", get(credit))
             .route("/results/{name}", get(result_image));
         let (state, server) = super::start("KIE", router, |base_url| Fake {
             base_url,
@@ -139,6 +161,9 @@ async fn create(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
     if request["model"].as_str().is_none() || request["input"]["prompt"].as_str().is_none() {
         return error_under_200(422, "model and input.prompt are required").into_response();
     }
+    if !request["model"].as_str().is_some_and(|model| MODELS.contains(&model)) {
+        return error_under_200(404, "The requested resource or endpoint does not exist").into_response();
+    }
     let first = *fake.call_back_first.lock().expect("call_back_first");
     let task_id = {
         let mut jobs = fake.jobs.lock().expect("jobs");
@@ -156,6 +181,15 @@ async fn create(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         assert_eq!(status, 200, "the gateway takes a callback that comes before the createTask answer");
     }
     axum::Json(json!({"code": 200, "msg": "success", "data": {"taskId": task_id}})).into_response()
+}
+
+/// `GET /api/v1/chat/credit` (docs.kie.ai/common-api/get-account-credits): the documented example.
+async fn credit(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    fake.recorder.record(method, &uri, headers.clone(), body);
+    if !authorized(&headers, &format!("Bearer {KEY}")) {
+        return error_under_200(401, "You do not have access permissions").into_response();
+    }
+    axum::Json(json!({"code": 200, "msg": "success", "data": 100})).into_response()
 }
 
 async fn record_info(

@@ -2,7 +2,12 @@
 //! `GET /v1/predictions/{id}`, `POST /v1/predictions/{id}/cancel`, errors as `{"detail": …}`. Each
 //! prediction is `starting`, then `processing` for `polls` polls, then ends as `outcome` says.
 //! Callbacks carry the prediction, signed with Standard Webhooks. Scripts (endpoints `create`,
-//! `poll`) answer first.
+//! `poll`) answer first. `GET /v1/models/{owner}/{name}` answers the model object for the models it
+//! serves (what `providers check` asks).
+//!
+//! Sources: Replicate's prediction docs (replicate.com/docs/topics/predictions/lifecycle and
+//! /create-a-prediction: the prediction object, statuses, `{"detail": …}` errors), its webhook docs
+//! (replicate.com/docs/topics/webhooks), and its HTTP API's models.get (api.replicate.com/openapi.json).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,17 @@ use super::{authorized, png_bytes, post_callback, webhook_headers, Plan, Recorde
 pub const KEY: &str = "r8_replicate-test-token-5ecr3t";
 /// A Standard Webhooks secret: `whsec_` + base64 of the HMAC key.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The models this fake serves (`owner/name`): black-forest-labs/flux-schnell, ideogram-ai/ideogram-v3-turbo
+/// (replicate.com/ideogram-ai/ideogram-v2a/api lists the v3 family), google/nano-banana-2
+/// (replicate.com/google/nano-banana-2/versions/…/api) and bytedance/seedream-4.5 (the Replicate-only test
+/// catalog; unverified). google/imagen-4 is not among them: Google shut Imagen down on 2026-08-17.
+pub const MODELS: [&str; 4] = [
+    "black-forest-labs/flux-schnell",
+    "ideogram-ai/ideogram-v3-turbo",
+    "google/nano-banana-2",
+    "bytedance/seedream-4.5",
+];
 
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -118,6 +134,10 @@ impl FakeReplicate {
     }
 
     /// Adds a `replicate` provider pointed at this fake; callbacks off (polling).
+    pub fn base_url(&self) -> &str {
+        &self.state.base_url
+    }
+
     pub fn configure(&self, settings: &mut aio_gateway::config::Settings) {
         let provider = super::polling_provider(ProviderKind::Replicate, "Replicate", &self.state.base_url, KEY);
         settings.providers.insert("replicate".into(), provider);
@@ -186,6 +206,9 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
             if !authorized {
                 return error(401, "Unauthenticated").into_response();
             }
+            if !MODELS.contains(&format!("{owner}/{name}").as_str()) {
+                return error(404, "Not found.").into_response();
+            }
             let request: Value = serde_json::from_slice(&body).unwrap_or_default();
             if request["input"]["prompt"].as_str().is_none() {
                 return error(422, "input.prompt is required").into_response();
@@ -231,6 +254,20 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
                 prediction["error"] = Value::Null;
             }
             axum::Json(prediction).into_response()
+        }
+        ("GET", ["v1", "models", owner, name]) => {
+            if !authorized {
+                return error(401, "Unauthenticated").into_response();
+            }
+            let model = format!("{owner}/{name}");
+            if !MODELS.contains(&model.as_str()) {
+                return error(404, "Not found.").into_response();
+            }
+            axum::Json(json!({
+                "url": format!("https://replicate.com/{model}"), "owner": owner, "name": name,
+                "description": "", "visibility": "public", "run_count": 1, "latest_version": {"id": "0000"}
+            }))
+            .into_response()
         }
         ("POST", ["v1", "predictions", id, "cancel"]) => {
             if !authorized {

@@ -3,6 +3,10 @@
 //! data}`. Each job is `created`, then `processing` for `polls` polls, then ends as `outcome` says.
 //! Callbacks carry the bare prediction, signed `v3,<hex>` with the raw secret. Scripts (endpoints
 //! `submit`, `poll`) answer first.
+//!
+//! Sources: wavespeed.ai/docs/what-are-predictions and /docs/get-result (submit and result envelopes,
+//! `has_nsfw_contents`), /docs-api/webhooks (callback body). unverified: the body of WaveSpeed's answer
+//! to an unknown model path; the fake answers its usual envelope with code 404.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,10 +24,25 @@ use super::{authorized, png_bytes, post_callback, query_param, webhook_headers, 
 pub const KEY: &str = "wavespeed-test-key-5ecr3t";
 pub const SECRET: &str = "whsec_wavespeed-raw-secret";
 
+/// The model paths this fake serves (`/api/v3/{path}`), each seen in WaveSpeed's docs:
+/// bytedance/seedream-v4 and …/edit, wavespeed-ai/flux-dev (wavespeed.ai/docs/what-are-predictions,
+/// /docs/check-usage), bytedance/seedream-v4.5 and …/edit (wavespeed.ai/docs/check-billings),
+/// z-ai/cogview-4 (docs-api/z-ai/z-ai-cogview-4; unverified: page not in the stored docs).
+pub const MODELS: [&str; 6] = [
+    "bytedance/seedream-v4",
+    "bytedance/seedream-v4/edit",
+    "bytedance/seedream-v4.5",
+    "bytedance/seedream-v4.5/edit",
+    "wavespeed-ai/flux-dev",
+    "z-ai/cogview-4",
+];
+
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Success,
     Fail(&'static str),
+    /// Completed, with the image flagged by the safety checker (`has_nsfw_contents: [true]`).
+    Flagged,
 }
 
 struct Job {
@@ -177,15 +196,17 @@ impl Fake {
     fn prediction(&self, id: &str) -> Value {
         let jobs = self.jobs.lock().expect("jobs");
         let job = &jobs[id];
-        let (status, outputs, error) = match (&job.outcome, job.polls_left) {
-            (_, left) if left > 0 => ("processing", vec![], ""),
-            (Outcome::Success, _) => ("completed", vec![format!("{}/results/{id}.png", self.base_url)], ""),
-            (Outcome::Fail(reason), _) => ("failed", vec![], *reason),
+        let image = || vec![format!("{}/results/{id}.png", self.base_url)];
+        let (status, outputs, error, flags) = match (&job.outcome, job.polls_left) {
+            (_, left) if left > 0 => ("processing", vec![], "", vec![]),
+            (Outcome::Success, _) => ("completed", image(), "", vec![false]),
+            (Outcome::Flagged, _) => ("completed", image(), "", vec![true]),
+            (Outcome::Fail(reason), _) => ("failed", vec![], *reason, vec![]),
         };
         json!({
             "id": id, "model": job.model, "input": {}, "status": status, "outputs": outputs,
             "urls": {"get": format!("{}/api/v3/predictions/{id}/result", self.base_url)},
-            "has_nsfw_contents": [], "created_at": "2026-11-26T12:00:00.000Z", "error": error,
+            "has_nsfw_contents": flags, "created_at": "2026-11-26T12:00:00.000Z", "error": error,
             "timings": {"inference": 2500}
         })
     }
@@ -205,8 +226,8 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         if !authorized {
             return error(401, "Invalid API key").into_response();
         }
-        let Some(model) = path.strip_prefix("/api/v3/").filter(|m| !m.starts_with("predictions")) else {
-            return error(404, "not found").into_response();
+        let Some(model) = path.strip_prefix("/api/v3/").filter(|m| MODELS.contains(m)) else {
+            return error(404, "model not found").into_response();
         };
         let input: Value = serde_json::from_slice(&body).unwrap_or_default();
         if input["prompt"].as_str().is_none() {
@@ -233,6 +254,13 @@ async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
         let mut created = fake.prediction(&id);
         created["status"] = json!("created");
         return envelope(created);
+    }
+    if method == Method::GET && path == "/api/v3/balance" {
+        if !authorized {
+            return error(401, "Invalid API key").into_response();
+        }
+        // wavespeed.ai/docs/check-balance's example.
+        return envelope(json!({"balance": 156.78, "currency": "USD"}));
     }
     if method == Method::GET {
         let id = path.strip_prefix("/api/v3/predictions/").map(|rest| rest.trim_end_matches("/result").to_owned());
