@@ -4,6 +4,7 @@
 //! the key; [`Settings::validate`] checks only rules across fields. One file per area.
 
 mod auth;
+mod billing;
 mod catalog;
 mod durations;
 mod files;
@@ -23,6 +24,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthSettings, JwtAlgorithm, JwtSettings, SessionSettings};
+pub use billing::{Package, StripeSettings, STRIPE_SECRET_KEY_ENV, STRIPE_WEBHOOK_SECRET_ENV};
 pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
 pub use files::{FileSettings, ImageType, ResultSettings};
@@ -81,13 +83,16 @@ impl Settings {
         for provider in settings.providers.values_mut() {
             provider.read_key();
         }
+        settings.billing.stripe.read_secrets();
         Ok(settings)
     }
 
     /// Checks the rules across fields that the types cannot: every problem is reported, each naming
     /// its key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let problems: Vec<String> = self.providers.iter().flat_map(|(id, provider)| provider.problems(id)).collect();
+        let mut problems: Vec<String> =
+            self.providers.iter().flat_map(|(id, provider)| provider.problems(id)).collect();
+        problems.extend(billing::package_problems(&self.billing.packages, &self.billing.stripe));
         if problems.is_empty() {
             Ok(())
         } else {
