@@ -338,6 +338,27 @@ mod tests {
     }
 
     #[test]
+    fn billing_packages_are_checked_naming_the_key() {
+        let good = "[[billing.packages]]\nid = \"starter\"\ncredits = 1000\namount = 500\ncurrency = \"usd\"\nlabel = \"1,000 credits\"\n";
+        let settings = from_toml(good).expect("a package");
+        assert!(settings.validate().is_ok());
+        assert_eq!(settings.billing.packages[0].credits, 1000);
+        assert_eq!(settings.billing.stripe.api_base, "https://api.stripe.com");
+        let bad = format!("{good}{}", good.replace("credits = 1000", "credits = 0").replace("\"usd\"", "\"USD\""));
+        let error = from_toml(&bad).expect("parses").validate().expect_err("refused").to_string();
+        for problem in [
+            "billing.packages[1].id: `starter` is listed twice",
+            "billing.packages[1].credits",
+            "billing.packages[1].currency",
+        ] {
+            assert!(error.contains(problem), "{problem} in {error}");
+        }
+        assert!(from_toml(&format!("{good}colour = \"red\"")).is_err(), "unknown package keys are refused");
+        let settings = from_toml("[billing.stripe]\napi_base = \"stripe\"").expect("parses");
+        assert!(settings.validate().expect_err("refused").to_string().contains("billing.stripe.api_base"));
+    }
+
+    #[test]
     fn an_empty_schedule_is_refused() {
         let error = refusal("webhooks.retry_schedule", Vec::<String>::new());
         assert!(error.contains("webhooks.retry_schedule: needs at least one entry"), "{error}");
