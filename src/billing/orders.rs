@@ -60,9 +60,7 @@ pub async fn create(
     return_url: &str,
 ) -> Result<Checkout, Error> {
     if !stripe.is_configured() {
-        return Err(Error::Conflict(
-            "Online top-up is not set up on this gateway (STRIPE_SECRET_KEY is unset).".into(),
-        ));
+        return Err(stripe::not_configured());
     }
     let since = db.dialect().now_plus_secs("-86400");
     let sql =

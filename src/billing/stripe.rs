@@ -173,7 +173,8 @@ impl Client {
     }
 }
 
-fn not_configured() -> Error {
+/// The refusal of an order while `STRIPE_SECRET_KEY` is unset.
+pub fn not_configured() -> Error {
     Error::Conflict("Online top-up is not set up on this gateway (STRIPE_SECRET_KEY is unset).".into())
 }
 
