@@ -18,6 +18,14 @@ use crate::fakes::stripe::{fixture, FakeStripe, SECRET_KEY, WEBHOOK_SECRET};
 use crate::helpers::{
     assert_error, assert_ledger_consistent_on, bearer, jwt_secret, session_token, Backend, TestApp, JWT_SECRET_ENV,
 };
+use crate::storage::both;
+
+both!(
+    a_paid_order_credits_once,
+    signatures_are_checked_as_stripe_specifies,
+    a_refund_takes_back_what_is_unspent,
+    a_code_is_redeemed_once_under_a_race,
+);
 
 /// 1000 credits for $5.00.
 fn starter() -> Package {
@@ -280,16 +288,6 @@ async fn a_paid_order_credits_once(backend: Backend) {
     assert_ledger_consistent_on(&app.db).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paid_order_credits_once_on_postgres() {
-    a_paid_order_credits_once(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paid_order_credits_once_on_sqlite() {
-    a_paid_order_credits_once(Backend::Sqlite).await;
-}
-
 async fn signatures_are_checked_as_stripe_specifies(backend: Backend) {
     let stripe = FakeStripe::start().await;
     let app = spawn(backend, &stripe).await;
@@ -334,23 +332,13 @@ async fn signatures_are_checked_as_stripe_specifies(backend: Backend) {
     let second = order(&app, &key, "starter").await;
     let session = stripe.session_of_url(second["checkout_url"].as_str().unwrap());
     let payload = event("checkout.session.completed", paid(&session, "pi_3Rolled"));
-    let both =
+    let rolled =
         sign_all(&[ToSign { payload: &payload, secrets: &["whsec_expiring_old", WEBHOOK_SECRET], timestamp: None }]);
-    assert_eq!(both[0].matches(",v1=").count(), 2, "{}", both[0]);
-    let response = deliver(&app, &payload, Some(&both[0])).await;
+    assert_eq!(rolled[0].matches(",v1=").count(), 2, "{}", rolled[0]);
+    let response = deliver(&app, &payload, Some(&rolled[0])).await;
     assert_eq!(response.status(), StatusCode::OK);
     app.assert_balance(&key, 2000, 0).await;
     assert_ledger_consistent_on(&app.db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signatures_are_checked_as_stripe_specifies_on_postgres() {
-    signatures_are_checked_as_stripe_specifies(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signatures_are_checked_as_stripe_specifies_on_sqlite() {
-    signatures_are_checked_as_stripe_specifies(Backend::Sqlite).await;
 }
 
 async fn a_refund_takes_back_what_is_unspent(backend: Backend) {
@@ -408,16 +396,6 @@ async fn a_refund_takes_back_what_is_unspent(backend: Backend) {
         "ignored"
     );
     assert_ledger_consistent_on(&app.db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refund_takes_back_what_is_unspent_on_postgres() {
-    a_refund_takes_back_what_is_unspent(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refund_takes_back_what_is_unspent_on_sqlite() {
-    a_refund_takes_back_what_is_unspent(Backend::Sqlite).await;
 }
 
 async fn a_code_is_redeemed_once_under_a_race(backend: Backend) {
@@ -523,16 +501,6 @@ async fn a_code_is_redeemed_once_under_a_race(backend: Backend) {
     assert_eq!(all.json::<Value>().await.unwrap()["data"].as_array().unwrap().len(), 2);
     let own = app.get_json(&users[2].1, "/api/v1/billing/orders").await;
     assert_eq!(own["data"].as_array().unwrap().len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_code_is_redeemed_once_under_a_race_on_postgres() {
-    a_code_is_redeemed_once_under_a_race(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_code_is_redeemed_once_under_a_race_on_sqlite() {
-    a_code_is_redeemed_once_under_a_race(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
