@@ -55,10 +55,14 @@ pub struct Account {
     pub balance: i64,
     /// What its unfinished tasks have reserved.
     pub held: i64,
+    /// Credits a refund or dispute could not take back because they were already spent.
+    pub credits_owed: i64,
+    /// Set when a refund or dispute first left credits owed: the operator should look at the account.
+    pub billing_flagged_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 
-const ACCOUNT_COLUMNS: &str = "id AS account_id, name, balance, held, created_at";
+const ACCOUNT_COLUMNS: &str = "id AS account_id, name, balance, held, credits_owed, billing_flagged_at, created_at";
 
 pub async fn get(db: &Db, account_id: i64) -> sqlx::Result<Option<Account>> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");

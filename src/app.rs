@@ -108,6 +108,8 @@ impl Application {
             tracing::info!("console sessions are signed with a secret of this process: they end on restart and are not shared between replicas");
         }
         let auth = KeyAuth::new(pool.clone(), settings.auth.key_cache_ttl);
+        let stripe = &settings.billing.stripe;
+        let stripe = Arc::new(crate::billing::stripe::Client::new(&stripe.api_base, stripe.secret_key.clone())?);
         let state = AppState {
             pool,
             settings: Arc::new(settings),
@@ -120,6 +122,7 @@ impl Application {
             limits,
             jwt,
             sessions,
+            stripe,
         };
         Ok(Application { listener, metrics_listener, state })
     }

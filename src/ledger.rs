@@ -99,6 +99,16 @@ pub async fn adjust(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> 
 /// when negative (refused when it would take the balance below 0), with its reason, in one transaction.
 /// Returns its ledger row.
 pub async fn change(db: &Db, account_id: i64, amount: i64, reason: &str) -> Result<Entry, Error> {
+    let mut tx = db.begin().await?;
+    // On an error the transaction is dropped: nothing was written.
+    let entry = change_in(&mut tx, account_id, amount, reason).await?;
+    tx.commit().await?;
+    Ok(entry)
+}
+
+/// [`change`] inside the caller's transaction, for changes that must commit together with something
+/// else (a paid order, a redeemed code, a refund). Returns its ledger row.
+pub async fn change_in(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> Result<Entry, Error> {
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
         return Err(Error::Invalid(format!("`reason`: 1 to {MAX_REASON_CHARS} characters.")));
@@ -106,26 +116,23 @@ pub async fn change(db: &Db, account_id: i64, amount: i64, reason: &str) -> Resu
     if amount == 0 || amount.unsigned_abs() > MAX_AMOUNT.unsigned_abs() {
         return Err(Error::Invalid(format!("`amount`: not 0, and at most {MAX_AMOUNT} either way.")));
     }
-    let Some(before) = balance(db, account_id).await? else {
+    let before: Option<(i64, i64)> = on_tx!(tx, conn => sqlx::query_as("SELECT balance, held FROM accounts WHERE id = $1")
+        .bind(account_id)
+        .fetch_optional(conn)
+        .await)?;
+    let Some((balance, held)) = before else {
         return Err(Error::not_found("Account"));
     };
-    let mut tx = db.begin().await?;
     if amount > 0 {
-        grant(&mut tx, account_id, amount, reason).await?;
-    } else if adjust(&mut tx, account_id, amount, reason).await?.is_none() {
-        tx.rollback().await?;
-        let now = balance(db, account_id).await?.unwrap_or(before);
+        grant(tx, account_id, amount, reason).await?;
+    } else if adjust(tx, account_id, amount, reason).await?.is_none() {
         return Err(Error::Conflict(format!(
-            "Taking {} credits would leave a negative balance: the account has {} (and {} on hold, which cannot \
-             be taken).",
+            "Taking {} credits would leave a negative balance: the account has {balance} (and {held} on hold, \
+             which cannot be taken).",
             amount.unsigned_abs(),
-            now.balance,
-            now.held
         )));
     }
-    let entry = last(&mut tx, account_id).await?;
-    tx.commit().await?;
-    Ok(entry)
+    Ok(last(tx, account_id).await?)
 }
 
 async fn append(

@@ -1,6 +1,7 @@
 pub mod accounts;
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod breakers;
 pub mod catalog;
 pub mod cli;

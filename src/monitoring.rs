@@ -32,6 +32,11 @@ pub const DB_POOL_CONNECTIONS: &str = "aio_db_pool_connections";
 /// Outgoing webhook attempts, label `outcome` (`delivered`, `failed`, `dead`): incremented by the
 /// webhook deliverer through [`webhook_attempt`]: `delivered`, `retry` or `dead`.
 pub const WEBHOOK_ATTEMPTS: &str = "aio_webhook_attempts_total";
+/// Credits bought (paid orders, redeemed codes) and taken back by refunds and disputes.
+pub const CREDITS_TOPPED_UP: &str = "aio_credits_topped_up_total";
+pub const CREDITS_REVERSED: &str = "aio_credits_reversed_total";
+/// Stripe webhook deliveries, by `outcome` (`applied`, `duplicate`, `ignored`, `refused`).
+pub const STRIPE_EVENTS: &str = "aio_stripe_events_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -79,6 +84,9 @@ fn describe() {
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by reason (key, concurrency).");
     describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections of this process, by state (in_use, idle).");
     describe_counter!(WEBHOOK_ATTEMPTS, "Outgoing webhook delivery attempts, by outcome.");
+    describe_counter!(CREDITS_TOPPED_UP, "Credits bought: paid orders and redeemed codes.");
+    describe_counter!(CREDITS_REVERSED, "Credits taken back by refunds and disputes.");
+    describe_counter!(STRIPE_EVENTS, "Stripe webhook deliveries, by outcome.");
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -134,6 +142,20 @@ pub fn rate_limited(reason: &'static str) {
 /// For the webhook deliverer: one delivery attempt and how it ended.
 pub fn webhook_attempt(outcome: &'static str) {
     counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// Credits bought (positive) or taken back (negative), after the change committed.
+pub fn top_up(credits: i64) {
+    if credits >= 0 {
+        counter!(CREDITS_TOPPED_UP).increment(credits.unsigned_abs());
+    } else {
+        counter!(CREDITS_REVERSED).increment(credits.unsigned_abs());
+    }
+}
+
+/// One Stripe webhook delivery and what became of it.
+pub fn stripe_event(outcome: &'static str) {
+    counter!(STRIPE_EVENTS, "outcome" => outcome).increment(1);
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.

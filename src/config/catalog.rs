@@ -30,11 +30,14 @@ impl Default for CatalogSettings {
 pub struct BillingSettings {
     #[serde(deserialize_with = "usd_per_credit")]
     pub usd_per_credit: f64,
+    /// `[[billing.packages]]`: what users can buy through Stripe Checkout.
+    pub packages: Vec<super::billing::Package>,
+    pub stripe: super::billing::StripeSettings,
 }
 
 impl Default for BillingSettings {
     fn default() -> Self {
-        Self { usd_per_credit: 0.01 }
+        Self { usd_per_credit: 0.01, packages: Vec::new(), stripe: Default::default() }
     }
 }
 

@@ -7,6 +7,7 @@
 //! names); one given in the environment or as a default is relative to the working folder.
 
 mod auth;
+mod billing;
 mod catalog;
 mod durations;
 mod files;
@@ -26,6 +27,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthSettings, JwtAlgorithm, JwtSettings, SessionSettings};
+pub use billing::{Package, StripeSettings, STRIPE_SECRET_KEY_ENV, STRIPE_WEBHOOK_SECRET_ENV};
 pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
 pub use files::{FileSettings, ImageType, ResultSettings};
@@ -84,6 +86,7 @@ impl Settings {
         for provider in settings.providers.values_mut() {
             provider.read_key();
         }
+        settings.billing.stripe.read_secrets();
         Ok(settings)
     }
 
@@ -126,7 +129,9 @@ impl Settings {
     /// Checks the rules across fields that the types cannot: every problem is reported, each naming
     /// its key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let problems: Vec<String> = self.providers.iter().flat_map(|(id, provider)| provider.problems(id)).collect();
+        let mut problems: Vec<String> =
+            self.providers.iter().flat_map(|(id, provider)| provider.problems(id)).collect();
+        problems.extend(billing::package_problems(&self.billing.packages, &self.billing.stripe));
         if problems.is_empty() {
             Ok(())
         } else {
@@ -382,6 +387,27 @@ mod tests {
         node.base_url = Some("http://127.0.0.1:8081".into());
         node.api_key_env = Some("NODE30_API_KEY".into());
         assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn billing_packages_are_checked_naming_the_key() {
+        let good = "[[billing.packages]]\nid = \"starter\"\ncredits = 1000\namount = 500\ncurrency = \"usd\"\nlabel = \"1,000 credits\"\n";
+        let settings = from_toml(good).expect("a package");
+        assert!(settings.validate().is_ok());
+        assert_eq!(settings.billing.packages[0].credits, 1000);
+        assert_eq!(settings.billing.stripe.api_base, "https://api.stripe.com");
+        let bad = format!("{good}{}", good.replace("credits = 1000", "credits = 0").replace("\"usd\"", "\"USD\""));
+        let error = from_toml(&bad).expect("parses").validate().expect_err("refused").to_string();
+        for problem in [
+            "billing.packages[1].id: `starter` is listed twice",
+            "billing.packages[1].credits",
+            "billing.packages[1].currency",
+        ] {
+            assert!(error.contains(problem), "{problem} in {error}");
+        }
+        assert!(from_toml(&format!("{good}colour = \"red\"")).is_err(), "unknown package keys are refused");
+        let settings = from_toml("[billing.stripe]\napi_base = \"stripe\"").expect("parses");
+        assert!(settings.validate().expect_err("refused").to_string().contains("billing.stripe.api_base"));
     }
 
     #[test]

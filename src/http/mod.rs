@@ -81,6 +81,13 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/tasks/{task_id}/deliveries/retry", post(deliveries::retry))
         .route("/api/v1/billing/credits", get(billing::credits))
         .route("/billing/credits", get(billing::credits_alias))
+        // Top-up (issue 21): packages, Stripe Checkout orders, Stripe's webhook, redemption codes.
+        .route("/api/v1/billing/packages", get(billing::packages))
+        .route("/api/v1/billing/orders", get(billing::list_orders).post(billing::create_order))
+        .route("/api/v1/billing/stripe/webhook", post(billing::stripe_webhook))
+        .route("/api/v1/billing/redeem", post(billing::redeem))
+        .route("/api/v1/admin/orders", get(billing::list_all_orders))
+        .route("/api/v1/admin/redemption-codes", post(billing::create_codes))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/models", get(models::list))
         .route("/api/v1/models/{model_id}", get(models::get))

@@ -30,4 +30,6 @@ pub struct AppState {
     pub jwt: Option<Arc<JwtAuth>>,
     /// Signs and checks the web console's session cookies.
     pub sessions: Arc<SessionSigner>,
+    /// Stripe's API, for top-up orders.
+    pub stripe: Arc<crate::billing::stripe::Client>,
 }

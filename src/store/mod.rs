@@ -35,6 +35,9 @@ pub const TABLES: &[&str] = &[
     "webhook_deliveries",
     "webhook_attempts",
     "idempotency_keys",
+    "orders",
+    "stripe_events",
+    "redemption_codes",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.

@@ -8,7 +8,7 @@ use crate::helpers::spawn_app;
 
 /// Every public route of the router, as `(method, path)`; the console's HTML page and assets
 /// (`/`, `/console`, `/console/assets/{name}`) are not API and stay out of the document.
-const ROUTES: [(&str, &str); 28] = [
+const ROUTES: [(&str, &str); 35] = [
     ("post", "/api/v1/images/generations"),
     ("get", "/api/v1/tasks"),
     ("get", "/api/v1/tasks/{task_id}"),
@@ -37,6 +37,13 @@ const ROUTES: [(&str, &str); 28] = [
     ("delete", "/api/v1/session"),
     ("get", "/api/v1/webhooks/secret"),
     ("post", "/api/v1/webhooks/secret/rotate"),
+    ("get", "/api/v1/billing/packages"),
+    ("get", "/api/v1/billing/orders"),
+    ("post", "/api/v1/billing/orders"),
+    ("post", "/api/v1/billing/stripe/webhook"),
+    ("post", "/api/v1/billing/redeem"),
+    ("get", "/api/v1/admin/orders"),
+    ("post", "/api/v1/admin/redemption-codes"),
 ];
 
 fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {

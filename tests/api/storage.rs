@@ -38,6 +38,8 @@ macro_rules! both {
         }
     )*};
 }
+// Other suites that run on both backends use it too (`use crate::storage::both;`).
+pub(crate) use both;
 
 both!(
     accounts_and_keys,

@@ -8,13 +8,14 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
+import { startFakeStripe } from './fake-stripe.mjs';
 
 const run = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -36,6 +37,11 @@ let admin; // { key, account }
 let user; // { key, account }
 let userPage;
 let ranTaskId;
+let stripe; // the fake Stripe (./fake-stripe.mjs)
+const STRIPE_SECRET_KEY = 'sk_test_console_e2e';
+const STRIPE_WEBHOOK_SECRET = 'whsec_console_e2e';
+// The shipped config and one package on sale (billing.md).
+const config = join(work, 'gateway.toml');
 
 function freePort() {
   return new Promise((done, fail) => {
@@ -62,6 +68,9 @@ const environment = (port) => {
     AIO__BOOTSTRAP__CREDITS: '1000',
     // The bootstrap account (1) signs in as admin; every other account as a user.
     AIO__AUTH__SESSION__ADMIN_ACCOUNTS: '1',
+    AIO__BILLING__STRIPE__API_BASE: stripe ? stripe.base : 'http://127.0.0.1:9',
+    STRIPE_SECRET_KEY,
+    STRIPE_WEBHOOK_SECRET,
     RUST_LOG: 'warn',
   };
 }
@@ -124,9 +133,15 @@ before(async () => {
   mkdirSync(docs, { recursive: true });
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
+  writeFileSync(config, readFileSync(join(root, 'config/gateway.toml'), 'utf8') +
+    '\n[[billing.packages]]\nid = "starter"\ncredits = 1000\namount = 500\ncurrency = "usd"\nlabel = "1,000 credits"\n');
+  stripe = await startFakeStripe({
+    root, secretKey: STRIPE_SECRET_KEY, webhookSecret: () => STRIPE_WEBHOOK_SECRET,
+    webhookUrl: () => `${base}/api/v1/billing/stripe/webhook`,
+  });
   const log = openSync(join(work, 'gateway.log'), 'w');
   const out = openSync(join(work, 'gateway.out'), 'w');
-  gateway = spawn(binary, ['--config', join(root, 'config/gateway.toml'), 'serve'], { env: environment(port), cwd: root, stdio: ['ignore', out, log] });
+  gateway = spawn(binary, ['--config', config, 'serve'], { env: environment(port), cwd: root, stdio: ['ignore', out, log] });
   for (let i = 0; ; i++) {
     try {
       const response = await fetch(base + '/readyz');
@@ -147,6 +162,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
+  await stripe?.close();
   if (gateway && gateway.exitCode === null) {
     gateway.kill('SIGTERM');
     await new Promise((r) => gateway.once('exit', r));
@@ -359,6 +375,41 @@ test('a user cannot reach the admin page', async () => {
   await adminPage.locator('#page-admin tr[data-account] >> text=e2e-created').waitFor(WAIT);
   await shot(adminPage, '09-admin');
   assert.deepEqual(adminPage.problems, [], 'no script errors or CSP violations');
+  await adminPage.context().close();
+});
+
+test('Buy opens the fake Stripe Checkout; paying sends the signed webhook and the balance goes up once', async () => {
+  const page = userPage;
+  const before = (await credits(user.key)).balance;
+  await page.goto(base + '/console#/billing');
+  const buy = page.locator('button[data-buy="starter"]');
+  await buy.waitFor(WAIT);
+  await shot(page, '08-billing');
+  await buy.click();
+  await page.waitForURL((url) => url.href.startsWith(stripe.base + '/c/pay/cs_test_'), WAIT);
+  assert.match(await page.textContent('h1'), /Pay 5\.00 USD/);
+  await page.click('#pay');
+  // Back on the console, with the payment confirmed by the webhook (sent before the redirect).
+  await page.waitForURL((url) => url.href.startsWith(base + '/console#/billing?order=ord_') && url.href.endsWith('result=paid'), WAIT);
+  await page.locator('#billing-message .ok').waitFor(WAIT);
+  assert.equal(stripe.deliveries.length, 1);
+  assert.equal(stripe.deliveries[0].status, 200);
+  assert.equal(await page.textContent('#billing-balance'), String(before + 1000));
+  const order = new URL(page.url().replace('#/billing?', '?')).searchParams.get('order');
+  await page.locator(`#orders tr[data-order="${order}"] .status[data-status="paid"]`).waitFor(WAIT);
+  await shot(page, '09-billing-paid');
+
+  // Stripe delivers the same event again: the balance does not move.
+  const replay = await stripe.deliver(stripe.deliveries[0].payload);
+  assert.equal(replay.status, 200);
+  assert.equal((await replay.json()).outcome, 'duplicate');
+  assert.equal((await credits(user.key)).balance, before + 1000);
+
+  // An admin sees every account's orders.
+  const adminPage = await signIn(admin.key);
+  await adminPage.goto(base + '/console#/billing');
+  await adminPage.locator(`#all-orders tr[data-order="${order}"]`).waitFor(WAIT);
+  assert.deepEqual([...page.problems, ...adminPage.problems], []);
   await adminPage.context().close();
 });
 

@@ -5,6 +5,7 @@ pub mod fal;
 pub mod kie;
 pub mod openai;
 pub mod replicate;
+pub mod stripe;
 pub mod wavespeed;
 
 use std::collections::{HashMap, VecDeque};
