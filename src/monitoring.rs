@@ -31,6 +31,8 @@ pub const DB_POOL_CONNECTIONS: &str = "aio_db_pool_connections";
 /// Outgoing webhook attempts, label `outcome` (`delivered`, `failed`, `dead`): incremented by the
 /// webhook deliverer through [`webhook_attempt`]: `delivered`, `retry` or `dead`.
 pub const WEBHOOK_ATTEMPTS: &str = "aio_webhook_attempts_total";
+pub const RETENTION_PURGED: &str = "aio_retention_purged_total";
+pub const RETENTION_RUNS: &str = "aio_retention_runs_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -78,6 +80,11 @@ fn describe() {
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by reason (key, concurrency).");
     describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections of this process, by state (in_use, idle).");
     describe_counter!(WEBHOOK_ATTEMPTS, "Outgoing webhook delivery attempts, by outcome.");
+    describe_counter!(RETENTION_PURGED, "What the retention purge removed, by kind (files, tasks).");
+    describe_counter!(
+        RETENTION_RUNS,
+        "Retention purge runs, by outcome (done, skipped: another replica holds the lease, failed)."
+    );
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -133,6 +140,15 @@ pub fn rate_limited(reason: &'static str) {
 /// For the webhook deliverer: one delivery attempt and how it ended.
 pub fn webhook_attempt(outcome: &'static str) {
     counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// For the retention purge: `count` things of `kind` (files, tasks) removed.
+pub fn retention_purged(kind: &'static str, count: u64) {
+    counter!(RETENTION_PURGED, "kind" => kind).increment(count);
+}
+
+pub fn retention_run(outcome: &'static str) {
+    counter!(RETENTION_RUNS, "outcome" => outcome).increment(1);
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthSettings, JwtAlgorithm, JwtSettings, SessionSettings};
 pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
-pub use files::{FileSettings, ImageType, ResultSettings};
+pub use files::{FileSettings, ImageType, ResultSettings, RetentionSettings, S3Settings, StoreKind};
 pub use providers::{ProviderKind, ProviderSettings};
 pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
@@ -50,6 +50,7 @@ pub struct Settings {
     pub tasks: TaskSettings,
     pub files: FileSettings,
     pub results: ResultSettings,
+    pub retention: RetentionSettings,
     pub webhooks: WebhookSettings,
     pub log: LogSettings,
     pub rate_limit: RateLimitSettings,
@@ -87,7 +88,11 @@ impl Settings {
     /// Checks the rules across fields that the types cannot: every problem is reported, each naming
     /// its key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let problems: Vec<String> = self.providers.iter().flat_map(|(id, provider)| provider.problems(id)).collect();
+        let mut problems: Vec<String> =
+            self.providers.iter().flat_map(|(id, provider)| provider.problems(id)).collect();
+        if self.files.store == StoreKind::S3 && self.files.s3.bucket.is_empty() {
+            problems.push("files.s3.bucket: needed when files.store = \"s3\"".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -35,6 +35,8 @@ pub const TABLES: &[&str] = &[
     "webhook_deliveries",
     "webhook_attempts",
     "idempotency_keys",
+    "signing_keys",
+    "job_leases",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.

@@ -11,6 +11,7 @@ mod dashboard;
 mod failover;
 mod fakes;
 mod fal;
+mod files;
 mod flow;
 mod guard;
 mod helpers;
@@ -29,6 +30,7 @@ mod recovery;
 mod rehost;
 // Stopping and restarting a private cluster serves the reliability suite only.
 mod replicate;
+mod retention;
 mod schema;
 #[allow(dead_code)]
 mod services;

@@ -38,7 +38,7 @@ async fn app(fake: &FakeKie, configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// The task's one image URL must be the gateway's own, serving exactly the fake's image.
 async fn assert_served_by_the_gateway(app: &TestApp, task: &serde_json::Value) {
     let url = task["output"]["images"][0]["url"].as_str().expect("an image URL");
-    assert!(url.starts_with(&format!("{}/files/", app.address)) && url.ends_with(".png"), "{url}");
+    assert!(url.starts_with(&format!("{}/files/", app.address)) && url.contains(".png?exp="), "{url}");
     let response = app.client.get(url).send().await.expect("GET the image");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("image/png"));
