@@ -98,6 +98,7 @@ impl Drop for ClaimGuard<'_> {
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)] // the parts app.rs wires together, each once
     pub fn new(
         pool: Db,
         providers: Providers,
