@@ -478,3 +478,25 @@ impl Rehost {
         Ok(self.files.url(&name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ByteRange;
+
+    #[test]
+    fn one_byte_range_is_read_and_fitted_to_the_file() {
+        let within = |header: &str, size: u64| ByteRange::parse(header).and_then(|r| r.within(size));
+        assert_eq!(within("bytes=0-9", 100), Some(0..10));
+        assert_eq!(within("bytes=90-200", 100), Some(90..100));
+        assert_eq!(within("bytes=50-", 100), Some(50..100));
+        assert_eq!(within("bytes=-10", 100), Some(90..100));
+        assert_eq!(within("bytes=-500", 100), Some(0..100));
+        // Unsatisfiable: a 416.
+        assert_eq!(ByteRange::parse("bytes=100-").map(|r| r.within(100)), Some(None));
+        assert_eq!(ByteRange::parse("bytes=-0").map(|r| r.within(100)), Some(None));
+        // Not one byte range: the whole file.
+        for ignored in ["bytes=0-1,5-9", "items=0-9", "bytes=9-0", "bytes=a-b", "bytes=-", ""] {
+            assert_eq!(ByteRange::parse(ignored), None, "{ignored}");
+        }
+    }
+}

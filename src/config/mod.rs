@@ -171,6 +171,9 @@ mod tests {
             "tasks.max_in_flight",
             "results.max_bytes",
             "results.timeout_secs",
+            "files.link_ttl_secs",
+            "retention.interval_secs",
+            "retention.batch_size",
             "webhooks.timeout_secs",
             "webhooks.tick_ms",
             "webhooks.max_in_flight",
@@ -335,6 +338,18 @@ mod tests {
         node.base_url = Some("http://127.0.0.1:8081".into());
         node.api_key_env = Some("NODE30_API_KEY".into());
         assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn the_file_store_is_local_or_s3_and_s3_needs_a_bucket() {
+        assert!(refusal("files.store", "gcs").contains("files.store: `gcs` is not one of local, s3"));
+        let defaults = Settings::default();
+        assert_eq!((defaults.files.store, defaults.files.link_ttl), (StoreKind::Local, Duration::from_secs(86_400)));
+        assert_eq!((defaults.retention.results_days, defaults.retention.tasks_days), (0, 0), "kept forever");
+        let s3 = from_toml("[files]\nstore = \"s3\"\n[files.s3]\nendpoint = \"http://minio:9000\"\npath_style = true")
+            .expect("s3");
+        assert!(s3.validate().expect_err("no bucket").to_string().contains("files.s3.bucket"));
+        assert!(refusal("files.public_base_url", "cdn").contains("files.public_base_url"));
     }
 
     #[test]

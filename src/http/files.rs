@@ -35,6 +35,7 @@ pub struct LinkQuery {
     responses(
         (status = 200, description = "The image.", body = String, content_type = "image/png"),
         (status = 206, description = "The requested byte range of the image.", body = String, content_type = "image/png"),
+        (status = 400, description = "`exp` is not a number.", body = ErrorEnvelope),
         (status = 403, description = "The link has expired or is not valid: read the task again for a fresh one.", body = ErrorEnvelope),
         (status = 404, description = "No such file.", body = ErrorEnvelope),
         (status = 416, description = "The range lies outside the file.", body = ErrorEnvelope),

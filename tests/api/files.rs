@@ -11,8 +11,9 @@ use reqwest::header::{ACCEPT_RANGES, CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE,
 use reqwest::StatusCode;
 use sha2::Sha256;
 
+use crate::fakes::kie::{self, FakeKie};
 use crate::helpers::{assert_error, TestApp};
-use crate::services;
+use crate::{rehost, services};
 
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
@@ -163,6 +164,54 @@ async fn results_go_to_the_s3_bucket_and_are_served_from_it_in_ranges() {
     assert_eq!(served, stored, "the gateway serves the bucket's bytes");
     assert_ranges(&app, &url).await;
     assert!(app.file_store().await.exists(&name).await, "another replica's store finds it");
+}
+
+/// What the bucket holds (listed with the S3 client, not through the gateway).
+async fn bucket_keys(bucket: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let client = object_store::aws::AmazonS3Builder::from_env()
+        .with_endpoint(services::s3_url())
+        .with_allow_http(true)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .build()
+        .expect("an S3 client");
+    let listing: Vec<_> = object_store::ObjectStore::list(&client, None).try_collect().await.expect("list the bucket");
+    listing.into_iter().map(|meta| meta.location.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_rehosted_result_streams_into_s3_within_the_limits() {
+    let fake = FakeKie::start().await;
+    let bucket = services::new_bucket().await;
+    let app = rehost::app(&fake, |settings| {
+        rehost::rehosting(settings);
+        s3(&bucket, "")(settings);
+    })
+    .await;
+    let (_, key) = app.new_account(100).await;
+    let done = app.run_seed(&key).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let link = done["output"]["images"][0]["url"].as_str().expect("link");
+    let served = app.client.get(link).send().await.expect("GET").bytes().await.expect("bytes");
+    assert_eq!(served.as_ref(), kie::result_png().as_slice(), "byte-identical to the upstream image");
+    assert_eq!(bucket_keys(&bucket).await, [parts(link).0]);
+
+    // Too large: the task fails, costs nothing, and the upload leaves nothing in the bucket.
+    let fake = FakeKie::start().await;
+    let bucket = services::new_bucket().await;
+    let app = rehost::app(&fake, |settings| {
+        rehost::rehosting(settings);
+        s3(&bucket, "")(settings);
+        settings.results.max_bytes = std::num::NonZeroU64::new(16).unwrap();
+    })
+    .await;
+    let (_, key) = app.new_account(100).await;
+    let done = app.run_seed(&key).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(done["error"]["message"].as_str().is_some_and(|m| m.contains("larger than 16 bytes")), "{done}");
+    app.assert_balance(&key, 100, 0).await;
+    assert!(bucket_keys(&bucket).await.is_empty());
 }
 
 #[tokio::test]

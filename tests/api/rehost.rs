@@ -15,14 +15,14 @@ use crate::helpers::{assert_ledger_consistent, spawn_app_only_on, TestApp};
 
 /// Rehosting on, with the outbound guard opened for the fake (http on 127.0.0.1) as a deployment
 /// would list a private image host.
-fn rehosting(settings: &mut Settings) {
+pub(crate) fn rehosting(settings: &mut Settings) {
     settings.results.rehost = true;
     settings.webhooks.allow_http = true;
     settings.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
 }
 
 /// Seedream 4.5 on the fake KIE only, jobs done at the first poll, then `configure`; driven (no loops).
-async fn app(fake: &FakeKie, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn app(fake: &FakeKie, configure: impl FnOnce(&mut Settings)) -> TestApp {
     fake.polls(0);
     TestApp::builder()
         .catalog("kie_only.toml")
