@@ -18,6 +18,7 @@ use crate::files::{FileStore, Rehost};
 use crate::jwt::{JwtAuth, SessionSigner};
 use crate::providers::Providers;
 use crate::ratelimit::RateLimiter;
+use crate::retention::Retention;
 use crate::url_guard::{Guard, SystemResolver};
 use crate::webhooks::Webhooks;
 
@@ -73,7 +74,8 @@ impl Application {
                 "staging mode: catalog.allow_simulated_fallback keeps simulated routes beside real ones; simulated images are billed"
             ),
         }
-        let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
+        let link_key = crate::files::link_key(&pool).await.context("reading the file link key")?;
+        let files = FileStore::from_settings(&settings.files, &settings.server.public_base_url, link_key)?;
         let providers = Providers::from_settings(&settings, &pool, &files)?;
         let guard = Arc::new(Guard::new(&settings.webhooks));
         let rehost = if settings.results.rehost {
@@ -97,6 +99,7 @@ impl Application {
             &settings,
             Arc::clone(&webhooks),
             rehost,
+            files.clone(),
         );
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
         let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
@@ -147,6 +150,11 @@ impl Application {
         let engine_loop = role.runs_engine().then(|| background.spawn(Arc::clone(&engine).run(shutdown.clone())));
         let webhooks =
             role.runs_engine().then(|| background.spawn(Arc::clone(&self.state.webhooks).run(shutdown.clone())));
+        let retention =
+            Retention::new(self.state.pool.clone(), self.state.files.clone(), self.state.settings.retention.clone());
+        if role.runs_engine() && retention.enabled() {
+            background.spawn(retention.run(shutdown.clone()));
+        }
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let metrics = self.metrics_listener.map(|listener| {
             let router = crate::http::metrics_router(self.state.clone());

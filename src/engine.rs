@@ -21,7 +21,7 @@ use crate::breakers::{Breakers, Gate};
 use crate::catalog::{Catalog, CreateRequest};
 use crate::config::{Settings, TaskSettings};
 use crate::error::Error;
-use crate::files::{Rehost, RehostError};
+use crate::files::{FileStore, Rehost, RehostError};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::monitoring;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted, LOST, UNAVAILABLE};
@@ -64,6 +64,8 @@ pub struct Engine {
     breakers: Breakers,
     /// `results.rehost`: result images are copied into the file store before the task settles.
     rehost: Option<Rehost>,
+    /// Signs the file links in webhook bodies.
+    files: FileStore,
     settings: TaskSettings,
     /// Settling a task with a `callback_url` enqueues its webhook; the delivery loop is woken for it.
     webhooks: Arc<Webhooks>,
@@ -96,6 +98,7 @@ impl Drop for ClaimGuard<'_> {
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)] // the parts app.rs wires together, each once
     pub fn new(
         pool: Db,
         providers: Providers,
@@ -104,6 +107,7 @@ impl Engine {
         settings: &Settings,
         webhooks: Arc<Webhooks>,
         rehost: Option<Rehost>,
+        files: FileStore,
     ) -> Arc<Engine> {
         let fast_path = settings.server.role.runs_engine();
         let settings = settings.tasks.clone();
@@ -117,6 +121,7 @@ impl Engine {
             fast_path,
             breakers,
             rehost,
+            files,
             settings,
             webhooks,
             runner,
@@ -462,7 +467,9 @@ impl Engine {
     }
 
     async fn finish(&self, task: &Task, outcome: Outcome) -> sqlx::Result<()> {
-        if let Some(settled) = tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay()).await? {
+        if let Some(settled) =
+            tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay(), &self.files).await?
+        {
             let code = settled.error.as_ref().map(|e| e.code);
             tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
             let error_code = code.map(TaskErrorCode::as_str);

@@ -18,6 +18,7 @@ pub mod monitoring;
 pub mod paging;
 pub mod providers;
 pub mod ratelimit;
+pub mod retention;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;

@@ -37,6 +37,8 @@ pub const CREDITS_TOPPED_UP: &str = "aio_credits_topped_up_total";
 pub const CREDITS_REVERSED: &str = "aio_credits_reversed_total";
 /// Stripe webhook deliveries, by `outcome` (`applied`, `duplicate`, `ignored`, `refused`).
 pub const STRIPE_EVENTS: &str = "aio_stripe_events_total";
+pub const RETENTION_PURGED: &str = "aio_retention_purged_total";
+pub const RETENTION_RUNS: &str = "aio_retention_runs_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -87,6 +89,11 @@ fn describe() {
     describe_counter!(CREDITS_TOPPED_UP, "Credits bought: paid orders and redeemed codes.");
     describe_counter!(CREDITS_REVERSED, "Credits taken back by refunds and disputes.");
     describe_counter!(STRIPE_EVENTS, "Stripe webhook deliveries, by outcome.");
+    describe_counter!(RETENTION_PURGED, "What the retention purge removed, by kind (files, tasks).");
+    describe_counter!(
+        RETENTION_RUNS,
+        "Retention purge runs, by outcome (done, skipped: another replica holds the lease, failed)."
+    );
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -156,6 +163,15 @@ pub fn top_up(credits: i64) {
 /// One Stripe webhook delivery and what became of it.
 pub fn stripe_event(outcome: &'static str) {
     counter!(STRIPE_EVENTS, "outcome" => outcome).increment(1);
+}
+
+/// For the retention purge: `count` things of `kind` (files, tasks) removed.
+pub fn retention_purged(kind: &'static str, count: u64) {
+    counter!(RETENTION_PURGED, "kind" => kind).increment(count);
+}
+
+pub fn retention_run(outcome: &'static str) {
+    counter!(RETENTION_RUNS, "outcome" => outcome).increment(1);
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.

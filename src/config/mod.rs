@@ -30,7 +30,7 @@ pub use auth::{AuthSettings, JwtAlgorithm, JwtSettings, SessionSettings};
 pub use billing::{Package, StripeSettings, STRIPE_SECRET_KEY_ENV, STRIPE_WEBHOOK_SECRET_ENV};
 pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
-pub use files::{FileSettings, ImageType, ResultSettings};
+pub use files::{FileSettings, ImageType, ResultSettings, RetentionSettings, S3Settings, StoreKind};
 pub use providers::{ProviderKind, ProviderMode, ProviderSettings};
 pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
@@ -55,6 +55,7 @@ pub struct Settings {
     pub tasks: TaskSettings,
     pub files: FileSettings,
     pub results: ResultSettings,
+    pub retention: RetentionSettings,
     pub webhooks: WebhookSettings,
     pub log: LogSettings,
     pub rate_limit: RateLimitSettings,
@@ -132,6 +133,9 @@ impl Settings {
         let mut problems: Vec<String> =
             self.providers.iter().flat_map(|(id, provider)| provider.problems(id)).collect();
         problems.extend(billing::package_problems(&self.billing.packages, &self.billing.stripe));
+        if self.files.store == StoreKind::S3 && self.files.s3.bucket.is_empty() {
+            problems.push("files.s3.bucket: needed when files.store = \"s3\"".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -223,6 +227,9 @@ mod tests {
             "tasks.max_in_flight",
             "results.max_bytes",
             "results.timeout_secs",
+            "files.link_ttl_secs",
+            "retention.interval_secs",
+            "retention.batch_size",
             "webhooks.timeout_secs",
             "webhooks.tick_ms",
             "webhooks.max_in_flight",
@@ -408,6 +415,18 @@ mod tests {
         assert!(from_toml(&format!("{good}colour = \"red\"")).is_err(), "unknown package keys are refused");
         let settings = from_toml("[billing.stripe]\napi_base = \"stripe\"").expect("parses");
         assert!(settings.validate().expect_err("refused").to_string().contains("billing.stripe.api_base"));
+    }
+
+    #[test]
+    fn the_file_store_is_local_or_s3_and_s3_needs_a_bucket() {
+        assert!(refusal("files.store", "gcs").contains("files.store: `gcs` is not one of local, s3"));
+        let defaults = Settings::default();
+        assert_eq!((defaults.files.store, defaults.files.link_ttl), (StoreKind::Local, Duration::from_secs(86_400)));
+        assert_eq!((defaults.retention.results_days, defaults.retention.tasks_days), (0, 0), "kept forever");
+        let s3 = from_toml("[files]\nstore = \"s3\"\n[files.s3]\nendpoint = \"http://minio:9000\"\npath_style = true")
+            .expect("s3");
+        assert!(s3.validate().expect_err("no bucket").to_string().contains("files.s3.bucket"));
+        assert!(refusal("files.public_base_url", "cdn").contains("files.public_base_url"));
     }
 
     #[test]

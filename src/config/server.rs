@@ -92,7 +92,7 @@ mod metrics_address {
     }
 }
 
-fn base_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+pub(super) fn base_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let url = String::deserialize(deserializer)?;
     if !url.is_empty() && reqwest::Url::parse(&url).is_err() {
         return Err(D::Error::custom("not a URL like https://gateway.example.com"));

@@ -41,5 +41,5 @@ pub async fn create(
     let _slot = state.limits.create_permit()?;
     let task = state.engine.create(caller.account_id, request, key).await?;
     let location = format!("/api/v1/tasks/{}", task.id);
-    Ok(([(LOCATION, location)], Json(TaskView::from(&task))))
+    Ok(([(LOCATION, location)], Json(TaskView::from(&task).with_links(|url| state.files.link(url)))))
 }

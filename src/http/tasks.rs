@@ -31,8 +31,10 @@ pub async fn get(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task = tasks::get(&state.pool, caller.account_id, &task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
-    Ok(Json(TaskView::from(&task)))
+    let Some(task) = tasks::get(&state.pool, caller.account_id, &task_id).await? else {
+        return Err(tasks::missing(&state.pool, caller.account_id, &task_id).await.into());
+    };
+    Ok(Json(TaskView::from(&task).with_links(|url| state.files.link(url))))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -87,5 +89,8 @@ pub async fn list(
     let cursor = paging::cursor("cursor", query.cursor.as_deref(), tasks::cursor)?;
     let page = tasks::list(&state.pool, caller.account_id, limit, cursor, status, query.model.as_deref()).await?;
     let next_cursor = paging::next_cursor(&page, limit, |t| &t.id);
-    Ok(Json(TaskPage { data: page.iter().map(TaskView::from).collect(), next_cursor }))
+    Ok(Json(TaskPage {
+        data: page.iter().map(|t| TaskView::from(t).with_links(|url| state.files.link(url))).collect(),
+        next_cursor,
+    }))
 }

@@ -105,7 +105,7 @@ pub async fn usage(
         summary: UsageSummary { tasks: total, succeeded, failed, unfinished, credits_charged },
         tasks: UsageTasks {
             next_cursor: paging::next_cursor(&task_rows, limit, |t| &t.id),
-            data: task_rows.iter().map(TaskView::from).collect(),
+            data: task_rows.iter().map(|t| TaskView::from(t).with_links(|url| state.files.link(url))).collect(),
         },
         ledger: UsageLedger { next_cursor: paging::next_cursor(&entries, limit, |e| &e.id), data: entries },
     }))

@@ -38,6 +38,8 @@ pub const TABLES: &[&str] = &[
     "orders",
     "stripe_events",
     "redemption_codes",
+    "signing_keys",
+    "job_leases",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.

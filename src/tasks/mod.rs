@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 
 use crate::error::Error;
+use crate::files::FileStore;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ledger::{self, UsageFilter};
 use crate::store::{self, Db, Dialect, Tx, WorkQueue};
@@ -453,7 +454,13 @@ pub enum Outcome {
 /// The terminal transition, its settlement and, for a task with a `callback_url`, its webhook delivery
 /// (due after `webhook_delay`), in one transaction. Returns the settled task when this call made the
 /// transition, `None` when the task was already terminal (someone else settled).
-pub async fn settle(db: &Db, task_id: &str, outcome: Outcome, webhook_delay: Duration) -> sqlx::Result<Option<Task>> {
+pub async fn settle(
+    db: &Db,
+    task_id: &str,
+    outcome: Outcome,
+    webhook_delay: Duration,
+    files: &FileStore,
+) -> sqlx::Result<Option<Task>> {
     let mut tx = db.begin().await?;
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
@@ -476,7 +483,7 @@ pub async fn settle(db: &Db, task_id: &str, outcome: Outcome, webhook_delay: Dur
         return Ok(None);
     };
     settle_credits(&mut tx, &task).await?;
-    if let Some(event) = webhook_event(&task) {
+    if let Some(event) = webhook_event(&task, files) {
         queue::enqueue(&mut tx, &event, webhook_delay).await?;
     }
     tx.commit().await?;
@@ -490,16 +497,36 @@ async fn settle_credits(tx: &mut Tx, task: &Task) -> sqlx::Result<()> {
     }
 }
 
-/// The event a task's webhook reports: its task object as it is now, for its `callback_url`.
-pub fn webhook_event(task: &Task) -> Option<Event<'_>> {
+/// The event a task's webhook reports: its task object as it is now (its file links signed now), for
+/// its `callback_url`.
+pub fn webhook_event<'a>(task: &'a Task, files: &FileStore) -> Option<Event<'a>> {
     let url = task.callback_url.as_deref()?;
     // A view of strings and numbers always serialises; an empty body would still be delivered and logged.
-    let body = serde_json::to_vec(&TaskView::from(task)).unwrap_or_default();
+    let body = serde_json::to_vec(&TaskView::from(task).with_links(|url| files.link(url))).unwrap_or_default();
     Some(Event { task_id: &task.id, account_id: task.account_id, url, body })
 }
 
+/// The answer for a task id that names no task of the account: a task the retention purge removed
+/// still has its ledger rows, and then the 404 says it expired.
+pub async fn missing(db: &Db, account_id: i64, task_id: &str) -> Error {
+    let ledger: sqlx::Result<Option<i64>> = on_db!(db, pool => sqlx::query_scalar(
+        "SELECT id FROM ledger WHERE account_id = $1 AND task_id = $2 LIMIT 1",
+    )
+    .bind(account_id)
+    .bind(task_id)
+    .fetch_optional(pool)
+    .await);
+    match ledger {
+        Ok(Some(_)) => Error::NotFound(format!(
+            "Task {task_id} has expired: finished tasks are removed after the retention period. Its credits are in the ledger."
+        )),
+        Ok(None) => Error::not_found("Task"),
+        Err(error) => error.into(),
+    }
+}
+
 /// `POST /api/v1/tasks/{task_id}/deliveries/retry`: a new delivery, due now, of a finished task's event.
-pub async fn resend_webhook(db: &Db, account_id: i64, task_id: &str) -> Result<Delivery, Error> {
+pub async fn resend_webhook(db: &Db, account_id: i64, task_id: &str, files: &FileStore) -> Result<Delivery, Error> {
     let task = get(db, account_id, task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
     if !task.status.is_terminal() {
         return Err(Error::Conflict(format!(
@@ -507,7 +534,7 @@ pub async fn resend_webhook(db: &Db, account_id: i64, task_id: &str) -> Result<D
             task.id
         )));
     }
-    let Some(event) = webhook_event(&task) else {
+    let Some(event) = webhook_event(&task, files) else {
         return Err(Error::Conflict(format!("Task {} has no callback_url; there is no webhook to send.", task.id)));
     };
     Ok(queue::enqueue_retry(db, &event).await?)

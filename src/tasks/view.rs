@@ -45,6 +45,17 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+impl TaskView {
+    /// The view with each image URL replaced by `link` of it: the file store signs its own links
+    /// afresh on every read (`FileStore::link`).
+    pub fn with_links(mut self, link: impl Fn(&str) -> String) -> TaskView {
+        for image in self.output.iter_mut().flat_map(|output| output.images.iter_mut()) {
+            image.url = link(&image.url);
+        }
+        self
+    }
+}
+
 impl From<&Task> for TaskView {
     fn from(task: &Task) -> Self {
         let (charged, state) = match task.status {

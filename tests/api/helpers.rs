@@ -405,6 +405,18 @@ impl TestApp {
         }
     }
 
+    /// The folder of the app's local file store.
+    pub fn files_dir(&self) -> &Path {
+        &self.settings.files.dir
+    }
+
+    /// The app's file store as another replica on the same database would build it: the same
+    /// settings, and the link key from the database.
+    pub async fn file_store(&self) -> aio_gateway::files::FileStore {
+        let key = aio_gateway::files::link_key(&self.db).await.expect("the link key");
+        aio_gateway::files::FileStore::from_settings(&self.settings.files, &self.address, key).expect("the file store")
+    }
+
     /// Whether no engine or webhook loop runs: the test drives them ([`AppBuilder::driven`]).
     pub fn is_driven(&self) -> bool {
         !self.settings.server.role.runs_engine()
@@ -446,6 +458,12 @@ impl TestApp {
             self.advance().await;
         }
     }
+}
+
+/// A local file store for domain calls that need one only to sign links (no file is written).
+pub fn test_files() -> aio_gateway::files::FileStore {
+    let dir = std::env::temp_dir().join("aio-test-files");
+    aio_gateway::files::FileStore::new(dir, "http://127.0.0.1:1").expect("a file store")
 }
 
 pub fn http_client() -> reqwest::Client {

@@ -9,7 +9,7 @@ use aio_gateway::tasks::{self, Outcome, OutputImage, TaskError, TaskErrorCode, T
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_ledger_consistent, ledger_of, spawn_app, spawn_app_with};
+use crate::helpers::{self, assert_error, assert_ledger_consistent, ledger_of, spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_never_spend_more_than_the_balance() {
@@ -104,7 +104,8 @@ async fn racing_settlements_settle_each_task_once() {
                 } else {
                     Outcome::Failed(TaskError { code: TaskErrorCode::UpstreamFailed, message: "raced".into() })
                 };
-                let settled = tasks::settle(&pool, &id, outcome, Duration::ZERO).await.expect("settle");
+                let settled =
+                    tasks::settle(&pool, &id, outcome, Duration::ZERO, &helpers::test_files()).await.expect("settle");
                 (id, settled.map(|task| task.status))
             }));
         }
@@ -142,6 +143,7 @@ async fn racing_settlements_settle_each_task_once() {
         &ids[0],
         Outcome::Failed(TaskError { code: TaskErrorCode::Timeout, message: "late".into() }),
         Duration::ZERO,
+        &helpers::test_files(),
     )
     .await
     .expect("settle");

@@ -13,6 +13,7 @@ mod dashboard;
 mod failover;
 mod fakes;
 mod fal;
+mod files;
 mod flow;
 mod guard;
 mod helpers;
@@ -32,6 +33,7 @@ mod recovery;
 mod rehost;
 // Stopping and restarting a private cluster serves the reliability suite only.
 mod replicate;
+mod retention;
 mod schema;
 #[allow(dead_code)]
 mod services;

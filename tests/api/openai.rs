@@ -21,7 +21,7 @@ async fn a_b64_json_result_is_stored_and_served_under_files_after_one_request() 
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(!done.to_string().contains(openai::KEY));
     let url = done["output"]["images"][0]["url"].as_str().expect("url");
-    assert!(url.starts_with(&format!("{}/files/", app.address)) && url.ends_with(".png"), "{url}");
+    assert!(url.starts_with(&format!("{}/files/", app.address)) && url.contains(".png?exp="), "{url}");
     let served = app.client.get(url).send().await.expect("GET the file");
     assert_eq!(served.status(), reqwest::StatusCode::OK);
     assert_eq!(served.bytes().await.expect("bytes").to_vec(), openai::image());

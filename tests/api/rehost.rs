@@ -15,14 +15,14 @@ use crate::helpers::{assert_ledger_consistent, spawn_app_only_on, TestApp};
 
 /// Rehosting on, with the outbound guard opened for the fake (http on 127.0.0.1) as a deployment
 /// would list a private image host.
-fn rehosting(settings: &mut Settings) {
+pub(crate) fn rehosting(settings: &mut Settings) {
     settings.results.rehost = true;
     settings.webhooks.allow_http = true;
     settings.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
 }
 
 /// Seedream 4.5 on the fake KIE only, jobs done at the first poll, then `configure`; driven (no loops).
-async fn app(fake: &FakeKie, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn app(fake: &FakeKie, configure: impl FnOnce(&mut Settings)) -> TestApp {
     fake.polls(0);
     TestApp::builder()
         .catalog("kie_only.toml")
@@ -38,7 +38,7 @@ async fn app(fake: &FakeKie, configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// The task's one image URL must be the gateway's own, serving exactly the fake's image.
 async fn assert_served_by_the_gateway(app: &TestApp, task: &serde_json::Value) {
     let url = task["output"]["images"][0]["url"].as_str().expect("an image URL");
-    assert!(url.starts_with(&format!("{}/files/", app.address)) && url.ends_with(".png"), "{url}");
+    assert!(url.starts_with(&format!("{}/files/", app.address)) && url.contains(".png?exp="), "{url}");
     let response = app.client.get(url).send().await.expect("GET the image");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("image/png"));

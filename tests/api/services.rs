@@ -7,6 +7,11 @@
 //! shared servers and starts the private ones. A private server lives as long as the test binary: a
 //! watchdog process stops it (and removes its directory) when the binary exits, however it exits.
 //!
+//! S3: `AIO_TEST_S3_URL` (an S3-compatible endpoint that accepts any credentials); else a private
+//! `moto_server` (PyPI `moto[server]`, installed into `.venv` by `.ci/files`) on a free port, found as
+//! `AIO_TEST_MOTO_SERVER`, `.venv/bin/moto_server` or on `PATH`. Missing, the tests that need it fail,
+//! saying what to run; they never pass without it.
+//!
 //! [`Cluster`] is also the reliability suite's own PostgreSQL, which a test stops and starts.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,6 +57,72 @@ pub fn redis_url() -> String {
         start_redis()
     });
     server.clone().unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// The S3-compatible server the tests use (`http://host:port`, path-style), with the standard
+/// `AWS_*` credential variables set for this process (the gateway reads them as in production).
+/// Panics like [`postgres_server`].
+pub fn s3_url() -> String {
+    static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        // Set once, before the first store is built; moto accepts any key.
+        std::env::set_var("AWS_ACCESS_KEY_ID", "aio-test-access-key");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "aio-test-secret-key");
+        if let Ok(url) = std::env::var("AIO_TEST_S3_URL") {
+            return Ok(url.trim_end_matches('/').to_owned());
+        }
+        start_moto()
+    });
+    server.clone().unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Creates a new, empty bucket on [`s3_url`] and returns its name (S3's own REST call, `PUT /{bucket}`).
+pub async fn new_bucket() -> String {
+    let name = format!("aio-test-{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
+    let response = reqwest::Client::new().put(format!("{}/{name}", s3_url())).send().await.expect("create a bucket");
+    assert!(response.status().is_success(), "create bucket {name}: {}", response.status());
+    name
+}
+
+/// A private `moto_server`, stopped when this process exits (like [`start_redis`]).
+pub fn start_moto() -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    let binary = std::env::var_os("AIO_TEST_MOTO_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| venv.exists().then_some(venv.clone()))
+        .or_else(|| which("moto_server"))
+        .ok_or_else(|| {
+            format!(
+                "no S3-compatible server for the object-storage tests: moto_server was not found (looked in \
+                 AIO_TEST_MOTO_SERVER, {}, PATH): run ./.ci/files (pip install 'moto[server]') or set \
+                 AIO_TEST_S3_URL",
+                venv.display()
+            )
+        })?;
+    let port = free_port();
+    let mut child = Command::new("sh")
+        .args(["-c", r#""$@" & server=$!; read _ignored; kill $server; wait $server"#, "sh"])
+        .arg(&binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", binary.display()))?;
+    let stdin = child.stdin.take().ok_or("moto_server's shell has no stdin")?;
+    // moto imports a lot of Python before it listens.
+    for _ in 0..600 {
+        if answers(port) {
+            hold_until_exit(child, stdin);
+            return Ok(format!("http://127.0.0.1:{port}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stdin);
+    let _ = child.wait();
+    Err(format!("{} did not start listening on 127.0.0.1:{port}", binary.display()))
 }
 
 fn private_services() -> bool {

@@ -20,7 +20,7 @@ use aio_gateway::webhooks::queue::{self, Attempt, DeliveryStatus, Next, Trigger}
 use aio_gateway::webhooks::secrets;
 use chrono::{Duration as Age, Utc};
 
-use crate::helpers::{assert_ledger_consistent_on, Backend, TestStore};
+use crate::helpers::{self, assert_ledger_consistent_on, Backend, TestStore};
 
 /// One `#[tokio::test]` per backend for each `async fn(Backend)` named.
 macro_rules! both {
@@ -193,7 +193,10 @@ async fn ledger_operations(backend: Backend) {
     tx.rollback().await.expect("rollback");
 
     // A second settlement of one task is refused by the database itself.
-    tasks::settle(db, &held.id, succeeded(), Duration::ZERO).await.expect("settle").expect("settled now");
+    tasks::settle(db, &held.id, succeeded(), Duration::ZERO, &helpers::test_files())
+        .await
+        .expect("settle")
+        .expect("settled now");
     assert_eq!(balance(db, account).await, (10, 0));
     let mut tx = db.begin().await.expect("begin");
     assert!(ledger::release(&mut tx, account, &held.id, PRICE).await.is_err(), "released after a capture");
@@ -208,7 +211,10 @@ async fn ledger_operations(backend: Backend) {
         tasks::create(db, new_task(&tasks::new_task_id(), account, &prompt, None, None)).await.expect("create"),
         Created::Insufficient { available: 0 }
     ));
-    tasks::settle(db, &other.id, failed(), Duration::ZERO).await.expect("settle").expect("settled now");
+    tasks::settle(db, &other.id, failed(), Duration::ZERO, &helpers::test_files())
+        .await
+        .expect("settle")
+        .expect("settled now");
     assert_eq!(balance(db, account).await, (12, 0));
 
     let kinds: Vec<(String, i64)> =
@@ -276,10 +282,16 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     let rescheduled = tasks::get(db, account, &task.id).await.expect("get").expect("found");
     assert_eq!((rescheduled.attempts, rescheduled.upstream_id.as_deref()), (1, Some("up-1")));
 
-    let settled = tasks::settle(db, &task.id, succeeded(), Duration::ZERO).await.expect("settle").expect("settled now");
+    let settled = tasks::settle(db, &task.id, succeeded(), Duration::ZERO, &helpers::test_files())
+        .await
+        .expect("settle")
+        .expect("settled now");
     assert_eq!(settled.status, TaskStatus::Succeeded);
     assert!(settled.completed_at.is_some());
-    assert!(tasks::settle(db, &task.id, failed(), Duration::ZERO).await.expect("settle").is_none(), "settled once");
+    assert!(
+        tasks::settle(db, &task.id, failed(), Duration::ZERO, &helpers::test_files()).await.expect("settle").is_none(),
+        "settled once"
+    );
     assert_eq!(balance(db, account).await, (88, 0));
     assert_eq!(tasks::count_open(db).await.expect("count"), (0, 0));
 
@@ -320,7 +332,8 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     let retried = queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim");
     assert_eq!((retried.len(), retried[0].attempts), (1, 1));
     queue::record(db, &attempt(Some(204)), Next::Delivered).await.expect("record");
-    let manual = tasks::resend_webhook(db, settled.account_id, &settled.id).await.expect("manual retry");
+    let manual =
+        tasks::resend_webhook(db, settled.account_id, &settled.id, &helpers::test_files()).await.expect("manual retry");
     assert_eq!((manual.trigger, manual.webhook_id.as_str()), (Trigger::Manual, delivery.webhook_id.as_str()));
     assert_eq!(manual.body, delivery.body, "the same event, byte for byte");
     let history = queue::list_for_task(db, &task.id).await.expect("history");
@@ -444,7 +457,10 @@ async fn crash_recovery(backend: Backend) {
             panic!("a job without delay is done");
         };
         let outcome = Outcome::Succeeded(TaskOutput { images });
-        assert!(tasks::settle(db, &task.id, outcome, Duration::ZERO).await.expect("settle").is_some());
+        assert!(tasks::settle(db, &task.id, outcome, Duration::ZERO, &helpers::test_files())
+            .await
+            .expect("settle")
+            .is_some());
     }
     // A graceful stop hands leases back at once; settled tasks are not claimed again.
     assert_eq!(tasks::release(db, &ids).await.expect("release"), 0);

@@ -33,7 +33,7 @@ const PRICE: i64 = 12;
 const CLIENTS: usize = 24;
 const DEADLINE_SECS: &str = "15";
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let probe = TcpListener::bind("127.0.0.1:0").expect("find a free port");
     probe.local_addr().expect("probe address").port()
 }
@@ -41,7 +41,7 @@ fn free_port() -> u16 {
 /// The settings both gateways share: the KIE-only catalog pointed at the chaos upstream (signed
 /// callbacks, polling as the fallback every second), a short deadline, quick webhook retries to the
 /// loopback receiver, a breaker that rests briefly, and no rate limit.
-fn gateway_env(upstream: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn gateway_env(upstream: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AIO__CATALOG__MODELS_PATH", catalog("kie_only.toml").display().to_string()),
         ("KIE_API_KEY", KEY.into()),
@@ -66,7 +66,7 @@ fn gateway_env(upstream: &str) -> Vec<(&'static str, String)> {
 }
 
 /// A gateway process (role `all`) on `port`, logging to `{dir}/{name}.log`.
-async fn start_gateway(
+pub(crate) async fn start_gateway(
     database_url: &str,
     dir: &Path,
     name: &str,
@@ -83,7 +83,7 @@ async fn start_gateway(
     gateway
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client")
 }
 
@@ -277,7 +277,7 @@ async fn money_survives_crashes_restarts_and_a_hostile_upstream() {
 
 /// Waits (bounded) until no webhook delivery is still scheduled; the check afterwards accepts
 /// scheduled ones, so this only makes the delivered ones count.
-async fn wait_webhooks(pool: &PgPool) {
+pub(crate) async fn wait_webhooks(pool: &PgPool) {
     let give_up = Instant::now() + Duration::from_secs(30);
     while Instant::now() < give_up {
         let (pending,): (i64,) = sqlx::query_as("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")

@@ -20,5 +20,6 @@ mod receiver;
 mod services;
 
 mod faults;
+mod replicas;
 mod traffic;
 mod upstream;
