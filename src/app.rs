@@ -1,6 +1,5 @@
 //! The application: shared state, building it from settings, serving until shutdown.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use crate::store::Db;
@@ -21,6 +20,7 @@ use crate::ratelimit::RateLimiter;
 use crate::url_guard::{Guard, SystemResolver};
 use crate::webhooks::Webhooks;
 
+use crate::http::serve::{self, ConnectionLimits};
 use crate::http::AppState;
 
 pub struct Application {
@@ -134,14 +134,13 @@ impl Application {
         let webhooks =
             role.runs_engine().then(|| background.spawn(Arc::clone(&self.state.webhooks).run(shutdown.clone())));
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
+        let limits = ConnectionLimits::of(&self.state.settings.server);
         let metrics = self.metrics_listener.map(|listener| {
             let router = crate::http::metrics_router(self.state.clone());
-            let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            background.spawn(serve.into_future())
+            background.spawn(serve::serve(listener, router, limits, shutdown.clone()))
         });
         let router = crate::http::router(self.state);
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = background.spawn(serve.into_future());
+        let mut server = background.spawn(serve::serve(self.listener, router, limits, shutdown.clone()));
         background.close();
         tokio::select! {
             _ = shutdown.cancelled() => {}

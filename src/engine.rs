@@ -318,7 +318,7 @@ impl Engine {
         let mut tried = 0;
         for (provider_id, upstream_model) in &routes {
             let Some(provider) = self.providers.get(provider_id) else { continue };
-            if !self.breakers.allow(provider_id, upstream_model) {
+            if !self.breakers.allow(provider_id, upstream_model, task.account_id) {
                 continue;
             }
             if (provider_id, upstream_model) != (&task.provider, &task.upstream_model)
@@ -349,7 +349,8 @@ impl Engine {
             let result = provider.submit(request).await;
             monitoring::upstream_call(provider_id, "submit", started, result.as_ref().err().map(|e| e.retriable));
             match &result {
-                Err(error) if error.retriable => self.breakers.failed(provider_id, upstream_model),
+                Err(error) if error.counts_against_route() => self.breakers.failed(provider_id, upstream_model),
+                Err(error) if error.retriable => self.breakers.neutral(provider_id, upstream_model),
                 _ => self.breakers.succeeded(provider_id, upstream_model),
             }
             match result {

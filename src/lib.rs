@@ -17,6 +17,7 @@ pub mod monitoring;
 pub mod paging;
 pub mod providers;
 pub mod ratelimit;
+pub mod sessions;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;

@@ -10,6 +10,14 @@ use super::ProviderError;
 use crate::config::ProviderSettings;
 use crate::tasks::TaskErrorCode;
 
+/// Whether a provider's error text blames the request (its input) rather than the provider.
+fn reads_like_validation(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    ["invalid", "validation", "must be", "not allowed", "unsupported", "too long", "too large", "out of range"]
+        .iter()
+        .any(|word| detail.contains(word))
+}
+
 /// The neutral message for an upstream account problem: never the provider's own words.
 pub const UNAVAILABLE: &str = "The provider is unavailable.";
 
@@ -89,6 +97,15 @@ impl Upstream {
         // Some providers quote the key they were given: it never reaches a message or the log.
         let detail = &self.redact(detail);
         match code {
+            500 if reads_like_validation(detail) => {
+                // A request the provider could not process, by the looks of it: retried, but not held
+                // against the route, or any client could open the breaker every account shares.
+                tracing::warn!(provider = %self.id, code, detail = %short(detail), "provider failed on this request");
+                ProviderError {
+                    blame: super::Blame::Request,
+                    ..ProviderError::retriable(format!("The provider answered {code}; retrying."))
+                }
+            }
             429 | 500 | 502..=504 => {
                 tracing::warn!(provider = %self.id, code, detail = %short(detail), "provider busy or failing");
                 ProviderError::retriable(format!("The provider answered {code}; retrying."))

@@ -35,6 +35,7 @@ pub const TABLES: &[&str] = &[
     "webhook_deliveries",
     "webhook_attempts",
     "idempotency_keys",
+    "signed_out_sessions",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.

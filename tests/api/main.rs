@@ -30,6 +30,7 @@ mod rehost;
 // Stopping and restarting a private cluster serves the reliability suite only.
 mod replicate;
 mod schema;
+mod security;
 #[allow(dead_code)]
 mod services;
 mod session;
