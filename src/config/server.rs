@@ -34,7 +34,7 @@ pub struct ServerSettings {
     /// kept-alive one its next request); otherwise it is closed.
     #[serde(rename = "header_read_timeout_secs", with = "durations::positive_secs")]
     pub header_read_timeout: Duration,
-    /// `request_body_timeout_secs`. A request body must arrive within this long (else `408`).
+    /// `request_body_timeout_secs`. A request body must arrive within this long (else it is refused).
     #[serde(rename = "request_body_timeout_secs", with = "durations::positive_secs")]
     pub request_body_timeout: Duration,
     /// `idle_timeout_secs`. A connection on which no byte moves either way for this long is closed

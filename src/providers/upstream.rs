@@ -127,3 +127,28 @@ impl Upstream {
         ProviderError::permanent(TaskErrorCode::UpstreamFailed, UNAVAILABLE)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::Blame;
+
+    #[test]
+    fn only_provider_failures_count_against_a_route() {
+        assert!(ProviderError::retriable("503").counts_against_route());
+        assert!(!ProviderError::local("our database").counts_against_route());
+        assert!(!ProviderError::permanent(TaskErrorCode::UpstreamRejected, "bad input").counts_against_route());
+        assert!(reads_like_validation("Invalid prompt: must be at most 1000 characters"));
+        assert!(!reads_like_validation("CUDA out of memory"));
+        let upstream = Upstream {
+            id: "p".into(),
+            http: reqwest::Client::new(),
+            base_url: "https://p.example".into(),
+            key: SecretString::from("k"),
+        };
+        let content = upstream.error_for(500, "validation error: image_size is not allowed");
+        assert!(content.retriable && content.blame == Blame::Request && !content.counts_against_route());
+        assert!(upstream.error_for(500, "internal error").counts_against_route());
+        assert!(upstream.error_for(503, "busy").counts_against_route());
+    }
+}

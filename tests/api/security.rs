@@ -519,3 +519,96 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn an_origin_with_another_scheme_is_cross_site() {
+    let app = TestApp::builder()
+        .configure(|s| s.server.public_base_url = "https://gateway.example.com".into())
+        .driven()
+        .spawn()
+        .await;
+    let (_, key) = app.new_account(100).await;
+    let response =
+        app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": key})).send().await.expect("sign in");
+    let set_cookie = response.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()).expect("Set-Cookie").to_owned();
+    assert!(set_cookie.starts_with("__Host-aio_session=") && set_cookie.contains("Secure"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().expect("pair").to_owned();
+    // The gateway is reached over https: a plain-http page on the same host is another origin.
+    let http_origin = app.address.clone();
+    let forged = app
+        .client
+        .post(app.url("/api/v1/images/generations"))
+        .header(COOKIE, &cookie)
+        .header("origin", &http_origin)
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_error(forged, StatusCode::FORBIDDEN, "forbidden").await;
+    let https_origin = http_origin.replacen("http://", "https://", 1);
+    let same = app
+        .client
+        .post(app.url("/api/v1/images/generations"))
+        .header(COOKIE, &cookie)
+        .header("origin", &https_origin)
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .expect("POST");
+    assert!(same.status().is_success(), "{}", same.status());
+}
+
+#[tokio::test]
+async fn callbacks_bring_a_poll_forward_at_most_once_per_spacing() {
+    let app = TestApp::builder().driven().spawn().await;
+    let (_, key) = app.new_account(100).await;
+    let task = app.create_ok(&key, json!({"prompt": "x [simulate:delay=600000]"})).await;
+    let task_id = task["task_id"].as_str().expect("task_id").to_owned();
+    app.run_pending().await;
+    assert_eq!(app.get_task(&key, &task_id).await["status"], "running");
+    let later = "UPDATE tasks SET next_poll_at = now() + interval '1 hour' WHERE id = $1";
+    let due = "SELECT count(*) FROM tasks WHERE id = $1 AND next_poll_at <= now()";
+    let is_due = |sql: &'static str| {
+        let pool = app.pool().clone();
+        let id = task_id.clone();
+        async move { sqlx::query_as::<_, (i64,)>(sql).bind(id).fetch_one(&pool).await.expect("query").0 == 1 }
+    };
+    sqlx::query(later).bind(&task_id).execute(app.pool()).await.expect("schedule");
+    aio_gateway::tasks::callback_arrived(&app.db, &task_id).await.expect("callback");
+    assert!(is_due(due).await, "the first callback is looked at now");
+    // The poll it triggered happened; a flood of callbacks right after does not poll again now.
+    sqlx::query(later).bind(&task_id).execute(app.pool()).await.expect("schedule");
+    for _ in 0..20 {
+        aio_gateway::tasks::callback_arrived(&app.db, &task_id).await.expect("callback");
+    }
+    assert!(!is_due(due).await, "not polled again at once");
+    let soon = "SELECT count(*) FROM tasks WHERE id = $1 AND next_poll_at <= now() + interval '3 seconds'";
+    assert!(is_due(soon).await, "but soon, not after the usual wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_key_can_go_to_a_private_file_instead_of_stdout() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("folder");
+    let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+    let key_file = dir.path().join("bootstrap-key");
+    let file = key_file.to_str().expect("path");
+    let env = [("AIO__BOOTSTRAP__ENABLED", "true"), ("AIO__BOOTSTRAP__KEY_FILE", file)];
+    let mut gateway =
+        crate::helpers::Gateway::start_with(&url, &dir.path().join("files"), &dir.path().join("log"), "all", &env);
+    let client = crate::helpers::http_client();
+    gateway.ready(&client).await;
+    let key = std::fs::read_to_string(&key_file).expect("the key file");
+    let mode = std::fs::metadata(&key_file).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let credits = client
+        .get(format!("{}/api/v1/billing/credits", gateway.address))
+        .header(AUTHORIZATION, bearer(key.trim()))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(credits.status(), StatusCode::OK);
+    let log = std::fs::read_to_string(dir.path().join("log")).expect("log");
+    assert!(!log.contains(key.trim()), "the key is in no log");
+    gateway.kill();
+}
