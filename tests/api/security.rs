@@ -4,13 +4,10 @@
 //! oracle, keys multiplying rate limits, forged request ids, and the smaller findings.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aio_gateway::config::{parse_duration, Settings};
 use aio_gateway::jwt::Role;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -19,18 +16,7 @@ use crate::helpers::{
     assert_error, assert_ledger_consistent, bearer, jwt_secret, session_token, spawn_dashboard_app_with, TestApp,
 };
 use crate::receiver::{Receiver, Reply};
-
-/// Webhooks to loopback receivers on a driven gateway: http allowed, 127.0.0.0/8 opened, this retry
-/// schedule.
-fn loopback(schedule: &'static str) -> impl FnOnce(&mut Settings) {
-    move |settings| {
-        let webhooks = &mut settings.webhooks;
-        webhooks.allow_http = true;
-        webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
-        webhooks.retry_schedule = schedule.split(',').map(|d| parse_duration(d).expect("duration")).collect();
-        webhooks.timeout = Duration::from_secs(2);
-    }
-}
+use crate::webhooks::{loopback, TestHosts};
 
 async fn driven_with_receiver(schedule: &'static str) -> (TestApp, Receiver, String) {
     let app = TestApp::builder().configure(loopback(schedule)).driven().spawn().await;
@@ -284,18 +270,6 @@ async fn embedded_ipv4_prefixes_are_refused_and_urls_are_stored_normalised() {
 
 // 7. The delivery log is no SSRF oracle.
 
-struct TestHosts(HashMap<&'static str, IpAddr>);
-
-impl Resolve for TestHosts {
-    fn resolve(&self, name: Name) -> Resolving {
-        let found = self.0.get(name.as_str()).copied();
-        Box::pin(async move {
-            let ip = found.ok_or("name not known")?;
-            Ok(Box::new(std::iter::once(SocketAddr::new(ip, 0))) as Addrs)
-        })
-    }
-}
-
 #[tokio::test]
 async fn delivery_errors_do_not_tell_private_names_from_unknown_ones_and_private_answers_stay_unread() {
     let hosts = TestHosts(HashMap::from([("internal.test", "10.1.2.3".parse().expect("ip"))]));
@@ -534,27 +508,17 @@ async fn an_origin_with_another_scheme_is_cross_site() {
     assert!(set_cookie.starts_with("__Host-aio_session=") && set_cookie.contains("Secure"), "{set_cookie}");
     let cookie = set_cookie.split(';').next().expect("pair").to_owned();
     // The gateway is reached over https: a plain-http page on the same host is another origin.
-    let http_origin = app.address.clone();
-    let forged = app
-        .client
-        .post(app.url("/api/v1/images/generations"))
-        .header(COOKIE, &cookie)
-        .header("origin", &http_origin)
-        .json(&json!({"prompt": "x"}))
-        .send()
-        .await
-        .expect("POST");
+    let create_from = |origin: String| {
+        app.client
+            .post(app.url("/api/v1/images/generations"))
+            .header(COOKIE, &cookie)
+            .header("origin", origin)
+            .json(&json!({"prompt": "x"}))
+            .send()
+    };
+    let forged = create_from(app.address.clone()).await.expect("POST");
     assert_error(forged, StatusCode::FORBIDDEN, "forbidden").await;
-    let https_origin = http_origin.replacen("http://", "https://", 1);
-    let same = app
-        .client
-        .post(app.url("/api/v1/images/generations"))
-        .header(COOKIE, &cookie)
-        .header("origin", &https_origin)
-        .json(&json!({"prompt": "x"}))
-        .send()
-        .await
-        .expect("POST");
+    let same = create_from(app.address.replacen("http://", "https://", 1)).await.expect("POST");
     assert!(same.status().is_success(), "{}", same.status());
 }
 

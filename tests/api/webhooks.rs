@@ -20,7 +20,7 @@ use crate::receiver::{Receiver, Reply};
 
 /// Webhooks to loopback receivers: http allowed, 127.0.0.0/8 opened, a fast loop, a short timeout, and
 /// this retry schedule (comma-separated, as in the environment).
-fn loopback(schedule: &str) -> impl FnOnce(&mut Settings) + '_ {
+pub fn loopback(schedule: &str) -> impl FnOnce(&mut Settings) + '_ {
     move |settings| {
         let webhooks = &mut settings.webhooks;
         webhooks.allow_http = true;
@@ -364,7 +364,7 @@ async fn a_pending_delivery_survives_a_restart() {
 }
 
 /// Test host names: each maps to one address; anything else is unknown (never real DNS).
-struct TestHosts(HashMap<&'static str, IpAddr>);
+pub struct TestHosts(pub HashMap<&'static str, IpAddr>);
 
 impl Resolve for TestHosts {
     fn resolve(&self, name: Name) -> Resolving {
