@@ -441,6 +441,23 @@ async fn a_connection_that_never_finishes_its_request_head_is_closed() {
 }
 
 #[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.server.idle_timeout = Duration::from_secs(1);
+            s.server.header_read_timeout = Duration::from_secs(60);
+        })
+        .driven()
+        .spawn()
+        .await;
+    let mut idle = tokio::net::TcpStream::connect(address_of(&app)).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n").await.expect("one request, kept alive");
+    let answer = read_until_closed(&mut idle, Duration::from_secs(30)).await.expect("closed once idle");
+    assert!(answer.starts_with("HTTP/1.1 200"), "the request was answered first: {answer}");
+}
+
+#[tokio::test]
 async fn a_request_body_that_never_arrives_is_cut_off() {
     use tokio::io::AsyncWriteExt;
     let app =
