@@ -147,6 +147,33 @@ async fn a_receiver_answering_nul_bytes_gets_its_attempts_counted_and_the_delive
     assert_eq!(receiver.received().len(), 2, "sent exactly as often as scheduled");
 }
 
+#[tokio::test]
+async fn an_attempt_whose_details_the_database_refuses_still_counts() {
+    let (app, receiver, key) = driven_with_receiver("0s,0s").await;
+    receiver.script([Reply::Status(500), Reply::Status(500)]);
+    // The database refuses the attempt's detail, as PostgreSQL refused a NUL byte in it.
+    for statement in [
+        "CREATE FUNCTION refuse_details() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.error LIKE 'HTTP %' THEN RAISE EXCEPTION 'refused detail'; END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER refuse_details BEFORE INSERT ON webhook_attempts FOR EACH ROW EXECUTE FUNCTION refuse_details()",
+    ] {
+        sqlx::query(statement).execute(app.pool()).await.expect("install the trigger");
+    }
+    let task_id = task_with_callback(&app, &key, &receiver.url).await;
+    // Before the fix the attempt was never recorded and the delivery re-sent forever: this never settled.
+    app.settle_all().await;
+    let log = app.get_json(&key, &format!("/api/v1/tasks/{task_id}/deliveries")).await;
+    let delivery = &log["data"][0];
+    assert_eq!(delivery["status"], "dead", "{log}");
+    let attempts = delivery["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{log}");
+    assert!(attempts.iter().all(|a| a["error"] == "The attempt's details could not be recorded."), "{log}");
+    assert_eq!(receiver.received().len(), 2, "sent exactly as often as scheduled");
+}
+
 // 4. Sessions end with their key and at sign-out; minting a key needs a fresh sign-in.
 
 async fn sign_in(app: &TestApp, key: &str) -> String {
