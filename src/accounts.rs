@@ -175,3 +175,14 @@ pub async fn list_keys(db: &Db, account_id: i64) -> anyhow::Result<Vec<KeyInfo>>
     .fetch_all(pool)
     .await)?)
 }
+
+/// The account's active keys: neither revoked nor expired.
+pub async fn count_active_keys(db: &Db, account_id: i64) -> sqlx::Result<i64> {
+    let sql = format!(
+        "SELECT count(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL
+                                         AND (expires_at IS NULL OR expires_at > {})",
+        db.dialect().now()
+    );
+    let (count,): (i64,) = on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).fetch_one(pool).await)?;
+    Ok(count)
+}

@@ -1,6 +1,5 @@
 //! The application: shared state, building it from settings, serving until shutdown.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use crate::store::Db;
@@ -22,6 +21,7 @@ use crate::retention::Retention;
 use crate::url_guard::{Guard, SystemResolver};
 use crate::webhooks::Webhooks;
 
+use crate::http::serve::{self, ConnectionLimits};
 use crate::http::AppState;
 
 pub struct Application {
@@ -156,14 +156,13 @@ impl Application {
             background.spawn(retention.run(shutdown.clone()));
         }
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
+        let limits = ConnectionLimits::of(&self.state.settings.server);
         let metrics = self.metrics_listener.map(|listener| {
             let router = crate::http::metrics_router(self.state.clone());
-            let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            background.spawn(serve.into_future())
+            background.spawn(serve::serve(listener, router, limits, shutdown.clone()))
         });
         let router = crate::http::router(self.state);
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = background.spawn(serve.into_future());
+        let mut server = background.spawn(serve::serve(self.listener, router, limits, shutdown.clone()));
         background.close();
         tokio::select! {
             _ = shutdown.cancelled() => {}

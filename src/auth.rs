@@ -73,19 +73,38 @@ pub struct KeyAuth {
     db: Db,
     /// Keyed by the full hash: a hit proves the caller holds the whole key.
     cache: moka::sync::Cache<KeyHash, CachedKey>,
+    /// Whether a key (by id) is live, for the sessions signed in with it: the same TTL.
+    live: moka::sync::Cache<String, bool>,
 }
 
 impl KeyAuth {
     pub fn new(db: Db, cache_ttl: Duration) -> Self {
         let cache = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(cache_ttl).build();
-        Self { db, cache }
+        let live = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(cache_ttl).build();
+        Self { db, cache, live }
     }
 
-    /// Drops a key from this process's cache (after revoking it); other processes notice within the TTL.
-    pub fn forget(&self, hash: &[u8]) {
+    /// Drops a key from this process's caches (after revoking it); other processes notice within the TTL.
+    pub fn forget(&self, hash: &[u8], key_id: &str) {
         if let Ok(hash) = KeyHash::try_from(hash) {
             self.cache.invalidate(&hash);
         }
+        self.live.invalidate(key_id);
+    }
+
+    /// Whether the key `key_id` is neither revoked nor expired (cached for the TTL).
+    pub async fn key_is_live(&self, key_id: &str) -> Result<bool, Error> {
+        if let Some(live) = self.live.get(key_id) {
+            return Ok(live);
+        }
+        let sql = format!(
+            "SELECT id FROM api_keys WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {})",
+            self.db.dialect().now()
+        );
+        let row: Option<(String,)> =
+            crate::on_db!(&self.db, pool => sqlx::query_as(&sql).bind(key_id).fetch_optional(pool).await)?;
+        self.live.insert(key_id.to_owned(), row.is_some());
+        Ok(row.is_some())
     }
 
     /// Resolves an `Authorization` header value to a caller, or the one 401.

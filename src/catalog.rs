@@ -422,10 +422,20 @@ impl Catalog {
                 image_urls.len()
             ));
         }
-        for (i, url) in image_urls.iter().enumerate() {
-            guard.check_url(url).map_err(|why| Error::Invalid(format!("`image_urls[{i}]`: {why}")))?;
-        }
+        // What was checked is what is forwarded: the parsed, normalised URL, never the client's spelling
+        // (which another parser may read as another host).
+        let image_urls = image_urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                guard
+                    .check_url(url)
+                    .map(String::from)
+                    .map_err(|why| Error::Invalid(format!("`image_urls[{i}]`: {why}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
+        let mut callback_url = None;
         if let Some(url) = &request.callback_url {
             if !model.webhook {
                 return invalid(format!(
@@ -433,7 +443,8 @@ impl Catalog {
                     model.id
                 ));
             }
-            guard.check_url(url).map_err(|why| Error::Invalid(format!("`callback_url`: {why}")))?;
+            let url = guard.check_url(url).map_err(|why| Error::Invalid(format!("`callback_url`: {why}")))?;
+            callback_url = Some(String::from(url));
         }
 
         Ok(ValidRequest {
@@ -441,7 +452,7 @@ impl Catalog {
             sub_model,
             route: sub_model.routes_in_order()[0],
             input: TaskInput { prompt: prompt.to_owned(), aspect_ratio, quality, image_urls },
-            callback_url: request.callback_url,
+            callback_url,
             price: model.credits,
         })
     }

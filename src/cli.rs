@@ -355,6 +355,16 @@ async fn webhook_secret(pool: &Db, settings: &Settings, command: SecretCommand) 
     Ok(json!({"secret": secret}))
 }
 
+/// Creates `path` readable by its owner only, refusing to overwrite an existing file.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
 async fn serve(settings: Settings, pool: Db) -> anyhow::Result<()> {
     let bootstrap = settings.bootstrap.clone();
     // Built (and the port bound) before the bootstrap account exists: a gateway that cannot start
@@ -362,11 +372,18 @@ async fn serve(settings: Settings, pool: Db) -> anyhow::Result<()> {
     let application = Application::build(settings, pool.clone()).await?;
     if bootstrap.enabled {
         if let Some(key) = accounts::bootstrap(&pool, bootstrap.credits).await? {
-            // Printed once, on stdout only: it is never logged and cannot be shown again.
-            println!(
-                "Created account `default` with {} credits.\nIts API key (shown once, store it now):\n\n    {}\n",
-                bootstrap.credits, key.api_key
-            );
+            let file = &bootstrap.key_file;
+            if file.as_os_str().is_empty() {
+                // Printed once, on stdout only: it is never logged and cannot be shown again.
+                println!(
+                    "Created account `default` with {} credits.\nIts API key (shown once, store it now):\n\n    {}\n",
+                    bootstrap.credits, key.api_key
+                );
+            } else {
+                write_private(file, &format!("{}\n", key.api_key))
+                    .with_context(|| format!("bootstrap.key_file: cannot write {}", file.display()))?;
+                tracing::info!(file = %file.display(), "created account `default`; its API key is in the file (mode 0600)");
+            }
         }
     }
     let shutdown = CancellationToken::new();

@@ -327,7 +327,7 @@ impl Engine {
         let (mut waiting, mut unavailable) = (false, false);
         for (provider_id, upstream_model) in &routes {
             let Some(provider) = self.providers.get(provider_id) else { continue };
-            match self.breakers.gate(provider_id, upstream_model) {
+            match self.breakers.gate(provider_id, upstream_model, task.account_id) {
                 Gate::Allow => {}
                 Gate::Resting => {
                     waiting = true;
@@ -371,7 +371,8 @@ impl Engine {
             monitoring::upstream_call(provider_id, "submit", started, result.as_ref().err().map(|e| e.retriable));
             match &result {
                 Err(error) if error.route_unavailable => self.breakers.unavailable(provider_id, upstream_model),
-                Err(error) if error.retriable => self.breakers.failed(provider_id, upstream_model),
+                Err(error) if error.counts_against_route() => self.breakers.failed(provider_id, upstream_model),
+                Err(error) if error.retriable => self.breakers.neutral(provider_id, upstream_model),
                 _ => self.breakers.succeeded(provider_id, upstream_model),
             }
             match result {

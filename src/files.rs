@@ -418,7 +418,7 @@ impl Rehost {
             self.http.get(parsed)
         };
         let mut response = request.send().await.map_err(|error| {
-            if url_guard::refused_by_guard(&error).is_some() {
+            if url_guard::refused_by_guard(&error).is_some_and(|refused| !refused.lookup_failed) {
                 RehostError::Refuse("its URL resolves to no public address".into())
             } else if error.is_timeout() {
                 RehostError::Retry("the download timed out".into())

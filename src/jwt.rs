@@ -36,15 +36,25 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// The token's id: a signed-out token is remembered by it until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The API key a console session was signed in with: the session ends when that key does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// Who holds a valid session token.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Session {
     pub account_id: i64,
     pub role: Role,
     /// When the token expires (Unix seconds).
     pub expires_at: u64,
+    /// When it was issued (Unix seconds), if it says.
+    pub issued_at: Option<u64>,
+    pub token_id: Option<String>,
+    pub key_id: Option<String>,
 }
 
 pub struct JwtAuth {
@@ -89,8 +99,16 @@ impl JwtAuth {
         if data.header.alg != self.algorithm {
             return None;
         }
-        let account_id = data.claims.sub.parse::<i64>().ok().filter(|id| *id > 0)?;
-        Some(Session { account_id, role: data.claims.role, expires_at: data.claims.exp })
+        let claims = data.claims;
+        let account_id = claims.sub.parse::<i64>().ok().filter(|id| *id > 0)?;
+        Some(Session {
+            account_id,
+            role: claims.role,
+            expires_at: claims.exp,
+            issued_at: claims.iat,
+            token_id: claims.jti,
+            key_id: claims.key_id,
+        })
     }
 }
 
@@ -100,6 +118,8 @@ fn validation(algorithm: Algorithm, settings: &JwtSettings) -> Validation {
     validation.set_required_spec_claims(&["exp", "sub"]);
     validation.leeway = settings.leeway.as_secs();
     validation.validate_exp = true;
+    // A token that says it is not valid yet is not.
+    validation.validate_nbf = true;
     if settings.issuer.is_empty() {
         validation.iss = None;
     } else {
@@ -154,8 +174,15 @@ impl SessionSigner {
         })
     }
 
-    /// A token for `account_id` with `role`, valid for `ttl`.
-    pub fn mint(&self, account_id: i64, role: Role, ttl: Duration) -> anyhow::Result<(String, u64)> {
+    /// A token for `account_id` with `role`, valid for `ttl`, bound to the API key `key_id` when
+    /// it was signed in with one.
+    pub fn mint(
+        &self,
+        account_id: i64,
+        role: Role,
+        ttl: Duration,
+        key_id: Option<&str>,
+    ) -> anyhow::Result<(String, u64)> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             sub: account_id.to_string(),
@@ -164,6 +191,8 @@ impl SessionSigner {
             iat: Some(now),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            jti: Some(format!("ses_{}", ulid::Ulid::new())),
+            key_id: key_id.map(str::to_owned),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .context("signing the session")?;
@@ -205,7 +234,7 @@ pub fn mint(settings: &JwtSettings, account_id: i64, role: Role, ttl: Duration) 
     hs256_secret(settings)?
         .with_context(|| format!("token mint needs the HS256 secret in ${}", settings.secret_env))?;
     // With the secret configured, the session signer signs with exactly that secret.
-    let (token, _) = SessionSigner::from_settings(settings)?.mint(account_id, role, ttl)?;
+    let (token, _) = SessionSigner::from_settings(settings)?.mint(account_id, role, ttl, None)?;
     Ok(token)
 }
 
@@ -237,9 +266,11 @@ mod tests {
         let signer = SessionSigner::from_settings(&settings).expect("a signer");
         let other = SessionSigner::from_settings(&settings).expect("another process");
         assert!(!signer.shared);
-        let (token, expires_at) = signer.mint(7, Role::Admin, Duration::from_secs(60)).expect("mint");
+        let (token, expires_at) = signer.mint(7, Role::Admin, Duration::from_secs(60), Some("key_1")).expect("mint");
         let session = signer.verify(&token).expect("its own token");
         assert_eq!((session.account_id, session.role, session.expires_at), (7, Role::Admin, expires_at));
+        assert_eq!(session.key_id.as_deref(), Some("key_1"));
+        assert!(session.token_id.is_some_and(|id| id.starts_with("ses_")));
         assert!(other.verify(&token).is_none(), "another process's random secret");
         assert!(signer.verify(&format!("{token}x")).is_none());
     }

@@ -19,6 +19,7 @@ pub mod paging;
 pub mod providers;
 pub mod ratelimit;
 pub mod retention;
+pub mod sessions;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;

@@ -39,6 +39,9 @@ pub const CREDITS_REVERSED: &str = "aio_credits_reversed_total";
 pub const STRIPE_EVENTS: &str = "aio_stripe_events_total";
 pub const RETENTION_PURGED: &str = "aio_retention_purged_total";
 pub const RETENTION_RUNS: &str = "aio_retention_runs_total";
+/// HTTP connections open now, and those closed at once because `server.max_connections` were open.
+pub const HTTP_CONNECTIONS: &str = "aio_http_connections";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "aio_http_connections_refused_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -94,6 +97,11 @@ fn describe() {
         RETENTION_RUNS,
         "Retention purge runs, by outcome (done, skipped: another replica holds the lease, failed)."
     );
+    describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open.");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections closed at once because server.max_connections were open."
+    );
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -144,6 +152,16 @@ pub fn upstream_account_problem(provider: &str, status: u16) {
 
 pub fn rate_limited(reason: &'static str) {
     counter!(RATE_LIMITED, "reason" => reason).increment(1);
+}
+
+/// A connection opened (`1.0`) or closed (`-1.0`).
+pub fn http_connection(change: f64) {
+    gauge!(HTTP_CONNECTIONS).increment(change);
+}
+
+/// A connection closed at once: the server had `server.max_connections` open.
+pub fn http_connection_refused() {
+    counter!(HTTP_CONNECTIONS_REFUSED).increment(1);
 }
 
 /// For the webhook deliverer: one delivery attempt and how it ended.

@@ -1,6 +1,8 @@
 //! Rate limits: per API key (`rate_limit.requests_per_minute` with `rate_limit.burst`, or the key's
-//! own `rate_limit_per_minute`), and a cap on creates in flight across the process
-//! (`rate_limit.max_concurrent_creates`). Both answer `429 rate_limited` with `Retry-After`.
+//! own `rate_limit_per_minute`), per account over all its keys and its console session
+//! (`rate_limit.account_requests_per_minute`: more keys do not mean more requests), and a cap on
+//! creates in flight across the process (`rate_limit.max_concurrent_creates`). All answer
+//! `429 rate_limited` with `Retry-After`.
 //!
 //! The per-key limit is a GCRA (a token bucket without a timer): each request moves the key's
 //! "theoretical arrival time" one emission interval (60 s / rate) ahead, and a request is refused
@@ -42,6 +44,7 @@ return {1, 0}
 
 pub struct RateLimiter {
     default_per_minute: u32,
+    account_per_minute: u32,
     burst: NonZeroU32,
     /// Per-process state, one limiter per (key, rate); idle keys are forgotten.
     local: moka::sync::Cache<(String, u32), Arc<DefaultDirectRateLimiter>>,
@@ -81,6 +84,7 @@ impl RateLimiter {
         };
         Ok(RateLimiter {
             default_per_minute: settings.requests_per_minute.get(),
+            account_per_minute: settings.account_requests_per_minute.get(),
             burst: settings.burst,
             local: moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build(),
             redis,
@@ -91,24 +95,34 @@ impl RateLimiter {
     /// Counts one request of `key_id` against its limit (`per_minute` overrides the default).
     pub async fn check_key(&self, key_id: &str, per_minute: Option<u32>) -> Result<(), Error> {
         let per_minute = per_minute.unwrap_or(self.default_per_minute).max(1);
+        self.check(key_id, per_minute, "key", "This API key").await
+    }
+
+    /// Counts one request of `account_id` (by any of its keys, or its console session) against the
+    /// account's limit.
+    pub async fn check_account(&self, account_id: i64) -> Result<(), Error> {
+        self.check(&format!("account_{account_id}"), self.account_per_minute, "account", "This account").await
+    }
+
+    async fn check(&self, bucket: &str, per_minute: u32, kind: &'static str, who: &str) -> Result<(), Error> {
         let wait = match &self.redis {
-            Some(shared) => match self.check_shared(shared, key_id, per_minute).await {
+            Some(shared) => match self.check_shared(shared, bucket, per_minute).await {
                 Ok(wait) => wait,
                 Err(error) => {
                     tracing::warn!(error = %error, "Redis rate limit unavailable; using this process's limit");
-                    self.check_local(key_id, per_minute)
+                    self.check_local(bucket, per_minute)
                 }
             },
-            None => self.check_local(key_id, per_minute),
+            None => self.check_local(bucket, per_minute),
         };
         match wait {
             None => Ok(()),
             Some(wait) => {
-                monitoring::rate_limited("key");
+                monitoring::rate_limited(kind);
                 Err(Error::RateLimited {
                     retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
                     message: format!(
-                        "This API key is limited to {per_minute} requests per minute (bursts of {}); retry later.",
+                        "{who} is limited to {per_minute} requests per minute (bursts of {}); retry later.",
                         self.burst
                     ),
                 })

@@ -26,19 +26,35 @@ use reqwest::Url;
 use crate::config::WebhookSettings;
 
 /// What the guard lets through besides public https URLs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Guard {
     allow_http: bool,
     allowed: Vec<IpNet>,
+    /// `webhooks.max_url_bytes`: longer URLs are refused before they are parsed.
+    max_url_bytes: usize,
+}
+
+impl Default for Guard {
+    /// The guard of the default settings: https only, no private range.
+    fn default() -> Guard {
+        Guard::new(&WebhookSettings::default())
+    }
 }
 
 impl Guard {
     pub fn new(settings: &WebhookSettings) -> Guard {
-        Guard { allow_http: settings.allow_http, allowed: settings.allowed_private_cidrs.clone() }
+        Guard {
+            allow_http: settings.allow_http,
+            allowed: settings.allowed_private_cidrs.clone(),
+            max_url_bytes: settings.max_url_bytes.get(),
+        }
     }
 
     /// The parsed URL, or why it is refused, in words for the client.
     pub fn check_url(&self, raw: &str) -> Result<Url, String> {
+        if raw.len() > self.max_url_bytes {
+            return Err(format!("{} bytes; at most {} are accepted.", raw.len(), self.max_url_bytes));
+        }
         let url = Url::parse(raw).map_err(|_| format!("`{}` is not a valid URL.", shorten(raw)))?;
         match url.scheme() {
             "https" => {}
@@ -75,7 +91,7 @@ fn is_localhost(domain: &str) -> bool {
 }
 
 /// An IPv6 address that carries an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
-/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) is judged as that IPv4 address.
+/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, SIIT `::ffff:0:a.b.c.d`) is judged as that IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else {
         return ip;
@@ -87,19 +103,35 @@ fn canonical(ip: IpAddr) -> IpAddr {
     let embedded = Ipv4Addr::from((u32::from(segments[6]) << 16) | u32::from(segments[7]));
     let compatible = segments[..6].iter().all(|&s| s == 0) && !v6.is_loopback() && !v6.is_unspecified();
     let nat64 = segments[0] == 0x64 && segments[1] == 0xff9b && segments[2..6].iter().all(|&s| s == 0);
-    if compatible || nat64 {
+    let siit = segments[..4].iter().all(|&s| s == 0) && segments[4] == 0xffff && segments[5] == 0;
+    if compatible || nat64 || siit {
         IpAddr::V4(embedded)
     } else {
         ip
     }
 }
 
+/// The IPv4 addresses a transition address leads to: 6to4 `2002:aabb:ccdd::/48` (the relay's
+/// `a.b.c.d`) and Teredo `2001:0::/32` (its server, and its client, stored inverted). Either may end
+/// up inside a private network, so each must be public too.
+fn tunnelled_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    match (s[0], s[1]) {
+        (0x2002, _) => vec![v4(s[1], s[2])],
+        (0x2001, 0) => vec![v4(s[2], s[3]), v4(!s[6], !s[7])],
+        _ => Vec::new(),
+    }
+}
+
 /// Public: none of loopback, private, link-local (cloud metadata), CGNAT, multicast, broadcast,
-/// unspecified, documentation, benchmarking, reserved, unique-local or site-local.
+/// unspecified, documentation, benchmarking, reserved, unique-local or site-local; NAT64 local-use
+/// (`64:ff9b:1::/48`, whose IPv4 part lies in a private network by definition); and no 6to4 or Teredo
+/// address that tunnels to a non-public IPv4 one.
 pub fn is_public(ip: IpAddr) -> bool {
     match canonical(ip) {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => is_public_v6(v6),
+        IpAddr::V6(v6) => is_public_v6(v6) && tunnelled_v4(v6).into_iter().all(is_public_v4),
     }
 }
 
@@ -128,7 +160,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     let link_local = (first & 0xffc0) == 0xfe80;
     let site_local = (first & 0xffc0) == 0xfec0;
     let documentation = first == 0x2001 && ip.segments()[1] == 0x0db8;
-    !(ip.is_loopback()
+    let nat64_local_use = first == 0x64 && ip.segments()[1] == 0xff9b && ip.segments()[2] == 1;
+    !(nat64_local_use
+        || ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || unique_local
@@ -160,25 +194,39 @@ impl Resolve for GuardedResolver {
         let guard = self.guard.clone();
         let resolving = self.inner.resolve(name);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = resolving.await?.collect();
+            // A name that does not resolve reads like one that leads only to refused addresses: the
+            // delivery log must not let clients map internal DNS.
+            let refused = |lookup_failed| {
+                Box::new(Refused { host: host.clone(), lookup_failed }) as Box<dyn StdError + Send + Sync>
+            };
+            let addrs: Vec<SocketAddr> = match resolving.await {
+                Ok(addrs) => addrs.collect(),
+                Err(error) => {
+                    tracing::debug!(host = %host, error = %error, "outbound name lookup failed");
+                    return Err(refused(true));
+                }
+            };
             let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|addr| guard.allows(addr.ip())).collect();
             if allowed.is_empty() || is_localhost(&host) && !guard.allows(IpAddr::V4(Ipv4Addr::LOCALHOST)) {
-                return Err(Box::new(Refused { host }) as Box<dyn StdError + Send + Sync>);
+                return Err(refused(false));
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
 }
 
-/// The resolver's refusal; found in a request error's source chain by [`refused_by_guard`].
+/// The resolver's refusal; found in a request error's source chain by [`refused_by_guard`]. Its words
+/// are the same whether the name is unknown or leads only to refused addresses, and do not repeat it.
 #[derive(Debug)]
 pub struct Refused {
-    host: String,
+    pub host: String,
+    /// The lookup itself failed (perhaps for now), rather than finding only refused addresses.
+    pub lookup_failed: bool,
 }
 
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "refused by the outbound URL guard: {} resolves to no public address", self.host)
+        f.write_str("refused by the outbound URL guard: the host name does not resolve to an address the gateway may connect to")
     }
 }
 
@@ -269,6 +317,14 @@ mod tests {
             "https://[fc00::1]/",
             "https://[fe80::1]/",
             "https://[ff02::1]/",
+            "https://[64:ff9b:1::a00:1]/",
+            "https://[64:ff9b:1:7f00:1::]/",
+            "https://[::ffff:0:7f00:1]/",
+            "https://[::ffff:0:a9fe:a9fe]/",
+            "https://[2002:7f00:1::1]/",
+            "https://[2002:c0a8:101::]/",
+            "https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+            "https://[2001:0:a00:1:8000:63bf:3fff:fdd2]/",
             "not a url",
         ] {
             assert!(strict().check_url(url).is_err(), "{url} should be refused");
@@ -277,17 +333,25 @@ mod tests {
 
     #[test]
     fn accepts_public_https() {
-        for url in ["https://example.com/in.png", "https://93.184.216.34/in.png", "https://[2606:4700::1111]/"] {
+        for url in [
+            "https://example.com/in.png",
+            "https://93.184.216.34/in.png",
+            "https://[2606:4700::1111]/",
+            "https://[2002:5db8:d822::1]/",
+            "https://[2001:0:4136:e378:8000:63bf:a247:2bdd]/",
+        ] {
             assert!(strict().check_url(url).is_ok(), "{url} should pass");
         }
-        let http = Guard { allow_http: true, allowed: Vec::new() };
+        let http = Guard { allow_http: true, ..Guard::default() };
         assert!(http.check_url("http://example.com/in.png").is_ok());
         assert!(http.check_url("http://127.0.0.1/in.png").is_err());
+        let long = format!("https://example.com/{}", "a".repeat(2048));
+        assert!(strict().check_url(&long).is_err_and(|why| why.contains("2048")));
     }
 
     #[test]
     fn allowed_ranges_open_exactly_those_addresses() {
-        let guard = Guard { allow_http: true, allowed: vec!["127.0.0.0/8".parse().expect("cidr")] };
+        let guard = Guard { allow_http: true, allowed: vec!["127.0.0.0/8".parse().expect("cidr")], ..Guard::default() };
         assert!(guard.check_url("http://127.0.0.1:9000/hook").is_ok());
         assert!(guard.check_url("http://2130706433/hook").is_ok());
         assert!(guard.check_url("http://[::ffff:127.0.0.1]/hook").is_ok());

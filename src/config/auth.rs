@@ -40,11 +40,15 @@ pub struct SessionSettings {
     /// From the environment: `AIO__AUTH__SESSION__ADMIN_ACCOUNTS=1,7`.
     #[serde(deserialize_with = "lists::deserialize_account_ids")]
     pub admin_accounts: Vec<i64>,
+    /// `reauth_secs`. Creating an API key needs a session signed in at most this long ago (a stolen
+    /// session cannot mint a lasting key).
+    #[serde(rename = "reauth_secs", with = "durations::positive_secs")]
+    pub reauth: Duration,
 }
 
 impl Default for SessionSettings {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(3600), admin_accounts: Vec::new() }
+        Self { ttl: Duration::from_secs(3600), admin_accounts: Vec::new(), reauth: Duration::from_secs(600) }
     }
 }
 

@@ -56,11 +56,14 @@ pub struct BootstrapSettings {
     pub enabled: bool,
     #[serde(deserialize_with = "credits")]
     pub credits: i64,
+    /// Write the key to this file (created with mode 0600, never overwritten) instead of printing it
+    /// on stdout, which container runtimes keep in their logs. Empty: stdout.
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for BootstrapSettings {
     fn default() -> Self {
-        Self { enabled: true, credits: 1000 }
+        Self { enabled: true, credits: 1000, key_file: std::path::PathBuf::new() }
     }
 }
 

@@ -105,6 +105,7 @@ impl Settings {
             ("catalog.models_path", &mut self.catalog.models_path),
             ("files.dir", &mut self.files.dir),
             ("auth.jwt.public_key_path", &mut self.auth.jwt.public_key_path),
+            ("bootstrap.key_file", &mut self.bootstrap.key_file),
         ] {
             if let Some(resolved) = within(path).filter(|_| from_file(key)) {
                 *path = resolved;

@@ -30,6 +30,19 @@ pub struct ServerSettings {
     /// take to finish.
     #[serde(rename = "shutdown_grace_secs", with = "durations::secs")]
     pub shutdown_grace: Duration,
+    /// `header_read_timeout_secs`. A connection must send a whole request head within this long (and a
+    /// kept-alive one its next request); otherwise it is closed.
+    #[serde(rename = "header_read_timeout_secs", with = "durations::positive_secs")]
+    pub header_read_timeout: Duration,
+    /// `request_body_timeout_secs`. A request body must arrive within this long (else it is refused).
+    #[serde(rename = "request_body_timeout_secs", with = "durations::positive_secs")]
+    pub request_body_timeout: Duration,
+    /// `idle_timeout_secs`. A connection on which no byte moves either way for this long is closed
+    /// (after the request it is serving, if any).
+    #[serde(rename = "idle_timeout_secs", with = "durations::positive_secs")]
+    pub idle_timeout: Duration,
+    /// Connections open at once, per listener; more are closed as soon as they are accepted.
+    pub max_connections: NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,6 +75,10 @@ impl Default for ServerSettings {
             role: Role::All,
             metrics_listen: None,
             shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: const { NonZeroUsize::new(1024).unwrap() },
         }
     }
 }
@@ -156,6 +173,10 @@ pub struct RateLimitSettings {
     pub requests_per_minute: NonZeroU32,
     /// Requests a key may send at once above the steady rate.
     pub burst: NonZeroU32,
+    /// Per account, over all its keys and its console session together (with `burst`).
+    pub account_requests_per_minute: NonZeroU32,
+    /// Active (unrevoked, unexpired) API keys an account may have; creating more is `409`.
+    pub max_keys_per_account: NonZeroU32,
     /// Creates in flight in this process at once; more get 429.
     pub max_concurrent_creates: NonZeroUsize,
     /// Share the per-key limits between replicas through this Redis (`redis://host:6379`). Empty:
@@ -171,6 +192,8 @@ impl Default for RateLimitSettings {
         Self {
             requests_per_minute: const { NonZeroU32::new(600).unwrap() },
             burst: const { NonZeroU32::new(60).unwrap() },
+            account_requests_per_minute: const { NonZeroU32::new(1200).unwrap() },
+            max_keys_per_account: const { NonZeroU32::new(20).unwrap() },
             max_concurrent_creates: const { NonZeroUsize::new(256).unwrap() },
             redis_url: String::new(),
             redis_prefix: "aio:".into(),

@@ -1,6 +1,6 @@
 //! Outgoing webhooks (SPEC §4) and the outbound URL guard (SPEC §8).
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,10 @@ pub struct WebhookSettings {
     pub tick: Duration,
     /// Deliveries in flight at once, per process.
     pub max_in_flight: NonZeroUsize,
+    /// The longest `callback_url` and `image_urls` entry accepted, in bytes.
+    pub max_url_bytes: NonZeroUsize,
+    /// Deliveries a task may have in all (its first one and manual re-sends); more re-sends get 409.
+    pub max_deliveries_per_task: NonZeroU32,
 }
 
 impl Default for WebhookSettings {
@@ -46,6 +50,8 @@ impl Default for WebhookSettings {
             secret_overlap: Duration::from_secs(86_400),
             tick: Duration::from_millis(500),
             max_in_flight: const { NonZeroUsize::new(32).unwrap() },
+            max_url_bytes: const { NonZeroUsize::new(2048).unwrap() },
+            max_deliveries_per_task: const { NonZeroU32::new(10).unwrap() },
         }
     }
 }

@@ -4,14 +4,13 @@
 //! operator trusts that provider's payloads, so duplicate, late, forged or out-of-order callbacks
 //! cannot double-settle a task or fail a succeeded one.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::extract::ApiPath;
+use super::extract::{ApiPath, RawBody};
 use super::openapi::ErrorEnvelope;
 use super::AppState;
 use crate::error::Error;
@@ -38,7 +37,7 @@ pub async fn receive(
     State(state): State<AppState>,
     ApiPath((provider_id, token)): ApiPath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let providers = state.engine.providers();
     let (Some(provider), Some(task)) =

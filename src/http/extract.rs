@@ -45,6 +45,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A body of any type, as bytes: 413 over the body limit, in the envelope like every error.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = request.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(usize::MAX);
+        Bytes::from_request(request, state).await.map(RawBody).map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                Error::Invalid("The request body could not be read.".into()).into()
+            }
+        })
+    }
+}
+
 /// The configured body limit, published to extractors by the router so 413 can name it.
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
@@ -140,6 +158,7 @@ impl FromRequestParts<AppState> for Caller {
         };
         tracing::Span::current().record("account_id", caller.account_id);
         state.limits.check_key(&caller.key_id, caller.rate_limit_per_minute).await?;
+        state.limits.check_account(caller.account_id).await?;
         Ok(caller)
     }
 }
@@ -151,7 +170,9 @@ async fn cookie_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiErr
         Ok(None) | Err(ApiError::InvalidToken) => return Err(Error::Unauthorized.into()),
         Err(other) => return Err(other),
     };
-    if !crate::accounts::exists(&state.pool, session.account_id).await? {
+    if !crate::sessions::is_live(&state.pool, &state.auth, &session).await?
+        || !crate::accounts::exists(&state.pool, session.account_id).await?
+    {
         return Err(Error::Unauthorized.into());
     }
     Ok(Caller {
@@ -181,8 +202,10 @@ impl FromRequestParts<AppState> for Session {
                 jwt.verify(token).ok_or(ApiError::InvalidToken)?
             }
         };
-        // A token for an account that does not exist is no session.
-        if crate::accounts::get(&state.pool, session.account_id).await?.is_none() {
+        // A token for an account that does not exist, signed out, or of a revoked key is no session.
+        if !crate::sessions::is_live(&state.pool, &state.auth, &session).await?
+            || crate::accounts::get(&state.pool, session.account_id).await?.is_none()
+        {
             return Err(ApiError::InvalidToken);
         }
         tracing::Span::current().record("account_id", session.account_id);

@@ -67,6 +67,7 @@ pub struct NewKey {
     request_body = NewKeyRequest,
     responses(
         (status = 201, description = "The new key, shown this once.", body = NewKey),
+        (status = 409, description = "The account has `rate_limit.max_keys_per_account` active keys.", body = ErrorEnvelope),
         BodyErrors,
         SessionErrors,
     ),
@@ -77,12 +78,30 @@ pub async fn create(
     session: Session,
     ApiJson(request): ApiJson<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
+    // A stolen session must not mint a key that outlives it: only a recent sign-in may.
+    let now = jsonwebtoken::get_current_timestamp();
+    let reauth = state.settings.auth.session.reauth.as_secs();
+    if !session.issued_at.is_some_and(|at| at <= now + 60 && now.saturating_sub(at) <= reauth) {
+        return Err(Error::Forbidden(format!(
+            "Creating an API key needs a sign-in of the last {} minutes: sign in again, then create the key.",
+            reauth.div_ceil(60)
+        ))
+        .into());
+    }
     let name = request.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
     if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
         return Err(Error::Invalid(format!("`name`: at most {MAX_NAME_CHARS} characters.")).into());
     }
     if request.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(Error::Invalid("`expires_at`: must be in the future.".into()).into());
+    }
+    // Each key has its own rate limit bucket: an unbounded number of keys would be an unbounded rate.
+    let max = state.settings.rate_limit.max_keys_per_account.get();
+    if accounts::count_active_keys(&state.pool, session.account_id).await? >= i64::from(max) {
+        return Err(Error::Conflict(format!(
+            "This account has {max} active API keys, the most it may have: revoke one to create another."
+        ))
+        .into());
     }
     let created = accounts::create_key(&state.pool, session.account_id, name.as_deref(), request.expires_at).await?;
     tracing::info!(key_id = %created.key_id, "API key created");
@@ -114,7 +133,7 @@ pub async fn revoke(
         OwnRevoke::NotFound => Err(Error::not_found("Key").into()),
         OwnRevoke::AlreadyRevoked => Ok(StatusCode::NO_CONTENT),
         OwnRevoke::Revoked { hash } => {
-            state.auth.forget(&hash);
+            state.auth.forget(&hash, &key_id);
             tracing::info!(key_id = %key_id, "API key revoked");
             Ok(StatusCode::NO_CONTENT)
         }

@@ -14,6 +14,7 @@ mod keys;
 mod metrics;
 mod models;
 pub mod openapi;
+pub mod serve;
 mod session;
 mod state;
 mod tasks;
@@ -27,6 +28,7 @@ use axum::{middleware, Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
@@ -60,9 +62,11 @@ fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(metrics::track_http))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(state.settings.server.request_body_timeout))
         .layer(Extension(BodyLimit(body_limit)))
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::map_request(drop_unsafe_request_id))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUlid))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span).on_response(finish_span))
@@ -108,6 +112,22 @@ fn api_routes() -> Router<AppState> {
         .route("/", get(console::root))
         .route("/console", get(console::page))
         .route("/console/assets/{name}", get(console::asset))
+}
+
+/// A client's `X-Request-Id` is kept only when it is `[A-Za-z0-9_-]{1,64}`; any other (long, spaces,
+/// `key=value` that would forge log fields) is dropped, and the request gets one of ours.
+async fn drop_unsafe_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let headers = request.headers_mut();
+    let safe = |value: &axum::http::HeaderValue| {
+        let id = value.as_bytes();
+        (1..=64).contains(&id.len()) && id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+    };
+    let values = headers.get_all("x-request-id");
+    let keep = values.iter().count() == 1 && values.iter().all(safe);
+    if !keep {
+        headers.remove("x-request-id");
+    }
+    request
 }
 
 /// Request ids for requests that come without one: `req_` + a ULID.

@@ -27,6 +27,17 @@ use crate::jwt::{Role, Session};
 use crate::tasks::timestamp;
 
 pub const COOKIE_NAME: &str = "aio_session";
+/// Over https the cookie is `__Host-` prefixed: browsers then take it only from this exact origin,
+/// `Secure`, with `Path=/` and no `Domain`, so a sibling subdomain cannot plant one.
+pub const SECURE_COOKIE_NAME: &str = "__Host-aio_session";
+
+fn cookie_name(headers: &HeaderMap, state: &AppState) -> &'static str {
+    if over_https(headers, state) {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -84,15 +95,22 @@ pub async fn create(
     let role =
         if state.settings.auth.session.admin_accounts.contains(&caller.account_id) { Role::Admin } else { Role::User };
     let ttl = state.settings.auth.session.ttl;
-    let (token, expires_at) = state.sessions.mint(caller.account_id, role, ttl)?;
-    let cookie = Cookie::build((COOKIE_NAME, token))
+    let (token, expires_at) = state.sessions.mint(caller.account_id, role, ttl, Some(&caller.key_id))?;
+    let cookie = Cookie::build((cookie_name(&headers, &state), token))
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
         .secure(over_https(&headers, &state))
         .max_age(cookie::time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)))
         .build();
-    let session = Session { account_id: caller.account_id, role, expires_at };
+    let session = Session {
+        account_id: caller.account_id,
+        role,
+        expires_at,
+        issued_at: None,
+        token_id: None,
+        key_id: Some(caller.key_id.clone()),
+    };
     let body = view(&state, session).await?;
     tracing::info!(account_id = caller.account_id, key_id = %caller.key_id, ?role, "console session started");
     Ok(([(SET_COOKIE, cookie.to_string())], Json(body)).into_response())
@@ -124,13 +142,17 @@ pub async fn show(State(state): State<AppState>, session: Session) -> Result<Jso
         (status = 403, description = "A browser request from another origin.", body = ErrorEnvelope),
     )
 )]
-/// The token is not kept server-side: clearing the cookie ends the session in this browser, and a
-/// copy of the token (which `HttpOnly` keeps from scripts) expires with `auth.session.ttl_secs`.
+/// Clears the cookie, and records the token's id as signed out until it expires, so a copy of it no
+/// longer works anywhere either.
 pub async fn delete(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if same_origin(&headers, &state) == Some(false) {
         return Err(cross_site());
     }
-    let cookie = Cookie::build((COOKIE_NAME, ""))
+    if let Some(session) = cookie_token(&headers, &state).and_then(|token| state.sessions.verify(&token)) {
+        crate::sessions::sign_out(&state.pool, &session).await?;
+        tracing::info!(account_id = session.account_id, "console session signed out");
+    }
+    let cookie = Cookie::build((cookie_name(&headers, &state), ""))
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -143,7 +165,7 @@ pub async fn delete(State(state): State<AppState>, headers: HeaderMap) -> Result
 /// The session of the request's cookie, `None` without one. A cookie that does not verify is a 401;
 /// a state-changing request must also be same-origin (403 otherwise).
 pub fn from_cookie(parts: &Parts, state: &AppState) -> Result<Option<Session>, ApiError> {
-    let Some(token) = cookie_token(&parts.headers) else {
+    let Some(token) = cookie_token(&parts.headers, state) else {
         return Ok(None);
     };
     let session = state.sessions.verify(&token).ok_or(ApiError::InvalidToken)?;
@@ -154,14 +176,15 @@ pub fn from_cookie(parts: &Parts, state: &AppState) -> Result<Option<Session>, A
     Ok(Some(session))
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
+fn cookie_token(headers: &HeaderMap, state: &AppState) -> Option<String> {
+    let name = cookie_name(headers, state);
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|cookie| cookie.name() == COOKIE_NAME)
+        .find(|cookie| cookie.name() == name)
         .map(|cookie| cookie.value().to_owned())
 }
 
@@ -186,10 +209,13 @@ fn same_origin(headers: &HeaderMap, state: &AppState) -> Option<bool> {
     };
     let origin = origin_url.origin();
     let public = url::Url::parse(&state.settings.server.public_base_url).ok().map(|u| u.origin());
+    // The Host header with the scheme this gateway is reached by (not the Origin's own, or
+    // `http://gateway` would pass for a gateway served over https).
+    let scheme = if over_https(headers, state) { "https" } else { "http" };
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
-        .and_then(|host| url::Url::parse(&format!("{}://{host}", origin_url.scheme())).ok())
+        .and_then(|host| url::Url::parse(&format!("{scheme}://{host}")).ok())
         .map(|u| u.origin());
     Some(origin.is_tuple() && (public.as_ref() == Some(&origin) || host.as_ref() == Some(&origin)))
 }

@@ -79,20 +79,50 @@ pub struct ProviderError {
     pub route_unavailable: bool,
     pub code: TaskErrorCode,
     pub message: String,
+    /// Whether the failure says something about the route's health, so counts toward its breaker.
+    pub blame: Blame,
+}
+
+/// Who a failure is held against. Only [`Blame::Route`] counts toward a route's circuit breaker: a
+/// breaker shared by every account must not be opened by one request's content, nor by our own storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The provider is failing or unreachable.
+    Route,
+    /// The request's own content (a validation-like answer, whatever its status).
+    Request,
+    /// The gateway itself (its database or file store).
+    Gateway,
 }
 
 impl ProviderError {
     pub fn permanent(code: TaskErrorCode, message: impl Into<String>) -> Self {
-        Self { retriable: false, route_unavailable: false, code, message: message.into() }
+        Self { retriable: false, route_unavailable: false, code, message: message.into(), blame: Blame::Request }
     }
 
     pub fn retriable(message: impl Into<String>) -> Self {
-        Self { retriable: true, route_unavailable: false, code: TaskErrorCode::UpstreamFailed, message: message.into() }
+        Self {
+            retriable: true,
+            route_unavailable: false,
+            code: TaskErrorCode::UpstreamFailed,
+            message: message.into(),
+            blame: Blame::Route,
+        }
     }
 
     /// This route cannot serve now: the client sees only the neutral message.
     pub fn route_unavailable(message: impl Into<String>) -> Self {
-        Self { retriable: false, route_unavailable: true, code: TaskErrorCode::UpstreamFailed, message: message.into() }
+        Self { retriable: false, route_unavailable: true, blame: Blame::Route, ..Self::retriable(message) }
+    }
+
+    /// A retriable failure of the gateway's own storage: retried, never held against the route.
+    pub fn local(message: impl Into<String>) -> Self {
+        Self { blame: Blame::Gateway, ..Self::retriable(message) }
+    }
+
+    /// Whether this failure counts toward the route's breaker.
+    pub fn counts_against_route(&self) -> bool {
+        self.retriable && self.blame == Blame::Route
     }
 
     pub fn into_task_error(self) -> TaskError {

@@ -74,7 +74,7 @@ impl OpenAi {
         let name = FileStore::new_name(extension);
         self.files.save(&name, &bytes).await.map_err(|error| {
             tracing::error!(provider = %self.upstream.id, error = %error, "cannot store a result image");
-            ProviderError::retriable("The result could not be stored.")
+            ProviderError::local("The result could not be stored.")
         })?;
         Ok(self.files.url(&name))
     }

@@ -18,6 +18,9 @@ use crate::tasks::{OutputImage, TaskError, TaskErrorCode};
 
 pub const DEFAULT_DELAY_MS: u64 = 3000;
 
+/// The longest `[simulate:delay=MS]` honoured: longer asks are clamped (a task's deadline ends it anyway).
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
 pub struct Simulated {
     db: Db,
     files: FileStore,
@@ -30,16 +33,16 @@ impl Simulated {
     }
 }
 
-/// The delay asked for by `[simulate:delay=MS]`, if the prompt has a readable one.
+/// The delay asked for by `[simulate:delay=MS]`, if the prompt has a readable one, at most [`MAX_DELAY`].
 fn delay_marker(prompt: &str) -> Option<Duration> {
     let rest = &prompt[prompt.find("[simulate:delay=")? + "[simulate:delay=".len()..];
     let millis: u64 = rest[..rest.find(']')?].trim().parse().ok()?;
-    Some(Duration::from_millis(millis))
+    Some(Duration::from_millis(millis).min(MAX_DELAY))
 }
 
 fn upstream_unavailable(error: sqlx::Error) -> ProviderError {
     tracing::warn!(error = %error, "simulated provider storage failed");
-    ProviderError::retriable("The simulated provider is unavailable.")
+    ProviderError::local("The simulated provider is unavailable.")
 }
 
 #[async_trait]
@@ -101,7 +104,7 @@ impl Provider for Simulated {
             let png = picture::render(&prompt, &aspect_ratio);
             self.files.save(&file_name, &png).await.map_err(|error| {
                 tracing::error!(error = %error, "cannot store a simulated result");
-                ProviderError::retriable("The result could not be stored.")
+                ProviderError::local("The result could not be stored.")
             })?;
         }
         Ok(JobState::Succeeded { images: vec![OutputImage { url: self.files.url(&file_name) }] })
@@ -118,5 +121,6 @@ mod tests {
         assert_eq!(delay_marker("[simulate:delay=abc] a cat"), None);
         assert_eq!(delay_marker("[simulate:delay=12"), None);
         assert_eq!(delay_marker("a cat"), None);
+        assert_eq!(delay_marker("[simulate:delay=18446744073709551615]"), Some(MAX_DELAY));
     }
 }

@@ -12,6 +12,14 @@ use crate::config::ProviderSettings;
 use crate::monitoring;
 use crate::tasks::TaskErrorCode;
 
+/// Whether a provider's error text blames the request (its input) rather than the provider.
+fn reads_like_validation(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    ["invalid", "validation", "must be", "not allowed", "unsupported", "too long", "too large", "out of range"]
+        .iter()
+        .any(|word| detail.contains(word))
+}
+
 /// The neutral message for an upstream account problem: never the provider's own words.
 pub const UNAVAILABLE: &str = "The provider is unavailable.";
 
@@ -100,6 +108,15 @@ impl Upstream {
         // Some providers quote the key they were given: it never reaches a message or the log.
         let detail = &self.redact(detail);
         match code {
+            500 if reads_like_validation(detail) => {
+                // A request the provider could not process, by the looks of it: retried, but not held
+                // against the route, or any client could open the breaker every account shares.
+                tracing::warn!(provider = %self.id, code, detail = %short(detail), "provider failed on this request");
+                ProviderError {
+                    blame: super::Blame::Request,
+                    ..ProviderError::retriable(format!("The provider answered {code}; retrying."))
+                }
+            }
             429 | 500 | 502..=504 => {
                 tracing::warn!(provider = %self.id, code, detail = %short(detail), "provider busy or failing");
                 ProviderError::retriable(format!("The provider answered {code}; retrying."))
@@ -137,5 +154,30 @@ impl Upstream {
         tracing::error!(provider = %self.id, detail = %short(detail), "the provider does not serve this route's model");
         monitoring::upstream_account_problem(&self.id, 404);
         ProviderError::route_unavailable(UNAVAILABLE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::Blame;
+
+    #[test]
+    fn only_provider_failures_count_against_a_route() {
+        assert!(ProviderError::retriable("503").counts_against_route());
+        assert!(!ProviderError::local("our database").counts_against_route());
+        assert!(!ProviderError::permanent(TaskErrorCode::UpstreamRejected, "bad input").counts_against_route());
+        assert!(reads_like_validation("Invalid prompt: must be at most 1000 characters"));
+        assert!(!reads_like_validation("CUDA out of memory"));
+        let upstream = Upstream {
+            id: "p".into(),
+            http: reqwest::Client::new(),
+            base_url: "https://p.example".into(),
+            key: SecretString::from("k"),
+        };
+        let content = upstream.error_for(500, "validation error: image_size is not allowed");
+        assert!(content.retriable && content.blame == Blame::Request && !content.counts_against_route());
+        assert!(upstream.error_for(500, "internal error").counts_against_route());
+        assert!(upstream.error_for(503, "busy").counts_against_route());
     }
 }

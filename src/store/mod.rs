@@ -40,6 +40,7 @@ pub const TABLES: &[&str] = &[
     "redemption_codes",
     "signing_keys",
     "job_leases",
+    "signed_out_sessions",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.

@@ -419,15 +419,27 @@ pub async fn by_callback_token(db: &Db, provider: &str, token: &str) -> sqlx::Re
 
 /// A callback arrived: an unfinished task is looked at now (a pending one right after its submit).
 pub async fn callback_arrived(db: &Db, task_id: &str) -> sqlx::Result<()> {
+    // A running task is polled at once; while callbacks keep coming (each one a provider call), at
+    // most once per CALLBACK_POLL_SPACING: a callback soon after another brings the poll forward to
+    // the end of that spacing, never to now.
+    let d = db.dialect();
+    let spacing = CALLBACK_POLL_SPACING.as_secs_f64();
     let sql = format!(
         "UPDATE tasks SET callback_at = {now},
-                          next_poll_at = CASE WHEN status = 'running' THEN {now} ELSE next_poll_at END
+                          next_poll_at = CASE WHEN status <> 'running' THEN next_poll_at
+                                              WHEN callback_at IS NULL OR callback_at <= {before} THEN {now}
+                                              ELSE {soon} END
          WHERE id = $1 AND status IN ('pending', 'running')",
-        now = db.dialect().now()
+        now = d.now(),
+        before = d.now_plus_secs(&format!("-{spacing}")),
+        soon = d.least("next_poll_at", &d.now_plus_secs(&spacing.to_string())),
     );
     on_db!(db, pool => sqlx::query(&sql).bind(task_id).execute(pool).await.map(|done| done.rows_affected()))?;
     Ok(())
 }
+
+/// The least time between two polls triggered by callbacks of one task.
+const CALLBACK_POLL_SPACING: Duration = Duration::from_secs(2);
 
 /// Not finished yet: look again after `next_poll_in` (never after the deadline).
 pub async fn reschedule(db: &Db, task_id: &str, next_poll_in: Duration) -> sqlx::Result<()> {
@@ -526,7 +538,13 @@ pub async fn missing(db: &Db, account_id: i64, task_id: &str) -> Error {
 }
 
 /// `POST /api/v1/tasks/{task_id}/deliveries/retry`: a new delivery, due now, of a finished task's event.
-pub async fn resend_webhook(db: &Db, account_id: i64, task_id: &str, files: &FileStore) -> Result<Delivery, Error> {
+pub async fn resend_webhook(
+    db: &Db,
+    account_id: i64,
+    task_id: &str,
+    files: &FileStore,
+    max_deliveries: u32,
+) -> Result<Delivery, Error> {
     let task = get(db, account_id, task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
     if !task.status.is_terminal() {
         return Err(Error::Conflict(format!(
@@ -537,7 +555,7 @@ pub async fn resend_webhook(db: &Db, account_id: i64, task_id: &str, files: &Fil
     let Some(event) = webhook_event(&task, files) else {
         return Err(Error::Conflict(format!("Task {} has no callback_url; there is no webhook to send.", task.id)));
     };
-    Ok(queue::enqueue_retry(db, &event).await?)
+    queue::enqueue_retry(db, &event, max_deliveries).await
 }
 
 /// Unfinished tasks: `(pending, running)`. Served by the partial index of the work queue.

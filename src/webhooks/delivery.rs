@@ -140,7 +140,17 @@ impl Webhooks {
             error: answer.error,
             response_excerpt: answer.excerpt,
         };
-        queue::record(&self.pool, &attempt, next).await?;
+        if let Err(error) = queue::record(&self.pool, &attempt, next).await {
+            // Whatever the detail was that the database refused, the attempt still counts and the next
+            // one is scheduled: a delivery must never be re-sent forever for want of a log line.
+            tracing::warn!(error = %error, "webhook attempt not recorded in full; recording it without its detail");
+            let bare = Attempt {
+                error: Some("The attempt's details could not be recorded.".into()),
+                response_excerpt: None,
+                ..attempt
+            };
+            queue::record(&self.pool, &bare, next).await?;
+        }
         crate::monitoring::webhook_attempt(match next {
             Next::Delivered => "delivered",
             Next::Dead => "dead",
@@ -171,6 +181,9 @@ impl Webhooks {
             Err(error) => return failed(self.describe(&error)),
         };
         let status = response.status();
+        // A destination opened by `allowed_private_cidrs` is a private service: its answer is not for
+        // clients to read (only its status is logged).
+        let private = response.remote_addr().is_none_or(|addr| !url_guard::is_public(addr.ip()));
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -181,7 +194,7 @@ impl Webhooks {
             s if s.is_redirection() => format!("HTTP {s}: redirects are not followed"),
             s => format!("HTTP {s}"),
         });
-        while head.len() < EXCERPT_BYTES {
+        while !private && head.len() < EXCERPT_BYTES {
             match response.chunk().await {
                 Ok(Some(chunk)) => head.extend_from_slice(&chunk),
                 Ok(None) => break,
@@ -191,10 +204,11 @@ impl Webhooks {
                 }
             }
         }
-        Answer { status: Some(status), error, excerpt: excerpt(&head), retry_after }
+        Answer { status: Some(status), error: error.map(|e| storable(&e)), excerpt: excerpt(&head), retry_after }
     }
 
-    /// A transport error in words for the delivery log.
+    /// A transport error in words for the delivery log, which clients read: a name that is unknown
+    /// and one that leads only to private addresses read the same (no internal DNS enumeration).
     fn describe(&self, error: &reqwest::Error) -> String {
         if let Some(refused) = url_guard::refused_by_guard(error) {
             return refused.to_string();
@@ -207,7 +221,7 @@ impl Webhooks {
             cause = source;
         }
         let what = if error.is_connect() { "connection failed" } else { "request failed" };
-        format!("{what}: {cause}")
+        storable(&format!("{what}: {cause}"))
     }
 }
 
@@ -223,17 +237,23 @@ impl Job for Webhooks {
     }
 }
 
-/// At most the first [`EXCERPT_BYTES`] of an answer, as text, cut at a character boundary.
+/// At most the first [`EXCERPT_BYTES`] of an answer, as storable text, cut at a character boundary.
 fn excerpt(head: &[u8]) -> Option<String> {
     if head.is_empty() {
         return None;
     }
-    let text = String::from_utf8_lossy(&head[..head.len().min(EXCERPT_BYTES)]);
+    let text = storable(&String::from_utf8_lossy(&head[..head.len().min(EXCERPT_BYTES)]));
     let mut end = text.len().min(EXCERPT_BYTES);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    Some(text[..end].to_owned())
+    Some(text[..end].to_owned()).filter(|text| !text.is_empty())
+}
+
+/// Text both databases store: without NUL, which PostgreSQL refuses in `text` (invalid UTF-8 is already
+/// replaced by the lossy conversion).
+fn storable(text: &str) -> String {
+    text.replace('\0', "")
 }
 
 #[cfg(test)]
@@ -249,5 +269,7 @@ mod tests {
         assert!(cut.len() <= EXCERPT_BYTES && cut.chars().all(|c| c == 'é'), "{}", cut.len());
         let binary = excerpt(&[0xff; 5000]).expect("text");
         assert!(binary.len() <= EXCERPT_BYTES);
+        assert_eq!(excerpt(b"a\0b\xffc").as_deref(), Some("ab\u{fffd}c"));
+        assert_eq!(excerpt(b"\0\0"), None);
     }
 }

@@ -4,12 +4,18 @@
 //! `callback_url` always has one, and claimed like the engine claims tasks: `FOR UPDATE SKIP LOCKED`
 //! with `next_attempt_at` as both the schedule and the lease. Each attempt and the delivery's new
 //! state are written together.
+//!
+//! Bounded per task: a manual re-send stores neither URL nor body (an empty `url` and `body` mean "those
+//! of the task's first delivery"), at most one manual re-send is pending at a time (a partial unique
+//! index), and a task has at most `webhooks.max_deliveries_per_task` deliveries.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::error::Error;
 use crate::store::{self, Db, Tx, WorkQueue};
 use crate::{ids, on_db, on_tx};
 
@@ -117,20 +123,81 @@ pub async fn enqueue(tx: &mut Tx, event: &Event<'_>, delay: Duration) -> sqlx::R
 }
 
 /// A manual re-send, due now, of the task's event: the same `webhook-id` and the same bytes as its
-/// first delivery (a task without one, e.g. settled before webhooks existed, gets a new event with
-/// `event.body`). The caller checked that the task is terminal and has a `callback_url`.
-pub async fn enqueue_retry(db: &Db, event: &Event<'_>) -> sqlx::Result<Delivery> {
+/// first delivery, which it refers to instead of copying them (a task without one, e.g. settled before
+/// webhooks existed, gets a new event with `event.body`, stored on this delivery). The caller checked
+/// that the task is terminal and has a `callback_url`. `409` while another manual re-send of the task
+/// is pending, or once the task has `max_deliveries` deliveries. Returns the delivery with its URL and
+/// body filled in.
+pub async fn enqueue_retry(db: &Db, event: &Event<'_>, max_deliveries: u32) -> Result<Delivery, Error> {
     let mut tx = db.begin().await?;
-    let first: Option<(String, Vec<u8>)> = on_tx!(&mut tx, conn => sqlx::query_as(
-        "SELECT webhook_id, body FROM webhook_deliveries WHERE task_id = $1 ORDER BY id LIMIT 1",
+    let (total, pending): (i64, i64) = on_tx!(&mut tx, conn => sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE trigger = 'manual' AND status = 'pending')
+         FROM webhook_deliveries WHERE task_id = $1",
     )
     .bind(event.task_id)
-    .fetch_optional(conn)
+    .fetch_one(conn)
     .await)?;
-    let (webhook_id, body) = first.unwrap_or_else(|| (ids::new_id("msg"), event.body.clone()));
-    let delivery = insert(&mut tx, event, &webhook_id, &body, Trigger::Manual, Duration::ZERO).await?;
+    if pending > 0 {
+        return Err(pending_conflict(event.task_id));
+    }
+    if total >= i64::from(max_deliveries) {
+        return Err(Error::Conflict(format!(
+            "Task {} has had its webhook sent {max_deliveries} times, the most a task may have.",
+            event.task_id
+        )));
+    }
+    let first = first_of(&mut tx, event.task_id).await?;
+    let (webhook_id, url, body) = match &first {
+        Some((webhook_id, _, _)) => (webhook_id.clone(), "", &[][..]),
+        None => (ids::new_id("msg"), event.url, &event.body[..]),
+    };
+    let stored = Event { task_id: event.task_id, account_id: event.account_id, url, body: Vec::new() };
+    let mut delivery = match insert(&mut tx, &stored, &webhook_id, body, Trigger::Manual, Duration::ZERO).await {
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            return Err(pending_conflict(event.task_id))
+        }
+        other => other?,
+    };
     tx.commit().await?;
+    if let Some((_, url, body)) = first {
+        (delivery.url, delivery.body) = (url, body);
+    }
     Ok(delivery)
+}
+
+fn pending_conflict(task_id: &str) -> Error {
+    Error::Conflict(format!("A manual re-send of task {task_id}'s webhook is already pending; wait for it to finish."))
+}
+
+/// The task's first delivery that holds its URL and body: `(webhook_id, url, body)`.
+async fn first_of(tx: &mut Tx, task_id: &str) -> sqlx::Result<Option<(String, String, Vec<u8>)>> {
+    on_tx!(tx, conn => sqlx::query_as(
+        "SELECT webhook_id, url, body FROM webhook_deliveries WHERE task_id = $1 AND length(body) > 0
+         ORDER BY id LIMIT 1",
+    )
+    .bind(task_id)
+    .fetch_optional(conn)
+    .await)
+}
+
+/// Fills in the URL and body of manual re-sends from their task's first delivery.
+async fn resolve(db: &Db, deliveries: &mut [Delivery]) -> sqlx::Result<()> {
+    let mut firsts: HashMap<String, Option<(String, Vec<u8>)>> = HashMap::new();
+    for delivery in deliveries.iter_mut().filter(|d| d.body.is_empty()) {
+        if !firsts.contains_key(&delivery.task_id) {
+            let first: Option<(String, Vec<u8>)> = on_db!(db, pool => sqlx::query_as(
+                "SELECT url, body FROM webhook_deliveries WHERE task_id = $1 AND length(body) > 0 ORDER BY id LIMIT 1",
+            )
+            .bind(&delivery.task_id)
+            .fetch_optional(pool)
+            .await)?;
+            firsts.insert(delivery.task_id.clone(), first);
+        }
+        if let Some(Some((url, body))) = firsts.get(&delivery.task_id) {
+            (delivery.url, delivery.body) = (url.clone(), body.clone());
+        }
+    }
+    Ok(())
 }
 
 /// The delivery loop's work queue: pending deliveries, due at `next_attempt_at`.
@@ -142,8 +209,11 @@ const QUEUE: WorkQueue = WorkQueue {
 };
 
 /// Claims up to `limit` due deliveries for `lease` (see [`store::claim_due`]).
+/// Manual re-sends come with the URL and body of their task's first delivery.
 pub async fn claim_due(db: &Db, limit: i64, lease: Duration) -> sqlx::Result<Vec<Delivery>> {
-    store::claim_due(db, &QUEUE, limit, lease).await
+    let mut claimed = store::claim_due(db, &QUEUE, limit, lease).await?;
+    resolve(db, &mut claimed).await?;
+    Ok(claimed)
 }
 
 /// Records an attempt and moves its delivery on, in one transaction.
@@ -185,24 +255,35 @@ pub async fn record(db: &Db, attempt: &Attempt, next: Next) -> sqlx::Result<()> 
     tx.commit().await
 }
 
-/// A task's deliveries, oldest first, each with its attempts in order.
-pub async fn list_for_task(db: &Db, task_id: &str) -> sqlx::Result<Vec<(Delivery, Vec<Attempt>)>> {
-    let sql = format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE task_id = $1 ORDER BY id");
-    let deliveries: Vec<Delivery> = on_db!(db, pool => sqlx::query_as(&sql).bind(task_id).fetch_all(pool).await)?;
-    let mut attempts: Vec<Attempt> = on_db!(db, pool => sqlx::query_as(
-        "SELECT a.delivery_id, a.attempted_at, a.status_code, a.latency_ms, a.error, a.response_excerpt
-         FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
-         WHERE d.task_id = $1 ORDER BY a.id",
-    )
-    .bind(task_id)
-    .fetch_all(pool)
-    .await)?;
+/// A page of a task's deliveries, oldest first, after the delivery `after` (a cursor), each with its
+/// attempts in order (one query, grouped in one pass).
+pub async fn list_for_task(
+    db: &Db,
+    task_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<(Delivery, Vec<Attempt>)>> {
+    let page = "SELECT id FROM webhook_deliveries WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+    let sql = format!("SELECT {COLUMNS} FROM webhook_deliveries WHERE id IN ({page}) ORDER BY id");
+    let after = after.unwrap_or("");
+    let mut deliveries: Vec<Delivery> =
+        on_db!(db, pool => sqlx::query_as(&sql).bind(task_id).bind(after).bind(limit).fetch_all(pool).await)?;
+    resolve(db, &mut deliveries).await?;
+    let sql = format!(
+        "SELECT delivery_id, attempted_at, status_code, latency_ms, error, response_excerpt
+         FROM webhook_attempts WHERE delivery_id IN ({page}) ORDER BY id"
+    );
+    let attempts: Vec<Attempt> =
+        on_db!(db, pool => sqlx::query_as(&sql).bind(task_id).bind(after).bind(limit).fetch_all(pool).await)?;
+    let mut by_delivery: HashMap<String, Vec<Attempt>> = HashMap::new();
+    for attempt in attempts {
+        by_delivery.entry(attempt.delivery_id.clone()).or_default().push(attempt);
+    }
     Ok(deliveries
         .into_iter()
         .map(|delivery| {
-            let (own, rest) = attempts.drain(..).partition(|a| a.delivery_id == delivery.id);
-            attempts = rest;
-            (delivery, own)
+            let attempts = by_delivery.remove(&delivery.id).unwrap_or_default();
+            (delivery, attempts)
         })
         .collect())
 }

@@ -26,7 +26,7 @@ fn now() -> u64 {
 }
 
 fn claims(account_id: i64, role: Role, exp: u64) -> Claims {
-    Claims { sub: account_id.to_string(), role, exp, iat: None, iss: None, aud: None }
+    Claims { sub: account_id.to_string(), role, exp, iat: None, iss: None, aud: None, jti: None, key_id: None }
 }
 
 fn sign(algorithm: Algorithm, key: &EncodingKey, claims: &impl serde::Serialize) -> String {

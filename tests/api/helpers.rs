@@ -184,6 +184,7 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     // Polling loops would trip the per-key limit; the rate-limit tests set their own.
     settings.rate_limit.requests_per_minute = std::num::NonZeroU32::new(1_000_000).unwrap();
     settings.rate_limit.burst = std::num::NonZeroU32::new(100_000).unwrap();
+    settings.rate_limit.account_requests_per_minute = std::num::NonZeroU32::new(1_000_000).unwrap();
     let simulated = ProviderSettings {
         label: Some("Simulated".into()),
         delay: Some(Duration::from_millis(200)),

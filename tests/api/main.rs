@@ -35,6 +35,7 @@ mod rehost;
 mod replicate;
 mod retention;
 mod schema;
+mod security;
 #[allow(dead_code)]
 mod services;
 mod session;

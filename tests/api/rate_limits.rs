@@ -159,6 +159,7 @@ async fn replicas_share_the_limit_through_redis() {
         max_concurrent_creates: std::num::NonZeroUsize::new(10).unwrap(),
         redis_url: redis_url(),
         redis_prefix: unique_prefix(),
+        ..RateLimitSettings::default()
     };
     let (a, b) = (RateLimiter::new(&shared).expect("limiter"), RateLimiter::new(&shared).expect("limiter"));
     let passed = passes(&[&a, &b], "key_shared", 20).await;
@@ -179,6 +180,7 @@ async fn an_unreachable_redis_falls_back_to_the_process_limit() {
         // Nothing listens on port 1.
         redis_url: "redis://127.0.0.1:1".into(),
         redis_prefix: unique_prefix(),
+        ..RateLimitSettings::default()
     };
     let limiter = RateLimiter::new(&settings).expect("limiter");
     let passed = passes(&[&limiter], "key_fallback", 10).await;

@@ -26,6 +26,8 @@ pub enum Reply {
     RetryAfter(u16, String),
     /// `302 Found` to this location.
     Redirect(String),
+    /// This status with exactly these body bytes (which need not be text).
+    Raw(u16, Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -154,5 +156,6 @@ async fn answer(shared: &Shared, headers: HeaderMap, body: Bytes) -> Response {
             (status, [(header::RETRY_AFTER, value)], "busy").into_response()
         }
         Reply::Redirect(location) => (StatusCode::FOUND, [(header::LOCATION, location)], "moved").into_response(),
+        Reply::Raw(code, body) => (StatusCode::from_u16(code).expect("a status code"), body).into_response(),
     }
 }

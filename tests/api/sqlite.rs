@@ -158,7 +158,7 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     let first = tasks::get(&source.db, account_id, &task_ids[0]).await.expect("get").expect("the first task");
     let body = serde_json::to_vec(&tasks::TaskView::from(&first)).expect("a task object");
     let event = queue::Event { task_id: &first.id, account_id, url: "https://receiver.example.com/hook", body };
-    queue::enqueue_retry(&source.db, &event).await.expect("a webhook delivery");
+    queue::enqueue_retry(&source.db, &event, 10).await.expect("a webhook delivery");
     let mut tx = source.db.begin().await.expect("begin");
     ledger::grant(&mut tx, account_id, 7, "loyalty").await.expect("grant");
     tx.commit().await.expect("commit");

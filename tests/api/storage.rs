@@ -332,11 +332,12 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     let retried = queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim");
     assert_eq!((retried.len(), retried[0].attempts), (1, 1));
     queue::record(db, &attempt(Some(204)), Next::Delivered).await.expect("record");
-    let manual =
-        tasks::resend_webhook(db, settled.account_id, &settled.id, &helpers::test_files()).await.expect("manual retry");
+    let manual = tasks::resend_webhook(db, settled.account_id, &settled.id, &helpers::test_files(), 10)
+        .await
+        .expect("manual retry");
     assert_eq!((manual.trigger, manual.webhook_id.as_str()), (Trigger::Manual, delivery.webhook_id.as_str()));
     assert_eq!(manual.body, delivery.body, "the same event, byte for byte");
-    let history = queue::list_for_task(db, &task.id).await.expect("history");
+    let history = queue::list_for_task(db, &task.id, None, 100).await.expect("history");
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].0.status, DeliveryStatus::Delivered);
     assert_eq!(history[0].1.iter().map(|a| a.status_code).collect::<Vec<_>>(), [None, Some(204)]);

@@ -20,7 +20,7 @@ use crate::receiver::{Receiver, Reply};
 
 /// Webhooks to loopback receivers: http allowed, 127.0.0.0/8 opened, a fast loop, a short timeout, and
 /// this retry schedule (comma-separated, as in the environment).
-fn loopback(schedule: &str) -> impl FnOnce(&mut Settings) + '_ {
+pub fn loopback(schedule: &str) -> impl FnOnce(&mut Settings) + '_ {
     move |settings| {
         let webhooks = &mut settings.webhooks;
         webhooks.allow_http = true;
@@ -179,8 +179,9 @@ async fn retries_keep_the_webhook_id_follow_the_schedule_and_record_every_attemp
     assert!(attempts[0]["latency_ms"].as_i64() >= Some(900), "the timeout is 1 s: {}", attempts[0]);
     assert!(attempts[0]["response_excerpt"].is_null());
     assert_eq!(attempts[1]["error"], "HTTP 500 Internal Server Error");
-    assert_eq!(attempts[1]["response_excerpt"], "status 500");
-    assert!(attempts[2]["error"].is_null() && attempts[2]["response_excerpt"] == "ok", "{}", attempts[2]);
+    // The receiver is a private address (opened by allowed_private_cidrs): its answers are not kept.
+    assert!(attempts[1]["response_excerpt"].is_null(), "{}", attempts[1]);
+    assert!(attempts[2]["error"].is_null() && attempts[2]["response_excerpt"].is_null(), "{}", attempts[2]);
     for attempt in attempts {
         assert!(attempt["attempted_at"].is_string() && attempt["latency_ms"].as_i64() >= Some(0), "{attempt}");
     }
@@ -260,7 +261,7 @@ async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
     let attempt = &first["attempts"][0];
     assert_eq!(attempt["status_code"], 500);
     assert_eq!(attempt["error"], "HTTP 500 Internal Server Error");
-    assert_eq!(attempt["response_excerpt"], "status 500");
+    assert!(attempt["response_excerpt"].is_null(), "a private receiver's answer is not kept: {attempt}");
     assert!(attempt["latency_ms"].is_i64() && attempt["attempted_at"].is_string(), "{attempt}");
 
     // Another account's task is not found, on both routes, exactly like a missing one.
@@ -296,7 +297,7 @@ async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
     let slow = create_with_callback(&app, &key, "A slow one [simulate:delay=60000]", &receiver.url).await;
     let (_, message) = assert_error(post_retry(&app, &key, &slow).await, StatusCode::CONFLICT, "conflict").await;
     assert!(message.contains("not finished"), "{message}");
-    assert_eq!(app.get_json(&key, &deliveries_path(&slow)).await, json!({"data": []}));
+    assert_eq!(app.get_json(&key, &deliveries_path(&slow)).await, json!({"data": [], "next_cursor": null}));
     assert_ledger_consistent(app.pool()).await;
 }
 
@@ -364,7 +365,7 @@ async fn a_pending_delivery_survives_a_restart() {
 }
 
 /// Test host names: each maps to one address; anything else is unknown (never real DNS).
-struct TestHosts(HashMap<&'static str, IpAddr>);
+pub struct TestHosts(pub HashMap<&'static str, IpAddr>);
 
 impl Resolve for TestHosts {
     fn resolve(&self, name: Name) -> Resolving {
@@ -410,7 +411,7 @@ async fn a_host_name_resolving_to_a_private_address_is_refused_at_connect_time()
     let attempt = &log[0]["attempts"][0];
     assert!(attempt["status_code"].is_null(), "{attempt}");
     let error = attempt["error"].as_str().unwrap_or_default();
-    assert!(error.contains("outbound URL guard") && error.contains("rebind.test"), "{error}");
+    assert!(error.contains("outbound URL guard") && !error.contains("rebind.test"), "{error}");
     assert!(refused.received().is_empty(), "nothing reached 127.0.0.1");
 
     let log = finished_deliveries(&app, &key, &fine, 1).await;
