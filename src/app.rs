@@ -64,7 +64,7 @@ impl Application {
         let catalog = Catalog::load(&settings)?;
         let files = FileStore::new(settings.files.dir.clone(), &settings.server.public_base_url)?;
         let providers = Providers::from_settings(&settings, &pool, &files)?;
-        let guard = Arc::new(Guard::new(&settings.webhooks));
+        let guard = Arc::new(Guard::new(&settings.webhooks).with_own_files(&settings.server.public_base_url));
         let rehost = if settings.results.rehost {
             let nodes: Vec<&str> = settings
                 .providers
@@ -87,6 +87,7 @@ impl Application {
             Arc::clone(&webhooks),
             rehost,
         );
+        let events = Arc::clone(engine.events());
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
         let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
         if jwt.is_none() {
@@ -104,6 +105,8 @@ impl Application {
             auth: Arc::new(auth),
             engine,
             webhooks,
+            events,
+            streams: Arc::default(),
             guard,
             files,
             limits,
@@ -133,6 +136,12 @@ impl Application {
         let engine_loop = role.runs_engine().then(|| background.spawn(Arc::clone(&engine).run(shutdown.clone())));
         let webhooks =
             role.runs_engine().then(|| background.spawn(Arc::clone(&self.state.webhooks).run(shutdown.clone())));
+        // Waiters on tasks (live events, synchronous waits) are API requests.
+        if role.serves_api() {
+            let events = Arc::clone(&self.state.events);
+            let shutdown = shutdown.clone();
+            background.spawn(async move { events.run(shutdown).await });
+        }
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let metrics = self.metrics_listener.map(|listener| {
             let router = crate::http::metrics_router(self.state.clone());

@@ -31,6 +31,13 @@ pub const DB_POOL_CONNECTIONS: &str = "aio_db_pool_connections";
 /// Outgoing webhook attempts, label `outcome` (`delivered`, `failed`, `dead`): incremented by the
 /// webhook deliverer through [`webhook_attempt`]: `delivered`, `retry` or `dead`.
 pub const WEBHOOK_ATTEMPTS: &str = "aio_webhook_attempts_total";
+/// Task-change notifications (`task_events`), label `kind`: published, received (PostgreSQL `LISTEN`),
+/// reconnected, listen_failed.
+pub const TASK_EVENTS: &str = "aio_task_events_total";
+/// Open live-event streams (`GET /api/v1/tasks/{task_id}/events`) of this process.
+pub const EVENT_STREAMS: &str = "aio_event_streams";
+/// Tasks cancelled by their client, by whether the provider's cancel was asked and how it went.
+pub const TASKS_CANCELLED: &str = "aio_tasks_cancelled_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -78,6 +85,12 @@ fn describe() {
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by reason (key, concurrency).");
     describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections of this process, by state (in_use, idle).");
     describe_counter!(WEBHOOK_ATTEMPTS, "Outgoing webhook delivery attempts, by outcome.");
+    describe_counter!(
+        TASK_EVENTS,
+        "Task-change notifications, by kind (published, received, reconnected, listen_failed)."
+    );
+    describe_gauge!(EVENT_STREAMS, "Open live-event streams of this process.");
+    describe_counter!(TASKS_CANCELLED, "Tasks cancelled by their client, by upstream cancel (none, ok, failed).");
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -133,6 +146,21 @@ pub fn rate_limited(reason: &'static str) {
 /// For the webhook deliverer: one delivery attempt and how it ended.
 pub fn webhook_attempt(outcome: &'static str) {
     counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// One task-change notification (see `task_events`).
+pub fn task_event(kind: &'static str) {
+    counter!(TASK_EVENTS, "kind" => kind).increment(1);
+}
+
+/// A live-event stream opened (`+1`) or closed (`-1`).
+pub fn event_streams(change: f64) {
+    gauge!(EVENT_STREAMS).increment(change);
+}
+
+/// A client cancelled a task; `upstream` says whether the provider's cancel was asked and how it went.
+pub fn task_cancelled(upstream: &'static str) {
+    counter!(TASKS_CANCELLED, "upstream" => upstream).increment(1);
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.

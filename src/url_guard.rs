@@ -30,16 +30,38 @@ use crate::config::WebhookSettings;
 pub struct Guard {
     allow_http: bool,
     allowed: Vec<IpNet>,
+    /// The gateway's own public base URL: its `/files/…` URLs (uploads, earlier results) are its own
+    /// content wherever it runs, so they pass [`Guard::check_url`].
+    own_base: Option<Url>,
 }
 
 impl Guard {
     pub fn new(settings: &WebhookSettings) -> Guard {
-        Guard { allow_http: settings.allow_http, allowed: settings.allowed_private_cidrs.clone() }
+        Guard { allow_http: settings.allow_http, allowed: settings.allowed_private_cidrs.clone(), own_base: None }
+    }
+
+    /// Lets the file URLs under `public_base_url` (`{public_base_url}/files/{name}`) through.
+    pub fn with_own_files(mut self, public_base_url: &str) -> Guard {
+        self.own_base = Url::parse(public_base_url).ok();
+        self
+    }
+
+    /// Whether `url` is one of the gateway's own file URLs (compared after parsing, so `..` cannot
+    /// walk out of `/files/`).
+    fn is_own_file(&self, url: &Url) -> bool {
+        let Some(base) = &self.own_base else { return false };
+        let prefix = format!("{}/files/", base.path().trim_end_matches('/'));
+        url.origin() == base.origin()
+            && url.query().is_none()
+            && url.path().strip_prefix(&prefix).is_some_and(|name| !name.is_empty() && !name.contains('/'))
     }
 
     /// The parsed URL, or why it is refused, in words for the client.
     pub fn check_url(&self, raw: &str) -> Result<Url, String> {
         let url = Url::parse(raw).map_err(|_| format!("`{}` is not a valid URL.", shorten(raw)))?;
+        if self.is_own_file(&url) {
+            return Ok(url);
+        }
         match url.scheme() {
             "https" => {}
             "http" if self.allow_http => {}
@@ -280,14 +302,14 @@ mod tests {
         for url in ["https://example.com/in.png", "https://93.184.216.34/in.png", "https://[2606:4700::1111]/"] {
             assert!(strict().check_url(url).is_ok(), "{url} should pass");
         }
-        let http = Guard { allow_http: true, allowed: Vec::new() };
+        let http = Guard { allow_http: true, allowed: Vec::new(), own_base: None };
         assert!(http.check_url("http://example.com/in.png").is_ok());
         assert!(http.check_url("http://127.0.0.1/in.png").is_err());
     }
 
     #[test]
     fn allowed_ranges_open_exactly_those_addresses() {
-        let guard = Guard { allow_http: true, allowed: vec!["127.0.0.0/8".parse().expect("cidr")] };
+        let guard = Guard { allow_http: true, allowed: vec!["127.0.0.0/8".parse().expect("cidr")], own_base: None };
         assert!(guard.check_url("http://127.0.0.1:9000/hook").is_ok());
         assert!(guard.check_url("http://2130706433/hook").is_ok());
         assert!(guard.check_url("http://[::ffff:127.0.0.1]/hook").is_ok());

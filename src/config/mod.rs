@@ -8,6 +8,7 @@ mod catalog;
 mod durations;
 mod files;
 mod lists;
+mod openai;
 mod providers;
 mod server;
 mod tasks;
@@ -26,6 +27,7 @@ pub use auth::{AuthSettings, JwtAlgorithm, JwtSettings, SessionSettings};
 pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
 pub use files::{FileSettings, ImageType, ResultSettings};
+pub use openai::{EventSettings, OpenAiSettings};
 pub use providers::{ProviderKind, ProviderSettings};
 pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
@@ -53,6 +55,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub log: LogSettings,
     pub rate_limit: RateLimitSettings,
+    pub openai: OpenAiSettings,
+    pub events: EventSettings,
     pub providers: BTreeMap<String, ProviderSettings>,
 }
 

@@ -1,6 +1,6 @@
 //! Tasks: the type, its state machine and its queries; [`view`] is the task object clients see.
 //!
-//! `pending → running → succeeded | failed`. Every transition is an `UPDATE … WHERE status IN (…)`,
+//! `pending → running → succeeded | failed | cancelled` (a client may cancel while unfinished). Every transition is an `UPDATE … WHERE status IN (…)`,
 //! so when two workers race, the row count tells exactly one of them that it won. Terminal
 //! transitions settle the credits and enqueue the webhook in the same transaction.
 
@@ -30,6 +30,7 @@ pub enum TaskStatus {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
 }
 
 impl TaskStatus {
@@ -39,12 +40,24 @@ impl TaskStatus {
             "running" => Some(TaskStatus::Running),
             "succeeded" => Some(TaskStatus::Succeeded),
             "failed" => Some(TaskStatus::Failed),
+            "cancelled" => Some(TaskStatus::Cancelled),
             _ => None,
         }
     }
 
+    /// As serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed)
+        !matches!(self, TaskStatus::Pending | TaskStatus::Running)
     }
 }
 
@@ -429,6 +442,8 @@ pub async fn reschedule(db: &Db, task_id: &str, next_poll_in: Duration) -> sqlx:
 pub enum Outcome {
     Succeeded(TaskOutput),
     Failed(TaskError),
+    /// The client cancelled the task: released like a failure.
+    Cancelled,
 }
 
 /// The terminal transition, its settlement and, for a task with a `callback_url`, its webhook delivery
@@ -439,6 +454,7 @@ pub async fn settle(db: &Db, task_id: &str, outcome: Outcome, webhook_delay: Dur
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
         Outcome::Failed(error) => (TaskStatus::Failed, None, Some(Json(error))),
+        Outcome::Cancelled => (TaskStatus::Cancelled, None, None),
     };
     let sql = format!(
         "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now}

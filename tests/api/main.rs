@@ -5,9 +5,11 @@
 
 mod auth;
 mod callbacks;
+mod cancel;
 mod catalog;
 mod cli;
 mod dashboard;
+mod events;
 mod failover;
 mod fakes;
 mod fal;
@@ -21,6 +23,7 @@ mod ledger;
 mod logs;
 mod metrics;
 mod openai;
+mod openai_compat;
 mod openapi;
 mod properties;
 mod rate_limits;
