@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{ProviderKind, Settings};
 use crate::error::Error;
-use crate::tasks::TaskInput;
+use crate::tasks::{CallbackEvent, TaskInput};
 use crate::url_guard::Guard;
 
 /// The request parameters a model may declare, besides the prompt and image URLs every model has.
@@ -435,15 +435,54 @@ impl Catalog {
             guard.check_url(url).map_err(|why| Error::Invalid(format!("`callback_url`: {why}")))?;
         }
 
+        let callback_events = match request.callback_events {
+            None => None,
+            Some(_) if request.callback_url.is_none() => {
+                return invalid("`callback_events`: only with a `callback_url`.".into());
+            }
+            Some(names) => Some(callback_events(&names)?),
+        };
+
         Ok(ValidRequest {
             model,
             sub_model,
             route: sub_model.routes_in_order()[0],
             input: TaskInput { prompt: prompt.to_owned(), aspect_ratio, quality, image_urls },
             callback_url: request.callback_url,
+            callback_events,
             price: model.credits,
         })
     }
+}
+
+/// `callback_events`: at least one of `completed` and `started`, each once, in that order whatever
+/// order they came in (so equal requests hash equal). `progress` is refused: no provider reports it.
+fn callback_events(names: &[String]) -> Result<Vec<CallbackEvent>, Error> {
+    let mut events = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let event = match name.as_str() {
+            "completed" => CallbackEvent::Completed,
+            "started" => CallbackEvent::Started,
+            "progress" => {
+                return Err(Error::Invalid(format!(
+                    "`callback_events[{i}]`: `progress` is not sent: no provider reports progress yet."
+                )))
+            }
+            other => {
+                return Err(Error::Invalid(format!(
+                    "`callback_events[{i}]`: `{other}` is not one of completed, started."
+                )))
+            }
+        };
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+    if events.is_empty() {
+        return Err(Error::Invalid("`callback_events`: name at least one event (completed, started).".into()));
+    }
+    events.sort_by_key(|event| *event != CallbackEvent::Completed);
+    Ok(events)
 }
 
 /// The value of a declared parameter: the given one if allowed, else its default. A parameter the
@@ -601,6 +640,9 @@ pub struct CreateRequest {
     pub image_urls: Option<Vec<String>>,
     /// Models with webhooks only: an `https` URL that receives the task when it ends.
     pub callback_url: Option<String>,
+    /// With `callback_url`: which events it receives, `completed` (the default) and/or `started`.
+    #[schema(example = json!(["started", "completed"]))]
+    pub callback_events: Option<Vec<String>>,
 }
 
 /// A request that passed validation: what to store, what it costs, and which route serves it.
@@ -610,6 +652,7 @@ pub struct ValidRequest<'a> {
     pub route: &'a Route,
     pub input: TaskInput,
     pub callback_url: Option<String>,
+    pub callback_events: Option<Vec<CallbackEvent>>,
     pub price: i64,
 }
 

@@ -143,7 +143,12 @@ impl Engine {
     ) -> Result<Task, Error> {
         let valid = self.catalog.validate(request, &self.guard)?;
         let key = idempotency_key.map(|key| IdempotencyKey {
-            request_hash: tasks::request_hash(&valid.sub_model.id, &valid.input, valid.callback_url.as_deref()),
+            request_hash: tasks::request_hash(
+                &valid.sub_model.id,
+                &valid.input,
+                valid.callback_url.as_deref(),
+                valid.callback_events.as_deref(),
+            ),
             key,
         });
         let task_id = tasks::new_task_id();
@@ -155,6 +160,7 @@ impl Engine {
             input: &valid.input,
             price: valid.price,
             callback_url: valid.callback_url.as_deref(),
+            callback_events: valid.callback_events.as_deref(),
             provider: &valid.route.provider,
             upstream_model: &valid.route.upstream_model,
             deadline: self.settings.deadline,
@@ -362,7 +368,13 @@ impl Engine {
                 Ok(Submitted::Accepted { upstream_id }) => {
                     tracing::info!(upstream_id = %upstream_id, provider = %provider_id, "accepted upstream");
                     let delay = self.poll_delay(provider_id, 0, None);
-                    if tasks::mark_running(&self.pool, &task.id, &upstream_id, delay).await? {
+                    let body_version = self.webhooks.body_version();
+                    if let Some(running) =
+                        tasks::mark_running(&self.pool, &task.id, &upstream_id, delay, body_version).await?
+                    {
+                        if running.wants(tasks::CallbackEvent::Started) {
+                            self.webhooks.wake();
+                        }
                         self.events.publish(&task.id).await;
                     } else {
                         // Cancelled while the provider accepted it: the job is no use to anyone.
@@ -442,7 +454,8 @@ impl Engine {
     /// The terminal transition: `Some(task)` when this call made it, `None` when the task had already
     /// ended (someone else settled it, exactly once).
     async fn settle(&self, task: &Task, outcome: Outcome) -> sqlx::Result<Option<Task>> {
-        let Some(settled) = tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay()).await? else {
+        let (delay, version) = (self.webhooks.first_delay(), self.webhooks.body_version());
+        let Some(settled) = tasks::settle_as(&self.pool, &task.id, outcome, delay, version).await? else {
             return Ok(None);
         };
         let code = settled.error.as_ref().map(|e| e.code);

@@ -86,6 +86,7 @@ pub fn create_request(catalog: &Catalog, request: &ImagesRequest) -> Result<Crea
         quality,
         image_urls: request.edit.clone(),
         callback_url: None,
+        callback_events: None,
     })
 }
 

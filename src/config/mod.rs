@@ -31,7 +31,7 @@ pub use openai::{EventSettings, OpenAiSettings};
 pub use providers::{ProviderKind, ProviderSettings};
 pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
-pub use webhooks::WebhookSettings;
+pub use webhooks::{BodyVersion, WebhookSettings};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
 /// An embedded SQLite file: a first start needs no database server.

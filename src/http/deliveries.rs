@@ -119,7 +119,8 @@ pub async fn retry(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
-    let delivery = tasks::resend_webhook(&state.pool, caller.account_id, &task_id).await?;
+    let version = state.settings.webhooks.body_version;
+    let delivery = tasks::resend_webhook_as(&state.pool, caller.account_id, &task_id, version).await?;
     tracing::info!(task_id = %delivery.task_id, delivery_id = %delivery.id, "manual webhook retry");
     if state.settings.server.role.runs_engine() {
         state.webhooks.wake();

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 
+use crate::config::BodyVersion;
 use crate::error::Error;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ledger::{self, UsageFilter};
@@ -58,6 +59,26 @@ impl TaskStatus {
 
     pub fn is_terminal(self) -> bool {
         !matches!(self, TaskStatus::Pending | TaskStatus::Running)
+    }
+}
+
+/// The events of a task its webhook receives (`callback_events`; default: `completed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackEvent {
+    /// The task ended: succeeded, failed or cancelled.
+    Completed,
+    /// The provider accepted the task (`running`).
+    Started,
+}
+
+impl CallbackEvent {
+    /// The event's `type` in a version-2 body.
+    fn type_name(self) -> &'static str {
+        match self {
+            CallbackEvent::Completed => "task.completed",
+            CallbackEvent::Started => "task.started",
+        }
     }
 }
 
@@ -130,10 +151,24 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// `None`: the default, `completed` only.
+    pub callback_events: Option<Json<Vec<CallbackEvent>>>,
+}
+
+impl Task {
+    /// Whether the task's webhook receives `event`.
+    pub fn wants(&self, event: CallbackEvent) -> bool {
+        self.callback_url.is_some()
+            && self
+                .callback_events
+                .as_ref()
+                .map_or(event == CallbackEvent::Completed, |events| events.0.contains(&event))
+    }
 }
 
 const COLUMNS: &str = "id, account_id, model, sub_model, status, input, output, error, price, callback_url, \
-     provider, upstream_model, upstream_id, attempts, deadline_at, created_at, updated_at, completed_at";
+     provider, upstream_model, upstream_id, attempts, deadline_at, created_at, updated_at, completed_at, \
+     callback_events";
 
 /// A task to insert; its id is minted by [`new_task_id`].
 pub struct NewTask<'a> {
@@ -144,6 +179,8 @@ pub struct NewTask<'a> {
     pub input: &'a TaskInput,
     pub price: i64,
     pub callback_url: Option<&'a str>,
+    /// `None`: the default (`completed`).
+    pub callback_events: Option<&'a [CallbackEvent]>,
     pub provider: &'a str,
     pub upstream_model: &'a str,
     pub deadline: Duration,
@@ -162,11 +199,19 @@ struct Canonical<'a> {
     sub_model: &'a str,
     input: &'a TaskInput,
     callback_url: Option<&'a str>,
+    /// Left out when not given, so the hashes of requests without it are what they always were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_events: Option<&'a [CallbackEvent]>,
 }
 
-pub fn request_hash(sub_model: &str, input: &TaskInput, callback_url: Option<&str>) -> [u8; 32] {
+pub fn request_hash(
+    sub_model: &str,
+    input: &TaskInput,
+    callback_url: Option<&str>,
+    callback_events: Option<&[CallbackEvent]>,
+) -> [u8; 32] {
     // Serialising a struct of strings cannot fail; an empty hash would only make every replay a conflict.
-    let bytes = serde_json::to_vec(&Canonical { sub_model, input, callback_url }).unwrap_or_default();
+    let bytes = serde_json::to_vec(&Canonical { sub_model, input, callback_url, callback_events }).unwrap_or_default();
     Sha256::digest(&bytes).into()
 }
 
@@ -211,8 +256,8 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     let dialect = tx.dialect();
     let sql = format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
-                            upstream_model, deadline_at, next_poll_at)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, {}, {})
+                            upstream_model, deadline_at, next_poll_at, callback_events)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, {}, {}, $12)
          RETURNING {COLUMNS}",
         dialect.now_plus_secs("$10"),
         dialect.now_plus_secs("$11"),
@@ -229,6 +274,7 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     .bind(new.upstream_model)
     .bind(new.deadline.as_secs_f64())
     .bind(new.lease.unwrap_or_default().as_secs_f64())
+    .bind(new.callback_events.map(Json))
     .fetch_one(conn)
     .await)?;
     if let Some(key) = new.idempotency {
@@ -353,24 +399,36 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
 }
 
 /// The provider accepted the task: remember its job id and when to look again (at once when its
-/// callback already arrived).
-pub async fn mark_running(db: &Db, task_id: &str, upstream_id: &str, next_poll_in: Duration) -> sqlx::Result<bool> {
-    let d = db.dialect();
+/// callback already arrived), and for a task whose webhook wants it, enqueue its `started` event in
+/// the same transaction. `None` when the task was no longer pending (cancelled meanwhile).
+pub async fn mark_running(
+    db: &Db,
+    task_id: &str,
+    upstream_id: &str,
+    next_poll_in: Duration,
+    body_version: BodyVersion,
+) -> sqlx::Result<Option<Task>> {
+    let mut tx = db.begin().await?;
+    let d = tx.dialect();
     let sql = format!(
         "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now},
                           next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
-         WHERE id = $1 AND status = 'pending'",
+         WHERE id = $1 AND status = 'pending'
+         RETURNING {COLUMNS}",
         now = d.now(),
         next = d.least(&d.now_plus_secs("$3"), "deadline_at"),
     );
-    let done = on_db!(db, pool => sqlx::query(&sql)
+    let running: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
         .bind(task_id)
         .bind(upstream_id)
         .bind(next_poll_in.as_secs_f64())
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-    Ok(done == 1)
+        .fetch_optional(conn)
+        .await)?;
+    if let Some(event) = running.as_ref().and_then(|task| webhook_event(task, CallbackEvent::Started, body_version)) {
+        queue::enqueue_started(&mut tx, &event).await?;
+    }
+    tx.commit().await?;
+    Ok(running)
 }
 
 /// Submit to another route (failover): only while the task is still pending.
@@ -446,10 +504,22 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// The terminal transition, its settlement and, for a task with a `callback_url`, its webhook delivery
-/// (due after `webhook_delay`), in one transaction. Returns the settled task when this call made the
-/// transition, `None` when the task was already terminal (someone else settled).
+/// [`settle_as`] with webhook bodies of version 1.
 pub async fn settle(db: &Db, task_id: &str, outcome: Outcome, webhook_delay: Duration) -> sqlx::Result<Option<Task>> {
+    settle_as(db, task_id, outcome, webhook_delay, BodyVersion::V1).await
+}
+
+/// The terminal transition, its settlement and, for a task whose webhook wants `completed` (the
+/// default), its webhook delivery (due after `webhook_delay`), in one transaction. Returns the settled
+/// task when this call made the transition, `None` when the task was already terminal (someone else
+/// settled).
+pub async fn settle_as(
+    db: &Db,
+    task_id: &str,
+    outcome: Outcome,
+    webhook_delay: Duration,
+    body_version: BodyVersion,
+) -> sqlx::Result<Option<Task>> {
     let mut tx = db.begin().await?;
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
@@ -473,7 +543,7 @@ pub async fn settle(db: &Db, task_id: &str, outcome: Outcome, webhook_delay: Dur
         return Ok(None);
     };
     settle_credits(&mut tx, &task).await?;
-    if let Some(event) = webhook_event(&task) {
+    if let Some(event) = webhook_event(&task, CallbackEvent::Completed, body_version) {
         queue::enqueue(&mut tx, &event, webhook_delay).await?;
     }
     tx.commit().await?;
@@ -487,16 +557,37 @@ async fn settle_credits(tx: &mut Tx, task: &Task) -> sqlx::Result<()> {
     }
 }
 
-/// The event a task's webhook reports: its task object as it is now, for its `callback_url`.
-pub fn webhook_event(task: &Task) -> Option<Event<'_>> {
-    let url = task.callback_url.as_deref()?;
+/// The event a task's webhook reports, if it wants `kind`: its task object as it is now (version 1),
+/// or wrapped as `{"type", "timestamp", "data"}` (version 2), for its `callback_url`.
+pub fn webhook_event(task: &Task, kind: CallbackEvent, body_version: BodyVersion) -> Option<Event<'_>> {
+    let url = task.callback_url.as_deref().filter(|_| task.wants(kind))?;
+    let view = TaskView::from(task);
     // A view of strings and numbers always serialises; an empty body would still be delivered and logged.
-    let body = serde_json::to_vec(&TaskView::from(task)).unwrap_or_default();
+    let body = match body_version {
+        BodyVersion::V1 => serde_json::to_vec(&view),
+        BodyVersion::V2 => serde_json::to_vec(&serde_json::json!({
+            "type": kind.type_name(),
+            "timestamp": timestamp(task.updated_at),
+            "data": view,
+        })),
+    }
+    .unwrap_or_default();
     Some(Event { task_id: &task.id, account_id: task.account_id, url, body })
 }
 
-/// `POST /api/v1/tasks/{task_id}/deliveries/retry`: a new delivery, due now, of a finished task's event.
+/// [`resend_webhook_as`] with a version-1 body for a task that never had a delivery.
 pub async fn resend_webhook(db: &Db, account_id: i64, task_id: &str) -> Result<Delivery, Error> {
+    resend_webhook_as(db, account_id, task_id, BodyVersion::V1).await
+}
+
+/// `POST /api/v1/tasks/{task_id}/deliveries/retry`: a new delivery, due now, of a finished task's event
+/// (its first delivery's bytes; a task that never had one gets a `completed` event in `body_version`).
+pub async fn resend_webhook_as(
+    db: &Db,
+    account_id: i64,
+    task_id: &str,
+    body_version: BodyVersion,
+) -> Result<Delivery, Error> {
     let task = get(db, account_id, task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
     if !task.status.is_terminal() {
         return Err(Error::Conflict(format!(
@@ -504,7 +595,9 @@ pub async fn resend_webhook(db: &Db, account_id: i64, task_id: &str) -> Result<D
             task.id
         )));
     }
-    let Some(event) = webhook_event(&task) else {
+    // A manual re-send is of the task's end, whichever events its webhook asked for.
+    let resend = Task { callback_events: None, ..task.clone() };
+    let Some(event) = webhook_event(&resend, CallbackEvent::Completed, body_version) else {
         return Err(Error::Conflict(format!("Task {} has no callback_url; there is no webhook to send.", task.id)));
     };
     Ok(queue::enqueue_retry(db, &event).await?)
@@ -530,11 +623,12 @@ mod tests {
 
     #[test]
     fn the_request_hash_follows_the_request() {
-        let a = request_hash("m", &input("x"), None);
-        assert_eq!(a, request_hash("m", &input("x"), None));
-        assert_ne!(a, request_hash("m", &input("y"), None));
-        assert_ne!(a, request_hash("n", &input("x"), None));
-        assert_ne!(a, request_hash("m", &input("x"), Some("https://example.com/")));
+        let a = request_hash("m", &input("x"), None, None);
+        assert_eq!(a, request_hash("m", &input("x"), None, None));
+        assert_ne!(a, request_hash("m", &input("y"), None, None));
+        assert_ne!(a, request_hash("n", &input("x"), None, None));
+        assert_ne!(a, request_hash("m", &input("x"), Some("https://example.com/"), None));
+        assert_ne!(a, request_hash("m", &input("x"), None, Some(&[CallbackEvent::Started])));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Trigger {
     Settled,
     /// `POST /api/v1/tasks/{task_id}/deliveries/retry`.
     Manual,
+    /// The task started (`callback_events` with `started`).
+    Started,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -116,13 +118,20 @@ pub async fn enqueue(tx: &mut Tx, event: &Event<'_>, delay: Duration) -> sqlx::R
     Ok(())
 }
 
+/// In the starting transaction: the task's `started` event, due now, with a new `webhook-id`.
+pub async fn enqueue_started(tx: &mut Tx, event: &Event<'_>) -> sqlx::Result<()> {
+    insert(tx, event, &ids::new_id("msg"), &event.body, Trigger::Started, Duration::ZERO).await?;
+    Ok(())
+}
+
 /// A manual re-send, due now, of the task's event: the same `webhook-id` and the same bytes as its
 /// first delivery (a task without one, e.g. settled before webhooks existed, gets a new event with
 /// `event.body`). The caller checked that the task is terminal and has a `callback_url`.
 pub async fn enqueue_retry(db: &Db, event: &Event<'_>) -> sqlx::Result<Delivery> {
     let mut tx = db.begin().await?;
     let first: Option<(String, Vec<u8>)> = on_tx!(&mut tx, conn => sqlx::query_as(
-        "SELECT webhook_id, body FROM webhook_deliveries WHERE task_id = $1 ORDER BY id LIMIT 1",
+        "SELECT webhook_id, body FROM webhook_deliveries WHERE task_id = $1 AND trigger <> 'started'
+         ORDER BY id LIMIT 1",
     )
     .bind(event.task_id)
     .fetch_optional(conn)
