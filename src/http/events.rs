@@ -66,6 +66,19 @@ impl Drop for StreamSlot {
     }
 }
 
+/// One event of the stream, as the OpenAPI document describes it (the fields of an SSE event).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct TaskEventFrame {
+    /// Always `task`.
+    #[schema(example = "task")]
+    event: String,
+    /// This state's id: send it back as `Last-Event-ID` to resume after it.
+    id: String,
+    /// The task object (as `GET /api/v1/tasks/{task_id}` answers it), as JSON text.
+    data: String,
+}
+
 /// The id of a task state: it changes whenever the task does (each change moves `updated_at`).
 fn event_id(task: &Task) -> String {
     format!("{}-{}", task.updated_at.timestamp_micros(), task.status.as_str())
@@ -124,7 +137,7 @@ impl Follow {
         ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: that state is not sent again."),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `event: task`, `id`, `data: <the task object>` now and on every change, ending at a terminal status; comment lines as keep-alive.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `event: task`, `id`, `data: <the task object>` now and on every change, ending at a terminal status; comment lines as keep-alive.", content_type = "text/event-stream", body = TaskEventFrame),
         (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
         KeyErrors,
     ),
