@@ -253,6 +253,24 @@ mod tests {
     }
 
     #[test]
+    fn the_gateways_own_file_urls_pass_and_nothing_else_of_its_origin() {
+        let guard = strict().with_own_files("http://127.0.0.1:8080");
+        assert!(guard.check_url("http://127.0.0.1:8080/files/Ab12.png").is_ok());
+        for refused in [
+            "http://127.0.0.1:8080/api/v1/keys",
+            "http://127.0.0.1:8080/files/../api/v1/keys",
+            "http://127.0.0.1:8080/files/a/b.png",
+            "http://127.0.0.1:8080/files/",
+            "http://127.0.0.1:8080/files/a.png?x=1",
+            "http://127.0.0.1:8081/files/Ab12.png",
+            "https://127.0.0.1:8080/files/Ab12.png",
+        ] {
+            assert!(guard.check_url(refused).is_err(), "{refused}");
+        }
+        assert!(strict().check_url("http://127.0.0.1:8080/files/Ab12.png").is_err(), "only when configured");
+    }
+
+    #[test]
     fn refuses_what_must_not_be_fetched() {
         for url in [
             "ftp://example.com/a.png",
