@@ -1,13 +1,13 @@
 // API console: a form generated from the model's parameters, live request examples (curl, fetch,
-// Python requests), and Run, which creates the task with the session, polls it, and shows the image,
-// the credits charged and the new balance.
+// Python requests), and Run, which creates the task with the session, follows it live (its Server-Sent
+// Events; Cancel while it runs), and shows the image, the credits charged and the new balance.
 'use strict';
 
 (function () {
   const { api, el, errorBox, format, copyButton } = window.AIO;
   const ENDPOINT = '/api/v1/images/generations';
   const SAMPLE_PROMPT = 'A serene mountain lake at sunrise with reflections, photorealistic';
-  const POLL_MS = 1000;
+  const TERMINAL = ['succeeded', 'failed', 'cancelled'];
 
   // One form control per parameter: a select for choices (the default selected), a text area for the
   // prompt and for image URLs (one per line), an input otherwise.
@@ -89,7 +89,27 @@
     };
   }
 
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  // The task's states as the server sends them (GET …/events, with the session cookie), each passed to
+  // `onTask`, until it ends (or the page is left: `current()` turns false). EventSource reconnects by
+  // itself after a broken connection, sending Last-Event-ID, so no state is shown twice.
+  function follow(taskId, current, onTask) {
+    return new Promise((resolve) => {
+      const source = new EventSource('/api/v1/tasks/' + encodeURIComponent(taskId) + '/events');
+      source.addEventListener('task', (event) => {
+        if (!current()) {
+          source.close();
+          resolve(null);
+          return;
+        }
+        const task = JSON.parse(event.data);
+        onTask(task);
+        if (TERMINAL.includes(task.status)) {
+          source.close();
+          resolve(task);
+        }
+      });
+    });
+  }
 
   async function run(request, result, current) {
     result.replaceChildren(el('p', { class: 'muted', text: 'Sending…' }));
@@ -101,21 +121,30 @@
       return;
     }
     const status = el('span', { class: 'status', id: 'run-status' });
-    const line = el('p', {}, 'Task ', el('code', { id: 'run-task', text: task.task_id }), ': ', status);
-    result.replaceChildren(line);
-    while (current()) {
-      status.textContent = task.status;
-      status.dataset.status = task.status;
-      if (task.status === 'succeeded' || task.status === 'failed') break;
-      await sleep(POLL_MS);
+    const cancel = el('button', { type: 'button', id: 'run-cancel', text: 'Cancel' });
+    cancel.addEventListener('click', async () => {
+      cancel.disabled = true;
       try {
-        task = await api('GET', '/api/v1/tasks/' + encodeURIComponent(task.task_id));
+        await api('POST', '/api/v1/tasks/' + encodeURIComponent(task.task_id) + '/cancel');
       } catch (error) {
         result.append(errorBox(error));
-        return;
       }
+    });
+    const line = el('p', {}, 'Task ', el('code', { id: 'run-task', text: task.task_id }), ': ', status, ' ', cancel);
+    result.replaceChildren(line);
+    const show = (state) => {
+      status.textContent = state.status;
+      status.dataset.status = state.status;
+      cancel.hidden = TERMINAL.includes(state.status);
+    };
+    show(task);
+    if (!TERMINAL.includes(task.status)) task = await follow(task.task_id, current, show);
+    if (!task || !current()) return;
+    if (task.status === 'cancelled') {
+      result.append(el('p', { class: 'muted', id: 'run-cancelled', text: 'Cancelled. Nothing was charged.' }));
+      await window.AIO.refreshBalance();
+      return;
     }
-    if (!current()) return;
     if (task.status === 'failed') {
       const error = task.error || { code: 'failed', message: 'The task failed.' };
       result.append(errorBox(new window.AIO.ApiError(200, error.code, error.message + ' Nothing was charged.')));

@@ -77,7 +77,7 @@ impl Application {
         let link_key = crate::files::link_key(&pool).await.context("reading the file link key")?;
         let files = FileStore::from_settings(&settings.files, &settings.server.public_base_url, link_key)?;
         let providers = Providers::from_settings(&settings, &pool, &files)?;
-        let guard = Arc::new(Guard::new(&settings.webhooks));
+        let guard = Arc::new(Guard::new(&settings.webhooks).with_own_files(&settings.server.public_base_url));
         let rehost = if settings.results.rehost {
             let nodes: Vec<&str> = settings
                 .providers
@@ -101,6 +101,7 @@ impl Application {
             rehost,
             files.clone(),
         );
+        let events = Arc::clone(engine.events());
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
         let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
         if jwt.is_none() {
@@ -120,6 +121,8 @@ impl Application {
             auth: Arc::new(auth),
             engine,
             webhooks,
+            events,
+            streams: Arc::default(),
             guard,
             files,
             limits,
@@ -154,6 +157,12 @@ impl Application {
             Retention::new(self.state.pool.clone(), self.state.files.clone(), self.state.settings.retention.clone());
         if role.runs_engine() && retention.enabled() {
             background.spawn(retention.run(shutdown.clone()));
+        }
+        // Waiters on tasks (live events, synchronous waits) are API requests.
+        if role.serves_api() {
+            let events = Arc::clone(&self.state.events);
+            let shutdown = shutdown.clone();
+            background.spawn(async move { events.run(shutdown).await });
         }
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let limits = ConnectionLimits::of(&self.state.settings.server);

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{ProviderKind, ProviderMode, Settings};
 use crate::error::Error;
-use crate::tasks::TaskInput;
+use crate::tasks::{CallbackEvent, TaskInput};
 use crate::url_guard::Guard;
 
 /// The request parameters a model may declare, besides the prompt and image URLs every model has.
@@ -40,6 +40,27 @@ pub struct Model {
     pub parameters: Vec<Parameter>,
     /// The first one is the default.
     pub sub_models: Vec<SubModel>,
+    /// How the OpenAI images API (`/v1/images/…`) names and sizes this model.
+    #[serde(default)]
+    pub openai: OpenAiNames,
+}
+
+/// The OpenAI-compatible routes' view of a model: other names clients may use for it, and how
+/// OpenAI's `size` and `quality` become the model's `aspect_ratio` and `quality`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiNames {
+    /// Other model ids accepted on `/v1/images/…` (e.g. `gpt-image-1`), unique across the catalog.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// OpenAI `size` (`1024x1024`) → one of the model's `aspect_ratio` values. A size not listed is
+    /// refused (the message lists these); `auto` or no size means the model's default.
+    #[serde(default)]
+    pub sizes: BTreeMap<String, String>,
+    /// OpenAI `quality` (`low`, `medium`, `high`, `standard`, `hd`) → one of the model's `quality`
+    /// values; `auto` or no quality means the model's default.
+    #[serde(default)]
+    pub quality: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +352,22 @@ impl Catalog {
         self.models.iter().find(|m| m.id == model_id)
     }
 
+    /// A model id, sub-model id or OpenAI alias (see [`OpenAiNames::aliases`]) as [`Catalog::resolve`]
+    /// reads it; with `edit`, a model id means its first sub-model that takes input images.
+    pub fn resolve_openai(&self, name: Option<&str>, edit: bool) -> Result<(&Model, &SubModel), Error> {
+        let name = name.map(|name| {
+            self.models.iter().find(|m| m.openai.aliases.iter().any(|a| a == name)).map_or(name, |m| m.id.as_str())
+        });
+        let (model, sub_model) = self.resolve(name)?;
+        if !edit || sub_model.max_image_urls > 0 || name.is_some_and(|name| name == sub_model.id) {
+            return Ok((model, sub_model));
+        }
+        let edit = model.sub_models.iter().find(|s| s.max_image_urls > 0).ok_or_else(|| {
+            Error::Invalid(format!("`model`: {} cannot edit images; GET /v1/models lists the models.", model.id))
+        })?;
+        Ok((model, edit))
+    }
+
     pub fn sub_model(&self, sub_model_id: &str) -> Option<&SubModel> {
         self.models.iter().flat_map(|m| &m.sub_models).find(|s| s.id == sub_model_id)
     }
@@ -447,15 +484,54 @@ impl Catalog {
             callback_url = Some(String::from(url));
         }
 
+        let callback_events = match request.callback_events {
+            None => None,
+            Some(_) if request.callback_url.is_none() => {
+                return invalid("`callback_events`: only with a `callback_url`.".into());
+            }
+            Some(names) => Some(callback_events(&names)?),
+        };
+
         Ok(ValidRequest {
             model,
             sub_model,
             route: sub_model.routes_in_order()[0],
             input: TaskInput { prompt: prompt.to_owned(), aspect_ratio, quality, image_urls },
             callback_url,
+            callback_events,
             price: model.credits,
         })
     }
+}
+
+/// `callback_events`: at least one of `completed` and `started`, each once, in that order whatever
+/// order they came in (so equal requests hash equal). `progress` is refused: no provider reports it.
+fn callback_events(names: &[String]) -> Result<Vec<CallbackEvent>, Error> {
+    let mut events = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let event = match name.as_str() {
+            "completed" => CallbackEvent::Completed,
+            "started" => CallbackEvent::Started,
+            "progress" => {
+                return Err(Error::Invalid(format!(
+                    "`callback_events[{i}]`: `progress` is not sent: no provider reports progress yet."
+                )))
+            }
+            other => {
+                return Err(Error::Invalid(format!(
+                    "`callback_events[{i}]`: `{other}` is not one of completed, started."
+                )))
+            }
+        };
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+    if events.is_empty() {
+        return Err(Error::Invalid("`callback_events`: name at least one event (completed, started).".into()));
+    }
+    events.sort_by_key(|event| *event != CallbackEvent::Completed);
+    Ok(events)
 }
 
 /// The value of a declared parameter: the given one if allowed, else its default. A parameter the
@@ -554,6 +630,12 @@ pub fn check(models: &[Model], settings: &Settings) -> Report {
                 problems.push(format!("{at}: parameter `{}` default is not one of its values", parameter.name));
             }
         }
+        problems.extend(openai_problems(&at, model));
+        for alias in &model.openai.aliases {
+            if !ids.insert(alias.clone()) {
+                problems.push(format!("{at}: openai alias `{alias}` is already an id or alias"));
+            }
+        }
         let mut active_routes = 0;
         for sub in &model.sub_models {
             if !ids.insert(sub.id.clone()) {
@@ -606,8 +688,22 @@ pub fn check(models: &[Model], settings: &Settings) -> Report {
     report
 }
 
+/// What is wrong with a model's OpenAI sizes and qualities: each must name one of its values.
+fn openai_problems(at: &str, model: &Model) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (table, parameter) in [(&model.openai.sizes, "aspect_ratio"), (&model.openai.quality, "quality")] {
+        for (theirs, ours) in table {
+            let allowed = model.parameter(parameter).is_some_and(|p| p.values.contains(ours));
+            if !allowed {
+                problems.push(format!("{at}: openai `{theirs}` maps to `{ours}`, not a value of its `{parameter}`"));
+            }
+        }
+    }
+    problems
+}
+
 /// The body of `POST /api/v1/images/generations`. Unknown fields are refused by name.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// A model id (its default sub-model) or a sub-model id; default `catalog.default_model`.
@@ -627,6 +723,9 @@ pub struct CreateRequest {
     pub image_urls: Option<Vec<String>>,
     /// Models with webhooks only: an `https` URL that receives the task when it ends.
     pub callback_url: Option<String>,
+    /// With `callback_url`: which events it receives, `completed` (the default) and/or `started`.
+    #[schema(example = json!(["started", "completed"]))]
+    pub callback_events: Option<Vec<String>>,
 }
 
 /// A request that passed validation: what to store, what it costs, and which route serves it.
@@ -636,6 +735,7 @@ pub struct ValidRequest<'a> {
     pub route: &'a Route,
     pub input: TaskInput,
     pub callback_url: Option<String>,
+    pub callback_events: Option<Vec<CallbackEvent>>,
     pub price: i64,
 }
 

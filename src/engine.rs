@@ -25,8 +25,9 @@ use crate::files::{FileStore, Rehost, RehostError};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::monitoring;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted, LOST, UNAVAILABLE};
+use crate::task_events::TaskEvents;
 use crate::tasks::{
-    self, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskOutput, TaskStatus,
+    self, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus,
 };
 use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
@@ -69,6 +70,8 @@ pub struct Engine {
     settings: TaskSettings,
     /// Settling a task with a `callback_url` enqueues its webhook; the delivery loop is woken for it.
     webhooks: Arc<Webhooks>,
+    /// Every change of a task is published here, for the waiters on it (live events, synchronous waits).
+    events: Arc<TaskEvents>,
     /// The background loop; it bounds the provider calls in flight.
     runner: Runner,
     /// The fast path's submits, which outlive the request that created them; [`Engine::drain`] waits
@@ -109,6 +112,7 @@ impl Engine {
         rehost: Option<Rehost>,
         files: FileStore,
     ) -> Arc<Engine> {
+        let events = Arc::new(TaskEvents::new(pool.clone()));
         let fast_path = settings.server.role.runs_engine();
         let settings = settings.tasks.clone();
         let runner = Runner::new("engine", settings.tick, settings.batch_size.get(), settings.max_in_flight.get());
@@ -124,6 +128,7 @@ impl Engine {
             files,
             settings,
             webhooks,
+            events,
             runner,
             dispatched: TaskTracker::new(),
             claimed: Mutex::new(HashSet::new()),
@@ -143,7 +148,12 @@ impl Engine {
     ) -> Result<Task, Error> {
         let valid = self.catalog.validate(request, &self.guard)?;
         let key = idempotency_key.map(|key| IdempotencyKey {
-            request_hash: tasks::request_hash(&valid.sub_model.id, &valid.input, valid.callback_url.as_deref()),
+            request_hash: tasks::request_hash(
+                &valid.sub_model.id,
+                &valid.input,
+                valid.callback_url.as_deref(),
+                valid.callback_events.as_deref(),
+            ),
             key,
         });
         let task_id = tasks::new_task_id();
@@ -155,6 +165,7 @@ impl Engine {
             input: &valid.input,
             price: valid.price,
             callback_url: valid.callback_url.as_deref(),
+            callback_events: valid.callback_events.as_deref(),
             provider: &valid.route.provider,
             upstream_model: &valid.route.upstream_model,
             provider_label: self.catalog.route_label(valid.route),
@@ -167,6 +178,7 @@ impl Engine {
             Created::Task(task) => {
                 tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
                 monitoring::task_created(&task.sub_model, &task.provider, task.price);
+                self.events.publish(&task.id).await;
                 if !self.fast_path {
                     return Ok(*task);
                 }
@@ -297,7 +309,7 @@ impl Engine {
             let result = match task.status {
                 TaskStatus::Pending => self.submit(&task).await,
                 TaskStatus::Running => self.poll(&task).await,
-                TaskStatus::Succeeded | TaskStatus::Failed => Ok(()),
+                TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => Ok(()),
             };
             if let Err(error) = result {
                 tracing::warn!(error = %error, "task step failed; it will be retried after its lease");
@@ -358,11 +370,15 @@ impl Engine {
                 }
                 None => None,
             };
-            let fields = self.catalog.provider_input(&task.sub_model, provider_id, upstream_model, &task.input);
+            // The gateway's own files among the inputs (edit uploads) go out as links the provider can
+            // fetch: signed now, like a client's (the stored URLs are unsigned).
+            let image_urls = task.input.image_urls.iter().map(|url| self.files.link(url)).collect();
+            let input = TaskInput { image_urls, ..task.input.0.clone() };
+            let fields = self.catalog.provider_input(&task.sub_model, provider_id, upstream_model, &input);
             let request = SubmitRequest {
                 task_id: &task.id,
                 upstream_model,
-                input: &task.input,
+                input: &input,
                 fields,
                 callback_url: callback_url.as_deref(),
             };
@@ -379,7 +395,19 @@ impl Engine {
                 Ok(Submitted::Accepted { upstream_id }) => {
                     tracing::info!(upstream_id = %upstream_id, provider = %provider_id, "accepted upstream");
                     let delay = self.poll_delay(provider_id, 0, None);
-                    tasks::mark_running(&self.pool, &task.id, &upstream_id, delay).await?;
+                    let body_version = self.webhooks.body_version();
+                    if let Some(running) =
+                        tasks::mark_running(&self.pool, &task.id, &upstream_id, delay, body_version, &self.files)
+                            .await?
+                    {
+                        if running.wants(tasks::CallbackEvent::Started) {
+                            self.webhooks.wake();
+                        }
+                        self.events.publish(&task.id).await;
+                    } else {
+                        // Cancelled while the provider accepted it: the job is no use to anyone.
+                        self.cancel_upstream(provider_id, &upstream_id).await;
+                    }
                     return Ok(());
                 }
                 Ok(Submitted::Completed { images }) => return self.succeed_now(task, images).await,
@@ -444,14 +472,8 @@ impl Engine {
     /// Still running: fail it if its deadline passed, otherwise look again later.
     async fn time_out_or_wait(&self, task: &Task, check_after: Option<Duration>) -> sqlx::Result<()> {
         if Utc::now() >= task.deadline_at {
-            if let (Some(provider), Some(upstream_id)) = (self.providers.get(&task.provider), &task.upstream_id) {
-                let started = Instant::now();
-                let cancelled = provider.cancel(upstream_id).await;
-                let failed = cancelled.as_ref().err().map(|e| e.retriable);
-                monitoring::upstream_call(&task.provider, "cancel", started, failed);
-                if let Err(error) = cancelled {
-                    tracing::info!(error = %error, "upstream cancel failed");
-                }
+            if let Some(upstream_id) = &task.upstream_id {
+                self.cancel_upstream(&task.provider, upstream_id).await;
             }
             return self.time_out(task).await;
         }
@@ -468,18 +490,80 @@ impl Engine {
     }
 
     async fn finish(&self, task: &Task, outcome: Outcome) -> sqlx::Result<()> {
-        if let Some(settled) =
-            tasks::settle(&self.pool, &task.id, outcome, self.webhooks.first_delay(), &self.files).await?
-        {
-            let code = settled.error.as_ref().map(|e| e.code);
-            tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
-            let error_code = code.map(TaskErrorCode::as_str);
-            monitoring::task_settled(&settled.sub_model, &settled.provider, settled.price, error_code);
-            if settled.callback_url.is_some() {
-                self.webhooks.wake();
+        self.settle(task, outcome).await.map(|_| ())
+    }
+
+    /// The terminal transition: `Some(task)` when this call made it, `None` when the task had already
+    /// ended (someone else settled it, exactly once).
+    async fn settle(&self, task: &Task, outcome: Outcome) -> sqlx::Result<Option<Task>> {
+        let (delay, version) = (self.webhooks.first_delay(), self.webhooks.body_version());
+        let Some(settled) = tasks::settle_as(&self.pool, &task.id, outcome, delay, &self.files, version).await? else {
+            return Ok(None);
+        };
+        let code = settled.error.as_ref().map(|e| e.code);
+        tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
+        let outcome = match settled.status {
+            TaskStatus::Cancelled => Some("cancelled"),
+            _ => code.map(TaskErrorCode::as_str),
+        };
+        monitoring::task_settled(&settled.sub_model, &settled.provider, settled.price, outcome);
+        if settled.callback_url.is_some() {
+            self.webhooks.wake();
+        }
+        self.events.publish(&settled.id).await;
+        Ok(Some(settled))
+    }
+
+    /// `POST /api/v1/tasks/{task_id}/cancel`: an unfinished task of the account ends `cancelled` and its
+    /// hold is released in one guarded transition, so a cancel racing the task's settlement ends with
+    /// exactly one of capture and release; a result arriving later finds the task ended and is not
+    /// charged. Then the provider's job is cancelled where the provider can (best effort). A task that
+    /// already ended is a conflict.
+    pub async fn cancel(&self, account_id: i64, task_id: &str) -> Result<Task, Error> {
+        let task = tasks::get(&self.pool, account_id, task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
+        let span = tracing::info_span!("task", task_id = %task.id, provider = %task.provider, status = ?task.status);
+        async {
+            let ended = |task: &Task| {
+                Error::Conflict(format!(
+                    "Task {} has already ended ({}); only a pending or running task can be cancelled.",
+                    task.id,
+                    task.status.as_str()
+                ))
+            };
+            if task.status.is_terminal() {
+                return Err(ended(&task));
+            }
+            let Some(cancelled) = self.settle(&task, Outcome::Cancelled).await? else {
+                // Settled between our read and our cancel: it stays as it ended.
+                let now = tasks::get(&self.pool, account_id, task_id).await?.unwrap_or(task);
+                return Err(ended(&now));
+            };
+            let upstream = match &cancelled.upstream_id {
+                Some(upstream_id) => self.cancel_upstream(&cancelled.provider, upstream_id).await,
+                None => "none",
+            };
+            tracing::info!(upstream, "task cancelled by its client");
+            monitoring::task_cancelled(upstream);
+            Ok(cancelled)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Asks the provider to stop a job the gateway no longer wants (cancelled, past its deadline): best
+    /// effort; providers without a cancel do nothing. Returns `ok` or `failed`, for the metrics.
+    async fn cancel_upstream(&self, provider_id: &str, upstream_id: &str) -> &'static str {
+        let Some(provider) = self.providers.get(provider_id) else { return "none" };
+        let started = Instant::now();
+        let cancelled = provider.cancel(upstream_id).await;
+        monitoring::upstream_call(provider_id, "cancel", started, cancelled.as_ref().err().map(|e| e.retriable));
+        match cancelled {
+            Ok(()) => "ok",
+            Err(error) => {
+                tracing::info!(error = %error, "upstream cancel failed");
+                "failed"
             }
         }
-        Ok(())
     }
 
     /// Next poll: the provider's hint when it gave one, else 1.5× backoff; within [50 ms, poll_max].
@@ -492,6 +576,11 @@ impl Engine {
         };
         let delay = hint.unwrap_or_else(backoff).clamp(Duration::from_millis(50), max.max(Duration::from_millis(50)));
         delay.max(self.providers.callback_poll(provider).unwrap_or_default())
+    }
+
+    /// Where the engine publishes task changes.
+    pub fn events(&self) -> &Arc<TaskEvents> {
+        &self.events
     }
 
     pub fn providers(&self) -> &Providers {

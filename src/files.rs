@@ -231,6 +231,14 @@ impl FileStore {
         Ok(Upload { writer })
     }
 
+    /// The whole file in memory, if the name is ours and the file exists (small files: uploads, results).
+    pub async fn read_all(&self, name: &str) -> Option<Bytes> {
+        if !Self::is_valid_name(name) {
+            return None;
+        }
+        self.objects.get(&self.path(name)).await.ok()?.bytes().await.ok()
+    }
+
     /// The whole file, or `range` of it. `Ok(None)` for names that are not ours or files that do not
     /// exist; `Err(size)` for a range outside the file.
     pub async fn read(&self, name: &str, range: Option<ByteRange>) -> std::io::Result<Option<Result<FileRead, u64>>> {

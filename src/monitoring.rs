@@ -42,6 +42,13 @@ pub const RETENTION_RUNS: &str = "aio_retention_runs_total";
 /// HTTP connections open now, and those closed at once because `server.max_connections` were open.
 pub const HTTP_CONNECTIONS: &str = "aio_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "aio_http_connections_refused_total";
+/// Task-change notifications (`task_events`), label `kind`: published, received (PostgreSQL `LISTEN`),
+/// reconnected, listen_failed.
+pub const TASK_EVENTS: &str = "aio_task_events_total";
+/// Open live-event streams (`GET /api/v1/tasks/{task_id}/events`) of this process.
+pub const EVENT_STREAMS: &str = "aio_event_streams";
+/// Tasks cancelled by their client, by whether the provider's cancel was asked and how it went.
+pub const TASKS_CANCELLED: &str = "aio_tasks_cancelled_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -102,6 +109,12 @@ fn describe() {
         HTTP_CONNECTIONS_REFUSED,
         "HTTP connections closed at once because server.max_connections were open."
     );
+    describe_counter!(
+        TASK_EVENTS,
+        "Task-change notifications, by kind (published, received, reconnected, listen_failed)."
+    );
+    describe_gauge!(EVENT_STREAMS, "Open live-event streams of this process.");
+    describe_counter!(TASKS_CANCELLED, "Tasks cancelled by their client, by upstream cancel (none, ok, failed).");
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -190,6 +203,21 @@ pub fn retention_purged(kind: &'static str, count: u64) {
 
 pub fn retention_run(outcome: &'static str) {
     counter!(RETENTION_RUNS, "outcome" => outcome).increment(1);
+}
+
+/// One task-change notification (see `task_events`).
+pub fn task_event(kind: &'static str) {
+    counter!(TASK_EVENTS, "kind" => kind).increment(1);
+}
+
+/// A live-event stream opened (`+1`) or closed (`-1`).
+pub fn event_streams(change: f64) {
+    gauge!(EVENT_STREAMS).increment(change);
+}
+
+/// A client cancelled a task; `upstream` says whether the provider's cancel was asked and how it went.
+pub fn task_cancelled(upstream: &'static str) {
+    counter!(TASKS_CANCELLED, "upstream" => upstream).increment(1);
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.

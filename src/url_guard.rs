@@ -32,6 +32,9 @@ pub struct Guard {
     allowed: Vec<IpNet>,
     /// `webhooks.max_url_bytes`: longer URLs are refused before they are parsed.
     max_url_bytes: usize,
+    /// The gateway's own public base URL: its `/files/…` URLs (uploads, earlier results) are its own
+    /// content wherever it runs, so they pass [`Guard::check_url`].
+    own_base: Option<Url>,
 }
 
 impl Default for Guard {
@@ -47,7 +50,24 @@ impl Guard {
             allow_http: settings.allow_http,
             allowed: settings.allowed_private_cidrs.clone(),
             max_url_bytes: settings.max_url_bytes.get(),
+            own_base: None,
         }
+    }
+
+    /// Lets the file URLs under `public_base_url` (`{public_base_url}/files/{name}`) through.
+    pub fn with_own_files(mut self, public_base_url: &str) -> Guard {
+        self.own_base = Url::parse(public_base_url).ok();
+        self
+    }
+
+    /// Whether `url` is one of the gateway's own file URLs (compared after parsing, so `..` cannot
+    /// walk out of `/files/`).
+    fn is_own_file(&self, url: &Url) -> bool {
+        let Some(base) = &self.own_base else { return false };
+        let prefix = format!("{}/files/", base.path().trim_end_matches('/'));
+        url.origin() == base.origin()
+            && url.query().is_none()
+            && url.path().strip_prefix(&prefix).is_some_and(|name| !name.is_empty() && !name.contains('/'))
     }
 
     /// The parsed URL, or why it is refused, in words for the client.
@@ -56,6 +76,9 @@ impl Guard {
             return Err(format!("{} bytes; at most {} are accepted.", raw.len(), self.max_url_bytes));
         }
         let url = Url::parse(raw).map_err(|_| format!("`{}` is not a valid URL.", shorten(raw)))?;
+        if self.is_own_file(&url) {
+            return Ok(url);
+        }
         match url.scheme() {
             "https" => {}
             "http" if self.allow_http => {}
@@ -276,6 +299,24 @@ mod tests {
 
     fn strict() -> Guard {
         Guard::default()
+    }
+
+    #[test]
+    fn the_gateways_own_file_urls_pass_and_nothing_else_of_its_origin() {
+        let guard = strict().with_own_files("http://127.0.0.1:8080");
+        assert!(guard.check_url("http://127.0.0.1:8080/files/Ab12.png").is_ok());
+        for refused in [
+            "http://127.0.0.1:8080/api/v1/keys",
+            "http://127.0.0.1:8080/files/../api/v1/keys",
+            "http://127.0.0.1:8080/files/a/b.png",
+            "http://127.0.0.1:8080/files/",
+            "http://127.0.0.1:8080/files/a.png?x=1",
+            "http://127.0.0.1:8081/files/Ab12.png",
+            "https://127.0.0.1:8080/files/Ab12.png",
+        ] {
+            assert!(guard.check_url(refused).is_err(), "{refused}");
+        }
+        assert!(strict().check_url("http://127.0.0.1:8080/files/Ab12.png").is_err(), "only when configured");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod catalog;
 mod durations;
 mod files;
 mod lists;
+mod openai;
 mod providers;
 mod server;
 mod tasks;
@@ -31,10 +32,11 @@ pub use billing::{Package, StripeSettings, STRIPE_SECRET_KEY_ENV, STRIPE_WEBHOOK
 pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
 pub use files::{FileSettings, ImageType, ResultSettings, RetentionSettings, S3Settings, StoreKind};
+pub use openai::{EventSettings, OpenAiSettings};
 pub use providers::{ProviderKind, ProviderMode, ProviderSettings};
 pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
-pub use webhooks::WebhookSettings;
+pub use webhooks::{BodyVersion, WebhookSettings};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
 /// An embedded SQLite file: a first start needs no database server.
@@ -59,6 +61,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub log: LogSettings,
     pub rate_limit: RateLimitSettings,
+    pub openai: OpenAiSettings,
+    pub events: EventSettings,
     pub providers: BTreeMap<String, ProviderSettings>,
 }
 

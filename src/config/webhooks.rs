@@ -37,6 +37,39 @@ pub struct WebhookSettings {
     pub max_url_bytes: NonZeroUsize,
     /// Deliveries a task may have in all (its first one and manual re-sends); more re-sends get 409.
     pub max_deliveries_per_task: NonZeroU32,
+    /// What a delivery's body is (see [`BodyVersion`]).
+    pub body_version: BodyVersion,
+}
+
+/// `body_version`: `1`, the task object itself (what receivers have always got); `2`, Standard
+/// Webhooks' event convention, `{"type": "task.completed" | "task.started", "timestamp", "data": <task>}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum BodyVersion {
+    #[default]
+    V1,
+    V2,
+}
+
+impl TryFrom<u8> for BodyVersion {
+    type Error = String;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            1 => Ok(BodyVersion::V1),
+            2 => Ok(BodyVersion::V2),
+            other => Err(format!("`{other}` is not 1 or 2")),
+        }
+    }
+}
+
+impl From<BodyVersion> for u8 {
+    fn from(version: BodyVersion) -> u8 {
+        match version {
+            BodyVersion::V1 => 1,
+            BodyVersion::V2 => 2,
+        }
+    }
 }
 
 impl Default for WebhookSettings {
@@ -52,6 +85,7 @@ impl Default for WebhookSettings {
             max_in_flight: const { NonZeroUsize::new(32).unwrap() },
             max_url_bytes: const { NonZeroUsize::new(2048).unwrap() },
             max_deliveries_per_task: const { NonZeroU32::new(10).unwrap() },
+            body_version: BodyVersion::V1,
         }
     }
 }

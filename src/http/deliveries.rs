@@ -145,8 +145,9 @@ pub async fn retry(
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
-    let max = state.settings.webhooks.max_deliveries_per_task.get();
-    let delivery = tasks::resend_webhook(&state.pool, caller.account_id, &task_id, &state.files, max).await?;
+    let (max, version) = (state.settings.webhooks.max_deliveries_per_task.get(), state.settings.webhooks.body_version);
+    let delivery =
+        tasks::resend_webhook_as(&state.pool, caller.account_id, &task_id, &state.files, max, version).await?;
     tracing::info!(task_id = %delivery.task_id, delivery_id = %delivery.id, "manual webhook retry");
     if state.settings.server.role.runs_engine() {
         state.webhooks.wake();

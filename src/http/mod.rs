@@ -6,6 +6,7 @@ mod callbacks;
 mod console;
 mod deliveries;
 pub mod error;
+mod events;
 pub mod extract;
 mod files;
 mod health;
@@ -13,6 +14,7 @@ mod images;
 mod keys;
 mod metrics;
 mod models;
+mod openai;
 pub mod openapi;
 pub mod serve;
 mod session;
@@ -33,12 +35,14 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
 use error::ApiError;
+pub use events::StreamSlots;
 use extract::BodyLimit;
 pub use state::AppState;
 
 pub fn router(state: AppState) -> Router {
     let routes = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
-    let routes = if state.settings.server.role.serves_api() { routes.merge(api_routes()) } else { routes };
+    let upload_limit = state.settings.openai.max_upload_bytes.get();
+    let routes = if state.settings.server.role.serves_api() { routes.merge(api_routes(upload_limit)) } else { routes };
     let routes = if state.settings.server.metrics_listen.is_none() {
         routes.route("/metrics", get(metrics::render))
     } else {
@@ -76,11 +80,13 @@ fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-fn api_routes() -> Router<AppState> {
+fn api_routes(upload_limit: usize) -> Router<AppState> {
     Router::new()
         .route("/api/v1/images/generations", post(images::create))
         .route("/api/v1/tasks", get(tasks::list))
         .route("/api/v1/tasks/{task_id}", get(tasks::get))
+        .route("/api/v1/tasks/{task_id}/cancel", post(tasks::cancel))
+        .route("/api/v1/tasks/{task_id}/events", get(events::stream))
         .route("/api/v1/tasks/{task_id}/deliveries", get(deliveries::list))
         .route("/api/v1/tasks/{task_id}/deliveries/retry", post(deliveries::retry))
         .route("/api/v1/billing/credits", get(billing::credits))
@@ -109,6 +115,11 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/session", get(session::show).post(session::create).delete(session::delete))
         .route("/api/v1/webhooks/secret", get(webhook_secret::show))
         .route("/api/v1/webhooks/secret/rotate", post(webhook_secret::rotate))
+        // OpenAI's images API for existing clients and SDKs (docs/openai.md).
+        .route("/v1/images/generations", post(openai::generations))
+        .route("/v1/images/edits", post(openai::edits).layer(DefaultBodyLimit::max(upload_limit)))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{model}", get(openai::model))
         .route("/", get(console::root))
         .route("/console", get(console::page))
         .route("/console/assets/{name}", get(console::asset))

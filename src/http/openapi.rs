@@ -58,6 +58,8 @@ pub enum ErrorCode {
         images::create,
         tasks::get,
         tasks::list,
+        tasks::cancel,
+        super::events::stream,
         deliveries::list,
         deliveries::retry,
         callbacks::receive,

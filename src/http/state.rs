@@ -10,6 +10,7 @@ use crate::files::FileStore;
 use crate::jwt::{JwtAuth, SessionSigner};
 use crate::ratelimit::RateLimiter;
 use crate::store::Db;
+use crate::task_events::TaskEvents;
 use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
 
@@ -22,6 +23,10 @@ pub struct AppState {
     pub auth: Arc<KeyAuth>,
     pub engine: Arc<Engine>,
     pub webhooks: Arc<Webhooks>,
+    /// Task changes, for the live events stream and the OpenAI route's wait.
+    pub events: Arc<TaskEvents>,
+    /// Open live-event streams per key.
+    pub streams: Arc<super::StreamSlots>,
     /// The outbound URL guard, for URLs in requests.
     pub guard: Arc<Guard>,
     pub files: FileStore,

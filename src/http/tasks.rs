@@ -83,7 +83,7 @@ pub async fn list(
     let status = match query.status.as_deref() {
         None => None,
         Some(value) => Some(TaskStatus::parse(value).ok_or_else(|| {
-            Error::Invalid(format!("`status`: `{value}` is not one of pending, running, succeeded, failed."))
+            Error::Invalid(format!("`status`: `{value}` is not one of pending, running, succeeded, failed, cancelled."))
         })?),
     };
     let cursor = paging::cursor("cursor", query.cursor.as_deref(), tasks::cursor)?;
@@ -93,4 +93,27 @@ pub async fn list(
         data: page.iter().map(|t| TaskView::from(t).with_links(|url| state.files.link(url))).collect(),
         next_cursor,
     }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{task_id}/cancel",
+    operation_id = "cancelTask",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id, `task_…`.")),
+    responses(
+        (status = 200, description = "The task, now `cancelled`; its hold is released and nothing is charged.", body = TaskView),
+        (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
+        (status = 409, description = "The task has already ended (succeeded, failed or cancelled).", body = ErrorEnvelope),
+        KeyErrors,
+    ),
+    security(("api_key" = []), ("session_cookie" = []))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(task_id): ApiPath<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let task = state.engine.cancel(caller.account_id, &task_id).await?;
+    Ok(Json(TaskView::from(&task)))
 }

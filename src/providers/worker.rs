@@ -177,6 +177,18 @@ impl Provider for Worker {
         Ok(task.job_state())
     }
 
+    /// The node's own cancel (`POST /api/v1/tasks/{id}/cancel`): it releases the edge's credits on the
+    /// node. A node task that already ended (409) has nothing left to cancel.
+    async fn cancel(&self, upstream_id: &str) -> Result<(), ProviderError> {
+        let url = self.upstream.url(&format!("/api/v1/tasks/{}/cancel", segment(upstream_id)));
+        let request = self.upstream.http.post(url).header(AUTHORIZATION, self.upstream.authorization("Bearer"));
+        let (status, body) = self.upstream.send(request).await?;
+        match status {
+            200..=299 | 409 => Ok(()),
+            _ => Err(self.node_error(status, &body)),
+        }
+    }
+
     fn calls_back(&self) -> bool {
         self.webhook_secret.is_some()
     }

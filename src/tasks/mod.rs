@@ -1,6 +1,6 @@
 //! Tasks: the type, its state machine and its queries; [`view`] is the task object clients see.
 //!
-//! `pending → running → succeeded | failed`. Every transition is an `UPDATE … WHERE status IN (…)`,
+//! `pending → running → succeeded | failed | cancelled` (a client may cancel while unfinished). Every transition is an `UPDATE … WHERE status IN (…)`,
 //! so when two workers race, the row count tells exactly one of them that it won. Terminal
 //! transitions settle the credits and enqueue the webhook in the same transaction.
 
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 
+use crate::config::BodyVersion;
 use crate::error::Error;
 use crate::files::FileStore;
 use crate::idempotency::{self, IdempotencyKey};
@@ -31,6 +32,7 @@ pub enum TaskStatus {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
 }
 
 impl TaskStatus {
@@ -40,12 +42,44 @@ impl TaskStatus {
             "running" => Some(TaskStatus::Running),
             "succeeded" => Some(TaskStatus::Succeeded),
             "failed" => Some(TaskStatus::Failed),
+            "cancelled" => Some(TaskStatus::Cancelled),
             _ => None,
         }
     }
 
+    /// As serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed)
+        !matches!(self, TaskStatus::Pending | TaskStatus::Running)
+    }
+}
+
+/// The events of a task its webhook receives (`callback_events`; default: `completed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackEvent {
+    /// The task ended: succeeded, failed or cancelled.
+    Completed,
+    /// The provider accepted the task (`running`).
+    Started,
+}
+
+impl CallbackEvent {
+    /// The event's `type` in a version-2 body.
+    fn type_name(self) -> &'static str {
+        match self {
+            CallbackEvent::Completed => "task.completed",
+            CallbackEvent::Started => "task.started",
+        }
     }
 }
 
@@ -122,10 +156,24 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// `None`: the default, `completed` only.
+    pub callback_events: Option<Json<Vec<CallbackEvent>>>,
+}
+
+impl Task {
+    /// Whether the task's webhook receives `event`.
+    pub fn wants(&self, event: CallbackEvent) -> bool {
+        self.callback_url.is_some()
+            && self
+                .callback_events
+                .as_ref()
+                .map_or(event == CallbackEvent::Completed, |events| events.0.contains(&event))
+    }
 }
 
 const COLUMNS: &str = "id, account_id, model, sub_model, status, input, output, error, price, callback_url, \
-     provider, upstream_model, provider_label, simulated, upstream_id, attempts, deadline_at, created_at, updated_at, completed_at";
+     provider, upstream_model, provider_label, simulated, upstream_id, attempts, deadline_at, created_at, updated_at, \
+     completed_at, callback_events";
 
 /// A task to insert; its id is minted by [`new_task_id`].
 pub struct NewTask<'a> {
@@ -136,6 +184,8 @@ pub struct NewTask<'a> {
     pub input: &'a TaskInput,
     pub price: i64,
     pub callback_url: Option<&'a str>,
+    /// `None`: the default (`completed`).
+    pub callback_events: Option<&'a [CallbackEvent]>,
     pub provider: &'a str,
     pub upstream_model: &'a str,
     pub provider_label: &'a str,
@@ -156,11 +206,19 @@ struct Canonical<'a> {
     sub_model: &'a str,
     input: &'a TaskInput,
     callback_url: Option<&'a str>,
+    /// Left out when not given, so the hashes of requests without it are what they always were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_events: Option<&'a [CallbackEvent]>,
 }
 
-pub fn request_hash(sub_model: &str, input: &TaskInput, callback_url: Option<&str>) -> [u8; 32] {
+pub fn request_hash(
+    sub_model: &str,
+    input: &TaskInput,
+    callback_url: Option<&str>,
+    callback_events: Option<&[CallbackEvent]>,
+) -> [u8; 32] {
     // Serialising a struct of strings cannot fail; an empty hash would only make every replay a conflict.
-    let bytes = serde_json::to_vec(&Canonical { sub_model, input, callback_url }).unwrap_or_default();
+    let bytes = serde_json::to_vec(&Canonical { sub_model, input, callback_url, callback_events }).unwrap_or_default();
     Sha256::digest(&bytes).into()
 }
 
@@ -205,8 +263,8 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     let dialect = tx.dialect();
     let sql = format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
-                            upstream_model, provider_label, simulated, deadline_at, next_poll_at)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {})
+                            upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14)
          RETURNING {COLUMNS}",
         dialect.now_plus_secs("$12"),
         dialect.now_plus_secs("$13"),
@@ -225,6 +283,7 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     .bind(new.simulated)
     .bind(new.deadline.as_secs_f64())
     .bind(new.lease.unwrap_or_default().as_secs_f64())
+    .bind(new.callback_events.map(Json))
     .fetch_one(conn)
     .await)?;
     if let Some(key) = new.idempotency {
@@ -349,24 +408,39 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
 }
 
 /// The provider accepted the task: remember its job id and when to look again (at once when its
-/// callback already arrived).
-pub async fn mark_running(db: &Db, task_id: &str, upstream_id: &str, next_poll_in: Duration) -> sqlx::Result<bool> {
-    let d = db.dialect();
+/// callback already arrived), and for a task whose webhook wants it, enqueue its `started` event in
+/// the same transaction. `None` when the task was no longer pending (cancelled meanwhile).
+pub async fn mark_running(
+    db: &Db,
+    task_id: &str,
+    upstream_id: &str,
+    next_poll_in: Duration,
+    body_version: BodyVersion,
+    files: &FileStore,
+) -> sqlx::Result<Option<Task>> {
+    let mut tx = db.begin().await?;
+    let d = tx.dialect();
     let sql = format!(
         "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now},
                           next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
-         WHERE id = $1 AND status = 'pending'",
+         WHERE id = $1 AND status = 'pending'
+         RETURNING {COLUMNS}",
         now = d.now(),
         next = d.least(&d.now_plus_secs("$3"), "deadline_at"),
     );
-    let done = on_db!(db, pool => sqlx::query(&sql)
+    let running: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
         .bind(task_id)
         .bind(upstream_id)
         .bind(next_poll_in.as_secs_f64())
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-    Ok(done == 1)
+        .fetch_optional(conn)
+        .await)?;
+    if let Some(event) =
+        running.as_ref().and_then(|task| webhook_event(task, CallbackEvent::Started, body_version, files))
+    {
+        queue::enqueue_started(&mut tx, &event).await?;
+    }
+    tx.commit().await?;
+    Ok(running)
 }
 
 /// Submit to another route (failover): only while the task is still pending. `label` and `simulated`
@@ -461,11 +535,11 @@ pub async fn reschedule(db: &Db, task_id: &str, next_poll_in: Duration) -> sqlx:
 pub enum Outcome {
     Succeeded(TaskOutput),
     Failed(TaskError),
+    /// The client cancelled the task: released like a failure.
+    Cancelled,
 }
 
-/// The terminal transition, its settlement and, for a task with a `callback_url`, its webhook delivery
-/// (due after `webhook_delay`), in one transaction. Returns the settled task when this call made the
-/// transition, `None` when the task was already terminal (someone else settled).
+/// [`settle_as`] with webhook bodies of version 1.
 pub async fn settle(
     db: &Db,
     task_id: &str,
@@ -473,10 +547,26 @@ pub async fn settle(
     webhook_delay: Duration,
     files: &FileStore,
 ) -> sqlx::Result<Option<Task>> {
+    settle_as(db, task_id, outcome, webhook_delay, files, BodyVersion::V1).await
+}
+
+/// The terminal transition, its settlement and, for a task whose webhook wants `completed` (the
+/// default), its webhook delivery (due after `webhook_delay`), in one transaction. Returns the settled
+/// task when this call made the transition, `None` when the task was already terminal (someone else
+/// settled).
+pub async fn settle_as(
+    db: &Db,
+    task_id: &str,
+    outcome: Outcome,
+    webhook_delay: Duration,
+    files: &FileStore,
+    body_version: BodyVersion,
+) -> sqlx::Result<Option<Task>> {
     let mut tx = db.begin().await?;
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
         Outcome::Failed(error) => (TaskStatus::Failed, None, Some(Json(error))),
+        Outcome::Cancelled => (TaskStatus::Cancelled, None, None),
     };
     let sql = format!(
         "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now}
@@ -495,7 +585,7 @@ pub async fn settle(
         return Ok(None);
     };
     settle_credits(&mut tx, &task).await?;
-    if let Some(event) = webhook_event(&task, files) {
+    if let Some(event) = webhook_event(&task, CallbackEvent::Completed, body_version, files) {
         queue::enqueue(&mut tx, &event, webhook_delay).await?;
     }
     tx.commit().await?;
@@ -509,12 +599,27 @@ async fn settle_credits(tx: &mut Tx, task: &Task) -> sqlx::Result<()> {
     }
 }
 
-/// The event a task's webhook reports: its task object as it is now (its file links signed now), for
+/// The event a task's webhook reports, if it wants `kind`: its task object as it is now (its file
+/// links signed now), as is (version 1) or wrapped as `{"type", "timestamp", "data"}` (version 2), for
 /// its `callback_url`.
-pub fn webhook_event<'a>(task: &'a Task, files: &FileStore) -> Option<Event<'a>> {
-    let url = task.callback_url.as_deref()?;
+pub fn webhook_event<'a>(
+    task: &'a Task,
+    kind: CallbackEvent,
+    body_version: BodyVersion,
+    files: &FileStore,
+) -> Option<Event<'a>> {
+    let url = task.callback_url.as_deref().filter(|_| task.wants(kind))?;
+    let view = TaskView::from(task).with_links(|url| files.link(url));
     // A view of strings and numbers always serialises; an empty body would still be delivered and logged.
-    let body = serde_json::to_vec(&TaskView::from(task).with_links(|url| files.link(url))).unwrap_or_default();
+    let body = match body_version {
+        BodyVersion::V1 => serde_json::to_vec(&view),
+        BodyVersion::V2 => serde_json::to_vec(&serde_json::json!({
+            "type": kind.type_name(),
+            "timestamp": timestamp(task.updated_at),
+            "data": view,
+        })),
+    }
+    .unwrap_or_default();
     Some(Event { task_id: &task.id, account_id: task.account_id, url, body })
 }
 
@@ -537,13 +642,26 @@ pub async fn missing(db: &Db, account_id: i64, task_id: &str) -> Error {
     }
 }
 
-/// `POST /api/v1/tasks/{task_id}/deliveries/retry`: a new delivery, due now, of a finished task's event.
+/// [`resend_webhook_as`] with a version-1 body for a task that never had a delivery.
 pub async fn resend_webhook(
     db: &Db,
     account_id: i64,
     task_id: &str,
     files: &FileStore,
     max_deliveries: u32,
+) -> Result<Delivery, Error> {
+    resend_webhook_as(db, account_id, task_id, files, max_deliveries, BodyVersion::V1).await
+}
+
+/// `POST /api/v1/tasks/{task_id}/deliveries/retry`: a new delivery, due now, of a finished task's event
+/// (its first delivery's bytes; a task that never had one gets a `completed` event in `body_version`).
+pub async fn resend_webhook_as(
+    db: &Db,
+    account_id: i64,
+    task_id: &str,
+    files: &FileStore,
+    max_deliveries: u32,
+    body_version: BodyVersion,
 ) -> Result<Delivery, Error> {
     let task = get(db, account_id, task_id).await?.ok_or_else(|| Error::not_found("Task"))?;
     if !task.status.is_terminal() {
@@ -552,7 +670,9 @@ pub async fn resend_webhook(
             task.id
         )));
     }
-    let Some(event) = webhook_event(&task, files) else {
+    // A manual re-send is of the task's end, whichever events its webhook asked for.
+    let resend = Task { callback_events: None, ..task.clone() };
+    let Some(event) = webhook_event(&resend, CallbackEvent::Completed, body_version, files) else {
         return Err(Error::Conflict(format!("Task {} has no callback_url; there is no webhook to send.", task.id)));
     };
     queue::enqueue_retry(db, &event, max_deliveries).await
@@ -578,11 +698,12 @@ mod tests {
 
     #[test]
     fn the_request_hash_follows_the_request() {
-        let a = request_hash("m", &input("x"), None);
-        assert_eq!(a, request_hash("m", &input("x"), None));
-        assert_ne!(a, request_hash("m", &input("y"), None));
-        assert_ne!(a, request_hash("n", &input("x"), None));
-        assert_ne!(a, request_hash("m", &input("x"), Some("https://example.com/")));
+        let a = request_hash("m", &input("x"), None, None);
+        assert_eq!(a, request_hash("m", &input("x"), None, None));
+        assert_ne!(a, request_hash("m", &input("y"), None, None));
+        assert_ne!(a, request_hash("n", &input("x"), None, None));
+        assert_ne!(a, request_hash("m", &input("x"), Some("https://example.com/"), None));
+        assert_ne!(a, request_hash("m", &input("x"), None, Some(&[CallbackEvent::Started])));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct TaskView {
 pub struct CreditsView {
     pub price: i64,
     pub charged: i64,
-    /// `held` while unfinished, `charged` after success, `refunded` after failure.
+    /// `held` while unfinished, `charged` after success, `refunded` after failure or cancel.
     pub state: &'static str,
 }
 
@@ -61,7 +61,7 @@ impl From<&Task> for TaskView {
         let (charged, state) = match task.status {
             TaskStatus::Pending | TaskStatus::Running => (0, "held"),
             TaskStatus::Succeeded => (task.price, "charged"),
-            TaskStatus::Failed => (0, "refunded"),
+            TaskStatus::Failed | TaskStatus::Cancelled => (0, "refunded"),
         };
         TaskView {
             task_id: task.id.clone(),

@@ -64,6 +64,11 @@ impl Webhooks {
         self.schedule.first()
     }
 
+    /// What the deliveries' bodies look like (`webhooks.body_version`).
+    pub fn body_version(&self) -> crate::config::BodyVersion {
+        self.settings.body_version
+    }
+
     /// Something became due: look now rather than at the next tick (this process only).
     pub fn wake(&self) {
         self.runner.wake();

@@ -39,6 +39,8 @@ pub enum Trigger {
     Settled,
     /// `POST /api/v1/tasks/{task_id}/deliveries/retry`.
     Manual,
+    /// The task started (`callback_events` with `started`).
+    Started,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -122,6 +124,12 @@ pub async fn enqueue(tx: &mut Tx, event: &Event<'_>, delay: Duration) -> sqlx::R
     Ok(())
 }
 
+/// In the starting transaction: the task's `started` event, due now, with a new `webhook-id`.
+pub async fn enqueue_started(tx: &mut Tx, event: &Event<'_>) -> sqlx::Result<()> {
+    insert(tx, event, &ids::new_id("msg"), &event.body, Trigger::Started, Duration::ZERO).await?;
+    Ok(())
+}
+
 /// A manual re-send, due now, of the task's event: the same `webhook-id` and the same bytes as its
 /// first delivery, which it refers to instead of copying them (a task without one, e.g. settled before
 /// webhooks existed, gets a new event with `event.body`, stored on this delivery). The caller checked
@@ -130,9 +138,10 @@ pub async fn enqueue(tx: &mut Tx, event: &Event<'_>, delay: Duration) -> sqlx::R
 /// body filled in.
 pub async fn enqueue_retry(db: &Db, event: &Event<'_>, max_deliveries: u32) -> Result<Delivery, Error> {
     let mut tx = db.begin().await?;
+    // A task's `started` delivery is another event: neither a delivery of its end nor counted in its bound.
     let (total, pending): (i64, i64) = on_tx!(&mut tx, conn => sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE trigger = 'manual' AND status = 'pending')
-         FROM webhook_deliveries WHERE task_id = $1",
+         FROM webhook_deliveries WHERE task_id = $1 AND trigger <> 'started'",
     )
     .bind(event.task_id)
     .fetch_one(conn)
@@ -169,10 +178,12 @@ fn pending_conflict(task_id: &str) -> Error {
     Error::Conflict(format!("A manual re-send of task {task_id}'s webhook is already pending; wait for it to finish."))
 }
 
-/// The task's first delivery that holds its URL and body: `(webhook_id, url, body)`.
+/// The task's first delivery of its end that holds its URL and body: `(webhook_id, url, body)` (not
+/// its `started` event).
 async fn first_of(tx: &mut Tx, task_id: &str) -> sqlx::Result<Option<(String, String, Vec<u8>)>> {
     on_tx!(tx, conn => sqlx::query_as(
-        "SELECT webhook_id, url, body FROM webhook_deliveries WHERE task_id = $1 AND length(body) > 0
+        "SELECT webhook_id, url, body FROM webhook_deliveries
+         WHERE task_id = $1 AND length(body) > 0 AND trigger <> 'started'
          ORDER BY id LIMIT 1",
     )
     .bind(task_id)
@@ -186,7 +197,8 @@ async fn resolve(db: &Db, deliveries: &mut [Delivery]) -> sqlx::Result<()> {
     for delivery in deliveries.iter_mut().filter(|d| d.body.is_empty()) {
         if !firsts.contains_key(&delivery.task_id) {
             let first: Option<(String, Vec<u8>)> = on_db!(db, pool => sqlx::query_as(
-                "SELECT url, body FROM webhook_deliveries WHERE task_id = $1 AND length(body) > 0 ORDER BY id LIMIT 1",
+                "SELECT url, body FROM webhook_deliveries
+                 WHERE task_id = $1 AND length(body) > 0 AND trigger <> 'started' ORDER BY id LIMIT 1",
             )
             .bind(&delivery.task_id)
             .fetch_optional(pool)

@@ -452,7 +452,7 @@ impl TestApp {
         loop {
             self.run_pending().await;
             let task = self.get_task(key, task_id).await;
-            if matches!(task["status"].as_str(), Some("succeeded" | "failed")) {
+            if matches!(task["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
                 return task;
             }
             assert!(tokio::time::Instant::now() < give_up, "task {task_id} did not finish: {task}");
@@ -553,7 +553,7 @@ impl TestApp {
         self.get_json(key, &format!("/api/v1/tasks/{task_id}")).await
     }
 
-    /// Polls the task every 50 ms until it is `succeeded` or `failed` (a driven app: drives it there).
+    /// Polls the task every 50 ms until it has ended (a driven app: drives it there).
     /// The 30 s bound only keeps a
     /// broken engine from hanging the suite; it is not a timing assertion.
     pub async fn wait_terminal(&self, key: &str, task_id: &str) -> Value {
@@ -563,7 +563,7 @@ impl TestApp {
         let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let task = self.get_task(key, task_id).await;
-            if matches!(task["status"].as_str(), Some("succeeded" | "failed")) {
+            if matches!(task["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
                 return task;
             }
             assert!(tokio::time::Instant::now() < give_up, "task {task_id} did not finish: {task}");
@@ -696,8 +696,12 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
                 );
                 assert_eq!(capture, 0, "task {id}: capture amount {capture}");
             }
-            "failed" => {
-                assert_eq!((captures, releases), (0, 1), "task {id} failed: {captures} captures, {releases} releases");
+            "failed" | "cancelled" => {
+                assert_eq!(
+                    (captures, releases),
+                    (0, 1),
+                    "task {id} {status}: {captures} captures, {releases} releases"
+                );
                 assert_eq!(release, price, "task {id}: release amount {release}, price {price}");
             }
             "pending" | "running" => {

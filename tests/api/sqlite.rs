@@ -176,6 +176,7 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
         input: &input,
         price: 12,
         callback_url: None,
+        callback_events: None,
         provider: "simulated",
         upstream_model: "seedream-4.5",
         provider_label: "Simulated",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aio_gateway::accounts::{self, OwnRevoke};
 use aio_gateway::auth::KeyAuth;
+use aio_gateway::config::BodyVersion;
 use aio_gateway::files::FileStore;
 use aio_gateway::idempotency::{self, IdempotencyKey};
 use aio_gateway::ledger::{self, Hold, UsageFilter};
@@ -74,6 +75,7 @@ fn new_task<'a>(
         input,
         price: PRICE,
         callback_url,
+        callback_events: None,
         provider: "simulated",
         upstream_model: "sim",
         provider_label: "Simulated",
@@ -269,8 +271,18 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
         "the route's label moves with it"
     );
     assert!(tasks::by_callback_token(db, "kie", &token).await.expect("by token").is_none(), "another provider");
-    assert!(tasks::mark_running(db, &task.id, "up-1", Duration::from_secs(3600)).await.expect("running"));
-    assert!(!tasks::mark_running(db, &task.id, "up-2", Duration::ZERO).await.expect("running"), "running already");
+    let files = helpers::test_files();
+    assert!(tasks::mark_running(db, &task.id, "up-1", Duration::from_secs(3600), BodyVersion::V1, &files)
+        .await
+        .expect("running")
+        .is_some());
+    assert!(
+        tasks::mark_running(db, &task.id, "up-2", Duration::ZERO, BodyVersion::V1, &files)
+            .await
+            .expect("running")
+            .is_none(),
+        "running already"
+    );
     assert!(!tasks::switch_route(db, &task.id, "kie", "x", "KIE", false).await.expect("switch"), "only while pending");
     assert_eq!(tasks::count_open(db).await.expect("count"), (0, 1));
     assert!(tasks::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim").is_empty(), "polled in an hour");
@@ -350,7 +362,7 @@ async fn idempotency_keys(backend: Backend) {
     let db = &store.db;
     let account = accounts::create(db, "a", 100).await.expect("create");
     let prompt = input("a lake");
-    let key = IdempotencyKey { key: "k-1".into(), request_hash: tasks::request_hash("m", &prompt, None) };
+    let key = IdempotencyKey { key: "k-1".into(), request_hash: tasks::request_hash("m", &prompt, None, None) };
     let first_id = tasks::new_task_id();
     let Created::Task(first) =
         tasks::create(db, new_task(&first_id, account, &prompt, None, Some(&key))).await.expect("create")
@@ -362,7 +374,7 @@ async fn idempotency_keys(backend: Backend) {
         Created::Replayed(task) => assert_eq!(task.id, first.id),
         _ => panic!("the same key and request replay the first task"),
     }
-    let other = IdempotencyKey { key: "k-1".into(), request_hash: tasks::request_hash("n", &prompt, None) };
+    let other = IdempotencyKey { key: "k-1".into(), request_hash: tasks::request_hash("n", &prompt, None, None) };
     assert!(matches!(
         tasks::create(db, new_task(&tasks::new_task_id(), account, &prompt, None, Some(&other))).await.expect("create"),
         Created::Conflict
@@ -453,7 +465,17 @@ async fn crash_recovery(backend: Backend) {
         if task.id == ids[0] {
             assert_eq!(upstream_id, first_job, "a resubmit finds the first job");
         }
-        assert!(tasks::mark_running(db, &task.id, &upstream_id, Duration::ZERO).await.expect("running"));
+        assert!(tasks::mark_running(
+            db,
+            &task.id,
+            &upstream_id,
+            Duration::ZERO,
+            BodyVersion::V1,
+            &helpers::test_files()
+        )
+        .await
+        .expect("running")
+        .is_some());
         let JobState::Succeeded { images } = provider.poll(&upstream_id).await.expect("poll") else {
             panic!("a job without delay is done");
         };

@@ -419,3 +419,84 @@ async fn a_host_name_resolving_to_a_private_address_is_refused_at_connect_time()
     assert_eq!(allowed.wait_for(1).await.len(), 1);
     assert_ledger_consistent(app.pool()).await;
 }
+
+/// `callback_events` and `webhooks.body_version = 2`: a `task.started` event when the provider accepts
+/// the task, then `task.completed`, each `{"type", "timestamp", "data": <task>}`, signed like any
+/// delivery; a cancelled task's `task.completed` says `cancelled`.
+#[tokio::test]
+async fn callback_events_send_started_and_completed_in_the_version_2_body() {
+    let app = TestApp::builder()
+        .configure(loopback("0s"))
+        .configure(|settings| settings.webhooks.body_version = aio_gateway::config::BodyVersion::V2)
+        .driven()
+        .spawn()
+        .await;
+    let Setup { app, receiver, account_id, key } = setup_on(app, []).await;
+    let both =
+        json!({"prompt": "A lighthouse", "callback_url": receiver.url, "callback_events": ["started", "completed"]});
+    let task_id = app.create_ok(&key, both).await["task_id"].as_str().expect("task_id").to_owned();
+    app.settle_all().await;
+    let received = receiver.wait_for(2).await;
+    let secret = secret_of(&app, account_id).await;
+    let bodies: Vec<Value> = received.iter().map(|r| serde_json::from_slice(&r.body).expect("JSON")).collect();
+    assert_eq!(bodies[0]["type"], "task.started", "{}", bodies[0]);
+    assert_eq!(
+        (bodies[0]["data"]["task_id"].as_str(), bodies[0]["data"]["status"].as_str()),
+        (Some(task_id.as_str()), Some("running"))
+    );
+    assert_eq!(bodies[1]["type"], "task.completed", "{}", bodies[1]);
+    assert_eq!(bodies[1]["data"]["status"], "succeeded");
+    assert!(bodies.iter().all(|b| b["timestamp"].is_string()));
+    for request in &received {
+        request.verify(&secret).expect("signed");
+    }
+    let log = finished_deliveries(&app, &key, &task_id, 2).await;
+    let triggers: Vec<&str> = log.iter().map(|d| d["trigger"].as_str().expect("trigger")).collect();
+    assert_eq!(triggers, ["started", "settled"]);
+    // A manual re-send is of the task's end, never of its start.
+    let retried = post_retry(&app, &key, &task_id).await;
+    assert_eq!(retried.status(), StatusCode::ACCEPTED);
+    let retry: Value = retried.json().await.expect("JSON");
+    assert_eq!(retry["webhook_id"], log[1]["webhook_id"]);
+
+    // Only the end, the default: a cancelled task reports `cancelled`.
+    let default = json!({"prompt": "A storm", "callback_url": receiver.url});
+    let cancelled = app.create_ok(&key, default).await["task_id"].as_str().expect("task_id").to_owned();
+    assert_eq!(app.cancel(&key, &cancelled).await.status(), StatusCode::OK);
+    app.settle_all().await;
+    let received = receiver.wait_for(4).await;
+    let last: Value = serde_json::from_slice(&received[3].body).expect("JSON");
+    assert_eq!(
+        (last["type"].as_str(), last["data"]["status"].as_str()),
+        (Some("task.completed"), Some("cancelled")),
+        "{last}"
+    );
+    assert_eq!(finished_deliveries(&app, &key, &cancelled, 1).await.len(), 1, "no started event unless asked");
+}
+
+#[tokio::test]
+async fn callback_events_only_started_keeps_the_version_1_body_and_bad_values_are_refused() {
+    let Setup { app, receiver, key, .. } = setup_driven("0s", []).await;
+    let started = json!({"prompt": "A lighthouse", "callback_url": receiver.url, "callback_events": ["started"]});
+    let task_id = app.create_ok(&key, started).await["task_id"].as_str().expect("task_id").to_owned();
+    app.settle_all().await;
+    let received = receiver.wait_for(1).await;
+    let body: Value = serde_json::from_slice(&received[0].body).expect("JSON");
+    assert_eq!(
+        (body["task_id"].as_str(), body["status"].as_str()),
+        (Some(task_id.as_str()), Some("running")),
+        "the bare task object: {body}"
+    );
+    assert_eq!(finished_deliveries(&app, &key, &task_id, 1).await.len(), 1, "no completed event: not asked for");
+
+    for (body, field) in [
+        (json!({"prompt": "x", "callback_url": receiver.url, "callback_events": ["progress"]}), "`callback_events[0]`"),
+        (json!({"prompt": "x", "callback_url": receiver.url, "callback_events": ["done"]}), "`callback_events[0]`"),
+        (json!({"prompt": "x", "callback_url": receiver.url, "callback_events": []}), "`callback_events`"),
+        (json!({"prompt": "x", "callback_events": ["started"]}), "`callback_events`"),
+    ] {
+        let (_, message) =
+            assert_error(app.create(&key, body.clone()).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+        assert!(message.starts_with(field), "{body}: {message}");
+    }
+}

@@ -474,3 +474,26 @@ async fn an_edge_killed_before_it_records_the_node_task_resubmits_without_a_seco
     assert_ledger_consistent(&db.pool).await;
     assert_ledger_consistent(&node.db.pool).await;
 }
+
+#[tokio::test]
+async fn a_task_cancelled_on_the_edge_is_cancelled_on_its_node_and_released_on_both() {
+    let node = Node::start(100).await;
+    let edge = spawn_edge(Some(&node), None, false).await;
+    let (_, key) = edge.new_account(50).await;
+    let mut request = seed_request();
+    request["prompt"] = json!("A slow lake [simulate:delay=60000]");
+    let task_id = edge.create_ok(&key, request).await["task_id"].as_str().expect("task_id").to_owned();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    while edge.get_task(&key, &task_id).await["status"] != "running" {
+        assert!(tokio::time::Instant::now() < give_up, "the node never accepted the task:\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let response = edge.cancel(&key, &task_id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // The edge asked the node within the cancel request: its task is cancelled and released there too.
+    let (_, status, _) = node.first_task().await;
+    assert_eq!(status, "cancelled", "node log:\n{}", node.log());
+    assert_eq!(node.balance().await, 100);
+    edge.assert_balance(&key, 50, 0).await;
+}

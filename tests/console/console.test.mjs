@@ -293,6 +293,20 @@ test('Run completes with an image on the page and the balance 12 lower', async (
   await shot(page, '03-api-console', { docsName: 'console-api.png' });
 });
 
+test('Cancel on a running task ends it cancelled, live, and charges nothing', async () => {
+  const page = userPage;
+  const before = (await credits(user.key)).balance;
+  await page.fill('#param-prompt', 'A slow lake [simulate:delay=60000]');
+  await page.click('#run');
+  // The status follows the task's event stream: running, then cancelled after the click.
+  await page.locator('#run-status[data-status="running"]').waitFor(WAIT);
+  await page.click('#run-cancel');
+  await page.locator('#run-status[data-status="cancelled"]').waitFor(WAIT);
+  await page.locator('#run-cancelled').waitFor(WAIT);
+  assert.equal((await credits(user.key)).balance, before);
+  assert.equal((await credits(user.key)).held, 0);
+});
+
 test('a bad parameter shows the error message', async () => {
   const page = userPage;
   await page.fill('#param-prompt', '');
