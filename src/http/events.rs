@@ -20,6 +20,7 @@ use super::openapi::{ErrorEnvelope, KeyErrors};
 use super::AppState;
 use crate::auth::Caller;
 use crate::error::Error;
+use crate::files::FileStore;
 use crate::monitoring;
 use crate::store::Db;
 use crate::task_events::{Waiter, RECHECK};
@@ -87,6 +88,8 @@ fn event_id(task: &Task) -> String {
 /// What the stream carries between events.
 struct Follow {
     db: Db,
+    /// Signs the task's file links in each event, as a read of the task does.
+    files: FileStore,
     account_id: i64,
     task_id: String,
     waiter: Waiter,
@@ -117,7 +120,11 @@ impl Follow {
                 self.ended = task.status.is_terminal();
                 self.last = Some(id.clone());
                 let event = Event::default().event("task").id(id);
-                return Some(event.json_data(TaskView::from(&task)).unwrap_or_else(|_| Event::default().comment("")));
+                return Some(
+                    event
+                        .json_data(TaskView::from(&task).with_links(|url| self.files.link(url)))
+                        .unwrap_or_else(|_| Event::default().comment("")),
+                );
             }
             if task.status.is_terminal() {
                 return None;
@@ -156,6 +163,7 @@ pub async fn stream(
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let follow = Follow {
         db: state.pool.clone(),
+        files: state.files.clone(),
         account_id: caller.account_id,
         task_id,
         waiter,

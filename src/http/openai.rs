@@ -343,7 +343,12 @@ async fn respond(
     if respond_async {
         let task = &created[0];
         let location = format!("/api/v1/tasks/{}", task.id);
-        return Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(TaskView::from(task))).into_response());
+        return Ok((
+            StatusCode::ACCEPTED,
+            [(LOCATION, location)],
+            Json(TaskView::from(task).with_links(|url| state.files.link(url))),
+        )
+            .into_response());
     }
     let answer =
         openai::wait(&state.events, &state.files, caller.account_id, &created, until, request.b64_json).await?;

@@ -115,5 +115,5 @@ pub async fn cancel(
     ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let task = state.engine.cancel(caller.account_id, &task_id).await?;
-    Ok(Json(TaskView::from(&task)))
+    Ok(Json(TaskView::from(&task).with_links(|url| state.files.link(url))))
 }

@@ -46,11 +46,14 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 }
 
 impl TaskView {
-    /// The view with each image URL replaced by `link` of it: the file store signs its own links
-    /// afresh on every read (`FileStore::link`).
+    /// The view with each image URL (results, and inputs such as edit uploads) replaced by `link` of
+    /// it: the file store signs its own links afresh on every read (`FileStore::link`).
     pub fn with_links(mut self, link: impl Fn(&str) -> String) -> TaskView {
         for image in self.output.iter_mut().flat_map(|output| output.images.iter_mut()) {
             image.url = link(&image.url);
+        }
+        for url in &mut self.input.image_urls {
+            *url = link(url);
         }
         self
     }
