@@ -458,6 +458,13 @@ async fn callback_events_send_started_and_completed_in_the_version_2_body() {
     assert_eq!(retried.status(), StatusCode::ACCEPTED);
     let retry: Value = retried.json().await.expect("JSON");
     assert_eq!(retry["webhook_id"], log[1]["webhook_id"]);
+    // It carries the end's URL and bytes (the re-send stores none of its own), and the `started`
+    // delivery does not count against `webhooks.max_deliveries_per_task`.
+    let log = finished_deliveries(&app, &key, &task_id, 3).await;
+    let resent = receiver.wait_for(3).await;
+    assert_eq!(resent[2].body, resent[1].body, "the re-send is the completed event");
+    let settled_and_manual = log.iter().filter(|d| d["trigger"] != "started").count();
+    assert_eq!(settled_and_manual, 2, "{log:?}");
 
     // Only the end, the default: a cancelled task reports `cancelled`.
     let default = json!({"prompt": "A storm", "callback_url": receiver.url});
