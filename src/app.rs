@@ -15,6 +15,7 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::files::{FileStore, Rehost};
+use crate::instances::Instance;
 use crate::jwt::{JwtAuth, SessionSigner};
 use crate::providers::Providers;
 use crate::ratelimit::RateLimiter;
@@ -28,6 +29,8 @@ pub struct Application {
     /// `server.metrics_listen`, when set: `/metrics` alone.
     metrics_listener: Option<TcpListener>,
     state: AppState,
+    /// This process in the `instances` table, when it runs the engine.
+    instance: Option<Arc<Instance>>,
 }
 
 impl Application {
@@ -76,7 +79,13 @@ impl Application {
         } else {
             None
         };
-        let webhooks = Webhooks::new(pool.clone(), &settings.webhooks, resolver)?;
+        let instance = Instance::new(pool.clone(), settings.tasks.heartbeat, settings.tasks.instance_stale);
+        // Registered before the first request: the fast path leases the tasks it creates.
+        let runs_engine = settings.server.role.runs_engine();
+        if runs_engine {
+            instance.register().await.context("registering this gateway instance")?;
+        }
+        let webhooks = Webhooks::new(pool.clone(), &settings.webhooks, resolver, &instance.id)?;
         let catalog = Arc::new(catalog);
         let engine = Engine::new(
             pool.clone(),
@@ -86,6 +95,7 @@ impl Application {
             &settings,
             Arc::clone(&webhooks),
             rehost,
+            &instance.id,
         );
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
         let jwt = JwtAuth::from_settings(&settings.auth.jwt)?.map(Arc::new);
@@ -110,7 +120,7 @@ impl Application {
             jwt,
             sessions,
         };
-        Ok(Application { listener, metrics_listener, state })
+        Ok(Application { listener, metrics_listener, state, instance: runs_engine.then_some(instance) })
     }
 
     pub fn port(&self) -> u16 {
@@ -133,6 +143,16 @@ impl Application {
         let engine_loop = role.runs_engine().then(|| background.spawn(Arc::clone(&engine).run(shutdown.clone())));
         let webhooks =
             role.runs_engine().then(|| background.spawn(Arc::clone(&self.state.webhooks).run(shutdown.clone())));
+        // Stopped after the loops and the drain (below): it stays alive while they hand back leases.
+        let instance_stop = CancellationToken::new();
+        let heartbeat = self.instance.map(|instance| {
+            let (engine, webhooks) = (Arc::clone(&engine), Arc::clone(&self.state.webhooks));
+            let wake = move || {
+                engine.wake();
+                webhooks.wake();
+            };
+            background.spawn(instance.run(instance_stop.clone(), wake))
+        });
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let metrics = self.metrics_listener.map(|listener| {
             let router = crate::http::metrics_router(self.state.clone());
@@ -167,6 +187,10 @@ impl Application {
         }
         if let Some(webhooks) = webhooks {
             webhooks.await?;
+        }
+        instance_stop.cancel();
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.await?;
         }
         if let Some(metrics) = metrics {
             metrics.abort();

@@ -11,6 +11,7 @@ pub mod files;
 pub mod http;
 pub mod idempotency;
 pub mod ids;
+pub mod instances;
 pub mod jwt;
 pub mod ledger;
 pub mod monitoring;

@@ -31,6 +31,10 @@ pub const DB_POOL_CONNECTIONS: &str = "aio_db_pool_connections";
 /// Outgoing webhook attempts, label `outcome` (`delivered`, `failed`, `dead`): incremented by the
 /// webhook deliverer through [`webhook_attempt`]: `delivered`, `retry` or `dead`.
 pub const WEBHOOK_ATTEMPTS: &str = "aio_webhook_attempts_total";
+/// Heartbeats of this instance, label `outcome` (`ok`, `failed`).
+pub const INSTANCE_HEARTBEATS: &str = "aio_instance_heartbeats_total";
+/// Leased rows of dead instances released by this process, by queue (`tasks`, `webhook_deliveries`).
+pub const LEASES_TAKEN_OVER: &str = "aio_leases_taken_over_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -78,6 +82,8 @@ fn describe() {
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by reason (key, concurrency).");
     describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections of this process, by state (in_use, idle).");
     describe_counter!(WEBHOOK_ATTEMPTS, "Outgoing webhook delivery attempts, by outcome.");
+    describe_counter!(INSTANCE_HEARTBEATS, "Heartbeats of this gateway instance, by outcome (ok, failed).");
+    describe_counter!(LEASES_TAKEN_OVER, "Leases of dead instances taken over by this process, by queue.");
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -133,6 +139,16 @@ pub fn rate_limited(reason: &'static str) {
 /// For the webhook deliverer: one delivery attempt and how it ended.
 pub fn webhook_attempt(outcome: &'static str) {
     counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// One heartbeat of this instance, written or not.
+pub fn instance_heartbeat(ok: bool) {
+    counter!(INSTANCE_HEARTBEATS, "outcome" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+/// `rows` leased rows of `queue` whose instance died were released by this process.
+pub fn leases_taken_over(queue: &'static str, rows: u64) {
+    counter!(LEASES_TAKEN_OVER, "queue" => queue).increment(rows);
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.

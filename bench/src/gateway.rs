@@ -76,6 +76,8 @@ pub struct Gateway {
     pub upstream: String,
     pub port: u16,
     pub log: PathBuf,
+    /// More environment variables, set last (they win).
+    pub extra: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -106,6 +108,9 @@ impl Gateway {
             .env("AIO__RATE_LIMIT__BURST", "100000000")
             .env("AIO__LOG__LEVEL", "warn")
             .env_remove("RUST_LOG");
+        for (name, value) in &self.extra {
+            command.env(name, value);
+        }
         command
     }
 

@@ -141,9 +141,10 @@ const QUEUE: WorkQueue = WorkQueue {
     columns: COLUMNS,
 };
 
-/// Claims up to `limit` due deliveries for `lease` (see [`store::claim_due`]).
-pub async fn claim_due(db: &Db, limit: i64, lease: Duration) -> sqlx::Result<Vec<Delivery>> {
-    store::claim_due(db, &QUEUE, limit, lease).await
+/// Claims up to `limit` due deliveries for `lease`, held by the instance `owner` (see
+/// [`store::claim_due`]).
+pub async fn claim_due(db: &Db, limit: i64, lease: Duration, owner: &str) -> sqlx::Result<Vec<Delivery>> {
+    store::claim_due(db, &QUEUE, limit, lease, owner).await
 }
 
 /// Records an attempt and moves its delivery on, in one transaction.
@@ -170,7 +171,8 @@ pub async fn record(db: &Db, attempt: &Attempt, next: Next) -> sqlx::Result<()> 
     let d = tx.dialect();
     let sql = format!(
         "UPDATE webhook_deliveries
-         SET status = $2, attempts = attempts + 1, updated_at = {}, next_attempt_at = COALESCE({}, next_attempt_at)
+         SET status = $2, attempts = attempts + 1, updated_at = {}, next_attempt_at = COALESCE({}, next_attempt_at),
+             leased_by = NULL
          WHERE id = $1 AND status = 'pending'",
         d.now(),
         d.now_plus_secs("$3")

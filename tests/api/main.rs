@@ -36,6 +36,7 @@ mod session;
 mod shutdown;
 mod sqlite;
 mod storage;
+mod takeover;
 mod validation;
 mod wavespeed;
 mod webhooks;
