@@ -78,6 +78,8 @@ pub struct Gateway {
     pub log: PathBuf,
     /// More environment variables, set last (they win).
     pub extra: Vec<(String, String)>,
+    /// The configuration file (default the shipped `config/gateway.toml`).
+    pub config: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -93,7 +95,7 @@ impl Gateway {
         command
             .current_dir(root())
             .arg("--config")
-            .arg(root().join("config/gateway.toml"))
+            .arg(self.config.clone().unwrap_or_else(|| root().join("config/gateway.toml")))
             .env("DATABASE_URL", &self.database_url)
             .env("AIO__SERVER__LISTEN", format!("127.0.0.1:{}", self.port))
             .env("AIO__BOOTSTRAP__ENABLED", "false")

@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         Some("time-to-result") => result_time::run(result_time::parse(&args[1..])?).await,
         _ => bail!(
             "usage: aio-bench all [--secs N] [--rows N] [--running N]\n       \
-             aio-bench time-to-result [--gateway BINARY] [--catalog PATH] [--concurrency N] [--tasks N]"
+             aio-bench time-to-result [--gateway BINARY] [--catalog PATH] [--config PATH] [--concurrency N] [--tasks N] [--poll-after SECS]"
         ),
     }
 }

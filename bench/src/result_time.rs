@@ -7,8 +7,8 @@
 //! - callback path: callback sent → webhook received;
 //! - poll path (callbacks off): the job's completion → webhook received, and recordInfo calls per task.
 //!
-//! `--gateway BINARY` measures another build (e.g. main's, for the figures before; with `--catalog` its
-//! own catalog), otherwise the release build is made first.
+//! `--gateway BINARY` measures another build (e.g. main's, for the figures before; with `--catalog` and
+//! `--config` its own catalog and configuration), otherwise the release build is made first.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,20 +33,25 @@ const RUNTIME: (f64, f64) = (3.0, 10.0);
 pub struct Options {
     gateway: Option<PathBuf>,
     catalog: Option<PathBuf>,
+    config: Option<PathBuf>,
     concurrency: usize,
     /// Tasks per path.
     tasks: usize,
     /// When a callback-path job finishes after its submit.
     callback_after: Duration,
+    /// When a poll-path job finishes after its submit; `None`: spread over [`RUNTIME`].
+    poll_after: Option<Duration>,
 }
 
 pub fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut options = Options {
         gateway: None,
         catalog: None,
+        config: None,
         concurrency: 16,
         tasks: 64,
         callback_after: Duration::from_millis(500),
+        poll_after: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -54,8 +59,10 @@ pub fn parse(args: &[String]) -> anyhow::Result<Options> {
         match arg.as_str() {
             "--gateway" => options.gateway = Some(value()?.into()),
             "--catalog" => options.catalog = Some(value()?.into()),
+            "--config" => options.config = Some(value()?.into()),
             "--concurrency" => options.concurrency = value()?.parse()?,
             "--tasks" => options.tasks = value()?.parse()?,
+            "--poll-after" => options.poll_after = Some(Duration::from_secs_f64(value()?.parse()?)),
             other => bail!("unknown option {other}"),
         }
     }
@@ -66,7 +73,6 @@ pub fn parse(args: &[String]) -> anyhow::Result<Options> {
 struct Job {
     done_at: Instant,
     polls: u64,
-    callback_url: Option<String>,
 }
 
 #[derive(Default)]
@@ -92,7 +98,7 @@ async fn create(State(up): State<Arc<Upstream>>, Json(body): Json<Value>) -> Jso
     });
     let done_at = Instant::now() + takes;
     let callback_url = body["callBackUrl"].as_str().map(str::to_owned);
-    up.jobs.lock().expect("jobs").insert(id.clone(), Job { done_at, polls: 0, callback_url: callback_url.clone() });
+    up.jobs.lock().expect("jobs").insert(id.clone(), Job { done_at, polls: 0 });
     if let Some(url) = callback_url {
         let (up, id) = (Arc::clone(&up), id.clone());
         tokio::spawn(async move {
@@ -162,6 +168,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             ("AIO__WEBHOOKS__ALLOW_HTTP".into(), "true".into()),
             ("AIO__WEBHOOKS__ALLOWED_PRIVATE_CIDRS".into(), "127.0.0.0/8".into()),
         ],
+        config: options.config.clone(),
     };
     if let Some(catalog) = &options.catalog {
         gateway.extra.push(("AIO__CATALOG__MODELS_PATH".into(), catalog.display().to_string()));
@@ -198,8 +205,8 @@ async fn measure(options: &Options, gateway: &mut Gateway, up: &Arc<Upstream>, k
         callback.iter().filter_map(|(task, job)| Some(ms(*hooks.get(task)? - *sent.get(job)?))).collect()
     };
 
-    // Poll path: no callbacks; jobs spread over the model's runtime.
-    *up.fixed.lock().expect("fixed") = None;
+    // Poll path: no callbacks; jobs spread over the model's runtime, or all taking `--poll-after`.
+    *up.fixed.lock().expect("fixed") = options.poll_after;
     gateway.extra.retain(|(name, _)| name != "AIO__PROVIDERS__KIE__CALLBACKS");
     gateway.extra.push(("AIO__PROVIDERS__KIE__CALLBACKS".into(), "false".into()));
     let process = gateway.serve().await?;
@@ -222,7 +229,7 @@ async fn measure(options: &Options, gateway: &mut Gateway, up: &Arc<Upstream>, k
         "callback_path": {"tasks": callback_ms.len(), "callback_to_webhook_ms": percentiles(&callback_ms)},
         "poll_path": {
             "tasks": poll_ms.len(),
-            "job_runtime_secs": [RUNTIME.0, RUNTIME.1],
+            "job_runtime_secs": options.poll_after.map_or(json!([RUNTIME.0, RUNTIME.1]), |d| json!(d.as_secs_f64())),
             "completion_to_webhook_ms": percentiles(&poll_ms),
             "polls_per_task": {"mean": polls.iter().sum::<f64>() / polls.len().max(1) as f64, "max": polls.iter().cloned().fold(0.0, f64::max)},
         },
