@@ -98,6 +98,8 @@ impl Drop for ClaimGuard<'_> {
 }
 
 impl Engine {
+    // The parts it drives, each built once in `app.rs`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Db,
         providers: Providers,
