@@ -11,7 +11,7 @@
 //! instance is dead as soon as this one starts.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -41,23 +41,27 @@ impl Instance {
     }
 
     /// Records this instance, before it leases anything. On SQLite, whatever other instance the table
-    /// names died (this process holds the database's lock): its leases are released now.
+    /// names died (this process holds the database's lock): its leases are released now. On
+    /// PostgreSQL the heartbeat loop judges the others, once this one has been up for a while.
     pub async fn register(&self) -> sqlx::Result<()> {
         self.beat().await?;
         let taken = match self.db.dialect() {
             Dialect::Sqlite => take_over(&self.db, &self.id, None).await?,
-            Dialect::Postgres => take_over(&self.db, &self.id, Some(self.stale)).await?,
+            Dialect::Postgres => 0,
         };
         tracing::info!(instance = %self.id, taken_over = taken, "instance registered");
         Ok(())
     }
 
     /// Heartbeats until `shutdown`, and takes over the leases of dead instances; `wake` is called
-    /// when it released some, so this process's loops look at them now. On a clean stop the instance
-    /// is deleted (its leases were handed back by the loops).
+    /// when it released some, so this process's loops look at them now. Only after its own heartbeats
+    /// have gone through for `instance_stale_ms`: a database outage stops every instance's heartbeat,
+    /// and the first one back must not take the others for dead. On a clean stop the instance is
+    /// deleted (its leases were handed back by the loops).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, wake: impl Fn()) {
         let mut every = tokio::time::interval(self.heartbeat);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut healthy_since = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -66,9 +70,13 @@ impl Instance {
             if let Err(error) = self.beat().await {
                 tracing::warn!(error = %error, instance = %self.id, "heartbeat failed");
                 monitoring::instance_heartbeat(false);
+                healthy_since = Instant::now();
                 continue;
             }
             monitoring::instance_heartbeat(true);
+            if healthy_since.elapsed() < self.stale {
+                continue;
+            }
             match take_over(&self.db, &self.id, Some(self.stale)).await {
                 Ok(0) => {}
                 Ok(_) => wake(),
