@@ -42,6 +42,10 @@ pub const RETENTION_RUNS: &str = "aio_retention_runs_total";
 /// HTTP connections open now, and those closed at once because `server.max_connections` were open.
 pub const HTTP_CONNECTIONS: &str = "aio_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "aio_http_connections_refused_total";
+/// Heartbeats of this instance, label `outcome` (`ok`, `failed`).
+pub const INSTANCE_HEARTBEATS: &str = "aio_instance_heartbeats_total";
+/// Leased rows of dead instances released by this process, by queue (`tasks`, `webhook_deliveries`).
+pub const LEASES_TAKEN_OVER: &str = "aio_leases_taken_over_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -102,6 +106,8 @@ fn describe() {
         HTTP_CONNECTIONS_REFUSED,
         "HTTP connections closed at once because server.max_connections were open."
     );
+    describe_counter!(INSTANCE_HEARTBEATS, "Heartbeats of this gateway instance, by outcome (ok, failed).");
+    describe_counter!(LEASES_TAKEN_OVER, "Leases of dead instances taken over by this process, by queue.");
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -190,6 +196,16 @@ pub fn retention_purged(kind: &'static str, count: u64) {
 
 pub fn retention_run(outcome: &'static str) {
     counter!(RETENTION_RUNS, "outcome" => outcome).increment(1);
+}
+
+/// One heartbeat of this instance, written or not.
+pub fn instance_heartbeat(ok: bool) {
+    counter!(INSTANCE_HEARTBEATS, "outcome" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+/// `rows` leased rows of `queue` whose instance died were released by this process.
+pub fn leases_taken_over(queue: &'static str, rows: u64) {
+    counter!(LEASES_TAKEN_OVER, "queue" => queue).increment(rows);
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.

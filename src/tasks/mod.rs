@@ -144,6 +144,8 @@ pub struct NewTask<'a> {
     /// `Some(lease)`: the creating process works on the task itself (the create fast path), so it is
     /// born claimed; other workers take it only if the lease runs out. `None`: due at once.
     pub lease: Option<Duration>,
+    /// The instance of the creating process: it holds the lease, when there is one.
+    pub owner: &'a str,
     /// The client's `Idempotency-Key`, recorded with the task.
     pub idempotency: Option<&'a IdempotencyKey>,
 }
@@ -205,8 +207,8 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     let dialect = tx.dialect();
     let sql = format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
-                            upstream_model, provider_label, simulated, deadline_at, next_poll_at)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {})
+                            upstream_model, provider_label, simulated, deadline_at, next_poll_at, leased_by)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14)
          RETURNING {COLUMNS}",
         dialect.now_plus_secs("$12"),
         dialect.now_plus_secs("$13"),
@@ -225,6 +227,7 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     .bind(new.simulated)
     .bind(new.deadline.as_secs_f64())
     .bind(new.lease.unwrap_or_default().as_secs_f64())
+    .bind(new.lease.map(|_| new.owner))
     .fetch_one(conn)
     .await)?;
     if let Some(key) = new.idempotency {
@@ -319,9 +322,10 @@ const QUEUE: WorkQueue = WorkQueue {
     columns: COLUMNS,
 };
 
-/// Claims up to `limit` due unfinished tasks for `lease` (see [`store::claim_due`]).
-pub async fn claim_due(db: &Db, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
-    store::claim_due(db, &QUEUE, limit, lease).await
+/// Claims up to `limit` due unfinished tasks for `lease`, held by the instance `owner` (see
+/// [`store::claim_due`]).
+pub async fn claim_due(db: &Db, limit: i64, lease: Duration, owner: &str) -> sqlx::Result<Vec<Task>> {
+    store::claim_due(db, &QUEUE, limit, lease, owner).await
 }
 
 /// Hands back the leases of claimed tasks (shutdown): unfinished ones are due again at once.
@@ -329,14 +333,14 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
     // A list parameter: an array on PostgreSQL, a JSON array on SQLite.
     let done = match db {
         Db::Pg(pool) => {
-            sqlx::query("UPDATE tasks SET next_poll_at = now() WHERE id = ANY($1) AND status IN ('pending', 'running')")
+            sqlx::query("UPDATE tasks SET next_poll_at = now(), leased_by = NULL WHERE id = ANY($1) AND status IN ('pending', 'running')")
                 .bind(task_ids)
                 .execute(pool)
                 .await?
                 .rows_affected()
         }
         Db::Sqlite(pool) => sqlx::query(&format!(
-            "UPDATE tasks SET next_poll_at = {}
+            "UPDATE tasks SET next_poll_at = {}, leased_by = NULL
              WHERE id IN (SELECT value FROM json_each($1)) AND status IN ('pending', 'running')",
             Dialect::Sqlite.now()
         ))
@@ -353,7 +357,7 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
 pub async fn mark_running(db: &Db, task_id: &str, upstream_id: &str, next_poll_in: Duration) -> sqlx::Result<bool> {
     let d = db.dialect();
     let sql = format!(
-        "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now},
+        "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now}, leased_by = NULL,
                           next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
          WHERE id = $1 AND status = 'pending'",
         now = d.now(),
@@ -445,7 +449,7 @@ const CALLBACK_POLL_SPACING: Duration = Duration::from_secs(2);
 pub async fn reschedule(db: &Db, task_id: &str, next_poll_in: Duration) -> sqlx::Result<()> {
     let d = db.dialect();
     let sql = format!(
-        "UPDATE tasks SET attempts = attempts + 1, next_poll_at = {}
+        "UPDATE tasks SET attempts = attempts + 1, next_poll_at = {}, leased_by = NULL
          WHERE id = $1 AND status IN ('pending', 'running')",
         d.least(&d.now_plus_secs("$2"), "deadline_at")
     );
@@ -479,7 +483,8 @@ pub async fn settle(
         Outcome::Failed(error) => (TaskStatus::Failed, None, Some(Json(error))),
     };
     let sql = format!(
-        "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now}
+        "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now},
+                          leased_by = NULL
          WHERE id = $1 AND status IN ('pending', 'running')
          RETURNING {COLUMNS}",
         now = tx.dialect().now()

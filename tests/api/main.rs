@@ -42,6 +42,7 @@ mod session;
 mod shutdown;
 mod sqlite;
 mod storage;
+mod takeover;
 mod validation;
 mod wavespeed;
 mod webhooks;
