@@ -14,6 +14,7 @@ use crate::catalog::Catalog;
 use crate::config::{ProviderMode, Settings};
 use crate::engine::Engine;
 use crate::files::{FileStore, Rehost};
+use crate::instances::Instance;
 use crate::jwt::{JwtAuth, SessionSigner};
 use crate::providers::Providers;
 use crate::ratelimit::RateLimiter;
@@ -29,6 +30,8 @@ pub struct Application {
     /// `server.metrics_listen`, when set: `/metrics` alone.
     metrics_listener: Option<TcpListener>,
     state: AppState,
+    /// This process in the `instances` table, when it runs the engine.
+    instance: Option<Arc<Instance>>,
 }
 
 impl Application {
@@ -89,7 +92,13 @@ impl Application {
         } else {
             None
         };
-        let webhooks = Webhooks::new(pool.clone(), &settings.webhooks, resolver)?;
+        let instance = Instance::new(pool.clone(), settings.tasks.heartbeat, settings.tasks.instance_stale);
+        // Registered before the first request: the fast path leases the tasks it creates.
+        let runs_engine = settings.server.role.runs_engine();
+        if runs_engine {
+            instance.register().await.context("registering this gateway instance")?;
+        }
+        let webhooks = Webhooks::new(pool.clone(), &settings.webhooks, resolver, &instance.id)?;
         let catalog = Arc::new(catalog);
         let engine = Engine::new(
             pool.clone(),
@@ -100,6 +109,7 @@ impl Application {
             Arc::clone(&webhooks),
             rehost,
             files.clone(),
+            &instance.id,
         );
         let events = Arc::clone(engine.events());
         let limits = Arc::new(RateLimiter::new(&settings.rate_limit)?);
@@ -130,7 +140,7 @@ impl Application {
             sessions,
             stripe,
         };
-        Ok(Application { listener, metrics_listener, state })
+        Ok(Application { listener, metrics_listener, state, instance: runs_engine.then_some(instance) })
     }
 
     pub fn port(&self) -> u16 {
@@ -164,6 +174,16 @@ impl Application {
             let shutdown = shutdown.clone();
             background.spawn(async move { events.run(shutdown).await });
         }
+        // Stopped after the loops and the drain (below): it stays alive while they hand back leases.
+        let instance_stop = CancellationToken::new();
+        let heartbeat = self.instance.map(|instance| {
+            let (engine, webhooks) = (Arc::clone(&engine), Arc::clone(&self.state.webhooks));
+            let wake = move || {
+                engine.wake();
+                webhooks.wake();
+            };
+            background.spawn(instance.run(instance_stop.clone(), wake))
+        });
         tracing::info!(address = %self.listener.local_addr()?, ?role, "serving");
         let limits = ConnectionLimits::of(&self.state.settings.server);
         let metrics = self.metrics_listener.map(|listener| {
@@ -197,6 +217,10 @@ impl Application {
         }
         if let Some(webhooks) = webhooks {
             webhooks.await?;
+        }
+        instance_stop.cancel();
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.await?;
         }
         if let Some(metrics) = metrics {
             metrics.abort();

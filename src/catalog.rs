@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -36,6 +37,10 @@ pub struct Model {
     pub input_types: Vec<String>,
     pub output: String,
     pub max_prompt_chars: usize,
+    /// `[min, max]` seconds a generation usually takes at the provider: the engine polls first at
+    /// `min`, often until `max`, then backs off. Default [`DEFAULT_RUNTIME_SECS`].
+    #[serde(default = "default_runtime_secs")]
+    pub runtime_secs: [u32; 2],
     #[serde(default)]
     pub parameters: Vec<Parameter>,
     /// The first one is the default.
@@ -226,6 +231,47 @@ fn default_weight() -> u32 {
     1
 }
 
+/// The runtime of a model that declares none: a first look after a second, then every few seconds.
+pub const DEFAULT_RUNTIME_SECS: [u32; 2] = [1, 30];
+
+/// A declared runtime above this is a mistake (the engine's deadline is minutes).
+const MAX_RUNTIME_SECS: u32 = 3600;
+
+fn default_runtime_secs() -> [u32; 2] {
+    DEFAULT_RUNTIME_SECS
+}
+
+/// When a running task is polled, from its model's `runtime_secs`: first at `min` (nothing is ready
+/// before), then every `(max − min) / POLLS_IN_WINDOW` (within [`MIN_POLL_INTERVAL`], `cap`) while the
+/// model usually finishes, then backing off by half the time past `max` (×1.5 per poll), up to `cap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollSchedule {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// Polls spread over the runtime window: a result waits half a window / 7 for its poll on average.
+const POLLS_IN_WINDOW: u32 = 7;
+
+/// The shortest interval between two polls of a task.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+impl PollSchedule {
+    /// The wait before the next poll of a task that has been running (accepted upstream) for
+    /// `running_for`; never above `cap` (`tasks.poll_max_ms`).
+    pub fn next(&self, running_for: Duration, cap: Duration) -> Duration {
+        let cap = cap.max(MIN_POLL_INTERVAL);
+        let interval = ((self.max.saturating_sub(self.min)) / POLLS_IN_WINDOW).clamp(MIN_POLL_INTERVAL, cap);
+        if running_for < self.min {
+            return (self.min - running_for).min(cap);
+        }
+        if running_for < self.max {
+            return interval;
+        }
+        ((running_for - self.max) / 2).clamp(interval, cap)
+    }
+}
+
 impl SubModel {
     /// Its active routes in the order to try them: by priority, and within one priority a weighted
     /// random order.
@@ -247,6 +293,12 @@ impl SubModel {
 impl Model {
     pub fn parameter(&self, name: &str) -> Option<&Parameter> {
         self.parameters.iter().find(|p| p.name == name)
+    }
+
+    /// How its running tasks are polled, from `runtime_secs`.
+    pub fn poll_schedule(&self) -> PollSchedule {
+        let [min, max] = self.runtime_secs;
+        PollSchedule { min: Duration::from_secs(min.into()), max: Duration::from_secs(max.into()) }
     }
 }
 
@@ -615,6 +667,12 @@ pub fn check(models: &[Model], settings: &Settings) -> Report {
         if model.max_prompt_chars == 0 {
             problems.push(format!("{at}: max_prompt_chars must be above 0"));
         }
+        let [min, max] = model.runtime_secs;
+        if min > max || max == 0 || max > MAX_RUNTIME_SECS {
+            problems.push(format!(
+                "{at}: runtime_secs must be [min, max] seconds with min ≤ max and 0 < max ≤ {MAX_RUNTIME_SECS}"
+            ));
+        }
         if model.sub_models.is_empty() {
             problems.push(format!("{at}: needs at least one sub-model"));
         }
@@ -741,6 +799,26 @@ pub struct ValidRequest<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::PollSchedule;
+
+    #[test]
+    fn polls_first_at_the_minimum_runtime_then_often_then_back_off() {
+        let secs = std::time::Duration::from_secs_f64;
+        let schedule = PollSchedule { min: secs(3.0), max: secs(10.0) };
+        let cap = secs(30.0);
+        assert_eq!(schedule.next(secs(0.0), cap), secs(3.0));
+        assert_eq!(schedule.next(secs(1.0), cap), secs(2.0));
+        assert_eq!(schedule.next(secs(3.0), cap), secs(1.0));
+        assert_eq!(schedule.next(secs(9.5), cap), secs(1.0));
+        assert_eq!(schedule.next(secs(10.0), cap), secs(1.0));
+        assert_eq!(schedule.next(secs(14.0), cap), secs(2.0));
+        assert_eq!(schedule.next(secs(100.0), cap), cap);
+        // A narrow window never polls more often than every 250 ms; the cap wins over everything.
+        let narrow = PollSchedule { min: secs(1.0), max: secs(1.0) };
+        assert_eq!(narrow.next(secs(1.0), cap), secs(0.25));
+        assert_eq!(schedule.next(secs(0.0), secs(2.0)), secs(2.0));
+    }
+
     use super::*;
 
     /// A model with `aspect_ratio` (1:1, 16:9) and `quality` (basic, high), and one route written in

@@ -82,6 +82,8 @@ pub struct Engine {
     claimed: Mutex<HashSet<String>>,
     /// Notified whenever `claimed` becomes empty.
     idle: Notify,
+    /// This process's instance: its claims name it (see [`crate::instances`]).
+    instance: String,
 }
 
 /// Marks a task as worked on by this process while it lives.
@@ -111,6 +113,7 @@ impl Engine {
         webhooks: Arc<Webhooks>,
         rehost: Option<Rehost>,
         files: FileStore,
+        instance: &str,
     ) -> Arc<Engine> {
         let events = Arc::new(TaskEvents::new(pool.clone()));
         let fast_path = settings.server.role.runs_engine();
@@ -133,6 +136,7 @@ impl Engine {
             dispatched: TaskTracker::new(),
             claimed: Mutex::new(HashSet::new()),
             idle: Notify::new(),
+            instance: instance.to_owned(),
         })
     }
 
@@ -172,6 +176,7 @@ impl Engine {
             simulated: self.catalog.is_simulated(&valid.route.provider),
             deadline: self.settings.deadline,
             lease: self.fast_path.then(|| self.lease()),
+            owner: &self.instance,
             idempotency: key.as_ref(),
         };
         let task = match tasks::create(&self.pool, new).await? {
@@ -242,7 +247,8 @@ impl Engine {
     pub async fn run_pending(&self) -> sqlx::Result<usize> {
         let mut worked = 0;
         loop {
-            let due = tasks::claim_due(&self.pool, self.settings.batch_size.get() as i64, self.lease()).await?;
+            let batch = self.settings.batch_size.get() as i64;
+            let due = tasks::claim_due(&self.pool, batch, self.lease(), &self.instance).await?;
             if due.is_empty() {
                 return Ok(worked);
             }
@@ -394,7 +400,7 @@ impl Engine {
             match result {
                 Ok(Submitted::Accepted { upstream_id }) => {
                     tracing::info!(upstream_id = %upstream_id, provider = %provider_id, "accepted upstream");
-                    let delay = self.poll_delay(provider_id, 0, None);
+                    let delay = self.poll_delay(&task.model, provider_id, Duration::ZERO, None);
                     let body_version = self.webhooks.body_version();
                     if let Some(running) =
                         tasks::mark_running(&self.pool, &task.id, &upstream_id, delay, body_version, &self.files)
@@ -404,6 +410,11 @@ impl Engine {
                             self.webhooks.wake();
                         }
                         self.events.publish(&task.id).await;
+                        self.runner.wake_at(delay);
+                        // Its callback may have come while the submit was in flight: then it is due now.
+                        if callback_url.is_some() {
+                            self.runner.wake();
+                        }
                     } else {
                         // Cancelled while the provider accepted it: the job is no use to anyone.
                         self.cancel_upstream(provider_id, &upstream_id).await;
@@ -477,7 +488,13 @@ impl Engine {
             }
             return self.time_out(task).await;
         }
-        tasks::reschedule(&self.pool, &task.id, self.poll_delay(&task.provider, task.attempts, check_after)).await
+        // `updated_at` of a running task is when it started running (nothing else changes it before
+        // it ends).
+        let running_for = (Utc::now() - task.updated_at).to_std().unwrap_or_default();
+        let delay = self.poll_delay(&task.model, &task.provider, running_for, check_after);
+        tasks::reschedule(&self.pool, &task.id, delay).await?;
+        self.runner.wake_at(delay);
+        Ok(())
     }
 
     async fn time_out(&self, task: &Task) -> sqlx::Result<()> {
@@ -566,21 +583,28 @@ impl Engine {
         }
     }
 
-    /// Next poll: the provider's hint when it gave one, else 1.5× backoff; within [50 ms, poll_max].
-    /// For a provider that calls back, polling is the fallback: its slower interval is the floor.
-    fn poll_delay(&self, provider: &str, attempts: i32, hint: Option<Duration>) -> Duration {
+    /// Next poll of a task of `model` running for `running_for`: the provider's hint when it gave one,
+    /// else the model's poll schedule (see [`crate::catalog::PollSchedule`]), or for a model gone from
+    /// the catalog `poll_initial_ms`; within [50 ms, poll_max]. For a provider that calls back,
+    /// polling is the fallback: its slower interval is the floor.
+    fn poll_delay(&self, model: &str, provider: &str, running_for: Duration, hint: Option<Duration>) -> Duration {
         let max = self.settings.poll_max;
-        let backoff = || {
-            let factor = 1.5f64.powi(attempts.clamp(0, 30));
-            self.settings.poll_initial.mul_f64(factor)
+        let scheduled = || match self.catalog.get(model) {
+            Some(model) => model.poll_schedule().next(running_for, max),
+            None => self.settings.poll_initial,
         };
-        let delay = hint.unwrap_or_else(backoff).clamp(Duration::from_millis(50), max.max(Duration::from_millis(50)));
+        let delay = hint.unwrap_or_else(scheduled).clamp(Duration::from_millis(50), max.max(Duration::from_millis(50)));
         delay.max(self.providers.callback_poll(provider).unwrap_or_default())
     }
 
     /// Where the engine publishes task changes.
     pub fn events(&self) -> &Arc<TaskEvents> {
         &self.events
+    }
+
+    /// Something became due (e.g. leases taken over from a dead instance): look now.
+    pub fn wake(&self) {
+        self.runner.wake();
     }
 
     pub fn providers(&self) -> &Providers {
@@ -652,7 +676,7 @@ impl Job for Engine {
     type Item = Task;
 
     async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Task>> {
-        tasks::claim_due(&self.pool, limit as i64, self.lease()).await
+        tasks::claim_due(&self.pool, limit as i64, self.lease(), &self.instance).await
     }
 
     async fn work(self: Arc<Self>, task: Task) {

@@ -12,6 +12,7 @@ pub mod files;
 pub mod http;
 pub mod idempotency;
 pub mod ids;
+pub mod instances;
 pub mod jwt;
 pub mod ledger;
 pub mod monitoring;

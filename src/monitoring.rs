@@ -49,6 +49,10 @@ pub const TASK_EVENTS: &str = "aio_task_events_total";
 pub const EVENT_STREAMS: &str = "aio_event_streams";
 /// Tasks cancelled by their client, by whether the provider's cancel was asked and how it went.
 pub const TASKS_CANCELLED: &str = "aio_tasks_cancelled_total";
+/// Heartbeats of this instance, label `outcome` (`ok`, `failed`).
+pub const INSTANCE_HEARTBEATS: &str = "aio_instance_heartbeats_total";
+/// Leased rows of dead instances released by this process, by queue (`tasks`, `webhook_deliveries`).
+pub const LEASES_TAKEN_OVER: &str = "aio_leases_taken_over_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -115,6 +119,8 @@ fn describe() {
     );
     describe_gauge!(EVENT_STREAMS, "Open live-event streams of this process.");
     describe_counter!(TASKS_CANCELLED, "Tasks cancelled by their client, by upstream cancel (none, ok, failed).");
+    describe_counter!(INSTANCE_HEARTBEATS, "Heartbeats of this gateway instance, by outcome (ok, failed).");
+    describe_counter!(LEASES_TAKEN_OVER, "Leases of dead instances taken over by this process, by queue.");
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -218,6 +224,16 @@ pub fn event_streams(change: f64) {
 /// A client cancelled a task; `upstream` says whether the provider's cancel was asked and how it went.
 pub fn task_cancelled(upstream: &'static str) {
     counter!(TASKS_CANCELLED, "upstream" => upstream).increment(1);
+}
+
+/// One heartbeat of this instance, written or not.
+pub fn instance_heartbeat(ok: bool) {
+    counter!(INSTANCE_HEARTBEATS, "outcome" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+/// `rows` leased rows of `queue` whose instance died were released by this process.
+pub fn leases_taken_over(queue: &'static str, rows: u64) {
+    counter!(LEASES_TAKEN_OVER, "queue" => queue).increment(rows);
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.

@@ -1,13 +1,17 @@
 //! The background loop of a Postgres work queue, shared by the task engine and the webhook deliveries:
 //! every tick (or when woken), claim what is due, as many rows as there are free slots, and work on
-//! each in its own (tracked) task, at most `max_in_flight` at once. On shutdown the work in flight may
-//! finish briefly; what is cut off comes due again after its lease, for this process or another.
+//! each in its own (tracked) task, at most `max_in_flight` at once. A row this process schedules for
+//! later also arms a timer ([`Runner::wake_at`]), so it is claimed when it comes due rather than at the
+//! next tick. On shutdown the work in flight may finish briefly; what is cut off comes due again after
+//! its lease, or at once when this instance is found dead (see [`crate::instances`]).
 
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,12 +36,54 @@ pub struct Runner {
     /// The work on each claimed item; shutdown waits for it.
     work: TaskTracker,
     wake: Notify,
+    /// When rows this process scheduled come due (at most [`MAX_TIMERS`]; beyond, the tick finds them).
+    timers: Mutex<BTreeSet<Instant>>,
+    /// An earlier timer was armed: the loop's sleep is cut shorter.
+    rearm: Notify,
 }
+
+/// Timers kept at most: a bound on memory with many rows scheduled at once.
+const MAX_TIMERS: usize = 10_000;
 
 impl Runner {
     pub fn new(name: &'static str, tick: Duration, batch: usize, max_in_flight: usize) -> Runner {
         let in_flight = Arc::new(Semaphore::new(max_in_flight));
-        Runner { name, tick, batch, in_flight, work: TaskTracker::new(), wake: Notify::new() }
+        Runner {
+            name,
+            tick,
+            batch,
+            in_flight,
+            work: TaskTracker::new(),
+            wake: Notify::new(),
+            timers: Mutex::new(BTreeSet::new()),
+            rearm: Notify::new(),
+        }
+    }
+
+    /// A row was scheduled to come due `after` from now (call it once the schedule is committed, so
+    /// the row is due by then): look at that time rather than at the next tick.
+    pub fn wake_at(&self, after: Duration) {
+        let at = Instant::now() + after;
+        let mut timers = self.timers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if timers.len() >= MAX_TIMERS {
+            return;
+        }
+        let earliest = timers.first().is_none_or(|first| at < *first);
+        timers.insert(at);
+        drop(timers);
+        if earliest {
+            self.rearm.notify_one();
+        }
+    }
+
+    /// The earliest armed timer, after dropping those that are past.
+    fn next_timer(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut timers = self.timers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while timers.first().is_some_and(|first| *first <= now) {
+            timers.pop_first();
+        }
+        timers.first().copied()
     }
 
     /// Something became due: look now rather than at the next tick.
@@ -62,10 +108,16 @@ impl Runner {
                 }
                 continue;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.tick) => {}
-                _ = self.wake.notified() => {}
+            // Until the tick, a wake, or the earliest timer (re-read when an earlier one is armed).
+            let tick = Instant::now() + self.tick;
+            loop {
+                let until = self.next_timer().map_or(tick, |timer| timer.min(tick));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = self.wake.notified() => break,
+                    _ = self.rearm.notified() => {}
+                }
             }
         }
         self.work.close();

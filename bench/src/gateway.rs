@@ -76,6 +76,10 @@ pub struct Gateway {
     pub upstream: String,
     pub port: u16,
     pub log: PathBuf,
+    /// More environment variables, set last (they win).
+    pub extra: Vec<(String, String)>,
+    /// The configuration file (default the shipped `config/gateway.toml`).
+    pub config: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -91,7 +95,7 @@ impl Gateway {
         command
             .current_dir(root())
             .arg("--config")
-            .arg(root().join("config/gateway.toml"))
+            .arg(self.config.clone().unwrap_or_else(|| root().join("config/gateway.toml")))
             .env("DATABASE_URL", &self.database_url)
             .env("AIO__SERVER__LISTEN", format!("127.0.0.1:{}", self.port))
             .env("AIO__BOOTSTRAP__ENABLED", "false")
@@ -106,6 +110,9 @@ impl Gateway {
             .env("AIO__RATE_LIMIT__BURST", "100000000")
             .env("AIO__LOG__LEVEL", "warn")
             .env_remove("RUST_LOG");
+        for (name, value) in &self.extra {
+            command.env(name, value);
+        }
         command
     }
 

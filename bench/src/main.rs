@@ -1,3 +1,5 @@
+//! `cargo run --release -p aio-bench -- time-to-result`: see [`result_time`].
+//!
 //! `cargo run --release -p aio-bench -- all [--secs N] [--rows N] [--running N]`: builds the gateway
 //! (release), starts an instant fake KIE upstream and the gateway as separate processes on a fresh
 //! database of the local PostgreSQL server, runs the scenarios of docs/performance.md,
@@ -10,6 +12,7 @@ mod fake;
 mod gateway;
 mod load;
 mod procstat;
+mod result_time;
 mod scenarios;
 
 use std::time::Duration;
@@ -50,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
             fake::serve(port).await
         }
         Some("all") => scenarios::all(parse(&args[1..])?).await,
-        _ => bail!("usage: aio-bench all [--secs N] [--rows N] [--running N]"),
+        Some("time-to-result") => result_time::run(result_time::parse(&args[1..])?).await,
+        _ => bail!(
+            "usage: aio-bench all [--secs N] [--rows N] [--running N]\n       \
+             aio-bench time-to-result [--gateway BINARY] [--catalog PATH] [--config PATH] [--concurrency N] [--tasks N] [--poll-after SECS]"
+        ),
     }
 }

@@ -59,6 +59,8 @@ pub async fn all(options: Options) -> anyhow::Result<()> {
         upstream: upstream.clone(),
         port,
         log: std::env::temp_dir().join("aio-bench-gateway.log"),
+        extra: Vec::new(),
+        config: None,
     };
     gateway.admin(&["migrate"])?;
     let account_id = gateway.admin(&["accounts", "create", "--name", "bench", "--credits", "1000000000000"])?

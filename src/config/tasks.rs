@@ -31,6 +31,14 @@ pub struct TaskSettings {
     /// picked up again.
     #[serde(rename = "lease_secs", with = "durations::positive_secs")]
     pub lease: Duration,
+    /// `heartbeat_ms`. How often each process running the engine records that it is alive (and takes
+    /// over the leases of dead ones).
+    #[serde(rename = "heartbeat_ms", with = "durations::positive_millis")]
+    pub heartbeat: Duration,
+    /// `instance_stale_ms`. A process whose last heartbeat is older than this is dead: its leased tasks
+    /// and webhook deliveries are taken over at once by a live process. Several heartbeats long.
+    #[serde(rename = "instance_stale_ms", with = "durations::positive_millis")]
+    pub instance_stale: Duration,
     /// Due tasks claimed per tick, and how many provider calls run at once.
     pub batch_size: NonZeroUsize,
     pub max_in_flight: NonZeroUsize,
@@ -54,6 +62,8 @@ impl Default for TaskSettings {
             retry_initial: Duration::from_millis(1000),
             tick: Duration::from_millis(500),
             lease: Duration::from_secs(60),
+            heartbeat: Duration::from_millis(1000),
+            instance_stale: Duration::from_millis(3000),
             batch_size: const { NonZeroUsize::new(100).unwrap() },
             max_in_flight: const { NonZeroUsize::new(64).unwrap() },
             dispatch_wait: Duration::from_millis(5000),

@@ -41,6 +41,7 @@ pub const TABLES: &[&str] = &[
     "signing_keys",
     "job_leases",
     "signed_out_sessions",
+    "instances",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.
@@ -313,11 +314,12 @@ pub struct WorkQueue {
     pub columns: &'static str,
 }
 
-/// Claims up to `limit` due rows of `queue`, oldest due first, and pushes their due time `lease` into
-/// the future: the lease that keeps them from being claimed twice (a worker that dies lets them become
-/// due again). PostgreSQL locks them with `SKIP LOCKED`, so several gateways share the queue without
+/// Claims up to `limit` due rows of `queue` for the instance `owner`, oldest due first, and pushes their
+/// due time `lease` into the future: the lease that keeps them from being claimed twice (a worker that
+/// dies lets them become due again; at once, when its instance is found dead: see [`crate::instances`]).
+/// PostgreSQL locks them with `SKIP LOCKED`, so several gateways share the queue without
 /// waiting on each other; SQLite claims in one `BEGIN IMMEDIATE` transaction, its single writer.
-pub async fn claim_due<T>(db: &Db, queue: &WorkQueue, limit: i64, lease: Duration) -> sqlx::Result<Vec<T>>
+pub async fn claim_due<T>(db: &Db, queue: &WorkQueue, limit: i64, lease: Duration, owner: &str) -> sqlx::Result<Vec<T>>
 where
     T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin,
 {
@@ -332,16 +334,16 @@ where
                      WHERE {pending} AND {due_column} <= now()
                      ORDER BY {due_column} LIMIT $1
                      FOR UPDATE SKIP LOCKED)
-                 UPDATE {table} claimed SET {due_column} = now() + make_interval(secs => $2)
+                 UPDATE {table} claimed SET {due_column} = now() + make_interval(secs => $2), leased_by = $3
                  FROM due WHERE claimed.id = due.id
                  RETURNING {returning}"
             );
-            sqlx::query_as(&sql).bind(limit).bind(lease).fetch_all(pool).await
+            sqlx::query_as(&sql).bind(limit).bind(lease).bind(owner).fetch_all(pool).await
         }
         Db::Sqlite(_) => {
             let dialect = Dialect::Sqlite;
             let sql = format!(
-                "UPDATE {table} SET {due_column} = {}
+                "UPDATE {table} SET {due_column} = {}, leased_by = $3
                  WHERE id IN (SELECT id FROM {table} WHERE {pending} AND {due_column} <= {}
                               ORDER BY {due_column} LIMIT $1)
                  RETURNING {columns}",
@@ -349,7 +351,7 @@ where
                 dialect.now(),
             );
             let mut tx = db.begin().await?;
-            let claimed = on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(limit).bind(lease).fetch_all(conn).await)?;
+            let claimed = on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(limit).bind(lease).bind(owner).fetch_all(conn).await)?;
             tx.commit().await?;
             Ok(claimed)
         }

@@ -194,6 +194,8 @@ pub struct NewTask<'a> {
     /// `Some(lease)`: the creating process works on the task itself (the create fast path), so it is
     /// born claimed; other workers take it only if the lease runs out. `None`: due at once.
     pub lease: Option<Duration>,
+    /// The instance of the creating process: it holds the lease, when there is one.
+    pub owner: &'a str,
     /// The client's `Idempotency-Key`, recorded with the task.
     pub idempotency: Option<&'a IdempotencyKey>,
 }
@@ -263,8 +265,8 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     let dialect = tx.dialect();
     let sql = format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
-                            upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14)
+                            upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events, leased_by)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14, $15)
          RETURNING {COLUMNS}",
         dialect.now_plus_secs("$12"),
         dialect.now_plus_secs("$13"),
@@ -284,6 +286,7 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     .bind(new.deadline.as_secs_f64())
     .bind(new.lease.unwrap_or_default().as_secs_f64())
     .bind(new.callback_events.map(Json))
+    .bind(new.lease.map(|_| new.owner))
     .fetch_one(conn)
     .await)?;
     if let Some(key) = new.idempotency {
@@ -378,9 +381,10 @@ const QUEUE: WorkQueue = WorkQueue {
     columns: COLUMNS,
 };
 
-/// Claims up to `limit` due unfinished tasks for `lease` (see [`store::claim_due`]).
-pub async fn claim_due(db: &Db, limit: i64, lease: Duration) -> sqlx::Result<Vec<Task>> {
-    store::claim_due(db, &QUEUE, limit, lease).await
+/// Claims up to `limit` due unfinished tasks for `lease`, held by the instance `owner` (see
+/// [`store::claim_due`]).
+pub async fn claim_due(db: &Db, limit: i64, lease: Duration, owner: &str) -> sqlx::Result<Vec<Task>> {
+    store::claim_due(db, &QUEUE, limit, lease, owner).await
 }
 
 /// Hands back the leases of claimed tasks (shutdown): unfinished ones are due again at once.
@@ -388,14 +392,14 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
     // A list parameter: an array on PostgreSQL, a JSON array on SQLite.
     let done = match db {
         Db::Pg(pool) => {
-            sqlx::query("UPDATE tasks SET next_poll_at = now() WHERE id = ANY($1) AND status IN ('pending', 'running')")
+            sqlx::query("UPDATE tasks SET next_poll_at = now(), leased_by = NULL WHERE id = ANY($1) AND status IN ('pending', 'running')")
                 .bind(task_ids)
                 .execute(pool)
                 .await?
                 .rows_affected()
         }
         Db::Sqlite(pool) => sqlx::query(&format!(
-            "UPDATE tasks SET next_poll_at = {}
+            "UPDATE tasks SET next_poll_at = {}, leased_by = NULL
              WHERE id IN (SELECT value FROM json_each($1)) AND status IN ('pending', 'running')",
             Dialect::Sqlite.now()
         ))
@@ -421,7 +425,7 @@ pub async fn mark_running(
     let mut tx = db.begin().await?;
     let d = tx.dialect();
     let sql = format!(
-        "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now},
+        "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now}, leased_by = NULL,
                           next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
          WHERE id = $1 AND status = 'pending'
          RETURNING {COLUMNS}",
@@ -519,7 +523,7 @@ const CALLBACK_POLL_SPACING: Duration = Duration::from_secs(2);
 pub async fn reschedule(db: &Db, task_id: &str, next_poll_in: Duration) -> sqlx::Result<()> {
     let d = db.dialect();
     let sql = format!(
-        "UPDATE tasks SET attempts = attempts + 1, next_poll_at = {}
+        "UPDATE tasks SET attempts = attempts + 1, next_poll_at = {}, leased_by = NULL
          WHERE id = $1 AND status IN ('pending', 'running')",
         d.least(&d.now_plus_secs("$2"), "deadline_at")
     );
@@ -569,7 +573,8 @@ pub async fn settle_as(
         Outcome::Cancelled => (TaskStatus::Cancelled, None, None),
     };
     let sql = format!(
-        "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now}
+        "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now},
+                          leased_by = NULL
          WHERE id = $1 AND status IN ('pending', 'running')
          RETURNING {COLUMNS}",
         now = tx.dialect().now()

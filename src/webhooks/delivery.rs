@@ -34,6 +34,8 @@ pub struct Webhooks {
     settings: WebhookSettings,
     /// The background loop; it bounds the deliveries in flight.
     runner: Runner,
+    /// This process's instance: its claims name it (see [`crate::instances`]).
+    instance: String,
 }
 
 /// What one HTTP attempt came back with.
@@ -46,7 +48,12 @@ struct Answer {
 
 impl Webhooks {
     /// `resolver` resolves host names before the guard filters them: the system's in production.
-    pub fn new(pool: Db, settings: &WebhookSettings, resolver: Arc<dyn Resolve>) -> anyhow::Result<Arc<Webhooks>> {
+    pub fn new(
+        pool: Db,
+        settings: &WebhookSettings,
+        resolver: Arc<dyn Resolve>,
+        instance: &str,
+    ) -> anyhow::Result<Arc<Webhooks>> {
         let guard = Guard::new(settings);
         let client = url_guard::client(&guard, resolver, settings.timeout)?;
         Ok(Arc::new(Webhooks {
@@ -56,6 +63,7 @@ impl Webhooks {
             schedule: Schedule::new(settings.retry_schedule.clone()),
             settings: settings.clone(),
             runner: Runner::new("webhooks", settings.tick, BATCH, settings.max_in_flight.get()),
+            instance: instance.to_owned(),
         }))
     }
 
@@ -89,7 +97,7 @@ impl Webhooks {
     pub async fn run_pending(&self) -> sqlx::Result<usize> {
         let mut worked = 0;
         loop {
-            let due = queue::claim_due(&self.pool, BATCH as i64, self.lease()).await?;
+            let due = queue::claim_due(&self.pool, BATCH as i64, self.lease(), &self.instance).await?;
             if due.is_empty() {
                 return Ok(worked);
             }
@@ -234,7 +242,7 @@ impl Job for Webhooks {
     type Item = Delivery;
 
     async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Delivery>> {
-        queue::claim_due(&self.pool, limit as i64, self.lease()).await
+        queue::claim_due(&self.pool, limit as i64, self.lease(), &self.instance).await
     }
 
     async fn work(self: Arc<Self>, delivery: Delivery) {

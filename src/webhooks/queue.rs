@@ -220,10 +220,10 @@ const QUEUE: WorkQueue = WorkQueue {
     columns: COLUMNS,
 };
 
-/// Claims up to `limit` due deliveries for `lease` (see [`store::claim_due`]).
-/// Manual re-sends come with the URL and body of their task's first delivery.
-pub async fn claim_due(db: &Db, limit: i64, lease: Duration) -> sqlx::Result<Vec<Delivery>> {
-    let mut claimed = store::claim_due(db, &QUEUE, limit, lease).await?;
+/// Claims up to `limit` due deliveries for `lease`, held by the instance `owner` (see
+/// [`store::claim_due`]). Manual re-sends come with the URL and body of their task's first delivery.
+pub async fn claim_due(db: &Db, limit: i64, lease: Duration, owner: &str) -> sqlx::Result<Vec<Delivery>> {
+    let mut claimed = store::claim_due(db, &QUEUE, limit, lease, owner).await?;
     resolve(db, &mut claimed).await?;
     Ok(claimed)
 }
@@ -252,7 +252,8 @@ pub async fn record(db: &Db, attempt: &Attempt, next: Next) -> sqlx::Result<()> 
     let d = tx.dialect();
     let sql = format!(
         "UPDATE webhook_deliveries
-         SET status = $2, attempts = attempts + 1, updated_at = {}, next_attempt_at = COALESCE({}, next_attempt_at)
+         SET status = $2, attempts = attempts + 1, updated_at = {}, next_attempt_at = COALESCE({}, next_attempt_at),
+             leased_by = NULL
          WHERE id = $1 AND status = 'pending'",
         d.now(),
         d.now_plus_secs("$3")

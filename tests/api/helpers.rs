@@ -177,7 +177,8 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     settings.results.rehost = false;
     settings.tasks.tick = Duration::from_millis(50);
     settings.tasks.poll_initial = Duration::from_millis(50);
-    settings.tasks.poll_max = Duration::from_millis(1000);
+    // No wait between polls above this: the models' runtimes (seconds) would slow every test down.
+    settings.tasks.poll_max = Duration::from_millis(200);
     settings.tasks.retry_initial = Duration::from_millis(50);
     settings.tasks.lease = Duration::from_secs(2);
     settings.tasks.dispatch_wait = Duration::from_millis(2000);

@@ -45,6 +45,7 @@ mod session;
 mod shutdown;
 mod sqlite;
 mod storage;
+mod takeover;
 mod validation;
 mod wavespeed;
 mod webhooks;

@@ -86,7 +86,6 @@ pub async fn new_bucket() -> String {
 
 /// A private `moto_server`, stopped when this process exits (like [`start_redis`]).
 pub fn start_moto() -> Result<String, String> {
-    use std::os::unix::process::CommandExt;
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
     let binary = std::env::var_os("AIO_TEST_MOTO_SERVER")
         .map(PathBuf::from)
@@ -100,29 +99,9 @@ pub fn start_moto() -> Result<String, String> {
                 venv.display()
             )
         })?;
-    let port = free_port();
-    let mut child = Command::new("sh")
-        .args(["-c", r#""$@" & server=$!; read _ignored; kill $server; wait $server"#, "sh"])
-        .arg(&binary)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("start {}: {e}", binary.display()))?;
-    let stdin = child.stdin.take().ok_or("moto_server's shell has no stdin")?;
     // moto imports a lot of Python before it listens.
-    for _ in 0..600 {
-        if answers(port) {
-            hold_until_exit(child, stdin);
-            return Ok(format!("http://127.0.0.1:{port}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(stdin);
-    let _ = child.wait();
-    Err(format!("{} did not start listening on 127.0.0.1:{port}", binary.display()))
+    let port = start_private(&binary, &["-H", "127.0.0.1", "-p"], 600)?;
+    Ok(format!("http://127.0.0.1:{port}"))
 }
 
 fn private_services() -> bool {
@@ -165,7 +144,6 @@ fn hold_until_exit(child: Child, stdin: ChildStdin) {
 
 /// A private `redis-server` (no persistence), run by a shell that stops it when this process exits.
 fn start_redis() -> Result<String, String> {
-    use std::os::unix::process::CommandExt;
     let candidates = ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/opt/homebrew/bin/redis-server"];
     let binary = which("redis-server")
         .or_else(|| candidates.iter().map(PathBuf::from).find(|p| p.exists()))
@@ -176,22 +154,31 @@ fn start_redis() -> Result<String, String> {
                 candidates.join(", ")
             )
         })?;
+    let port = start_private(&binary, &["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--port"], 100)?;
+    Ok(format!("redis://127.0.0.1:{port}"))
+}
+
+/// Starts `binary` with `args` and a free port as the last argument, under a shell that stops it when
+/// this process exits (its stdin closes); waits up to `tries` × 50 ms for it to listen; returns the port.
+fn start_private(binary: &Path, args: &[&str], tries: u32) -> Result<u16, String> {
+    use std::os::unix::process::CommandExt;
     let port = free_port();
     let mut child = Command::new("sh")
         .args(["-c", r#""$@" & server=$!; read _ignored; kill $server; wait $server"#, "sh"])
-        .arg(&binary)
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .arg(binary)
+        .args(args)
+        .arg(port.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .map_err(|e| format!("start {}: {e}", binary.display()))?;
-    let stdin = child.stdin.take().ok_or("redis-server's shell has no stdin")?;
-    for _ in 0..100 {
+    let stdin = child.stdin.take().ok_or_else(|| format!("the shell of {} has no stdin", binary.display()))?;
+    for _ in 0..tries {
         if answers(port) {
             hold_until_exit(child, stdin);
-            return Ok(format!("redis://127.0.0.1:{port}"));
+            return Ok(port);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

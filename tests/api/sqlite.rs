@@ -183,6 +183,7 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
         simulated: true,
         deadline: Duration::from_secs(900),
         lease: None,
+        owner: "inst_test",
         idempotency: None,
     };
     assert!(matches!(tasks::create(&source.db, open).await.expect("create"), tasks::Created::Task(_)));

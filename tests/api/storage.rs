@@ -82,6 +82,7 @@ fn new_task<'a>(
         simulated: true,
         deadline: Duration::from_secs(900),
         lease: None,
+        owner: "inst_test",
         idempotency,
     }
 }
@@ -257,9 +258,9 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     assert_eq!(tasks::count_open(db).await.expect("count"), (1, 0));
 
     // Claimed once: leased, not claimable again until the lease passes.
-    let claimed = tasks::claim_due(db, 10, Duration::from_secs(3600)).await.expect("claim");
+    let claimed = tasks::claim_due(db, 10, Duration::from_secs(3600), "inst_test").await.expect("claim");
     assert_eq!(claimed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [task.id.as_str()]);
-    assert!(tasks::claim_due(db, 10, Duration::from_secs(3600)).await.expect("claim").is_empty());
+    assert!(tasks::claim_due(db, 10, Duration::from_secs(3600), "inst_test").await.expect("claim").is_empty());
 
     assert!(tasks::switch_route(db, &task.id, "simulated", "sim-2", "Simulated 2", true).await.expect("switch"));
     let token = tasks::new_callback_token(db, &task.id, None).await.expect("token");
@@ -285,10 +286,13 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     );
     assert!(!tasks::switch_route(db, &task.id, "kie", "x", "KIE", false).await.expect("switch"), "only while pending");
     assert_eq!(tasks::count_open(db).await.expect("count"), (0, 1));
-    assert!(tasks::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim").is_empty(), "polled in an hour");
+    assert!(
+        tasks::claim_due(db, 10, Duration::from_secs(60), "inst_test").await.expect("claim").is_empty(),
+        "polled in an hour"
+    );
     // A callback makes it due now; a reschedule counts an attempt and never passes the deadline.
     tasks::callback_arrived(db, &task.id).await.expect("callback");
-    let due = tasks::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim");
+    let due = tasks::claim_due(db, 10, Duration::from_secs(60), "inst_test").await.expect("claim");
     assert_eq!(due.len(), 1);
     tasks::reschedule(db, &task.id, Duration::from_secs(100_000)).await.expect("reschedule");
     let rescheduled = tasks::get(db, account, &task.id).await.expect("get").expect("found");
@@ -322,7 +326,7 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     assert_eq!(tasks::release(db, std::slice::from_ref(&second.id)).await.expect("release"), 1);
 
     // The settlement enqueued the task's webhook: claimed, attempted, retried, delivered.
-    let deliveries = queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim deliveries");
+    let deliveries = queue::claim_due(db, 10, Duration::from_secs(60), "inst_test").await.expect("claim deliveries");
     assert_eq!(deliveries.len(), 1);
     let delivery = &deliveries[0];
     assert_eq!(
@@ -331,7 +335,7 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     );
     let body: serde_json::Value = serde_json::from_slice(&delivery.body).expect("a JSON body");
     assert_eq!(body["status"], "succeeded");
-    assert!(queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim").is_empty(), "leased");
+    assert!(queue::claim_due(db, 10, Duration::from_secs(60), "inst_test").await.expect("claim").is_empty(), "leased");
     let attempt = |code: Option<i32>| Attempt {
         delivery_id: delivery.id.clone(),
         attempted_at: Utc::now(),
@@ -341,7 +345,7 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
         response_excerpt: None,
     };
     queue::record(db, &attempt(None), Next::RetryIn(Duration::ZERO)).await.expect("record");
-    let retried = queue::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim");
+    let retried = queue::claim_due(db, 10, Duration::from_secs(60), "inst_test").await.expect("claim");
     assert_eq!((retried.len(), retried[0].attempts), (1, 1));
     queue::record(db, &attempt(Some(204)), Next::Delivered).await.expect("record");
     let manual = tasks::resend_webhook(db, settled.account_id, &settled.id, &helpers::test_files(), 10)
@@ -451,13 +455,16 @@ async fn crash_recovery(backend: Backend) {
         Duration::ZERO,
     );
     // The first worker claims everything and submits one task, then dies.
-    assert_eq!(tasks::claim_due(db, 10, Duration::from_secs(3600)).await.expect("claim").len(), 3);
+    assert_eq!(tasks::claim_due(db, 10, Duration::from_secs(3600), "inst_test").await.expect("claim").len(), 3);
     let first_job = submit(&provider, &ids[0]).await;
-    assert!(tasks::claim_due(db, 10, Duration::from_secs(3600)).await.expect("claim").is_empty(), "leased");
+    assert!(
+        tasks::claim_due(db, 10, Duration::from_secs(3600), "inst_test").await.expect("claim").is_empty(),
+        "leased"
+    );
 
     // The leases pass: the next worker claims all three, resubmits, and settles each once.
     make_all_due(db, "tasks", "next_poll_at").await;
-    let mut taken = tasks::claim_due(db, 10, Duration::from_secs(3600)).await.expect("claim");
+    let mut taken = tasks::claim_due(db, 10, Duration::from_secs(3600), "inst_test").await.expect("claim");
     taken.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(taken.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), ids);
     for task in &taken {
@@ -488,7 +495,7 @@ async fn crash_recovery(backend: Backend) {
     // A graceful stop hands leases back at once; settled tasks are not claimed again.
     assert_eq!(tasks::release(db, &ids).await.expect("release"), 0);
     make_all_due(db, "tasks", "next_poll_at").await;
-    assert!(tasks::claim_due(db, 10, Duration::from_secs(60)).await.expect("claim").is_empty());
+    assert!(tasks::claim_due(db, 10, Duration::from_secs(60), "inst_test").await.expect("claim").is_empty());
     assert_eq!(balance(db, account).await, (64, 0));
     assert_ledger_consistent_on(db).await;
 }
