@@ -1,5 +1,7 @@
 //! `cargo run --release -p aio-bench -- time-to-result`: see [`result_time`].
 //!
+//! `cargo run --release -p aio-bench -- takeover`: see [`takeover`].
+//!
 //! `cargo run --release -p aio-bench -- all [--secs N] [--rows N] [--running N]`: builds the gateway
 //! (release), starts an instant fake KIE upstream and the gateway as separate processes on a fresh
 //! database of the local PostgreSQL server, runs the scenarios of docs/performance.md,
@@ -14,6 +16,7 @@ mod load;
 mod procstat;
 mod result_time;
 mod scenarios;
+mod takeover;
 
 use std::time::Duration;
 
@@ -54,9 +57,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("all") => scenarios::all(parse(&args[1..])?).await,
         Some("time-to-result") => result_time::run(result_time::parse(&args[1..])?).await,
+        Some("takeover") => takeover::run(takeover::parse(&args[1..])?).await,
         _ => bail!(
             "usage: aio-bench all [--secs N] [--rows N] [--running N]\n       \
-             aio-bench time-to-result [--gateway BINARY] [--catalog PATH] [--config PATH] [--concurrency N] [--tasks N] [--poll-after SECS]"
+             aio-bench time-to-result [--gateway BINARY] [--catalog PATH] [--config PATH] [--concurrency N] [--tasks N] [--poll-after SECS]\n       \
+             aio-bench takeover [--gateway BINARY] [--tasks N] [--heartbeat-ms MS] [--stale-ms MS] [--lease-secs SECS]"
         ),
     }
 }

@@ -236,11 +236,11 @@ async fn measure(options: &Options, gateway: &mut Gateway, up: &Arc<Upstream>, k
     }))
 }
 
-fn ms(duration: Duration) -> f64 {
+pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn percentiles(values: &[f64]) -> Value {
+pub fn percentiles(values: &[f64]) -> Value {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
     for value in values {
         let _ = histogram.record(((value * 1000.0) as u64).max(1));
