@@ -1,7 +1,7 @@
 """The official `openai` Python package against a running gateway (started by .ci/openai).
 
 Environment: AIO_BASE_URL (the gateway), AIO_KEY (an account with credits), AIO_BROKE_KEY (an account
-without). The gateway's simulated provider makes the images; its `openai.sync_timeout_secs` is 3.
+without). The gateway's simulated provider makes the images; its `openai.sync_timeout_secs` is 10.
 Every check raises on failure; the exit status is non-zero if any did.
 """
 
