@@ -158,7 +158,9 @@ async fn requests_that_do_not_fit_are_openai_errors_and_create_nothing() {
     let answer = generate(&app, &key, json!({"prompt": "x", "colour": "red"})).await;
     assert_openai_error(&answer, StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value");
 
-    let answer = generate(&app, "aio_0000000000000000000000000000000000000000", json!({"prompt": "x"})).await;
+    // A well-formed key that no account has.
+    let unknown = format!("aio_{}", "0".repeat(40));
+    let answer = generate(&app, &unknown, json!({"prompt": "x"})).await;
     assert_openai_error(&answer, StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key");
     let answer = generate(&app, &broke, json!({"prompt": "x"})).await;
     assert_openai_error(&answer, StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota");
