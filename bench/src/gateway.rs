@@ -14,6 +14,13 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf()
 }
 
+/// The PostgreSQL server the bench uses (`AIO_BENCH_POSTGRES`, else the local one) and a new database
+/// name on it, for one run (the scenario creates the database and drops it at the end).
+pub fn fresh_database() -> (String, String) {
+    let server = std::env::var("AIO_BENCH_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    (server, format!("aio_bench_{}", ulid::Ulid::new().to_string().to_lowercase()))
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -50,8 +50,7 @@ pub async fn all(options: Options) -> anyhow::Result<()> {
     let fake = gateway::start_fake(&binaries, upstream_port)?;
     gateway::wait_http(&format!("{upstream}/api/v1/jobs/recordInfo?taskId=probe")).await?;
 
-    let server = std::env::var("AIO_BENCH_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let database = format!("aio_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let (server, database) = gateway::fresh_database();
     let port = gateway::free_port()?;
     let gateway = Gateway {
         binary: binaries.join("aio-gateway"),

@@ -140,8 +140,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .with_state(Arc::clone(&up));
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let server = std::env::var("AIO_BENCH_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let database = format!("aio_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let (server, database) = gateway::fresh_database();
     let gateway = |name: &str| -> anyhow::Result<Gateway> {
         Ok(Gateway {
             binary: binary.clone(),
