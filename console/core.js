@@ -54,9 +54,29 @@
     return node;
   }
 
+  // Help and error texts mark names with backticks (`prompt`): each pair becomes a <code> span, built
+  // as DOM nodes (text nodes, never HTML), and a stray backtick is dropped. The one place that reads them.
+  function rich(text) {
+    const parts = String(text ?? '').split('`');
+    // An odd number of backticks leaves the last one unpaired: its text stays plain.
+    const paired = parts.length % 2 === 1 ? parts.length : parts.length - 1;
+    const nodes = [];
+    parts.forEach((part, i) => {
+      if (!part) return;
+      if (i % 2 === 1 && i < paired) nodes.push(el('code', { text: part }));
+      else nodes.push(document.createTextNode(part));
+    });
+    return nodes;
+  }
+
+  // A task's or request's error: its code, then its message.
+  function errorLine(code, message) {
+    return [el('code', { class: 'error-code', text: code }), ' ', ...rich(message)];
+  }
+
   function errorBox(error) {
     const code = error instanceof ApiError ? error.code : 'network_error';
-    return el('p', { class: 'error', role: 'alert', 'data-error-code': code }, el('code', { text: code }), ' ', error.message);
+    return el('p', { class: 'error', role: 'alert', 'data-error-code': code }, errorLine(code, error.message));
   }
 
   function table(headers, rows, empty) {
@@ -76,8 +96,15 @@
     credits(n) {
       return Number(n).toLocaleString() + ' credits';
     },
+    // Dollars with 2 decimals ($0.04, $0.10, $1.20); a sub-cent amount keeps its digits ($0.005).
     usd(n) {
-      return '$' + Number(n).toFixed(Number(n) < 0.1 ? 3 : 2);
+      const value = Number(n);
+      if (!Number.isFinite(value)) return '—';
+      const sign = value < 0 ? '-' : '';
+      const abs = Math.abs(value);
+      const cents = abs * 100;
+      const text = Math.abs(cents - Math.round(cents)) < 1e-6 ? abs.toFixed(2) : abs.toFixed(6).replace(/0+$/, '');
+      return sign + '$' + text;
     },
     duration(fromIso, toIso) {
       if (!fromIso || !toIso) return '—';
@@ -185,7 +212,7 @@
       input.value = '';
       signedIn(session);
     } catch (error) {
-      message.replaceChildren(el('code', { text: error.code || 'error' }), ' ', error.message);
+      message.replaceChildren(...errorLine(error.code || 'error', error.message));
       message.hidden = false;
     }
   }
@@ -210,6 +237,6 @@
     }
   }
 
-  window.AIO = { api, ApiError, el, errorBox, table, format, copyButton, models, refreshBalance, page, state };
+  window.AIO = { api, ApiError, el, rich, errorLine, errorBox, table, format, copyButton, models, refreshBalance, page, state };
   document.addEventListener('DOMContentLoaded', start);
 })();

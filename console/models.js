@@ -29,6 +29,21 @@
     return el('p', { class: list.mode === 'live' ? 'muted' : 'notice', id: 'mode-banner', 'data-mode': list.mode || '', text: words[list.mode] || '' });
   }
 
+  // Models of the catalog this gateway does not offer, and why: their providers are not configured.
+  function hidden(list) {
+    const models = list.hidden_models || [];
+    if (!models.length) return null;
+    const providers = [...new Set(models.flatMap((m) => m.providers))].sort();
+    const count = models.length === 1 ? '1 model of the catalog is' : `${models.length} models of the catalog are`;
+    return el('div', { class: 'notice', id: 'hidden-models', 'data-count': String(models.length) },
+      el('p', {}, `${count} hidden: no provider that serves them is configured on this gateway. `,
+        `An operator offers them by setting the key of one of their providers (${providers.join(', ')}); see docs/providers.md.`),
+      el('details', {},
+        el('summary', { text: 'Hidden models' }),
+        el('ul', {}, models.map((m) => el('li', { 'data-hidden-model': m.id },
+          el('strong', { text: m.name }), ' ', el('code', { text: m.id }), ` — needs ${m.providers.join(' or ') || 'a provider'}`)))));
+  }
+
   function panel(list) {
     const f = figures(list.data);
     const card = (key, label, value) =>
@@ -36,6 +51,7 @@
     return el('section', { class: 'card' },
       el('h2', {}, 'Endpoint ', el('code', { text: list.endpoint_summary.endpoint })),
       mode(list),
+      hidden(list),
       el('div', { class: 'figures' },
         card('models', 'Models', f.models),
         card('providers', 'Providers', f.providers),

@@ -4,7 +4,7 @@
 'use strict';
 
 (function () {
-  const { api, el, errorBox, format, copyButton } = window.AIO;
+  const { api, el, rich, errorBox, format, copyButton } = window.AIO;
   const ENDPOINT = '/api/v1/images/generations';
   const SAMPLE_PROMPT = 'A serene mountain lake at sunrise with reflections, photorealistic';
   const TERMINAL = ['succeeded', 'failed', 'cancelled'];
@@ -24,16 +24,29 @@
     }
     if (parameter.required) input.setAttribute('aria-required', 'true');
     input.dataset.kind = parameter.type;
-    return el('div', { class: 'field' },
-      el('label', { for: id }, parameter.name, parameter.required ? el('span', { class: 'required', title: 'required', text: ' *' }) : null),
+    const mark = el('span', { class: 'required', title: 'required', text: ' *', hidden: !parameter.required });
+    const field = el('div', { class: 'field', 'data-param': parameter.name },
+      el('label', { for: id }, parameter.name, mark),
       input,
-      el('small', { class: 'muted', text: parameter.description }));
+      el('small', { class: 'muted' }, rich(parameter.description)));
+    // A parameter only some sub-models take (image_urls): shown for those, required where they need it.
+    field.forSubModel = (subModel) => {
+      if (!parameter.accepted_by) return;
+      const takes = parameter.accepted_by.find((a) => a.sub_model === subModel);
+      field.hidden = !takes;
+      const required = Boolean(takes && takes.min > 0);
+      mark.hidden = !required;
+      if (required) input.setAttribute('aria-required', 'true');
+      else input.removeAttribute('aria-required');
+    };
+    return field;
   }
 
-  // The request body the form describes; empty optional fields are left out.
+  // The request body the form describes; empty optional fields and hidden ones are left out.
   function body(form, subModel) {
     const request = { model: subModel };
     for (const input of form.querySelectorAll('[name]')) {
+      if (input.closest('.field').hidden) continue;
       const value = input.value.trim();
       if (input.dataset.kind === 'array') {
         const items = value.split(/\s+/).filter(Boolean);
@@ -176,15 +189,19 @@
 
     const model = () => list.data.find((m) => m.id === modelSelect.value);
     const refresh = () => tabs.update(body(form, subSelect.value));
+    const pickSubModel = () => {
+      for (const field of form.children) field.forSubModel(subSelect.value);
+      refresh();
+    };
     const pickModel = () => {
       const m = model();
       subSelect.replaceChildren(...m.sub_models.map((s) => el('option', { value: s, text: s })));
       form.replaceChildren(...m.parameters.map(control));
       price.textContent = `${m.credits} credits (${format.usd(m.usd)}) per image task; charged only if it succeeds.`;
-      refresh();
+      pickSubModel();
     };
     modelSelect.addEventListener('change', pickModel);
-    subSelect.addEventListener('change', refresh);
+    subSelect.addEventListener('change', pickSubModel);
     form.addEventListener('input', refresh);
     form.addEventListener('change', refresh);
     form.addEventListener('submit', (event) => event.preventDefault());

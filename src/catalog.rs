@@ -313,6 +313,17 @@ pub struct Catalog {
     /// The serving simulated providers (none in live mode).
     simulated: BTreeSet<String>,
     mode: ProviderMode,
+    /// Catalog models not offered: no provider that serves them is configured.
+    hidden: Vec<HiddenModel>,
+}
+
+/// A model of the catalog file that is not offered because none of its routes' providers serves.
+#[derive(Debug, Clone)]
+pub struct HiddenModel {
+    pub id: String,
+    pub name: String,
+    /// The labels of the real providers its routes name: configuring any one of them offers it.
+    pub providers: Vec<String>,
 }
 
 impl Catalog {
@@ -353,9 +364,23 @@ impl Catalog {
             .filter(|(id, p)| p.kind == ProviderKind::Simulated && provider_labels.contains_key(*id))
             .map(|(id, _)| id.clone())
             .collect();
+        let mut hidden = Vec::new();
         let models = models
             .into_iter()
             .filter_map(|mut model| {
+                let real_providers: BTreeSet<String> = model
+                    .sub_models
+                    .iter()
+                    .flat_map(|s| &s.routes)
+                    .filter_map(|r| {
+                        let provider = settings.providers.get(&r.provider);
+                        if provider.is_some_and(|p| p.kind == ProviderKind::Simulated) {
+                            return None;
+                        }
+                        let label = r.provider_label.clone().or_else(|| provider.and_then(|p| p.label.clone()));
+                        Some(label.unwrap_or_else(|| r.provider.clone()))
+                    })
+                    .collect();
                 for sub in &mut model.sub_models {
                     if mode == ProviderMode::Demo {
                         sub.routes = demo_routes(sub, &simulated);
@@ -363,7 +388,12 @@ impl Catalog {
                     sub.routes.retain(|r| provider_labels.contains_key(&r.provider));
                 }
                 model.sub_models.retain(|s| !s.routes.is_empty());
-                (!model.sub_models.is_empty()).then_some(model)
+                if model.sub_models.is_empty() {
+                    let providers = real_providers.into_iter().collect();
+                    hidden.push(HiddenModel { id: model.id, name: model.name, providers });
+                    return None;
+                }
+                Some(model)
             })
             .collect();
         let mut catalog = Catalog {
@@ -373,6 +403,7 @@ impl Catalog {
             backend_nodes,
             simulated,
             mode,
+            hidden,
         };
         if catalog.resolve(None).is_err() {
             // The configured providers do not serve it (e.g. only OpenAI is configured): the first
@@ -388,6 +419,11 @@ impl Catalog {
 
     pub fn models(&self) -> &[Model] {
         &self.models
+    }
+
+    /// The catalog's models that are not offered (see [`HiddenModel`]).
+    pub fn hidden(&self) -> &[HiddenModel] {
+        &self.hidden
     }
 
     /// Demo, live or staging (see [`ProviderMode`]).

@@ -169,6 +169,11 @@ pub struct Entry {
     pub balance_after: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// On a `capture` row of the usage ledger: the credits it spent. Its `amount` is 0 because the
+    /// task's `hold` already took them from the balance; the capture only settles the hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[sqlx(default)]
+    pub captured: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -196,6 +201,20 @@ pub struct UsageFilter<'a> {
 }
 
 impl<'a> UsageFilter<'a> {
+    /// The filter of a request's `from`, `to` and `model`; `from` after `to` is refused.
+    pub fn new(
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        model: Option<&'a str>,
+    ) -> Result<UsageFilter<'a>, Error> {
+        if let (Some(from), Some(to)) = (from, to) {
+            if from > to {
+                return Err(Error::Invalid("`from`: must not be after `to`.".into()));
+            }
+        }
+        Ok(UsageFilter { from, to, model })
+    }
+
     /// Binds `from`, `to` and `model`, in that order, as the query's next three parameters.
     pub fn bind_to<DB, O>(
         &self,
@@ -225,7 +244,8 @@ pub async fn page(
     limit: i64,
 ) -> sqlx::Result<Vec<Entry>> {
     // No casts on the optional parameters: sqlx tells PostgreSQL their types, SQLite needs none.
-    const SQL: &str = "SELECT l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at
+    const SQL: &str = "SELECT l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at,
+                CASE WHEN l.kind = 'capture' THEN t.price END AS captured
          FROM ledger l LEFT JOIN tasks t ON t.id = l.task_id
          WHERE l.account_id = $1 AND ($2 IS NULL OR l.id < $2)
            AND ($3 IS NULL OR l.created_at >= $3) AND ($4 IS NULL OR l.created_at < $4)

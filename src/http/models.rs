@@ -101,7 +101,19 @@ pub struct ParameterView {
     /// For the prompt: its longest allowed length, in characters.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_length: Option<usize>,
+    /// For `image_urls`: the sub-models that take it, with how many URLs each (required where `min` ≥ 1);
+    /// every other sub-model refuses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepted_by: Option<Vec<ImageCount>>,
     description: String,
+}
+
+/// How many input image URLs a sub-model takes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ImageCount {
+    sub_model: String,
+    min: usize,
+    max: usize,
 }
 
 fn parameters(model: &Model) -> Vec<ParameterView> {
@@ -112,6 +124,7 @@ fn parameters(model: &Model) -> Vec<ParameterView> {
         default: None,
         values: None,
         max_length: None,
+        accepted_by: None,
         description,
     };
     let mut list = vec![ParameterView {
@@ -126,15 +139,17 @@ fn parameters(model: &Model) -> Vec<ParameterView> {
             ..free(&p.name, "string", p.description.clone())
         });
     }
-    let with_images: Vec<String> = model
+    let with_images: Vec<ImageCount> = model
         .sub_models
         .iter()
         .filter(|s| s.max_image_urls > 0)
-        .map(|s| format!("{} takes {}–{}", s.id, s.min_image_urls, s.max_image_urls))
+        .map(|s| ImageCount { sub_model: s.id.clone(), min: s.min_image_urls, max: s.max_image_urls })
         .collect();
     if !with_images.is_empty() {
-        let description = format!("Input image URLs (https): {}; other sub-models take none.", with_images.join("; "));
-        list.push(free("image_urls", "array", description));
+        let takes: Vec<String> =
+            with_images.iter().map(|c| format!("{} takes {}–{}", c.sub_model, c.min, c.max)).collect();
+        let description = format!("Input image URLs (https): {}; other sub-models take none.", takes.join("; "));
+        list.push(ParameterView { accepted_by: Some(with_images), ..free("image_urls", "array", description) });
     }
     if model.webhook {
         list.push(free("callback_url", "string", "https URL that receives the task object when it finishes.".into()));
@@ -161,6 +176,17 @@ pub struct ModelList {
     mode: ProviderMode,
     data: Vec<ModelView>,
     endpoint_summary: EndpointSummary,
+    /// Models of the catalog this gateway does not offer: none of the providers that serve them is
+    /// configured (or its key is unset).
+    hidden_models: Vec<HiddenModelView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HiddenModelView {
+    id: String,
+    name: String,
+    /// The providers that would serve it (their labels): configuring any one of them offers it.
+    providers: Vec<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -219,7 +245,13 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
             credits: m.credits,
         }),
     };
-    Json(ModelList { mode: state.catalog.mode(), data: models, endpoint_summary })
+    let hidden_models = state
+        .catalog
+        .hidden()
+        .iter()
+        .map(|h| HiddenModelView { id: h.id.clone(), name: h.name.clone(), providers: h.providers.clone() })
+        .collect();
+    Json(ModelList { mode: state.catalog.mode(), data: models, endpoint_summary, hidden_models })
 }
 
 #[utoipa::path(

@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -10,6 +11,7 @@ use super::openapi::{ErrorEnvelope, KeyErrors};
 use super::AppState;
 use crate::auth::Caller;
 use crate::error::Error;
+use crate::ledger::UsageFilter;
 use crate::paging;
 use crate::tasks::{self, TaskStatus, TaskView};
 
@@ -52,6 +54,10 @@ pub struct ListQuery {
     status: Option<String>,
     /// Only tasks of this model or sub-model id.
     model: Option<String>,
+    /// Only tasks created at or after this RFC 3339 time.
+    from: Option<DateTime<Utc>>,
+    /// Only tasks created before this RFC 3339 time.
+    to: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -87,7 +93,8 @@ pub async fn list(
         })?),
     };
     let cursor = paging::cursor("cursor", query.cursor.as_deref(), tasks::cursor)?;
-    let page = tasks::list(&state.pool, caller.account_id, limit, cursor, status, query.model.as_deref()).await?;
+    let filter = UsageFilter::new(query.from, query.to, query.model.as_deref())?;
+    let page = tasks::list(&state.pool, caller.account_id, limit, cursor, status, &filter).await?;
     let next_cursor = paging::next_cursor(&page, limit, |t| &t.id);
     Ok(Json(TaskPage {
         data: page.iter().map(|t| TaskView::from(t).with_links(|url| state.files.link(url))).collect(),

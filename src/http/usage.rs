@@ -11,7 +11,6 @@ use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::openapi::{ErrorEnvelope, SessionErrors};
 use super::AppState;
-use crate::error::Error;
 use crate::jwt::Session;
 use crate::ledger::{self, Entry, UsageFilter};
 use crate::paging;
@@ -88,14 +87,9 @@ pub async fn usage(
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> Result<Json<Usage>, ApiError> {
     let limit = paging::limit(query.limit)?;
-    if let (Some(from), Some(to)) = (query.from, query.to) {
-        if from > to {
-            return Err(Error::Invalid("`from`: must not be after `to`.".into()).into());
-        }
-    }
     let tasks_cursor = paging::cursor("tasks_cursor", query.tasks_cursor.as_deref(), tasks::cursor)?;
     let ledger_cursor = paging::cursor("ledger_cursor", query.ledger_cursor.as_deref(), ledger::cursor)?;
-    let filter = UsageFilter { from: query.from, to: query.to, model: query.model.as_deref() };
+    let filter = UsageFilter::new(query.from, query.to, query.model.as_deref())?;
     let account = session.account_id;
     let (total, succeeded, failed, unfinished, credits_charged) =
         tasks::usage_totals(&state.pool, account, &filter).await?;

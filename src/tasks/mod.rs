@@ -320,23 +320,24 @@ pub fn cursor(text: &str) -> Option<&str> {
 }
 
 /// An account's tasks, newest first, strictly older than `before` (the cursor) when given, of one
-/// status and one model or sub-model id when given.
+/// status when given, within `filter` (creation time, model or sub-model id).
 pub async fn list(
     db: &Db,
     account_id: i64,
     limit: i64,
     before: Option<&str>,
     status: Option<TaskStatus>,
-    model: Option<&str>,
+    filter: &UsageFilter<'_>,
 ) -> sqlx::Result<Vec<Task>> {
     // No casts on the optional parameters: sqlx tells PostgreSQL their types, SQLite needs none.
     let sql = format!(
         "SELECT {COLUMNS} FROM tasks
          WHERE account_id = $1 AND ($2 IS NULL OR id < $2) AND ($3 IS NULL OR status = $3)
-           AND ($5 IS NULL OR model = $5 OR sub_model = $5)
-         ORDER BY id DESC LIMIT $4"
+           AND ($4 IS NULL OR created_at >= $4) AND ($5 IS NULL OR created_at < $5)
+           AND ($6 IS NULL OR model = $6 OR sub_model = $6)
+         ORDER BY id DESC LIMIT $7"
     );
-    on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).bind(before).bind(status).bind(limit).bind(model).fetch_all(pool).await)
+    on_db!(db, pool => filter.bind_to(sqlx::query_as(&sql).bind(account_id).bind(before).bind(status)).bind(limit).fetch_all(pool).await)
 }
 
 /// An account's tasks matching `filter`, newest first, strictly older than `before` when given.
