@@ -98,6 +98,8 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
         json!([{"provider_label": "OpenAI", "simulated": false}])
     );
 
+    assert_eq!(catalog["hidden_models"], json!([]), "every provider active: nothing hidden");
+
     // Provider internals and keys never leak.
     for secret in ["base_url", "api_key", "upstream_model", "unused-key", "fal-ai/", "127.0.0.1:9", "image_size"] {
         assert!(!text.contains(secret), "the catalog exposes `{secret}`: {text}");
@@ -119,6 +121,32 @@ async fn only_models_with_an_active_route_are_offered() {
     assert_eq!((summary["models"].as_u64(), summary["providers"].as_u64()), (Some(2), Some(1)), "{summary}");
     assert_eq!(summary["webhook_coverage"], "2/2");
     assert_eq!(summary["lowest_cost_model"]["id"], "seedream-4");
+
+    // The other nine are listed as hidden, each with the providers that would offer it (never the
+    // simulated one, never a provider id or URL).
+    let hidden = catalog["hidden_models"].as_array().expect("hidden_models");
+    let hidden_ids: Vec<&str> = hidden.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(
+        hidden_ids,
+        [
+            "cogview-4",
+            "flux-dev",
+            "flux-schnell",
+            "nano-banana-2",
+            "ideogram-v3-turbo",
+            "qwen-image",
+            "recraft-v3",
+            "gpt-image-2-6-sunburst",
+            "gpt-image-2-6-flare"
+        ]
+    );
+    for model in hidden {
+        let providers = model["providers"].as_array().expect("providers");
+        assert!(!providers.is_empty(), "{model}");
+        assert!(providers.iter().all(|p| p != "Simulated" && p != "simulated"), "{model}");
+        assert!(model["name"].as_str().is_some_and(|n| !n.is_empty()), "{model}");
+    }
+    assert_eq!(hidden[0], json!({"id": "cogview-4", "name": "CogView-4", "providers": ["WaveSpeed"]}));
 
     // A model whose routes are all unused is unknown to create.
     let (_, key) = app.new_account(100).await;

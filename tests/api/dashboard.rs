@@ -292,6 +292,14 @@ async fn usage_filters_by_model_and_time_and_pages() {
     }
     // grant, 3 holds, 2 captures, 1 release.
     assert_eq!(all["ledger"]["data"].as_array().expect("ledger").len(), 7);
+    // A capture's amount is 0 (the hold took the credits); `captured` says what it spent. Only captures have it.
+    for entry in all["ledger"]["data"].as_array().expect("ledger") {
+        if entry["kind"] == "capture" {
+            assert_eq!((entry["amount"].as_i64(), entry["captured"].as_i64()), (Some(0), Some(12)), "{entry}");
+        } else {
+            assert!(entry.get("captured").is_none(), "{entry}");
+        }
+    }
 
     let edits = usage("?model=seedream/4.5-edit".into()).await;
     assert_eq!(edits["summary"]["tasks"], 1);
@@ -322,6 +330,32 @@ async fn usage_filters_by_model_and_time_and_pages() {
     let cursor = first["ledger"]["next_cursor"].as_str().expect("a ledger cursor").to_owned();
     let rest = usage(format!("?limit=4&ledger_cursor={cursor}")).await;
     assert_eq!(rest["ledger"]["data"].as_array().expect("ledger").len(), 3);
+
+    // The same time range on GET /api/v1/tasks, with its status filter.
+    let tasks = |query: &str| {
+        let request = app.with_bearer(Method::GET, &format!("/api/v1/tasks{query}"), &session);
+        async move {
+            let response = request.send().await.expect("GET /api/v1/tasks");
+            let status = response.status();
+            let body: Value = response.json().await.expect("JSON");
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["data"].as_array().expect("data").iter().map(|t| t["task_id"].clone()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(tasks("?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z").await.len(), 3);
+    assert!(tasks("?from=2999-01-01T00:00:00Z").await.is_empty());
+    assert!(tasks("?to=2000-01-01T00:00:00Z").await.is_empty());
+    assert_eq!(tasks("?status=failed&from=2000-01-01T00:00:00Z").await, [failing["task_id"].clone()]);
+    for (query, field) in [
+        ("?from=yesterday", "from"),
+        ("?to=2026-13-01T00:00:00Z", "to"),
+        ("?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z", "from"),
+    ] {
+        let response =
+            app.with_bearer(Method::GET, &format!("/api/v1/tasks{query}"), &session).send().await.expect("GET");
+        let (_, message) = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+        assert!(message.contains(field), "{query}: {message}");
+    }
 
     for (query, field) in [
         ("?limit=0", "limit"),

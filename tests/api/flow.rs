@@ -234,6 +234,12 @@ async fn catalog_lists_the_model_with_its_parameters_and_summary() {
     assert_eq!(prompt["required"], true);
     let quality = parameters.iter().find(|p| p["name"] == "quality").expect("quality parameter");
     assert_eq!(quality["values"], json!(["basic", "high"]));
+    // Input images: only the edit sub-model takes them, and needs at least one.
+    let images = parameters.iter().find(|p| p["name"] == "image_urls").expect("image_urls parameter");
+    assert_eq!(images["accepted_by"], json!([{"sub_model": "seedream/4.5-edit", "min": 1, "max": 14}]));
+    assert!(parameters.iter().filter(|p| p["name"] != "image_urls").all(|p| p.get("accepted_by").is_none()));
+    // Demo mode offers every model: none is hidden.
+    assert_eq!(catalog["hidden_models"], json!([]));
     for parameter in parameters {
         for field in ["name", "type", "required", "default", "description"] {
             assert!(parameter.get(field).is_some(), "parameter {parameter} has `{field}`");
