@@ -1,36 +1,31 @@
 // End-to-end tests of the web console in headless Chromium (Debian's `chromium`, driven by
 // playwright-core). Starts the built gateway binary on a fresh PostgreSQL database and a free port,
 // with the built-in simulated provider; signs in as a user and as an admin and walks every page.
-// Screenshots of each page go to tests/console/artifacts/ (git-ignored); with UPDATE_DOCS=1 the
-// console pictures (docs/console-*.png) are retaken too.
+// Screenshots of each page go to tests/console/artifacts/ (git-ignored); the pictures of the docs come
+// from ./screenshots.mjs.
 //
 // Run: (cd tests/console && npm ci && node --test console.test.mjs), after `cargo build`.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 import { startFakeStripe } from './fake-stripe.mjs';
+import { openConsole, root, startGateway, startReceiver } from './gateway.mjs';
 
 const run = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, '../..');
-const binary = join(process.env.CARGO_TARGET_DIR ? resolve(root, process.env.CARGO_TARGET_DIR) : join(root, 'target'), 'debug', 'aio-gateway');
 const artifacts = join(here, 'artifacts');
-const docs = join(root, 'docs');
 const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 // Bounds that only stop a hang; nothing passes or fails on time.
 const WAIT = { timeout: 30_000 };
 
 const work = mkdtempSync(join(tmpdir(), 'aio-console-'));
-const database = `aio_console_${Date.now()}_${process.pid}`;
-const databaseUrl = `${process.env.AIO_TEST_POSTGRES || 'postgres://postgres@127.0.0.1:5432'}/${database}`;
-let gateway;
+let gateway; // ./gateway.mjs
 let base;
 let browser;
 let admin; // { key, account }
@@ -43,41 +38,8 @@ const STRIPE_WEBHOOK_SECRET = 'whsec_console_e2e';
 // The shipped config and one package on sale (billing.md).
 const config = join(work, 'gateway.toml');
 
-function freePort() {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.on('error', fail);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => done(port));
-    });
-  });
-}
-
-const environment = (port) => {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('AIO__') && name !== 'AIO_JWT_SECRET'));
-  return {
-    ...env,
-    DATABASE_URL: databaseUrl,
-    AIO__SERVER__LISTEN: `127.0.0.1:${port}`,
-    AIO__FILES__DIR: join(work, 'files'),
-    AIO__CATALOG__MODELS_PATH: join(root, 'config/models.toml'),
-    AIO__PROVIDERS__SIMULATED__DELAY_MS: '500',
-    AIO__TASKS__TICK_MS: '100',
-    AIO__TASKS__POLL_INITIAL_MS: '200',
-    AIO__BOOTSTRAP__CREDITS: '1000',
-    // The bootstrap account (1) signs in as admin; every other account as a user.
-    AIO__AUTH__SESSION__ADMIN_ACCOUNTS: '1',
-    AIO__BILLING__STRIPE__API_BASE: stripe ? stripe.base : 'http://127.0.0.1:9',
-    STRIPE_SECRET_KEY,
-    STRIPE_WEBHOOK_SECRET,
-    RUST_LOG: 'warn',
-  };
-}
-
-async function cli(...args) {
-  const { stdout } = await run(binary, ['--config', join(root, 'config/gateway.toml'), '--json', ...args], { env: environment(0), cwd: root });
-  return JSON.parse(stdout);
+function cli(...args) {
+  return gateway.cli(...args);
 }
 
 // curl itself, as a user of the API would run it: `[status, body]`.
@@ -102,57 +64,70 @@ async function waitTerminal(key, taskId) {
   }
 }
 
-async function shot(page, name, { docsName } = {}) {
+async function shot(page, name) {
   await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
-  if (docsName && process.env.UPDATE_DOCS === '1') {
-    await page.screenshot({ path: join(docs, docsName), fullPage: true });
-  }
 }
 
-async function signIn(key, viewport = { width: 1280, height: 900 }) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  const problems = [];
-  // Answers like 401 and 403 are expected; script errors and CSP refusals are not.
-  page.on('console', (message) => {
-    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) problems.push(message.text());
+// What sticks out of a page at its width: the page itself scrolling sideways, an element reaching past
+// the viewport, or one whose content is wider than the viewport, except inside a declared scroll box
+// (`.table-wrap`, `pre`, which scroll sideways by design), and content cut off by `overflow: hidden`.
+function overflowing(page) {
+  return page.evaluate(() => {
+    const width = document.documentElement.clientWidth;
+    const scrollBox = '.table-wrap, pre';
+    const name = (node) => node.tagName.toLowerCase() + (node.id ? '#' + node.id : '') + (node.className && typeof node.className === 'string' ? '.' + node.className.trim().split(/\s+/).join('.') : '');
+    const out = [];
+    if (document.documentElement.scrollWidth > width) out.push(`the page is ${document.documentElement.scrollWidth} px wide`);
+    for (const node of document.querySelectorAll('body *')) {
+      if (node.closest('.offscreen, [hidden]') || node.parentElement.closest(scrollBox)) continue;
+      const style = getComputedStyle(node);
+      if (style.display === 'none') continue;
+      const rect = node.getBoundingClientRect();
+      if (rect.width === 0 && rect.height === 0) continue;
+      if (rect.right > width + 0.5 || rect.left < -0.5) out.push(`${name(node)} spans ${Math.round(rect.left)}–${Math.round(rect.right)} px`);
+      else if (!node.matches(scrollBox) && node.scrollWidth > width) out.push(`${name(node)} holds ${node.scrollWidth} px`);
+      else if (!node.matches('input, select, textarea') && /hidden|clip/.test(style.overflowX) && node.scrollWidth > node.clientWidth + 1) {
+        out.push(`${name(node)} cuts off ${node.scrollWidth - node.clientWidth} px`);
+      }
+    }
+    return out;
   });
-  page.on('pageerror', (error) => problems.push(String(error)));
-  page.problems = problems;
-  await page.goto(base + '/');
+}
+
+// Backticks shown as text, outside code examples (`pre`): texts from the API mark names with them and
+// the console renders those as <code>.
+function backticks(page) {
+  return page.evaluate(() => {
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    const out = [];
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (node.textContent.includes('`') && !node.parentElement.closest('pre, .offscreen')) out.push(node.textContent.trim());
+    }
+    return out;
+  });
+}
+
+async function signIn(key, viewport = { width: 1280, height: 900 }, at = base) {
+  const page = await openConsole(browser, at, key, viewport);
   assert.equal(new URL(page.url()).pathname, '/console', '/ redirects to the console');
-  await page.locator('#sign-in-key').waitFor(WAIT);
-  await page.fill('#sign-in-key', key);
-  await page.click('#sign-in-form button[type=submit]');
-  await page.locator('#nav').waitFor({ state: 'visible', ...WAIT });
   return page;
 }
 
 before(async () => {
   mkdirSync(artifacts, { recursive: true });
-  mkdirSync(docs, { recursive: true });
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
   writeFileSync(config, readFileSync(join(root, 'config/gateway.toml'), 'utf8') +
     '\n[[billing.packages]]\nid = "starter"\ncredits = 1000\namount = 500\ncurrency = "usd"\nlabel = "1,000 credits"\n');
   stripe = await startFakeStripe({
     root, secretKey: STRIPE_SECRET_KEY, webhookSecret: () => STRIPE_WEBHOOK_SECRET,
     webhookUrl: () => `${base}/api/v1/billing/stripe/webhook`,
   });
-  const log = openSync(join(work, 'gateway.log'), 'w');
-  const out = openSync(join(work, 'gateway.out'), 'w');
-  gateway = spawn(binary, ['--config', config, 'serve'], { env: environment(port), cwd: root, stdio: ['ignore', out, log] });
-  for (let i = 0; ; i++) {
-    try {
-      const response = await fetch(base + '/readyz');
-      if (response.ok) break;
-    } catch (_) { /* not listening yet */ }
-    if (gateway.exitCode !== null || i > 120) throw new Error('the gateway did not start:\n' + readFileSync(join(work, 'gateway.log'), 'utf8'));
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  const bootstrapKey = readFileSync(join(work, 'gateway.out'), 'utf8').match(/aio_[A-Za-z0-9]+/);
-  assert.ok(bootstrapKey, 'the bootstrap key is printed');
-  admin = { key: bootstrapKey[0], account: 1 };
+  gateway = await startGateway({
+    name: 'console',
+    config,
+    env: { AIO__BILLING__STRIPE__API_BASE: stripe.base, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET },
+  });
+  base = gateway.base;
+  admin = { key: gateway.key, account: 1 };
   const account = await cli('accounts', 'create', '--name', 'e2e-user', '--credits', '500');
   const accountId = account.account_id ?? account.id;
   const key = await cli('keys', 'create', '--account', String(accountId), '--name', 'e2e');
@@ -163,11 +138,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await stripe?.close();
-  if (gateway && gateway.exitCode === null) {
-    gateway.kill('SIGTERM');
-    await new Promise((r) => gateway.once('exit', r));
-  }
-  await run('psql', ['-q', '-h', '127.0.0.1', '-U', 'postgres', '-d', 'postgres', '-c', `DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`]).catch(() => {});
+  await gateway?.stop();
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -240,19 +211,8 @@ test('the catalog shows Seedream 4.5 at 12 credits and the decision panel agrees
   const descending = await prices();
   assert.deepEqual(descending, [...descending].sort((a, b) => b - a));
   await page.click('#sort-price');
-  await shot(page, '02-models', { docsName: 'console-catalog.png' });
+  await shot(page, '02-models');
 
-  // 360 px wide: nothing sticks out of the page (wide tables scroll inside their box).
-  const phone = await signIn(user.key, { width: 360, height: 740 });
-  for (const hash of ['#/models', '#/console', '#/keys', '#/usage']) {
-    await phone.goto(base + '/console' + hash);
-    await phone.locator('.page').waitFor(WAIT);
-    const width = await phone.evaluate(() => document.documentElement.scrollWidth);
-    assert.ok(width <= 360, `${hash} is ${width} px wide at 360 px`);
-    await shot(phone, `phone-${hash.slice(2)}`);
-  }
-  assert.deepEqual(phone.problems, [], 'no script errors or CSP violations');
-  await phone.context().close();
 });
 
 test("the API console's curl example, run with curl, gets 200", async () => {
@@ -290,7 +250,7 @@ test('Run completes with an image on the page and the balance 12 lower', async (
   assert.equal(Number(await page.textContent('#run-balance')), before - 12);
   assert.equal((await credits(user.key)).balance, before - 12);
   ranTaskId = await page.textContent('#run-task');
-  await shot(page, '03-api-console', { docsName: 'console-api.png' });
+  await shot(page, '03-api-console');
 });
 
 test('Cancel on a running task ends it cancelled, live, and charges nothing', async () => {
@@ -314,7 +274,10 @@ test('a bad parameter shows the error message', async () => {
   const error = page.locator('#run-result .error');
   await error.waitFor(WAIT);
   assert.equal(await error.getAttribute('data-error-code'), 'invalid_request');
-  assert.match(await error.textContent(), /invalid_request.*`prompt`: required/);
+  // The message's `prompt` is shown as code, without its backticks.
+  assert.match(await error.textContent(), /invalid_request.*prompt: required/);
+  assert.equal(await error.locator('code', { hasText: /^prompt$/ }).count(), 1);
+  assert.deepEqual(await backticks(page), []);
   await shot(page, '04-api-console-error');
 });
 
@@ -425,6 +388,164 @@ test('Buy opens the fake Stripe Checkout; paying sends the signed webhook and th
   await adminPage.locator(`#all-orders tr[data-order="${order}"]`).waitFor(WAIT);
   assert.deepEqual([...page.problems, ...adminPage.problems], []);
   await adminPage.context().close();
+});
+
+test('image_urls is shown only for the sub-models that take it, and marked required for edit', async () => {
+  const page = userPage;
+  await page.goto(base + '/console#/console?model=seedream-4-5');
+  await page.locator('#page-console [data-param="prompt"]').waitFor(WAIT);
+  const field = page.locator('[data-param="image_urls"]');
+  const example = () => page.textContent('#example-curl');
+  assert.equal(await page.inputValue('#sub-model'), 'seedream/4.5-text-to-image');
+  assert.equal(await field.isVisible(), false, 'text-to-image refuses image_urls: no field');
+  await page.selectOption('#sub-model', 'seedream/4.5-edit');
+  assert.equal(await field.isVisible(), true);
+  assert.equal(await field.locator('.required').isVisible(), true, 'required for edit');
+  assert.equal(await page.getAttribute('#param-image_urls', 'aria-required'), 'true');
+  await page.fill('#param-image_urls', 'https://example.com/in.png');
+  assert.match(await example(), /"image_urls":\["https:\/\/example\.com\/in\.png"\]/);
+  await shot(page, '11-api-console-edit');
+  await page.selectOption('#sub-model', 'seedream/4.5-text-to-image');
+  assert.equal(await field.isVisible(), false);
+  assert.doesNotMatch(await example(), /image_urls/, 'a hidden field is not sent');
+  // A model whose sub-models take no image has no such field at all; none says "required" wrongly.
+  const list = await (await fetch(base + '/api/v1/models')).json();
+  const textOnly = list.data.find((m) => !m.parameters.some((p) => p.name === 'image_urls'));
+  await page.goto(base + '/console#/console?model=' + encodeURIComponent(textOnly.id));
+  await page.waitForFunction((id) => document.querySelector('#model')?.value === id, textOnly.id, WAIT);
+  assert.equal(await field.count(), 0);
+  assert.deepEqual(await backticks(page), [], 'help texts show code, not backticks');
+});
+
+test("the usage page shows a failed task's error, its webhook deliveries and attempts, capture rows explained, and filters by date", async () => {
+  const page = userPage;
+  // The receiver answers 503 once, then 200: two attempts, one delivery.
+  const receiver = await startReceiver([503, 200]);
+  try {
+    const [status, body] = await curl('-X', 'POST', `${base}/api/v1/images/generations`, '-H', `Authorization: Bearer ${user.key}`,
+      '-H', 'Content-Type: application/json',
+      '--data-raw', JSON.stringify({ model: 'seedream/4.5-text-to-image', prompt: 'A lake [simulate:fail]', callback_url: receiver.url }));
+    assert.equal(status, 200, body);
+    const failed = await waitTerminal(user.key, JSON.parse(body).task_id);
+    assert.equal(failed.status, 'failed');
+    for (let i = 0; receiver.received.length < 2; i++) {
+      assert.ok(i < 150, 'the webhook is retried after the 503');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+
+    await page.goto(base + '/console#/usage');
+    const row = page.locator(`#tasks tr[data-task="${failed.task_id}"]`);
+    await row.waitFor(WAIT);
+    const error = row.locator('.task-error');
+    assert.equal(await error.getAttribute('data-error-code'), failed.error.code);
+    const shown = await error.textContent();
+    assert.ok(shown.includes(failed.error.code) && shown.includes(failed.error.message.replaceAll('`', '')), shown);
+
+    await row.locator(`button[data-deliveries="${failed.task_id}"]`).click();
+    const log = page.locator(`tr[data-deliveries-of="${failed.task_id}"]`);
+    await log.locator('.delivery .status[data-status="delivered"]').waitFor(WAIT);
+    const attempts = log.locator('tr[data-attempt]');
+    assert.equal(await attempts.count(), 2);
+    assert.match(await attempts.nth(0).textContent(), /HTTP 503/);
+    assert.match(await attempts.nth(1).textContent(), /HTTP 200/);
+    assert.match(await log.textContent(), new RegExp(receiver.url.replaceAll('.', '\\.')));
+    // A task without a callback_url has no log to open.
+    assert.equal(await page.locator(`#tasks tr[data-task="${ranTaskId}"] button[data-deliveries]`).count(), 0);
+
+    // A capture row says what it spent; the legend says why its amount is 0.
+    const capture = page.locator('#ledger tr[data-kind="capture"]').first();
+    await capture.waitFor(WAIT);
+    assert.match(await capture.textContent(), /captured 12 \(held at create\)/);
+    assert.match(await page.textContent('#ledger-legend'), /capture.*Amount 0/);
+    assert.deepEqual(await backticks(page), []);
+    await shot(page, '12-usage-deliveries');
+
+    // Dates: from tomorrow nothing matches; from today through today, the task is back.
+    const day = (offset) => {
+      const date = new Date();
+      date.setDate(date.getDate() + offset);
+      return `${date.getFullYear()}-${String(date.getMonth() + 1).padStart(2, '0')}-${String(date.getDate()).padStart(2, '0')}`;
+    };
+    await page.fill('#filter-from', day(1));
+    await page.locator('#tasks p.muted', { hasText: 'No tasks match.' }).waitFor(WAIT);
+    await page.locator('#ledger p.muted', { hasText: 'No ledger entries.' }).waitFor(WAIT);
+    assert.match(await page.textContent('#usage-summary'), /^0 tasks/);
+    await page.fill('#filter-from', day(0));
+    await page.fill('#filter-to', day(0));
+    await row.waitFor(WAIT);
+    assert.equal(await page.locator('#ledger tr[data-kind="hold"]').count() > 0, true);
+    assert.deepEqual(page.problems, [], 'no script errors or CSP violations');
+  } finally {
+    await receiver.close();
+  }
+});
+
+test('every page fits a 360 px screen: nothing is cut off or sticks out', async () => {
+  const phone = await signIn(admin.key, { width: 360, height: 740 });
+  const pages = ['#/models', '#/console?model=seedream-4-5', '#/keys', '#/usage', '#/billing', '#/admin'];
+  for (const hash of pages) {
+    await phone.goto(base + '/console' + hash);
+    await phone.locator('.page').waitFor(WAIT);
+    await phone.locator('.page .muted', { hasText: /^Loading…$/ }).waitFor({ state: 'detached', ...WAIT });
+    if (hash === '#/usage') {
+      // With a task's webhook log open, the widest row there is.
+      const open = phone.locator('button[data-deliveries]').first();
+      if (await open.count()) {
+        await open.click();
+        await phone.locator('tr[data-deliveries-of] .delivery, tr[data-deliveries-of] p').first().waitFor(WAIT);
+      }
+    }
+    if (hash.startsWith('#/console')) await phone.selectOption('#sub-model', 'seedream/4.5-edit');
+    assert.deepEqual(await overflowing(phone), [], `${hash} at 360 px`);
+    await shot(phone, `phone-${hash.slice(2).replace(/\W+/g, '-')}`);
+  }
+  // The wide tables scroll inside their box.
+  await phone.goto(base + '/console#/models');
+  const wrap = phone.locator('.table-wrap').first();
+  await wrap.waitFor(WAIT);
+  assert.ok(await wrap.evaluate((node) => node.scrollWidth > node.clientWidth && getComputedStyle(node).overflowX === 'auto'), 'the catalog scrolls sideways in its box');
+  assert.deepEqual(phone.problems, [], 'no script errors or CSP violations');
+  await phone.context().close();
+});
+
+test('a gateway with some providers unconfigured says which models are hidden and why', async () => {
+  // Live mode with only KIE's key set (never called: its base URL goes nowhere): nine models hidden.
+  const live = await startGateway({
+    name: 'console_live',
+    env: { KIE_API_KEY: 'console-e2e-unused', AIO__PROVIDERS__KIE__BASE_URL: 'http://127.0.0.1:9' },
+  });
+  try {
+    const list = await (await fetch(live.base + '/api/v1/models')).json();
+    assert.equal(list.mode, 'live');
+    assert.ok(list.hidden_models.length > 0);
+    const page = await signIn(live.key, { width: 1280, height: 900 }, live.base);
+    await page.goto(live.base + '/console#/models');
+    const notice = page.locator('#hidden-models');
+    await notice.waitFor(WAIT);
+    assert.equal(await notice.getAttribute('data-count'), String(list.hidden_models.length));
+    assert.match(await notice.textContent(), new RegExp(`${list.hidden_models.length} models of the catalog are hidden: no provider that serves them is configured`));
+    assert.equal(await page.locator('#hidden-models [data-hidden-model]').count(), list.hidden_models.length);
+    assert.equal(await page.locator('tr[data-model]').count(), list.data.length);
+    await shot(page, '13-models-hidden');
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  } finally {
+    await live.stop();
+  }
+  // Demo mode hides nothing and says nothing.
+  await userPage.goto(base + '/console#/models');
+  await userPage.locator('tr[data-model]').first().waitFor(WAIT);
+  assert.equal(await userPage.locator('#hidden-models').count(), 0);
+});
+
+test('dollars print with two decimals', async () => {
+  const page = userPage;
+  const usd = (value) => page.evaluate((n) => window.AIO.format.usd(n), value);
+  assert.deepEqual(
+    [await usd(0.04), await usd(0.1), await usd(0.12), await usd(1.2), await usd(25), await usd(0.005), await usd(0.0125)],
+    ['$0.04', '$0.10', '$0.12', '$1.20', '$25.00', '$0.005', '$0.0125']);
+  const cells = await page.$$eval('tr[data-model] td.num:not([data-credits])', (tds) => tds.map((td) => td.textContent));
+  assert.ok(cells.length > 0 && cells.every((text) => /^\$\d+\.\d\d\d*$/.test(text) && !/^\$0\.0[1-9]0$/.test(text)), cells.join(' '));
 });
 
 test('sign-out ends the session', async () => {
