@@ -169,7 +169,7 @@ pub struct Entry {
     pub balance_after: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// On a `capture` row of the usage ledger: the credits it spent. Its `amount` is 0 because the
+    /// On a `capture` row: the credits it spent (absent once its task is purged by retention). Its `amount` is 0 because the
     /// task's `hold` already took them from the balance; the capture only settles the hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[sqlx(default)]
@@ -234,6 +234,12 @@ pub fn cursor(text: &str) -> Option<i64> {
     text.parse::<i64>().ok().filter(|id| *id > 0)
 }
 
+/// The columns of an [`Entry`] (a capture with what it spent: its task's price) and the tables they
+/// come from, `ledger l` and its task `t`.
+const ENTRIES: &str = "l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at,
+        CASE WHEN l.kind = 'capture' THEN t.price END AS captured
+    FROM ledger l LEFT JOIN tasks t ON t.id = l.task_id";
+
 /// An account's entries, newest first, optionally only older than `before` (an entry id), within
 /// `[from, to)`, and only those of tasks of `model` (a model or sub-model id; other entries drop out).
 pub async fn page(
@@ -244,14 +250,14 @@ pub async fn page(
     limit: i64,
 ) -> sqlx::Result<Vec<Entry>> {
     // No casts on the optional parameters: sqlx tells PostgreSQL their types, SQLite needs none.
-    const SQL: &str = "SELECT l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at,
-                CASE WHEN l.kind = 'capture' THEN t.price END AS captured
-         FROM ledger l LEFT JOIN tasks t ON t.id = l.task_id
+    let sql = format!(
+        "SELECT {ENTRIES}
          WHERE l.account_id = $1 AND ($2 IS NULL OR l.id < $2)
            AND ($3 IS NULL OR l.created_at >= $3) AND ($4 IS NULL OR l.created_at < $4)
            AND ($5 IS NULL OR t.model = $5 OR t.sub_model = $5)
-         ORDER BY l.id DESC LIMIT $6";
-    on_db!(db, pool => filter.bind_to(sqlx::query_as(SQL).bind(account_id).bind(before)).bind(limit).fetch_all(pool).await)
+         ORDER BY l.id DESC LIMIT $6"
+    );
+    on_db!(db, pool => filter.bind_to(sqlx::query_as(&sql).bind(account_id).bind(before)).bind(limit).fetch_all(pool).await)
 }
 
 /// The newest entry of an account, in the caller's transaction (which holds the account's row).
@@ -267,10 +273,8 @@ pub async fn last(tx: &mut Tx, account_id: i64) -> sqlx::Result<Entry> {
 
 /// The newest `limit` entries of an account.
 pub async fn recent(db: &Db, account_id: i64, limit: i64) -> sqlx::Result<Vec<Entry>> {
-    on_db!(db, pool => sqlx::query_as(
-        "SELECT id, kind, amount, task_id, balance_after, reason, created_at
-         FROM ledger WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
-    )
+    let sql = format!("SELECT {ENTRIES} WHERE l.account_id = $1 ORDER BY l.id DESC LIMIT $2");
+    on_db!(db, pool => sqlx::query_as(&sql)
     .bind(account_id)
     .bind(limit)
     .fetch_all(pool)
