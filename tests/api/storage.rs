@@ -316,7 +316,8 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     assert_eq!(listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [second.id.as_str(), task.id.as_str()]);
     let older = tasks::list(db, account, 10, Some(&second.id), None, &UsageFilter::default()).await.expect("list");
     assert_eq!(older.len(), 1);
-    let done = tasks::list(db, account, 10, None, Some(TaskStatus::Succeeded), &UsageFilter::default()).await.expect("list");
+    let done =
+        tasks::list(db, account, 10, None, Some(TaskStatus::Succeeded), &UsageFilter::default()).await.expect("list");
     assert_eq!(done.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [task.id.as_str()]);
     let everything = UsageFilter { from: Some(Utc::now() - Age::hours(1)), to: None, model: Some("seedream-4-5") };
     assert_eq!(tasks::usage_page(db, account, &everything, None, 10).await.expect("usage").len(), 2);
