@@ -331,9 +331,9 @@ async fn usage_filters_by_model_and_time_and_pages() {
     let rest = usage(format!("?limit=4&ledger_cursor={cursor}")).await;
     assert_eq!(rest["ledger"]["data"].as_array().expect("ledger").len(), 3);
 
-    // The same time range on GET /api/v1/tasks, with its status filter.
+    // The same time range on GET /api/v1/tasks (an API key's route), with its status filter.
     let tasks = |query: &str| {
-        let request = app.with_bearer(Method::GET, &format!("/api/v1/tasks{query}"), &session);
+        let request = app.with_bearer(Method::GET, &format!("/api/v1/tasks{query}"), &key);
         async move {
             let response = request.send().await.expect("GET /api/v1/tasks");
             let status = response.status();
@@ -352,7 +352,7 @@ async fn usage_filters_by_model_and_time_and_pages() {
         ("?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z", "from"),
     ] {
         let response =
-            app.with_bearer(Method::GET, &format!("/api/v1/tasks{query}"), &session).send().await.expect("GET");
+            app.with_bearer(Method::GET, &format!("/api/v1/tasks{query}"), &key).send().await.expect("GET");
         let (_, message) = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
         assert!(message.contains(field), "{query}: {message}");
     }
