@@ -79,8 +79,16 @@
     return el('p', { class: 'error', role: 'alert', 'data-error-code': code }, errorLine(code, error.message));
   }
 
+  // A table in a box that scrolls sideways; on phones its rows stack, each cell labelled with its
+  // column's header (`data-label`, shown by console.css).
   function table(headers, rows, empty) {
     if (!rows.length) return el('p', { class: 'muted', text: empty || 'Nothing yet.' });
+    const labels = headers.map((h) => (h instanceof Node ? h.textContent : h).replace(/[▲▼↕]/g, '').trim());
+    for (const row of rows) {
+      [...row.children].forEach((cell, i) => {
+        if (labels[i] && !cell.hasAttribute('colspan')) cell.dataset.label = labels[i];
+      });
+    }
     return el('div', { class: 'table-wrap' },
       el('table', {},
         el('thead', {}, el('tr', {}, headers.map((h) => (h instanceof Node ? el('th', {}, h) : el('th', { text: h }))))),

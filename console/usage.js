@@ -35,7 +35,7 @@
   }
 
   const DELIVERIES = 20;
-  const TASK_COLUMNS = ['Time', 'Model', 'Status', 'Credits (charged / price)', 'Duration', 'Result or error', 'Webhook'];
+  const TASK_COLUMNS = ['Time', 'Model', 'Status', 'Charged / price', 'Duration', 'Result or error', 'Webhook'];
 
   // What a task came to: its images, its error (code and message), or nothing yet.
   function outcome(task) {
@@ -57,11 +57,12 @@
   }
 
   function deliveryBlock(delivery) {
-    const next = delivery.next_attempt_at ? `; next attempt ${format.time(delivery.next_attempt_at)}` : '';
+    const next = delivery.next_attempt_at ? ` · next attempt ${format.time(delivery.next_attempt_at)}` : '';
     return el('div', { class: 'delivery', 'data-delivery': delivery.delivery_id },
       el('p', {},
-        el('span', { class: 'status', 'data-status': delivery.status, text: delivery.status }), ' ',
-        `${delivery.trigger} delivery to `, el('code', { text: delivery.url }), ` (webhook-id `, el('code', { text: delivery.webhook_id }), `)${next}`),
+        el('span', { class: 'status', 'data-status': delivery.status, text: delivery.status }), ' to ', el('code', { text: delivery.url }),
+        el('br'),
+        el('small', { class: 'muted' }, `trigger ${delivery.trigger} · webhook-id `, el('code', { text: delivery.webhook_id }), next)),
       table(['Attempt', 'Answer', 'Latency', 'Error or answer'], delivery.attempts.map(attemptRow), 'No attempt yet.'));
   }
 

@@ -502,11 +502,13 @@ test('every page fits a 360 px screen: nothing is cut off or sticks out', async 
     assert.deepEqual(await overflowing(phone), [], `${hash} at 360 px`);
     await shot(phone, `phone-${hash.slice(2).replace(/\W+/g, '-')}`);
   }
-  // The wide tables scroll inside their box.
+  // The tables stack: no header row, each cell labelled with its column.
   await userPhone.goto(base + '/console#/models');
-  const wrap = userPhone.locator('.table-wrap').first();
-  await wrap.waitFor(WAIT);
-  assert.ok(await wrap.evaluate((node) => node.scrollWidth > node.clientWidth && getComputedStyle(node).overflowX === 'auto'), 'the catalog scrolls sideways in its box');
+  const row = userPhone.locator('tr[data-model="seedream-4-5"]');
+  await row.waitFor(WAIT);
+  assert.equal(await userPhone.locator('.table-wrap thead').first().evaluate((node) => getComputedStyle(node).display), 'none');
+  assert.equal(await row.locator('td').first().getAttribute('data-label'), 'Model');
+  assert.equal(await row.locator('td[data-credits]').evaluate((node) => getComputedStyle(node, '::before').content), '"Credits"');
   assert.deepEqual([...userPhone.problems, ...adminPhone.problems], [], 'no script errors or CSP violations');
   await userPhone.context().close();
   await adminPhone.context().close();
