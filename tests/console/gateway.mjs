@@ -3,7 +3,7 @@
 // provider key is passed in `env`), short engine ticks, and a local webhook receiver allowed as a
 // callback. Answers { base, key (the bootstrap admin key), cli(...args), stop() }.
 import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -55,6 +55,7 @@ function environment(work, databaseUrl, port, env) {
 
 // `config`: the gateway's configuration file; `env`: more variables (provider keys, Stripe's).
 export async function startGateway({ name, config = join(root, 'config/gateway.toml'), env = {} }) {
+  if (!existsSync(binary)) throw new Error(`${binary} is missing: run \`cargo build\` first (CARGO_TARGET_DIR is honoured)`);
   const work = mkdtempSync(join(tmpdir(), `aio-${name}-`));
   const database = `aio_${name.replace(/\W/g, '_')}_${Date.now()}_${process.pid}`;
   const databaseUrl = `${postgres}/${database}`;

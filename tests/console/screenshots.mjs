@@ -62,10 +62,11 @@ try {
   await page.locator(`tr[data-deliveries-of="${created.task_id}"] tr[data-attempt]`).nth(1).waitFor(WAIT);
   await page.screenshot({ path: join(docs, 'console-usage.png'), fullPage: true });
 
-  const phone = await openConsole(browser, gateway.base, key, { width: 360, height: 740 });
+  // The phone's first screens only: the panel and the first models, their rows stacked.
+  const phone = await openConsole(browser, gateway.base, key, { width: 360, height: 1300 });
   await phone.goto(gateway.base + '/console#/models');
   await phone.locator('tr[data-model]').first().waitFor(WAIT);
-  await phone.screenshot({ path: join(docs, 'console-phone.png'), fullPage: true });
+  await phone.screenshot({ path: join(docs, 'console-phone.png') });
 
   const problems = [...page.problems, ...phone.problems];
   if (problems.length) throw new Error('script errors: ' + problems.join('\n'));
