@@ -351,8 +351,7 @@ async fn usage_filters_by_model_and_time_and_pages() {
         ("?to=2026-13-01T00:00:00Z", "to"),
         ("?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z", "from"),
     ] {
-        let response =
-            app.with_bearer(Method::GET, &format!("/api/v1/tasks{query}"), &key).send().await.expect("GET");
+        let response = app.with_bearer(Method::GET, &format!("/api/v1/tasks{query}"), &key).send().await.expect("GET");
         let (_, message) = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
         assert!(message.contains(field), "{query}: {message}");
     }
