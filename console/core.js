@@ -130,9 +130,15 @@
     pages[name] = render;
   }
 
+  // A page is named by the hash (`#/usage?…`); a model's page also by its path, `/console/models/{id}`
+  // (linkable), which a hash names only as `#/model?id=…`.
   function parseHash() {
     const hash = location.hash.replace(/^#\/?/, '');
     const [name, query] = hash.split('?');
+    const path = location.pathname.match(/^\/console\/models\/([^/]+)$/);
+    if (!hash && path) return { name: 'model', params: new URLSearchParams({ id: decodeURIComponent(path[1]) }) };
+    // A hash link followed from a model's path: the path is dropped, as on every other page.
+    if (hash && path) history.replaceState(null, '', '/console#/' + hash);
     return { name: name || 'models', params: new URLSearchParams(query || '') };
   }
 
@@ -143,7 +149,7 @@
     const render = pages[name] || pages.models;
     const id = ++state.renderId;
     const view = document.getElementById('view');
-    document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === name));
+    document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === (name === 'model' ? 'models' : name)));
     view.replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
     const current = () => id === state.renderId;
     try {
