@@ -31,7 +31,7 @@
   function preview(model) {
     const body = { model: model.sub_models[0], prompt: 'A serene mountain lake at sunrise with reflections, photorealistic' };
     for (const p of model.parameters) if (p.values && p.default !== null) body[p.name] = p.default;
-    const url = model.contract.base_url + model.contract.endpoint;
+    const url = model.contract.api_url + model.contract.endpoint;
     return `curl -X ${model.contract.method} ${url} -H "Authorization: Bearer $AIO_KEY" -H "Content-Type: application/json" --data-raw '${JSON.stringify(body)}'`;
   }
 
@@ -48,7 +48,7 @@
   function contract(model) {
     const c = model.contract;
     return section('contract', 'Call contract', facts([
-      ['Base URL', el('code', { text: c.base_url })],
+      ['Base URL', el('code', { text: c.api_url })],
       ['Auth', el('code', { text: c.auth + ' <API key>' })],
       ['Model field', [el('code', { text: c.model_field }), ': ', model.sub_models.map((s, i) => [i ? ', ' : '', el('code', { text: s })])]],
       ['Endpoint', el('code', { text: `${c.method} ${c.endpoint}` })],

@@ -85,21 +85,21 @@ pub struct Position {
 /// A route and what one image costs on it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PricedRoute {
-    /// `Vendor / provider`, e.g. `Zhipu / WaveSpeed`.
+    /// `Vendor / provider`, e.g. `Zhipu AI / WaveSpeed`.
     provider_label: String,
     credits: i64,
     usd: f64,
     /// The node that serves it (see [`RouteView::backend_node`]).
     backend_node: String,
-    /// All of it in one line, e.g. `Zhipu / WaveSpeed · 4 credits · $0.04`.
+    /// All of it in one line, e.g. `Zhipu AI / WaveSpeed · 4 credits · $0.04`.
     text: String,
 }
 
 /// How a client calls a model, field by field.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallContract {
-    /// This gateway's public URL (`server.public_base_url`).
-    base_url: String,
+    /// This gateway's public URL, the base of every path (`server.public_base_url`).
+    api_url: String,
     method: &'static str,
     endpoint: &'static str,
     /// `Authorization: Bearer`, followed by an API key.
@@ -195,7 +195,7 @@ pub struct CheapestModel {
     usd: f64,
     /// Its lowest-cost route, `Vendor / provider`.
     provider_label: String,
-    /// E.g. `Zhipu / WaveSpeed · 4 credits · $0.04`.
+    /// E.g. `Zhipu AI / WaveSpeed · 4 credits · $0.04`.
     text: String,
 }
 
@@ -298,7 +298,7 @@ impl Context<'_> {
             billing: "successful requests",
             lowest_cost_route: self.lowest_cost_route(model),
             contract: CallContract {
-                base_url: self.base_url.to_owned(),
+                api_url: self.base_url.to_owned(),
                 method: "POST",
                 endpoint: ENDPOINT,
                 auth: "Authorization: Bearer",
