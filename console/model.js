@@ -22,7 +22,8 @@
 
   // Two-column rows: a label and its value.
   function facts(rows) {
-    return table(['', ''], rows.map(([label, value]) => el('tr', {}, el('th', { scope: 'row', text: label }), el('td', {}, value))));
+    return el('div', { class: 'table-wrap' }, el('table', {}, el('tbody', {},
+      rows.map(([label, value]) => el('tr', {}, el('th', { scope: 'row', text: label }), el('td', {}, value))))));
   }
 
   const modelLink = (m) => el('a', { href: '/console/models/' + encodeURIComponent(m.id), 'data-model-link': m.id, text: m.name });
