@@ -214,16 +214,17 @@ impl Context<'_> {
     pub fn list(&self) -> ModelList {
         let models = self.catalog.models();
         let data: Vec<ModelView> = models.iter().map(|m| self.view(m)).collect();
-        let real_routes = || {
-            models.iter().flat_map(|m| {
-                m.sub_models.iter().flat_map(|s| &s.routes).filter(|r| !self.catalog.is_simulated(&r.provider)).map(
-                    move |r| (m, r),
-                )
+        let catalog = self.catalog;
+        // Every real route with its model: the simulated provider is never a source.
+        let real_routes = move || {
+            models.iter().flat_map(move |m| {
+                let routes = m.sub_models.iter().flat_map(|s| &s.routes);
+                routes.filter(move |r| !catalog.is_simulated(&r.provider)).map(move |r| (m, r))
             })
         };
-        let providers: BTreeSet<&str> = real_routes().map(|(_, r)| self.catalog.route_label(r)).collect();
+        let providers: BTreeSet<&str> = real_routes().map(|(_, r)| catalog.route_label(r)).collect();
         let sources: BTreeSet<(&str, &str)> =
-            real_routes().map(|(m, r)| (m.vendor.as_str(), self.catalog.route_label(r))).collect();
+            real_routes().map(|(m, r)| (m.vendor.as_str(), catalog.route_label(r))).collect();
         let lowest_cost_model = models.iter().min_by_key(|m| m.credits).map(|m| {
             let route = self.lowest_cost_route(m);
             CheapestModel {
@@ -274,11 +275,7 @@ impl Context<'_> {
             name: model.name.clone(),
             vendor: model.vendor.clone(),
             description: model.description.clone(),
-            provider_label: format!(
-                "{} / {}",
-                model.vendor,
-                routes.first().map_or("-", |r| r.provider_label.as_str())
-            ),
+            provider_label: format!("{} / {}", model.vendor, routes.first().map_or("-", |r| r.provider_label.as_str())),
             endpoint: ENDPOINT,
             sub_models: model.sub_models.iter().map(|s| s.id.clone()).collect(),
             credits: model.credits,
@@ -414,13 +411,12 @@ fn parameters(model: &Model) -> Vec<ParameterView> {
         let ranges: Vec<String> =
             with_images.iter().map(|s| format!("{} takes {}–{}", s.id, s.min_image_urls, s.max_image_urls)).collect();
         let description = format!("Input image URLs (https): {}; other sub-models take none.", ranges.join("; "));
-        let ids = |filter: fn(&&&super::SubModel) -> bool| -> Vec<String> {
-            with_images.iter().filter(filter).map(|s| s.id.clone()).collect()
-        };
+        let required_by: Vec<String> =
+            with_images.iter().filter(|s| s.min_image_urls > 0).map(|s| s.id.clone()).collect();
         list.push(ParameterView {
             required: model.sub_models[0].min_image_urls > 0,
-            sub_models: Some(ids(|_| true)),
-            required_by: Some(ids(|s| s.min_image_urls > 0)),
+            sub_models: Some(with_images.iter().map(|s| s.id.clone()).collect()),
+            required_by: Some(required_by),
             ..free("image_urls", "array", description)
         });
     }

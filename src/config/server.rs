@@ -77,7 +77,9 @@ impl ServerSettings {
         let from_file = || std::fs::read_to_string("/etc/hostname").ok();
         configured
             .filter(|name| !name.is_empty())
-            .or_else(|| [from_env(), from_file()].into_iter().flatten().map(|n| n.trim().to_owned()).find(|n| !n.is_empty()))
+            .or_else(|| {
+                [from_env(), from_file()].into_iter().flatten().map(|n| n.trim().to_owned()).find(|n| !n.is_empty())
+            })
             .unwrap_or_else(|| "gateway".to_owned())
     }
 }

@@ -92,7 +92,10 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
     assert_eq!(seedream["provider_label"], "ByteDance / KIE");
     // Live: no simulated route beside the real ones.
     assert_eq!(catalog["mode"], "live");
-    assert_eq!(seedream["routes"], json!([{"provider_label": "KIE", "simulated": false, "backend_node": "test-gateway"}]));
+    assert_eq!(
+        seedream["routes"],
+        json!([{"provider_label": "KIE", "simulated": false, "backend_node": "test-gateway"}])
+    );
     let cogview = model(&catalog, "cogview-4");
     assert_eq!(
         (cogview["vendor"].as_str(), cogview["provider_label"].as_str()),
@@ -122,7 +125,10 @@ async fn only_models_with_an_active_route_are_offered() {
     let (catalog, _) = models(&app).await;
     let ids: Vec<&str> = catalog["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
     assert_eq!(ids, ["seedream-4-5", "seedream-4"]);
-    assert_eq!(model(&catalog, "seedream-4")["routes"], json!([{"provider_label": "KIE", "simulated": false, "backend_node": "test-gateway"}]));
+    assert_eq!(
+        model(&catalog, "seedream-4")["routes"],
+        json!([{"provider_label": "KIE", "simulated": false, "backend_node": "test-gateway"}])
+    );
     let summary = &catalog["endpoint_summary"];
     // One real provider: the simulated one is gone.
     assert_eq!((summary["models"].as_u64(), summary["providers"].as_u64()), (Some(2), Some(1)), "{summary}");

@@ -241,7 +241,10 @@ async fn catalog_lists_the_model_with_its_parameters_and_summary() {
     }
     let example = model["example_request"].as_str().expect("example_request");
     assert!(example.starts_with("curl ") && example.contains("/api/v1/images/generations"), "{example}");
-    assert_eq!(model["routes"], json!([{"provider_label": "Simulated", "simulated": true, "backend_node": "test-gateway"}]));
+    assert_eq!(
+        model["routes"],
+        json!([{"provider_label": "Simulated", "simulated": true, "backend_node": "test-gateway"}])
+    );
 
     let summary = &catalog["endpoint_summary"];
     assert_eq!(summary["models"], 11);
