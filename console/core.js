@@ -37,7 +37,8 @@
     return data;
   }
 
-  // el('p', {class: 'x', text: 'hi', on: {click: f}}, child, ...): attributes by name, children appended.
+  // el('p', {class: 'x', text: 'hi', on: {click: f}}, child, ...): attributes by name, children (arrays at
+  // any depth) appended.
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
     for (const [name, value] of Object.entries(props || {})) {
@@ -47,7 +48,7 @@
       else if (name === 'class') node.className = value;
       else node.setAttribute(name, value === true ? '' : value);
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
