@@ -72,14 +72,14 @@ impl Role {
 impl ServerSettings {
     /// `node_name`, or else the host name; `gateway` when neither is known.
     pub fn node_name(&self) -> String {
-        let configured = Some(self.node_name.trim().to_owned());
-        let from_env = || std::env::var("HOSTNAME").ok();
-        let from_file = || std::fs::read_to_string("/etc/hostname").ok();
-        configured
+        let host_name = || {
+            let from_env = std::env::var("HOSTNAME").ok();
+            let from_file = || std::fs::read_to_string("/etc/hostname").ok();
+            [from_env, from_file()].into_iter().flatten().map(|n| n.trim().to_owned()).find(|n| !n.is_empty())
+        };
+        Some(self.node_name.trim().to_owned())
             .filter(|name| !name.is_empty())
-            .or_else(|| {
-                [from_env(), from_file()].into_iter().flatten().map(|n| n.trim().to_owned()).find(|n| !n.is_empty())
-            })
+            .or_else(host_name)
             .unwrap_or_else(|| "gateway".to_owned())
     }
 }
