@@ -15,7 +15,8 @@
       providers: String(summary.providers),
       credit_range: range.min === null || range.min === undefined ? '—' : `${range.min}–${range.max}`,
       webhook_coverage: summary.webhook_coverage,
-      lowest_cost_model: cheapest ? `${cheapest.name}: ${cheapest.text}` : '—',
+      lowest_cost_model: cheapest ? cheapest.name : '—',
+      lowest_cost_route: cheapest ? cheapest.text : '',
     };
   }
 
@@ -31,8 +32,9 @@
 
   function panel(list) {
     const f = figures(list.endpoint_summary);
-    const card = (key, label, value) =>
-      el('div', { class: 'figure' }, el('span', { class: 'label', text: label }), el('strong', { 'data-figure': key, text: value }));
+    const card = (key, label, value, detail) =>
+      el('div', { class: 'figure' }, el('span', { class: 'label', text: label }), el('strong', { 'data-figure': key, text: value }),
+        detail ? el('small', { class: 'muted', 'data-figure-detail': key, text: detail }) : null);
     return el('section', { class: 'card' },
       el('h2', {}, 'Endpoint ', el('code', { text: list.endpoint_summary.endpoint })),
       mode(list),
@@ -42,7 +44,7 @@
         card('providers', 'Providers', f.providers),
         card('credit_range', 'Credit range', f.credit_range),
         card('webhook_coverage', 'Webhook coverage', f.webhook_coverage),
-        card('lowest_cost_model', 'Lowest cost', f.lowest_cost_model)));
+        card('lowest_cost_model', 'Lowest cost', f.lowest_cost_model, f.lowest_cost_route)));
   }
 
   function catalog(models, sort, onSort) {
