@@ -37,7 +37,8 @@
     return data;
   }
 
-  // el('p', {class: 'x', text: 'hi', on: {click: f}}, child, ...): attributes by name, children appended.
+  // el('p', {class: 'x', text: 'hi', on: {click: f}}, child, ...): attributes by name, children (arrays at
+  // any depth) appended.
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
     for (const [name, value] of Object.entries(props || {})) {
@@ -47,7 +48,7 @@
       else if (name === 'class') node.className = value;
       else node.setAttribute(name, value === true ? '' : value);
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -165,9 +166,15 @@
     pages[name] = render;
   }
 
+  // A page is named by the hash (`#/usage?…`); a model's page also by its path, `/console/models/{id}`
+  // (linkable), which a hash names only as `#/model?id=…`.
   function parseHash() {
     const hash = location.hash.replace(/^#\/?/, '');
     const [name, query] = hash.split('?');
+    const path = location.pathname.match(/^\/console\/models\/([^/]+)$/);
+    if (!hash && path) return { name: 'model', params: new URLSearchParams({ id: decodeURIComponent(path[1]) }) };
+    // A hash link followed from a model's path: the path is dropped, as on every other page.
+    if (hash && path) history.replaceState(null, '', '/console#/' + hash);
     return { name: name || 'models', params: new URLSearchParams(query || '') };
   }
 
@@ -178,7 +185,7 @@
     const render = pages[name] || pages.models;
     const id = ++state.renderId;
     const view = document.getElementById('view');
-    document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === name));
+    document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === (name === 'model' ? 'models' : name)));
     view.replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
     const current = () => id === state.renderId;
     try {

@@ -1,21 +1,22 @@
-// Models: the decision panel (figures computed here from GET /api/v1/models) over the catalog table,
-// sortable by price.
+// Models: the decision panel (GET /api/v1/models's endpoint_summary) over the catalog table, sortable by
+// price; each model's name links to its page (model.js).
 'use strict';
 
 (function () {
   const { el, table, format } = window.AIO;
 
-  // The endpoint's figures, from the models themselves.
-  function figures(models) {
-    const providers = new Set(models.flatMap((m) => (m.routes || []).map((r) => r.provider_label)));
-    const credits = models.map((m) => m.credits);
-    const cheapest = models.reduce((best, m) => (best === null || m.credits < best.credits ? m : best), null);
+  // The endpoint's figures, as the server computes them (endpoint_summary).
+  function figures(summary) {
+    const range = summary.credit_range || {};
+    const cheapest = summary.lowest_cost_model;
     return {
-      models: String(models.length),
-      providers: String(providers.size),
-      credit_range: credits.length ? `${Math.min(...credits)}–${Math.max(...credits)}` : '—',
-      webhook_coverage: `${models.filter((m) => m.webhook).length}/${models.length}`,
-      lowest_cost_model: cheapest ? `${cheapest.name} (${cheapest.credits})` : '—',
+      models: String(summary.models),
+      sources: String(summary.sources),
+      providers: String(summary.providers),
+      credit_range: range.min === null || range.min === undefined ? '—' : `${range.min}–${range.max}`,
+      webhook_coverage: summary.webhook_coverage,
+      lowest_cost_model: cheapest ? cheapest.name : '—',
+      lowest_cost_route: cheapest ? cheapest.text : '',
     };
   }
 
@@ -45,36 +46,39 @@
   }
 
   function panel(list) {
-    const f = figures(list.data);
-    const card = (key, label, value) =>
-      el('div', { class: 'figure' }, el('span', { class: 'label', text: label }), el('strong', { 'data-figure': key, text: value }));
+    const f = figures(list.endpoint_summary);
+    const card = (key, label, value, detail) =>
+      el('div', { class: 'figure' }, el('span', { class: 'label', text: label }), el('strong', { 'data-figure': key, text: value }),
+        detail ? el('small', { class: 'muted', 'data-figure-detail': key, text: detail }) : null);
     return el('section', { class: 'card' },
       el('h2', {}, 'Endpoint ', el('code', { text: list.endpoint_summary.endpoint })),
       mode(list),
       hidden(list),
       el('div', { class: 'figures' },
         card('models', 'Models', f.models),
+        card('sources', 'Provider sources', f.sources),
         card('providers', 'Providers', f.providers),
         card('credit_range', 'Credit range', f.credit_range),
         card('webhook_coverage', 'Webhook coverage', f.webhook_coverage),
-        card('lowest_cost_model', 'Lowest cost', f.lowest_cost_model)));
+        card('lowest_cost_model', 'Lowest cost', f.lowest_cost_model, f.lowest_cost_route)));
   }
 
   function catalog(models, sort, onSort) {
-    const withNodes = models.some((m) => (m.routes || []).some((r) => r.backend_node));
     const sorted = sort ? [...models].sort((a, b) => (sort === 'asc' ? a.credits - b.credits : b.credits - a.credits)) : models;
     const arrow = sort === 'asc' ? ' ▲' : sort === 'desc' ? ' ▼' : ' ↕';
     const priceHeader = el('button', { type: 'button', class: 'sort', id: 'sort-price', 'aria-sort': sort ? (sort === 'asc' ? 'ascending' : 'descending') : 'none', on: { click: onSort } }, 'Credits' + arrow);
-    const headers = ['Model', 'Vendor', 'Provider', ...(withNodes ? ['Backend node'] : []), priceHeader, 'USD', 'Input', 'Output', 'Webhook', ''];
+    const headers = ['Model', 'Vendor', 'Provider', 'Backend node', priceHeader, 'USD', 'Position', 'Runtime', 'Input', 'Output', 'Webhook', ''];
     const rows = sorted.map((m) => {
       const nodes = [...new Set((m.routes || []).map((r) => r.backend_node).filter(Boolean))].join(', ');
       return el('tr', { 'data-model': m.id },
-        el('td', {}, el('strong', { text: m.name }), el('br'), el('code', { class: 'muted', text: m.id })),
+        el('td', {}, el('a', { href: '/console/models/' + encodeURIComponent(m.id), 'data-model-link': m.id }, el('strong', { text: m.name })), el('br'), el('code', { class: 'muted', text: m.id })),
         el('td', { text: m.vendor }),
         el('td', { text: m.provider_label }),
-        withNodes ? el('td', { text: nodes || '—' }) : null,
+        el('td', { 'data-backend-node': nodes, text: nodes || '—' }),
         el('td', { class: 'num', 'data-credits': m.credits, text: String(m.credits) }),
         el('td', { class: 'num', text: format.usd(m.usd) }),
+        el('td', { class: 'num', 'data-position': m.position.rank, text: `${m.position.rank}/${m.position.of}` }),
+        el('td', { text: m.runtime_text }),
         el('td', { text: (m.input_types || []).join(', ') }),
         el('td', { text: m.output }),
         el('td', { text: m.webhook ? 'yes' : 'no' }),

@@ -14,6 +14,8 @@ use crate::error::Error;
 use crate::tasks::{CallbackEvent, TaskInput};
 use crate::url_guard::Guard;
 
+pub mod summary;
+
 /// The request parameters a model may declare, besides the prompt and image URLs every model has.
 const KNOWN_PARAMETERS: [&str; 2] = ["aspect_ratio", "quality"];
 
@@ -48,6 +50,23 @@ pub struct Model {
     /// How the OpenAI images API (`/v1/images/…`) names and sizes this model.
     #[serde(default)]
     pub openai: OpenAiNames,
+    /// What the model does well, one short line each (the model page's capabilities).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// What it is used for, one short line each.
+    #[serde(default)]
+    pub use_cases: Vec<String>,
+    /// Questions a new user asks about it, with their answers.
+    #[serde(default)]
+    pub faq: Vec<Faq>,
+}
+
+/// One question of a model's FAQ and its answer.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Faq {
+    pub q: String,
+    pub a: String,
 }
 
 /// The OpenAI-compatible routes' view of a model: other names clients may use for it, and how
@@ -315,6 +334,9 @@ pub struct Catalog {
     mode: ProviderMode,
     /// Catalog models not offered: no provider that serves them is configured.
     hidden: Vec<HiddenModel>,
+    /// This gateway's node name (`server.node_name`, default the host name): the backend node of
+    /// every route that is not a worker node's.
+    node_name: String,
 }
 
 /// A model of the catalog file that is not offered because none of its routes' providers serves.
@@ -404,6 +426,7 @@ impl Catalog {
             simulated,
             mode,
             hidden,
+            node_name: settings.server.node_name(),
         };
         if catalog.resolve(None).is_err() {
             // The configured providers do not serve it (e.g. only OpenAI is configured): the first
@@ -495,6 +518,11 @@ impl Catalog {
     /// The backend node a worker provider forwards to; `None` for other providers.
     pub fn backend_node(&self, provider_id: &str) -> Option<&str> {
         self.backend_nodes.get(provider_id).map(String::as_str)
+    }
+
+    /// The node that serves a route: a worker's backend node, else this gateway itself.
+    pub fn serving_node(&self, provider_id: &str) -> &str {
+        self.backend_node(provider_id).unwrap_or(&self.node_name)
     }
 
     /// A model id means its default sub-model; a sub-model id means itself; none means the default.

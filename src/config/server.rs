@@ -19,6 +19,9 @@ pub struct ServerSettings {
     /// Empty: `http://` + the bound address.
     #[serde(deserialize_with = "base_url")]
     pub public_base_url: String,
+    /// This gateway's node name: the catalog's `backend_node` of the routes it calls itself (every
+    /// route but a worker node's). Empty (or absent): the host name (`$HOSTNAME`, else `/etc/hostname`).
+    pub node_name: String,
     pub body_limit_bytes: NonZeroUsize,
     /// What this process does; several processes with different roles can share one database.
     pub role: Role,
@@ -66,11 +69,27 @@ impl Role {
     }
 }
 
+impl ServerSettings {
+    /// `node_name`, or else the host name; `gateway` when neither is known.
+    pub fn node_name(&self) -> String {
+        let host_name = || {
+            let from_env = std::env::var("HOSTNAME").ok();
+            let from_file = || std::fs::read_to_string("/etc/hostname").ok();
+            [from_env, from_file()].into_iter().flatten().map(|n| n.trim().to_owned()).find(|n| !n.is_empty())
+        };
+        Some(self.node_name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .or_else(host_name)
+            .unwrap_or_else(|| "gateway".to_owned())
+    }
+}
+
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_base_url: String::new(),
+            node_name: String::new(),
             body_limit_bytes: const { NonZeroUsize::new(1024 * 1024).unwrap() },
             role: Role::All,
             metrics_listen: None,

@@ -1,4 +1,5 @@
-//! The web console at `/console` (and `/` redirects there): one HTML page with its scripts and style
+//! The web console at `/console` (and `/` redirects there; `/console/models/{id}` is the same page,
+//! showing that model): one HTML page with its scripts and style
 //! sheet, plain files under `console/` embedded in the binary (no build step, nothing fetched from
 //! elsewhere). The page is served under a strict Content-Security-Policy (no inline script or style,
 //! requests to this origin only). Assets are named by their content hash (`core.3f2a….js`) and cached
@@ -19,10 +20,11 @@ use crate::error::Error;
 const PAGE: &str = include_str!("../../console/index.html");
 
 /// `(name, content type, bytes)`: the scripts in the order the page loads them.
-const SOURCES: [(&str, &str, &[u8]); 8] = [
+const SOURCES: [(&str, &str, &[u8]); 9] = [
     ("console.css", "text/css; charset=utf-8", include_bytes!("../../console/console.css")),
     ("core.js", "text/javascript; charset=utf-8", include_bytes!("../../console/core.js")),
     ("models.js", "text/javascript; charset=utf-8", include_bytes!("../../console/models.js")),
+    ("model.js", "text/javascript; charset=utf-8", include_bytes!("../../console/model.js")),
     ("playground.js", "text/javascript; charset=utf-8", include_bytes!("../../console/playground.js")),
     ("keys.js", "text/javascript; charset=utf-8", include_bytes!("../../console/keys.js")),
     ("usage.js", "text/javascript; charset=utf-8", include_bytes!("../../console/usage.js")),

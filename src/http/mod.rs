@@ -122,6 +122,7 @@ fn api_routes(upload_limit: usize) -> Router<AppState> {
         .route("/v1/models/{model}", get(openai::model))
         .route("/", get(console::root))
         .route("/console", get(console::page))
+        .route("/console/models/{model_id}", get(console::page))
         .route("/console/assets/{name}", get(console::asset))
 }
 

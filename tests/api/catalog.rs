@@ -72,9 +72,18 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
             "endpoint": "/api/v1/images/generations",
             "models": 11,
             "providers": 5,
+            // Every real route's `Vendor / provider`: seedream-4 and flux-dev have a WaveSpeed fallback.
+            "sources": 11,
             "credit_range": {"min": 4, "max": 25},
             "webhook_coverage": "5/11",
-            "lowest_cost_model": {"id": "cogview-4", "name": "CogView-4", "credits": 4}
+            "lowest_cost_model": {
+                "id": "cogview-4",
+                "name": "CogView-4",
+                "credits": 4,
+                "usd": 0.04,
+                "provider_label": "Zhipu AI / WaveSpeed",
+                "text": "Zhipu AI / WaveSpeed · 4 credits · $0.04"
+            }
         })
     );
 
@@ -83,19 +92,22 @@ async fn with_every_provider_active_the_catalog_offers_eleven_models_from_five_p
     assert_eq!(seedream["provider_label"], "ByteDance / KIE");
     // Live: no simulated route beside the real ones.
     assert_eq!(catalog["mode"], "live");
-    assert_eq!(seedream["routes"], json!([{"provider_label": "KIE", "simulated": false}]));
+    assert_eq!(
+        seedream["routes"],
+        json!([{"provider_label": "KIE", "simulated": false, "backend_node": "test-gateway"}])
+    );
     let cogview = model(&catalog, "cogview-4");
     assert_eq!(
         (cogview["vendor"].as_str(), cogview["provider_label"].as_str()),
-        (Some("Zhipu"), Some("Zhipu / WaveSpeed"))
+        (Some("Zhipu AI"), Some("Zhipu AI / WaveSpeed"))
     );
     assert_eq!(
         model(&catalog, "seedream-4")["routes"],
-        json!([{"provider_label": "KIE", "simulated": false}, {"provider_label": "WaveSpeed", "simulated": false}])
+        json!([{"provider_label": "KIE", "simulated": false, "backend_node": "test-gateway"}, {"provider_label": "WaveSpeed", "simulated": false, "backend_node": "test-gateway"}])
     );
     assert_eq!(
         model(&catalog, "gpt-image-2-6-sunburst")["routes"],
-        json!([{"provider_label": "OpenAI", "simulated": false}])
+        json!([{"provider_label": "OpenAI", "simulated": false, "backend_node": "test-gateway"}])
     );
 
     assert_eq!(catalog["hidden_models"], json!([]), "every provider active: nothing hidden");
@@ -115,7 +127,10 @@ async fn only_models_with_an_active_route_are_offered() {
     let (catalog, _) = models(&app).await;
     let ids: Vec<&str> = catalog["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
     assert_eq!(ids, ["seedream-4-5", "seedream-4"]);
-    assert_eq!(model(&catalog, "seedream-4")["routes"], json!([{"provider_label": "KIE", "simulated": false}]));
+    assert_eq!(
+        model(&catalog, "seedream-4")["routes"],
+        json!([{"provider_label": "KIE", "simulated": false, "backend_node": "test-gateway"}])
+    );
     let summary = &catalog["endpoint_summary"];
     // One real provider: the simulated one is gone.
     assert_eq!((summary["models"].as_u64(), summary["providers"].as_u64()), (Some(2), Some(1)), "{summary}");
@@ -275,4 +290,150 @@ fn catalogs_map_sizes_and_qualities() {
         fields(shipped, "gpt-image-2.6-flare", "9:16", "high"),
         json!({"prompt": "p", "size": "1024x1792", "quality": "high"})
     );
+}
+
+#[tokio::test]
+async fn each_model_has_its_position_runtime_call_contract_and_the_models_beside_it() {
+    let app = spawn_app_with(activate_every_provider).await;
+    let (catalog, _) = models(&app).await;
+    let data = catalog["data"].as_array().expect("data");
+
+    // Position: by base credits, low to high; equal prices share a rank.
+    let mut ranked: Vec<(u64, i64)> = data
+        .iter()
+        .map(|m| {
+            assert_eq!(m["position"]["of"], 11, "{m}");
+            assert_eq!(m["position"]["order"], "base credits, low to high");
+            (m["position"]["rank"].as_u64().expect("rank"), m["credits"].as_i64().expect("credits"))
+        })
+        .collect();
+    ranked.sort();
+    assert!(ranked.windows(2).all(|w| w[0].1 <= w[1].1), "ranks follow the price: {ranked:?}");
+    assert_eq!(model(&catalog, "cogview-4")["position"]["rank"], 1);
+    assert_eq!(model(&catalog, "gpt-image-2-6-sunburst")["position"]["rank"], 11);
+    // Seedream 4.0 and Recraft V3 both cost 10: both sixth, and Seedream 4.5 (12) eighth.
+    assert_eq!(model(&catalog, "seedream-4")["position"]["rank"], 6);
+    assert_eq!(model(&catalog, "recraft-v3")["position"]["rank"], 6);
+
+    let seedream = model(&catalog, "seedream-4-5");
+    assert_eq!(seedream["position"]["rank"], 8);
+    assert_eq!(seedream["runtime_secs"], json!([3, 10]));
+    assert_eq!(seedream["runtime_text"], "3–10 seconds");
+    assert_eq!(seedream["runtime_mode"], "async task + polling or webhook");
+    assert_eq!(model(&catalog, "cogview-4")["runtime_mode"], "async task + polling");
+    assert_eq!(seedream["billing"], "successful requests");
+    assert_eq!(
+        seedream["contract"],
+        json!({
+            "api_url": app.address,
+            "method": "POST",
+            "endpoint": "/api/v1/images/generations",
+            "auth": "Authorization: Bearer",
+            "model_field": "model",
+            "result_path": "/api/v1/tasks/{task_id}",
+            "result_field": "output.images[].url",
+            "billing_path": "/api/v1/usage"
+        })
+    );
+    assert_eq!(
+        seedream["lowest_cost_route"],
+        json!({
+            "provider_label": "ByteDance / KIE",
+            "credits": 12,
+            "usd": 0.12,
+            "backend_node": "test-gateway",
+            "text": "ByteDance / KIE · 12 credits · $0.12"
+        })
+    );
+
+    // `image_urls`: taken and required by the edit sub-model only.
+    let image_urls = seedream["parameters"].as_array().expect("parameters").iter().find(|p| p["name"] == "image_urls");
+    let image_urls = image_urls.expect("image_urls");
+    assert_eq!(
+        (&image_urls["required"], &image_urls["accepted_by"]),
+        (&json!(false), &json!([{"sub_model": "seedream/4.5-edit", "min": 1, "max": 14}]))
+    );
+    let flux = model(&catalog, "flux-dev")["parameters"].as_array().expect("parameters").clone();
+    assert!(flux.iter().all(|p| p["name"] != "image_urls"), "text-to-image only: {flux:?}");
+
+    // Catalog data: every shipped model says what it does, what for, and answers questions.
+    for m in data {
+        for field in ["capabilities", "use_cases", "faq"] {
+            assert!(!m[field].as_array().expect(field).is_empty(), "{} has {field}", m["id"]);
+        }
+        assert!(m["faq"].as_array().expect("faq").iter().all(|f| f["q"].is_string() && f["a"].is_string()), "{m}");
+    }
+
+    // The models beside it: the ten others, cheapest first, each with its lowest-cost route.
+    let others = seedream["same_endpoint"].as_array().expect("same_endpoint");
+    assert_eq!(others.len(), 10);
+    assert!(others.iter().all(|o| o["id"] != "seedream-4-5"));
+    let prices: Vec<i64> = others.iter().filter_map(|o| o["credits"].as_i64()).collect();
+    assert!(prices.windows(2).all(|w| w[0] <= w[1]), "{prices:?}");
+    assert_eq!(
+        others[0],
+        json!({
+            "id": "cogview-4",
+            "name": "CogView-4",
+            "credits": 4,
+            "usd": 0.04,
+            "provider_label": "Zhipu AI / WaveSpeed",
+            "runtime_mode": "async task + polling",
+            "input_types": ["text"],
+            "output": "image",
+            "backend_node": "test-gateway"
+        })
+    );
+
+    // One model reads as it does in the list; an unknown one is a 404.
+    let one = crate::helpers::json_of(app.client.get(app.url("/api/v1/models/seedream-4-5"))).await;
+    assert_eq!(&one, seedream);
+    let missing = app.client.get(app.url("/api/v1/models/no-such-model")).send().await.expect("GET");
+    crate::helpers::assert_error(missing, reqwest::StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn the_simulated_provider_is_never_a_provider_source() {
+    // Staging: Seedream 4.5 on KIE with a simulated fallback route.
+    let fake = FakeKie::start().await;
+    let app = spawn_app_with(|settings| {
+        fake.configure(settings);
+        settings.catalog.models_path = catalog("kie_with_simulated_fallback.toml");
+        settings.catalog.allow_simulated_fallback = true;
+    })
+    .await;
+    let (catalog, _) = models(&app).await;
+    assert_eq!(catalog["mode"], "staging");
+    let seedream = model(&catalog, "seedream-4-5");
+    assert_eq!(
+        seedream["routes"],
+        json!([
+            {"provider_label": "KIE", "simulated": false, "backend_node": "test-gateway"},
+            {"provider_label": "Simulated", "simulated": true, "backend_node": "test-gateway"}
+        ])
+    );
+    let summary = &catalog["endpoint_summary"];
+    assert_eq!((summary["providers"].as_u64(), summary["sources"].as_u64()), (Some(1), Some(1)), "{summary}");
+    assert_eq!(summary["lowest_cost_model"]["provider_label"], "ByteDance / KIE", "a real route first");
+}
+
+/// What `server.node_name` defaults to: the host name.
+fn host_name() -> String {
+    let from_env = std::env::var("HOSTNAME").ok().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    from_env
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|n| n.trim().to_owned()))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+#[tokio::test]
+async fn a_gateway_names_itself_as_the_backend_node_of_its_own_routes() {
+    for (configured, expected) in [("", host_name()), ("eu-node-7", "eu-node-7".to_owned())] {
+        let app = spawn_app_with(|settings| settings.server.node_name = configured.to_owned()).await;
+        let (catalog, _) = models(&app).await;
+        for m in catalog["data"].as_array().expect("data") {
+            assert_eq!(m["routes"][0]["backend_node"], expected.as_str(), "{m}");
+            assert_eq!(m["lowest_cost_route"]["backend_node"], expected.as_str(), "{m}");
+        }
+    }
 }

@@ -247,11 +247,15 @@ async fn catalog_lists_the_model_with_its_parameters_and_summary() {
     }
     let example = model["example_request"].as_str().expect("example_request");
     assert!(example.starts_with("curl ") && example.contains("/api/v1/images/generations"), "{example}");
-    assert_eq!(model["routes"], json!([{"provider_label": "Simulated", "simulated": true}]));
+    assert_eq!(
+        model["routes"],
+        json!([{"provider_label": "Simulated", "simulated": true, "backend_node": "test-gateway"}])
+    );
 
     let summary = &catalog["endpoint_summary"];
     assert_eq!(summary["models"], 11);
-    assert_eq!(summary["providers"], 1);
+    // Demo mode: the simulated provider is no provider source.
+    assert_eq!((summary["providers"].as_u64(), summary["sources"].as_u64()), (Some(0), Some(0)), "{summary}");
     assert_eq!(summary["webhook_coverage"], "5/11");
     assert_eq!(summary["credit_range"], json!({"min": 4, "max": 25}));
     assert_eq!(summary["lowest_cost_model"]["id"], "cogview-4");

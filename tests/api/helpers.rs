@@ -167,6 +167,8 @@ pub fn test_settings(database_url: &str, files_dir: PathBuf) -> Settings {
     let mut settings = Settings::default();
     settings.server.listen = ([127, 0, 0, 1], 0).into();
     settings.server.public_base_url = String::new();
+    // The node name routes served by this gateway itself report (tests/api/catalog.rs reads the default).
+    settings.server.node_name = "test-gateway".into();
     settings.server.role = Role::All;
     settings.database.url = database_url.to_owned();
     settings.database.max_connections = std::num::NonZeroU32::new(10).unwrap();

@@ -52,7 +52,11 @@ async fn with_no_provider_key_every_model_is_offered_as_simulated() {
     let data = models["data"].as_array().expect("data");
     assert_eq!(data.len(), 11, "the whole endpoint on a fresh machine");
     for model in data {
-        assert_eq!(model["routes"], json!([{"provider_label": "Simulated", "simulated": true}]), "{model}");
+        assert_eq!(
+            model["routes"],
+            json!([{"provider_label": "Simulated", "simulated": true, "backend_node": "test-gateway"}]),
+            "{model}"
+        );
     }
     let summary = &models["endpoint_summary"];
     assert_eq!(summary["webhook_coverage"], "5/11");

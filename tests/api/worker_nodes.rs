@@ -155,6 +155,9 @@ async fn the_seed_request_completes_through_a_node_called_back_with_a_verified_s
         json!([{"provider_label": "Seedream node", "simulated": false, "backend_node": "node30"}]),
         "{models}"
     );
+    assert_eq!(models["data"][0]["lowest_cost_route"]["backend_node"], "node30", "{models}");
+    // The node is one provider source of the edge.
+    assert_eq!(models["endpoint_summary"]["sources"], 1, "{models}");
     assert!(!models.to_string().contains(&node.gateway.address), "node URLs are never shown: {models}");
 
     let (_, key) = edge.new_account(50).await;

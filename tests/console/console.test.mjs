@@ -199,7 +199,14 @@ test('the catalog shows Seedream 4.5 at 12 credits and the decision panel agrees
   assert.equal(await figure('providers'), String(summary.providers));
   assert.equal(await figure('credit_range'), `${summary.credit_range.min}–${summary.credit_range.max}`);
   assert.equal(await figure('webhook_coverage'), summary.webhook_coverage);
-  assert.equal(await figure('lowest_cost_model'), `${summary.lowest_cost_model.name} (${summary.lowest_cost_model.credits})`);
+  assert.equal(await figure('sources'), String(summary.sources));
+  assert.equal(await figure('lowest_cost_model'), summary.lowest_cost_model.name);
+  assert.equal(await page.textContent('[data-figure-detail="lowest_cost_model"]'), summary.lowest_cost_model.text);
+  assert.match(summary.lowest_cost_model.text, /^Zhipu AI \/ \S+ · 4 credits · \$0\.04$/);
+  const seedream = list.data.find((m) => m.id === 'seedream-4-5');
+  assert.equal(await row.locator('td[data-position]').textContent(), `${seedream.position.rank}/${seedream.position.of}`);
+  assert.match(await row.textContent(), /3–10 seconds/);
+  assert.equal(await row.locator('td[data-backend-node]').textContent(), seedream.routes[0].backend_node, 'the backend node shows on a single gateway too');
   assert.equal(await page.locator('tr[data-model]').count(), list.data.length, 'one row per model');
   assert.equal(await page.getAttribute('#mode-banner', 'data-mode'), list.mode, 'the console says which mode runs');
 
@@ -213,6 +220,73 @@ test('the catalog shows Seedream 4.5 at 12 credits and the decision panel agrees
   await page.click('#sort-price');
   await shot(page, '02-models');
 
+});
+
+test("a model's page has every section, is reached from the catalog, and its request preview's curl gets 200", async () => {
+  const page = userPage;
+  await page.goto(base + '/console#/models');
+  await page.locator('a[data-model-link="seedream-4-5"]').click();
+  await page.locator('#page-model[data-model="seedream-4-5"]').waitFor(WAIT);
+  assert.equal(new URL(page.url()).pathname, '/console/models/seedream-4-5', 'the page has its own address');
+  const model = await (await fetch(base + '/api/v1/models/seedream-4-5')).json();
+  const section = (key) => page.locator(`[data-section="${key}"]`);
+  const text = (key) => section(key).textContent();
+  for (const key of ['header', 'contract', 'runtime', 'request', 'parameters', 'pricing', 'capabilities', 'use-cases', 'faq', 'same-endpoint', 'comparison', 'flow']) {
+    assert.equal(await section(key).count(), 1, `the ${key} section`);
+    assert.doesNotMatch(await text(key), /`|\[object /, `no raw backticks or unrendered values in ${key}`);
+  }
+  const header = await text('header');
+  for (const part of ['Seedream 4.5', 'ByteDance', 'active', '12 credits', '$0.12']) assert.ok(header.includes(part), `${part} in ${header}`);
+  const contract = await text('contract');
+  for (const part of [model.contract.api_url, 'Authorization: Bearer', 'POST /api/v1/images/generations', 'GET /api/v1/tasks/{task_id}', 'output.images[].url', 'GET /api/v1/usage']) {
+    assert.ok(contract.includes(part), `${part} in ${contract}`);
+  }
+  const runtime = await text('runtime');
+  for (const part of ['3–10 seconds', model.runtime_mode, `${model.position.rank}/${model.position.of}`, model.routes[0].backend_node]) {
+    assert.ok(runtime.includes(part), `${part} in ${runtime}`);
+  }
+  assert.equal(await page.getAttribute('[data-live-route]', 'data-live-route'), model.lowest_cost_route.provider_label);
+  assert.equal(await page.getAttribute('[data-parameter="image_urls"] [data-required]', 'data-required'), 'yes for seedream/4.5-edit');
+  assert.equal(await page.getAttribute('[data-parameter="prompt"] [data-required]', 'data-required'), 'yes');
+  assert.match(await text('parameters'), /21:9/, 'allowed values');
+  assert.match(await text('pricing'), /successful requests/);
+  for (const line of model.capabilities) assert.ok((await text('capabilities')).includes(line.replaceAll('`', '')), line);
+  for (const line of model.use_cases) assert.ok((await text('use-cases')).includes(line.replaceAll('`', '')), line);
+  for (const { q } of model.faq) assert.ok((await text('faq')).includes(q.replaceAll('`', '')), q);
+  assert.equal(await section('same-endpoint').locator('a[data-model-link]').count(), model.same_endpoint.length);
+  assert.equal(await section('comparison').locator('tr[data-model]').count(), model.same_endpoint.length + 1);
+  assert.match(await text('flow'), /Create an API key/);
+  await shot(page, '02b-model-page');
+
+  // The request preview's curl, run as it is with a real key, creates a task that succeeds.
+  const example = await page.textContent('[data-section="request"] pre');
+  const { stdout } = await run('bash', ['-c', example + " -w '\\n%{http_code}'"], { env: { ...process.env, AIO_KEY: user.key } });
+  const at = stdout.lastIndexOf('\n');
+  assert.equal(stdout.slice(at + 1), '200', stdout);
+  const task = JSON.parse(stdout.slice(0, at));
+  assert.equal(task.input.aspect_ratio, '1:1', 'the defaults');
+  assert.equal((await waitTerminal(user.key, task.task_id)).status, 'succeeded');
+
+  // Another model from the same-endpoint list; an unknown one says so; the menu leaves the model's address.
+  await section('same-endpoint').locator('a[data-model-link="cogview-4"]').click();
+  await page.locator('#page-model[data-model="cogview-4"]').waitFor(WAIT);
+  assert.equal(await page.locator('[data-parameter="image_urls"]').count(), 0, 'text-to-image: no image_urls');
+  await page.goto(base + '/console/models/no-such-model');
+  await page.locator('[data-error-code="not_found"]').waitFor(WAIT);
+  await page.click('#nav a[data-page="keys"]');
+  await page.locator('#page-keys').waitFor(WAIT);
+  assert.equal(new URL(page.url()).pathname, '/console');
+  assert.equal(new URL(page.url()).hash, '#/keys');
+
+  // 360 px wide: nothing sticks out of the model's page either.
+  const phone = await signIn(user.key, { width: 360, height: 740 });
+  await phone.goto(base + '/console/models/seedream-4-5');
+  await phone.locator('#page-model').waitFor(WAIT);
+  const width = await phone.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 360, `the model page is ${width} px wide at 360 px`);
+  await shot(phone, 'phone-model');
+  assert.deepEqual(phone.problems, [], 'no script errors or CSP violations');
+  await phone.context().close();
 });
 
 test("the API console's curl example, run with curl, gets 200", async () => {
