@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{record_top_up, TopUp};
+use crate::audit::{self, Action, Actor, Target};
 use crate::error::Error;
 use crate::ledger;
 use crate::on_tx;
@@ -139,7 +140,9 @@ async fn pay(db: &Db, event: &Event, session: &Value) -> Result<Outcome, Error> 
         on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(&order_id).bind(payment_intent).fetch_optional(conn).await)?;
     let source = format!("order {order_id}");
     if let Some((account_id, credits)) = paid {
-        ledger::change_in(&mut tx, account_id, credits, &format!("top-up: {source}")).await?;
+        let entry = ledger::change_in(&mut tx, account_id, credits, &format!("top-up: {source}")).await?;
+        let stripe = Actor::system("stripe");
+        audit::credits_in(&mut tx, &stripe, Action::CreditsTopUp, Target::of(account_id, &order_id), &entry).await?;
         tx.commit().await?;
         record_top_up(&TopUp { account_id, credits, source: &source });
     } else {
@@ -217,7 +220,9 @@ async fn reverse(
     let owed = due - taken;
     let source = format!("{why} of order {}", order.id);
     if taken > 0 {
-        ledger::change_in(&mut tx, order.account_id, -taken, &source).await?;
+        let entry = ledger::change_in(&mut tx, order.account_id, -taken, &source).await?;
+        let stripe = Actor::system("stripe");
+        audit::credits_in(&mut tx, &stripe, Action::CreditsRefund, Target::of(order.account_id, &order.id), &entry).await?;
     }
     let now = tx.dialect().now();
     if owed > 0 {

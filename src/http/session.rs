@@ -18,10 +18,11 @@ use cookie::{Cookie, SameSite};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, Audit};
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use super::AppState;
 use crate::accounts;
+use crate::audit::{Action, Target};
 use crate::error::Error;
 use crate::jwt::{Role, Session};
 use crate::tasks::timestamp;
@@ -85,6 +86,7 @@ async fn view(state: &AppState, session: Session) -> Result<SessionView, ApiErro
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
+    audit: Audit,
     ApiJson(request): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
     // Login CSRF: a browser on another site must not sign this browser in to its account.
@@ -112,6 +114,12 @@ pub async fn create(
         key_id: Some(caller.key_id.clone()),
     };
     let body = view(&state, session).await?;
+    // A failed sign-in is not recorded: it changes nothing, and anyone could fill the log with them
+    // (it is logged, and counted by `aio_http_requests_total{status="401"}`).
+    let actor = audit.caller(&caller);
+    let after = serde_json::json!({"role": role});
+    crate::audit::record(&state.pool, &actor, Action::SessionSignIn, Target::account(caller.account_id), None, Some(after))
+        .await?;
     tracing::info!(account_id = caller.account_id, key_id = %caller.key_id, ?role, "console session started");
     Ok(([(SET_COOKIE, cookie.to_string())], Json(body)).into_response())
 }
