@@ -601,8 +601,8 @@ pub async fn new_account(pool: &PgPool, credits: i64) -> (i64, String) {
 
 /// [`new_account`] on either backend.
 pub async fn new_account_on(db: &Db, credits: i64) -> (i64, String) {
-    let account_id = accounts::create(db, "test", credits).await.expect("create an account");
-    let key = accounts::create_key(db, account_id, Some("test"), None).await.expect("create a key");
+    let account_id = accounts::create(db, &aio_gateway::audit::Actor::cli(), "test", credits).await.expect("create an account");
+    let key = accounts::create_key(db, &aio_gateway::audit::Actor::cli(), account_id, Some("test"), None).await.expect("create a key");
     (account_id, key.api_key)
 }
 

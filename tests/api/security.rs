@@ -355,7 +355,7 @@ async fn more_keys_do_not_mean_more_requests() {
     let (account, first) = app.new_account(10).await;
     let mut keys = vec![first];
     for i in 0..3 {
-        let key = aio_gateway::accounts::create_key(&app.db, account, Some(&format!("k{i}")), None).await.expect("key");
+        let key = aio_gateway::accounts::create_key(&app.db, &aio_gateway::audit::Actor::cli(), account, Some(&format!("k{i}")), None).await.expect("key");
         keys.push(key.api_key);
     }
     // Four keys, each well within its own burst of 4: the account's burst of 4 still bounds them all.

@@ -162,8 +162,8 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     let mut tx = source.db.begin().await.expect("begin");
     ledger::grant(&mut tx, account_id, 7, "loyalty").await.expect("grant");
     tx.commit().await.expect("commit");
-    let revoked = accounts::create_key(&source.db, account_id, Some("old"), None).await.expect("key");
-    assert!(accounts::revoke_key(&source.db, &revoked.key_id).await.expect("revoke"));
+    let revoked = accounts::create_key(&source.db, &aio_gateway::audit::Actor::cli(), account_id, Some("old"), None).await.expect("key");
+    assert!(accounts::revoke_key(&source.db, &aio_gateway::audit::Actor::cli(), &revoked.key_id).await.expect("revoke"));
     // One task still unfinished when the move happens: its hold moves with it.
     let open_id = tasks::new_task_id();
     let input =
