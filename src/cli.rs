@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::Application;
-use crate::audit::Actor;
+use crate::audit::{self, Actor};
 use crate::catalog::{self, Catalog};
 use crate::config::Settings;
 use crate::files::FileStore;
@@ -60,6 +60,18 @@ pub enum Command {
     /// Manage outgoing webhooks.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Print recent audit log entries, newest first (one JSON object a line; `--json`: one list).
+    Audit {
+        /// Only this action, e.g. `credits.grant`, `key.revoke`.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only changes of this account.
+        #[arg(long)]
+        account: Option<i64>,
+        /// How many: 1–100.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
     /// Session tokens (JWT) for the dashboard and admin routes.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -243,6 +255,17 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             Some(json!({"balance": entry.balance_after}))
         }
         Command::Webhooks(WebhooksCommand::Secret(command)) => Some(webhook_secret(&pool, &settings, command).await?),
+        Command::Audit { action, account, limit } => {
+            let action = match action.as_deref() {
+                None => None,
+                Some(name) => Some(audit::Action::parse(name).with_context(|| {
+                    format!("--action: one of {}", audit::Action::ALL.map(audit::Action::as_str).join(", "))
+                })?),
+            };
+            let limit = crate::paging::limit(Some(limit)).map_err(|_| anyhow::anyhow!("--limit: 1 to 100"))?;
+            let filter = audit::Filter { action, account_id: account, ..audit::Filter::default() };
+            Some(json!({"entries": audit::page(&pool, &filter, None, limit).await?}))
+        }
         Command::Providers(ProvidersCommand::Check) => {
             let (report, dead) = providers_check(&settings, &pool, cli.json).await?;
             if dead > 0 {
