@@ -13,7 +13,7 @@
 //! - Anything else: ignored.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{record_top_up, TopUp};
 use crate::audit::{self, Action, Actor, Target};
@@ -213,16 +213,14 @@ async fn reverse(
         tx.commit().await?;
         return Ok(Outcome::Applied);
     }
-    let sql = format!("SELECT balance FROM accounts WHERE id = $1 {}", for_update(&tx));
-    let (balance,): (i64,) =
+    let sql = format!("SELECT balance, credits_owed FROM accounts WHERE id = $1 {}", for_update(&tx));
+    let (balance, owed_before): (i64, i64) =
         on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(order.account_id).fetch_one(conn).await)?;
     let taken = due.min(balance);
     let owed = due - taken;
     let source = format!("{why} of order {}", order.id);
     if taken > 0 {
-        let entry = ledger::change_in(&mut tx, order.account_id, -taken, &source).await?;
-        let stripe = Actor::system("stripe");
-        audit::credits_in(&mut tx, &stripe, Action::CreditsRefund, Target::of(order.account_id, &order.id), &entry).await?;
+        ledger::change_in(&mut tx, order.account_id, -taken, &source).await?;
     }
     let now = tx.dialect().now();
     if owed > 0 {
@@ -238,6 +236,10 @@ async fn reverse(
          WHERE id = $1"
     );
     on_tx!(&mut tx, conn => sqlx::query(&sql).bind(&order.id).bind(taken).bind(owed).execute(conn).await.map(|d| d.rows_affected()))?;
+    let before = json!({"balance": balance, "credits_owed": owed_before});
+    let after = json!({"balance": balance - taken, "credits_owed": owed_before + owed, "amount": -taken, "reason": source});
+    let target = Target::of(order.account_id, &order.id);
+    audit::record_in(&mut tx, &Actor::system("stripe"), Action::CreditsRefund, target, Some(before), Some(after)).await?;
     tx.commit().await?;
     if taken > 0 {
         record_top_up(&TopUp { account_id: order.account_id, credits: -taken, source: &source });
