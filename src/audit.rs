@@ -112,7 +112,8 @@ pub enum ActorKind {
 }
 
 impl ActorKind {
-    pub const ALL: [ActorKind; 5] = [ActorKind::Account, ActorKind::Key, ActorKind::Admin, ActorKind::Cli, ActorKind::System];
+    pub const ALL: [ActorKind; 5] =
+        [ActorKind::Account, ActorKind::Key, ActorKind::Admin, ActorKind::Cli, ActorKind::System];
 
     pub fn as_str(self) -> &'static str {
         match self {

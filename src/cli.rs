@@ -250,8 +250,9 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
             // This command only grants; the rest of the rules are the ledger's, as for the admin API.
             anyhow::ensure!(amount > 0, "--amount must be above 0");
             let reason = reason.as_deref().unwrap_or("granted by CLI");
-            let entry =
-                ledger::change(&pool, &Actor::cli(), account, amount, reason).await.with_context(|| format!("account {account}"))?;
+            let entry = ledger::change(&pool, &Actor::cli(), account, amount, reason)
+                .await
+                .with_context(|| format!("account {account}"))?;
             Some(json!({"balance": entry.balance_after}))
         }
         Command::Webhooks(WebhooksCommand::Secret(command)) => Some(webhook_secret(&pool, &settings, command).await?),
@@ -358,9 +359,9 @@ async fn providers_check(settings: &Settings, pool: &Db, json: bool) -> anyhow::
 
 async fn keys(pool: &Db, command: KeysCommand) -> anyhow::Result<Value> {
     Ok(match command {
-        KeysCommand::Create { account, name, expires_at } => {
-            serde_json::to_value(accounts::create_key(pool, &Actor::cli(), account, name.as_deref(), expires_at).await?)?
-        }
+        KeysCommand::Create { account, name, expires_at } => serde_json::to_value(
+            accounts::create_key(pool, &Actor::cli(), account, name.as_deref(), expires_at).await?,
+        )?,
         KeysCommand::Revoke { key_id } => {
             anyhow::ensure!(accounts::revoke_key(pool, &Actor::cli(), &key_id).await?, "no active key {key_id}");
             json!({"key_id": key_id, "revoked": true})
@@ -374,7 +375,9 @@ async fn webhook_secret(pool: &Db, settings: &Settings, command: SecretCommand) 
     anyhow::ensure!(accounts::exists(pool, account).await?, "account {account} does not exist");
     let secret = match command {
         SecretCommand::Show { .. } => secrets::signing(pool, account).await?.current,
-        SecretCommand::Rotate { .. } => secrets::rotate(pool, &Actor::cli(), account, settings.webhooks.secret_overlap).await?,
+        SecretCommand::Rotate { .. } => {
+            secrets::rotate(pool, &Actor::cli(), account, settings.webhooks.secret_overlap).await?
+        }
     };
     Ok(json!({"secret": secret}))
 }

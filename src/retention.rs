@@ -48,7 +48,12 @@ impl Retention {
             match self.purge_once().await {
                 Ok(Some(purged)) => {
                     monitoring::retention_run("done");
-                    tracing::info!(files = purged.files, tasks = purged.tasks, audit = purged.audit, "retention purge done");
+                    tracing::info!(
+                        files = purged.files,
+                        tasks = purged.tasks,
+                        audit = purged.audit,
+                        "retention purge done"
+                    );
                 }
                 Ok(None) => monitoring::retention_run("skipped"),
                 Err(error) => {

@@ -237,9 +237,11 @@ async fn reverse(
     );
     on_tx!(&mut tx, conn => sqlx::query(&sql).bind(&order.id).bind(taken).bind(owed).execute(conn).await.map(|d| d.rows_affected()))?;
     let before = json!({"balance": balance, "credits_owed": owed_before});
-    let after = json!({"balance": balance - taken, "credits_owed": owed_before + owed, "amount": -taken, "reason": source});
+    let after =
+        json!({"balance": balance - taken, "credits_owed": owed_before + owed, "amount": -taken, "reason": source});
     let target = Target::of(order.account_id, &order.id);
-    audit::record_in(&mut tx, &Actor::system("stripe"), Action::CreditsRefund, target, Some(before), Some(after)).await?;
+    audit::record_in(&mut tx, &Actor::system("stripe"), Action::CreditsRefund, target, Some(before), Some(after))
+        .await?;
     tx.commit().await?;
     if taken > 0 {
         record_top_up(&TopUp { account_id: order.account_id, credits: -taken, source: &source });

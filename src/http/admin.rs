@@ -175,7 +175,8 @@ pub async fn change_credits(
     ApiJson(request): ApiJson<CreditChange>,
 ) -> Result<Json<CreditChanged>, ApiError> {
     let account_id = account_id(&id)?;
-    let entry = ledger::change(&state.pool, &audit.session(&admin), account_id, request.amount, &request.reason).await?;
+    let entry =
+        ledger::change(&state.pool, &audit.session(&admin), account_id, request.amount, &request.reason).await?;
     tracing::info!(admin = admin.account_id, account_id, amount = request.amount, "credits changed");
     let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
     Ok(Json(CreditChanged { account, entry }))

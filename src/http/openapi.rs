@@ -6,7 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::{
-    admin, audit, billing, callbacks, deliveries, files, health, images, keys, models, session, tasks, usage, webhook_secret,
+    admin, audit, billing, callbacks, deliveries, files, health, images, keys, models, session, tasks, usage,
+    webhook_secret,
 };
 
 /// The body of every non-2xx answer (SPEC §3).

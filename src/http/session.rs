@@ -118,8 +118,15 @@ pub async fn create(
     // (it is logged, and counted by `aio_http_requests_total{status="401"}`).
     let actor = audit.caller(&caller);
     let after = serde_json::json!({"role": role});
-    crate::audit::record(&state.pool, &actor, Action::SessionSignIn, Target::account(caller.account_id), None, Some(after))
-        .await?;
+    crate::audit::record(
+        &state.pool,
+        &actor,
+        Action::SessionSignIn,
+        Target::account(caller.account_id),
+        None,
+        Some(after),
+    )
+    .await?;
     tracing::info!(account_id = caller.account_id, key_id = %caller.key_id, ?role, "console session started");
     Ok(([(SET_COOKIE, cookie.to_string())], Json(body)).into_response())
 }

@@ -72,7 +72,8 @@ pub async fn rotate(db: &Db, actor: &Actor, account_id: i64, overlap: Duration) 
         .fetch_one(conn)
         .await)?;
     let after = json!({"overlap_secs": overlap.as_secs()});
-    audit::record_in(&mut tx, actor, Action::WebhookSecretRotate, Target::account(account_id), None, Some(after)).await?;
+    audit::record_in(&mut tx, actor, Action::WebhookSecretRotate, Target::account(account_id), None, Some(after))
+        .await?;
     tx.commit().await?;
     Ok(secret)
 }

@@ -13,7 +13,11 @@ use crate::helpers::{assert_error, bearer, Backend, TestApp};
 
 async fn spawn(backend: Backend) -> TestApp {
     // Each test has its own database: its first account (the admin) is 1.
-    TestApp::builder().backend(backend).configure(|settings| settings.auth.session.admin_accounts = vec![1]).spawn().await
+    TestApp::builder()
+        .backend(backend)
+        .configure(|settings| settings.auth.session.admin_accounts = vec![1])
+        .spawn()
+        .await
 }
 
 /// Signs in with `key`; returns the `Cookie` header to send back, and the answer's request id.
@@ -114,9 +118,11 @@ async fn every_audited_action_is_recorded_once_without_secrets(backend: Backend)
     )
     .await;
     assert_eq!(granted, "ops-ticket-42");
-    let (_, adjusted) =
-        send(console(&app, Method::POST, &credits, &cookie).json(&json!({"amount": -30, "reason": "fix"})), StatusCode::OK)
-            .await;
+    let (_, adjusted) = send(
+        console(&app, Method::POST, &credits, &cookie).json(&json!({"amount": -30, "reason": "fix"})),
+        StatusCode::OK,
+    )
+    .await;
     let refused = console(&app, Method::POST, &credits, &cookie).json(&json!({"amount": -1000, "reason": "too much"}));
     assert_error(refused.send().await.expect("POST"), StatusCode::CONFLICT, "conflict").await;
     let entry = only(&app, &cookie, "credits.grant", acme).await;
@@ -132,7 +138,8 @@ async fn every_audited_action_is_recorded_once_without_secrets(backend: Backend)
     let user_key = accounts::create_key(&app.db, &Actor::cli(), acme, Some("first"), None).await.expect("key").api_key;
     let (user, _) = sign_in(&app, &user_key).await;
     let (new_key, made) =
-        send(console(&app, Method::POST, "/api/v1/keys", &user).json(&json!({"name": "ci"})), StatusCode::CREATED).await;
+        send(console(&app, Method::POST, "/api/v1/keys", &user).json(&json!({"name": "ci"})), StatusCode::CREATED)
+            .await;
     let new_key_id = new_key["key_id"].as_str().expect("key id");
     let made_entries = audit(&app, &cookie, &format!("action=key.create&account_id={acme}")).await;
     let data = made_entries["data"].as_array().expect("data");
@@ -146,7 +153,10 @@ async fn every_audited_action_is_recorded_once_without_secrets(backend: Backend)
     send(console(&app, Method::DELETE, &format!("/api/v1/keys/{new_key_id}"), &user), StatusCode::NO_CONTENT).await;
     let entry = only(&app, &cookie, "key.revoke", acme).await;
     assert_eq!(entry["request_id"], revoked.as_str());
-    assert_eq!((entry["before"].clone(), entry["after"].clone()), (json!({"status": "active"}), json!({"status": "revoked"})));
+    assert_eq!(
+        (entry["before"].clone(), entry["after"].clone()),
+        (json!({"status": "active"}), json!({"status": "revoked"}))
+    );
     let (secret, rotated) =
         send(console(&app, Method::POST, "/api/v1/webhooks/secret/rotate", &user), StatusCode::OK).await;
     let entry = only(&app, &cookie, "webhook_secret.rotate", acme).await;
@@ -165,7 +175,10 @@ async fn every_audited_action_is_recorded_once_without_secrets(backend: Backend)
     let entry = only(&app, &cookie, "credits.redeem", acme).await;
     assert_eq!(entry["actor"]["kind"], "key");
     assert_actor(&entry, "key", entry["actor"]["id"].as_str(), Some(&user_key));
-    assert_eq!((entry["request_id"].as_str(), entry["target"]["id"].as_str()), (Some(redeemed.as_str()), batch["batch_id"].as_str()));
+    assert_eq!(
+        (entry["request_id"].as_str(), entry["target"]["id"].as_str()),
+        (Some(redeemed.as_str()), batch["batch_id"].as_str())
+    );
     assert_eq!((entry["before"]["balance"].clone(), entry["after"]["balance"].clone()), (json!(120), json!(125)));
 
     // The CLI's own: a grant and a revocation, without a request.
@@ -253,7 +266,8 @@ async fn the_log_is_for_admins_with_checked_filters_and_pages(backend: Backend) 
     assert!(none(audit(&app, &cookie, &format!("action=credits.grant&account_id={admin}")).await));
     assert!(none(audit(&app, &cookie, "action=credits.grant&since=2999-01-01T00:00:00Z").await));
     assert!(none(audit(&app, &cookie, "until=2000-01-01T00:00:00Z").await));
-    let now = audit(&app, &cookie, "action=credits.grant&since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00%2B02:00").await;
+    let now =
+        audit(&app, &cookie, "action=credits.grant&since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00%2B02:00").await;
     assert_eq!(now["data"].as_array().map(Vec::len), Some(5), "{now}");
     let sign_ins = audit(&app, &cookie, "actor=key").await;
     assert_eq!(sign_ins["data"].as_array().map(Vec::len), Some(2), "the two sign-ins: {sign_ins}");
@@ -271,7 +285,8 @@ async fn the_log_is_for_admins_with_checked_filters_and_pages(backend: Backend) 
         ("cursor=abc", "`cursor`"),
         ("colour=red", "colour"),
     ] {
-        let response = console(&app, Method::GET, &format!("/api/v1/admin/audit?{query}"), &cookie).send().await.expect("GET");
+        let response =
+            console(&app, Method::GET, &format!("/api/v1/admin/audit?{query}"), &cookie).send().await.expect("GET");
         let (_, message) = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
         assert!(message.contains(named), "{query}: {message}");
     }

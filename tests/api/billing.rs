@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use aio_gateway::audit::Actor;
 use aio_gateway::config::{Package, Settings};
 use aio_gateway::jwt::Role;
 use aio_gateway::on_db;
@@ -353,7 +354,7 @@ async fn a_refund_takes_back_what_is_unspent(backend: Backend) {
     let (order_id, _) = buy_and_pay(&app, &stripe, &key, "pi_3Refunded").await;
     app.assert_balance(&key, 1000, 0).await;
     // 700 of the 1000 credits are spent.
-    aio_gateway::ledger::change(&app.db, &aio_gateway::audit::Actor::cli(), account, -700, "spent on images").await.unwrap();
+    aio_gateway::ledger::change(&app.db, &Actor::cli(), account, -700, "spent on images").await.unwrap();
 
     // A full refund takes back the 300 left; the 700 spent are owed and the account is flagged.
     let refund = event("charge.refunded", refunded_charge("pi_3Refunded", 500, 500));
@@ -395,7 +396,8 @@ async fn a_refund_takes_back_what_is_unspent(backend: Backend) {
     app.assert_balance(&key, 0, 0).await;
     assert_eq!(order_status(&app, &key, &second).await["reversed_credits"], 1000);
     // Each refund that took credits is in the audit log once: 300, then 500 and 500.
-    let audited = format!("SELECT count(*) FROM audit_log WHERE target_account_id = {account} AND action = 'credits.refund'");
+    let audited =
+        format!("SELECT count(*) FROM audit_log WHERE target_account_id = {account} AND action = 'credits.refund'");
     assert_eq!(count(&app, &audited).await, 3);
 
     // A refund of a payment of no order here is ignored.

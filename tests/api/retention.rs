@@ -154,7 +154,10 @@ async fn with_every_limit_at_zero_nothing_is_purged() {
     let done = app.run_seed(&key).await;
     age(&app, &done, 3650).await;
     let settings = RetentionSettings { audit_days: 0, ..Default::default() };
-    assert!(Retention::new(app.db.clone(), app.file_store().await, RetentionSettings::default()).enabled(), "audit_days");
+    assert!(
+        Retention::new(app.db.clone(), app.file_store().await, RetentionSettings::default()).enabled(),
+        "audit_days"
+    );
     let retention = Retention::new(app.db.clone(), app.file_store().await, settings);
     assert!(!retention.enabled());
     assert_eq!(retention.purge_once().await.expect("purge"), Some(Purged::default()));
