@@ -190,7 +190,8 @@ async fn every_audited_action_is_recorded_once_without_secrets(backend: Backend)
     // Nowhere a key, secret, code or session token: not in the table, not in the answer.
     let all = console(&app, Method::GET, "/api/v1/admin/audit?limit=100", &cookie).send().await.expect("GET");
     let answer = all.text().await.expect("body");
-    let rows: Vec<(Option<String>, Option<String>, Option<String>, Option<String>, Option<String>)> = on_db!(&app.db, pool =>
+    type Texts = (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Texts> = on_db!(&app.db, pool =>
         sqlx::query_as("SELECT actor_id, actor_key_prefix, target_id, CAST(before AS TEXT), CAST(after AS TEXT) FROM audit_log")
             .fetch_all(pool)
             .await)
