@@ -35,6 +35,7 @@ const ROUTES: [(&str, &str); 37] = [
     ("post", "/api/v1/admin/accounts"),
     ("get", "/api/v1/admin/accounts/{account_id}"),
     ("post", "/api/v1/admin/accounts/{account_id}/credits"),
+    ("get", "/api/v1/admin/audit"),
     ("post", "/api/v1/session"),
     ("get", "/api/v1/session"),
     ("delete", "/api/v1/session"),
