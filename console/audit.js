@@ -68,7 +68,7 @@
         el('td', {}, change(e))));
       if (current()) holder.replaceChildren(table(['Time', 'Action', 'Actor', 'Account', 'Key, order or batch', 'Request id', 'Before → after'], rows, 'No entries.'));
     };
-    const reload = () => load().catch((error) => message.replaceChildren(errorBox(error)));
+    const reload = () => load().catch((error) => { holder.replaceChildren(); message.replaceChildren(errorBox(error)); });
     filters.addEventListener('submit', (event) => { event.preventDefault(); cursors = [null]; reload(); });
     more.addEventListener('click', () => { if (next) { cursors.push(next); reload(); } });
     back.addEventListener('click', () => { if (cursors.length > 1) { cursors.pop(); reload(); } });
