@@ -26,6 +26,7 @@ use crate::{monitoring, on_db, on_tx};
 
 /// What was done. Stored and shown as its dotted name (`credits.grant`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditAction)]
 pub enum Action {
     /// An account was created (admin API, CLI, or the first start's `default` account).
     #[serde(rename = "account.create")]
@@ -98,6 +99,7 @@ impl Action {
 /// Who acted: its kind, as stored and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = AuditActorKind)]
 pub enum ActorKind {
     /// An account acting on itself through a console or dashboard session (`id`: the account id).
     Account,
@@ -177,6 +179,7 @@ impl Actor {
 
 /// What was changed: an account, and the key, order or code batch of it when there is one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditTarget)]
 pub struct Target {
     pub account_id: Option<i64>,
     /// A key id, order id or redemption code batch id.
@@ -253,6 +256,7 @@ pub async fn credits_in(
 
 /// One entry of the log, as `GET /api/v1/admin/audit` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEntry)]
 pub struct Entry {
     pub id: i64,
     #[schema(value_type = Action)]
@@ -271,6 +275,7 @@ pub struct Entry {
 
 /// Who acted, as shown.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditActor)]
 pub struct ActorView {
     #[schema(value_type = ActorKind)]
     pub kind: String,
