@@ -79,6 +79,8 @@ async fn view(state: &AppState, session: Session) -> Result<SessionView, ApiErro
          headers(("Set-Cookie" = String, description = "`aio_session=…; HttpOnly; SameSite=Strict; Path=/` (and `Secure` over https)."))),
         (status = 401, description = "The key is unknown, revoked or expired.", body = ErrorEnvelope),
         (status = 403, description = "A browser request from another origin.", body = ErrorEnvelope),
+        (status = 429, description = "The key's rate limit: a sign-in counts as one use of the key.", body = ErrorEnvelope,
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 503, description = "The database is unreachable.", body = ErrorEnvelope),
         BodyErrors,
     )
@@ -94,6 +96,8 @@ pub async fn create(
         return Err(cross_site());
     }
     let caller = state.auth.authenticate_key(request.api_key.trim()).await?;
+    // A sign-in is a use of the key (and an audit log entry): within the key's rate limit.
+    state.limits.check_key(&caller.key_id, caller.rate_limit_per_minute).await?;
     let role =
         if state.settings.auth.session.admin_accounts.contains(&caller.account_id) { Role::Admin } else { Role::User };
     let ttl = state.settings.auth.session.ttl;
