@@ -212,6 +212,7 @@
     document.getElementById('nav').hidden = false;
     document.getElementById('who').hidden = false;
     document.getElementById('nav-admin').hidden = session.role !== 'admin';
+    document.getElementById('nav-audit').hidden = session.role !== 'admin';
     document.getElementById('who-name').textContent = session.name + (session.role === 'admin' ? ' (admin)' : '');
     refreshBalance();
     route();

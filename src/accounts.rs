@@ -3,9 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 use ulid::Ulid;
 
-use crate::store::Db;
+use crate::audit::{self, Action, Actor, Target};
+use crate::store::{Db, Tx};
 use crate::{auth, ledger, on_db, on_tx};
 
 /// On a database with no accounts, creates `default` with `credits` and a key for it. Returns the new
@@ -18,8 +20,9 @@ pub async fn bootstrap(db: &Db, credits: i64) -> anyhow::Result<Option<CreatedKe
         if accounts > 0 {
             return Ok(None);
         }
-        let account_id = create(db, "default", credits).await?;
-        let key = create_key(db, account_id, Some("bootstrap"), None).await?;
+        let actor = Actor::system("bootstrap");
+        let account_id = create(db, &actor, "default", credits).await?;
+        let key = create_key(db, &actor, account_id, Some("bootstrap"), None).await?;
         Ok(Some(key))
     };
     let Db::Pg(pool) = db else {
@@ -32,8 +35,9 @@ pub async fn bootstrap(db: &Db, credits: i64) -> anyhow::Result<Option<CreatedKe
     result
 }
 
-/// Creates an account, granting `credits` through the ledger so the balance has its history.
-pub async fn create(db: &Db, name: &str, credits: i64) -> anyhow::Result<i64> {
+/// Creates an account, granting `credits` through the ledger so the balance has its history, and
+/// records it (`account.create`) in the audit log.
+pub async fn create(db: &Db, actor: &Actor, name: &str, credits: i64) -> anyhow::Result<i64> {
     anyhow::ensure!(credits >= 0, "credits must not be negative");
     let mut tx = db.begin().await?;
     let (account_id,): (i64,) = on_tx!(&mut tx, conn => sqlx::query_as("INSERT INTO accounts (name) VALUES ($1) RETURNING id")
@@ -43,6 +47,8 @@ pub async fn create(db: &Db, name: &str, credits: i64) -> anyhow::Result<i64> {
     if credits > 0 {
         ledger::grant(&mut tx, account_id, credits, "initial credits").await?;
     }
+    let after = json!({"name": name, "balance": credits});
+    audit::record_in(&mut tx, actor, Action::AccountCreate, Target::account(account_id), None, Some(after)).await?;
     tx.commit().await?;
     Ok(account_id)
 }
@@ -92,8 +98,10 @@ pub struct CreatedKey {
     pub api_key: String,
 }
 
+/// Creates a key of `account_id` and records it (`key.create`, with its prefix, never the key).
 pub async fn create_key(
     db: &Db,
+    actor: &Actor,
     account_id: i64,
     name: Option<&str>,
     expires_at: Option<DateTime<Utc>>,
@@ -103,23 +111,27 @@ pub async fn create_key(
     let key_id = format!("key_{}", Ulid::new());
     const SQL: &str =
         "INSERT INTO api_keys (id, account_id, name, prefix, hash, expires_at) VALUES ($1, $2, $3, $4, $5, $6)";
-    on_db!(db, pool => sqlx::query(SQL)
+    let mut tx = db.begin().await?;
+    on_tx!(&mut tx, conn => sqlx::query(SQL)
         .bind(&key_id)
         .bind(account_id)
         .bind(name)
         .bind(&key.prefix)
         .bind(&key.hash[..])
         .bind(expires_at)
-        .execute(pool)
+        .execute(conn)
         .await
         .map(|done| done.rows_affected()))?;
+    let after = json!({"status": "active", "name": name, "prefix": key.prefix, "expires_at": expires_at});
+    audit::record_in(&mut tx, actor, Action::KeyCreate, Target::of(account_id, &key_id), None, Some(after)).await?;
+    tx.commit().await?;
     Ok(CreatedKey { key_id, api_key: key.secret })
 }
 
 /// Revokes a key of `account_id` (a key of another account is not found). Returns the key's hash
 /// when this call revoked it, so the caller can drop it from its cache; nothing when there is no
 /// such key or it was revoked before (see [`OwnRevoke`]).
-pub async fn revoke_own_key(db: &Db, account_id: i64, key_id: &str) -> sqlx::Result<OwnRevoke> {
+pub async fn revoke_own_key(db: &Db, actor: &Actor, account_id: i64, key_id: &str) -> sqlx::Result<OwnRevoke> {
     // Read and revoke in one transaction (the row locked on PostgreSQL; SQLite has one writer).
     let mut tx = db.begin().await?;
     let for_update = if db.dialect() == crate::store::Dialect::Postgres { "FOR UPDATE" } else { "" };
@@ -130,6 +142,7 @@ pub async fn revoke_own_key(db: &Db, account_id: i64, key_id: &str) -> sqlx::Res
     if let Some((_, false)) = row {
         let sql = format!("UPDATE api_keys SET revoked_at = {} WHERE id = $1", tx.dialect().now());
         on_tx!(&mut tx, conn => sqlx::query(&sql).bind(key_id).execute(conn).await.map(|done| done.rows_affected()))?;
+        record_revoke(&mut tx, actor, account_id, key_id).await?;
     }
     tx.commit().await?;
     Ok(match row {
@@ -148,11 +161,25 @@ pub enum OwnRevoke {
     },
 }
 
-/// Returns false when no active key has that id.
-pub async fn revoke_key(db: &Db, key_id: &str) -> anyhow::Result<bool> {
-    let sql = format!("UPDATE api_keys SET revoked_at = {} WHERE id = $1 AND revoked_at IS NULL", db.dialect().now());
-    let done = on_db!(db, pool => sqlx::query(&sql).bind(key_id).execute(pool).await.map(|done| done.rows_affected()))?;
-    Ok(done == 1)
+/// Revokes a key of any account (the CLI). Returns false when no active key has that id.
+pub async fn revoke_key(db: &Db, actor: &Actor, key_id: &str) -> anyhow::Result<bool> {
+    let mut tx = db.begin().await?;
+    let sql = format!(
+        "UPDATE api_keys SET revoked_at = {} WHERE id = $1 AND revoked_at IS NULL RETURNING account_id",
+        db.dialect().now()
+    );
+    let revoked: Option<(i64,)> =
+        on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(key_id).fetch_optional(conn).await)?;
+    if let Some((account_id,)) = revoked {
+        record_revoke(&mut tx, actor, account_id, key_id).await?;
+    }
+    tx.commit().await?;
+    Ok(revoked.is_some())
+}
+
+async fn record_revoke(tx: &mut Tx, actor: &Actor, account_id: i64, key_id: &str) -> sqlx::Result<()> {
+    let (before, after) = (json!({"status": "active"}), json!({"status": "revoked"}));
+    audit::record_in(tx, actor, Action::KeyRevoke, Target::of(account_id, key_id), Some(before), Some(after)).await
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]

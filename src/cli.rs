@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::Application;
+use crate::audit::{self, Actor};
 use crate::catalog::{self, Catalog};
 use crate::config::Settings;
 use crate::files::FileStore;
@@ -59,6 +60,18 @@ pub enum Command {
     /// Manage outgoing webhooks.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Print recent audit log entries, newest first (one JSON object a line; `--json`: one list).
+    Audit {
+        /// Only this action, e.g. `credits.grant`, `key.revoke`.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only changes of this account.
+        #[arg(long)]
+        account: Option<i64>,
+        /// How many: 1–100.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
     /// Session tokens (JWT) for the dashboard and admin routes.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -230,18 +243,30 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
         Command::Migrate { to: None } => Some(json!({"migrated": true})),
         Command::Migrate { to: Some(url) } => Some(copy_to_postgres(&pool, &settings, url).await?),
         Command::Accounts(AccountsCommand::Create { name, credits }) => {
-            Some(json!({"account_id": accounts::create(&pool, &name, credits).await?}))
+            Some(json!({"account_id": accounts::create(&pool, &Actor::cli(), &name, credits).await?}))
         }
         Command::Keys(command) => Some(keys(&pool, command).await?),
         Command::Credits(CreditsCommand::Grant { account, amount, reason }) => {
             // This command only grants; the rest of the rules are the ledger's, as for the admin API.
             anyhow::ensure!(amount > 0, "--amount must be above 0");
             let reason = reason.as_deref().unwrap_or("granted by CLI");
-            let entry =
-                ledger::change(&pool, account, amount, reason).await.with_context(|| format!("account {account}"))?;
+            let entry = ledger::change(&pool, &Actor::cli(), account, amount, reason)
+                .await
+                .with_context(|| format!("account {account}"))?;
             Some(json!({"balance": entry.balance_after}))
         }
         Command::Webhooks(WebhooksCommand::Secret(command)) => Some(webhook_secret(&pool, &settings, command).await?),
+        Command::Audit { action, account, limit } => {
+            let action = match action.as_deref() {
+                None => None,
+                Some(name) => Some(audit::Action::parse(name).with_context(|| {
+                    format!("--action: one of {}", audit::Action::ALL.map(audit::Action::as_str).join(", "))
+                })?),
+            };
+            let limit = crate::paging::limit(Some(limit)).map_err(|_| anyhow::anyhow!("--limit: 1 to 100"))?;
+            let filter = audit::Filter { action, account_id: account, ..audit::Filter::default() };
+            Some(json!({"entries": audit::page(&pool, &filter, None, limit).await?}))
+        }
         Command::Providers(ProvidersCommand::Check) => {
             let (report, dead) = providers_check(&settings, &pool, cli.json).await?;
             if dead > 0 {
@@ -334,11 +359,11 @@ async fn providers_check(settings: &Settings, pool: &Db, json: bool) -> anyhow::
 
 async fn keys(pool: &Db, command: KeysCommand) -> anyhow::Result<Value> {
     Ok(match command {
-        KeysCommand::Create { account, name, expires_at } => {
-            serde_json::to_value(accounts::create_key(pool, account, name.as_deref(), expires_at).await?)?
-        }
+        KeysCommand::Create { account, name, expires_at } => serde_json::to_value(
+            accounts::create_key(pool, &Actor::cli(), account, name.as_deref(), expires_at).await?,
+        )?,
         KeysCommand::Revoke { key_id } => {
-            anyhow::ensure!(accounts::revoke_key(pool, &key_id).await?, "no active key {key_id}");
+            anyhow::ensure!(accounts::revoke_key(pool, &Actor::cli(), &key_id).await?, "no active key {key_id}");
             json!({"key_id": key_id, "revoked": true})
         }
         KeysCommand::List { account } => json!({"keys": accounts::list_keys(pool, account).await?}),
@@ -350,7 +375,9 @@ async fn webhook_secret(pool: &Db, settings: &Settings, command: SecretCommand) 
     anyhow::ensure!(accounts::exists(pool, account).await?, "account {account} does not exist");
     let secret = match command {
         SecretCommand::Show { .. } => secrets::signing(pool, account).await?.current,
-        SecretCommand::Rotate { .. } => secrets::rotate(pool, account, settings.webhooks.secret_overlap).await?,
+        SecretCommand::Rotate { .. } => {
+            secrets::rotate(pool, &Actor::cli(), account, settings.webhooks.secret_overlap).await?
+        }
     };
     Ok(json!({"secret": secret}))
 }

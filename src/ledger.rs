@@ -9,6 +9,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::audit::{self, Action, Actor, Target};
 use crate::error::Error;
 use crate::store::{Db, Tx};
 use crate::{on_db, on_tx};
@@ -96,18 +97,21 @@ pub async fn adjust(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> 
 }
 
 /// A manual change by an operator (admin API or CLI): a grant when `amount` is positive, an adjustment
-/// when negative (refused when it would take the balance below 0), with its reason, in one transaction.
-/// Returns its ledger row.
-pub async fn change(db: &Db, account_id: i64, amount: i64, reason: &str) -> Result<Entry, Error> {
+/// when negative (refused when it would take the balance below 0), with its reason, in one transaction
+/// with its audit log entry (`credits.grant` or `credits.adjust` by `actor`). Returns its ledger row.
+pub async fn change(db: &Db, actor: &Actor, account_id: i64, amount: i64, reason: &str) -> Result<Entry, Error> {
     let mut tx = db.begin().await?;
-    // On an error the transaction is dropped: nothing was written.
+    // On an error the transaction is dropped: nothing was written, to the ledger or the audit log.
     let entry = change_in(&mut tx, account_id, amount, reason).await?;
+    let action = if amount > 0 { Action::CreditsGrant } else { Action::CreditsAdjust };
+    audit::credits_in(&mut tx, actor, action, Target::account(account_id), &entry).await?;
     tx.commit().await?;
     Ok(entry)
 }
 
 /// [`change`] inside the caller's transaction, for changes that must commit together with something
-/// else (a paid order, a redeemed code, a refund). Returns its ledger row.
+/// else (a paid order, a redeemed code, a refund). Returns its ledger row; the caller records it in
+/// the audit log ([`audit::credits_in`]).
 pub async fn change_in(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> Result<Entry, Error> {
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {

@@ -1,5 +1,6 @@
 pub mod accounts;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod breakers;

@@ -53,6 +53,8 @@ pub const TASKS_CANCELLED: &str = "aio_tasks_cancelled_total";
 pub const INSTANCE_HEARTBEATS: &str = "aio_instance_heartbeats_total";
 /// Leased rows of dead instances released by this process, by queue (`tasks`, `webhook_deliveries`).
 pub const LEASES_TAKEN_OVER: &str = "aio_leases_taken_over_total";
+/// Audit log entries written, by `action` (`credits.grant`, `key.create`, …; see `audit`).
+pub const AUDIT_ENTRIES: &str = "aio_audit_entries_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -103,7 +105,7 @@ fn describe() {
     describe_counter!(CREDITS_TOPPED_UP, "Credits bought: paid orders and redeemed codes.");
     describe_counter!(CREDITS_REVERSED, "Credits taken back by refunds and disputes.");
     describe_counter!(STRIPE_EVENTS, "Stripe webhook deliveries, by outcome.");
-    describe_counter!(RETENTION_PURGED, "What the retention purge removed, by kind (files, tasks).");
+    describe_counter!(RETENTION_PURGED, "What the retention purge removed, by kind (files, tasks, audit).");
     describe_counter!(
         RETENTION_RUNS,
         "Retention purge runs, by outcome (done, skipped: another replica holds the lease, failed)."
@@ -121,6 +123,7 @@ fn describe() {
     describe_counter!(TASKS_CANCELLED, "Tasks cancelled by their client, by upstream cancel (none, ok, failed).");
     describe_counter!(INSTANCE_HEARTBEATS, "Heartbeats of this gateway instance, by outcome (ok, failed).");
     describe_counter!(LEASES_TAKEN_OVER, "Leases of dead instances taken over by this process, by queue.");
+    describe_counter!(AUDIT_ENTRIES, "Audit log entries written, by action.");
 }
 
 /// One answered HTTP request, by its route pattern, method and status.
@@ -205,6 +208,11 @@ pub fn stripe_event(outcome: &'static str) {
 /// For the retention purge: `count` things of `kind` (files, tasks) removed.
 pub fn retention_purged(kind: &'static str, count: u64) {
     counter!(RETENTION_PURGED, "kind" => kind).increment(count);
+}
+
+/// One audit log entry written (in its change's transaction, which commits unless the database fails).
+pub fn audit_entry(action: &'static str) {
+    counter!(AUDIT_ENTRIES, "action" => action).increment(1);
 }
 
 pub fn retention_run(outcome: &'static str) {

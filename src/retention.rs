@@ -1,6 +1,7 @@
 //! The retention purge (`[retention]`): result files older than `results_days` and finished tasks
 //! older than `tasks_days` are deleted, in batches of `batch_size`, by one replica at a time (the
-//! holder of the `retention` row of `job_leases`). The ledger is never purged: its rows keep the task
+//! holder of the `retention` row of `job_leases`). Audit log entries older than `audit_days` (default
+//! 365) go the same way. The ledger is never purged: its rows keep the task
 //! id, so a purged task answers 404 saying it expired ([`crate::tasks::missing`]).
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub struct Retention {
 pub struct Purged {
     pub files: u64,
     pub tasks: u64,
+    pub audit: u64,
 }
 
 impl Retention {
@@ -35,9 +37,9 @@ impl Retention {
         Retention { db, files, settings, holder: ulid::Ulid::new().to_string() }
     }
 
-    /// Whether there is anything to purge at all (both limits 0: keep everything).
+    /// Whether there is anything to purge at all (all limits 0: keep everything).
     pub fn enabled(&self) -> bool {
-        self.settings.results_days > 0 || self.settings.tasks_days > 0
+        self.settings.results_days > 0 || self.settings.tasks_days > 0 || self.settings.audit_days > 0
     }
 
     /// Purges every `interval` until `shutdown`.
@@ -46,7 +48,12 @@ impl Retention {
             match self.purge_once().await {
                 Ok(Some(purged)) => {
                     monitoring::retention_run("done");
-                    tracing::info!(files = purged.files, tasks = purged.tasks, "retention purge done");
+                    tracing::info!(
+                        files = purged.files,
+                        tasks = purged.tasks,
+                        audit = purged.audit,
+                        "retention purge done"
+                    );
                 }
                 Ok(None) => monitoring::retention_run("skipped"),
                 Err(error) => {
@@ -91,6 +98,17 @@ impl Retention {
                 purged.tasks += removed as u64;
                 monitoring::retention_purged("tasks", removed as u64);
                 if removed < batch || !self.take_lease().await? {
+                    break;
+                }
+            }
+        }
+        if self.settings.audit_days > 0 {
+            let age = f64::from(self.settings.audit_days) * DAY_SECS;
+            loop {
+                let removed = crate::audit::purge(&self.db, age, batch).await?;
+                purged.audit += removed;
+                monitoring::retention_purged("audit", removed);
+                if removed < batch as u64 || !self.take_lease().await? {
                     break;
                 }
             }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{record_top_up, TopUp};
+use crate::audit::{self, Action, Actor, Target};
 use crate::error::Error;
 use crate::ids::new_id;
 use crate::ledger::{self, Entry, MAX_AMOUNT};
@@ -85,7 +86,7 @@ pub async fn create_batch(
 }
 
 /// Redeems `code` for `account_id`: its credits are granted once, whoever asks how often.
-pub async fn redeem(db: &Db, account_id: i64, code: &str) -> Result<Entry, Error> {
+pub async fn redeem(db: &Db, actor: &Actor, account_id: i64, code: &str) -> Result<Entry, Error> {
     let unknown = || Error::NotFound("No such redemption code.".into());
     let hash = hash_of(code).ok_or_else(unknown)?;
     let mut tx = db.begin().await?;
@@ -111,6 +112,7 @@ pub async fn redeem(db: &Db, account_id: i64, code: &str) -> Result<Entry, Error
     };
     let source = format!("redemption code of batch {batch_id}");
     let entry = ledger::change_in(&mut tx, account_id, credits, &source).await?;
+    audit::credits_in(&mut tx, actor, Action::CreditsRedeem, Target::of(account_id, &batch_id), &entry).await?;
     tx.commit().await?;
     record_top_up(&TopUp { account_id, credits, source: &source });
     Ok(entry)

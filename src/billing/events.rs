@@ -13,9 +13,10 @@
 //! - Anything else: ignored.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{record_top_up, TopUp};
+use crate::audit::{self, Action, Actor, Target};
 use crate::error::Error;
 use crate::ledger;
 use crate::on_tx;
@@ -139,7 +140,9 @@ async fn pay(db: &Db, event: &Event, session: &Value) -> Result<Outcome, Error> 
         on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(&order_id).bind(payment_intent).fetch_optional(conn).await)?;
     let source = format!("order {order_id}");
     if let Some((account_id, credits)) = paid {
-        ledger::change_in(&mut tx, account_id, credits, &format!("top-up: {source}")).await?;
+        let entry = ledger::change_in(&mut tx, account_id, credits, &format!("top-up: {source}")).await?;
+        let stripe = Actor::system("stripe");
+        audit::credits_in(&mut tx, &stripe, Action::CreditsTopUp, Target::of(account_id, &order_id), &entry).await?;
         tx.commit().await?;
         record_top_up(&TopUp { account_id, credits, source: &source });
     } else {
@@ -210,8 +213,8 @@ async fn reverse(
         tx.commit().await?;
         return Ok(Outcome::Applied);
     }
-    let sql = format!("SELECT balance FROM accounts WHERE id = $1 {}", for_update(&tx));
-    let (balance,): (i64,) =
+    let sql = format!("SELECT balance, credits_owed FROM accounts WHERE id = $1 {}", for_update(&tx));
+    let (balance, owed_before): (i64, i64) =
         on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(order.account_id).fetch_one(conn).await)?;
     let taken = due.min(balance);
     let owed = due - taken;
@@ -233,6 +236,12 @@ async fn reverse(
          WHERE id = $1"
     );
     on_tx!(&mut tx, conn => sqlx::query(&sql).bind(&order.id).bind(taken).bind(owed).execute(conn).await.map(|d| d.rows_affected()))?;
+    let before = json!({"balance": balance, "credits_owed": owed_before});
+    let after =
+        json!({"balance": balance - taken, "credits_owed": owed_before + owed, "amount": -taken, "reason": source});
+    let target = Target::of(order.account_id, &order.id);
+    audit::record_in(&mut tx, &Actor::system("stripe"), Action::CreditsRefund, target, Some(before), Some(after))
+        .await?;
     tx.commit().await?;
     if taken > 0 {
         record_top_up(&TopUp { account_id: order.account_id, credits: -taken, source: &source });

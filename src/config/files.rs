@@ -81,6 +81,8 @@ pub struct RetentionSettings {
     pub results_days: u32,
     /// Finished tasks (and their webhook deliveries and idempotency keys) older than this are deleted.
     pub tasks_days: u32,
+    /// Audit log entries older than this are deleted (0: kept for ever).
+    pub audit_days: u32,
     /// `interval_secs`. How often one replica looks for what to purge.
     #[serde(rename = "interval_secs", with = "durations::positive_secs")]
     pub interval: Duration,
@@ -93,6 +95,7 @@ impl Default for RetentionSettings {
         Self {
             results_days: 0,
             tasks_days: 0,
+            audit_days: 365,
             interval: Duration::from_secs(3600),
             batch_size: const { NonZeroU32::new(500).unwrap() },
         }

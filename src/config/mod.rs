@@ -428,6 +428,7 @@ mod tests {
         let defaults = Settings::default();
         assert_eq!((defaults.files.store, defaults.files.link_ttl), (StoreKind::Local, Duration::from_secs(86_400)));
         assert_eq!((defaults.retention.results_days, defaults.retention.tasks_days), (0, 0), "kept forever");
+        assert_eq!(defaults.retention.audit_days, 365, "the audit log is kept a year");
         let s3 = from_toml("[files]\nstore = \"s3\"\n[files.s3]\nendpoint = \"http://minio:9000\"\npath_style = true")
             .expect("s3");
         assert!(s3.validate().expect_err("no bucket").to_string().contains("files.s3.bucket"));

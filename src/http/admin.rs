@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery, Audit};
 use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope};
 use super::AppState;
 use crate::accounts::{self, Account};
@@ -44,6 +44,7 @@ pub struct NewAccount {
 pub async fn create(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    audit: Audit,
     ApiJson(request): ApiJson<NewAccount>,
 ) -> Result<(StatusCode, Json<Account>), ApiError> {
     let name = request.name.trim();
@@ -54,7 +55,7 @@ pub async fn create(
     if !(0..=MAX_AMOUNT).contains(&credits) {
         return Err(Error::Invalid(format!("`credits`: 0 to {MAX_AMOUNT}.")).into());
     }
-    let account_id = accounts::create(&state.pool, name, credits).await?;
+    let account_id = accounts::create(&state.pool, &audit.session(&admin), name, credits).await?;
     tracing::info!(admin = admin.account_id, new_account = account_id, credits, "account created");
     let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
     Ok((StatusCode::CREATED, Json(account)))
@@ -169,11 +170,13 @@ pub struct CreditChanged {
 pub async fn change_credits(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    audit: Audit,
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<CreditChange>,
 ) -> Result<Json<CreditChanged>, ApiError> {
     let account_id = account_id(&id)?;
-    let entry = ledger::change(&state.pool, account_id, request.amount, &request.reason).await?;
+    let entry =
+        ledger::change(&state.pool, &audit.session(&admin), account_id, request.amount, &request.reason).await?;
     tracing::info!(admin = admin.account_id, account_id, amount = request.amount, "credits changed");
     let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
     Ok(Json(CreditChanged { account, entry }))

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::{Admin, ApiJson, ApiQuery};
+use super::extract::{Admin, ApiJson, ApiQuery, Audit};
 use super::openapi::{AdminErrors, BodyErrors, ErrorEnvelope, KeyErrors};
 use super::AppState;
 use crate::auth::Caller;
@@ -303,9 +303,10 @@ pub struct Redeemed {
 pub async fn redeem(
     State(state): State<AppState>,
     caller: Caller,
+    audit: Audit,
     ApiJson(request): ApiJson<Redeem>,
 ) -> Result<Json<Redeemed>, ApiError> {
-    let entry = codes::redeem(&state.pool, caller.account_id, &request.code).await?;
+    let entry = codes::redeem(&state.pool, &audit.caller(&caller), caller.account_id, &request.code).await?;
     Ok(Json(Redeemed { credits: entry.amount, balance: entry.balance_after, entry }))
 }
 

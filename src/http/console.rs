@@ -20,7 +20,7 @@ use crate::error::Error;
 const PAGE: &str = include_str!("../../console/index.html");
 
 /// `(name, content type, bytes)`: the scripts in the order the page loads them.
-const SOURCES: [(&str, &str, &[u8]); 9] = [
+const SOURCES: [(&str, &str, &[u8]); 10] = [
     ("console.css", "text/css; charset=utf-8", include_bytes!("../../console/console.css")),
     ("core.js", "text/javascript; charset=utf-8", include_bytes!("../../console/core.js")),
     ("models.js", "text/javascript; charset=utf-8", include_bytes!("../../console/models.js")),
@@ -29,6 +29,7 @@ const SOURCES: [(&str, &str, &[u8]); 9] = [
     ("keys.js", "text/javascript; charset=utf-8", include_bytes!("../../console/keys.js")),
     ("usage.js", "text/javascript; charset=utf-8", include_bytes!("../../console/usage.js")),
     ("admin.js", "text/javascript; charset=utf-8", include_bytes!("../../console/admin.js")),
+    ("audit.js", "text/javascript; charset=utf-8", include_bytes!("../../console/audit.js")),
     ("billing.js", "text/javascript; charset=utf-8", include_bytes!("../../console/billing.js")),
 ];
 

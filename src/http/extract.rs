@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::audit::Actor;
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::jwt::{Role, Session};
@@ -143,6 +144,44 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
     }
 }
 
+/// Who is calling, for the audit log: the request's id (`X-Request-Id`, set by the middleware when
+/// the client sent none) with the session or key it acts as.
+pub struct Audit(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Audit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(Audit(id))
+    }
+}
+
+impl Audit {
+    /// An admin session acts as `admin`, any other as its `account`.
+    pub fn session(self, session: &Session) -> Actor {
+        let key_id = session.key_id.as_deref();
+        let actor = match session.role {
+            Role::Admin => Actor::admin(session.account_id, key_id),
+            Role::User => Actor::account(session.account_id, key_id),
+        };
+        actor.in_request(self.0)
+    }
+
+    /// A key acts as `key`; the console's cookie standing in for a key as its `account`.
+    pub fn caller(self, caller: &Caller) -> Actor {
+        let actor = if caller.key_id.starts_with(COOKIE_KEY_ID) {
+            Actor::account(caller.account_id, None)
+        } else {
+            Actor::key(&caller.key_id)
+        };
+        actor.in_request(self.0)
+    }
+}
+
+/// The `key_id` of a [`Caller`] signed in by the console's cookie rather than a key.
+const COOKIE_KEY_ID: &str = "session_";
+
 /// The caller of an API-key route. Every route that takes it requires a valid key, and counts against
 /// the key's rate limit. Without an `Authorization` header the console's session cookie stands in for
 /// a key (so its Run button works without keeping one), limited as one key per account.
@@ -177,7 +216,7 @@ async fn cookie_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiErr
     }
     Ok(Caller {
         account_id: session.account_id,
-        key_id: format!("session_{}", session.account_id),
+        key_id: format!("{COOKIE_KEY_ID}{}", session.account_id),
         rate_limit_per_minute: None,
     })
 }

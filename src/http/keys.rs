@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, Audit};
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use super::AppState;
 use crate::accounts::{self, KeyInfo, OwnRevoke};
@@ -76,6 +76,7 @@ pub struct NewKey {
 pub async fn create(
     State(state): State<AppState>,
     session: Session,
+    audit: Audit,
     ApiJson(request): ApiJson<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
     // A stolen session must not mint a key that outlives it: only a recent sign-in may.
@@ -103,7 +104,9 @@ pub async fn create(
         ))
         .into());
     }
-    let created = accounts::create_key(&state.pool, session.account_id, name.as_deref(), request.expires_at).await?;
+    let actor = audit.session(&session);
+    let created =
+        accounts::create_key(&state.pool, &actor, session.account_id, name.as_deref(), request.expires_at).await?;
     tracing::info!(key_id = %created.key_id, "API key created");
     let prefix = created.api_key.chars().take(crate::auth::VISIBLE_PREFIX_CHARS).collect();
     let key = NewKey { key_id: created.key_id, api_key: created.api_key, prefix, name, expires_at: request.expires_at };
@@ -127,9 +130,10 @@ pub async fn create(
 pub async fn revoke(
     State(state): State<AppState>,
     session: Session,
+    audit: Audit,
     ApiPath(key_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    match accounts::revoke_own_key(&state.pool, session.account_id, &key_id).await? {
+    match accounts::revoke_own_key(&state.pool, &audit.session(&session), session.account_id, &key_id).await? {
         OwnRevoke::NotFound => Err(Error::not_found("Key").into()),
         OwnRevoke::AlreadyRevoked => Ok(StatusCode::NO_CONTENT),
         OwnRevoke::Revoked { hash } => {

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the middleware stack, and the one error envelope.
 
 mod admin;
+mod audit;
 mod billing;
 mod callbacks;
 mod console;
@@ -111,6 +112,7 @@ fn api_routes(upload_limit: usize) -> Router<AppState> {
         .route("/api/v1/admin/accounts", get(admin::list).post(admin::create))
         .route("/api/v1/admin/accounts/{account_id}", get(admin::get))
         .route("/api/v1/admin/accounts/{account_id}/credits", post(admin::change_credits))
+        .route("/api/v1/admin/audit", get(audit::list))
         // The web console: its sign-in (the session cookie) and its pages.
         .route("/api/v1/session", get(session::show).post(session::create).delete(session::delete))
         .route("/api/v1/webhooks/secret", get(webhook_secret::show))

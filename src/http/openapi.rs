@@ -6,7 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::{
-    admin, billing, callbacks, deliveries, files, health, images, keys, models, session, tasks, usage, webhook_secret,
+    admin, audit, billing, callbacks, deliveries, files, health, images, keys, models, session, tasks, usage,
+    webhook_secret,
 };
 
 /// The body of every non-2xx answer (SPEC §3).
@@ -87,6 +88,7 @@ pub enum ErrorCode {
         admin::list,
         admin::get,
         admin::change_credits,
+        audit::list,
         session::create,
         session::show,
         session::delete,
@@ -100,7 +102,7 @@ pub enum ErrorCode {
         (name = "billing", description = "API key or console cookie: buy credits (Stripe Checkout), orders, redemption codes; Stripe's signed webhook."),
         (name = "catalog", description = "Public: models and result files."),
         (name = "dashboard", description = "Session token (JWT) or the console's session cookie: sign-in, the caller's own keys, usage and webhook secret."),
-        (name = "admin", description = "Session token (JWT) with role admin: accounts and credits."),
+        (name = "admin", description = "Session token (JWT) with role admin: accounts and credits, the audit log."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
     )
 )]

@@ -18,10 +18,11 @@ use cookie::{Cookie, SameSite};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, Audit};
 use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use super::AppState;
 use crate::accounts;
+use crate::audit::{Action, Target};
 use crate::error::Error;
 use crate::jwt::{Role, Session};
 use crate::tasks::timestamp;
@@ -78,6 +79,8 @@ async fn view(state: &AppState, session: Session) -> Result<SessionView, ApiErro
          headers(("Set-Cookie" = String, description = "`aio_session=…; HttpOnly; SameSite=Strict; Path=/` (and `Secure` over https)."))),
         (status = 401, description = "The key is unknown, revoked or expired.", body = ErrorEnvelope),
         (status = 403, description = "A browser request from another origin.", body = ErrorEnvelope),
+        (status = 429, description = "The key's rate limit: a sign-in counts as one use of the key.", body = ErrorEnvelope,
+         headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 503, description = "The database is unreachable.", body = ErrorEnvelope),
         BodyErrors,
     )
@@ -85,6 +88,7 @@ async fn view(state: &AppState, session: Session) -> Result<SessionView, ApiErro
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
+    audit: Audit,
     ApiJson(request): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
     // Login CSRF: a browser on another site must not sign this browser in to its account.
@@ -92,6 +96,8 @@ pub async fn create(
         return Err(cross_site());
     }
     let caller = state.auth.authenticate_key(request.api_key.trim()).await?;
+    // A sign-in is a use of the key (and an audit log entry): within the key's rate limit.
+    state.limits.check_key(&caller.key_id, caller.rate_limit_per_minute).await?;
     let role =
         if state.settings.auth.session.admin_accounts.contains(&caller.account_id) { Role::Admin } else { Role::User };
     let ttl = state.settings.auth.session.ttl;
@@ -112,6 +118,19 @@ pub async fn create(
         key_id: Some(caller.key_id.clone()),
     };
     let body = view(&state, session).await?;
+    // A failed sign-in is not recorded: it changes nothing, and anyone could fill the log with them
+    // (it is logged, and counted by `aio_http_requests_total{status="401"}`).
+    let actor = audit.caller(&caller);
+    let after = serde_json::json!({"role": role});
+    crate::audit::record(
+        &state.pool,
+        &actor,
+        Action::SessionSignIn,
+        Target::account(caller.account_id),
+        None,
+        Some(after),
+    )
+    .await?;
     tracing::info!(account_id = caller.account_id, key_id = %caller.key_id, ?role, "console session started");
     Ok(([(SET_COOKIE, cookie.to_string())], Json(body)).into_response())
 }

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::extract::Audit;
 use super::openapi::SessionErrors;
 use super::AppState;
 use crate::jwt::Session;
@@ -49,9 +50,14 @@ pub async fn show(State(state): State<AppState>, session: Session) -> Result<Jso
     ),
     security(("session" = []), ("session_cookie" = []))
 )]
-pub async fn rotate(State(state): State<AppState>, session: Session) -> Result<Json<WebhookSecret>, ApiError> {
+pub async fn rotate(
+    State(state): State<AppState>,
+    session: Session,
+    audit: Audit,
+) -> Result<Json<WebhookSecret>, ApiError> {
     let overlap_secs = state.settings.webhooks.secret_overlap.as_secs();
-    let secret = secrets::rotate(&state.pool, session.account_id, Duration::from_secs(overlap_secs)).await?;
+    let actor = audit.session(&session);
+    let secret = secrets::rotate(&state.pool, &actor, session.account_id, Duration::from_secs(overlap_secs)).await?;
     tracing::info!(account_id = session.account_id, "webhook secret rotated");
     Ok(Json(WebhookSecret { secret, overlap_secs }))
 }

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use crate::on_db;
+use serde_json::json;
+
+use crate::audit::{self, Action, Actor, Target};
 use crate::store::Db;
+use crate::{on_db, on_tx};
 
 use super::signing;
 
@@ -50,7 +53,8 @@ async fn read(db: &Db, account_id: i64) -> sqlx::Result<Option<Signing>> {
 
 /// A new current secret; the one it replaces signs too until `overlap` has passed. Rotating again
 /// within the overlap retires the oldest secret at once. Returns the new secret.
-pub async fn rotate(db: &Db, account_id: i64, overlap: Duration) -> sqlx::Result<String> {
+/// Recorded in the audit log (`webhook_secret.rotate`, with the overlap, never a secret).
+pub async fn rotate(db: &Db, actor: &Actor, account_id: i64, overlap: Duration) -> sqlx::Result<String> {
     signing(db, account_id).await?;
     let d = db.dialect();
     let sql = format!(
@@ -60,11 +64,16 @@ pub async fn rotate(db: &Db, account_id: i64, overlap: Duration) -> sqlx::Result
         d.now_plus_secs("$3"),
         d.now()
     );
-    let (secret,): (String,) = on_db!(db, pool => sqlx::query_as(&sql)
+    let mut tx = db.begin().await?;
+    let (secret,): (String,) = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
         .bind(account_id)
         .bind(signing::generate_secret())
         .bind(overlap.as_secs_f64())
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await)?;
+    let after = json!({"overlap_secs": overlap.as_secs()});
+    audit::record_in(&mut tx, actor, Action::WebhookSecretRotate, Target::account(account_id), None, Some(after))
+        .await?;
+    tx.commit().await?;
     Ok(secret)
 }

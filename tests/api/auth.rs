@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use aio_gateway::accounts;
+use aio_gateway::audit::Actor;
 use chrono::Utc;
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
@@ -25,12 +26,18 @@ async fn every_bad_key_gets_the_same_401() {
     let app = spawn_app().await;
     let (account_id, good) = app.new_account(100).await;
 
-    let revoked = accounts::create_key(&app.db, account_id, Some("revoked"), None).await.expect("create key");
-    assert!(accounts::revoke_key(&app.db, &revoked.key_id).await.expect("revoke"), "revoked");
-    let expired =
-        accounts::create_key(&app.db, account_id, Some("expired"), Some(Utc::now() - chrono::Duration::hours(1)))
-            .await
-            .expect("create key");
+    let revoked =
+        accounts::create_key(&app.db, &Actor::cli(), account_id, Some("revoked"), None).await.expect("create key");
+    assert!(accounts::revoke_key(&app.db, &Actor::cli(), &revoked.key_id).await.expect("revoke"), "revoked");
+    let expired = accounts::create_key(
+        &app.db,
+        &Actor::cli(),
+        account_id,
+        Some("expired"),
+        Some(Utc::now() - chrono::Duration::hours(1)),
+    )
+    .await
+    .expect("create key");
     // Well-formed (`aio_` + 40 alphanumerics) but never issued; built at run time, not a literal.
     let unknown = format!("aio_{}", "Zq9".repeat(14).chars().take(40).collect::<String>());
 
@@ -84,7 +91,8 @@ async fn a_key_stops_working_when_it_expires_even_when_cached() {
     let app = spawn_app().await;
     let (account_id, _) = app.new_account(100).await;
     let expires_at = Utc::now() + chrono::Duration::milliseconds(1500);
-    let key = accounts::create_key(&app.db, account_id, None, Some(expires_at)).await.expect("create key");
+    let key =
+        accounts::create_key(&app.db, &Actor::cli(), account_id, None, Some(expires_at)).await.expect("create key");
     assert_eq!(app.credits(&key.api_key).await["balance"], 100, "valid before it expires");
 
     let wait = (expires_at - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(100);

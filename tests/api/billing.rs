@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use aio_gateway::audit::Actor;
 use aio_gateway::config::{Package, Settings};
 use aio_gateway::jwt::Role;
 use aio_gateway::on_db;
@@ -284,6 +285,11 @@ async fn a_paid_order_credits_once(backend: Backend) {
     let grants =
         count(&app, &format!("SELECT count(*) FROM ledger WHERE account_id = {account} AND kind = 'grant'")).await;
     assert_eq!(grants, 2, "one grant per paid order");
+    let audited = format!(
+        "SELECT count(*) FROM audit_log WHERE target_account_id = {account} AND action = 'credits.top_up'
+           AND actor_kind = 'system' AND actor_id = 'stripe' AND target_id IS NOT NULL"
+    );
+    assert_eq!(count(&app, &audited).await, 2, "one audit entry per paid order");
     assert_eq!(order_status(&app, &key, third["order_id"].as_str().unwrap()).await["status"], "paid");
     assert_ledger_consistent_on(&app.db).await;
 }
@@ -348,7 +354,7 @@ async fn a_refund_takes_back_what_is_unspent(backend: Backend) {
     let (order_id, _) = buy_and_pay(&app, &stripe, &key, "pi_3Refunded").await;
     app.assert_balance(&key, 1000, 0).await;
     // 700 of the 1000 credits are spent.
-    aio_gateway::ledger::change(&app.db, account, -700, "spent on images").await.unwrap();
+    aio_gateway::ledger::change(&app.db, &Actor::cli(), account, -700, "spent on images").await.unwrap();
 
     // A full refund takes back the 300 left; the 700 spent are owed and the account is flagged.
     let refund = event("charge.refunded", refunded_charge("pi_3Refunded", 500, 500));
@@ -389,6 +395,10 @@ async fn a_refund_takes_back_what_is_unspent(backend: Backend) {
     assert_eq!(deliver_ok(&app, &event("charge.refunded", refunded_charge("pi_3Halves", 500, 500))).await, "applied");
     app.assert_balance(&key, 0, 0).await;
     assert_eq!(order_status(&app, &key, &second).await["reversed_credits"], 1000);
+    // Each refund that took credits is in the audit log once: 300, then 500 and 500.
+    let audited =
+        format!("SELECT count(*) FROM audit_log WHERE target_account_id = {account} AND action = 'credits.refund'");
+    assert_eq!(count(&app, &audited).await, 3);
 
     // A refund of a payment of no order here is ignored.
     assert_eq!(
@@ -452,6 +462,7 @@ async fn a_code_is_redeemed_once_under_a_race(backend: Backend) {
     assert_eq!((ok, conflicts), (1, 49), "{statuses:?}");
     let granted = count(&app, "SELECT count(*) FROM ledger WHERE kind = 'grant'").await;
     assert_eq!(granted, 1);
+    assert_eq!(count(&app, "SELECT count(*) FROM audit_log WHERE action = 'credits.redeem'").await, 1, "audited once");
     let total = count(&app, "SELECT CAST(SUM(balance) AS BIGINT) FROM accounts").await;
     assert_eq!(total, 500);
 

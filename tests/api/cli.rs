@@ -90,6 +90,17 @@ async fn admin_commands_manage_accounts_keys_and_credits() {
     assert!(!ok && refused["error"].as_str().is_some_and(|e| e.contains("999999")), "{refused}");
     let (ok, refused) = run_json(&db, &["credits", "grant", "--account", &account.to_string(), "--amount=-5"]);
     assert!(!ok, "{refused}");
+
+    // Each change is in the audit log once, by the CLI, without the key; refusals left nothing.
+    let (ok, audit) = run_json(&db, &["audit", "--account", &account.to_string(), "--limit", "100"]);
+    assert!(ok, "{audit}");
+    let actions: Vec<&str> =
+        audit["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["key.revoke", "credits.grant", "key.create", "account.create"], "{audit}");
+    assert!(audit["entries"].as_array().expect("entries").iter().all(|e| e["actor"]["kind"] == "cli"));
+    assert!(!audit.to_string().contains(&api_key), "no key in the audit log");
+    let (ok, refused) = run_json(&db, &["audit", "--action", "credits"]);
+    assert!(!ok && refused["error"].as_str().is_some_and(|e| e.contains("credits.grant")), "{refused}");
 }
 
 #[test]
@@ -234,6 +245,13 @@ async fn first_start_creates_the_default_account_and_prints_its_key_once() {
     let (accounts,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&database.pool).await.expect("count");
     assert_eq!(accounts, 1);
+    let audited: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT action, actor_kind, actor_id FROM audit_log ORDER BY id")
+            .fetch_all(&database.pool)
+            .await
+            .expect("the audit log");
+    let system = |action: &str| (action.to_owned(), "system".to_owned(), Some("bootstrap".to_owned()));
+    assert_eq!(audited, [system("account.create"), system("key.create")], "the first start, audited once");
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use aio_gateway::audit::Actor;
 use aio_gateway::config::JwtAlgorithm;
 use aio_gateway::jwt::{Claims, Role};
 use base64::Engine;
@@ -249,7 +250,7 @@ async fn keys_created_through_the_api_work_and_revoked_ones_stop_within_the_cach
 
     // Revoked elsewhere (another replica, the CLI): the cached key stops within the 1 s TTL.
     assert_eq!(app.get(&other_key, "/api/v1/billing/credits").await.status(), StatusCode::OK);
-    assert!(aio_gateway::accounts::revoke_key(&app.db, &other_key_id).await.expect("revoke"));
+    assert!(aio_gateway::accounts::revoke_key(&app.db, &Actor::cli(), &other_key_id).await.expect("revoke"));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_error(app.get(&other_key, "/api/v1/billing/credits").await, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aio_gateway::app::Application;
+use aio_gateway::audit::Actor;
 use aio_gateway::config::{DatabaseSettings, ProviderKind, ProviderSettings, Role, Settings};
 use aio_gateway::engine::Engine;
 use aio_gateway::store::Db;
@@ -603,8 +604,8 @@ pub async fn new_account(pool: &PgPool, credits: i64) -> (i64, String) {
 
 /// [`new_account`] on either backend.
 pub async fn new_account_on(db: &Db, credits: i64) -> (i64, String) {
-    let account_id = accounts::create(db, "test", credits).await.expect("create an account");
-    let key = accounts::create_key(db, account_id, Some("test"), None).await.expect("create a key");
+    let account_id = accounts::create(db, &Actor::cli(), "test", credits).await.expect("create an account");
+    let key = accounts::create_key(db, &Actor::cli(), account_id, Some("test"), None).await.expect("create a key");
     (account_id, key.api_key)
 }
 

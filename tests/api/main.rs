@@ -3,6 +3,7 @@
 // Test code fails loudly: unwrap/expect are its assertions, and its servers live as long as the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
+mod audit;
 mod auth;
 mod billing;
 mod callbacks;

@@ -9,7 +9,7 @@ use crate::helpers::spawn_app;
 /// Every public route of the router, as `(method, path)`; the console's HTML page and assets
 /// (`/`, `/console`, `/console/assets/{name}`) are not API and stay out of the document, and so do
 /// OpenAI's routes (`/v1/…`: OpenAI's contract and error shape, docs/openai.md).
-const ROUTES: [(&str, &str); 37] = [
+const ROUTES: [(&str, &str); 38] = [
     ("post", "/api/v1/images/generations"),
     ("get", "/api/v1/tasks"),
     ("get", "/api/v1/tasks/{task_id}"),
@@ -35,6 +35,7 @@ const ROUTES: [(&str, &str); 37] = [
     ("post", "/api/v1/admin/accounts"),
     ("get", "/api/v1/admin/accounts/{account_id}"),
     ("post", "/api/v1/admin/accounts/{account_id}/credits"),
+    ("get", "/api/v1/admin/audit"),
     ("post", "/api/v1/session"),
     ("get", "/api/v1/session"),
     ("delete", "/api/v1/session"),
@@ -109,6 +110,10 @@ async fn the_document_covers_every_route_and_is_consistent() {
             );
         }
     }
+    // Schemas are named once: the ledger's entry and the audit log's are two.
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["Entry"]["properties"]["kind"].is_object(), "the ledger entry");
+    assert!(schemas["AuditEntry"]["properties"]["action"].is_object(), "the audit entry");
     let schemes = &doc["components"]["securitySchemes"];
     assert_eq!(schemes["api_key"]["scheme"], "bearer");
     assert_eq!(schemes["session"]["bearerFormat"], "JWT");

@@ -85,19 +85,33 @@ async fn purge_removes_what_is_past_its_limit_and_nothing_else(backend: Backend)
     // Unfinished, however old: never purged.
     let pending = app.create_ok(&key, seed_request()).await;
     let ledger_before = ledger(&app, account).await;
+    // Two audit entries (the account and its key were created) made 3 days old; the rest are new.
+    let sql = format!(
+        "UPDATE audit_log SET created_at = {} WHERE id IN (SELECT id FROM audit_log ORDER BY id LIMIT 2)",
+        app.db.dialect().now_plus_secs("$1")
+    );
+    on_db!(&app.db, pool => sqlx::query(&sql).bind(-((3 * DAYS) as f64)).execute(pool).await.map(|_| ()))
+        .expect("age audit entries");
+    let audit_count = || async {
+        on_db!(&app.db, pool => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_log").fetch_one(pool).await)
+            .expect("count")
+    };
+    let audit_before = audit_count().await;
 
     // Batches of one: the run goes on until nothing is left.
     let settings = RetentionSettings {
         results_days: 1,
         tasks_days: 2,
+        audit_days: 2,
         batch_size: 1.try_into().expect("1"),
         ..Default::default()
     };
     let retention = Retention::new(app.db.clone(), app.file_store().await, settings.clone());
     let other_replica = Retention::new(app.db.clone(), app.file_store().await, settings);
-    assert_eq!(retention.purge_once().await.expect("purge"), Some(Purged { files: 2, tasks: 2 }));
+    assert_eq!(retention.purge_once().await.expect("purge"), Some(Purged { files: 2, tasks: 2, audit: 2 }));
     assert_eq!(other_replica.purge_once().await.expect("purge"), None, "one replica at a time: the lease is held");
-    assert_eq!(retention.purge_once().await.expect("again"), Some(Purged { files: 0, tasks: 0 }));
+    assert_eq!(retention.purge_once().await.expect("again"), Some(Purged::default()));
+    assert_eq!(audit_count().await, audit_before - 2, "the recent audit entries are kept");
 
     for task in &old {
         let id = task["task_id"].as_str().expect("id");
@@ -134,12 +148,17 @@ async fn purge_removes_what_is_past_its_limit_and_nothing_else_on_sqlite() {
 }
 
 #[tokio::test]
-async fn with_both_limits_at_zero_nothing_is_purged() {
+async fn with_every_limit_at_zero_nothing_is_purged() {
     let app = TestApp::builder().driven().spawn().await;
     let (_, key) = app.new_account(100).await;
     let done = app.run_seed(&key).await;
     age(&app, &done, 3650).await;
-    let retention = Retention::new(app.db.clone(), app.file_store().await, RetentionSettings::default());
+    let settings = RetentionSettings { audit_days: 0, ..Default::default() };
+    assert!(
+        Retention::new(app.db.clone(), app.file_store().await, RetentionSettings::default()).enabled(),
+        "audit_days"
+    );
+    let retention = Retention::new(app.db.clone(), app.file_store().await, settings);
     assert!(!retention.enabled());
     assert_eq!(retention.purge_once().await.expect("purge"), Some(Purged::default()));
     assert_eq!(app.get_task(&key, done["task_id"].as_str().expect("id")).await["status"], "succeeded");

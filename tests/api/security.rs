@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aio_gateway::audit::Actor;
 use aio_gateway::jwt::Role;
 use reqwest::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use reqwest::{Method, StatusCode};
@@ -355,7 +356,9 @@ async fn more_keys_do_not_mean_more_requests() {
     let (account, first) = app.new_account(10).await;
     let mut keys = vec![first];
     for i in 0..3 {
-        let key = aio_gateway::accounts::create_key(&app.db, account, Some(&format!("k{i}")), None).await.expect("key");
+        let key = aio_gateway::accounts::create_key(&app.db, &Actor::cli(), account, Some(&format!("k{i}")), None)
+            .await
+            .expect("key");
         keys.push(key.api_key);
     }
     // Four keys, each well within its own burst of 4: the account's burst of 4 still bounds them all.

@@ -4,6 +4,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use aio_gateway::audit::Actor;
 use aio_gateway::config::parse_duration;
 use aio_gateway::store::Db;
 use aio_gateway::tasks;
@@ -162,8 +163,8 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     let mut tx = source.db.begin().await.expect("begin");
     ledger::grant(&mut tx, account_id, 7, "loyalty").await.expect("grant");
     tx.commit().await.expect("commit");
-    let revoked = accounts::create_key(&source.db, account_id, Some("old"), None).await.expect("key");
-    assert!(accounts::revoke_key(&source.db, &revoked.key_id).await.expect("revoke"));
+    let revoked = accounts::create_key(&source.db, &Actor::cli(), account_id, Some("old"), None).await.expect("key");
+    assert!(accounts::revoke_key(&source.db, &Actor::cli(), &revoked.key_id).await.expect("revoke"));
     // One task still unfinished when the move happens: its hold moves with it.
     let open_id = tasks::new_task_id();
     let input =

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use aio_gateway::accounts::{self, OwnRevoke};
+use aio_gateway::audit::Actor;
 use aio_gateway::auth::KeyAuth;
 use aio_gateway::config::BodyVersion;
 use aio_gateway::files::FileStore;
@@ -119,8 +120,8 @@ async fn balance(db: &Db, account_id: i64) -> (i64, i64) {
 async fn accounts_and_keys(backend: Backend) {
     let store = TestStore::new(backend, 5).await;
     let db = &store.db;
-    let first = accounts::create(db, "first", 100).await.expect("create");
-    let second = accounts::create(db, "second", 0).await.expect("create");
+    let first = accounts::create(db, &Actor::cli(), "first", 100).await.expect("create");
+    let second = accounts::create(db, &Actor::cli(), "second", 0).await.expect("create");
     let account = accounts::get(db, first).await.expect("get").expect("found");
     assert_eq!((account.name.as_str(), account.balance, account.held), ("first", 100, 0));
     assert!(accounts::get(db, 999).await.expect("get").is_none());
@@ -130,11 +131,13 @@ async fn accounts_and_keys(backend: Backend) {
     let after: Vec<i64> =
         accounts::list(db, Some(first), 10).await.expect("list").iter().map(|a| a.account_id).collect();
     assert_eq!(after, vec![second]);
-    assert!(accounts::create_key(db, 999, None, None).await.is_err(), "a key for a missing account");
+    assert!(accounts::create_key(db, &Actor::cli(), 999, None, None).await.is_err(), "a key for a missing account");
 
-    let key = accounts::create_key(db, first, Some("main"), None).await.expect("key");
-    let expired = accounts::create_key(db, first, None, Some(Utc::now() - Age::minutes(1))).await.expect("key");
-    let later = accounts::create_key(db, first, None, Some(Utc::now() + Age::hours(1))).await.expect("key");
+    let key = accounts::create_key(db, &Actor::cli(), first, Some("main"), None).await.expect("key");
+    let expired =
+        accounts::create_key(db, &Actor::cli(), first, None, Some(Utc::now() - Age::minutes(1))).await.expect("key");
+    let later =
+        accounts::create_key(db, &Actor::cli(), first, None, Some(Utc::now() + Age::hours(1))).await.expect("key");
     let keys = accounts::list_keys(db, first).await.expect("list keys");
     assert_eq!(keys.len(), 3);
     assert!(keys.iter().all(|k| k.revoked_at.is_none() && key.api_key.starts_with("aio_") && k.prefix.len() == 12));
@@ -149,25 +152,28 @@ async fn accounts_and_keys(backend: Backend) {
     let used = accounts::list_keys(db, first).await.expect("list keys");
     assert!(used.iter().find(|k| k.key_id == key.key_id).expect("the key").last_used_at.is_some());
 
-    assert!(matches!(accounts::revoke_own_key(db, second, &key.key_id).await.expect("revoke"), OwnRevoke::NotFound));
     assert!(matches!(
-        accounts::revoke_own_key(db, first, &key.key_id).await.expect("revoke"),
+        accounts::revoke_own_key(db, &Actor::cli(), second, &key.key_id).await.expect("revoke"),
+        OwnRevoke::NotFound
+    ));
+    assert!(matches!(
+        accounts::revoke_own_key(db, &Actor::cli(), first, &key.key_id).await.expect("revoke"),
         OwnRevoke::Revoked { .. }
     ));
     assert!(matches!(
-        accounts::revoke_own_key(db, first, &key.key_id).await.expect("revoke"),
+        accounts::revoke_own_key(db, &Actor::cli(), first, &key.key_id).await.expect("revoke"),
         OwnRevoke::AlreadyRevoked
     ));
     assert!(auth.authenticate(Some(&bearer(&key.api_key))).await.is_err(), "a revoked key");
-    assert!(accounts::revoke_key(db, &later.key_id).await.expect("revoke"));
-    assert!(!accounts::revoke_key(db, &later.key_id).await.expect("revoke"), "revoked before");
+    assert!(accounts::revoke_key(db, &Actor::cli(), &later.key_id).await.expect("revoke"));
+    assert!(!accounts::revoke_key(db, &Actor::cli(), &later.key_id).await.expect("revoke"), "revoked before");
     assert!(auth.authenticate(Some(&bearer(&later.api_key))).await.is_err());
 }
 
 async fn ledger_operations(backend: Backend) {
     let store = TestStore::new(backend, 5).await;
     let db = &store.db;
-    let account = accounts::create(db, "a", 20).await.expect("create");
+    let account = accounts::create(db, &Actor::cli(), "a", 20).await.expect("create");
     let mut tx = db.begin().await.expect("begin");
     assert_eq!(ledger::grant(&mut tx, account, 5, "top-up").await.expect("grant"), 25);
     assert_eq!(ledger::adjust(&mut tx, account, -26, "too much").await.expect("adjust"), None);
@@ -249,7 +255,7 @@ async fn ledger_operations(backend: Backend) {
 async fn task_lifecycle_and_webhooks(backend: Backend) {
     let store = TestStore::new(backend, 5).await;
     let db = &store.db;
-    let account = accounts::create(db, "a", 100).await.expect("create");
+    let account = accounts::create(db, &Actor::cli(), "a", 100).await.expect("create");
     let url = "https://receiver.example.com/hook";
     let task = create_task(db, account, Some(url)).await;
     assert_eq!((task.status, task.price, task.attempts), (TaskStatus::Pending, PRICE, 0));
@@ -365,7 +371,7 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
 async fn idempotency_keys(backend: Backend) {
     let store = TestStore::new(backend, 5).await;
     let db = &store.db;
-    let account = accounts::create(db, "a", 100).await.expect("create");
+    let account = accounts::create(db, &Actor::cli(), "a", 100).await.expect("create");
     let prompt = input("a lake");
     let key = IdempotencyKey { key: "k-1".into(), request_hash: tasks::request_hash("m", &prompt, None, None) };
     let first_id = tasks::new_task_id();
@@ -405,14 +411,14 @@ async fn idempotency_keys(backend: Backend) {
 async fn webhook_secrets(backend: Backend) {
     let store = TestStore::new(backend, 5).await;
     let db = &store.db;
-    let account = accounts::create(db, "a", 0).await.expect("create");
+    let account = accounts::create(db, &Actor::cli(), "a", 0).await.expect("create");
     let first = secrets::signing(db, account).await.expect("signing");
     assert!(first.current.starts_with("whsec_") && first.previous.is_none());
     assert_eq!(secrets::signing(db, account).await.expect("signing").current, first.current, "created once");
-    let rotated = secrets::rotate(db, account, Duration::from_secs(3600)).await.expect("rotate");
+    let rotated = secrets::rotate(db, &Actor::cli(), account, Duration::from_secs(3600)).await.expect("rotate");
     let now = secrets::signing(db, account).await.expect("signing");
     assert_eq!((now.current.as_str(), now.previous.as_deref()), (rotated.as_str(), Some(first.current.as_str())));
-    secrets::rotate(db, account, Duration::ZERO).await.expect("rotate");
+    secrets::rotate(db, &Actor::cli(), account, Duration::ZERO).await.expect("rotate");
     assert!(secrets::signing(db, account).await.expect("signing").previous.is_none(), "no overlap");
 }
 
@@ -421,7 +427,7 @@ async fn webhook_secrets(backend: Backend) {
 async fn concurrent_creates_never_overspend(backend: Backend) {
     let store = TestStore::new(backend, 10).await;
     let db = &store.db;
-    let account = accounts::create(db, "a", 50 * PRICE).await.expect("create");
+    let account = accounts::create(db, &Actor::cli(), "a", 50 * PRICE).await.expect("create");
     let creates = (0..200).map(|i| {
         let db = db.clone();
         tokio::spawn(async move {
@@ -444,7 +450,7 @@ async fn concurrent_creates_never_overspend(backend: Backend) {
 async fn crash_recovery(backend: Backend) {
     let store = TestStore::new(backend, 5).await;
     let db = &store.db;
-    let account = accounts::create(db, "a", 100).await.expect("create");
+    let account = accounts::create(db, &Actor::cli(), "a", 100).await.expect("create");
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(create_task(db, account, None).await.id);

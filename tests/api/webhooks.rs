@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use aio_gateway::audit::Actor;
 use aio_gateway::config::{parse_duration, Settings};
 use aio_gateway::webhooks::secrets;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -314,7 +315,7 @@ async fn the_delivery_log_is_the_owners_and_a_manual_retry_resends_the_event() {
 async fn a_rotation_signs_with_both_secrets_during_the_overlap_then_with_the_new_one() {
     let Setup { app, receiver, account_id, key, .. } = setup_driven("0s", []).await;
     let old = secret_of(&app, account_id).await;
-    let new = secrets::rotate(&app.db, account_id, Duration::from_secs(3600)).await.expect("rotate");
+    let new = secrets::rotate(&app.db, &Actor::cli(), account_id, Duration::from_secs(3600)).await.expect("rotate");
     assert_ne!(old, new);
     assert_eq!(secret_of(&app, account_id).await, new, "the new secret is the current one");
 

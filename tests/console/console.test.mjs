@@ -429,6 +429,39 @@ test('a user cannot reach the admin page', async () => {
   await adminPage.context().close();
 });
 
+test('the audit page is refused to a user and shows an admin who changed what, filtered', async () => {
+  const page = userPage;
+  assert.equal(await page.isVisible('#nav-audit'), false, 'no audit link for a user');
+  await page.goto(base + '/console#/audit');
+  await page.locator('#page-audit .error[data-error-code="forbidden"]').waitFor(WAIT);
+  const status = await page.evaluate(async () => (await fetch('/api/v1/admin/audit')).status);
+  assert.equal(status, 403, 'the audit API refuses the user session too');
+
+  const adminPage = await signIn(admin.key);
+  assert.equal(await adminPage.isVisible('#nav-audit'), true);
+  await adminPage.goto(base + '/console#/audit');
+  await adminPage.locator('#audit-entries tr[data-action="session.sign_in"]').first().waitFor(WAIT);
+  // The grant the admin page made above: filtered by action and account.
+  await adminPage.selectOption('#audit-action', 'credits.grant');
+  await adminPage.fill('#audit-account', String(user.account));
+  await adminPage.click('#audit-filters button[type=submit]');
+  await adminPage.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#audit-entries tr[data-entry]')];
+    return rows.length > 0 && rows.every((row) => row.dataset.action === 'credits.grant')
+      && document.querySelector('#audit-entries').textContent.includes('e2e grant');
+  }, null, WAIT);
+  const text = await adminPage.textContent('#audit-entries');
+  assert.match(text, /admin 1 \(aio_/, 'the admin, with the prefix of its key');
+  assert.ok(!text.includes(admin.key) && !text.includes(user.key), 'no key on the page');
+  // A filter the server refuses shows its message.
+  await adminPage.fill('#audit-actor', 'root');
+  await adminPage.click('#audit-filters button[type=submit]');
+  await adminPage.locator('#audit-message .error[data-error-code="invalid_request"]').waitFor(WAIT);
+  await shot(adminPage, '09-audit');
+  assert.deepEqual([...page.problems, ...adminPage.problems], [], 'no script errors or CSP violations');
+  await adminPage.context().close();
+});
+
 test('Buy opens the fake Stripe Checkout; paying sends the signed webhook and the balance goes up once', async () => {
   const page = userPage;
   const before = (await credits(user.key)).balance;
