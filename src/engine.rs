@@ -167,7 +167,8 @@ impl Engine {
             model: &valid.model.id,
             sub_model: &valid.sub_model.id,
             input: &valid.input,
-            price: valid.price,
+            price: valid.quote.credits,
+            breakdown: Some(&valid.quote.breakdown),
             callback_url: valid.callback_url.as_deref(),
             callback_events: valid.callback_events.as_deref(),
             provider: &valid.route.provider,
@@ -204,7 +205,7 @@ impl Engine {
                 ));
             }
             Created::Insufficient { available } => {
-                return Err(Error::InsufficientCredits { price: valid.price, available });
+                return Err(Error::InsufficientCredits { price: valid.quote.credits, available });
             }
         };
         // A provider that refuses the task outright is something the client must see now.
@@ -518,12 +519,13 @@ impl Engine {
             return Ok(None);
         };
         let code = settled.error.as_ref().map(|e| e.code);
-        tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
+        let charged = settled.charged();
+        tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, charged, "task settled");
         let outcome = match settled.status {
             TaskStatus::Cancelled => Some("cancelled"),
             _ => code.map(TaskErrorCode::as_str),
         };
-        monitoring::task_settled(&settled.sub_model, &settled.provider, settled.price, outcome);
+        monitoring::task_settled(&settled.sub_model, &settled.provider, settled.price, charged, outcome);
         if settled.callback_url.is_some() {
             self.webhooks.wake();
         }

@@ -45,26 +45,43 @@ pub async fn hold(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sq
     Ok(Hold::Held { balance_after })
 }
 
-/// The held credits are spent: `held` shrinks, the balance stays (it already paid on hold).
-pub async fn capture(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
-    let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as("UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance")
-            .bind(account_id)
-            .bind(price)
-            .fetch_one(conn)
-            .await)?;
-    append(tx, account_id, "capture", 0, Some(task_id), balance_after, None).await
-}
-
-/// The hold goes back to the balance.
-pub async fn release(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
-    let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
-        "UPDATE accounts SET balance = balance + $2, held = held - $2 WHERE id = $1 RETURNING balance",
-    )
-    .bind(account_id)
-    .bind(price)
-    .fetch_one(conn)
-    .await)?;
-    append(tx, account_id, "release", price, Some(task_id), balance_after, None).await
+/// Settles a task's hold of `held` credits once, in the caller's transaction (the task's guarded
+/// terminal transition): `charged` (capped to `0..=held`) is captured, the rest goes back to the
+/// balance. All of it charged is one `capture`, nothing charged one `release`; a part is a `capture`
+/// of that part plus a `release` of the rest with its `reason` (e.g. "3 of 4 images delivered"). The
+/// ledger's unique indexes refuse any second settlement of the task.
+pub async fn settle(
+    tx: &mut Tx,
+    account_id: i64,
+    task_id: &str,
+    held: i64,
+    charged: i64,
+    reason: &str,
+) -> sqlx::Result<()> {
+    let charged = charged.clamp(0, held);
+    if charged > 0 {
+        let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
+            "UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance",
+        )
+        .bind(account_id)
+        .bind(charged)
+        .fetch_one(conn)
+        .await)?;
+        append(tx, account_id, "capture", 0, Some(task_id), balance_after, None).await?;
+    }
+    let rest = held - charged;
+    if rest > 0 || charged == 0 {
+        let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
+            "UPDATE accounts SET balance = balance + $2, held = held - $2 WHERE id = $1 RETURNING balance",
+        )
+        .bind(account_id)
+        .bind(rest)
+        .fetch_one(conn)
+        .await)?;
+        let reason = (charged > 0).then_some(reason);
+        append(tx, account_id, "release", rest, Some(task_id), balance_after, reason).await?;
+    }
+    Ok(())
 }
 
 /// Adds credits to an account; returns the new balance.

@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod monitoring;
 pub mod openai;
 pub mod paging;
+pub mod pricing;
 pub mod providers;
 pub mod ratelimit;
 pub mod retention;

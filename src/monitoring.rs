@@ -136,14 +136,14 @@ pub fn task_created(model: &str, provider: &str, price: i64) {
     counter!(CREDITS_HELD, "model" => model.to_owned()).increment(credits(price));
 }
 
-/// A terminal transition and its settlement were committed: captured on success (`error_code` is
-/// `None`), released on failure.
-pub fn task_settled(model: &str, provider: &str, price: i64, error_code: Option<&'static str>) {
+/// A terminal transition and its settlement were committed: `charged` of its hold of `price` captured
+/// (a success, `error_code` `None`: per image delivered), the rest released.
+pub fn task_settled(model: &str, provider: &str, price: i64, charged: i64, error_code: Option<&'static str>) {
     let outcome = error_code.unwrap_or("succeeded").to_owned();
     let labels = [("model", model.to_owned()), ("provider", provider.to_owned()), ("outcome", outcome)];
     counter!(TASKS_SETTLED, &labels).increment(1);
-    let settled = if error_code.is_none() { CREDITS_CAPTURED } else { CREDITS_RELEASED };
-    counter!(settled, "model" => model.to_owned()).increment(credits(price));
+    counter!(CREDITS_CAPTURED, "model" => model.to_owned()).increment(credits(charged));
+    counter!(CREDITS_RELEASED, "model" => model.to_owned()).increment(credits(price - charged));
 }
 
 fn credits(price: i64) -> u64 {

@@ -83,6 +83,7 @@ fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
 fn api_routes(upload_limit: usize) -> Router<AppState> {
     Router::new()
         .route("/api/v1/images/generations", post(images::create))
+        .route("/api/v1/quotes", post(images::quote))
         .route("/api/v1/tasks", get(tasks::list))
         .route("/api/v1/tasks/{task_id}", get(tasks::get))
         .route("/api/v1/tasks/{task_id}/cancel", post(tasks::cancel))

@@ -15,6 +15,7 @@ use super::AppState;
 use crate::catalog::{Catalog, Model};
 use crate::config::ProviderMode;
 use crate::error::Error;
+use crate::pricing::{self, PriceRule};
 
 const ENDPOINT: &str = "/api/v1/images/generations";
 
@@ -28,8 +29,15 @@ pub struct ModelView {
     endpoint: &'static str,
     /// The default first.
     sub_models: Vec<String>,
+    /// Per image, before `price_rules`.
     credits: i64,
     usd: f64,
+    /// Applied in order to the per-image price; see `POST /api/v1/quotes` for a request's price.
+    price_rules: Vec<PriceRule>,
+    /// The cheapest request (one image) and the dearest (`max_images` at the highest per-image price).
+    price_range: PriceRange,
+    /// The most images one request may ask for (`n`).
+    max_images: u32,
     input_types: Vec<String>,
     output: String,
     runtime: &'static str,
@@ -47,6 +55,12 @@ struct RouteView {
     /// For a worker route: the backend node it forwards to (`node_label`, e.g. `node30`).
     #[serde(skip_serializing_if = "Option::is_none")]
     backend_node: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PriceRange {
+    min: i64,
+    max: i64,
 }
 
 fn view(catalog: &Catalog, model: &Model, usd_per_credit: f64, base_url: &str) -> ModelView {
@@ -73,6 +87,12 @@ fn view(catalog: &Catalog, model: &Model, usd_per_credit: f64, base_url: &str) -
         sub_models: model.sub_models.iter().map(|s| s.id.clone()).collect(),
         credits: model.credits,
         usd: round_cents(model.credits as f64 * usd_per_credit),
+        price_rules: model.price_rules.clone(),
+        price_range: {
+            let (min, max) = pricing::range(model);
+            PriceRange { min, max }
+        },
+        max_images: model.max_images,
         input_types: model.input_types.clone(),
         output: model.output.clone(),
         runtime: "async",
@@ -91,7 +111,7 @@ fn round_cents(usd: f64) -> f64 {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ParameterView {
     name: String,
-    /// `string` or `array`.
+    /// `string`, `integer` or `array`.
     #[serde(rename = "type")]
     kind: &'static str,
     required: bool,
@@ -135,6 +155,10 @@ fn parameters(model: &Model) -> Vec<ParameterView> {
     if !with_images.is_empty() {
         let description = format!("Input image URLs (https): {}; other sub-models take none.", with_images.join("; "));
         list.push(free("image_urls", "array", description));
+    }
+    if model.max_images > 1 {
+        let description = format!("How many images, 1 to {} (default 1); only delivered images are charged.", model.max_images);
+        list.push(ParameterView { default: Some("1".into()), ..free("n", "integer", description) });
     }
     if model.webhook {
         list.push(free("callback_url", "string", "https URL that receives the task object when it finishes.".into()));

@@ -56,6 +56,7 @@ pub enum ErrorCode {
     ),
     paths(
         images::create,
+        images::quote,
         tasks::get,
         tasks::list,
         tasks::cancel,

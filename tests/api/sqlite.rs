@@ -167,7 +167,7 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     // One task still unfinished when the move happens: its hold moves with it.
     let open_id = tasks::new_task_id();
     let input =
-        aio_gateway::tasks::TaskInput { prompt: "later".into(), aspect_ratio: None, quality: None, image_urls: vec![] };
+        aio_gateway::tasks::TaskInput { prompt: "later".into(), aspect_ratio: None, quality: None, image_urls: vec![], n: None };
     let open = tasks::NewTask {
         id: &open_id,
         account_id,
@@ -175,6 +175,7 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
         sub_model: "seedream/4.5-text-to-image",
         input: &input,
         price: 12,
+        breakdown: None,
         callback_url: None,
         callback_events: None,
         provider: "simulated",
