@@ -137,13 +137,8 @@ pub fn range(model: &Model) -> (i64, i64) {
 
 /// Every combination of the model's parameter values, as inputs (one image each).
 fn combinations(model: &Model) -> Vec<TaskInput> {
-    let mut inputs = vec![TaskInput {
-        prompt: String::new(),
-        aspect_ratio: None,
-        quality: None,
-        image_urls: Vec::new(),
-        n: None,
-    }];
+    let mut inputs =
+        vec![TaskInput { prompt: String::new(), aspect_ratio: None, quality: None, image_urls: Vec::new(), n: None }];
     for parameter in &model.parameters {
         inputs = inputs
             .into_iter()

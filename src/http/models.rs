@@ -157,7 +157,8 @@ fn parameters(model: &Model) -> Vec<ParameterView> {
         list.push(free("image_urls", "array", description));
     }
     if model.max_images > 1 {
-        let description = format!("How many images, 1 to {} (default 1); only delivered images are charged.", model.max_images);
+        let description =
+            format!("How many images, 1 to {} (default 1); only delivered images are charged.", model.max_images);
         list.push(ParameterView { default: Some("1".into()), ..free("n", "integer", description) });
     }
     if model.webhook {

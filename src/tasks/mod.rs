@@ -749,7 +749,13 @@ mod tests {
     use super::*;
 
     fn input(prompt: &str) -> TaskInput {
-        TaskInput { prompt: prompt.into(), aspect_ratio: Some("1:1".into()), quality: None, image_urls: vec![], n: None }
+        TaskInput {
+            prompt: prompt.into(),
+            aspect_ratio: Some("1:1".into()),
+            quality: None,
+            image_urls: vec![],
+            n: None,
+        }
     }
 
     #[test]

@@ -166,8 +166,13 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     assert!(accounts::revoke_key(&source.db, &revoked.key_id).await.expect("revoke"));
     // One task still unfinished when the move happens: its hold moves with it.
     let open_id = tasks::new_task_id();
-    let input =
-        aio_gateway::tasks::TaskInput { prompt: "later".into(), aspect_ratio: None, quality: None, image_urls: vec![], n: None };
+    let input = aio_gateway::tasks::TaskInput {
+        prompt: "later".into(),
+        aspect_ratio: None,
+        quality: None,
+        image_urls: vec![],
+        n: None,
+    };
     let open = tasks::NewTask {
         id: &open_id,
         account_id,
