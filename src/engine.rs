@@ -147,6 +147,7 @@ impl Engine {
     pub async fn create(
         self: &Arc<Self>,
         account_id: i64,
+        key_id: &str,
         request: CreateRequest,
         idempotency_key: Option<String>,
     ) -> Result<Task, Error> {
@@ -169,6 +170,7 @@ impl Engine {
             input: &valid.input,
             price: valid.quote.credits,
             breakdown: Some(&valid.quote.breakdown),
+            key_id: Some(key_id),
             callback_url: valid.callback_url.as_deref(),
             callback_events: valid.callback_events.as_deref(),
             provider: &valid.route.provider,
@@ -204,6 +206,7 @@ impl Engine {
                         .into(),
                 ));
             }
+            Created::Refused(refusal) => return Err(Error::Limit(refusal)),
             Created::Insufficient { available } => {
                 return Err(Error::InsufficientCredits { price: valid.quote.credits, available });
             }

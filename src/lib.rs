@@ -15,6 +15,7 @@ pub mod ids;
 pub mod instances;
 pub mod jwt;
 pub mod ledger;
+pub mod limits;
 pub mod monitoring;
 pub mod openai;
 pub mod paging;

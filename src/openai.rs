@@ -107,6 +107,7 @@ pub fn count(n: Option<u32>) -> Result<u32, Error> {
 pub async fn create_tasks(
     engine: &Arc<Engine>,
     account_id: i64,
+    key_id: &str,
     request: CreateRequest,
     n: u32,
     idempotency_key: Option<String>,
@@ -115,7 +116,7 @@ pub async fn create_tasks(
     let mut created: Vec<Task> = Vec::new();
     for i in 0..n {
         let key = idempotency_key.as_ref().map(|key| if n == 1 { key.clone() } else { format!("{key}#{i}") });
-        match engine.create(account_id, request.clone(), key).await {
+        match engine.create(account_id, key_id, request.clone(), key).await {
             Ok(task) => created.push(task),
             Err(error) => {
                 for task in &created {

@@ -41,7 +41,7 @@ pub async fn create(
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let _slot = state.limits.create_permit()?;
-    let task = state.engine.create(caller.account_id, request, key).await?;
+    let task = state.engine.create(caller.account_id, &caller.key_id, request, key).await?;
     let location = format!("/api/v1/tasks/{}", task.id);
     Ok(([(LOCATION, location)], Json(TaskView::from(&task).with_links(|url| state.files.link(url)))))
 }

@@ -106,11 +106,11 @@ fn api_routes(upload_limit: usize) -> Router<AppState> {
         .route("/api/v1/callbacks/{provider}/{token}", post(callbacks::receive))
         // Dashboard (session token): the caller's own keys and usage.
         .route("/api/v1/keys", get(keys::list).post(keys::create))
-        .route("/api/v1/keys/{key_id}", delete(keys::revoke))
+        .route("/api/v1/keys/{key_id}", delete(keys::revoke).patch(keys::update))
         .route("/api/v1/usage", get(usage::usage))
         // Admin (session token with role admin).
         .route("/api/v1/admin/accounts", get(admin::list).post(admin::create))
-        .route("/api/v1/admin/accounts/{account_id}", get(admin::get))
+        .route("/api/v1/admin/accounts/{account_id}", get(admin::get).patch(admin::update))
         .route("/api/v1/admin/accounts/{account_id}/credits", post(admin::change_credits))
         // The web console: its sign-in (the session cookie) and its pages.
         .route("/api/v1/session", get(session::show).post(session::create).delete(session::delete))

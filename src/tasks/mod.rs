@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::files::FileStore;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ledger::{self, UsageFilter};
+use crate::limits;
 use crate::pricing::PriceStep;
 use crate::store::{self, Db, Dialect, Tx, WorkQueue};
 use crate::webhooks::queue::{self, Delivery, Event};
@@ -174,6 +175,8 @@ pub struct Task {
     /// What the settlement charged; `None` while unfinished (and on tasks settled before per-image
     /// capture: the price if succeeded, else 0).
     pub charged: Option<i64>,
+    /// The key that created it (`None` before limits): its settlement updates that key's usage.
+    pub key_id: Option<String>,
 }
 
 impl Task {
@@ -207,7 +210,7 @@ impl Task {
 
 const COLUMNS: &str = "id, account_id, model, sub_model, status, input, output, error, price, callback_url, \
      provider, upstream_model, provider_label, simulated, upstream_id, attempts, deadline_at, created_at, updated_at, \
-     completed_at, callback_events, price_breakdown, charged";
+     completed_at, callback_events, price_breakdown, charged, key_id";
 
 /// A task to insert; its id is minted by [`new_task_id`].
 pub struct NewTask<'a> {
@@ -219,6 +222,8 @@ pub struct NewTask<'a> {
     pub price: i64,
     /// How the price came about (the quote's steps), shown as `credits.breakdown`.
     pub breakdown: Option<&'a [PriceStep]>,
+    /// The key creating it: its and its account's limits are enforced (see [`crate::limits`]).
+    pub key_id: Option<&'a str>,
     pub callback_url: Option<&'a str>,
     /// `None`: the default (`completed`).
     pub callback_events: Option<&'a [CallbackEvent]>,
@@ -269,7 +274,11 @@ pub fn new_task_id() -> String {
 /// idempotency key already used: the first task again (nothing held), or a conflict (another request).
 pub enum Created {
     Task(Box<Task>),
-    Insufficient { available: i64 },
+    Insufficient {
+        available: i64,
+    },
+    /// A limit of the key or its account refused it (nothing written).
+    Refused(limits::Refusal),
     Replayed(Box<Task>),
     Conflict,
 }
@@ -302,8 +311,8 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     let sql = format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
                             upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events, leased_by,
-                            price_breakdown)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14, $15, $16)
+                            price_breakdown, key_id)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14, $15, $16, $17)
          RETURNING {COLUMNS}",
         dialect.now_plus_secs("$12"),
         dialect.now_plus_secs("$13"),
@@ -325,6 +334,7 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     .bind(new.callback_events.map(Json))
     .bind(new.lease.map(|_| new.owner))
     .bind(new.breakdown.map(Json))
+    .bind(new.key_id)
     .fetch_one(conn)
     .await)?;
     if let Some(key) = new.idempotency {
@@ -333,16 +343,23 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
             return Ok(None);
         }
     }
-    match ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
-        ledger::Hold::Held { .. } => {
-            tx.commit().await?;
-            Ok(Some(Created::Task(Box::new(task))))
-        }
-        ledger::Hold::Insufficient { available } => {
-            tx.rollback().await?;
-            Ok(Some(Created::Insufficient { available }))
-        }
+    if let ledger::Hold::Insufficient { available } = ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
+        tx.rollback().await?;
+        return Ok(Some(Created::Insufficient { available }));
     }
+    // After the hold: its `UPDATE accounts` serialises the account's creates, so the limits are
+    // decided on usage no concurrent create can change before this one commits.
+    if let Some(key_id) = new.key_id {
+        let now = task.created_at;
+        let mut state = limits::load(&mut tx, new.account_id, key_id, now).await?;
+        if let Err(refusal) = limits::decide(&mut state, new.model, new.sub_model, new.price) {
+            tx.rollback().await?;
+            return Ok(Some(Created::Refused(refusal)));
+        }
+        limits::record_create(&mut tx, new.account_id, key_id, new.price, now).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(Created::Task(Box::new(task))))
 }
 
 /// One task of one account: another account's task is indistinguishable from a missing one.
@@ -645,6 +662,9 @@ async fn settle_credits(tx: &mut Tx, mut task: Task) -> sqlx::Result<Task> {
     };
     let reason = format!("{delivered} of {} images delivered", task.input.images());
     ledger::settle(tx, task.account_id, &task.id, task.price, charged, &reason).await?;
+    if let Some(key_id) = &task.key_id {
+        limits::record_settle(tx, task.account_id, key_id, task.created_at, task.price - charged).await?;
+    }
     on_tx!(tx, conn => sqlx::query("UPDATE tasks SET charged = $2 WHERE id = $1")
         .bind(&task.id)
         .bind(charged)

@@ -33,6 +33,13 @@ pub fn models_path() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml"))
 }
 
+/// A task object's `credits` for one image of a model whose price rules do not apply: `price` per
+/// image, its quote's breakdown the base and × 1.
+pub fn plain_credits(price: i64, charged: i64, state: &str) -> Value {
+    json!({"price": price, "charged": charged, "state": state,
+           "breakdown": [{"step": "base", "credits": price}, {"step": "images", "n": 1, "credits": price}]})
+}
+
 /// The seed request of the spec (§2.1).
 pub fn seed_request() -> Value {
     serde_json::json!({

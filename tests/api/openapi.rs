@@ -11,6 +11,7 @@ use crate::helpers::spawn_app;
 /// OpenAI's routes (`/v1/…`: OpenAI's contract and error shape, docs/openai.md).
 const ROUTES: [(&str, &str); 37] = [
     ("post", "/api/v1/images/generations"),
+    ("post", "/api/v1/quotes"),
     ("get", "/api/v1/tasks"),
     ("get", "/api/v1/tasks/{task_id}"),
     ("post", "/api/v1/tasks/{task_id}/cancel"),
@@ -30,10 +31,12 @@ const ROUTES: [(&str, &str); 37] = [
     ("get", "/api/v1/keys"),
     ("post", "/api/v1/keys"),
     ("delete", "/api/v1/keys/{key_id}"),
+    ("patch", "/api/v1/keys/{key_id}"),
     ("get", "/api/v1/usage"),
     ("get", "/api/v1/admin/accounts"),
     ("post", "/api/v1/admin/accounts"),
     ("get", "/api/v1/admin/accounts/{account_id}"),
+    ("patch", "/api/v1/admin/accounts/{account_id}"),
     ("post", "/api/v1/admin/accounts/{account_id}/credits"),
     ("post", "/api/v1/session"),
     ("get", "/api/v1/session"),

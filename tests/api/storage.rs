@@ -75,6 +75,7 @@ fn new_task<'a>(
         input,
         price: PRICE,
         breakdown: None,
+        key_id: None,
         callback_url,
         callback_events: None,
         provider: "simulated",

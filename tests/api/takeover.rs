@@ -214,6 +214,7 @@ async fn only_the_leases_of_dead_instances_are_released() {
                 input: &input,
                 price: PRICE,
                 breakdown: None,
+                key_id: None,
                 callback_url: None,
                 callback_events: None,
                 provider: "simulated",
