@@ -4,7 +4,7 @@
 //! ends with exactly one of capture and release. On both backends.
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::fakes::replicate::{self, FakeReplicate};
 use crate::helpers::{assert_error, assert_ledger_consistent_on, bearer, seed_request, Backend, TestApp};

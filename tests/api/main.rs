@@ -23,6 +23,7 @@ mod http_errors;
 mod idempotency;
 mod kie;
 mod ledger;
+mod limits;
 mod live_providers;
 mod logs;
 mod metrics;

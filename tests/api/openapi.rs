@@ -9,7 +9,7 @@ use crate::helpers::spawn_app;
 /// Every public route of the router, as `(method, path)`; the console's HTML page and assets
 /// (`/`, `/console`, `/console/assets/{name}`) are not API and stay out of the document, and so do
 /// OpenAI's routes (`/v1/…`: OpenAI's contract and error shape, docs/openai.md).
-const ROUTES: [(&str, &str); 37] = [
+const ROUTES: [(&str, &str); 40] = [
     ("post", "/api/v1/images/generations"),
     ("post", "/api/v1/quotes"),
     ("get", "/api/v1/tasks"),
