@@ -42,6 +42,7 @@ pub const TABLES: &[&str] = &[
     "job_leases",
     "signed_out_sessions",
     "instances",
+    "limit_usage",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.

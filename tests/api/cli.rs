@@ -85,8 +85,12 @@ async fn admin_commands_manage_accounts_keys_and_credits() {
         &["keys", "limits", &key_id, "--allowed-models", "flux-dev,seedream-4-5", "--daily-credit-cap", "100"],
     );
     assert!(ok, "{limited}");
-    assert_eq!((&limited["allowed_models"], &limited["daily_credit_cap"]), (&json!(["flux-dev", "seedream-4-5"]), &json!(100)));
-    let (ok, limited) = run_json(&db, &["keys", "limits", &key_id, "--daily-credit-cap", "none", "--max-in-flight", "3"]);
+    assert_eq!(
+        (&limited["allowed_models"], &limited["daily_credit_cap"]),
+        (&json!(["flux-dev", "seedream-4-5"]), &json!(100))
+    );
+    let (ok, limited) =
+        run_json(&db, &["keys", "limits", &key_id, "--daily-credit-cap", "none", "--max-in-flight", "3"]);
     assert!(ok, "{limited}");
     assert_eq!((&limited["daily_credit_cap"], &limited["max_in_flight"]), (&Value::Null, &json!(3)), "{limited}");
     assert_eq!(limited["allowed_models"], json!(["flux-dev", "seedream-4-5"]));
