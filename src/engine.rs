@@ -206,7 +206,10 @@ impl Engine {
                         .into(),
                 ));
             }
-            Created::Refused(refusal) => return Err(Error::Limit(refusal)),
+            Created::Refused(refusal) => {
+                monitoring::limit_refused(refusal.code(), refusal.scope().as_str());
+                return Err(Error::Limit(refusal));
+            }
             Created::Insufficient { available } => {
                 return Err(Error::InsufficientCredits { price: valid.quote.credits, available });
             }

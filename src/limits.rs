@@ -100,6 +100,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Whose limit refused.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Refusal::ModelNotAllowed { scope, .. }
+            | Refusal::CapReached { scope, .. }
+            | Refusal::InFlight { scope, .. } => *scope,
+        }
+    }
+
     /// The error code clients see.
     pub fn code(&self) -> &'static str {
         match self {

@@ -53,6 +53,8 @@ pub const TASKS_CANCELLED: &str = "aio_tasks_cancelled_total";
 pub const INSTANCE_HEARTBEATS: &str = "aio_instance_heartbeats_total";
 /// Leased rows of dead instances released by this process, by queue (`tasks`, `webhook_deliveries`).
 pub const LEASES_TAKEN_OVER: &str = "aio_leases_taken_over_total";
+/// Creates refused by a key's or account's limit, by code and scope.
+pub const LIMIT_REFUSALS: &str = "aio_limit_refusals_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -84,6 +86,7 @@ fn describe() {
     describe_counter!(TASKS_SETTLED, "Tasks settled, by model, provider and outcome (succeeded or the error code).");
     describe_gauge!(TASKS_OPEN, "Unfinished tasks in the database, by status (pending, running).");
     describe_counter!(IDEMPOTENT_REPLAYS, "Creates answered with an earlier task of the same Idempotency-Key.");
+    describe_counter!(LIMIT_REFUSALS, "Creates refused by a key's or account's limit, by code and scope.");
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
@@ -152,6 +155,12 @@ fn credits(price: i64) -> u64 {
 
 pub fn idempotent_replay() {
     counter!(IDEMPOTENT_REPLAYS).increment(1);
+}
+
+/// A create refused by a limit: `code` (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`)
+/// and `scope` (`key`, `account`).
+pub fn limit_refused(code: &'static str, scope: &'static str) {
+    counter!(LIMIT_REFUSALS, "code" => code, "scope" => scope).increment(1);
 }
 
 /// One provider call: its latency, and when it failed, whether the error was retriable.
