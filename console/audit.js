@@ -6,7 +6,7 @@
   const { api, el, errorBox, table, format } = window.AIO;
   const PAGE = 20;
   const ACTIONS = ['account.create', 'credits.grant', 'credits.adjust', 'credits.top_up', 'credits.refund',
-    'credits.redeem', 'key.create', 'key.revoke', 'key.limits', 'webhook_secret.rotate', 'session.sign_in'];
+    'credits.redeem', 'key.create', 'key.revoke', 'key.limits', 'account.limits', 'webhook_secret.rotate', 'session.sign_in'];
 
   function field(id, label, input) {
     return el('div', { class: 'field' }, el('label', { for: id, text: label }), input);

@@ -7,6 +7,7 @@ use serde_json::json;
 use ulid::Ulid;
 
 use crate::audit::{self, Action, Actor, Target};
+use crate::limits::Limits;
 use crate::store::{Db, Tx};
 use crate::{auth, ledger, on_db, on_tx};
 
@@ -66,9 +67,14 @@ pub struct Account {
     /// Set when a refund or dispute first left credits owed: the operator should look at the account.
     pub billing_flagged_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The account's limits (issue 20), over all its keys; `null` is no limit.
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub limits: Limits,
 }
 
-const ACCOUNT_COLUMNS: &str = "id AS account_id, name, balance, held, credits_owed, billing_flagged_at, created_at";
+const ACCOUNT_COLUMNS: &str = "id AS account_id, name, balance, held, credits_owed, billing_flagged_at, created_at, \
+     allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap";
 
 pub async fn get(db: &Db, account_id: i64) -> sqlx::Result<Option<Account>> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
@@ -191,16 +197,24 @@ pub struct KeyInfo {
     pub last_used_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key's limits (issue 20); `null` is no limit. The account's limits apply too.
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub limits: Limits,
 }
 
+const KEY_COLUMNS: &str = "id AS key_id, name, prefix, created_at, last_used_at, expires_at, revoked_at, \
+     allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap";
+
 pub async fn list_keys(db: &Db, account_id: i64) -> anyhow::Result<Vec<KeyInfo>> {
-    Ok(on_db!(db, pool => sqlx::query_as(
-        "SELECT id AS key_id, name, prefix, created_at, last_used_at, expires_at, revoked_at
-         FROM api_keys WHERE account_id = $1 ORDER BY created_at DESC",
-    )
-    .bind(account_id)
-    .fetch_all(pool)
-    .await)?)
+    let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = $1 ORDER BY created_at DESC");
+    Ok(on_db!(db, pool => sqlx::query_as(&sql).bind(account_id).fetch_all(pool).await)?)
+}
+
+/// One key, of `account_id` when given (an admin may name any key).
+pub async fn key(db: &Db, account_id: Option<i64>, key_id: &str) -> sqlx::Result<Option<KeyInfo>> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND ($2 IS NULL OR account_id = $2)");
+    on_db!(db, pool => sqlx::query_as(&sql).bind(key_id).bind(account_id).fetch_optional(pool).await)
 }
 
 /// The account's active keys: neither revoked nor expired.

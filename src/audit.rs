@@ -53,6 +53,9 @@ pub enum Action {
     /// A key's limits changed.
     #[serde(rename = "key.limits")]
     KeyLimits,
+    /// An account's limits changed.
+    #[serde(rename = "account.limits")]
+    AccountLimits,
     #[serde(rename = "webhook_secret.rotate")]
     WebhookSecretRotate,
     /// A console session was started with an API key.
@@ -61,7 +64,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::AccountCreate,
         Action::CreditsGrant,
         Action::CreditsAdjust,
@@ -71,6 +74,7 @@ impl Action {
         Action::KeyCreate,
         Action::KeyRevoke,
         Action::KeyLimits,
+        Action::AccountLimits,
         Action::WebhookSecretRotate,
         Action::SessionSignIn,
     ];
@@ -86,6 +90,7 @@ impl Action {
             Action::KeyCreate => "key.create",
             Action::KeyRevoke => "key.revoke",
             Action::KeyLimits => "key.limits",
+            Action::AccountLimits => "account.limits",
             Action::WebhookSecretRotate => "webhook_secret.rotate",
             Action::SessionSignIn => "session.sign_in",
         }

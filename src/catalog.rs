@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{ProviderKind, ProviderMode, Settings};
 use crate::error::Error;
+use crate::pricing::{self, PriceRule, Quote};
 use crate::tasks::{CallbackEvent, TaskInput};
 use crate::url_guard::Guard;
 
@@ -33,8 +34,14 @@ pub struct Model {
     pub vendor: String,
     #[serde(default)]
     pub description: Option<String>,
-    /// Price of one image, in credits.
+    /// Price of one image, in credits, before `price_rules`.
     pub credits: i64,
+    /// Applied in order to the per-image price (see [`crate::pricing`]).
+    #[serde(default)]
+    pub price_rules: Vec<PriceRule>,
+    /// The most images one request may ask for (`n`); default 1.
+    #[serde(default = "default_max_images")]
+    pub max_images: u32,
     pub webhook: bool,
     pub input_types: Vec<String>,
     pub output: String,
@@ -152,8 +159,9 @@ pub struct FieldMap {
     pub omit: bool,
 }
 
-/// The parameters a route may map: every model has a prompt and (edit sub-models) image URLs.
-const ALWAYS_MAPPABLE: [&str; 2] = ["prompt", "image_urls"];
+/// The parameters a route may map: every model has a prompt, (edit sub-models) image URLs and (models
+/// with `max_images` above 1) a number of images `n`.
+const ALWAYS_MAPPABLE: [&str; 3] = ["prompt", "image_urls", "n"];
 
 impl Route {
     /// The provider's input fields for `input` on this route.
@@ -210,6 +218,7 @@ fn map_input(map: &BTreeMap<String, FieldMap>, fixed: &Map<String, Value>, input
         ("aspect_ratio", input.aspect_ratio.as_ref().map(|v| json!(v))),
         ("quality", input.quality.as_ref().map(|v| json!(v))),
         ("image_urls", (!input.image_urls.is_empty()).then(|| json!(input.image_urls))),
+        ("n", input.n.map(|n| json!(n))),
     ];
     let our_text = |name: &str| ours.iter().find(|(ours, _)| *ours == name)?.1.as_ref()?.as_str();
     let mut fields = fixed.clone();
@@ -244,6 +253,10 @@ fn coverage_problems<'a>(at: &str, keys: impl Iterator<Item = &'a String>, param
         problems.push(format!("{at}: the parameter's value `{value}` is not mapped"));
     }
     problems
+}
+
+fn default_max_images() -> u32 {
+    1
 }
 
 fn default_weight() -> u32 {
@@ -600,6 +613,11 @@ impl Catalog {
             callback_url = Some(String::from(url));
         }
 
+        let n = request.n.unwrap_or(1);
+        if n == 0 || n > model.max_images {
+            return invalid(format!("`n`: {} makes 1 to {} images per request; got {n}.", model.id, model.max_images));
+        }
+
         let callback_events = match request.callback_events {
             None => None,
             Some(_) if request.callback_url.is_none() => {
@@ -608,14 +626,16 @@ impl Catalog {
             Some(names) => Some(callback_events(&names)?),
         };
 
+        // `n` is stored only above 1, so a request for one image is what it always was.
+        let input = TaskInput { prompt: prompt.to_owned(), aspect_ratio, quality, image_urls, n: (n > 1).then_some(n) };
         Ok(ValidRequest {
             model,
             sub_model,
             route: sub_model.routes_in_order()[0],
-            input: TaskInput { prompt: prompt.to_owned(), aspect_ratio, quality, image_urls },
+            quote: pricing::quote(model, &input),
+            input,
             callback_url,
             callback_events,
-            price: model.credits,
         })
     }
 }
@@ -728,6 +748,7 @@ pub fn check(models: &[Model], settings: &Settings) -> Report {
         if model.credits < 0 {
             problems.push(format!("{at}: credits must not be negative"));
         }
+        problems.extend(pricing::problems(&at, model));
         if model.max_prompt_chars == 0 {
             problems.push(format!("{at}: max_prompt_chars must be above 0"));
         }
@@ -848,6 +869,10 @@ pub struct CreateRequest {
     /// With `callback_url`: which events it receives, `completed` (the default) and/or `started`.
     #[schema(example = json!(["started", "completed"]))]
     pub callback_events: Option<Vec<String>>,
+    /// How many images (default 1), up to the model's `max_images`. The price is per image; only the
+    /// images delivered are charged.
+    #[schema(example = 1, minimum = 1)]
+    pub n: Option<u32>,
 }
 
 /// A request that passed validation: what to store, what it costs, and which route serves it.
@@ -858,7 +883,8 @@ pub struct ValidRequest<'a> {
     pub input: TaskInput,
     pub callback_url: Option<String>,
     pub callback_events: Option<Vec<CallbackEvent>>,
-    pub price: i64,
+    /// What it costs: the credits to hold, per image × `n`, and how.
+    pub quote: Quote,
 }
 
 #[cfg(test)]
@@ -922,6 +948,7 @@ mod tests {
             aspect_ratio: Some(aspect_ratio.into()),
             quality: Some(quality.into()),
             image_urls: image_urls.iter().map(|u| u.to_string()).collect(),
+            n: None,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::catalog::{self, Catalog};
 use crate::config::Settings;
 use crate::files::FileStore;
 use crate::jwt::{self, JwtAuth, Role, SessionSigner};
+use crate::limits::{self, Limits, LimitsPatch};
 use crate::providers::Providers;
 use crate::webhooks::secrets;
 use crate::{accounts, ledger, store, telemetry};
@@ -126,6 +127,61 @@ pub enum AccountsCommand {
         #[arg(long, default_value_t = 0)]
         credits: i64,
     },
+    /// Set an account's limits over all its keys (only the flags given change; `none` clears one).
+    Limits {
+        #[arg(long)]
+        account: i64,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+/// The limits of a key or an account, as flags: each given one replaces the current value, `none`
+/// clears it (no limit).
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
+    /// Model or sub-model ids, comma-separated, or `none` (every model).
+    #[arg(long)]
+    allowed_models: Option<String>,
+    /// The most unfinished tasks at once, or `none`.
+    #[arg(long)]
+    max_in_flight: Option<String>,
+    /// Credits per UTC calendar day, or `none`.
+    #[arg(long)]
+    daily_credit_cap: Option<String>,
+    /// Credits per UTC calendar month, or `none`.
+    #[arg(long)]
+    monthly_credit_cap: Option<String>,
+}
+
+impl LimitArgs {
+    fn patch(self) -> anyhow::Result<LimitsPatch> {
+        fn number(flag: &str, value: Option<String>) -> anyhow::Result<Option<Option<i64>>> {
+            value
+                .map(|value| match value.as_str() {
+                    "none" => Ok(None),
+                    text => text.parse().map(Some).with_context(|| format!("--{flag}: a number or `none`")),
+                })
+                .transpose()
+        }
+        let allowed_models = self.allowed_models.map(|list| match list.as_str() {
+            "none" => None,
+            list => Some(list.split(',').map(|id| id.trim().to_owned()).filter(|id| !id.is_empty()).collect()),
+        });
+        Ok(LimitsPatch {
+            allowed_models,
+            max_in_flight: number("max-in-flight", self.max_in_flight)?,
+            daily_credit_cap: number("daily-credit-cap", self.daily_credit_cap)?,
+            monthly_credit_cap: number("monthly-credit-cap", self.monthly_credit_cap)?,
+        })
+    }
+}
+
+/// Applies `args` to `current`, model ids checked against the configured catalog's ids.
+fn apply_limits(settings: &Settings, current: Limits, args: LimitArgs) -> anyhow::Result<Limits> {
+    let models = catalog::read(&settings.catalog.models_path)?;
+    let known = |id: &str| models.iter().any(|m| m.id == id || m.sub_models.iter().any(|s| s.id == id));
+    Ok(args.patch()?.apply(current, known)?)
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +202,12 @@ pub enum KeysCommand {
     List {
         #[arg(long)]
         account: i64,
+    },
+    /// Set a key's limits (only the flags given change; `none` clears one).
+    Limits {
+        key_id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
 }
 
@@ -245,7 +307,13 @@ async fn execute(cli: Cli) -> anyhow::Result<Option<Value>> {
         Command::Accounts(AccountsCommand::Create { name, credits }) => {
             Some(json!({"account_id": accounts::create(&pool, &Actor::cli(), &name, credits).await?}))
         }
-        Command::Keys(command) => Some(keys(&pool, command).await?),
+        Command::Accounts(AccountsCommand::Limits { account, limits: args }) => {
+            let current = limits::of_account(&pool, account).await?.with_context(|| format!("no account {account}"))?;
+            let next = apply_limits(&settings, current.clone(), args)?;
+            limits::set_account(&pool, &Actor::cli(), account, &current, &next).await?;
+            Some(serde_json::to_value(accounts::get(&pool, account).await?)?)
+        }
+        Command::Keys(command) => Some(keys(&pool, &settings, command).await?),
         Command::Credits(CreditsCommand::Grant { account, amount, reason }) => {
             // This command only grants; the rest of the rules are the ledger's, as for the admin API.
             anyhow::ensure!(amount > 0, "--amount must be above 0");
@@ -357,7 +425,7 @@ async fn providers_check(settings: &Settings, pool: &Db, json: bool) -> anyhow::
     Ok((json!({"mode": catalog.mode().as_str(), "routes": rows, "dead": dead}), dead))
 }
 
-async fn keys(pool: &Db, command: KeysCommand) -> anyhow::Result<Value> {
+async fn keys(pool: &Db, settings: &Settings, command: KeysCommand) -> anyhow::Result<Value> {
     Ok(match command {
         KeysCommand::Create { account, name, expires_at } => serde_json::to_value(
             accounts::create_key(pool, &Actor::cli(), account, name.as_deref(), expires_at).await?,
@@ -367,6 +435,12 @@ async fn keys(pool: &Db, command: KeysCommand) -> anyhow::Result<Value> {
             json!({"key_id": key_id, "revoked": true})
         }
         KeysCommand::List { account } => json!({"keys": accounts::list_keys(pool, account).await?}),
+        KeysCommand::Limits { key_id, limits: args } => {
+            let current = limits::of_key(pool, None, &key_id).await?.with_context(|| format!("no key {key_id}"))?;
+            let next = apply_limits(settings, current.clone(), args)?;
+            limits::set_key(pool, &Actor::cli(), None, &key_id, &current, &next).await?;
+            serde_json::to_value(accounts::key(pool, None, &key_id).await?)?
+        }
     })
 }
 

@@ -147,6 +147,7 @@ impl Engine {
     pub async fn create(
         self: &Arc<Self>,
         account_id: i64,
+        key_id: &str,
         request: CreateRequest,
         idempotency_key: Option<String>,
     ) -> Result<Task, Error> {
@@ -167,7 +168,9 @@ impl Engine {
             model: &valid.model.id,
             sub_model: &valid.sub_model.id,
             input: &valid.input,
-            price: valid.price,
+            price: valid.quote.credits,
+            breakdown: Some(&valid.quote.breakdown),
+            key_id: Some(key_id),
             callback_url: valid.callback_url.as_deref(),
             callback_events: valid.callback_events.as_deref(),
             provider: &valid.route.provider,
@@ -203,8 +206,12 @@ impl Engine {
                         .into(),
                 ));
             }
+            Created::Refused(refusal) => {
+                monitoring::limit_refused(refusal.code(), refusal.scope().as_str());
+                return Err(Error::Limit(refusal));
+            }
             Created::Insufficient { available } => {
-                return Err(Error::InsufficientCredits { price: valid.price, available });
+                return Err(Error::InsufficientCredits { price: valid.quote.credits, available });
             }
         };
         // A provider that refuses the task outright is something the client must see now.
@@ -518,12 +525,13 @@ impl Engine {
             return Ok(None);
         };
         let code = settled.error.as_ref().map(|e| e.code);
-        tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, "task settled");
+        let charged = settled.charged();
+        tracing::info!(status = ?settled.status, error_code = ?code, price = settled.price, charged, "task settled");
         let outcome = match settled.status {
             TaskStatus::Cancelled => Some("cancelled"),
             _ => code.map(TaskErrorCode::as_str),
         };
-        monitoring::task_settled(&settled.sub_model, &settled.provider, settled.price, outcome);
+        monitoring::task_settled(&settled.sub_model, &settled.provider, settled.price, charged, outcome);
         if settled.callback_url.is_some() {
             self.webhooks.wake();
         }

@@ -16,6 +16,9 @@ pub enum Error {
     Forbidden(String),
     #[error("insufficient credits")]
     InsufficientCredits { price: i64, available: i64 },
+    /// A key's or account's limit refuses the create (issue 20).
+    #[error("{}", .0.message())]
+    Limit(crate::limits::Refusal),
     #[error("{0}")]
     NotFound(String),
     /// The request is fine but the resource's state does not allow it now.

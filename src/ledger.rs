@@ -46,26 +46,43 @@ pub async fn hold(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sq
     Ok(Hold::Held { balance_after })
 }
 
-/// The held credits are spent: `held` shrinks, the balance stays (it already paid on hold).
-pub async fn capture(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
-    let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as("UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance")
-            .bind(account_id)
-            .bind(price)
-            .fetch_one(conn)
-            .await)?;
-    append(tx, account_id, "capture", 0, Some(task_id), balance_after, None).await
-}
-
-/// The hold goes back to the balance.
-pub async fn release(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sqlx::Result<()> {
-    let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
-        "UPDATE accounts SET balance = balance + $2, held = held - $2 WHERE id = $1 RETURNING balance",
-    )
-    .bind(account_id)
-    .bind(price)
-    .fetch_one(conn)
-    .await)?;
-    append(tx, account_id, "release", price, Some(task_id), balance_after, None).await
+/// Settles a task's hold of `held` credits once, in the caller's transaction (the task's guarded
+/// terminal transition): `charged` (capped to `0..=held`) is captured, the rest goes back to the
+/// balance. All of it charged is one `capture`, nothing charged one `release`; a part is a `capture`
+/// of that part plus a `release` of the rest with its `reason` (e.g. "3 of 4 images delivered"). The
+/// ledger's unique indexes refuse any second settlement of the task.
+pub async fn settle(
+    tx: &mut Tx,
+    account_id: i64,
+    task_id: &str,
+    held: i64,
+    charged: i64,
+    reason: &str,
+) -> sqlx::Result<()> {
+    let charged = charged.clamp(0, held);
+    if charged > 0 {
+        let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
+            "UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance",
+        )
+        .bind(account_id)
+        .bind(charged)
+        .fetch_one(conn)
+        .await)?;
+        append(tx, account_id, "capture", 0, Some(task_id), balance_after, None).await?;
+    }
+    let rest = held - charged;
+    if rest > 0 || charged == 0 {
+        let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
+            "UPDATE accounts SET balance = balance + $2, held = held - $2 WHERE id = $1 RETURNING balance",
+        )
+        .bind(account_id)
+        .bind(rest)
+        .fetch_one(conn)
+        .await)?;
+        let reason = (charged > 0).then_some(reason);
+        append(tx, account_id, "release", rest, Some(task_id), balance_after, reason).await?;
+    }
+    Ok(())
 }
 
 /// Adds credits to an account; returns the new balance.
@@ -238,10 +255,10 @@ pub fn cursor(text: &str) -> Option<i64> {
     text.parse::<i64>().ok().filter(|id| *id > 0)
 }
 
-/// The columns of an [`Entry`] (a capture with what it spent: its task's price) and the tables they
-/// come from, `ledger l` and its task `t`.
+/// The columns of an [`Entry`] (a capture with what it spent: what its task was charged — its price on
+/// tasks settled before per-image charging) and the tables they come from, `ledger l` and its task `t`.
 const ENTRIES: &str = "l.id, l.kind, l.amount, l.task_id, l.balance_after, l.reason, l.created_at,
-        CASE WHEN l.kind = 'capture' THEN t.price END AS captured
+        CASE WHEN l.kind = 'capture' THEN COALESCE(t.charged, t.price) END AS captured
     FROM ledger l LEFT JOIN tasks t ON t.id = l.task_id";
 
 /// An account's entries, newest first, optionally only older than `before` (an entry id), within

@@ -55,6 +55,8 @@ pub const INSTANCE_HEARTBEATS: &str = "aio_instance_heartbeats_total";
 pub const LEASES_TAKEN_OVER: &str = "aio_leases_taken_over_total";
 /// Audit log entries written, by `action` (`credits.grant`, `key.create`, …; see `audit`).
 pub const AUDIT_ENTRIES: &str = "aio_audit_entries_total";
+/// Creates refused by a key's or account's limit, by code and scope.
+pub const LIMIT_REFUSALS: &str = "aio_limit_refusals_total";
 
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -86,6 +88,7 @@ fn describe() {
     describe_counter!(TASKS_SETTLED, "Tasks settled, by model, provider and outcome (succeeded or the error code).");
     describe_gauge!(TASKS_OPEN, "Unfinished tasks in the database, by status (pending, running).");
     describe_counter!(IDEMPOTENT_REPLAYS, "Creates answered with an earlier task of the same Idempotency-Key.");
+    describe_counter!(LIMIT_REFUSALS, "Creates refused by a key's or account's limit, by code and scope.");
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
@@ -139,14 +142,14 @@ pub fn task_created(model: &str, provider: &str, price: i64) {
     counter!(CREDITS_HELD, "model" => model.to_owned()).increment(credits(price));
 }
 
-/// A terminal transition and its settlement were committed: captured on success (`error_code` is
-/// `None`), released on failure.
-pub fn task_settled(model: &str, provider: &str, price: i64, error_code: Option<&'static str>) {
+/// A terminal transition and its settlement were committed: `charged` of its hold of `price` captured
+/// (a success, `error_code` `None`: per image delivered), the rest released.
+pub fn task_settled(model: &str, provider: &str, price: i64, charged: i64, error_code: Option<&'static str>) {
     let outcome = error_code.unwrap_or("succeeded").to_owned();
     let labels = [("model", model.to_owned()), ("provider", provider.to_owned()), ("outcome", outcome)];
     counter!(TASKS_SETTLED, &labels).increment(1);
-    let settled = if error_code.is_none() { CREDITS_CAPTURED } else { CREDITS_RELEASED };
-    counter!(settled, "model" => model.to_owned()).increment(credits(price));
+    counter!(CREDITS_CAPTURED, "model" => model.to_owned()).increment(credits(charged));
+    counter!(CREDITS_RELEASED, "model" => model.to_owned()).increment(credits(price - charged));
 }
 
 fn credits(price: i64) -> u64 {
@@ -155,6 +158,12 @@ fn credits(price: i64) -> u64 {
 
 pub fn idempotent_replay() {
     counter!(IDEMPOTENT_REPLAYS).increment(1);
+}
+
+/// A create refused by a limit: `code` (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`)
+/// and `scope` (`key`, `account`).
+pub fn limit_refused(code: &'static str, scope: &'static str) {
+    counter!(LIMIT_REFUSALS, "code" => code, "scope" => scope).increment(1);
 }
 
 /// One provider call: its latency, and when it failed, whether the error was retriable.

@@ -48,7 +48,7 @@ pub enum Image {
     B64(String),
 }
 
-/// The catalog request for one image: the model (an id, sub-model id or OpenAI alias; for edits a model
+/// The catalog request (one task; with `n` on a model whose `max_images` allows it, all its images): the model (an id, sub-model id or OpenAI alias; for edits a model
 /// id means its edit sub-model), OpenAI's `size` and `quality` through the model's `[models.openai]`
 /// tables. Errors name OpenAI's fields.
 pub fn create_request(catalog: &Catalog, request: &ImagesRequest) -> Result<CreateRequest, Error> {
@@ -87,6 +87,9 @@ pub fn create_request(catalog: &Catalog, request: &ImagesRequest) -> Result<Crea
         image_urls: request.edit.clone(),
         callback_url: None,
         callback_events: None,
+        // A model that makes several images per request gets them as one task (one price, charged
+        // per image delivered); otherwise the request becomes `n` tasks of one image.
+        n: request.n.filter(|n| *n > 1 && *n <= model.max_images),
     })
 }
 
@@ -98,20 +101,22 @@ pub fn count(n: Option<u32>) -> Result<u32, Error> {
     }
 }
 
-/// Creates the request's `n` tasks (each held like a native create; with an `Idempotency-Key`, task
+/// Creates the request's `n` tasks (one when the request itself asks its model for `n` images; each held like a native create; with an `Idempotency-Key`, task
 /// `i` uses the key and `#i`). If one cannot be created (no credits left, …), those already created
 /// are cancelled, released at once: the client gets the error and is charged nothing.
 pub async fn create_tasks(
     engine: &Arc<Engine>,
     account_id: i64,
+    key_id: &str,
     request: CreateRequest,
     n: u32,
     idempotency_key: Option<String>,
 ) -> Result<Vec<Task>, Error> {
+    let n = if request.n.is_some() { 1 } else { n };
     let mut created: Vec<Task> = Vec::new();
     for i in 0..n {
         let key = idempotency_key.as_ref().map(|key| if n == 1 { key.clone() } else { format!("{key}#{i}") });
-        match engine.create(account_id, request.clone(), key).await {
+        match engine.create(account_id, key_id, request.clone(), key).await {
             Ok(task) => created.push(task),
             Err(error) => {
                 for task in &created {

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{Catalog, Faq, Model, Route};
 use crate::config::ProviderMode;
+use crate::pricing::{self, PriceRule};
 
 /// The one endpoint every model is called on.
 pub const ENDPOINT: &str = "/api/v1/images/generations";
@@ -43,6 +44,12 @@ pub struct ModelView {
     credits: i64,
     /// The same price in US dollars (`billing.usd_per_credit`).
     usd: f64,
+    /// Applied in order to the per-image price; see `POST /api/v1/quotes` for a request's price.
+    price_rules: Vec<PriceRule>,
+    /// The cheapest request (one image) and the dearest (`max_images` at the highest per-image price).
+    price_range: PriceRange,
+    /// The most images one request may ask for (`n`).
+    max_images: u32,
     /// Where it ranks among the catalog's models by price.
     position: Position,
     input_types: Vec<String>,
@@ -140,11 +147,17 @@ pub struct Comparison {
     backend_node: String,
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PriceRange {
+    min: i64,
+    max: i64,
+}
+
 /// One request parameter of a model, as the catalog shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ParameterView {
     name: String,
-    /// `string` or `array`.
+    /// `string`, `integer` or `array`.
     #[serde(rename = "type")]
     kind: &'static str,
     /// Required on the model's default sub-model (see `accepted_by` for the others).
@@ -302,6 +315,12 @@ impl Context<'_> {
             sub_models: model.sub_models.iter().map(|s| s.id.clone()).collect(),
             credits: model.credits,
             usd: self.usd(model.credits),
+            price_rules: model.price_rules.clone(),
+            price_range: {
+                let (min, max) = pricing::range(model);
+                PriceRange { min, max }
+            },
+            max_images: model.max_images,
             position: Position {
                 rank: 1 + models.iter().filter(|m| m.credits < model.credits).count(),
                 of: models.len(),
@@ -426,6 +445,11 @@ fn parameters(model: &Model) -> Vec<ParameterView> {
             values: Some(p.values.clone()),
             ..free(&p.name, "string", p.description.clone())
         });
+    }
+    if model.max_images > 1 {
+        let description =
+            format!("How many images, 1 to {} (default 1); only delivered images are charged.", model.max_images);
+        list.push(ParameterView { default: Some("1".into()), ..free("n", "integer", description) });
     }
     let with_images: Vec<ImageCount> = model
         .sub_models

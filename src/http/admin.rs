@@ -13,6 +13,7 @@ use super::AppState;
 use crate::accounts::{self, Account};
 use crate::error::Error;
 use crate::ledger::{self, Entry, MAX_AMOUNT};
+use crate::limits::{self, LimitsPatch};
 use crate::paging;
 
 const MAX_NAME_CHARS: usize = 200;
@@ -180,4 +181,39 @@ pub async fn change_credits(
     tracing::info!(admin = admin.account_id, account_id, amount = request.amount, "credits changed");
     let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
     Ok(Json(CreditChanged { account, entry }))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/accounts/{account_id}",
+    operation_id = "updateAccountLimits",
+    tag = "admin",
+    params(("account_id" = String, Path, description = "The account id.", example = "1")),
+    request_body = LimitsPatch,
+    responses(
+        (status = 200, description = "The account with its limits. Fields not sent stay as they were; `null` clears a limit.", body = Account),
+        (status = 404, description = "No such account.", body = ErrorEnvelope),
+        BodyErrors,
+        AdminErrors,
+    ),
+    security(("session" = []), ("session_cookie" = []))
+)]
+/// Sets an account's limits, over all its keys: `allowed_models`, `max_in_flight`, `daily_credit_cap`,
+/// `monthly_credit_cap`.
+pub async fn update(
+    State(state): State<AppState>,
+    admin: Admin,
+    audit: Audit,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(patch): ApiJson<LimitsPatch>,
+) -> Result<Json<Account>, ApiError> {
+    let account_id = account_id(&id)?;
+    let current = limits::of_account(&state.pool, account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
+    let next = patch.apply(current.clone(), |id| state.catalog.resolve(Some(id)).is_ok())?;
+    if !limits::set_account(&state.pool, &audit.session(&admin.0), account_id, &current, &next).await? {
+        return Err(Error::not_found("Account").into());
+    }
+    tracing::info!(admin = admin.0.account_id, account_id, "account limits changed");
+    let account = accounts::get(&state.pool, account_id).await?.ok_or_else(|| Error::not_found("Account"))?;
+    Ok(Json(account))
 }

@@ -38,6 +38,8 @@ impl ApiError {
                 Error::Unauthorized => StatusCode::UNAUTHORIZED,
                 Error::Forbidden(_) => StatusCode::FORBIDDEN,
                 Error::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+                Error::Limit(refusal) if refusal.retry_after_secs().is_none() => StatusCode::FORBIDDEN,
+                Error::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
                 Error::NotFound(_) => StatusCode::NOT_FOUND,
                 Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -60,6 +62,7 @@ impl ApiError {
                 Error::Unauthorized => "unauthorized",
                 Error::Forbidden(_) => "forbidden",
                 Error::InsufficientCredits { .. } => "insufficient_credits",
+                Error::Limit(refusal) => refusal.code(),
                 Error::NotFound(_) => "not_found",
                 Error::Conflict(_) => "conflict",
                 Error::RateLimited { .. } => "rate_limited",
@@ -90,6 +93,7 @@ impl ApiError {
                 Error::InsufficientCredits { price, available } => {
                     format!("This request costs {price} credits; {available} are available.")
                 }
+                Error::Limit(refusal) => refusal.message(),
                 Error::Internal(_) => "Something went wrong on our side; the request can be retried.".into(),
             },
             ApiError::InvalidToken => {
@@ -121,6 +125,8 @@ impl From<sqlx::Error> for ApiError {
 struct ErrorBody {
     code: &'static str,
     message: String,
+    /// More facts for the error object (a limit's cap, period and reset), merged into it.
+    details: Option<serde_json::Value>,
 }
 
 impl IntoResponse for ApiError {
@@ -133,6 +139,11 @@ impl IntoResponse for ApiError {
             ApiError::Domain(Error::RateLimited { retry_after_secs, .. }) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
+            ApiError::Domain(Error::Limit(refusal)) => {
+                if let Some(secs) = refusal.retry_after_secs() {
+                    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+            }
             ApiError::Domain(Error::Unavailable(_)) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
@@ -141,7 +152,11 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        response.extensions_mut().insert(ErrorBody { code: self.code(), message: self.message() });
+        let details = match &self {
+            ApiError::Domain(Error::Limit(refusal)) => Some(refusal.details()),
+            _ => None,
+        };
+        response.extensions_mut().insert(ErrorBody { code: self.code(), message: self.message(), details });
         response
     }
 }
@@ -155,7 +170,11 @@ pub async fn render_errors(request: Request, next: Next) -> Response {
     };
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let json = Json(json!({"error": {"code": body.code, "message": body.message, "request_id": request_id}}));
+    let mut error = json!({"code": body.code, "message": body.message, "request_id": request_id});
+    if let (Some(object), Some(serde_json::Value::Object(details))) = (error.as_object_mut(), body.details) {
+        object.extend(details);
+    }
+    let json = Json(json!({ "error": error }));
     let mut rendered = json.into_response();
     *rendered.status_mut() = parts.status;
     for (name, value) in parts.headers.iter() {

@@ -1,5 +1,6 @@
-//! `GET|POST /api/v1/keys`, `DELETE /api/v1/keys/{key_id}`: a session's own API keys. A new key is
-//! shown once, in the answer to its creation; listings show its prefix only.
+//! `GET|POST /api/v1/keys`, `PATCH|DELETE /api/v1/keys/{key_id}`: a session's own API keys (an admin
+//! may set any key's limits). A new key is shown once, in the answer to its creation; listings show its
+//! prefix only.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +14,8 @@ use super::openapi::{BodyErrors, ErrorEnvelope, SessionErrors};
 use super::AppState;
 use crate::accounts::{self, KeyInfo, OwnRevoke};
 use crate::error::Error;
-use crate::jwt::Session;
+use crate::jwt::{Role, Session};
+use crate::limits::{self, LimitsPatch};
 
 const MAX_NAME_CHARS: usize = 100;
 
@@ -142,4 +144,39 @@ pub async fn revoke(
             Ok(StatusCode::NO_CONTENT)
         }
     }
+}
+
+#[utoipa::path(
+    patch,
+    path = "/api/v1/keys/{key_id}",
+    operation_id = "updateKeyLimits",
+    tag = "dashboard",
+    params(("key_id" = String, Path, description = "The key id, `key_…`.")),
+    request_body = LimitsPatch,
+    responses(
+        (status = 200, description = "The key with its limits. Fields not sent stay as they were; `null` clears a limit.", body = KeyInfo),
+        (status = 404, description = "No such key of this account (an admin may name any key).", body = ErrorEnvelope),
+        BodyErrors,
+        SessionErrors,
+    ),
+    security(("session" = []), ("session_cookie" = []))
+)]
+/// Sets a key's limits: `allowed_models`, `max_in_flight`, `daily_credit_cap`, `monthly_credit_cap`.
+pub async fn update(
+    State(state): State<AppState>,
+    session: Session,
+    audit: Audit,
+    ApiPath(key_id): ApiPath<String>,
+    ApiJson(patch): ApiJson<LimitsPatch>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    let owner = (session.role != Role::Admin).then_some(session.account_id);
+    let current = limits::of_key(&state.pool, owner, &key_id).await?.ok_or_else(|| Error::not_found("Key"))?;
+    let next = patch.apply(current.clone(), |id| state.catalog.resolve(Some(id)).is_ok())?;
+    let actor = audit.session(&session);
+    if !limits::set_key(&state.pool, &actor, owner, &key_id, &current, &next).await? {
+        return Err(Error::not_found("Key").into());
+    }
+    tracing::info!(key_id = %key_id, account_id = session.account_id, "key limits changed");
+    let key = accounts::key(&state.pool, owner, &key_id).await?.ok_or_else(|| Error::not_found("Key"))?;
+    Ok(Json(key))
 }

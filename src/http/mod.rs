@@ -84,6 +84,7 @@ fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
 fn api_routes(upload_limit: usize) -> Router<AppState> {
     Router::new()
         .route("/api/v1/images/generations", post(images::create))
+        .route("/api/v1/quotes", post(images::quote))
         .route("/api/v1/tasks", get(tasks::list))
         .route("/api/v1/tasks/{task_id}", get(tasks::get))
         .route("/api/v1/tasks/{task_id}/cancel", post(tasks::cancel))
@@ -106,11 +107,11 @@ fn api_routes(upload_limit: usize) -> Router<AppState> {
         .route("/api/v1/callbacks/{provider}/{token}", post(callbacks::receive))
         // Dashboard (session token): the caller's own keys and usage.
         .route("/api/v1/keys", get(keys::list).post(keys::create))
-        .route("/api/v1/keys/{key_id}", delete(keys::revoke))
+        .route("/api/v1/keys/{key_id}", delete(keys::revoke).patch(keys::update))
         .route("/api/v1/usage", get(usage::usage))
         // Admin (session token with role admin).
         .route("/api/v1/admin/accounts", get(admin::list).post(admin::create))
-        .route("/api/v1/admin/accounts/{account_id}", get(admin::get))
+        .route("/api/v1/admin/accounts/{account_id}", get(admin::get).patch(admin::update))
         .route("/api/v1/admin/accounts/{account_id}/credits", post(admin::change_credits))
         .route("/api/v1/admin/audit", get(audit::list))
         // The web console: its sign-in (the session cookie) and its pages.

@@ -104,6 +104,13 @@ impl From<Error> for OpenAiError {
                 format!("This request costs {price} credits; {available} are available."),
             )
             .final_answer(),
+            Error::Limit(refusal) => match refusal.retry_after_secs() {
+                None => OpenAiError::new(S::FORBIDDEN, "permission_error", refusal.code(), refusal.message()),
+                Some(retry_after) => OpenAiError {
+                    retry_after: Some(retry_after),
+                    ..OpenAiError::new(S::TOO_MANY_REQUESTS, "requests", refusal.code(), refusal.message())
+                },
+            },
             Error::NotFound(message) => OpenAiError::new(S::NOT_FOUND, "invalid_request_error", "not_found", message),
             Error::Conflict(message) => {
                 OpenAiError::new(S::CONFLICT, "invalid_request_error", "conflict", message).final_answer()
@@ -338,7 +345,7 @@ async fn respond(
     let created = {
         // Counts as a create while creating, not while waiting.
         let _slot = state.limits.create_permit()?;
-        openai::create_tasks(&state.engine, caller.account_id, create, n, key).await?
+        openai::create_tasks(&state.engine, caller.account_id, &caller.key_id, create, n, key).await?
     };
     if respond_async {
         let task = &created[0];

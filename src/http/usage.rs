@@ -52,7 +52,7 @@ pub struct UsageSummary {
     failed: i64,
     /// Pending or running.
     unfinished: i64,
-    /// Credits spent: the prices of the succeeded tasks.
+    /// Credits spent: what the succeeded tasks were charged (per image delivered).
     credits_charged: i64,
 }
 

@@ -3,7 +3,8 @@
 //! and finishes each one after a delay with a real PNG stored in the gateway's file store.
 //!
 //! Prompt markers drive it, like a payment provider's test mode: `[simulate:fail]` fails the job,
-//! `[simulate:reject]` refuses the submit, `[simulate:delay=MS]` sets the completion delay.
+//! `[simulate:reject]` refuses the submit, `[simulate:delay=MS]` sets the completion delay,
+//! `[simulate:images=K]` delivers K of the images asked for (`n`; fewer only), to show per-image capture.
 
 use std::time::Duration;
 
@@ -40,6 +41,20 @@ fn delay_marker(prompt: &str) -> Option<Duration> {
     Some(Duration::from_millis(millis).min(MAX_DELAY))
 }
 
+/// The number of images asked for by `[simulate:images=K]`, if the prompt has a readable one.
+fn images_marker(prompt: &str) -> Option<u32> {
+    let rest = &prompt[prompt.find("[simulate:images=")? + "[simulate:images=".len()..];
+    rest[..rest.find(']')?].trim().parse().ok()
+}
+
+/// The `i`-th image's file of a job whose first image is `file_name`.
+fn image_file(file_name: &str, i: u32) -> String {
+    match i {
+        0 => file_name.to_owned(),
+        i => format!("{}{i}.png", file_name.trim_end_matches(".png")),
+    }
+}
+
 fn upstream_unavailable(error: sqlx::Error) -> ProviderError {
     tracing::warn!(error = %error, "simulated provider storage failed");
     ProviderError::local("The simulated provider is unavailable.")
@@ -57,10 +72,12 @@ impl Provider for Simulated {
         }
         let delay = delay_marker(prompt).unwrap_or(self.default_delay);
         let job_id = format!("sim_{}", ulid::Ulid::new());
+        let asked = request.input.images();
+        let images = images_marker(prompt).map_or(asked, |k| k.min(asked));
         // One job per task: a resubmit of the same task (after a crash) gets the first job back.
         let sql = format!(
-            "INSERT INTO simulated_jobs (id, task_id, prompt, aspect_ratio, fails, due_at, file_name)
-             VALUES ($1, $2, $3, $4, $5, {}, $7)
+            "INSERT INTO simulated_jobs (id, task_id, prompt, aspect_ratio, fails, due_at, file_name, images)
+             VALUES ($1, $2, $3, $4, $5, {}, $7, $8)
              ON CONFLICT (task_id) DO UPDATE SET task_id = EXCLUDED.task_id
              RETURNING id",
             self.db.dialect().now_plus_secs("$6")
@@ -73,6 +90,7 @@ impl Provider for Simulated {
         .bind(prompt.contains("[simulate:fail]"))
         .bind(delay.as_secs_f64())
         .bind(FileStore::new_name("png"))
+        .bind(i64::from(images))
         .fetch_one(pool)
         .await)
         .map_err(upstream_unavailable)?;
@@ -80,14 +98,15 @@ impl Provider for Simulated {
     }
 
     async fn poll(&self, upstream_id: &str) -> Result<JobState, ProviderError> {
-        let job: Option<(String, String, bool, DateTime<Utc>, String)> = on_db!(&self.db, pool => sqlx::query_as(
-            "SELECT prompt, aspect_ratio, fails, due_at, file_name FROM simulated_jobs WHERE id = $1",
+        type Job = (String, String, bool, DateTime<Utc>, String, i64);
+        let job: Option<Job> = on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT prompt, aspect_ratio, fails, due_at, file_name, images FROM simulated_jobs WHERE id = $1",
         )
         .bind(upstream_id)
         .fetch_optional(pool)
         .await)
         .map_err(upstream_unavailable)?;
-        let Some((prompt, aspect_ratio, fails, due_at, file_name)) = job else {
+        let Some((prompt, aspect_ratio, fails, due_at, file_name, images)) = job else {
             return Err(ProviderError::permanent(TaskErrorCode::UpstreamFailed, super::LOST));
         };
         let remaining = (due_at - Utc::now()).to_std().unwrap_or_default();
@@ -100,14 +119,19 @@ impl Provider for Simulated {
                 message: "The provider could not generate the image ([simulate:fail]).".into(),
             }));
         }
-        if !self.files.exists(&file_name).await {
-            let png = picture::render(&prompt, &aspect_ratio);
-            self.files.save(&file_name, &png).await.map_err(|error| {
-                tracing::error!(error = %error, "cannot store a simulated result");
-                ProviderError::local("The result could not be stored.")
-            })?;
+        let mut urls = Vec::new();
+        for i in 0..u32::try_from(images).unwrap_or(1) {
+            let name = image_file(&file_name, i);
+            if !self.files.exists(&name).await {
+                let png = picture::render(&prompt, &aspect_ratio);
+                self.files.save(&name, &png).await.map_err(|error| {
+                    tracing::error!(error = %error, "cannot store a simulated result");
+                    ProviderError::local("The result could not be stored.")
+                })?;
+            }
+            urls.push(OutputImage { url: self.files.url(&name) });
         }
-        Ok(JobState::Succeeded { images: vec![OutputImage { url: self.files.url(&file_name) }] })
+        Ok(JobState::Succeeded { images: urls })
     }
 }
 

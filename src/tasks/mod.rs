@@ -18,6 +18,8 @@ use crate::error::Error;
 use crate::files::FileStore;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ledger::{self, UsageFilter};
+use crate::limits;
+use crate::pricing::PriceStep;
 use crate::store::{self, Db, Dialect, Tx, WorkQueue};
 use crate::webhooks::queue::{self, Delivery, Event};
 use crate::{ids, on_db, on_tx};
@@ -92,6 +94,16 @@ pub struct TaskInput {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<String>,
     pub image_urls: Vec<String>,
+    /// How many images are asked for, on models whose `max_images` is above 1; absent means 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+}
+
+impl TaskInput {
+    /// How many images the task asks for (at least 1).
+    pub fn images(&self) -> u32 {
+        self.n.unwrap_or(1).max(1)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -158,9 +170,34 @@ pub struct Task {
     pub completed_at: Option<DateTime<Utc>>,
     /// `None`: the default, `completed` only.
     pub callback_events: Option<Json<Vec<CallbackEvent>>>,
+    /// The quote frozen at create (`None` on tasks created before quotes).
+    pub price_breakdown: Option<Json<Vec<PriceStep>>>,
+    /// What the settlement charged; `None` while unfinished (and on tasks settled before per-image
+    /// capture: the price if succeeded, else 0).
+    pub charged: Option<i64>,
+    /// The key that created it (`None` before limits): its settlement updates that key's usage.
+    pub key_id: Option<String>,
 }
 
 impl Task {
+    /// The credits a settlement with `delivered` images charges: the per-image price of the quote ×
+    /// the images delivered, never above the hold.
+    pub fn charge_for(&self, delivered: usize) -> i64 {
+        let n = i64::from(self.input.images());
+        let per_image = self.price / n;
+        per_image.saturating_mul(i64::try_from(delivered).unwrap_or(i64::MAX)).min(self.price)
+    }
+
+    /// What it was charged: `charged`, or for a task settled before per-image capture its price if it
+    /// succeeded; 0 while unfinished.
+    pub fn charged(&self) -> i64 {
+        match (self.charged, self.status) {
+            (Some(charged), _) => charged,
+            (None, TaskStatus::Succeeded) => self.price,
+            (None, _) => 0,
+        }
+    }
+
     /// Whether the task's webhook receives `event`.
     pub fn wants(&self, event: CallbackEvent) -> bool {
         self.callback_url.is_some()
@@ -173,7 +210,7 @@ impl Task {
 
 const COLUMNS: &str = "id, account_id, model, sub_model, status, input, output, error, price, callback_url, \
      provider, upstream_model, provider_label, simulated, upstream_id, attempts, deadline_at, created_at, updated_at, \
-     completed_at, callback_events";
+     completed_at, callback_events, price_breakdown, charged, key_id";
 
 /// A task to insert; its id is minted by [`new_task_id`].
 pub struct NewTask<'a> {
@@ -183,6 +220,10 @@ pub struct NewTask<'a> {
     pub sub_model: &'a str,
     pub input: &'a TaskInput,
     pub price: i64,
+    /// How the price came about (the quote's steps), shown as `credits.breakdown`.
+    pub breakdown: Option<&'a [PriceStep]>,
+    /// The key creating it: its and its account's limits are enforced (see [`crate::limits`]).
+    pub key_id: Option<&'a str>,
     pub callback_url: Option<&'a str>,
     /// `None`: the default (`completed`).
     pub callback_events: Option<&'a [CallbackEvent]>,
@@ -233,7 +274,11 @@ pub fn new_task_id() -> String {
 /// idempotency key already used: the first task again (nothing held), or a conflict (another request).
 pub enum Created {
     Task(Box<Task>),
-    Insufficient { available: i64 },
+    Insufficient {
+        available: i64,
+    },
+    /// A limit of the key or its account refused it (nothing written).
+    Refused(limits::Refusal),
     Replayed(Box<Task>),
     Conflict,
 }
@@ -265,8 +310,9 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     let dialect = tx.dialect();
     let sql = format!(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
-                            upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events, leased_by)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14, $15)
+                            upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events, leased_by,
+                            price_breakdown, key_id)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14, $15, $16, $17)
          RETURNING {COLUMNS}",
         dialect.now_plus_secs("$12"),
         dialect.now_plus_secs("$13"),
@@ -287,6 +333,8 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
     .bind(new.lease.unwrap_or_default().as_secs_f64())
     .bind(new.callback_events.map(Json))
     .bind(new.lease.map(|_| new.owner))
+    .bind(new.breakdown.map(Json))
+    .bind(new.key_id)
     .fetch_one(conn)
     .await)?;
     if let Some(key) = new.idempotency {
@@ -295,16 +343,23 @@ async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>>
             return Ok(None);
         }
     }
-    match ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
-        ledger::Hold::Held { .. } => {
-            tx.commit().await?;
-            Ok(Some(Created::Task(Box::new(task))))
-        }
-        ledger::Hold::Insufficient { available } => {
-            tx.rollback().await?;
-            Ok(Some(Created::Insufficient { available }))
-        }
+    if let ledger::Hold::Insufficient { available } = ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
+        tx.rollback().await?;
+        return Ok(Some(Created::Insufficient { available }));
     }
+    // After the hold: its `UPDATE accounts` serialises the account's creates, so the limits are
+    // decided on usage no concurrent create can change before this one commits.
+    if let Some(key_id) = new.key_id {
+        let now = task.created_at;
+        let mut state = limits::load(&mut tx, new.account_id, key_id, now).await?;
+        if let Err(refusal) = limits::decide(&mut state, new.model, new.sub_model, new.price) {
+            tx.rollback().await?;
+            return Ok(Some(Created::Refused(refusal)));
+        }
+        limits::record_create(&mut tx, new.account_id, key_id, new.price, now).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(Created::Task(Box::new(task))))
 }
 
 /// One task of one account: another account's task is indistinguishable from a missing one.
@@ -366,7 +421,7 @@ pub async fn usage_totals(
 ) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
     const SQL: &str = "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'),
                 count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status IN ('pending', 'running')),
-                CAST(COALESCE(SUM(price) FILTER (WHERE status = 'succeeded'), 0) AS BIGINT)
+                CAST(COALESCE(SUM(COALESCE(charged, price)) FILTER (WHERE status = 'succeeded'), 0) AS BIGINT)
          FROM tasks
          WHERE account_id = $1
            AND ($2 IS NULL OR created_at >= $2) AND ($3 IS NULL OR created_at < $3)
@@ -590,7 +645,7 @@ pub async fn settle_as(
     let Some(task) = settled else {
         return Ok(None);
     };
-    settle_credits(&mut tx, &task).await?;
+    let task = settle_credits(&mut tx, task).await?;
     if let Some(event) = webhook_event(&task, CallbackEvent::Completed, body_version, files) {
         queue::enqueue(&mut tx, &event, webhook_delay).await?;
     }
@@ -598,11 +653,27 @@ pub async fn settle_as(
     Ok(Some(task))
 }
 
-async fn settle_credits(tx: &mut Tx, task: &Task) -> sqlx::Result<()> {
-    match task.status {
-        TaskStatus::Succeeded => ledger::capture(tx, task.account_id, &task.id, task.price).await,
-        _ => ledger::release(tx, task.account_id, &task.id, task.price).await,
+/// The settlement of a task that just ended: a success is charged per image delivered (see
+/// [`Task::charge_for`]), anything else nothing; the rest of the hold is released. Records `charged`.
+async fn settle_credits(tx: &mut Tx, mut task: Task) -> sqlx::Result<Task> {
+    let delivered = task.output.as_ref().map_or(0, |output| output.images.len());
+    let charged = match task.status {
+        TaskStatus::Succeeded => task.charge_for(delivered),
+        _ => 0,
+    };
+    let reason = format!("{delivered} of {} images delivered", task.input.images());
+    ledger::settle(tx, task.account_id, &task.id, task.price, charged, &reason).await?;
+    if let Some(key_id) = &task.key_id {
+        limits::record_settle(tx, task.account_id, key_id, task.created_at, task.price - charged).await?;
     }
+    on_tx!(tx, conn => sqlx::query("UPDATE tasks SET charged = $2 WHERE id = $1")
+        .bind(&task.id)
+        .bind(charged)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+    task.charged = Some(charged);
+    Ok(task)
 }
 
 /// The event a task's webhook reports, if it wants `kind`: its task object as it is now (its file
@@ -699,7 +770,13 @@ mod tests {
     use super::*;
 
     fn input(prompt: &str) -> TaskInput {
-        TaskInput { prompt: prompt.into(), aspect_ratio: Some("1:1".into()), quality: None, image_urls: vec![] }
+        TaskInput {
+            prompt: prompt.into(),
+            aspect_ratio: Some("1:1".into()),
+            quality: None,
+            image_urls: vec![],
+            n: None,
+        }
     }
 
     #[test]

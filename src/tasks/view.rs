@@ -5,6 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::{Task, TaskError, TaskInput, TaskOutput, TaskStatus};
+use crate::pricing::PriceStep;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskView {
@@ -26,10 +27,16 @@ pub struct TaskView {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreditsView {
+    /// The quote held on create: the per-image price × the images asked for.
     pub price: i64,
+    /// Captured on success: the per-image price × the images delivered (the rest was released).
     pub charged: i64,
     /// `held` while unfinished, `charged` after success, `refunded` after failure or cancel.
     pub state: &'static str,
+    /// How the price came about, in order: `base`, each matching price rule, `images` (× n). Absent on
+    /// tasks created before quotes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Vec<PriceStep>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -61,10 +68,10 @@ impl TaskView {
 
 impl From<&Task> for TaskView {
     fn from(task: &Task) -> Self {
-        let (charged, state) = match task.status {
-            TaskStatus::Pending | TaskStatus::Running => (0, "held"),
-            TaskStatus::Succeeded => (task.price, "charged"),
-            TaskStatus::Failed | TaskStatus::Cancelled => (0, "refunded"),
+        let state = match task.status {
+            TaskStatus::Pending | TaskStatus::Running => "held",
+            TaskStatus::Succeeded => "charged",
+            TaskStatus::Failed | TaskStatus::Cancelled => "refunded",
         };
         TaskView {
             task_id: task.id.clone(),
@@ -74,7 +81,12 @@ impl From<&Task> for TaskView {
             input: task.input.0.clone(),
             output: task.output.as_ref().map(|o| o.0.clone()),
             error: task.error.as_ref().map(|e| e.0.clone()),
-            credits: CreditsView { price: task.price, charged, state },
+            credits: CreditsView {
+                price: task.price,
+                charged: task.charged(),
+                state,
+                breakdown: task.price_breakdown.as_ref().map(|steps| steps.0.clone()),
+            },
             callback_url: task.callback_url.clone(),
             provider: ProviderView {
                 label: task.provider_label.clone().unwrap_or_else(|| task.provider.clone()),

@@ -171,7 +171,7 @@ async fn only_models_with_an_active_route_are_offered() {
 
 /// Creates `body`, drives it to its end and checks it succeeded and settled once.
 async fn run(app: &TestApp, body: Value) -> Value {
-    let (_, key) = app.new_account(100).await;
+    let (_, key) = app.new_account(1000).await;
     let task = app.create_ok(&key, body).await;
     let done = app.wait_terminal(&key, task["task_id"].as_str().expect("task_id")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -268,6 +268,7 @@ fn catalogs_map_sizes_and_qualities() {
             aspect_ratio: Some(ratio.into()),
             quality: Some(quality.into()),
             image_urls: vec![],
+            n: None,
         };
         Value::Object(route.mapped_input(&input))
     };

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::helpers::{http_client, models_path, spawn_app, TestDatabase};
 
@@ -78,6 +78,27 @@ async fn admin_commands_manage_accounts_keys_and_credits() {
     assert_eq!(keys[0]["key_id"], key_id.as_str());
     assert!(api_key.starts_with(keys[0]["prefix"].as_str().expect("prefix")));
     assert!(!listed.to_string().contains(&api_key), "the listing must not contain the key");
+
+    // Limits: only the flags given change; `none` clears one; unknown models are refused.
+    let (ok, limited) = run_json(
+        &db,
+        &["keys", "limits", &key_id, "--allowed-models", "flux-dev,seedream-4-5", "--daily-credit-cap", "100"],
+    );
+    assert!(ok, "{limited}");
+    assert_eq!(
+        (&limited["allowed_models"], &limited["daily_credit_cap"]),
+        (&json!(["flux-dev", "seedream-4-5"]), &json!(100))
+    );
+    let (ok, limited) =
+        run_json(&db, &["keys", "limits", &key_id, "--daily-credit-cap", "none", "--max-in-flight", "3"]);
+    assert!(ok, "{limited}");
+    assert_eq!((&limited["daily_credit_cap"], &limited["max_in_flight"]), (&Value::Null, &json!(3)), "{limited}");
+    assert_eq!(limited["allowed_models"], json!(["flux-dev", "seedream-4-5"]));
+    let (ok, refused) = run_json(&db, &["keys", "limits", &key_id, "--allowed-models", "nope"]);
+    assert!(!ok && refused["error"].as_str().is_some_and(|e| e.contains("nope")), "{refused}");
+    let (ok, account_limits) =
+        run_json(&db, &["accounts", "limits", "--account", &account.to_string(), "--monthly-credit-cap", "500"]);
+    assert!(ok && account_limits["monthly_credit_cap"] == 500, "{account_limits}");
 
     let (ok, revoked) = run_json(&db, &["keys", "revoke", &key_id]);
     assert!(ok && revoked["revoked"] == true, "{revoked}");

@@ -41,7 +41,7 @@ async fn seed_request_is_held_then_charged_and_serves_a_png() {
     assert!(id.starts_with("task_") && id.len() > 20, "task id {id}");
     assert_eq!(location, Some(format!("/api/v1/tasks/{id}")));
     assert!(matches!(task["status"].as_str(), Some("pending" | "running")), "fresh task: {task}");
-    assert_eq!(task["credits"], json!({"price": 12, "charged": 0, "state": "held"}));
+    assert_eq!(task["credits"], crate::helpers::plain_credits(12, 0, "held"));
     assert_eq!(task["model"], "seedream-4-5");
     assert_eq!(task["sub_model"], "seedream/4.5-text-to-image");
     assert_eq!(
@@ -56,7 +56,7 @@ async fn seed_request_is_held_then_charged_and_serves_a_png() {
 
     let done = app.wait_terminal(&key, &id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["credits"], json!({"price": 12, "charged": 12, "state": "charged"}));
+    assert_eq!(done["credits"], crate::helpers::plain_credits(12, 12, "charged"));
     assert!(done["error"].is_null() && done["completed_at"].is_string(), "{done}");
     let images = done["output"]["images"].as_array().expect("output.images");
     assert_eq!(images.len(), 1, "{done}");
@@ -296,7 +296,7 @@ async fn upstream_failure_fails_the_task_and_refunds() {
     assert_eq!(done["error"]["code"], "upstream_failed", "{done}");
     assert!(done["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{done}");
     assert!(done["output"].is_null(), "{done}");
-    assert_eq!(done["credits"], json!({"price": 12, "charged": 0, "state": "refunded"}));
+    assert_eq!(done["credits"], crate::helpers::plain_credits(12, 0, "refunded"));
 
     app.assert_balance(&key, 100, 0).await;
     assert_eq!(app.ledger_kinds(account_id).await, ["grant", "hold", "release"]);
@@ -318,7 +318,7 @@ async fn refused_submit_answers_502_and_charges_nothing() {
     assert!(message.contains(&id), "the 502 message {message:?} names the task {id}");
     assert_eq!(task["status"], "failed");
     assert_eq!(task["error"]["code"], "upstream_rejected");
-    assert_eq!(task["credits"], json!({"price": 12, "charged": 0, "state": "refunded"}));
+    assert_eq!(task["credits"], crate::helpers::plain_credits(12, 0, "refunded"));
     assert_eq!(app.get_task(&key, &id).await, *task);
 
     app.assert_balance(&key, 100, 0).await;
@@ -334,7 +334,7 @@ async fn a_task_past_its_deadline_times_out_and_refunds() {
     let done = app.wait_terminal(&key, &task_id(&task)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "timeout", "{done}");
-    assert_eq!(done["credits"], json!({"price": 12, "charged": 0, "state": "refunded"}));
+    assert_eq!(done["credits"], crate::helpers::plain_credits(12, 0, "refunded"));
     app.assert_balance(&key, 100, 0).await;
     assert_ledger_consistent(app.pool()).await;
 }

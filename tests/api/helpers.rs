@@ -34,6 +34,13 @@ pub fn models_path() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml"))
 }
 
+/// A task object's `credits` for one image of a model whose price rules do not apply: `price` per
+/// image, its quote's breakdown the base and × 1.
+pub fn plain_credits(price: i64, charged: i64, state: &str) -> Value {
+    json!({"price": price, "charged": charged, "state": state,
+           "breakdown": [{"step": "base", "credits": price}, {"step": "images", "n": 1, "credits": price}]})
+}
+
 /// The seed request of the spec (§2.1).
 pub fn seed_request() -> Value {
     serde_json::json!({
@@ -635,6 +642,7 @@ struct TaskSettlement {
     id: String,
     status: String,
     price: i64,
+    charged: i64,
     holds: i64,
     captures: i64,
     releases: i64,
@@ -646,7 +654,8 @@ struct TaskSettlement {
 
 /// The ledger invariants of SPEC §2.3, over every account and task in the database:
 /// balance = sum of ledger amounts ≥ 0; held = the prices of unfinished tasks; every task has exactly
-/// one hold (−price), then after success exactly one capture (0) and no release, after failure exactly
+/// one hold (−price), then after success exactly one capture (0) and, when fewer images were delivered
+/// than asked for, one release of the rest (price − charged), after failure exactly
 /// one release (+price) and no capture, and while unfinished neither; each ledger row's
 /// `balance_after` is the running sum of its account's amounts.
 pub async fn assert_ledger_consistent(pool: &PgPool) {
@@ -673,6 +682,7 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
 
     let tasks: Vec<TaskSettlement> = on_db!(db, pool => sqlx::query_as(
         "SELECT t.id, t.status, t.price,
+                CAST(COALESCE(t.charged, CASE WHEN t.status = 'succeeded' THEN t.price ELSE 0 END) AS BIGINT) AS charged,
                 COUNT(l.id) FILTER (WHERE l.kind = 'hold') AS holds,
                 COUNT(l.id) FILTER (WHERE l.kind = 'capture') AS captures,
                 COUNT(l.id) FILTER (WHERE l.kind = 'release') AS releases,
@@ -682,23 +692,44 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
                 COUNT(l.id) FILTER (WHERE l.account_id <> t.account_id
                                        OR l.kind NOT IN ('hold', 'capture', 'release')) AS foreign_rows
          FROM tasks t LEFT JOIN ledger l ON l.task_id = t.id
-         GROUP BY t.id ORDER BY t.id",
+         GROUP BY t.id, t.status, t.price, t.charged ORDER BY t.id",
     )
     .fetch_all(pool)
     .await)
     .expect("read tasks and their ledger rows");
-    for TaskSettlement { id, status, price, holds, captures, releases, hold, capture, release, foreign_rows } in tasks {
+    for TaskSettlement {
+        id,
+        status,
+        price,
+        charged,
+        holds,
+        captures,
+        releases,
+        hold,
+        capture,
+        release,
+        foreign_rows,
+    } in tasks
+    {
         assert_eq!(holds, 1, "task {id} ({status}): {holds} holds");
         assert_eq!(hold, -price, "task {id}: hold amount {hold}, price {price}");
         assert_eq!(foreign_rows, 0, "task {id}: ledger rows of another account or kind");
         match status.as_str() {
+            // Charged per image delivered: a capture of what was charged, a release of the rest.
             "succeeded" => {
+                assert!((0..=price).contains(&charged), "task {id}: charged {charged} of {price}");
+                let expected = (i64::from(charged > 0), i64::from(charged < price || charged == 0));
                 assert_eq!(
                     (captures, releases),
-                    (1, 0),
-                    "task {id} succeeded: {captures} captures, {releases} releases"
+                    expected,
+                    "task {id} succeeded, charged {charged} of {price}: {captures} captures, {releases} releases"
                 );
                 assert_eq!(capture, 0, "task {id}: capture amount {capture}");
+                assert_eq!(
+                    release,
+                    price - charged,
+                    "task {id}: release amount {release}, charged {charged} of {price}"
+                );
             }
             "failed" | "cancelled" => {
                 assert_eq!(
@@ -707,6 +738,7 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
                     "task {id} {status}: {captures} captures, {releases} releases"
                 );
                 assert_eq!(release, price, "task {id}: release amount {release}, price {price}");
+                assert_eq!(charged, 0, "task {id} {status}: charged {charged}");
             }
             "pending" | "running" => {
                 assert_eq!((captures, releases), (0, 0), "task {id} {status}: settled while unfinished");

@@ -39,7 +39,7 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
 fn assert_released(task: &Value, code: &str) {
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["error"]["code"], code, "{task}");
-    assert_eq!(task["credits"], json!({"price": task["credits"]["price"], "charged": 0, "state": "refunded"}));
+    assert_eq!((&task["credits"]["charged"], &task["credits"]["state"]), (&json!(0), &json!("refunded")), "{task}");
     assert!(task["output"].is_null(), "nothing delivered: {task}");
 }
 

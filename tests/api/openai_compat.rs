@@ -79,6 +79,23 @@ async fn generations_hold_and_charge_per_image_like_a_native_create() {
 }
 
 #[tokio::test]
+async fn a_model_that_makes_several_images_gets_n_as_one_task() {
+    let app = app(Duration::from_secs(30)).await;
+    let (_, key) = app.new_account(100).await;
+    // Seedream 4.0 takes up to 4 images per request: one task of n = 3, charged per image delivered.
+    let body = json!({"model": "seedream-4", "prompt": "Three foxes [simulate:images=2]", "n": 3});
+    let (status, _, body) = generate(&app, &key, body).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+    let tasks = app.get_json(&key, "/api/v1/tasks").await;
+    let tasks = tasks["data"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!((tasks[0]["input"]["n"].as_i64(), tasks[0]["credits"]["charged"].as_i64()), (Some(3), Some(20)));
+    app.assert_balance(&key, 80, 0).await;
+    assert_ledger_consistent_on(&app.db).await;
+}
+
+#[tokio::test]
 async fn a_failed_image_is_not_charged_and_answers_a_server_error() {
     let app = app(Duration::from_secs(30)).await;
     let (_, key) = app.new_account(100).await;

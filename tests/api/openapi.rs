@@ -9,8 +9,9 @@ use crate::helpers::spawn_app;
 /// Every public route of the router, as `(method, path)`; the console's HTML page and assets
 /// (`/`, `/console`, `/console/assets/{name}`) are not API and stay out of the document, and so do
 /// OpenAI's routes (`/v1/…`: OpenAI's contract and error shape, docs/openai.md).
-const ROUTES: [(&str, &str); 38] = [
+const ROUTES: [(&str, &str); 41] = [
     ("post", "/api/v1/images/generations"),
+    ("post", "/api/v1/quotes"),
     ("get", "/api/v1/tasks"),
     ("get", "/api/v1/tasks/{task_id}"),
     ("post", "/api/v1/tasks/{task_id}/cancel"),
@@ -30,10 +31,12 @@ const ROUTES: [(&str, &str); 38] = [
     ("get", "/api/v1/keys"),
     ("post", "/api/v1/keys"),
     ("delete", "/api/v1/keys/{key_id}"),
+    ("patch", "/api/v1/keys/{key_id}"),
     ("get", "/api/v1/usage"),
     ("get", "/api/v1/admin/accounts"),
     ("post", "/api/v1/admin/accounts"),
     ("get", "/api/v1/admin/accounts/{account_id}"),
+    ("patch", "/api/v1/admin/accounts/{account_id}"),
     ("post", "/api/v1/admin/accounts/{account_id}/credits"),
     ("get", "/api/v1/admin/audit"),
     ("post", "/api/v1/session"),

@@ -368,6 +368,7 @@ fn random_and_mutated_provider_answers_never_panic_an_adapter() {
                     aspect_ratio: Some("16:9".into()),
                     quality: Some("high".into()),
                     image_urls: vec![],
+                    n: None,
                 };
                 let fields = json!({"prompt": "a lake", "aspect_ratio": "16:9", "quality": "high"});
                 let fields = fields.as_object().cloned().expect("an object");

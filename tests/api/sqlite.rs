@@ -26,12 +26,12 @@ async fn the_seed_request_succeeds_on_sqlite() {
     let (_, key) = app.new_account(1000).await;
 
     let task = app.create_ok(&key, seed_request()).await;
-    assert_eq!(task["credits"], json!({"price": 12, "charged": 0, "state": "held"}));
+    assert_eq!(task["credits"], crate::helpers::plain_credits(12, 0, "held"));
     let task_id = task["task_id"].as_str().expect("task_id");
 
     let done = app.wait_terminal(&key, task_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["credits"], json!({"price": 12, "charged": 12, "state": "charged"}));
+    assert_eq!(done["credits"], crate::helpers::plain_credits(12, 12, "charged"));
     let image_url = done["output"]["images"][0]["url"].as_str().expect("an image URL");
     let image = http_client().get(image_url).send().await.expect("GET the image");
     assert_eq!(image.status(), StatusCode::OK);
@@ -167,8 +167,13 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
     assert!(accounts::revoke_key(&source.db, &Actor::cli(), &revoked.key_id).await.expect("revoke"));
     // One task still unfinished when the move happens: its hold moves with it.
     let open_id = tasks::new_task_id();
-    let input =
-        aio_gateway::tasks::TaskInput { prompt: "later".into(), aspect_ratio: None, quality: None, image_urls: vec![] };
+    let input = aio_gateway::tasks::TaskInput {
+        prompt: "later".into(),
+        aspect_ratio: None,
+        quality: None,
+        image_urls: vec![],
+        n: None,
+    };
     let open = tasks::NewTask {
         id: &open_id,
         account_id,
@@ -176,6 +181,8 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
         sub_model: "seedream/4.5-text-to-image",
         input: &input,
         price: 12,
+        breakdown: None,
+        key_id: None,
         callback_url: None,
         callback_events: None,
         provider: "simulated",

@@ -57,7 +57,7 @@ both!(
 const PRICE: i64 = 12;
 
 fn input(prompt: &str) -> TaskInput {
-    TaskInput { prompt: prompt.into(), aspect_ratio: Some("1:1".into()), quality: None, image_urls: vec![] }
+    TaskInput { prompt: prompt.into(), aspect_ratio: Some("1:1".into()), quality: None, image_urls: vec![], n: None }
 }
 
 /// A task of the seed model on the simulated provider, due at once unless `lease` is given.
@@ -75,6 +75,8 @@ fn new_task<'a>(
         sub_model: "seedream/4.5-text-to-image",
         input,
         price: PRICE,
+        breakdown: None,
+        key_id: None,
         callback_url,
         callback_events: None,
         provider: "simulated",
@@ -208,7 +210,7 @@ async fn ledger_operations(backend: Backend) {
         .expect("settled now");
     assert_eq!(balance(db, account).await, (10, 0));
     let mut tx = db.begin().await.expect("begin");
-    assert!(ledger::release(&mut tx, account, &held.id, PRICE).await.is_err(), "released after a capture");
+    assert!(ledger::settle(&mut tx, account, &held.id, PRICE, 0, "").await.is_err(), "released after a capture");
     drop(tx);
     assert_eq!(balance(db, account).await, (10, 0));
 

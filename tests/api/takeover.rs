@@ -201,7 +201,8 @@ async fn only_the_leases_of_dead_instances_are_released() {
         let store = TestStore::new(backend, 5).await;
         let db = &store.db;
         let (account_id, _) = new_account_on(db, 1000).await;
-        let input = TaskInput { prompt: "a lake".into(), aspect_ratio: None, quality: None, image_urls: vec![] };
+        let input =
+            TaskInput { prompt: "a lake".into(), aspect_ratio: None, quality: None, image_urls: vec![], n: None };
         let mut ids = Vec::new();
         for owner in ["inst_dead", "inst_live", "inst_unknown"] {
             let id = tasks::new_task_id();
@@ -212,6 +213,8 @@ async fn only_the_leases_of_dead_instances_are_released() {
                 sub_model: "seedream/4.5-text-to-image",
                 input: &input,
                 price: PRICE,
+                breakdown: None,
+                key_id: None,
                 callback_url: None,
                 callback_events: None,
                 provider: "simulated",

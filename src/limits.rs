@@ -1,0 +1,529 @@
+//! Limits per key and per account (issue 20): the models a key or account may use, caps on the
+//! credits its tasks commit per UTC calendar day and month, and the most tasks it may have unfinished.
+//! `null` (`None`) is no limit.
+//!
+//! They are enforced in the create transaction after the hold's `UPDATE accounts` has locked the
+//! account's row, so one account's creates are decided one after another and no race exceeds a cap.
+//! What they count lives in `limit_usage`, one row per key and one per account (key `''`), updated in
+//! the same transactions as the hold and the settlement: no sum over history. A day's (month's) spend
+//! is the credits held by tasks created that UTC day (month), less what their settlements released:
+//! a task created just before midnight counts on the day it was created.
+//!
+//! [`decide`] is pure: it decides one request against a [`LimitState`] and updates the state, so that
+//! a batch of creates in one transaction can be decided one after the other.
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::types::Json;
+
+use crate::audit::{self, Action, Actor, Target};
+use crate::error::Error;
+use crate::store::{Db, Tx};
+use crate::{on_db, on_tx};
+
+/// The four limits of a key or an account; `None` is no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Limits {
+    /// Model or sub-model ids this key (account) may use; `null`: every model.
+    #[schema(value_type = Option<Vec<String>>, example = json!(["seedream-4-5"]))]
+    pub allowed_models: Option<Json<Vec<String>>>,
+    /// The most unfinished tasks at once; `null`: no limit.
+    pub max_in_flight: Option<i64>,
+    /// Credits per UTC calendar day; `null`: no cap.
+    pub daily_credit_cap: Option<i64>,
+    /// Credits per UTC calendar month; `null`: no cap.
+    pub monthly_credit_cap: Option<i64>,
+}
+
+impl Limits {
+    fn is_empty(&self) -> bool {
+        self == &Limits::default()
+    }
+}
+
+/// What one key or account has used in the current periods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub day_credits: i64,
+    pub month_credits: i64,
+    pub in_flight: i64,
+}
+
+/// Whose limit: the key's or the account's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Key,
+    Account,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Key => "key",
+            Scope::Account => "account",
+        }
+    }
+}
+
+/// A spend cap's period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// The limits and usage of one account and the key creating, as of `now`.
+#[derive(Debug, Clone)]
+pub struct LimitState {
+    pub now: DateTime<Utc>,
+    pub key: (Limits, Usage),
+    pub account: (Limits, Usage),
+}
+
+/// Why a create is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 403 `model_not_allowed`.
+    ModelNotAllowed { scope: Scope, model: String },
+    /// 429 `credit_cap_reached`.
+    CapReached { scope: Scope, period: Period, cap: i64, used: i64, price: i64, resets_at: DateTime<Utc> },
+    /// 429 `too_many_in_flight`.
+    InFlight { scope: Scope, max: i64 },
+}
+
+impl Refusal {
+    /// Whose limit refused.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Refusal::ModelNotAllowed { scope, .. }
+            | Refusal::CapReached { scope, .. }
+            | Refusal::InFlight { scope, .. } => *scope,
+        }
+    }
+
+    /// The error code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::ModelNotAllowed { .. } => "model_not_allowed",
+            Refusal::CapReached { .. } => "credit_cap_reached",
+            Refusal::InFlight { .. } => "too_many_in_flight",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::ModelNotAllowed { scope, model } => {
+                format!("This {} may not use {model}: it is not among its allowed_models.", scope.as_str())
+            }
+            Refusal::CapReached { scope, period, cap, used, price, resets_at } => format!(
+                "The {}'s {} credit cap of {cap} is reached: {used} committed this {}, and this request costs {price}. \
+                 It resets at {}.",
+                scope.as_str(),
+                match period {
+                    Period::Day => "daily",
+                    Period::Month => "monthly",
+                },
+                period.as_str(),
+                crate::tasks::timestamp(*resets_at),
+            ),
+            Refusal::InFlight { scope, max } => format!(
+                "The {} has {max} unfinished tasks, its max_in_flight; create more when one has ended.",
+                scope.as_str()
+            ),
+        }
+    }
+
+    /// Seconds a client should wait before trying again (a cap: until it resets).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Refusal::ModelNotAllowed { .. } => None,
+            Refusal::CapReached { resets_at, .. } => {
+                Some(u64::try_from((*resets_at - Utc::now()).num_seconds()).unwrap_or(0).max(1))
+            }
+            Refusal::InFlight { .. } => Some(1),
+        }
+    }
+
+    /// The refusal's facts, for the error object: scope, and for a cap its amount, period and reset.
+    pub fn details(&self) -> serde_json::Value {
+        match self {
+            Refusal::ModelNotAllowed { scope, model } => serde_json::json!({"scope": scope.as_str(), "model": model}),
+            Refusal::CapReached { scope, period, cap, resets_at, .. } => serde_json::json!({
+                "scope": scope.as_str(), "cap": cap, "period": period.as_str(),
+                "resets_at": crate::tasks::timestamp(*resets_at),
+            }),
+            Refusal::InFlight { scope, max } => serde_json::json!({"scope": scope.as_str(), "max_in_flight": max}),
+        }
+    }
+}
+
+/// Decides one create of `price` credits for `model` (its model and sub-model ids): admitted (and the
+/// state counts it) or refused (the state is unchanged). The key's limits are checked before the
+/// account's.
+pub fn decide(state: &mut LimitState, model: &str, sub_model: &str, price: i64) -> Result<(), Refusal> {
+    for (scope, (limits, usage)) in [(Scope::Key, &state.key), (Scope::Account, &state.account)] {
+        if let Some(allowed) = &limits.allowed_models {
+            if !allowed.iter().any(|id| id == model || id == sub_model) {
+                return Err(Refusal::ModelNotAllowed { scope, model: sub_model.to_owned() });
+            }
+        }
+        if let Some(max) = limits.max_in_flight {
+            if usage.in_flight >= max {
+                return Err(Refusal::InFlight { scope, max });
+            }
+        }
+        let caps = [
+            (Period::Day, limits.daily_credit_cap, usage.day_credits),
+            (Period::Month, limits.monthly_credit_cap, usage.month_credits),
+        ];
+        for (period, cap, used) in caps {
+            if let Some(cap) = cap.filter(|cap| used.saturating_add(price) > *cap) {
+                let resets_at = resets_at(state.now, period);
+                return Err(Refusal::CapReached { scope, period, cap, used, price, resets_at });
+            }
+        }
+    }
+    for usage in [&mut state.key.1, &mut state.account.1] {
+        usage.day_credits = usage.day_credits.saturating_add(price);
+        usage.month_credits = usage.month_credits.saturating_add(price);
+        usage.in_flight += 1;
+    }
+    Ok(())
+}
+
+/// The start of the next UTC day or month after `now`.
+pub fn resets_at(now: DateTime<Utc>, period: Period) -> DateTime<Utc> {
+    let today = now.date_naive();
+    let next = match period {
+        Period::Day => today + Duration::days(1),
+        Period::Month => {
+            let (year, month) =
+                if today.month() == 12 { (today.year() + 1, 1) } else { (today.year(), today.month() + 1) };
+            NaiveDate::from_ymd_opt(year, month, 1).unwrap_or(today)
+        }
+    };
+    Utc.from_utc_datetime(&next.and_hms_opt(0, 0, 0).unwrap_or_default())
+}
+
+fn day_of(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d").to_string()
+}
+
+fn month_of(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m").to_string()
+}
+
+/// The account's key (`''` for the account as a whole) in `limit_usage`.
+const ACCOUNT: &str = "";
+
+/// Loads the limits of the account and the key, and their usage in the periods of `now`, in the
+/// caller's transaction (which holds the account's row).
+pub async fn load(tx: &mut Tx, account_id: i64, key_id: &str, now: DateTime<Utc>) -> sqlx::Result<LimitState> {
+    const LIMITS: &str = "SELECT allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap FROM";
+    let account: Option<Limits> = on_tx!(tx, conn => sqlx::query_as(&format!("{LIMITS} accounts WHERE id = $1"))
+        .bind(account_id)
+        .fetch_optional(conn)
+        .await)?;
+    let key: Option<Limits> = on_tx!(tx, conn => sqlx::query_as(&format!("{LIMITS} api_keys WHERE id = $1 AND account_id = $2"))
+            .bind(key_id)
+            .bind(account_id)
+            .fetch_optional(conn)
+            .await)?;
+    let rows: Vec<(String, String, i64, String, i64, i64)> = on_tx!(tx, conn => sqlx::query_as(
+        "SELECT key_id, day, day_credits, month, month_credits, in_flight FROM limit_usage
+         WHERE account_id = $1 AND key_id IN ($2, '')",
+    )
+    .bind(account_id)
+    .bind(key_id)
+    .fetch_all(conn)
+    .await)?;
+    let (day, month) = (day_of(now), month_of(now));
+    let usage = |id: &str| {
+        rows.iter().find(|row| row.0 == id).map_or(Usage::default(), |row| Usage {
+            day_credits: if row.1 == day { row.2 } else { 0 },
+            month_credits: if row.3 == month { row.4 } else { 0 },
+            in_flight: row.5,
+        })
+    };
+    Ok(LimitState {
+        now,
+        key: (key.unwrap_or_default(), usage(key_id)),
+        account: (account.unwrap_or_default(), usage(ACCOUNT)),
+    })
+}
+
+impl LimitState {
+    /// Whether no limit applies (then [`decide`] admits everything).
+    pub fn is_unlimited(&self) -> bool {
+        self.key.0.is_empty() && self.account.0.is_empty()
+    }
+}
+
+/// Counts an admitted create of `price` credits at `now` for the key and the account.
+pub async fn record_create(
+    tx: &mut Tx,
+    account_id: i64,
+    key_id: &str,
+    price: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    const SQL: &str = "INSERT INTO limit_usage (account_id, key_id, day, day_credits, month, month_credits, in_flight)
+         VALUES ($1, $2, $3, $4, $5, $4, 1)
+         ON CONFLICT (account_id, key_id) DO UPDATE SET
+             day_credits = CASE WHEN limit_usage.day = EXCLUDED.day
+                                THEN limit_usage.day_credits + EXCLUDED.day_credits ELSE EXCLUDED.day_credits END,
+             day = EXCLUDED.day,
+             month_credits = CASE WHEN limit_usage.month = EXCLUDED.month
+                                  THEN limit_usage.month_credits + EXCLUDED.month_credits ELSE EXCLUDED.month_credits END,
+             month = EXCLUDED.month,
+             in_flight = limit_usage.in_flight + 1";
+    for id in [key_id, ACCOUNT] {
+        on_tx!(tx, conn => sqlx::query(SQL)
+            .bind(account_id)
+            .bind(id)
+            .bind(day_of(now))
+            .bind(price)
+            .bind(month_of(now))
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected()))?;
+    }
+    Ok(())
+}
+
+/// A task of the key, created at `created_at`, ended: one fewer in flight, and what its settlement
+/// released (`released`) no longer counts against the periods it was created in.
+pub async fn record_settle(
+    tx: &mut Tx,
+    account_id: i64,
+    key_id: &str,
+    created_at: DateTime<Utc>,
+    released: i64,
+) -> sqlx::Result<()> {
+    const SQL: &str = "UPDATE limit_usage SET
+             day_credits = CASE WHEN day <> $3 THEN day_credits WHEN day_credits > $4 THEN day_credits - $4 ELSE 0 END,
+             month_credits = CASE WHEN month <> $5 THEN month_credits WHEN month_credits > $4 THEN month_credits - $4 ELSE 0 END,
+             in_flight = CASE WHEN in_flight > 0 THEN in_flight - 1 ELSE 0 END
+         WHERE account_id = $1 AND key_id IN ($2, '')";
+    on_tx!(tx, conn => sqlx::query(SQL)
+        .bind(account_id)
+        .bind(key_id)
+        .bind(day_of(created_at))
+        .bind(released)
+        .bind(month_of(created_at))
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+    Ok(())
+}
+
+/// The largest cap or in-flight limit accepted.
+pub const MAX_LIMIT: i64 = 1_000_000_000_000;
+/// The most model ids in `allowed_models`.
+pub const MAX_ALLOWED_MODELS: usize = 100;
+
+/// A change of limits: each field given replaces the current one (`null` clears it); absent fields
+/// stay as they are.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed_models: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub max_in_flight: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub daily_credit_cap: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub monthly_credit_cap: Option<Option<i64>>,
+}
+
+/// A present field, `null` or not, is `Some`.
+fn some<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+impl LimitsPatch {
+    /// `current` with this change, checked: numbers 0 to [`MAX_LIMIT`], model ids known to `known`.
+    pub fn apply(self, current: Limits, known: impl Fn(&str) -> bool) -> Result<Limits, Error> {
+        let number = |name: &str, value: Option<i64>| match value {
+            Some(n) if !(0..=MAX_LIMIT).contains(&n) => {
+                Err(Error::Invalid(format!("`{name}`: 0 to {MAX_LIMIT}, or null for no limit.")))
+            }
+            other => Ok(other),
+        };
+        let mut limits = current;
+        if let Some(models) = self.allowed_models {
+            if let Some(models) = &models {
+                if models.len() > MAX_ALLOWED_MODELS {
+                    return Err(Error::Invalid(format!("`allowed_models`: at most {MAX_ALLOWED_MODELS} ids.")));
+                }
+                if let Some(unknown) = models.iter().find(|id| !known(id)) {
+                    return Err(Error::Invalid(format!(
+                        "`allowed_models`: unknown model `{unknown}`. GET /api/v1/models lists the models."
+                    )));
+                }
+            }
+            limits.allowed_models = models.map(Json);
+        }
+        if let Some(value) = self.max_in_flight {
+            limits.max_in_flight = number("max_in_flight", value)?;
+        }
+        if let Some(value) = self.daily_credit_cap {
+            limits.daily_credit_cap = number("daily_credit_cap", value)?;
+        }
+        if let Some(value) = self.monthly_credit_cap {
+            limits.monthly_credit_cap = number("monthly_credit_cap", value)?;
+        }
+        Ok(limits)
+    }
+}
+
+/// The limits of a key of `account_id` (`None`: no such key).
+pub async fn of_key(db: &Db, account_id: Option<i64>, key_id: &str) -> sqlx::Result<Option<Limits>> {
+    on_db!(db, pool => sqlx::query_as(
+        "SELECT allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap FROM api_keys
+         WHERE id = $1 AND ($2 IS NULL OR account_id = $2)",
+    )
+    .bind(key_id)
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await)
+}
+
+/// The limits of an account (`None`: no such account).
+pub async fn of_account(db: &Db, account_id: i64) -> sqlx::Result<Option<Limits>> {
+    on_db!(db, pool => sqlx::query_as(
+        "SELECT allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap FROM accounts WHERE id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await)
+}
+
+/// Stores a key's limits (of `account_id` when given) and records the change, from `before`, in the
+/// audit log in the same transaction. `false`: no such key (nothing written).
+pub async fn set_key(
+    db: &Db,
+    actor: &Actor,
+    account_id: Option<i64>,
+    key_id: &str,
+    before: &Limits,
+    limits: &Limits,
+) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    let owner: Option<(i64,)> = on_tx!(&mut tx, conn => sqlx::query_as(
+        "UPDATE api_keys SET allowed_models = $3, max_in_flight = $4, daily_credit_cap = $5, monthly_credit_cap = $6
+         WHERE id = $1 AND ($2 IS NULL OR account_id = $2) RETURNING account_id",
+    )
+    .bind(key_id)
+    .bind(account_id)
+    .bind(&limits.allowed_models)
+    .bind(limits.max_in_flight)
+    .bind(limits.daily_credit_cap)
+    .bind(limits.monthly_credit_cap)
+    .fetch_optional(conn)
+    .await)?;
+    let Some((owner,)) = owner else {
+        return Ok(false);
+    };
+    let target = Target::of(owner, key_id);
+    audit::record_in(&mut tx, actor, Action::KeyLimits, target, Some(json!(before)), Some(json!(limits))).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Stores an account's limits and records the change, from `before`, in the audit log in the same
+/// transaction. `false`: no such account (nothing written).
+pub async fn set_account(
+    db: &Db,
+    actor: &Actor,
+    account_id: i64,
+    before: &Limits,
+    limits: &Limits,
+) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    let done = on_tx!(&mut tx, conn => sqlx::query(
+        "UPDATE accounts SET allowed_models = $2, max_in_flight = $3, daily_credit_cap = $4, monthly_credit_cap = $5
+         WHERE id = $1",
+    )
+    .bind(account_id)
+    .bind(&limits.allowed_models)
+    .bind(limits.max_in_flight)
+    .bind(limits.daily_credit_cap)
+    .bind(limits.monthly_credit_cap)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected()))?;
+    if done != 1 {
+        return Ok(false);
+    }
+    let target = Target::account(account_id);
+    audit::record_in(&mut tx, actor, Action::AccountLimits, target, Some(json!(before)), Some(json!(limits))).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(key: Limits, account: Limits) -> LimitState {
+        let now = Utc.with_ymd_and_hms(2026, 12, 31, 23, 0, 0).single().expect("a time");
+        LimitState { now, key: (key, Usage::default()), account: (account, Usage::default()) }
+    }
+
+    #[test]
+    fn caps_count_what_was_admitted_and_refuse_beyond() {
+        let mut state = state(
+            Limits { daily_credit_cap: Some(25), ..Limits::default() },
+            Limits { max_in_flight: Some(3), ..Limits::default() },
+        );
+        assert_eq!(decide(&mut state, "m", "m/t", 12), Ok(()));
+        assert_eq!(decide(&mut state, "m", "m/t", 12), Ok(()));
+        let refused = decide(&mut state, "m", "m/t", 12);
+        let Err(Refusal::CapReached { scope, period, cap, used, resets_at, .. }) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!((scope, period, cap, used), (Scope::Key, Period::Day, 25, 24));
+        assert_eq!(resets_at, Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).single().expect("a time"));
+        assert_eq!(state.key.1.day_credits, 24, "a refusal counts nothing");
+        assert_eq!(decide(&mut state, "m", "m/t", 1), Ok(()));
+        assert_eq!(decide(&mut state, "m", "m/t", 0), Err(Refusal::InFlight { scope: Scope::Account, max: 3 }));
+    }
+
+    #[test]
+    fn allowed_models_name_models_or_sub_models() {
+        let only = |ids: &[&str]| Limits {
+            allowed_models: Some(Json(ids.iter().map(|s| s.to_string()).collect())),
+            ..Limits::default()
+        };
+        let mut state = state(only(&["m"]), only(&["m/t", "n"]));
+        assert_eq!(decide(&mut state, "m", "m/t", 1), Ok(()));
+        assert_eq!(
+            decide(&mut state, "m", "m/edit", 1),
+            Err(Refusal::ModelNotAllowed { scope: Scope::Account, model: "m/edit".into() })
+        );
+        assert_eq!(
+            decide(&mut state, "n", "n/t", 1),
+            Err(Refusal::ModelNotAllowed { scope: Scope::Key, model: "n/t".into() })
+        );
+        assert_eq!(
+            resets_at(Utc.with_ymd_and_hms(2026, 11, 30, 2, 0, 0).single().expect("a time"), Period::Month),
+            Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().expect("a time")
+        );
+    }
+}
