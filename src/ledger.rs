@@ -159,11 +159,28 @@ async fn append(
     Ok(())
 }
 
+/// What a ledger row records (the `kind` column's CHECK lists the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// Credits added (bootstrap, admin, purchase, redemption code).
+    Grant,
+    /// A task's price set aside when it was created (negative).
+    Hold,
+    /// The task succeeded: its hold is kept (0).
+    Capture,
+    /// The task failed or was cancelled: its hold comes back (positive).
+    Release,
+    /// An admin's correction.
+    Adjust,
+}
+
 /// One ledger row. `reason` is set on grants and adjustments.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Entry {
     pub id: i64,
-    pub kind: String,
+    pub kind: EntryKind,
     pub amount: i64,
     pub task_id: Option<String>,
     pub balance_after: i64,

@@ -29,6 +29,7 @@ pub struct Credits {
     balance: i64,
     /// What its unfinished tasks have reserved.
     held: i64,
+    #[schema(value_type = String, pattern = "^credits$")]
     currency: &'static str,
     usd_per_credit: f64,
     /// The newest entries first.
@@ -232,7 +233,7 @@ pub async fn list_all_orders(
 pub struct Received {
     received: bool,
     /// `applied`, `duplicate` (applied before: nothing changed) or `ignored`.
-    #[schema(example = "applied")]
+    #[schema(example = "applied", value_type = String, pattern = "^(applied|duplicate|ignored)$")]
     outcome: &'static str,
 }
 

@@ -28,14 +28,18 @@ pub struct DeliveryView {
     trigger: Trigger,
     status: DeliveryStatus,
     /// When the next attempt is due; `null` once delivered or dead.
+    #[schema(format = DateTime)]
     next_attempt_at: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     attempts: Vec<AttemptView>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AttemptView {
+    #[schema(format = DateTime)]
     attempted_at: String,
     /// `null` when no HTTP answer came (refused, connection error, timeout).
     status_code: Option<i32>,

@@ -9,9 +9,29 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::error::Error;
+
+/// The `error.code` of the envelope: stable and machine-readable (the OpenAPI document's enum is this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    InsufficientCredits,
+    Forbidden,
+    NotFound,
+    Conflict,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    UpstreamError,
+    Unavailable,
+    InternalError,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -53,24 +73,24 @@ impl ApiError {
     }
 
     /// The stable, low-cardinality code clients and metrics see.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::Domain(error) => match error {
-                Error::Invalid(_) => "invalid_request",
-                Error::Unauthorized => "unauthorized",
-                Error::Forbidden(_) => "forbidden",
-                Error::InsufficientCredits { .. } => "insufficient_credits",
-                Error::NotFound(_) => "not_found",
-                Error::Conflict(_) => "conflict",
-                Error::RateLimited { .. } => "rate_limited",
-                Error::Upstream(_) => "upstream_error",
-                Error::Unavailable(_) => "unavailable",
-                Error::Internal(_) => "internal_error",
+                Error::Invalid(_) => ErrorCode::InvalidRequest,
+                Error::Unauthorized => ErrorCode::Unauthorized,
+                Error::Forbidden(_) => ErrorCode::Forbidden,
+                Error::InsufficientCredits { .. } => ErrorCode::InsufficientCredits,
+                Error::NotFound(_) => ErrorCode::NotFound,
+                Error::Conflict(_) => ErrorCode::Conflict,
+                Error::RateLimited { .. } => ErrorCode::RateLimited,
+                Error::Upstream(_) => ErrorCode::UpstreamError,
+                Error::Unavailable(_) => ErrorCode::Unavailable,
+                Error::Internal(_) => ErrorCode::InternalError,
             },
-            ApiError::InvalidToken => "unauthorized",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::InvalidToken => ErrorCode::Unauthorized,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
         }
     }
 
@@ -119,7 +139,7 @@ impl From<sqlx::Error> for ApiError {
 /// Carried from `into_response` to `render_errors`.
 #[derive(Clone)]
 struct ErrorBody {
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 

@@ -22,7 +22,7 @@ use crate::store::{self, Db, Dialect, Tx, WorkQueue};
 use crate::webhooks::queue::{self, Delivery, Event};
 use crate::{ids, on_db, on_tx};
 
-pub use view::{timestamp, CreditsView, TaskView};
+pub use view::{timestamp, CreditsState, CreditsView, TaskView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]

@@ -19,8 +19,11 @@ pub struct TaskView {
     pub callback_url: Option<String>,
     /// The provider route serving the task (the last one tried while pending).
     pub provider: ProviderView,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    #[schema(format = DateTime)]
     pub completed_at: Option<String>,
 }
 
@@ -28,8 +31,19 @@ pub struct TaskView {
 pub struct CreditsView {
     pub price: i64,
     pub charged: i64,
-    /// `held` while unfinished, `charged` after success, `refunded` after failure or cancel.
-    pub state: &'static str,
+    pub state: CreditsState,
+}
+
+/// Where a task's price stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CreditsState {
+    /// Unfinished: the price is set aside.
+    Held,
+    /// Succeeded: the price is paid.
+    Charged,
+    /// Failed or cancelled: the price came back.
+    Refunded,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -62,9 +76,9 @@ impl TaskView {
 impl From<&Task> for TaskView {
     fn from(task: &Task) -> Self {
         let (charged, state) = match task.status {
-            TaskStatus::Pending | TaskStatus::Running => (0, "held"),
-            TaskStatus::Succeeded => (task.price, "charged"),
-            TaskStatus::Failed | TaskStatus::Cancelled => (0, "refunded"),
+            TaskStatus::Pending | TaskStatus::Running => (0, CreditsState::Held),
+            TaskStatus::Succeeded => (task.price, CreditsState::Charged),
+            TaskStatus::Failed | TaskStatus::Cancelled => (0, CreditsState::Refunded),
         };
         TaskView {
             task_id: task.id.clone(),

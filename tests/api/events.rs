@@ -47,7 +47,12 @@ fn parse(text: &str) -> Vec<TaskEvent> {
     events
 }
 
-fn events_request(client: &reqwest::Client, base: &str, key: &str, task_id: &str) -> reqwest::RequestBuilder {
+fn events_request(
+    client: &reqwest_middleware::ClientWithMiddleware,
+    base: &str,
+    key: &str,
+    task_id: &str,
+) -> reqwest_middleware::RequestBuilder {
     client.get(format!("{base}/api/v1/tasks/{task_id}/events")).header(AUTHORIZATION, bearer(key))
 }
 
