@@ -41,7 +41,7 @@ pub async fn hold(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sq
             .await)?;
         return Ok(Hold::Insufficient { available });
     };
-    append(tx, account_id, "hold", -price, Some(task_id), balance_after, None).await?;
+    append(tx, account_id, EntryKind::Hold, -price, Some(task_id), balance_after, None).await?;
     Ok(Hold::Held { balance_after })
 }
 
@@ -52,7 +52,7 @@ pub async fn capture(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) ->
             .bind(price)
             .fetch_one(conn)
             .await)?;
-    append(tx, account_id, "capture", 0, Some(task_id), balance_after, None).await
+    append(tx, account_id, EntryKind::Capture, 0, Some(task_id), balance_after, None).await
 }
 
 /// The hold goes back to the balance.
@@ -64,7 +64,7 @@ pub async fn release(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) ->
     .bind(price)
     .fetch_one(conn)
     .await)?;
-    append(tx, account_id, "release", price, Some(task_id), balance_after, None).await
+    append(tx, account_id, EntryKind::Release, price, Some(task_id), balance_after, None).await
 }
 
 /// Adds credits to an account; returns the new balance.
@@ -74,7 +74,7 @@ pub async fn grant(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> s
             .bind(amount)
             .fetch_one(conn)
             .await)?;
-    append(tx, account_id, "grant", amount, None, balance_after, Some(reason)).await?;
+    append(tx, account_id, EntryKind::Grant, amount, None, balance_after, Some(reason)).await?;
     Ok(balance_after)
 }
 
@@ -91,7 +91,7 @@ pub async fn adjust(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> 
     let Some((balance_after,)) = updated else {
         return Ok(None);
     };
-    append(tx, account_id, "adjust", amount, None, balance_after, Some(reason)).await?;
+    append(tx, account_id, EntryKind::Adjust, amount, None, balance_after, Some(reason)).await?;
     Ok(Some(balance_after))
 }
 
@@ -138,7 +138,7 @@ pub async fn change_in(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) 
 async fn append(
     tx: &mut Tx,
     account_id: i64,
-    kind: &str,
+    kind: EntryKind,
     amount: i64,
     task_id: Option<&str>,
     balance_after: i64,
@@ -174,6 +174,19 @@ pub enum EntryKind {
     Release,
     /// An admin's correction.
     Adjust,
+}
+
+impl EntryKind {
+    /// As stored and serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Grant => "grant",
+            EntryKind::Hold => "hold",
+            EntryKind::Capture => "capture",
+            EntryKind::Release => "release",
+            EntryKind::Adjust => "adjust",
+        }
+    }
 }
 
 /// One ledger row. `reason` is set on grants and adjustments.

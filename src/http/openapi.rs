@@ -137,7 +137,8 @@ struct Answers;
 impl Modify for Answers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let string = || ObjectBuilder::new().schema_type(Type::String).build();
-        let header = |schema: Object, description: &str| Header::builder().schema(schema).description(Some(description)).build();
+        let header =
+            |schema: Object, description: &str| Header::builder().schema(schema).description(Some(description)).build();
         for (path, item) in openapi.paths.paths.iter_mut() {
             let operations = [
                 &mut item.get,
@@ -154,12 +155,17 @@ impl Modify for Answers {
                     let RefOr::T(response) = response else { continue };
                     response.headers.insert(
                         "x-request-id".into(),
-                        header(string(), "The request's id (the caller's own, when it sent a valid one); also `error.request_id`."),
+                        header(
+                            string(),
+                            "The request's id (the caller's own, when it sent a valid one); also `error.request_id`.",
+                        ),
                     );
                     match status.as_str() {
                         "429" | "503" => {
                             let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).build();
-                            response.headers.insert("Retry-After".into(), header(seconds, "Seconds to wait before retrying."));
+                            response
+                                .headers
+                                .insert("Retry-After".into(), header(seconds, "Seconds to wait before retrying."));
                         }
                         "401" => {
                             response.headers.insert("WWW-Authenticate".into(), header(string(), "`Bearer`."));

@@ -71,6 +71,11 @@ impl Middleware for Contract {
     }
 }
 
+/// [`DOCUMENT`]'s check of one answer, for the check's own tests.
+pub fn check(method: &str, path: &str, status: u16, content_type: Option<&str>, body: &[u8]) -> Result<(), String> {
+    DOCUMENT.check(method, path, status, content_type, Some(body))
+}
+
 static DOCUMENT: LazyLock<Document> = LazyLock::new(|| {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document as JSON");
     close_objects(&mut doc);
@@ -97,7 +102,9 @@ impl Document {
         if path == "/" || UNDOCUMENTED.iter().any(|prefix| path.starts_with(prefix)) {
             return Ok(());
         }
-        let shown = |template: &str| format!("OpenAPI: {} {template} (requested {path}) answered {status}", method.to_uppercase());
+        let shown = |template: &str| {
+            format!("OpenAPI: {} {template} (requested {path}) answered {status}", method.to_uppercase())
+        };
         let Some(template) = self.template(path) else {
             // The router's fallback: any unknown path is a 404 (or 405) with the envelope.
             return match status {
@@ -131,7 +138,10 @@ impl Document {
             };
         };
         let Some(content_type) = content_type else {
-            return Err(format!("{what}: no Content-Type; the document declares {:?}", content.keys().collect::<Vec<_>>()));
+            return Err(format!(
+                "{what}: no Content-Type; the document declares {:?}",
+                content.keys().collect::<Vec<_>>()
+            ));
         };
         if !content.contains_key(content_type) {
             return Err(format!(
@@ -187,7 +197,13 @@ impl Document {
     }
 
     /// Whether `body` is JSON that fits the schema at `pointer` in the document.
-    fn body_fits(&self, pointer: &str, what: &str, content_type: Option<&str>, body: Option<&[u8]>) -> Result<(), String> {
+    fn body_fits(
+        &self,
+        pointer: &str,
+        what: &str,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<(), String> {
         let Some(body) = body else { return Ok(()) };
         if content_type != Some("application/json") {
             return Err(format!("{what}: Content-Type {content_type:?}, the document declares application/json"));
@@ -211,18 +227,19 @@ impl Document {
     }
 
     fn validator(&self, pointer: &str) -> Arc<jsonschema::Validator> {
-        let mut validators = self.validators.lock().expect("the validators");
-        let validator = validators.entry(pointer.to_owned()).or_insert_with(|| {
-            // The document is the schema's root, so `#/components/schemas/…` resolves as it is written.
-            let mut root = self.doc.clone();
-            root["$ref"] = json!(format!("#{pointer}"));
-            let validator = jsonschema::draft202012::options()
-                .should_validate_formats(true)
-                .build(&root)
-                .unwrap_or_else(|e| panic!("OpenAPI: the schema at {pointer} does not compile: {e}"));
-            Arc::new(validator)
-        });
-        Arc::clone(validator)
+        let validators = || self.validators.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(validator) = validators().get(pointer) {
+            return Arc::clone(validator);
+        }
+        // The document is the schema's root, so `#/components/schemas/…` resolves as it is written; a
+        // fragment is a URI, so the braces of path templates are percent-encoded.
+        let mut root = self.doc.clone();
+        root["$ref"] = json!(format!("#{}", pointer.replace('{', "%7B").replace('}', "%7D")));
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("OpenAPI: the schema at {pointer} does not compile: {e}"));
+        Arc::clone(validators().entry(pointer.to_owned()).or_insert(Arc::new(validator)))
     }
 }
 

@@ -480,9 +480,28 @@ pub fn http_client() -> reqwest::Client {
         .expect("build the HTTP client")
 }
 
+/// A request of either client: a [`TestApp`]'s, which checks the answer against the OpenAPI document,
+/// or a plain one (for gateway processes).
+#[allow(async_fn_in_trait)]
+pub trait Answer {
+    async fn answer(self) -> Response;
+}
+
+impl Answer for reqwest::RequestBuilder {
+    async fn answer(self) -> Response {
+        self.send().await.expect("send the request")
+    }
+}
+
+impl Answer for reqwest_middleware::RequestBuilder {
+    async fn answer(self) -> Response {
+        self.send().await.expect("send the request")
+    }
+}
+
 /// Sends `request` and reads its answer as JSON, whatever the status.
-pub async fn json_of(request: reqwest_middleware::RequestBuilder) -> Value {
-    request.send().await.expect("send the request").json().await.expect("a JSON answer")
+pub async fn json_of(request: impl Answer) -> Value {
+    request.answer().await.json().await.expect("a JSON answer")
 }
 
 pub fn bearer(key: &str) -> String {
@@ -806,12 +825,7 @@ pub fn session_token(account_id: i64, role: aio_gateway::jwt::Role) -> String {
 
 impl TestApp {
     /// A request with a bearer token (API key or session token).
-    pub fn with_bearer(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-    ) -> reqwest_middleware::RequestBuilder {
+    pub fn with_bearer(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest_middleware::RequestBuilder {
         self.client.request(method, self.url(path)).header(AUTHORIZATION, bearer(token))
     }
 }
