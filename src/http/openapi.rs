@@ -3,9 +3,10 @@
 
 use axum::Json;
 use utoipa::openapi::header::Header;
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Content, RefOr};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::error::ErrorCode;
@@ -151,6 +152,18 @@ impl Modify for Answers {
                 &mut item.trace,
             ];
             for operation in operations.into_iter().flatten() {
+                // Text the database cannot store (a NUL) in any parameter is refused by name.
+                let parameters = operation.parameters.iter().flatten();
+                if parameters.into_iter().any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query)) {
+                    operation.responses.responses.entry("400".into()).or_insert_with(|| {
+                        let envelope = Content::new(Some(Ref::from_schema_name("ErrorEnvelope")));
+                        ResponseBuilder::new()
+                            .description("A parameter does not fit, e.g. holds a NUL character (the message names it).")
+                            .content("application/json", envelope)
+                            .build()
+                            .into()
+                    });
+                }
                 for (status, response) in operation.responses.responses.iter_mut() {
                     let RefOr::T(response) = response else { continue };
                     response.headers.insert(
