@@ -16,8 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 from aio_gateway_client import AuthenticatedClient, Client
 from aio_gateway_client.api.catalog import get_file, list_models
-from aio_gateway_client.api.billing import get_credits
-from aio_gateway_client.api.tasks import create_task, get_task
+from aio_gateway_client.api.tasks import create_task, get_credits, get_task
 from aio_gateway_client.models import (
     CreateRequest,
     CreditsState,
@@ -32,11 +31,12 @@ from aio_gateway_client.types import File
 SEED = "A serene mountain lake at sunrise with reflections, photorealistic"
 
 
-def check(condition, what):
+def check(condition, what, quiet=False):
     if not condition:
         print(f"FAIL: {what}", file=sys.stderr)
         sys.exit(1)
-    print(f"ok: {what}")
+    if not quiet:
+        print(f"ok: {what}")
 
 
 def main():
@@ -58,17 +58,17 @@ def main():
     task = created.parsed
     check(isinstance(task, TaskView), "the created task parses into TaskView")
     check(task.status in (TaskStatus.PENDING, TaskStatus.RUNNING), f"a new task is unfinished ({task.status})")
-    check(task.credits.state == CreditsState.HELD, "its price is held")
+    check(task.credits_.state == CreditsState.HELD, "its price is held")
     check(task.input_.prompt == SEED, "the task echoes the prompt")
 
     give_up = time.monotonic() + 30
     while task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-        check(time.monotonic() < give_up, "the task finishes within 30 s")
+        check(time.monotonic() < give_up, "the task finishes within 30 s", quiet=True)
         time.sleep(0.5)
         task = get_task.sync(client=client, task_id=task.task_id)
-        check(isinstance(task, TaskView), "GET /api/v1/tasks/{task_id} parses into TaskView")
-    check(task.status == TaskStatus.SUCCEEDED, f"the task succeeded ({task.status})")
-    check(task.credits.state == CreditsState.CHARGED and task.credits.charged == task.credits.price, "it is charged")
+        check(isinstance(task, TaskView), "GET /api/v1/tasks/{task_id} parses into TaskView", quiet=True)
+    check(task.status == TaskStatus.SUCCEEDED, f"polled until it succeeded ({task.status})")
+    check(task.credits_.state == CreditsState.CHARGED and task.credits_.charged == task.credits_.price, "it is charged")
     check(task.completed_at is not None and task.completed_at >= task.created_at, "timestamps parse as date-times")
 
     credits = get_credits.sync(client=client)
