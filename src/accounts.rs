@@ -58,6 +58,7 @@ pub struct Account {
     /// Credits a refund or dispute could not take back because they were already spent.
     pub credits_owed: i64,
     /// Set when a refund or dispute first left credits owed: the operator should look at the account.
+    #[schema(required = true)]
     pub billing_flagged_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -158,11 +159,15 @@ pub async fn revoke_key(db: &Db, key_id: &str) -> anyhow::Result<bool> {
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub key_id: String,
+    #[schema(required = true)]
     pub name: Option<String>,
     pub prefix: String,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub last_used_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub expires_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

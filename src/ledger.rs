@@ -195,9 +195,11 @@ pub struct Entry {
     pub id: i64,
     pub kind: EntryKind,
     pub amount: i64,
+    #[schema(required = true)]
     pub task_id: Option<String>,
     pub balance_after: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
 }

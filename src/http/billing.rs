@@ -176,6 +176,7 @@ pub struct OrdersQuery {
 pub struct OrderPage {
     /// Newest first.
     data: Vec<Order>,
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 

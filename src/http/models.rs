@@ -23,6 +23,7 @@ pub struct ModelView {
     id: String,
     name: String,
     vendor: String,
+    #[schema(required = true)]
     description: Option<String>,
     provider_label: String,
     endpoint: &'static str,
@@ -46,6 +47,7 @@ struct RouteView {
     simulated: bool,
     /// For a worker route: the backend node it forwards to (`node_label`, e.g. `node30`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     backend_node: Option<String>,
 }
 
@@ -95,11 +97,14 @@ pub struct ParameterView {
     #[serde(rename = "type")]
     kind: &'static str,
     required: bool,
+    #[schema(required = true)]
     default: Option<String>,
     /// The allowed values, when the parameter is a choice.
+    #[schema(required = true)]
     values: Option<Vec<String>>,
     /// For the prompt: its longest allowed length, in characters.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     max_length: Option<usize>,
     description: String,
 }
@@ -173,12 +178,15 @@ pub struct EndpointSummary {
     credit_range: CreditRange,
     /// Models with webhook support, e.g. `5/11`.
     webhook_coverage: String,
+    #[schema(required = true)]
     lowest_cost_model: Option<CheapestModel>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreditRange {
+    #[schema(required = true)]
     min: Option<i64>,
+    #[schema(required = true)]
     max: Option<i64>,
 }
 

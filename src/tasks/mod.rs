@@ -88,8 +88,10 @@ impl CallbackEvent {
 pub struct TaskInput {
     pub prompt: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub aspect_ratio: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub quality: Option<String>,
     pub image_urls: Vec<String>,
 }

@@ -13,9 +13,12 @@ pub struct TaskView {
     pub sub_model: String,
     pub status: TaskStatus,
     pub input: TaskInput,
+    #[schema(required = true)]
     pub output: Option<TaskOutput>,
+    #[schema(required = true)]
     pub error: Option<TaskError>,
     pub credits: CreditsView,
+    #[schema(required = true)]
     pub callback_url: Option<String>,
     /// The provider route serving the task (the last one tried while pending).
     pub provider: ProviderView,
@@ -23,7 +26,7 @@ pub struct TaskView {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub completed_at: Option<String>,
 }
 
