@@ -152,18 +152,23 @@ impl Modify for Answers {
                 &mut item.trace,
             ];
             for operation in operations.into_iter().flatten() {
+                let error = |description: &str| {
+                    let envelope = Content::new(Some(Ref::from_schema_name("ErrorEnvelope")));
+                    RefOr::T(
+                        ResponseBuilder::new().description(description).content("application/json", envelope).build(),
+                    )
+                };
+                let responses = &mut operation.responses.responses;
                 // Text the database cannot store (a NUL) in any parameter is refused by name.
                 let parameters = operation.parameters.iter().flatten();
                 if parameters.into_iter().any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query)) {
-                    operation.responses.responses.entry("400".into()).or_insert_with(|| {
-                        let envelope = Content::new(Some(Ref::from_schema_name("ErrorEnvelope")));
-                        ResponseBuilder::new()
-                            .description("A parameter does not fit, e.g. holds a NUL character (the message names it).")
-                            .content("application/json", envelope)
-                            .build()
-                            .into()
+                    responses.entry("400".into()).or_insert_with(|| {
+                        error("A parameter does not fit, e.g. holds a NUL character (the message names it).")
                     });
                 }
+                responses.entry("500".into()).or_insert_with(|| {
+                    error("Something went wrong on our side (logged with the request id); the request can be retried.")
+                });
                 for (status, response) in operation.responses.responses.iter_mut() {
                     let RefOr::T(response) = response else { continue };
                     response.headers.insert(
