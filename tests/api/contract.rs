@@ -20,7 +20,7 @@ use utoipa::OpenApi;
 
 /// Paths the document leaves out on purpose: the console's page and assets, and OpenAI's routes
 /// (OpenAI's contract and error shape, docs/openai.md).
-const UNDOCUMENTED: [&str; 3] = ["/console", "/v1/", "/favicon"];
+const UNDOCUMENTED: [&str; 2] = ["/console", "/v1/"];
 
 /// `client` with the check on every answer from `base` (`http://127.0.0.1:{port}`).
 pub fn checked(client: reqwest::Client, base: &str) -> ClientWithMiddleware {
