@@ -65,6 +65,7 @@ pub struct Account {
     /// Credits a refund or dispute could not take back because they were already spent.
     pub credits_owed: i64,
     /// Set when a refund or dispute first left credits owed: the operator should look at the account.
+    #[schema(required = true)]
     pub billing_flagged_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// The account's limits (issue 20), over all its keys; `null` is no limit.
@@ -191,11 +192,15 @@ async fn record_revoke(tx: &mut Tx, actor: &Actor, account_id: i64, key_id: &str
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub key_id: String,
+    #[schema(required = true)]
     pub name: Option<String>,
     pub prefix: String,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub last_used_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub expires_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
     /// The key's limits (issue 20); `null` is no limit. The account's limits apply too.
     #[serde(flatten)]

@@ -853,7 +853,12 @@ pub struct CreateRequest {
     #[schema(example = "seedream/4.5-text-to-image")]
     pub model: Option<String>,
     /// Required: not empty after trimming, at most the model's `max_prompt_chars`.
-    #[schema(example = "A serene mountain lake at sunrise with reflections, photorealistic", min_length = 1)]
+    #[schema(
+        example = "A serene mountain lake at sunrise with reflections, photorealistic",
+        min_length = 1,
+        value_type = String,
+        required = true
+    )]
     pub prompt: Option<String>,
     /// One of the model's values (default `1:1`).
     #[schema(example = "16:9")]
@@ -867,7 +872,7 @@ pub struct CreateRequest {
     /// Models with webhooks only: an `https` URL that receives the task when it ends.
     pub callback_url: Option<String>,
     /// With `callback_url`: which events it receives, `completed` (the default) and/or `started`.
-    #[schema(example = json!(["started", "completed"]))]
+    #[schema(example = json!(["started", "completed"]), value_type = Option<Vec<CallbackEvent>>)]
     pub callback_events: Option<Vec<String>>,
     /// How many images (default 1), up to the model's `max_images`. The price is per image; only the
     /// images delivered are charged.

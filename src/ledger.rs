@@ -42,7 +42,7 @@ pub async fn hold(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sq
             .await)?;
         return Ok(Hold::Insufficient { available });
     };
-    append(tx, account_id, "hold", -price, Some(task_id), balance_after, None).await?;
+    append(tx, account_id, EntryKind::Hold, -price, Some(task_id), balance_after, None).await?;
     Ok(Hold::Held { balance_after })
 }
 
@@ -68,7 +68,7 @@ pub async fn settle(
         .bind(charged)
         .fetch_one(conn)
         .await)?;
-        append(tx, account_id, "capture", 0, Some(task_id), balance_after, None).await?;
+        append(tx, account_id, EntryKind::Capture, 0, Some(task_id), balance_after, None).await?;
     }
     let rest = held - charged;
     if rest > 0 || charged == 0 {
@@ -80,7 +80,7 @@ pub async fn settle(
         .fetch_one(conn)
         .await)?;
         let reason = (charged > 0).then_some(reason);
-        append(tx, account_id, "release", rest, Some(task_id), balance_after, reason).await?;
+        append(tx, account_id, EntryKind::Release, rest, Some(task_id), balance_after, reason).await?;
     }
     Ok(())
 }
@@ -92,7 +92,7 @@ pub async fn grant(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> s
             .bind(amount)
             .fetch_one(conn)
             .await)?;
-    append(tx, account_id, "grant", amount, None, balance_after, Some(reason)).await?;
+    append(tx, account_id, EntryKind::Grant, amount, None, balance_after, Some(reason)).await?;
     Ok(balance_after)
 }
 
@@ -109,7 +109,7 @@ pub async fn adjust(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) -> 
     let Some((balance_after,)) = updated else {
         return Ok(None);
     };
-    append(tx, account_id, "adjust", amount, None, balance_after, Some(reason)).await?;
+    append(tx, account_id, EntryKind::Adjust, amount, None, balance_after, Some(reason)).await?;
     Ok(Some(balance_after))
 }
 
@@ -159,7 +159,7 @@ pub async fn change_in(tx: &mut Tx, account_id: i64, amount: i64, reason: &str) 
 async fn append(
     tx: &mut Tx,
     account_id: i64,
-    kind: &str,
+    kind: EntryKind,
     amount: i64,
     task_id: Option<&str>,
     balance_after: i64,
@@ -180,19 +180,52 @@ async fn append(
     Ok(())
 }
 
+/// What a ledger row records (the `kind` column's CHECK lists the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// Credits added (bootstrap, admin, purchase, redemption code).
+    Grant,
+    /// A task's price set aside when it was created (negative).
+    Hold,
+    /// The task succeeded: its hold is kept (0).
+    Capture,
+    /// The task failed or was cancelled: its hold comes back (positive).
+    Release,
+    /// An admin's correction.
+    Adjust,
+}
+
+impl EntryKind {
+    /// As stored and serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Grant => "grant",
+            EntryKind::Hold => "hold",
+            EntryKind::Capture => "capture",
+            EntryKind::Release => "release",
+            EntryKind::Adjust => "adjust",
+        }
+    }
+}
+
 /// One ledger row. `reason` is set on grants and adjustments.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Entry {
     pub id: i64,
-    pub kind: String,
+    pub kind: EntryKind,
     pub amount: i64,
+    #[schema(required = true)]
     pub task_id: Option<String>,
     pub balance_after: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub reason: Option<String>,
     /// On a `capture` row: the credits it spent (absent once its task is purged by retention). Its `amount` is 0 because the
     /// task's `hold` already took them from the balance; the capture only settles the hold.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     #[sqlx(default)]
     pub captured: Option<i64>,
     pub created_at: DateTime<Utc>,

@@ -27,6 +27,7 @@ pub struct Batch {
     #[schema(example = "rcb_01JD3Z7YB4W4D0Q8WQK9N4V2XH")]
     pub batch_id: String,
     pub credits: i64,
+    #[schema(required = true)]
     pub expires_at: Option<DateTime<Utc>>,
     /// Shown this once: only their hashes are stored.
     pub codes: Vec<String>,

@@ -28,11 +28,13 @@ pub struct Order {
     /// `pending`, `paid`, `expired` or `refunded`.
     #[schema(example = "paid")]
     pub status: String,
+    #[schema(required = true)]
     pub checkout_url: Option<String>,
     /// Credits a refund or dispute took back, and those it could not (already spent).
     pub reversed_credits: i64,
     pub owed_credits: i64,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub paid_at: Option<DateTime<Utc>>,
 }
 

@@ -34,6 +34,7 @@ pub struct ModelView {
     id: String,
     name: String,
     vendor: String,
+    #[schema(required = true)]
     description: Option<String>,
     /// `Vendor / provider` of its first route, e.g. `ByteDance / KIE`.
     provider_label: String,
@@ -162,15 +163,19 @@ pub struct ParameterView {
     kind: &'static str,
     /// Required on the model's default sub-model (see `accepted_by` for the others).
     required: bool,
+    #[schema(required = true)]
     default: Option<String>,
     /// The allowed values, when the parameter is a choice.
+    #[schema(required = true)]
     values: Option<Vec<String>>,
     /// For the prompt: its longest allowed length, in characters.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     max_length: Option<usize>,
     /// For `image_urls`: the sub-models that take it, with how many URLs each (required where `min` ≥ 1);
     /// every other sub-model refuses it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     accepted_by: Option<Vec<ImageCount>>,
     description: String,
 }
@@ -197,12 +202,15 @@ pub struct EndpointSummary {
     credit_range: CreditRange,
     /// Models with webhook support, e.g. `5/11`.
     webhook_coverage: String,
+    #[schema(required = true)]
     lowest_cost_model: Option<CheapestModel>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreditRange {
+    #[schema(required = true)]
     min: Option<i64>,
+    #[schema(required = true)]
     max: Option<i64>,
 }
 

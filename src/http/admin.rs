@@ -78,6 +78,7 @@ pub struct AccountsQuery {
 pub struct AccountPage {
     /// Oldest first.
     data: Vec<Account>,
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 

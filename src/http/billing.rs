@@ -29,6 +29,7 @@ pub struct Credits {
     balance: i64,
     /// What its unfinished tasks have reserved.
     held: i64,
+    #[schema(value_type = String, pattern = "^credits$")]
     currency: &'static str,
     usd_per_credit: f64,
     /// The newest entries first.
@@ -175,6 +176,7 @@ pub struct OrdersQuery {
 pub struct OrderPage {
     /// Newest first.
     data: Vec<Order>,
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -232,7 +234,7 @@ pub async fn list_all_orders(
 pub struct Received {
     received: bool,
     /// `applied`, `duplicate` (applied before: nothing changed) or `ignored`.
-    #[schema(example = "applied")]
+    #[schema(example = "applied", value_type = String, pattern = "^(applied|duplicate|ignored)$")]
     outcome: &'static str,
 }
 

@@ -28,8 +28,10 @@ use crate::tasks;
     request_body(content = Object, description = "The provider's own callback body.", content_type = "application/json"),
     responses(
         (status = 200, description = "Received; the gateway confirms the result with the provider.", body = Object),
+        (status = 400, description = "The body could not be read.", body = ErrorEnvelope),
         (status = 401, description = "The provider's signature does not verify.", body = ErrorEnvelope),
         (status = 404, description = "Unknown provider or token.", body = ErrorEnvelope),
+        (status = 413, description = "The body is over `server.body_limit_bytes`.", body = ErrorEnvelope),
         (status = 503, description = "The database is unreachable.", body = ErrorEnvelope),
     )
 )]

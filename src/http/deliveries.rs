@@ -28,20 +28,27 @@ pub struct DeliveryView {
     trigger: Trigger,
     status: DeliveryStatus,
     /// When the next attempt is due; `null` once delivered or dead.
+    #[schema(required = true, format = DateTime)]
     next_attempt_at: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     attempts: Vec<AttemptView>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AttemptView {
+    #[schema(format = DateTime)]
     attempted_at: String,
     /// `null` when no HTTP answer came (refused, connection error, timeout).
+    #[schema(required = true)]
     status_code: Option<i32>,
     latency_ms: i32,
+    #[schema(required = true)]
     error: Option<String>,
     /// The first 2 KiB of the answer.
+    #[schema(required = true)]
     response_excerpt: Option<String>,
 }
 
@@ -75,6 +82,7 @@ impl DeliveryView {
 pub struct DeliveryList {
     data: Vec<DeliveryView>,
     /// Pass as `?cursor=` for the next (newer) page; `null` on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 

@@ -9,9 +9,33 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::error::Error;
+use crate::limits::Refusal;
+
+/// The `error.code` of the envelope: stable and machine-readable (the OpenAPI document's enum is this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    InsufficientCredits,
+    Forbidden,
+    ModelNotAllowed,
+    CreditCapReached,
+    TooManyInFlight,
+    NotFound,
+    Conflict,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    UpstreamError,
+    Unavailable,
+    InternalError,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -55,25 +79,29 @@ impl ApiError {
     }
 
     /// The stable, low-cardinality code clients and metrics see.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::Domain(error) => match error {
-                Error::Invalid(_) => "invalid_request",
-                Error::Unauthorized => "unauthorized",
-                Error::Forbidden(_) => "forbidden",
-                Error::InsufficientCredits { .. } => "insufficient_credits",
-                Error::Limit(refusal) => refusal.code(),
-                Error::NotFound(_) => "not_found",
-                Error::Conflict(_) => "conflict",
-                Error::RateLimited { .. } => "rate_limited",
-                Error::Upstream(_) => "upstream_error",
-                Error::Unavailable(_) => "unavailable",
-                Error::Internal(_) => "internal_error",
+                Error::Invalid(_) => ErrorCode::InvalidRequest,
+                Error::Unauthorized => ErrorCode::Unauthorized,
+                Error::Forbidden(_) => ErrorCode::Forbidden,
+                Error::InsufficientCredits { .. } => ErrorCode::InsufficientCredits,
+                Error::Limit(refusal) => match refusal {
+                    Refusal::ModelNotAllowed { .. } => ErrorCode::ModelNotAllowed,
+                    Refusal::CapReached { .. } => ErrorCode::CreditCapReached,
+                    Refusal::InFlight { .. } => ErrorCode::TooManyInFlight,
+                },
+                Error::NotFound(_) => ErrorCode::NotFound,
+                Error::Conflict(_) => ErrorCode::Conflict,
+                Error::RateLimited { .. } => ErrorCode::RateLimited,
+                Error::Upstream(_) => ErrorCode::UpstreamError,
+                Error::Unavailable(_) => ErrorCode::Unavailable,
+                Error::Internal(_) => ErrorCode::InternalError,
             },
-            ApiError::InvalidToken => "unauthorized",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::InvalidToken => ErrorCode::Unauthorized,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
         }
     }
 
@@ -123,7 +151,7 @@ impl From<sqlx::Error> for ApiError {
 /// Carried from `into_response` to `render_errors`.
 #[derive(Clone)]
 struct ErrorBody {
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     /// More facts for the error object (a limit's cap, period and reset), merged into it.
     details: Option<serde_json::Value>,

@@ -13,6 +13,7 @@ use crate::store;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok` (liveness) or `ready` (readiness).
+    #[schema(value_type = String, pattern = "^(ok|ready)$")]
     status: &'static str,
 }
 

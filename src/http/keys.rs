@@ -57,7 +57,9 @@ pub struct NewKey {
     /// The key itself: shown this once, never again.
     api_key: String,
     prefix: String,
+    #[schema(required = true)]
     name: Option<String>,
+    #[schema(required = true)]
     expires_at: Option<DateTime<Utc>>,
 }
 

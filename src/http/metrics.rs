@@ -8,6 +8,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::openapi::ErrorEnvelope;
 use super::AppState;
 use crate::{monitoring, tasks};
 
@@ -21,7 +22,10 @@ const UNMATCHED: &str = "unmatched";
     path = "/metrics",
     operation_id = "metrics",
     tag = "operations",
-    responses((status = 200, description = "Prometheus text format. Bind it privately (`server.metrics_listen`).", body = String, content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Prometheus text format. Bind it privately (`server.metrics_listen`).", body = String, content_type = "text/plain"),
+        (status = 404, description = "With `server.metrics_listen` set, the metrics are served there, not on this port.", body = ErrorEnvelope),
+    )
 )]
 pub async fn render(State(state): State<AppState>) -> Response {
     match tasks::count_open(&state.pool).await {

@@ -2,8 +2,15 @@
 //! the types they read and write, so it cannot drift from what the server does.
 
 use axum::Json;
+use utoipa::openapi::header::Header;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+use super::error::ErrorCode;
+use crate::config::ImageType;
 
 use super::{
     admin, audit, billing, callbacks, deliveries, files, health, images, keys, models, session, tasks, usage,
@@ -27,28 +34,6 @@ pub struct ErrorDetail {
     message: String,
     /// Also in the `x-request-id` header.
     request_id: String,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum ErrorCode {
-    InvalidRequest,
-    Unauthorized,
-    InsufficientCredits,
-    Forbidden,
-    ModelNotAllowed,
-    CreditCapReached,
-    TooManyInFlight,
-    NotFound,
-    Conflict,
-    MethodNotAllowed,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    RateLimited,
-    UpstreamError,
-    Unavailable,
-    InternalError,
 }
 
 #[derive(OpenApi)]
@@ -102,7 +87,7 @@ pub enum ErrorCode {
         webhook_secret::rotate,
     ),
     components(schemas(ErrorEnvelope)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &Answers),
     tags(
         (name = "tasks", description = "API key: create tasks, follow them, see credits."),
         (name = "billing", description = "API key or console cookie: buy credits (Stripe Checkout), orders, redemption codes; Stripe's signed webhook."),
@@ -148,6 +133,83 @@ impl Modify for SecuritySchemes {
                     .build(),
             ),
         );
+    }
+}
+
+/// What annotations cannot say: the headers every answer carries, and the image types the file route
+/// serves (every type the file store keeps, [`ImageType::ALL`]).
+struct Answers;
+
+impl Modify for Answers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let string = || ObjectBuilder::new().schema_type(Type::String).build();
+        let header =
+            |schema: Object, description: &str| Header::builder().schema(schema).description(Some(description)).build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let error = |description: &str| {
+                    let envelope = Content::new(Some(Ref::from_schema_name("ErrorEnvelope")));
+                    RefOr::T(
+                        ResponseBuilder::new().description(description).content("application/json", envelope).build(),
+                    )
+                };
+                let responses = &mut operation.responses.responses;
+                // Text the database cannot store (a NUL) in any parameter is refused by name.
+                let parameters = operation.parameters.iter().flatten();
+                if parameters.into_iter().any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query)) {
+                    responses.entry("400".into()).or_insert_with(|| {
+                        error("A parameter does not fit, e.g. holds a NUL character (the message names it).")
+                    });
+                }
+                responses.entry("500".into()).or_insert_with(|| {
+                    error("Something went wrong on our side (logged with the request id); the request can be retried.")
+                });
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else { continue };
+                    response.headers.insert(
+                        "x-request-id".into(),
+                        header(
+                            string(),
+                            "The request's id (the caller's own, when it sent a valid one); also `error.request_id`.",
+                        ),
+                    );
+                    match status.as_str() {
+                        "429" | "503" => {
+                            let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).build();
+                            response
+                                .headers
+                                .insert("Retry-After".into(), header(seconds, "Seconds to wait before retrying."));
+                        }
+                        "401" => {
+                            response.headers.insert("WWW-Authenticate".into(), header(string(), "`Bearer`."));
+                        }
+                        _ => {}
+                    }
+                    if path == "/files/{name}" && matches!(status.as_str(), "200" | "206") {
+                        response.content = ImageType::ALL
+                            .into_iter()
+                            .map(|image| {
+                                let bytes = ObjectBuilder::new()
+                                    .schema_type(Type::String)
+                                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+                                    .build();
+                                (image.mime().to_owned(), Content::new(Some(bytes)))
+                            })
+                            .collect();
+                    }
+                }
+            }
+        }
     }
 }
 

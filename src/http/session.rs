@@ -57,6 +57,7 @@ pub struct SessionView {
     /// `admin` for the accounts of `auth.session.admin_accounts`, else `user`.
     role: Role,
     /// RFC 3339: when the session ends (sign in again then).
+    #[schema(format = DateTime)]
     expires_at: String,
 }
 

@@ -64,6 +64,7 @@ pub struct ListQuery {
 pub struct TaskPage {
     data: Vec<TaskView>,
     /// Pass as `?cursor=` for the next (older) page; `null` on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 

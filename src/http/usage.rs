@@ -59,12 +59,14 @@ pub struct UsageSummary {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageTasks {
     data: Vec<TaskView>,
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageLedger {
     data: Vec<Entry>,
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 

@@ -24,7 +24,7 @@ use crate::store::{self, Db, Dialect, Tx, WorkQueue};
 use crate::webhooks::queue::{self, Delivery, Event};
 use crate::{ids, on_db, on_tx};
 
-pub use view::{timestamp, CreditsView, TaskView};
+pub use view::{timestamp, CreditsState, CreditsView, TaskView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -90,8 +90,10 @@ impl CallbackEvent {
 pub struct TaskInput {
     pub prompt: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub aspect_ratio: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub quality: Option<String>,
     pub image_urls: Vec<String>,
     /// How many images are asked for, on models whose `max_images` is above 1; absent means 1.

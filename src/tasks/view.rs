@@ -14,14 +14,20 @@ pub struct TaskView {
     pub sub_model: String,
     pub status: TaskStatus,
     pub input: TaskInput,
+    #[schema(required = true)]
     pub output: Option<TaskOutput>,
+    #[schema(required = true)]
     pub error: Option<TaskError>,
     pub credits: CreditsView,
+    #[schema(required = true)]
     pub callback_url: Option<String>,
     /// The provider route serving the task (the last one tried while pending).
     pub provider: ProviderView,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    #[schema(required = true, format = DateTime)]
     pub completed_at: Option<String>,
 }
 
@@ -32,11 +38,24 @@ pub struct CreditsView {
     /// Captured on success: the per-image price × the images delivered (the rest was released).
     pub charged: i64,
     /// `held` while unfinished, `charged` after success, `refunded` after failure or cancel.
-    pub state: &'static str,
+    pub state: CreditsState,
     /// How the price came about, in order: `base`, each matching price rule, `images` (× n). Absent on
     /// tasks created before quotes.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub breakdown: Option<Vec<PriceStep>>,
+}
+
+/// Where a task's price stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CreditsState {
+    /// Unfinished: the price is set aside.
+    Held,
+    /// Succeeded: what was delivered is paid.
+    Charged,
+    /// Failed or cancelled: the price came back.
+    Refunded,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -69,9 +88,9 @@ impl TaskView {
 impl From<&Task> for TaskView {
     fn from(task: &Task) -> Self {
         let state = match task.status {
-            TaskStatus::Pending | TaskStatus::Running => "held",
-            TaskStatus::Succeeded => "charged",
-            TaskStatus::Failed | TaskStatus::Cancelled => "refunded",
+            TaskStatus::Pending | TaskStatus::Running => CreditsState::Held,
+            TaskStatus::Succeeded => CreditsState::Charged,
+            TaskStatus::Failed | TaskStatus::Cancelled => CreditsState::Refunded,
         };
         TaskView {
             task_id: task.id.clone(),

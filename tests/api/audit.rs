@@ -31,7 +31,7 @@ async fn sign_in(app: &TestApp, key: &str) -> (String, String) {
 }
 
 /// A request signed in by the console's cookie, from the console's own origin.
-fn console(app: &TestApp, method: Method, path: &str, cookie: &str) -> reqwest::RequestBuilder {
+fn console(app: &TestApp, method: Method, path: &str, cookie: &str) -> reqwest_middleware::RequestBuilder {
     app.client.request(method, app.url(path)).header(COOKIE, cookie).header("sec-fetch-site", "same-origin")
 }
 
@@ -40,7 +40,7 @@ fn request_id(response: &Response) -> String {
 }
 
 /// Sends `request`, expects `status`; returns the body and the answer's request id.
-async fn send(request: reqwest::RequestBuilder, status: StatusCode) -> (Value, String) {
+async fn send(request: reqwest_middleware::RequestBuilder, status: StatusCode) -> (Value, String) {
     let response = request.send().await.expect("send");
     let id = request_id(&response);
     let actual = response.status();

@@ -8,6 +8,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::contract;
 use crate::helpers::{
     assert_error, bearer, http_client, new_account, seed_request, Backend, Gateway, TestApp, TestDatabase,
 };
@@ -47,7 +48,12 @@ fn parse(text: &str) -> Vec<TaskEvent> {
     events
 }
 
-fn events_request(client: &reqwest::Client, base: &str, key: &str, task_id: &str) -> reqwest::RequestBuilder {
+fn events_request(
+    client: &reqwest_middleware::ClientWithMiddleware,
+    base: &str,
+    key: &str,
+    task_id: &str,
+) -> reqwest_middleware::RequestBuilder {
     client.get(format!("{base}/api/v1/tasks/{task_id}/events")).header(AUTHORIZATION, bearer(key))
 }
 
@@ -140,7 +146,8 @@ async fn a_stream_on_one_process_follows_a_task_settled_by_another_on_postgres()
     let (_, key) = new_account(&database.pool, 100).await;
 
     let task_id = api.create(&client, &key, "A lighthouse in a storm").await;
-    let events = read_events(events_request(&client, &api.address, &key, &task_id).send().await.unwrap()).await;
+    let checked = contract::checked(client.clone(), &api.address);
+    let events = read_events(events_request(&checked, &api.address, &key, &task_id).send().await.unwrap()).await;
     assert_follows_the_task(&events);
 
     let metrics = client.get(format!("{}/metrics", api.address)).send().await.unwrap().text().await.unwrap();

@@ -22,12 +22,14 @@ use aio_gateway::{accounts, on_db, store};
 use reqwest::dns::Resolve;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Response, StatusCode};
+use reqwest_middleware::ClientWithMiddleware;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+use crate::contract;
 use crate::services::postgres_server;
 
 pub fn models_path() -> PathBuf {
@@ -217,7 +219,8 @@ pub struct TestApp {
     pub address: String,
     /// The app's database (the same pool the app uses); [`TestApp::pool`] for PostgreSQL's own SQL.
     pub db: Db,
-    pub client: reqwest::Client,
+    /// Checks every answer of the gateway against its OpenAPI document ([`crate::contract`]).
+    pub client: ClientWithMiddleware,
     pub shutdown: CancellationToken,
     /// The app's engine and webhook queue, for [`TestApp::run_pending`].
     engine: Arc<Engine>,
@@ -348,10 +351,11 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(application.run(shutdown.clone()));
 
+        let address = format!("http://127.0.0.1:{port}");
         TestApp {
-            address: format!("http://127.0.0.1:{port}"),
+            client: contract::checked(http_client(), &address),
+            address,
             db,
-            client: http_client(),
             shutdown,
             engine,
             webhooks,
@@ -486,9 +490,28 @@ pub fn http_client() -> reqwest::Client {
         .expect("build the HTTP client")
 }
 
+/// A request of either client: a [`TestApp`]'s, which checks the answer against the OpenAPI document,
+/// or a plain one (for gateway processes).
+#[allow(async_fn_in_trait)]
+pub trait Answer {
+    async fn answer(self) -> Response;
+}
+
+impl Answer for reqwest::RequestBuilder {
+    async fn answer(self) -> Response {
+        self.send().await.expect("send the request")
+    }
+}
+
+impl Answer for reqwest_middleware::RequestBuilder {
+    async fn answer(self) -> Response {
+        self.send().await.expect("send the request")
+    }
+}
+
 /// Sends `request` and reads its answer as JSON, whatever the status.
-pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
-    request.send().await.expect("send the request").json().await.expect("a JSON answer")
+pub async fn json_of(request: impl Answer) -> Value {
+    request.answer().await.json().await.expect("a JSON answer")
 }
 
 pub fn bearer(key: &str) -> String {
@@ -837,7 +860,7 @@ pub fn session_token(account_id: i64, role: aio_gateway::jwt::Role) -> String {
 
 impl TestApp {
     /// A request with a bearer token (API key or session token).
-    pub fn with_bearer(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+    pub fn with_bearer(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest_middleware::RequestBuilder {
         self.client.request(method, self.url(path)).header(AUTHORIZATION, bearer(token))
     }
 }

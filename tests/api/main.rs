@@ -11,6 +11,7 @@ mod cancel;
 mod catalog;
 mod cli;
 mod config_paths;
+mod contract;
 mod dashboard;
 mod events;
 mod failover;

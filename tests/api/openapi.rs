@@ -4,7 +4,8 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::contract;
+use crate::helpers::{json_of, spawn_app};
 
 /// Every public route of the router, as `(method, path)`; the console's HTML page and assets
 /// (`/`, `/console`, `/console/assets/{name}`) are not API and stay out of the document, and so do
@@ -128,4 +129,67 @@ async fn the_document_covers_every_route_and_is_consistent() {
         let pointer = target.strip_prefix('#').unwrap_or_else(|| panic!("external $ref {target}"));
         assert!(doc.pointer(pointer).is_some(), "$ref {target} does not resolve");
     }
+}
+
+/// What generated clients rely on: enums from the server's types, `date-time` timestamps, `prompt`
+/// required and never `null`, every image type the file route serves.
+#[tokio::test]
+async fn the_document_types_what_clients_parse() {
+    let app = spawn_app().await;
+    let doc = json_of(app.client.get(app.url("/api/v1/openapi.json"))).await;
+    let schemas = &doc["components"]["schemas"];
+    let strings = |value: &Value| -> Vec<String> {
+        value.as_array().map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    };
+    assert_eq!(strings(&schemas["TaskStatus"]["enum"]), ["pending", "running", "succeeded", "failed", "cancelled"]);
+    assert_eq!(strings(&schemas["CreditsState"]["enum"]), ["held", "charged", "refunded"]);
+    assert_eq!(strings(&schemas["EntryKind"]["enum"]), ["grant", "hold", "capture", "release", "adjust"]);
+    assert_eq!(strings(&schemas["CallbackEvent"]["enum"]), ["completed", "started"]);
+    assert_eq!(strings(&schemas["DeliveryStatus"]["enum"]), ["pending", "delivered", "dead"]);
+    assert!(strings(&schemas["ErrorCode"]["enum"]).contains(&"insufficient_credits".to_owned()));
+    assert_eq!(schemas["ErrorDetail"]["properties"]["code"]["$ref"], "#/components/schemas/ErrorCode");
+    assert_eq!(schemas["CreditsView"]["properties"]["state"]["$ref"], "#/components/schemas/CreditsState");
+    assert_eq!(schemas["Entry"]["properties"]["kind"]["$ref"], "#/components/schemas/EntryKind");
+
+    for field in ["created_at", "updated_at", "completed_at"] {
+        assert_eq!(schemas["TaskView"]["properties"][field]["format"], "date-time", "TaskView.{field}");
+    }
+    assert_eq!(schemas["Entry"]["properties"]["created_at"]["format"], "date-time");
+
+    let create = &schemas["CreateRequest"];
+    assert!(strings(&create["required"]).contains(&"prompt".to_owned()), "prompt is required: {create}");
+    assert_eq!(create["properties"]["prompt"]["type"], "string", "prompt is a string, never null: {create}");
+
+    let file = &doc["paths"]["/files/{name}"]["get"]["responses"];
+    for status in ["200", "206"] {
+        let types: Vec<&String> = file[status]["content"].as_object().expect("content").keys().collect();
+        assert_eq!(types, ["image/png", "image/jpeg", "image/webp"], "/files/{{name}} {status}");
+    }
+    let create = &doc["paths"]["/api/v1/images/generations"]["post"]["responses"];
+    assert!(create["200"]["headers"]["Location"].is_object());
+    assert!(create["200"]["headers"]["x-request-id"].is_object());
+    assert!(create["429"]["headers"]["Retry-After"].is_object());
+    assert!(create["503"]["headers"]["Retry-After"].is_object());
+}
+
+/// The check every test's answers go through (tests/api/contract.rs) fails on what does not fit, and
+/// says where.
+#[test]
+fn the_answer_check_names_route_status_and_field() {
+    let task = "/api/v1/tasks/task_01J0000000000000000000000";
+    let json = Some("application/json");
+    let error = contract::check("get", task, 200, json, br#"{"task_id": 7}"#).expect_err("a wrong task");
+    assert!(error.contains("GET /api/v1/tasks/{task_id}") && error.contains("200"), "{error}");
+    assert!(error.contains("task_id"), "{error}");
+    let error = contract::check("get", task, 418, json, b"{}").expect_err("an undeclared status");
+    assert!(error.contains("418 is not declared"), "{error}");
+    let error = contract::check("get", "/files/a.png", 200, Some("image/gif"), b"GIF8").expect_err("a wrong type");
+    assert!(error.contains("image/gif is not declared"), "{error}");
+    let error = contract::check("put", "/api/v1/tasks", 200, json, b"{}").expect_err("an undocumented method");
+    assert!(error.contains("no PUT operation"), "{error}");
+    let envelope = br#"{"error": {"code": "not_found", "message": "No route matches this path.", "request_id": "r"}}"#;
+    contract::check("get", "/api/v1/nothing-here", 404, json, envelope).expect("the fallback's 404");
+    let wrong = br#"{"error": {"code": "no_such_code", "message": "m", "request_id": "r"}}"#;
+    let error = contract::check("get", task, 404, json, wrong).expect_err("an unknown error code");
+    assert!(error.contains("/error/code"), "{error}");
 }

@@ -185,7 +185,7 @@ async fn sign_in(app: &TestApp, key: &str) -> String {
     set_cookie.split(';').next().expect("name=value").to_owned()
 }
 
-fn with_cookie(app: &TestApp, method: Method, path: &str, cookie: &str) -> reqwest::RequestBuilder {
+fn with_cookie(app: &TestApp, method: Method, path: &str, cookie: &str) -> reqwest_middleware::RequestBuilder {
     app.client.request(method, app.url(path)).header(COOKIE, cookie).header("sec-fetch-site", "same-origin")
 }
 

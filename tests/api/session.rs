@@ -18,7 +18,7 @@ async fn sign_in(app: &TestApp, key: &str) -> (String, String) {
     (set_cookie, pair)
 }
 
-fn with_cookie(app: &TestApp, method: Method, path: &str, cookie: &str) -> reqwest::RequestBuilder {
+fn with_cookie(app: &TestApp, method: Method, path: &str, cookie: &str) -> reqwest_middleware::RequestBuilder {
     app.client.request(method, app.url(path)).header(COOKIE, cookie)
 }
 

@@ -228,8 +228,12 @@ async fn ledger_operations(backend: Backend) {
         .expect("settled now");
     assert_eq!(balance(db, account).await, (12, 0));
 
-    let kinds: Vec<(String, i64)> =
-        ledger::recent(db, account, 100).await.expect("recent").into_iter().map(|e| (e.kind, e.amount)).collect();
+    let kinds: Vec<(String, i64)> = ledger::recent(db, account, 100)
+        .await
+        .expect("recent")
+        .into_iter()
+        .map(|e| (e.kind.as_str().to_owned(), e.amount))
+        .collect();
     let expected = [
         ("release", 12),
         ("hold", -12),

@@ -7,6 +7,9 @@
 
 // The shared modules serve the API suite too; this binary uses only part of them.
 #[allow(dead_code)]
+#[path = "../api/contract.rs"]
+mod contract;
+#[allow(dead_code)]
 #[path = "../api/fakes/mod.rs"]
 mod fakes;
 #[allow(dead_code)]
