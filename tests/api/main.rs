@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod auth;
+mod batches;
 mod billing;
 mod callbacks;
 mod cancel;

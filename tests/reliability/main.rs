@@ -19,6 +19,7 @@ mod receiver;
 #[path = "../api/services.rs"]
 mod services;
 
+mod batches;
 mod faults;
 mod replicas;
 mod traffic;
