@@ -23,15 +23,16 @@ use crate::config::{Settings, TaskSettings};
 use crate::error::Error;
 use crate::files::{FileStore, Rehost, RehostError};
 use crate::idempotency::{self, IdempotencyKey};
-use crate::{ids, monitoring};
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted, LOST, UNAVAILABLE};
 use crate::task_events::TaskEvents;
 use crate::tasks::{
-    self, Batcher, BatcherSettings, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus,
+    self, Batcher, BatcherSettings, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskInput,
+    TaskOutput, TaskStatus,
 };
 use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
 use crate::work_queue::{Job, Runner};
+use crate::{ids, monitoring};
 
 /// How often the engine purges expired idempotency keys.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -127,7 +128,9 @@ impl Engine {
         };
         let runner = Runner::new("engine", settings.tick, settings.batch_size.get(), settings.max_in_flight.get());
         let breakers = Breakers::new(settings.breaker_failures, settings.breaker_cooldown);
+        let creates = Batcher::start(pool.clone(), batcher, Arc::clone(&events));
         Arc::new(Engine {
+            creates,
             pool,
             providers,
             catalog,
@@ -138,7 +141,6 @@ impl Engine {
             files,
             settings,
             webhooks,
-            creates: Batcher::start(pool.clone(), batcher, Arc::clone(&events)),
             events,
             runner,
             dispatched: TaskTracker::new(),

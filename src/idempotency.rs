@@ -56,7 +56,8 @@ impl<'a> Use<'a> {
     }
 }
 
-const USE_COLUMNS: &[(&str, &str)] = &[("account_id", "bigint"), ("key", "text"), ("hash", "text"), ("task_id", "text")];
+const USE_COLUMNS: &[(&str, &str)] =
+    &[("account_id", "bigint"), ("key", "text"), ("hash", "text"), ("task_id", "text")];
 
 /// Of `uses`, the `(account_id, key)` pairs an unexpired row already holds, in the caller's
 /// transaction. Race-free because every writer of an account's keys holds the account's row first

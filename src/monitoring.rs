@@ -72,7 +72,9 @@ pub fn handle() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
-            .and_then(|builder| builder.set_buckets_for_metric(Matcher::Full(CREATE_BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS))
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Full(CREATE_BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS)
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

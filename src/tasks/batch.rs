@@ -94,7 +94,12 @@ pub async fn commit(db: &Db, batch: &[&NewTask]) -> sqlx::Result<Vec<Option<Crea
     for (new, decision) in batch.iter().zip(&decisions) {
         if let Some(Decision::Hold { balance_after }) = decision {
             held.push(*new);
-            holds.push(BatchHold { account_id: new.account_id, task_id: &new.id, price: new.price, balance_after: *balance_after });
+            holds.push(BatchHold {
+                account_id: new.account_id,
+                task_id: &new.id,
+                price: new.price,
+                balance_after: *balance_after,
+            });
         }
     }
     let mut tasks: HashMap<String, Task> = HashMap::new();

@@ -43,8 +43,11 @@ async fn two_hundred_racing_creates_on_one_account_take_exactly_what_it_can_pay(
         let body = seed_request();
         let answers = futures::future::join_all((0..200).map(|_| create(&app, &key, &body, None))).await;
         let ok = answers.iter().filter(|(status, _)| *status == StatusCode::OK).count();
-        let refused: Vec<&Value> =
-            answers.iter().filter(|(status, _)| *status == StatusCode::PAYMENT_REQUIRED).map(|(_, body)| body).collect();
+        let refused: Vec<&Value> = answers
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::PAYMENT_REQUIRED)
+            .map(|(_, body)| body)
+            .collect();
         assert_eq!((ok, refused.len()), (150, 50), "{backend:?}: {answers:?}");
         assert!(refused.iter().all(|body| body["error"]["code"] == "insufficient_credits"), "{refused:?}");
         let ids: HashSet<&str> = answers.iter().filter_map(|(_, body)| body["task_id"].as_str()).collect();
@@ -93,7 +96,8 @@ async fn keys_used_several_times_in_one_batch_make_one_task_each() {
         assert_eq!(tasks_of.len(), 15, "{backend:?}: every key made a task: {tasks_of:?}");
         assert!(tasks_of.values().all(|ids| ids.len() == 1), "{backend:?}: one task per key: {tasks_of:?}");
         let stored = count(&app, "SELECT count(*) FROM tasks WHERE account_id = $1", account_id).await;
-        let holds = count(&app, "SELECT count(*) FROM ledger WHERE account_id = $1 AND kind = 'hold'", account_id).await;
+        let holds =
+            count(&app, "SELECT count(*) FROM ledger WHERE account_id = $1 AND kind = 'hold'", account_id).await;
         assert_eq!((stored, holds), (15, 15), "{backend:?}");
         assert_ledger_consistent_on(&app.db).await;
     }

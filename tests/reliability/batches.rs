@@ -54,11 +54,21 @@ async fn create(client: &reqwest::Client, address: &str, key: &str, attempt: u64
 async fn a_gateway_killed_while_batches_commit_loses_no_answered_task_and_no_credit() {
     let database = TestDatabase::new(5).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let env = [("AIO__DATABASE__MAX_CONNECTIONS", "8"), ("AIO__RATE_LIMIT__REQUESTS_PER_MINUTE", "100000000"),
-        ("AIO__RATE_LIMIT__BURST", "1000000"), ("AIO__RATE_LIMIT__ACCOUNT_REQUESTS_PER_MINUTE", "100000000"),
-        ("AIO__PROVIDERS__SIMULATED__DELAY_MS", "500")];
+    let env = [
+        ("AIO__DATABASE__MAX_CONNECTIONS", "8"),
+        ("AIO__RATE_LIMIT__REQUESTS_PER_MINUTE", "100000000"),
+        ("AIO__RATE_LIMIT__BURST", "1000000"),
+        ("AIO__RATE_LIMIT__ACCOUNT_REQUESTS_PER_MINUTE", "100000000"),
+        ("AIO__PROVIDERS__SIMULATED__DELAY_MS", "500"),
+    ];
     let start = |name: &str| {
-        Gateway::start_with(&database.url, &dir.path().join("files"), &dir.path().join(format!("{name}.log")), "all", &env)
+        Gateway::start_with(
+            &database.url,
+            &dir.path().join("files"),
+            &dir.path().join(format!("{name}.log")),
+            "all",
+            &env,
+        )
     };
     let client = client();
     let mut accounts = Vec::new();
@@ -141,16 +151,18 @@ async fn a_gateway_killed_while_batches_commit_loses_no_answered_task_and_no_cre
 
     // One task per key, every given task stored, one hold each, and the books balance.
     let tasks = tasks.lock().unwrap().clone();
-    let keyed: Vec<(String, String)> = sqlx::query_as("SELECT key, task_id FROM idempotency_keys")
-        .fetch_all(&database.pool)
-        .await
-        .expect("read keys");
+    let keyed: Vec<(String, String)> =
+        sqlx::query_as("SELECT key, task_id FROM idempotency_keys").fetch_all(&database.pool).await.expect("read keys");
     let by_key: HashMap<String, String> = keyed.into_iter().collect();
     for (attempt, id) in &tasks {
         assert_eq!(by_key.get(&format!("crash-{attempt}")), Some(id), "create {attempt}: its key names another task");
     }
-    let all: HashSet<String> =
-        sqlx::query_scalar("SELECT id FROM tasks").fetch_all(&database.pool).await.expect("read tasks").into_iter().collect();
+    let all: HashSet<String> = sqlx::query_scalar("SELECT id FROM tasks")
+        .fetch_all(&database.pool)
+        .await
+        .expect("read tasks")
+        .into_iter()
+        .collect();
     let given: HashSet<String> = tasks.values().cloned().collect();
     assert!(given.is_subset(&all), "a task a client was given is missing");
     assert_eq!(all.len(), by_key.len(), "every stored task has its key, and only one");
