@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::task::TaskTracker;
 
 use super::{get, CallbackEvent, Created, NewTask, Task, TaskInput, COLUMNS};
 use crate::error::Error;
@@ -255,6 +256,8 @@ struct Job {
 pub struct Batcher {
     db: Db,
     sender: mpsc::Sender<Job>,
+    /// The committers: each ends when the queue closes (the batcher is dropped) and it is empty.
+    _committers: TaskTracker,
 }
 
 impl Batcher {
@@ -262,6 +265,7 @@ impl Batcher {
     pub fn start(db: Db, settings: BatcherSettings, events: Arc<TaskEvents>) -> Batcher {
         let (sender, receiver) = mpsc::channel(settings.queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
+        let tracker = TaskTracker::new();
         let committers = if matches!(db, Db::Sqlite(_)) { 1 } else { settings.committers.max(1) };
         for _ in 0..committers {
             let committer = Committer {
@@ -270,9 +274,10 @@ impl Batcher {
                 max_batch: settings.max_batch.max(1),
                 events: Arc::clone(&events),
             };
-            tokio::spawn(committer.run());
+            tracker.spawn(committer.run());
         }
-        Batcher { db, sender }
+        tracker.close();
+        Batcher { db, sender, _committers: tracker }
     }
 
     /// [`super::create`] through the batches: a full queue is `Overloaded`.
