@@ -437,7 +437,8 @@ impl Engine {
                         if running.wants(tasks::CallbackEvent::Started) {
                             self.webhooks.wake();
                         }
-                        self.events.publish(&task.id).await;
+                        // On PostgreSQL the transition's own transaction notified the waiters.
+                        self.events.published_with_change(&task.id);
                         self.runner.wake_at(delay);
                         // Its callback may have come while the submit was in flight: then it is due now.
                         if callback_url.is_some() {

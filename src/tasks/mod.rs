@@ -357,7 +357,11 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
 
 /// The provider accepted the task: remember its job id and when to look again (at once when its
 /// callback already arrived), and for a task whose webhook wants it, enqueue its `started` event in
-/// the same transaction. `None` when the task was no longer pending (cancelled meanwhile).
+/// the same transaction. On PostgreSQL the same statement notifies the task's waiters (sent at the
+/// commit: one commit, not two; see [`TaskEvents::published_with_change`]). `None` when the task was
+/// no longer pending (cancelled meanwhile).
+///
+/// [`TaskEvents::published_with_change`]: crate::task_events::TaskEvents::published_with_change
 pub async fn mark_running(
     db: &Db,
     task_id: &str,
@@ -372,9 +376,13 @@ pub async fn mark_running(
         "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now}, leased_by = NULL,
                           next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
          WHERE id = $1 AND status = 'pending'
-         RETURNING {COLUMNS}",
+         RETURNING {COLUMNS}{notify}",
         now = d.now(),
         next = d.least(&d.now_plus_secs("$3"), "deadline_at"),
+        notify = match d {
+            Dialect::Postgres => format!(", pg_notify('{}', id)::text AS notified", crate::task_events::CHANNEL),
+            Dialect::Sqlite => String::new(),
+        },
     );
     let running: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
         .bind(task_id)
