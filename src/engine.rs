@@ -128,7 +128,7 @@ impl Engine {
         };
         let runner = Runner::new("engine", settings.tick, settings.batch_size.get(), settings.max_in_flight.get());
         let breakers = Breakers::new(settings.breaker_failures, settings.breaker_cooldown);
-        let creates = Batcher::start(pool.clone(), batcher, Arc::clone(&events));
+        let creates = Batcher::start(pool.clone(), batcher);
         Arc::new(Engine {
             creates,
             pool,

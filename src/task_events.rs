@@ -66,30 +66,6 @@ impl TaskEvents {
         monitoring::task_event("published");
     }
 
-    /// [`TaskEvents::publish`] for many tasks at once (a batch of creates): one statement.
-    pub async fn publish_all(&self, task_ids: &[String]) {
-        match &self.db {
-            Db::Pg(pool) => {
-                let sent = sqlx::query("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
-                    .bind(CHANNEL)
-                    .bind(task_ids)
-                    .execute(pool)
-                    .await;
-                if let Err(error) = sent {
-                    tracing::warn!(error = %error, tasks = task_ids.len(), "task events not published");
-                }
-            }
-            Db::Sqlite(_) => {
-                for task_id in task_ids {
-                    let _ = self.sender.send(task_id.clone());
-                }
-            }
-        }
-        for _ in task_ids {
-            monitoring::task_event("published");
-        }
-    }
-
     /// Starts waiting for changes of `task_id`. Subscribe before reading the task, so that no change
     /// between the read and the wait is missed.
     pub fn waiter(&self, task_id: &str) -> Waiter {

@@ -35,7 +35,6 @@ use crate::ledger::{self, BatchHold};
 use crate::monitoring;
 use crate::on_tx;
 use crate::store::{Db, Tx};
-use crate::task_events::TaskEvents;
 
 /// An account as a batch decides on it: loaded once per batch, right after its row is locked, and
 /// changed in memory by each request the batch takes.
@@ -262,18 +261,14 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the committers on the current runtime; they stop when the batcher is dropped.
-    pub fn start(db: Db, settings: BatcherSettings, events: Arc<TaskEvents>) -> Batcher {
+    pub fn start(db: Db, settings: BatcherSettings) -> Batcher {
         let (sender, receiver) = mpsc::channel(settings.queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let tracker = TaskTracker::new();
         let committers = if matches!(db, Db::Sqlite(_)) { 1 } else { settings.committers.max(1) };
         for _ in 0..committers {
-            let committer = Committer {
-                db: db.clone(),
-                receiver: Arc::clone(&receiver),
-                max_batch: settings.max_batch.max(1),
-                events: Arc::clone(&events),
-            };
+            let committer =
+                Committer { db: db.clone(), receiver: Arc::clone(&receiver), max_batch: settings.max_batch.max(1) };
             tracker.spawn(committer.run());
         }
         tracker.close();
@@ -306,7 +301,6 @@ struct Committer {
     db: Db,
     receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
     max_batch: usize,
-    events: Arc<TaskEvents>,
 }
 
 impl Committer {
@@ -349,16 +343,10 @@ impl Committer {
             Err(error) => vec![Err(error)],
         };
         monitoring::create_batch(jobs.len(), started);
-        let mut created = Vec::new();
+        // No task event for a new task: nobody can wait on a task before its create answered.
         for (job, answer) in jobs.into_iter().zip(answers) {
-            if let Ok(Some(Created::Task(task))) = &answer {
-                created.push(task.id.clone());
-            }
             // A client that hung up no longer waits; its task stands.
             let _ = job.reply.send(answer);
-        }
-        if !created.is_empty() {
-            self.events.publish_all(&created).await;
         }
     }
 }
