@@ -350,3 +350,50 @@ impl Committer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn costing(price: i64) -> NewTask {
+        NewTask {
+            id: "task_x".into(),
+            account_id: 1,
+            model: "m".into(),
+            sub_model: "m/s".into(),
+            input: TaskInput { prompt: "p".into(), aspect_ratio: None, quality: None, image_urls: vec![] },
+            price,
+            callback_url: None,
+            callback_events: None,
+            provider: "simulated".into(),
+            upstream_model: "u".into(),
+            provider_label: "Simulated".into(),
+            simulated: true,
+            deadline: Duration::from_secs(60),
+            lease: None,
+            owner: "inst".into(),
+            idempotency: None,
+            callback_token: None,
+        }
+    }
+
+    #[test]
+    fn requests_are_decided_in_order_against_what_the_earlier_ones_took() {
+        let mut account = AccountState { balance: 30 };
+        let decisions: Vec<Decision> =
+            [12, 12, 12, 6, 0].iter().map(|price| decide(&mut account, &costing(*price))).collect();
+        assert_eq!(
+            decisions,
+            [
+                Decision::Hold { balance_after: 18 },
+                Decision::Hold { balance_after: 6 },
+                Decision::Insufficient { available: 6 },
+                Decision::Hold { balance_after: 0 },
+                Decision::Hold { balance_after: 0 },
+            ]
+        );
+        assert_eq!(account.balance, 0);
+    }
+}
