@@ -23,15 +23,16 @@ use crate::config::{Settings, TaskSettings};
 use crate::error::Error;
 use crate::files::{FileStore, Rehost, RehostError};
 use crate::idempotency::{self, IdempotencyKey};
-use crate::monitoring;
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted, LOST, UNAVAILABLE};
 use crate::task_events::TaskEvents;
 use crate::tasks::{
-    self, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus,
+    self, Batcher, BatcherSettings, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskInput,
+    TaskOutput, TaskStatus,
 };
 use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
 use crate::work_queue::{Job, Runner};
+use crate::{ids, monitoring};
 
 /// How often the engine purges expired idempotency keys.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -72,6 +73,8 @@ pub struct Engine {
     webhooks: Arc<Webhooks>,
     /// Every change of a task is published here, for the waiters on it (live events, synchronous waits).
     events: Arc<TaskEvents>,
+    /// Creates commit in batches (group commit).
+    creates: Batcher,
     /// The background loop; it bounds the provider calls in flight.
     runner: Runner,
     /// The fast path's submits, which outlive the request that created them; [`Engine::drain`] waits
@@ -118,9 +121,16 @@ impl Engine {
         let events = Arc::new(TaskEvents::new(pool.clone()));
         let fast_path = settings.server.role.runs_engine();
         let settings = settings.tasks.clone();
+        let batcher = BatcherSettings {
+            max_batch: settings.create_batch_max.get(),
+            queue: settings.create_queue_max.get(),
+            committers: settings.create_committers.get(),
+        };
         let runner = Runner::new("engine", settings.tick, settings.batch_size.get(), settings.max_in_flight.get());
         let breakers = Breakers::new(settings.breaker_failures, settings.breaker_cooldown);
+        let creates = Batcher::start(pool.clone(), batcher);
         Arc::new(Engine {
+            creates,
             pool,
             providers,
             catalog,
@@ -162,35 +172,42 @@ impl Engine {
             key,
         });
         let task_id = tasks::new_task_id();
+        // The fast path submits the task itself: its first callback token is stored with it.
+        let callback_token = match self.providers.get(&valid.route.provider) {
+            Some(provider) if self.fast_path && self.providers.callback_poll(&valid.route.provider).is_some() => {
+                Some(provider.callback_token(&task_id).unwrap_or_else(|| ids::new_secret(32)))
+            }
+            _ => None,
+        };
         let new = NewTask {
-            id: &task_id,
+            id: task_id,
             account_id,
-            model: &valid.model.id,
-            sub_model: &valid.sub_model.id,
-            input: &valid.input,
+            model: valid.model.id.clone(),
+            sub_model: valid.sub_model.id.clone(),
+            input: valid.input,
             price: valid.quote.credits,
-            breakdown: Some(&valid.quote.breakdown),
-            key_id: Some(key_id),
-            callback_url: valid.callback_url.as_deref(),
-            callback_events: valid.callback_events.as_deref(),
-            provider: &valid.route.provider,
-            upstream_model: &valid.route.upstream_model,
-            provider_label: self.catalog.route_label(valid.route),
+            breakdown: Some(valid.quote.breakdown.clone()),
+            key_id: Some(key_id.to_owned()),
+            callback_url: valid.callback_url,
+            callback_events: valid.callback_events,
+            provider: valid.route.provider.clone(),
+            upstream_model: valid.route.upstream_model.clone(),
+            provider_label: self.catalog.route_label(valid.route).to_owned(),
             simulated: self.catalog.is_simulated(&valid.route.provider),
             deadline: self.settings.deadline,
             lease: self.fast_path.then(|| self.lease()),
-            owner: &self.instance,
-            idempotency: key.as_ref(),
+            owner: self.instance.clone(),
+            idempotency: key,
+            callback_token: callback_token.clone(),
         };
-        let task = match tasks::create(&self.pool, new).await? {
+        let task = match self.creates.create(new).await? {
             Created::Task(task) => {
                 tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
                 monitoring::task_created(&task.sub_model, &task.provider, task.price);
-                self.events.publish(&task.id).await;
                 if !self.fast_path {
                     return Ok(*task);
                 }
-                self.dispatch((*task).clone()).await;
+                self.dispatch((*task).clone(), callback_token).await;
                 tasks::get(&self.pool, account_id, &task.id).await?.unwrap_or(*task)
             }
             // The same key and request again: the first task, as it is now; nothing new is held.
@@ -228,9 +245,9 @@ impl Engine {
     /// [`Engine::lease`]) instead of waiting for a tick, and wait a little for the provider to
     /// accept it. The work is spawned, so it completes even if the client hangs up; if this process
     /// dies first, the lease runs out and another process takes the task.
-    async fn dispatch(self: &Arc<Self>, task: Task) {
+    async fn dispatch(self: &Arc<Self>, task: Task, callback_token: Option<String>) {
         let engine = Arc::clone(self);
-        let work = self.dispatched.spawn(async move { engine.process(task).await });
+        let work = self.dispatched.spawn(async move { engine.process_with(task, callback_token).await });
         let _ = tokio::time::timeout(self.settings.dispatch_wait, work).await;
     }
 
@@ -316,11 +333,16 @@ impl Engine {
 
     /// One step for one claimed task. Errors leave the task to its lease: it becomes due again.
     async fn process(&self, task: Task) {
+        self.process_with(task, None).await
+    }
+
+    /// [`Engine::process`], with the callback token stored at create for the task's first submit.
+    async fn process_with(&self, task: Task, callback_token: Option<String>) {
         let _claim = self.track(&task.id);
         let span = tracing::info_span!("task", task_id = %task.id, provider = %task.provider, status = ?task.status);
         async {
             let result = match task.status {
-                TaskStatus::Pending => self.submit(&task).await,
+                TaskStatus::Pending => self.submit(&task, callback_token).await,
                 TaskStatus::Running => self.poll(&task).await,
                 TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => Ok(()),
             };
@@ -332,7 +354,7 @@ impl Engine {
         .await
     }
 
-    async fn submit(&self, task: &Task) -> sqlx::Result<()> {
+    async fn submit(&self, task: &Task, mut stored_token: Option<String>) -> sqlx::Result<()> {
         if Utc::now() >= task.deadline_at {
             return self.time_out(task).await;
         }
@@ -374,11 +396,17 @@ impl Engine {
                 }
             }
             // A new token per attempt (or the provider's stable one), stored before the provider can
-            // use it: a callback may arrive before the submit answers.
+            // use it: a callback may arrive before the submit answers. The create stored the first
+            // one, for the task's own route.
+            let own_route = (provider_id, upstream_model) == (&task.provider, &task.upstream_model);
             let callback_url = match self.providers.callback_poll(provider_id) {
                 Some(_) => {
-                    let token =
-                        tasks::new_callback_token(&self.pool, &task.id, provider.callback_token(&task.id)).await?;
+                    let token = match stored_token.take().filter(|_| own_route) {
+                        Some(token) => token,
+                        None => {
+                            tasks::new_callback_token(&self.pool, &task.id, provider.callback_token(&task.id)).await?
+                        }
+                    };
                     Some(self.providers.callback_url(provider_id, &token))
                 }
                 None => None,
@@ -416,7 +444,8 @@ impl Engine {
                         if running.wants(tasks::CallbackEvent::Started) {
                             self.webhooks.wake();
                         }
-                        self.events.publish(&task.id).await;
+                        // On PostgreSQL the transition's own transaction notified the waiters.
+                        self.events.published_with_change(&task.id);
                         self.runner.wake_at(delay);
                         // Its callback may have come while the submit was in flight: then it is due now.
                         if callback_url.is_some() {

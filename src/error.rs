@@ -32,6 +32,9 @@ pub enum Error {
     /// Temporarily unable to answer (the database is down or busy): retry shortly.
     #[error("{0}")]
     Unavailable(String),
+    /// More work is waiting than this process takes on (the create queue is full): retry in a second.
+    #[error("{0}")]
+    Overloaded(String),
     /// Anything the client cannot act on: logged with its cause, answered with a generic message.
     #[error(transparent)]
     Internal(anyhow::Error),

@@ -2,10 +2,13 @@
 //! returns the first task again and holds nothing new; the same key with another request is a
 //! conflict.
 //!
-//! The key row is written in the transaction that inserts the task and holds its price
-//! ([`crate::tasks::create`]), with `ON CONFLICT DO UPDATE … WHERE expired`: when two requests race
-//! with one key, the second waits on the first's row and then finds it taken, so exactly one task
-//! and one hold exist. A key older than [`KEY_LIFETIME_HOURS`] is taken over by the next request.
+//! The key row is written in the transaction that inserts the task and holds its price (a batch of
+//! creates, [`crate::tasks::batch`]), after the account's row is locked: when two requests race with
+//! one key, the second waits on the account and then finds the key taken, so exactly one task and one
+//! hold exist. A key older than [`KEY_LIFETIME_HOURS`] is taken over by the next request.
+
+use serde::Serialize;
+use sqlx::types::Json;
 
 use crate::error::Error;
 use crate::store::{Db, Dialect, Tx};
@@ -38,27 +41,54 @@ pub fn check_key(key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Records `key` for `task_id` in the caller's transaction. `false` when an unexpired row holds the key
-/// (the caller rolls back and looks up [`find`]); a concurrent insert of the same key waits here until
-/// the other transaction ends.
-pub async fn claim(tx: &mut Tx, account_id: i64, key: &IdempotencyKey, task_id: &str) -> sqlx::Result<bool> {
+/// One use of a key in a batch of creates: the key, its request's hash (hexadecimal) and its task.
+#[derive(Debug, Serialize)]
+pub struct Use<'a> {
+    pub account_id: i64,
+    pub key: &'a str,
+    pub hash: String,
+    pub task_id: &'a str,
+}
+
+impl<'a> Use<'a> {
+    pub fn new(account_id: i64, key: &'a IdempotencyKey, task_id: &'a str) -> Use<'a> {
+        Use { account_id, key: &key.key, hash: hex::encode(key.request_hash), task_id }
+    }
+}
+
+const USE_COLUMNS: &[(&str, &str)] =
+    &[("account_id", "bigint"), ("key", "text"), ("hash", "text"), ("task_id", "text")];
+
+/// Of `uses`, the `(account_id, key)` pairs an unexpired row already holds, in the caller's
+/// transaction. Race-free because every writer of an account's keys holds the account's row first
+/// (see [`crate::tasks::batch`]): a concurrent claim of the same key has committed or rolled back.
+pub async fn taken(tx: &mut Tx, uses: &[Use<'_>]) -> sqlx::Result<Vec<(i64, String)>> {
+    let d = tx.dialect();
     let sql = format!(
-        "INSERT INTO idempotency_keys (account_id, key, request_hash, task_id) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (account_id, key) DO UPDATE
-             SET request_hash = EXCLUDED.request_hash, task_id = EXCLUDED.task_id, created_at = {}
-             WHERE idempotency_keys.created_at < {}",
-        tx.dialect().now(),
-        expired_before(tx.dialect())
+        "SELECT k.account_id, k.key FROM idempotency_keys k JOIN {rows} ON k.account_id = r.account_id AND k.key = r.key
+         WHERE k.created_at >= {expired}",
+        rows = d.json_rows("$1", USE_COLUMNS),
+        expired = expired_before(d),
     );
-    let claimed = on_tx!(tx, conn => sqlx::query(&sql)
-        .bind(account_id)
-        .bind(&key.key)
-        .bind(&key.request_hash[..])
-        .bind(task_id)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected()))?;
-    Ok(claimed == 1)
+    on_tx!(tx, conn => sqlx::query_as(&sql).bind(Json(uses)).fetch_all(conn).await)
+}
+
+/// Records `uses` (none of them [`taken`]) in the caller's transaction; an expired row of the key is
+/// taken over. Returns how many were recorded: fewer than `uses.len()` means a key was taken after all.
+pub async fn claim(tx: &mut Tx, uses: &[Use<'_>]) -> sqlx::Result<u64> {
+    let d = tx.dialect();
+    let sql = format!(
+        "INSERT INTO idempotency_keys (account_id, key, request_hash, task_id)
+         SELECT r.account_id, r.key, {hash}, r.task_id FROM {rows} WHERE true
+         ON CONFLICT (account_id, key) DO UPDATE
+             SET request_hash = EXCLUDED.request_hash, task_id = EXCLUDED.task_id, created_at = {now}
+             WHERE idempotency_keys.created_at < {expired}",
+        hash = d.unhex("r.hash"),
+        rows = d.json_rows("$1", USE_COLUMNS),
+        now = d.now(),
+        expired = expired_before(d),
+    );
+    on_tx!(tx, conn => sqlx::query(&sql).bind(Json(uses)).execute(conn).await.map(|done| done.rows_affected()))
 }
 
 /// The unexpired use of a key: `(request_hash, task_id)`.

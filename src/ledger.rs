@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::types::Json;
 
 use crate::audit::{self, Action, Actor, Target};
 use crate::error::Error;
@@ -82,6 +83,57 @@ pub async fn settle(
         let reason = (charged > 0).then_some(reason);
         append(tx, account_id, EntryKind::Release, rest, Some(task_id), balance_after, reason).await?;
     }
+    Ok(())
+}
+
+/// Locks the rows of `account_ids` (sorted, no duplicates: every batch locks in id order, so two
+/// batches never wait on each other in a circle) and returns their balances: `(id, balance)`. On SQLite
+/// the transaction's write lock already serialises everything.
+pub async fn lock_balances(tx: &mut Tx, account_ids: &[i64]) -> sqlx::Result<Vec<(i64, i64)>> {
+    match tx {
+        Tx::Pg(tx) => {
+            sqlx::query_as("SELECT id, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(account_ids)
+                .fetch_all(&mut **tx)
+                .await
+        }
+        Tx::Sqlite(tx) => {
+            sqlx::query_as("SELECT id, balance FROM accounts WHERE id IN (SELECT value FROM json_each($1))")
+                .bind(Json(account_ids))
+                .fetch_all(&mut **tx)
+                .await
+        }
+    }
+}
+
+/// One hold of a batch of creates, decided in memory against the account's locked row
+/// ([`crate::tasks::batch`]): the balance after it, in the order the batch decided.
+#[derive(Debug, Serialize)]
+pub struct BatchHold<'a> {
+    pub account_id: i64,
+    pub task_id: &'a str,
+    pub price: i64,
+    pub balance_after: i64,
+}
+
+/// Writes a batch's holds in the caller's transaction, whose account rows are locked and whose
+/// decisions kept every balance ≥ 0: the ledger rows in one insert (in decision order), then one
+/// update of all the batch's accounts, each by the sum of its holds.
+pub async fn hold_all(tx: &mut Tx, holds: &[BatchHold<'_>]) -> sqlx::Result<()> {
+    let d = tx.dialect();
+    let columns = [("account_id", "bigint"), ("task_id", "text"), ("price", "bigint"), ("balance_after", "bigint")];
+    let rows = d.json_rows("$1", &columns);
+    let insert = format!(
+        "INSERT INTO ledger (account_id, kind, amount, task_id, balance_after)
+         SELECT r.account_id, 'hold', -r.price, r.task_id, r.balance_after FROM {rows}"
+    );
+    on_tx!(tx, conn => sqlx::query(&insert).bind(Json(holds)).execute(conn).await.map(|done| done.rows_affected()))?;
+    let update = format!(
+        "UPDATE accounts SET balance = accounts.balance - s.total, held = accounts.held + s.total
+         FROM (SELECT r.account_id, CAST(SUM(r.price) AS BIGINT) AS total FROM {rows} GROUP BY r.account_id) AS s
+         WHERE accounts.id = s.account_id"
+    );
+    on_tx!(tx, conn => sqlx::query(&update).bind(Json(holds)).execute(conn).await.map(|done| done.rows_affected()))?;
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 //! credits its tasks commit per UTC calendar day and month, and the most tasks it may have unfinished.
 //! `null` (`None`) is no limit.
 //!
-//! They are enforced in the create transaction after the hold's `UPDATE accounts` has locked the
-//! account's row, so one account's creates are decided one after another and no race exceeds a cap.
+//! They are enforced in the create batch's transaction after it has locked the accounts' rows
+//! ([`crate::tasks::batch`]), so one account's creates are decided one after another and no race
+//! exceeds a cap.
 //! What they count lives in `limit_usage`, one row per key and one per account (key `''`), updated in
 //! the same transactions as the hold and the settlement: no sum over history. A day's (month's) spend
 //! is the credits held by tasks created that UTC day (month), less what their settlements released:
@@ -11,6 +12,8 @@
 //!
 //! [`decide`] is pure: it decides one request against a [`LimitState`] and updates the state, so that
 //! a batch of creates in one transaction can be decided one after the other.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -269,16 +272,11 @@ impl LimitState {
     }
 }
 
-/// Counts an admitted create of `price` credits at `now` for the key and the account.
-pub async fn record_create(
-    tx: &mut Tx,
-    account_id: i64,
-    key_id: &str,
-    price: i64,
-    now: DateTime<Utc>,
-) -> sqlx::Result<()> {
+/// Counts admitted creates at `now`, each `(account_id, key_id, price)`: one statement per counter row
+/// (each key's and each account's), with the credits and the number of its creates.
+pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64)], now: DateTime<Utc>) -> sqlx::Result<()> {
     const SQL: &str = "INSERT INTO limit_usage (account_id, key_id, day, day_credits, month, month_credits, in_flight)
-         VALUES ($1, $2, $3, $4, $5, $4, 1)
+         VALUES ($1, $2, $3, $4, $5, $4, $6)
          ON CONFLICT (account_id, key_id) DO UPDATE SET
              day_credits = CASE WHEN limit_usage.day = EXCLUDED.day
                                 THEN limit_usage.day_credits + EXCLUDED.day_credits ELSE EXCLUDED.day_credits END,
@@ -286,14 +284,23 @@ pub async fn record_create(
              month_credits = CASE WHEN limit_usage.month = EXCLUDED.month
                                   THEN limit_usage.month_credits + EXCLUDED.month_credits ELSE EXCLUDED.month_credits END,
              month = EXCLUDED.month,
-             in_flight = limit_usage.in_flight + 1";
-    for id in [key_id, ACCOUNT] {
+             in_flight = limit_usage.in_flight + EXCLUDED.in_flight";
+    // In (account, key) order: concurrent transactions update the rows in one order.
+    let mut rows: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
+    for &(account_id, key_id, price) in creates {
+        for id in [key_id, ACCOUNT] {
+            let row = rows.entry((account_id, id)).or_default();
+            *row = (row.0.saturating_add(price), row.1 + 1);
+        }
+    }
+    for ((account_id, id), (credits, count)) in rows {
         on_tx!(tx, conn => sqlx::query(SQL)
             .bind(account_id)
             .bind(id)
             .bind(day_of(now))
-            .bind(price)
+            .bind(credits)
             .bind(month_of(now))
+            .bind(count)
             .execute(conn)
             .await
             .map(|done| done.rows_affected()))?;

@@ -58,6 +58,14 @@ pub const AUDIT_ENTRIES: &str = "aio_audit_entries_total";
 /// Creates refused by a key's or account's limit, by code and scope.
 pub const LIMIT_REFUSALS: &str = "aio_limit_refusals_total";
 
+/// Creates per batch (group commit, [`crate::tasks::batch`]), the batch's commit time and the creates
+/// waiting for a batch; creates refused because the queue was full.
+pub const CREATE_BATCH_SIZE: &str = "aio_create_batch_size";
+pub const CREATE_BATCH_SECONDS: &str = "aio_create_batch_commit_seconds";
+pub const CREATE_BATCH_QUEUE: &str = "aio_create_batch_queue";
+pub const CREATE_BATCH_REFUSED: &str = "aio_create_batch_refused_total";
+const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// Seconds: from a fast cached poll to a slow provider call.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -66,10 +74,12 @@ pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new();
-        let builder = match builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS) {
-            Ok(with_buckets) => with_buckets,
-            Err(_) => PrometheusBuilder::new(),
-        };
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Full(CREATE_BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS)
+            })
+            .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
@@ -123,6 +133,10 @@ fn describe() {
         "Task-change notifications, by kind (published, received, reconnected, listen_failed)."
     );
     describe_gauge!(EVENT_STREAMS, "Open live-event streams of this process.");
+    describe_histogram!(CREATE_BATCH_SIZE, Unit::Count, "Creates per committed batch (group commit).");
+    describe_histogram!(CREATE_BATCH_SECONDS, Unit::Seconds, "Time to commit one batch of creates.");
+    describe_gauge!(CREATE_BATCH_QUEUE, "Creates waiting for a batch, when the last batch was taken.");
+    describe_counter!(CREATE_BATCH_REFUSED, "Creates refused with 503 overloaded: the create queue was full.");
     describe_counter!(TASKS_CANCELLED, "Tasks cancelled by their client, by upstream cancel (none, ok, failed).");
     describe_counter!(INSTANCE_HEARTBEATS, "Heartbeats of this gateway instance, by outcome (ok, failed).");
     describe_counter!(LEASES_TAKEN_OVER, "Leases of dead instances taken over by this process, by queue.");
@@ -136,6 +150,21 @@ pub fn http_request(labels: &[(&'static str, String); 3], started: Instant) {
 }
 
 /// A task of `model` (its sub-model id) on `provider` and its hold of `price` were committed.
+/// A batch of `size` creates committed (or failed) `started` ago.
+pub fn create_batch(size: usize, started: Instant) {
+    histogram!(CREATE_BATCH_SIZE).record(size as f64);
+    histogram!(CREATE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+}
+
+/// Creates waiting for a batch, as a committer took its batch.
+pub fn create_queue(waiting: usize) {
+    gauge!(CREATE_BATCH_QUEUE).set(waiting as f64);
+}
+
+pub fn create_refused() {
+    counter!(CREATE_BATCH_REFUSED).increment(1);
+}
+
 pub fn task_created(model: &str, provider: &str, price: i64) {
     let labels = [("model", model.to_owned()), ("provider", provider.to_owned())];
     counter!(TASKS_CREATED, &labels).increment(1);

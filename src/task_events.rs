@@ -57,6 +57,15 @@ impl TaskEvents {
         monitoring::task_event("published");
     }
 
+    /// A change whose statement notified the waiters itself on PostgreSQL (`pg_notify` in the same
+    /// transaction, see [`tasks::mark_running`]): published here only on SQLite.
+    pub fn published_with_change(&self, task_id: &str) {
+        if let Db::Sqlite(_) = &self.db {
+            let _ = self.sender.send(task_id.to_owned());
+        }
+        monitoring::task_event("published");
+    }
+
     /// Starts waiting for changes of `task_id`. Subscribe before reading the task, so that no change
     /// between the read and the wait is missed.
     pub fn waiter(&self, task_id: &str) -> Waiter {

@@ -51,6 +51,13 @@ pub struct TaskSettings {
     /// `breaker_cooldown_secs`. …for this long; then one trial request decides whether it closes.
     #[serde(rename = "breaker_cooldown_secs", with = "durations::secs")]
     pub breaker_cooldown: Duration,
+    /// Most creates committed in one transaction (group commit): a batch is whatever queued while the
+    /// previous one committed, up to this.
+    pub create_batch_max: NonZeroUsize,
+    /// Most creates waiting for a batch; one more is answered `503 overloaded`.
+    pub create_queue_max: NonZeroUsize,
+    /// Batches committing at once on PostgreSQL (SQLite: always one).
+    pub create_committers: NonZeroUsize,
 }
 
 impl Default for TaskSettings {
@@ -69,6 +76,9 @@ impl Default for TaskSettings {
             dispatch_wait: Duration::from_millis(5000),
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(30),
+            create_batch_max: const { NonZeroUsize::new(256).unwrap() },
+            create_queue_max: const { NonZeroUsize::new(4096).unwrap() },
+            create_committers: const { NonZeroUsize::new(2).unwrap() },
         }
     }
 }

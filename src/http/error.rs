@@ -34,6 +34,7 @@ pub enum ErrorCode {
     RateLimited,
     UpstreamError,
     Unavailable,
+    Overloaded,
     InternalError,
 }
 
@@ -68,7 +69,7 @@ impl ApiError {
                 Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 Error::Upstream(_) => StatusCode::BAD_GATEWAY,
-                Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
                 Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -96,6 +97,7 @@ impl ApiError {
                 Error::RateLimited { .. } => ErrorCode::RateLimited,
                 Error::Upstream(_) => ErrorCode::UpstreamError,
                 Error::Unavailable(_) => ErrorCode::Unavailable,
+                Error::Overloaded(_) => ErrorCode::Overloaded,
                 Error::Internal(_) => ErrorCode::InternalError,
             },
             ApiError::InvalidToken => ErrorCode::Unauthorized,
@@ -114,6 +116,7 @@ impl ApiError {
                 | Error::Forbidden(m)
                 | Error::Upstream(m)
                 | Error::Unavailable(m)
+                | Error::Overloaded(m)
                 | Error::RateLimited { message: m, .. } => m.clone(),
                 Error::Unauthorized => {
                     "Missing or invalid API key. Send `Authorization: Bearer aio_…` with an active key.".into()
@@ -174,6 +177,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Domain(Error::Unavailable(_)) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Domain(Error::Overloaded(_)) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Domain(Error::Unauthorized) | ApiError::InvalidToken => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

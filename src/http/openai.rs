@@ -123,6 +123,10 @@ impl From<Error> for OpenAiError {
             Error::Upstream(message) => {
                 OpenAiError::new(S::BAD_REQUEST, "invalid_request_error", "upstream_rejected", message).final_answer()
             }
+            Error::Overloaded(message) => OpenAiError {
+                retry_after: Some(1),
+                ..OpenAiError::new(S::SERVICE_UNAVAILABLE, "server_error", "overloaded", message)
+            },
             Error::Unavailable(message) => OpenAiError {
                 retry_after: Some(5),
                 ..OpenAiError::new(S::SERVICE_UNAVAILABLE, "server_error", "unavailable", message)

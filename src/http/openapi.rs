@@ -252,8 +252,9 @@ pub enum KeyErrors {
     /// The key's rate limit, or too many creates at once; see `Retry-After`.
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     RateLimited(ErrorEnvelope),
-    /// The database is unreachable; see `Retry-After`.
-    #[response(status = 503)]
+    /// The database is unreachable (`unavailable`), or more creates are waiting to be stored than the
+    /// gateway queues (`overloaded`); see `Retry-After`.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     Unavailable(ErrorEnvelope),
 }
 

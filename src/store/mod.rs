@@ -192,6 +192,32 @@ impl Dialect {
             Dialect::Sqlite => format!("min({a}, {b})"),
         }
     }
+
+    /// The rows of a JSON array of objects bound as `param`, as a table `r` with the given columns
+    /// (name, PostgreSQL type): a batch of rows in one parameter, for multi-row statements
+    /// (`INSERT … SELECT … FROM {rows}`, `UPDATE … FROM {rows}`). Nested objects and arrays come out
+    /// as JSON (`jsonb` on PostgreSQL, JSON text on SQLite).
+    pub fn json_rows(self, param: &str, columns: &[(&str, &str)]) -> String {
+        match self {
+            Dialect::Postgres => {
+                let typed: Vec<String> = columns.iter().map(|(name, kind)| format!("{name} {kind}")).collect();
+                format!("jsonb_to_recordset({param}) AS r({})", typed.join(", "))
+            }
+            Dialect::Sqlite => {
+                let picked: Vec<String> =
+                    columns.iter().map(|(name, _)| format!("value ->> '{name}' AS {name}")).collect();
+                format!("(SELECT {} FROM json_each({param})) AS r", picked.join(", "))
+            }
+        }
+    }
+
+    /// Bytes from their hexadecimal text (NULL stays NULL).
+    pub fn unhex(self, text: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("decode({text}, 'hex')"),
+            Dialect::Sqlite => format!("unhex({text})"),
+        }
+    }
 }
 
 /// Opens the database `settings.url` names, creating it on first use (PostgreSQL: the database;

@@ -4,6 +4,7 @@
 //! so when two workers race, the row count tells exactly one of them that it won. Terminal
 //! transitions settle the credits and enqueue the webhook in the same transaction.
 
+pub mod batch;
 mod view;
 
 use std::time::Duration;
@@ -16,7 +17,7 @@ use sqlx::types::Json;
 use crate::config::BodyVersion;
 use crate::error::Error;
 use crate::files::FileStore;
-use crate::idempotency::{self, IdempotencyKey};
+use crate::idempotency::IdempotencyKey;
 use crate::ledger::{self, UsageFilter};
 use crate::limits;
 use crate::pricing::PriceStep;
@@ -24,6 +25,7 @@ use crate::store::{self, Db, Dialect, Tx, WorkQueue};
 use crate::webhooks::queue::{self, Delivery, Event};
 use crate::{ids, on_db, on_tx};
 
+pub use batch::{AccountState, Batcher, BatcherSettings, Decision};
 pub use view::{timestamp, CreditsState, CreditsView, TaskView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
@@ -215,32 +217,36 @@ const COLUMNS: &str = "id, account_id, model, sub_model, status, input, output, 
      completed_at, callback_events, price_breakdown, charged, key_id";
 
 /// A task to insert; its id is minted by [`new_task_id`].
-pub struct NewTask<'a> {
-    pub id: &'a str,
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
     pub account_id: i64,
-    pub model: &'a str,
-    pub sub_model: &'a str,
-    pub input: &'a TaskInput,
+    pub model: String,
+    pub sub_model: String,
+    pub input: TaskInput,
     pub price: i64,
     /// How the price came about (the quote's steps), shown as `credits.breakdown`.
-    pub breakdown: Option<&'a [PriceStep]>,
+    pub breakdown: Option<Vec<PriceStep>>,
     /// The key creating it: its and its account's limits are enforced (see [`crate::limits`]).
-    pub key_id: Option<&'a str>,
-    pub callback_url: Option<&'a str>,
+    pub key_id: Option<String>,
+    pub callback_url: Option<String>,
     /// `None`: the default (`completed`).
-    pub callback_events: Option<&'a [CallbackEvent]>,
-    pub provider: &'a str,
-    pub upstream_model: &'a str,
-    pub provider_label: &'a str,
+    pub callback_events: Option<Vec<CallbackEvent>>,
+    pub provider: String,
+    pub upstream_model: String,
+    pub provider_label: String,
     pub simulated: bool,
     pub deadline: Duration,
     /// `Some(lease)`: the creating process works on the task itself (the create fast path), so it is
     /// born claimed; other workers take it only if the lease runs out. `None`: due at once.
     pub lease: Option<Duration>,
     /// The instance of the creating process: it holds the lease, when there is one.
-    pub owner: &'a str,
+    pub owner: String,
     /// The client's `Idempotency-Key`, recorded with the task.
-    pub idempotency: Option<&'a IdempotencyKey>,
+    pub idempotency: Option<IdempotencyKey>,
+    /// The callback token of the first submit, stored (its SHA-256) with the task when the creating
+    /// process submits it itself: one write less than [`new_callback_token`] after the create.
+    pub callback_token: Option<String>,
 }
 
 /// What makes two creates with one `Idempotency-Key` the same request: the request after validation
@@ -285,83 +291,11 @@ pub enum Created {
     Conflict,
 }
 
-/// Inserts the task, records its idempotency key and holds its price in one transaction: all happen
-/// or none does. A key already in use answers its first task (same request) or a conflict.
-pub async fn create(db: &Db, new: NewTask<'_>) -> sqlx::Result<Created> {
-    // A key that expires (or is purged) between our insert and our lookup is simply taken again.
-    for _ in 0..3 {
-        if let Some(created) = try_create(db, &new).await? {
-            return Ok(created);
-        }
-        let Some(key) = new.idempotency else { break };
-        if let Some((hash, task_id)) = idempotency::find(db, new.account_id, &key.key).await? {
-            if hash != key.request_hash {
-                return Ok(Created::Conflict);
-            }
-            if let Some(task) = get(db, new.account_id, &task_id).await? {
-                return Ok(Created::Replayed(Box::new(task)));
-            }
-        }
-    }
-    Err(sqlx::Error::Protocol("idempotency key kept changing hands".into()))
-}
-
-/// `None` when the idempotency key is taken (nothing written).
-async fn try_create(db: &Db, new: &NewTask<'_>) -> sqlx::Result<Option<Created>> {
-    let mut tx = db.begin().await?;
-    let dialect = tx.dialect();
-    let sql = format!(
-        "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
-                            upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events, leased_by,
-                            price_breakdown, key_id)
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, {}, {}, $14, $15, $16, $17)
-         RETURNING {COLUMNS}",
-        dialect.now_plus_secs("$12"),
-        dialect.now_plus_secs("$13"),
-    );
-    let task: Task = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
-    .bind(new.id)
-    .bind(new.account_id)
-    .bind(new.model)
-    .bind(new.sub_model)
-    .bind(Json(new.input))
-    .bind(new.price)
-    .bind(new.callback_url)
-    .bind(new.provider)
-    .bind(new.upstream_model)
-    .bind(new.provider_label)
-    .bind(new.simulated)
-    .bind(new.deadline.as_secs_f64())
-    .bind(new.lease.unwrap_or_default().as_secs_f64())
-    .bind(new.callback_events.map(Json))
-    .bind(new.lease.map(|_| new.owner))
-    .bind(new.breakdown.map(Json))
-    .bind(new.key_id)
-    .fetch_one(conn)
-    .await)?;
-    if let Some(key) = new.idempotency {
-        if !idempotency::claim(&mut tx, new.account_id, key, new.id).await? {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-    }
-    if let ledger::Hold::Insufficient { available } = ledger::hold(&mut tx, new.account_id, new.id, new.price).await? {
-        tx.rollback().await?;
-        return Ok(Some(Created::Insufficient { available }));
-    }
-    // After the hold: its `UPDATE accounts` serialises the account's creates, so the limits are
-    // decided on usage no concurrent create can change before this one commits.
-    if let Some(key_id) = new.key_id {
-        let now = task.created_at;
-        let mut state = limits::load(&mut tx, new.account_id, key_id, now).await?;
-        if let Err(refusal) = limits::decide(&mut state, new.model, new.sub_model, new.price) {
-            tx.rollback().await?;
-            return Ok(Some(Created::Refused(refusal)));
-        }
-        limits::record_create(&mut tx, new.account_id, key_id, new.price, now).await?;
-    }
-    tx.commit().await?;
-    Ok(Some(Created::Task(Box::new(task))))
+/// Inserts the task, records its idempotency key and holds its price in one transaction (a batch of
+/// one, see [`batch`]): all happen or none does. A key already in use answers its first task (same
+/// request) or a conflict. The API creates through a [`Batcher`] instead.
+pub async fn create(db: &Db, new: NewTask) -> sqlx::Result<Created> {
+    batch::create_with(db, &new, || async { Ok(batch::commit(db, &[&new]).await?.pop().flatten()) }).await
 }
 
 /// One task of one account: another account's task is indistinguishable from a missing one.
@@ -471,7 +405,11 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
 
 /// The provider accepted the task: remember its job id and when to look again (at once when its
 /// callback already arrived), and for a task whose webhook wants it, enqueue its `started` event in
-/// the same transaction. `None` when the task was no longer pending (cancelled meanwhile).
+/// the same transaction. On PostgreSQL the same statement notifies the task's waiters (sent at the
+/// commit: one commit, not two; see [`TaskEvents::published_with_change`]). `None` when the task was
+/// no longer pending (cancelled meanwhile).
+///
+/// [`TaskEvents::published_with_change`]: crate::task_events::TaskEvents::published_with_change
 pub async fn mark_running(
     db: &Db,
     task_id: &str,
@@ -486,9 +424,13 @@ pub async fn mark_running(
         "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now}, leased_by = NULL,
                           next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
          WHERE id = $1 AND status = 'pending'
-         RETURNING {COLUMNS}",
+         RETURNING {COLUMNS}{notify}",
         now = d.now(),
         next = d.least(&d.now_plus_secs("$3"), "deadline_at"),
+        notify = match d {
+            Dialect::Postgres => format!(", pg_notify('{}', id)::text AS notified", crate::task_events::CHANNEL),
+            Dialect::Sqlite => String::new(),
+        },
     );
     let running: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
         .bind(task_id)

@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod batches;
 mod billing;
 mod callbacks;
 mod cancel;

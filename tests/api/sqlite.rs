@@ -175,24 +175,25 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
         n: None,
     };
     let open = tasks::NewTask {
-        id: &open_id,
+        id: open_id.clone(),
         account_id,
-        model: "seedream-4-5",
-        sub_model: "seedream/4.5-text-to-image",
-        input: &input,
+        model: "seedream-4-5".into(),
+        sub_model: "seedream/4.5-text-to-image".into(),
+        input,
         price: 12,
         breakdown: None,
         key_id: None,
         callback_url: None,
         callback_events: None,
-        provider: "simulated",
-        upstream_model: "seedream-4.5",
-        provider_label: "Simulated",
+        provider: "simulated".into(),
+        upstream_model: "seedream-4.5".into(),
+        provider_label: "Simulated".into(),
         simulated: true,
         deadline: Duration::from_secs(900),
         lease: None,
-        owner: "inst_test",
+        owner: "inst_test".into(),
         idempotency: None,
+        callback_token: None,
     };
     assert!(matches!(tasks::create(&source.db, open).await.expect("create"), tasks::Created::Task(_)));
     let before = accounts_and_ledger(&source.db).await;

@@ -61,32 +61,33 @@ fn input(prompt: &str) -> TaskInput {
 }
 
 /// A task of the seed model on the simulated provider, due at once unless `lease` is given.
-fn new_task<'a>(
-    id: &'a str,
+fn new_task(
+    id: &str,
     account_id: i64,
-    input: &'a TaskInput,
-    callback_url: Option<&'a str>,
-    idempotency: Option<&'a IdempotencyKey>,
-) -> NewTask<'a> {
+    input: &TaskInput,
+    callback_url: Option<&str>,
+    idempotency: Option<&IdempotencyKey>,
+) -> NewTask {
     NewTask {
-        id,
+        id: id.into(),
         account_id,
-        model: "seedream-4-5",
-        sub_model: "seedream/4.5-text-to-image",
-        input,
+        model: "seedream-4-5".into(),
+        sub_model: "seedream/4.5-text-to-image".into(),
+        input: input.clone(),
         price: PRICE,
         breakdown: None,
         key_id: None,
-        callback_url,
+        callback_url: callback_url.map(Into::into),
         callback_events: None,
-        provider: "simulated",
-        upstream_model: "sim",
-        provider_label: "Simulated",
+        provider: "simulated".into(),
+        upstream_model: "sim".into(),
+        provider_label: "Simulated".into(),
         simulated: true,
         deadline: Duration::from_secs(900),
         lease: None,
-        owner: "inst_test",
-        idempotency,
+        owner: "inst_test".into(),
+        idempotency: idempotency.cloned(),
+        callback_token: None,
     }
 }
 

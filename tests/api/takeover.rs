@@ -207,24 +207,25 @@ async fn only_the_leases_of_dead_instances_are_released() {
         for owner in ["inst_dead", "inst_live", "inst_unknown"] {
             let id = tasks::new_task_id();
             let new = NewTask {
-                id: &id,
+                id: id.clone(),
                 account_id,
-                model: "seedream-4-5",
-                sub_model: "seedream/4.5-text-to-image",
-                input: &input,
+                model: "seedream-4-5".into(),
+                sub_model: "seedream/4.5-text-to-image".into(),
+                input: input.clone(),
                 price: PRICE,
                 breakdown: None,
                 key_id: None,
                 callback_url: None,
                 callback_events: None,
-                provider: "simulated",
-                upstream_model: "sim",
-                provider_label: "Simulated",
+                provider: "simulated".into(),
+                upstream_model: "sim".into(),
+                provider_label: "Simulated".into(),
                 simulated: true,
                 deadline: Duration::from_secs(900),
                 lease: Some(Duration::from_secs(3600)),
-                owner,
+                owner: owner.into(),
                 idempotency: None,
+                callback_token: None,
             };
             assert!(matches!(tasks::create(db, new).await.expect("create"), tasks::Created::Task(_)));
             ids.push(id);

@@ -22,6 +22,7 @@ mod receiver;
 #[path = "../api/services.rs"]
 mod services;
 
+mod batches;
 mod faults;
 mod replicas;
 mod traffic;

@@ -1,0 +1,499 @@
+//! Group commit of creates. A create is one request of a batch that commits in one transaction:
+//!
+//! 1. the rows of the batch's accounts are locked once each, in id order (two batches never wait on
+//!    each other in a circle), and their balances loaded into memory ([`AccountState`]);
+//! 2. idempotency keys already in use are read (race-free: every writer of an account's keys holds
+//!    the account's row first);
+//! 3. the limits and usage of every (account, key) of the batch are loaded once ([`limits::load`]),
+//!    in the same transaction, so no other create of those accounts can change them meanwhile;
+//! 4. each request is decided **in order** against that in-memory state by [`decide`], a pure function:
+//!    its balance, then its key's and account's limits ([`limits::decide`]), so a request sees the
+//!    spend and the unfinished tasks of the batch's earlier ones. One that does not fit gets its own
+//!    `Insufficient` or `Refused`, the others are unaffected; a key used twice in the batch goes to
+//!    its first use, the later ones replay it after the commit;
+//! 5. the tasks, their keys and their ledger holds are written with one multi-row statement each, the
+//!    accounts with one update (each by the sum of its holds), the limit counters with one statement
+//!    per (account, key) counter row ([`limits::record_creates`]); then the commit.
+//!
+//! Nobody is answered before the commit, so a client's 200 always names a stored task. The
+//! [`Batcher`] feeds batches: creates queue in a bounded channel; a committer takes the first one at
+//! once (no added wait when idle) and with it whatever queued while the previous batch committed, up
+//! to `tasks.create_batch_max`. A batch that fails (a constraint, text the database refuses) is
+//! retried one request at a time, so only the request at fault fails.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::types::Json;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::task::TaskTracker;
+
+use super::{get, CallbackEvent, Created, NewTask, Task, TaskInput, COLUMNS};
+use crate::error::Error;
+use crate::idempotency::{self, Use};
+use crate::ledger::{self, BatchHold};
+use crate::limits::{self, LimitState, Limits, Refusal, Usage};
+use crate::monitoring;
+use crate::on_tx;
+use crate::pricing::PriceStep;
+use crate::store::{Db, Tx};
+
+/// An account as a batch decides on it: loaded once per batch, right after its row is locked, and
+/// changed in memory by each request the batch takes.
+#[derive(Debug, Clone)]
+pub struct AccountState {
+    pub balance: i64,
+    /// When the batch decides: the day and month its limit caps count in.
+    pub now: DateTime<Utc>,
+    /// The account's limits and usage; loaded with the first key of the batch's requests.
+    pub limits: Option<(Limits, Usage)>,
+    /// The limits and usage of each key creating in the batch.
+    pub keys: HashMap<String, (Limits, Usage)>,
+}
+
+impl AccountState {
+    pub fn new(balance: i64, now: DateTime<Utc>) -> AccountState {
+        AccountState { balance, now, limits: None, keys: HashMap::new() }
+    }
+
+    /// Adds what [`limits::load`] read for one key of the account.
+    pub fn add_limits(&mut self, state: LimitState, key_id: &str) {
+        self.limits.get_or_insert(state.account);
+        self.keys.insert(key_id.to_owned(), state.key);
+    }
+
+    /// [`limits::decide`] for `key_id`'s request: the usage counts it when admitted.
+    fn admit(&mut self, key_id: &str, new: &NewTask) -> Result<(), Refusal> {
+        let (Some(account), Some(key)) = (self.limits.as_mut(), self.keys.get_mut(key_id)) else {
+            // Not loaded: a request without limits to check (the batch loads every key it names).
+            return Ok(());
+        };
+        let mut state = LimitState { now: self.now, key: key.clone(), account: account.clone() };
+        limits::decide(&mut state, &new.model, &new.sub_model, new.price)?;
+        (key.1, account.1) = (state.key.1, state.account.1);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Hold {
+        balance_after: i64,
+    },
+    Insufficient {
+        available: i64,
+    },
+    /// A limit of the key or its account refused it.
+    Refused(Refusal),
+}
+
+/// Whether the account takes `new`, after the batch's earlier requests took theirs: its balance first,
+/// then its key's and account's limits. Pure: no SQL; the batch writes what the decisions say.
+pub fn decide(account: &mut AccountState, new: &NewTask) -> Decision {
+    if account.balance < new.price {
+        return Decision::Insufficient { available: account.balance };
+    }
+    if let Some(key_id) = &new.key_id {
+        match account.admit(key_id, new) {
+            Ok(()) => {}
+            // The key or account has its max_in_flight unfinished tasks (an admission queue would
+            // queue the request here instead).
+            Err(refusal @ Refusal::InFlight { .. }) => return Decision::Refused(refusal),
+            Err(refusal) => return Decision::Refused(refusal),
+        }
+    }
+    account.balance -= new.price;
+    Decision::Hold { balance_after: account.balance }
+}
+
+/// Commits `batch` in one transaction (see the module). One answer per request, in order: `None` when
+/// its idempotency key is in use (nothing written for it; the caller replays the key).
+pub async fn commit(db: &Db, batch: &[&NewTask]) -> sqlx::Result<Vec<Option<Created>>> {
+    let mut tx = db.begin().await?;
+    let mut account_ids: Vec<i64> = batch.iter().map(|new| new.account_id).collect();
+    account_ids.sort_unstable();
+    account_ids.dedup();
+    let now = Utc::now();
+    let mut accounts: HashMap<i64, AccountState> = ledger::lock_balances(&mut tx, &account_ids)
+        .await?
+        .into_iter()
+        .map(|(id, balance)| (id, AccountState::new(balance, now)))
+        .collect();
+    for new in batch {
+        let (Some(key_id), Some(account)) = (&new.key_id, accounts.get_mut(&new.account_id)) else { continue };
+        if !account.keys.contains_key(key_id) {
+            account.add_limits(limits::load(&mut tx, new.account_id, key_id, now).await?, key_id);
+        }
+    }
+    let uses: Vec<Use> = batch.iter().filter_map(|new| key_use(new)).collect();
+    let mut keys: HashSet<(i64, String)> =
+        if uses.is_empty() { HashSet::new() } else { idempotency::taken(&mut tx, &uses).await?.into_iter().collect() };
+    let decisions: Vec<Option<Decision>> = batch
+        .iter()
+        .map(|new| {
+            if let Some(key) = &new.idempotency {
+                if !keys.insert((new.account_id, key.key.clone())) {
+                    return None;
+                }
+            }
+            Some(match accounts.get_mut(&new.account_id) {
+                Some(account) => decide(account, new),
+                None => Decision::Insufficient { available: 0 },
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    let mut holds = Vec::new();
+    let mut counted = Vec::new();
+    for (new, decision) in batch.iter().zip(&decisions) {
+        if let Some(Decision::Hold { balance_after }) = decision {
+            held.push(*new);
+            if let Some(key_id) = &new.key_id {
+                counted.push((new.account_id, key_id.as_str(), new.price));
+            }
+            holds.push(BatchHold {
+                account_id: new.account_id,
+                task_id: &new.id,
+                price: new.price,
+                balance_after: *balance_after,
+            });
+        }
+    }
+    let mut tasks: HashMap<String, Task> = HashMap::new();
+    if !held.is_empty() {
+        tasks = insert(&mut tx, &held).await?.into_iter().map(|task| (task.id.clone(), task)).collect();
+        let claims: Vec<Use> = held.iter().filter_map(|new| key_use(new)).collect();
+        if tasks.len() != held.len()
+            || (!claims.is_empty() && idempotency::claim(&mut tx, &claims).await? != claims.len() as u64)
+        {
+            return Err(sqlx::Error::Protocol("a create of the batch was not stored as decided".into()));
+        }
+        ledger::hold_all(&mut tx, &holds).await?;
+        limits::record_creates(&mut tx, &counted, now).await?;
+    }
+    tx.commit().await?;
+    Ok(batch
+        .iter()
+        .zip(decisions)
+        .map(|(new, decision)| match decision? {
+            Decision::Hold { .. } => tasks.remove(&new.id).map(|task| Created::Task(Box::new(task))),
+            Decision::Insufficient { available } => Some(Created::Insufficient { available }),
+            Decision::Refused(refusal) => Some(Created::Refused(refusal)),
+        })
+        .collect())
+}
+
+fn key_use(new: &NewTask) -> Option<Use<'_>> {
+    new.idempotency.as_ref().map(|key| Use::new(new.account_id, key, &new.id))
+}
+
+/// A task as the batch's insert reads it.
+#[derive(Serialize)]
+struct Row<'a> {
+    id: &'a str,
+    account_id: i64,
+    model: &'a str,
+    sub_model: &'a str,
+    input: &'a TaskInput,
+    price: i64,
+    price_breakdown: Option<&'a [PriceStep]>,
+    key_id: Option<&'a str>,
+    callback_url: Option<&'a str>,
+    provider: &'a str,
+    upstream_model: &'a str,
+    provider_label: &'a str,
+    simulated: bool,
+    deadline_secs: f64,
+    lease_secs: f64,
+    callback_events: Option<&'a [CallbackEvent]>,
+    leased_by: Option<&'a str>,
+    token_hash: Option<String>,
+}
+
+const ROW_COLUMNS: &[(&str, &str)] = &[
+    ("id", "text"),
+    ("account_id", "bigint"),
+    ("model", "text"),
+    ("sub_model", "text"),
+    ("input", "jsonb"),
+    ("price", "bigint"),
+    ("price_breakdown", "jsonb"),
+    ("key_id", "text"),
+    ("callback_url", "text"),
+    ("provider", "text"),
+    ("upstream_model", "text"),
+    ("provider_label", "text"),
+    ("simulated", "boolean"),
+    ("deadline_secs", "float8"),
+    ("lease_secs", "float8"),
+    ("callback_events", "jsonb"),
+    ("leased_by", "text"),
+    ("token_hash", "text"),
+];
+
+/// The tasks in one statement, pending, each born claimed by its creator when it has a lease.
+async fn insert(tx: &mut Tx, batch: &[&NewTask]) -> sqlx::Result<Vec<Task>> {
+    let rows: Vec<Row> = batch
+        .iter()
+        .map(|new| Row {
+            id: &new.id,
+            account_id: new.account_id,
+            model: &new.model,
+            sub_model: &new.sub_model,
+            input: &new.input,
+            price: new.price,
+            price_breakdown: new.breakdown.as_deref(),
+            key_id: new.key_id.as_deref(),
+            callback_url: new.callback_url.as_deref(),
+            provider: &new.provider,
+            upstream_model: &new.upstream_model,
+            provider_label: &new.provider_label,
+            simulated: new.simulated,
+            deadline_secs: new.deadline.as_secs_f64(),
+            lease_secs: new.lease.unwrap_or_default().as_secs_f64(),
+            callback_events: new.callback_events.as_deref(),
+            leased_by: new.lease.map(|_| new.owner.as_str()),
+            token_hash: new.callback_token.as_ref().map(|token| hex::encode(Sha256::digest(token.as_bytes()))),
+        })
+        .collect();
+    let d = tx.dialect();
+    let sql = format!(
+        "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
+                            upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events,
+                            leased_by, callback_token_hash, price_breakdown, key_id)
+         SELECT r.id, r.account_id, r.model, r.sub_model, 'pending', r.input, r.price, r.callback_url, r.provider,
+                r.upstream_model, r.provider_label, r.simulated, {deadline}, {lease}, r.callback_events,
+                r.leased_by, {token}, r.price_breakdown, r.key_id
+         FROM {rows}
+         RETURNING {COLUMNS}",
+        deadline = d.now_plus_secs("r.deadline_secs"),
+        lease = d.now_plus_secs("r.lease_secs"),
+        token = d.unhex("r.token_hash"),
+        rows = d.json_rows("$1", ROW_COLUMNS),
+    );
+    on_tx!(tx, conn => sqlx::query_as(&sql).bind(Json(&rows)).fetch_all(conn).await)
+}
+
+/// A create through `attempt` (one commit of it, alone or in a batch). An idempotency key in use
+/// answers its first task (same request) or a conflict; a key that expires or frees up meanwhile (its
+/// first request did not fit the balance) is simply tried again.
+pub(super) async fn create_with<E, F, Fut>(db: &Db, new: &NewTask, mut attempt: F) -> Result<Created, E>
+where
+    E: From<sqlx::Error>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<Created>, E>>,
+{
+    for _ in 0..3 {
+        if let Some(created) = attempt().await? {
+            return Ok(created);
+        }
+        let Some(key) = &new.idempotency else { break };
+        if let Some((hash, task_id)) = idempotency::find(db, new.account_id, &key.key).await? {
+            if hash != key.request_hash {
+                return Ok(Created::Conflict);
+            }
+            if let Some(task) = get(db, new.account_id, &task_id).await? {
+                return Ok(Created::Replayed(Box::new(task)));
+            }
+        }
+    }
+    Err(sqlx::Error::Protocol("idempotency key kept changing hands".into()).into())
+}
+
+/// The sizes of the batcher (`tasks.create_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherSettings {
+    /// Most creates in one transaction.
+    pub max_batch: usize,
+    /// Most creates waiting; one more is refused (`overloaded`).
+    pub queue: usize,
+    /// Batches committing at once (always one on SQLite, which has one writer).
+    pub committers: usize,
+}
+
+struct Job {
+    new: Arc<NewTask>,
+    reply: oneshot::Sender<sqlx::Result<Option<Created>>>,
+}
+
+/// The create queue and its committers (see the module).
+pub struct Batcher {
+    db: Db,
+    sender: mpsc::Sender<Job>,
+    /// The committers: each ends when the queue closes (the batcher is dropped) and it is empty.
+    _committers: TaskTracker,
+}
+
+impl Batcher {
+    /// Starts the committers on the current runtime; they stop when the batcher is dropped.
+    pub fn start(db: Db, settings: BatcherSettings) -> Batcher {
+        let (sender, receiver) = mpsc::channel(settings.queue.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let tracker = TaskTracker::new();
+        let committers = if matches!(db, Db::Sqlite(_)) { 1 } else { settings.committers.max(1) };
+        for _ in 0..committers {
+            let committer =
+                Committer { db: db.clone(), receiver: Arc::clone(&receiver), max_batch: settings.max_batch.max(1) };
+            tracker.spawn(committer.run());
+        }
+        tracker.close();
+        Batcher { db, sender, _committers: tracker }
+    }
+
+    /// [`super::create`] through the batches: a full queue is `Overloaded`.
+    pub async fn create(&self, new: NewTask) -> Result<Created, Error> {
+        let new = Arc::new(new);
+        create_with(&self.db, &new, || self.submit(Arc::clone(&new))).await
+    }
+
+    async fn submit(&self, new: Arc<NewTask>) -> Result<Option<Created>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.try_send(Job { new, reply }).map_err(|error| match error {
+            TrySendError::Full(_) => {
+                monitoring::create_refused();
+                Error::Overloaded("Too many creates are waiting to be stored; retry in a second.".into())
+            }
+            TrySendError::Closed(_) => Error::Unavailable("The gateway is shutting down; retry shortly.".into()),
+        })?;
+        match answer.await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(Error::Unavailable("The gateway is shutting down; retry shortly.".into())),
+        }
+    }
+}
+
+struct Committer {
+    db: Db,
+    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    max_batch: usize,
+}
+
+impl Committer {
+    async fn run(self) {
+        while let Some(jobs) = self.take().await {
+            self.commit(jobs).await;
+        }
+    }
+
+    /// The first waiting create (waiting for one when none is), with whatever else is waiting, up to
+    /// the batch size. `None` once the batcher is gone.
+    async fn take(&self) -> Option<Vec<Job>> {
+        let mut receiver = self.receiver.lock().await;
+        let first = receiver.recv().await?;
+        let mut jobs = Vec::with_capacity(receiver.len().min(self.max_batch - 1) + 1);
+        jobs.push(first);
+        while jobs.len() < self.max_batch {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        monitoring::create_queue(receiver.len());
+        Some(jobs)
+    }
+
+    async fn commit(&self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let batch: Vec<&NewTask> = jobs.iter().map(|job| &*job.new).collect();
+        let answers = match commit(&self.db, &batch).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(error) if jobs.len() > 1 => {
+                tracing::warn!(error = %error, size = jobs.len(), "create batch failed; committing its creates one by one");
+                let mut answers = Vec::with_capacity(jobs.len());
+                for new in &batch {
+                    answers.push(commit(&self.db, &[new]).await.map(|mut answer| answer.pop().flatten()));
+                }
+                answers
+            }
+            Err(error) => vec![Err(error)],
+        };
+        monitoring::create_batch(jobs.len(), started);
+        // No task event for a new task: nobody can wait on a task before its create answered.
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            // A client that hung up no longer waits; its task stands.
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn costing(price: i64) -> NewTask {
+        NewTask {
+            id: "task_x".into(),
+            account_id: 1,
+            model: "m".into(),
+            sub_model: "m/s".into(),
+            input: TaskInput { prompt: "p".into(), aspect_ratio: None, quality: None, image_urls: vec![], n: None },
+            price,
+            breakdown: None,
+            key_id: None,
+            callback_url: None,
+            callback_events: None,
+            provider: "simulated".into(),
+            upstream_model: "u".into(),
+            provider_label: "Simulated".into(),
+            simulated: true,
+            deadline: Duration::from_secs(60),
+            lease: None,
+            owner: "inst".into(),
+            idempotency: None,
+            callback_token: None,
+        }
+    }
+
+    #[test]
+    fn requests_are_decided_in_order_against_what_the_earlier_ones_took() {
+        let mut account = AccountState::new(30, Utc::now());
+        let decisions: Vec<Decision> =
+            [12, 12, 12, 6, 0].iter().map(|price| decide(&mut account, &costing(*price))).collect();
+        assert_eq!(
+            decisions,
+            [
+                Decision::Hold { balance_after: 18 },
+                Decision::Hold { balance_after: 6 },
+                Decision::Insufficient { available: 6 },
+                Decision::Hold { balance_after: 0 },
+                Decision::Hold { balance_after: 0 },
+            ]
+        );
+        assert_eq!(account.balance, 0);
+    }
+
+    #[test]
+    fn limits_see_what_the_earlier_requests_of_the_batch_took() {
+        let now = Utc::now();
+        let mut account = AccountState::new(100, now);
+        let key = Limits { max_in_flight: Some(2), ..Limits::default() };
+        let whole = Limits { daily_credit_cap: Some(25), ..Limits::default() };
+        account
+            .add_limits(LimitState { now, key: (key, Usage::default()), account: (whole, Usage::default()) }, "key_a");
+        let keyed = |price| NewTask { key_id: Some("key_a".into()), ..costing(price) };
+        let decisions: Vec<Decision> =
+            [10, 10, 1].into_iter().map(|price| decide(&mut account, &keyed(price))).collect();
+        assert_eq!(decisions[..2], [Decision::Hold { balance_after: 90 }, Decision::Hold { balance_after: 80 }]);
+        assert!(matches!(decisions[2], Decision::Refused(Refusal::InFlight { max: 2, .. })));
+        let other = NewTask { key_id: Some("key_b".into()), ..costing(10) };
+        account.add_limits(
+            LimitState {
+                now,
+                key: (Limits::default(), Usage::default()),
+                account: (Limits::default(), Usage::default()),
+            },
+            "key_b",
+        );
+        // The account's cap counts key_a's 20: 10 more would pass 25.
+        assert!(matches!(decide(&mut account, &other), Decision::Refused(Refusal::CapReached { cap: 25, .. })));
+        assert_eq!(account.balance, 80);
+    }
+}
