@@ -34,6 +34,40 @@ pub struct ErrorDetail {
     message: String,
     /// Also in the `x-request-id` header.
     request_id: String,
+    /// A limit's refusal (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`): whose limit.
+    #[schema(nullable = false)]
+    scope: Option<RefusalScope>,
+    /// `model_not_allowed`: the sub-model refused.
+    #[schema(nullable = false)]
+    model: Option<String>,
+    /// `credit_cap_reached`: the cap in credits.
+    #[schema(nullable = false)]
+    cap: Option<i64>,
+    /// `credit_cap_reached`: the cap's period.
+    #[schema(nullable = false)]
+    period: Option<CapPeriod>,
+    /// `credit_cap_reached`: when the period's count starts again (UTC).
+    #[schema(nullable = false)]
+    resets_at: Option<String>,
+    /// `too_many_in_flight`: the limit reached.
+    #[schema(nullable = false)]
+    max_in_flight: Option<i64>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum RefusalScope {
+    Key,
+    Account,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum CapPeriod {
+    Day,
+    Month,
 }
 
 #[derive(OpenApi)]

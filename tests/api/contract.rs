@@ -78,6 +78,8 @@ pub fn check(method: &str, path: &str, status: u16, content_type: Option<&str>, 
 
 static DOCUMENT: LazyLock<Document> = LazyLock::new(|| {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document as JSON");
+    let schemas = doc["components"]["schemas"].clone();
+    inline_all_of(&mut doc, &schemas);
     close_objects(&mut doc);
     Document { doc, validators: Mutex::default() }
 });
@@ -240,6 +242,30 @@ impl Document {
             .build(&root)
             .unwrap_or_else(|e| panic!("OpenAPI: the schema at {pointer} does not compile: {e}"));
         Arc::clone(validators().entry(pointer.to_owned()).or_insert(Arc::new(validator)))
+    }
+}
+
+/// Replaces each `$ref` member of an `allOf` (a `#[serde(flatten)]` field) by a copy of the schema it
+/// names, so that closing that schema elsewhere does not refuse its siblings' properties here; the
+/// `allOf` itself is closed with `unevaluatedProperties: false` (what no member describes is refused).
+fn inline_all_of(value: &mut Value, schemas: &Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(members)) = map.get_mut("allOf") {
+                for member in members.iter_mut() {
+                    let named = member["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/"));
+                    if let Some(schema) = named.and_then(|name| schemas.get(name)) {
+                        *member = schema.clone();
+                    }
+                }
+                if !map.contains_key("unevaluatedProperties") {
+                    map.insert("unevaluatedProperties".into(), Value::Bool(false));
+                }
+            }
+            map.values_mut().for_each(|child| inline_all_of(child, schemas));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| inline_all_of(item, schemas)),
+        _ => {}
     }
 }
 
