@@ -135,6 +135,7 @@ impl Application {
             streams: Arc::default(),
             guard,
             files,
+            finished: Arc::default(),
             limits,
             jwt,
             sessions,

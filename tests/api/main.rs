@@ -29,6 +29,7 @@ mod metrics;
 mod openai;
 mod openai_compat;
 mod openapi;
+mod poll;
 mod properties;
 mod rate_limits;
 mod receiver;
