@@ -186,8 +186,8 @@ where
     let mut histogram = histogram();
     let mut errors = 0u64;
     let mut in_flight = tokio::task::JoinSet::new();
-    let mut record = |histogram: &mut Histogram<u64>, done: Result<(Duration, Outcome), tokio::task::JoinError>| {
-        match done {
+    let mut record =
+        |histogram: &mut Histogram<u64>, done: Result<(Duration, Outcome), tokio::task::JoinError>| match done {
             Ok((latency, outcome)) => {
                 let _ = histogram.record(latency.as_micros().max(1) as u64);
                 if outcome.is_err() {
@@ -195,8 +195,7 @@ where
                 }
             }
             Err(_) => errors += 1,
-        }
-    };
+        };
     let mut next = 0u64;
     while next < schedule.total {
         let due = schedule.due_by(started.elapsed());

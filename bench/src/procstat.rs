@@ -42,11 +42,8 @@ impl CpuClock {
 
     /// Average cores busy since the start (1.0 = one core all the time).
     pub fn cores(&self) -> f64 {
-        let used: u64 = self
-            .pids
-            .iter()
-            .map(|(pid, start)| cpu_ticks(pid).map_or(0, |now| now.saturating_sub(*start)))
-            .sum();
+        let used: u64 =
+            self.pids.iter().map(|(pid, start)| cpu_ticks(pid).map_or(0, |now| now.saturating_sub(*start))).sum();
         used as f64 / TICKS_PER_SEC / self.at.elapsed().as_secs_f64()
     }
 }

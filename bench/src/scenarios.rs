@@ -167,9 +167,8 @@ static FLOOR_IDS: AtomicU64 = AtomicU64::new(0);
 /// hold of their sum on the account row, the ledger rows in one insert).
 async fn floor_create(pool: &PgPool, account: i64, batch: usize) -> sqlx::Result<()> {
     const PRICE: i64 = 12;
-    let ids: Vec<String> = (0..batch)
-        .map(|_| format!("task_floor{:020}", FLOOR_IDS.fetch_add(1, Ordering::Relaxed)))
-        .collect();
+    let ids: Vec<String> =
+        (0..batch).map(|_| format!("task_floor{:020}", FLOOR_IDS.fetch_add(1, Ordering::Relaxed))).collect();
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, provider, upstream_model,
@@ -179,7 +178,9 @@ async fn floor_create(pool: &PgPool, account: i64, batch: usize) -> sqlx::Result
          FROM UNNEST($1::text[]) AS id",
     )
     .bind(&ids)
-    .bind(sqlx::types::Json(json!({"prompt": seed_request()["prompt"], "aspect_ratio": "16:9", "quality": "high", "image_urls": []})))
+    .bind(sqlx::types::Json(
+        json!({"prompt": seed_request()["prompt"], "aspect_ratio": "16:9", "quality": "high", "image_urls": []}),
+    ))
     .bind(PRICE)
     .execute(&mut *tx)
     .await?;
@@ -224,7 +225,12 @@ impl Bench {
                 create.push(json!({"concurrency": concurrency, "gateway": measured.json(), "floor": floor.json()}));
             }
             let batched = self.floor_create(64, FLOOR_BATCH).await?;
-            self.row("create floor: SQL, 32 per transaction (creates/s; latency per transaction)", "c=64", &batched, None);
+            self.row(
+                "create floor: SQL, 32 per transaction (creates/s; latency per transaction)",
+                "c=64",
+                &batched,
+                None,
+            );
             let spread = self.create_spread(64).await;
             self.row("create, 64 accounts (one per worker)", "c=64", &spread, Some(&batched));
             self.report.insert("create".into(), Value::Array(create));
@@ -282,7 +288,8 @@ impl Bench {
                     &measured,
                     None,
                 );
-                end_to_end.push(json!({"concurrency": concurrency, "instant_polling": true, "gateway": measured.json()}));
+                end_to_end
+                    .push(json!({"concurrency": concurrency, "instant_polling": true, "gateway": measured.json()}));
             }
             self.restart(&[]).await?;
             self.report.insert("end_to_end".into(), Value::Array(end_to_end));
@@ -331,7 +338,10 @@ impl Bench {
         .fetch_all(&self.pool)
         .await
         .unwrap_or_default();
-        Watch { server: Some(server), postgres: postgres.into_iter().filter_map(|(p,)| u32::try_from(p).ok()).collect() }
+        Watch {
+            server: Some(server),
+            postgres: postgres.into_iter().filter_map(|(p,)| u32::try_from(p).ok()).collect(),
+        }
     }
 
     fn row(&mut self, scenario: &str, load: &str, m: &Measured, floor: Option<&Measured>) {
@@ -419,8 +429,10 @@ impl Bench {
     /// Up to 10,000 of the bench account's tasks, once they have all finished (30 s at most; tasks
     /// are created first when there are none).
     async fn finished_task_ids(&self) -> anyhow::Result<Arc<Vec<String>>> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM tasks WHERE account_id = $1").bind(self.account_id).fetch_one(&self.pool).await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM tasks WHERE account_id = $1")
+            .bind(self.account_id)
+            .fetch_one(&self.pool)
+            .await?;
         if count == 0 {
             self.create(16).await;
         }

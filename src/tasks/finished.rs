@@ -78,8 +78,7 @@ impl FinishedTasks {
 /// The task's size in memory, roughly: the struct and its larger strings.
 fn weight(task: &Task) -> usize {
     let input = &task.input.0;
-    let output: usize =
-        task.output.as_ref().map_or(0, |o| o.0.images.iter().map(|i| i.url.len() + 32).sum::<usize>());
+    let output: usize = task.output.as_ref().map_or(0, |o| o.0.images.iter().map(|i| i.url.len() + 32).sum::<usize>());
     let error = task.error.as_ref().map_or(0, |e| e.0.message.len());
     std::mem::size_of::<Task>()
         + input.prompt.len()

@@ -13,8 +13,7 @@ async fn app() -> TestApp {
 }
 
 async fn poll(app: &TestApp, key: &str, task_id: &str, if_none_match: Option<&str>) -> reqwest::Response {
-    let mut request =
-        app.client.get(app.url(&format!("/api/v1/tasks/{task_id}"))).header(AUTHORIZATION, bearer(key));
+    let mut request = app.client.get(app.url(&format!("/api/v1/tasks/{task_id}"))).header(AUTHORIZATION, bearer(key));
     if let Some(tag) = if_none_match {
         request = request.header(IF_NONE_MATCH, tag);
     }
