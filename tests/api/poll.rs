@@ -5,7 +5,7 @@
 use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
 use reqwest::StatusCode;
 
-use crate::helpers::{assert_error, bearer, TestApp};
+use crate::helpers::{assert_error, bearer, Backend, TestApp};
 
 /// A driven gateway (the simulated provider stores its result in the file store).
 async fn app() -> TestApp {
@@ -54,7 +54,16 @@ async fn a_finishing_task_is_seen_at_once_then_answered_from_the_cache() {
 
 #[tokio::test]
 async fn another_account_gets_404_for_a_cached_task() {
-    let app = app().await;
+    another_account_gets_404_for_a_cached_task_on(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn another_account_gets_404_for_a_cached_task_on_sqlite() {
+    another_account_gets_404_for_a_cached_task_on(Backend::Sqlite).await;
+}
+
+async fn another_account_gets_404_for_a_cached_task_on(backend: Backend) {
+    let app = TestApp::builder().backend(backend).driven().spawn().await;
     let (_, owner) = app.new_account(100).await;
     let (_, other) = app.new_account(100).await;
     let done = app.run_seed(&owner).await;
@@ -92,8 +101,18 @@ async fn cached_answers_carry_freshly_signed_links_that_work() {
 
 #[tokio::test]
 async fn if_none_match_with_the_etag_answers_304() {
+    if_none_match_with_the_etag_answers_304_on(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn if_none_match_with_the_etag_answers_304_on_sqlite() {
+    if_none_match_with_the_etag_answers_304_on(Backend::Sqlite).await;
+}
+
+async fn if_none_match_with_the_etag_answers_304_on(backend: Backend) {
     // Public links do not expire, so a finished task's answer stays byte for byte the same.
     let app = TestApp::builder()
+        .backend(backend)
         .configure(|settings| settings.files.public_base_url = "https://cdn.example.com/results".into())
         .driven()
         .spawn()
