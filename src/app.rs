@@ -135,7 +135,7 @@ impl Application {
             streams: Arc::default(),
             guard,
             files,
-            finished: Arc::default(),
+            finished: crate::tasks::FinishedTasks::shared(),
             limits,
             jwt,
             sessions,

@@ -3,7 +3,9 @@
 //! without the database. Unfinished tasks are never cached: they are read with one statement each
 //! time, so a task that has just finished is seen at once. Being terminal is terminal on every
 //! replica, so no replica can serve a stale state; the one change a finished task still sees is its
-//! removal by the retention purge, which a cached copy outlives by at most the time to live.
+//! removal by the retention purge: a purge forgets the tasks it removed from this process's cache
+//! ([`FinishedTasks::shared`]: one cache per process), and another replica's cached copy outlives it
+//! by at most the time to live.
 //!
 //! The cache holds the task's row, not its answer: the answer carries file links signed for a limited
 //! time, which are signed afresh for every response (see [`super::TaskView::with_links`]).
@@ -25,13 +27,16 @@ pub struct FinishedTasks {
     cache: moka::sync::Cache<String, Arc<Task>>,
 }
 
-impl Default for FinishedTasks {
-    fn default() -> Self {
-        FinishedTasks::new(CAPACITY_BYTES, TIME_TO_LIVE)
-    }
-}
+static SHARED: std::sync::LazyLock<Arc<FinishedTasks>> =
+    std::sync::LazyLock::new(|| Arc::new(FinishedTasks::new(CAPACITY_BYTES, TIME_TO_LIVE)));
 
 impl FinishedTasks {
+    /// The process's cache: what the API serves from and what the retention purge forgets from.
+    /// Task ids are unique across databases (ULIDs), and a hit is checked against the account.
+    pub fn shared() -> Arc<FinishedTasks> {
+        Arc::clone(&SHARED)
+    }
+
     pub fn new(capacity_bytes: u64, time_to_live: Duration) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
@@ -59,7 +64,7 @@ impl FinishedTasks {
         Ok(Some(task))
     }
 
-    /// Forgets a task (after this process removed it).
+    /// Forgets a task (after it was removed).
     pub fn forget(&self, task_id: &str) {
         self.cache.invalidate(task_id);
     }
