@@ -160,6 +160,9 @@ fn cores(value: Option<f64>) -> String {
     value.map_or("–".into(), |c| format!("{c:.2}"))
 }
 
+/// Whether a create floor error was printed (the first one is).
+static FLOOR_ERROR_SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Task ids of the create floor: unique in this process.
 static FLOOR_IDS: AtomicU64 = AtomicU64::new(0);
 
@@ -178,6 +181,7 @@ async fn floor_create(pool: &PgPool, account: i64, batch: usize) -> sqlx::Result
          FROM UNNEST($1::text[]) AS id",
     )
     .bind(&ids)
+    .bind(account)
     .bind(sqlx::types::Json(
         json!({"prompt": seed_request()["prompt"], "aspect_ratio": "16:9", "quality": "high", "image_urls": []}),
     ))
@@ -417,7 +421,13 @@ impl Bench {
         watch.server = None;
         let mut measured = load::run(concurrency, self.options.measure, &watch, move |_, _| {
             let pool = pool.clone();
-            async move { floor_create(&pool, account, batch).await.map_err(|_| ()) }
+            async move {
+                floor_create(&pool, account, batch).await.map_err(|error| {
+                    if !FLOOR_ERROR_SHOWN.swap(true, Ordering::Relaxed) {
+                        eprintln!("create floor: {error}");
+                    }
+                })
+            }
         })
         .await;
         measured.requests *= batch as u64;
