@@ -4,6 +4,7 @@
 //! so when two workers race, the row count tells exactly one of them that it won. Terminal
 //! transitions settle the credits and enqueue the webhook in the same transaction.
 
+mod finished;
 mod view;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::store::{self, Db, Dialect, Tx, WorkQueue};
 use crate::webhooks::queue::{self, Delivery, Event};
 use crate::{ids, on_db, on_tx};
 
+pub use finished::FinishedTasks;
 pub use view::{timestamp, CreditsState, CreditsView, TaskView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]

@@ -32,6 +32,7 @@ mod metrics;
 mod openai;
 mod openai_compat;
 mod openapi;
+mod poll;
 mod pricing;
 mod properties;
 mod rate_limits;
