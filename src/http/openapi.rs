@@ -34,6 +34,23 @@ pub struct ErrorDetail {
     message: String,
     /// Also in the `x-request-id` header.
     request_id: String,
+    /// On a limit's refusal (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`): whose limit,
+    /// `key` or `account`.
+    #[schema(nullable = false)]
+    scope: Option<String>,
+    /// On `model_not_allowed`: the sub-model that was refused.
+    #[schema(nullable = false)]
+    model: Option<String>,
+    /// On `credit_cap_reached`: the cap in credits, its `period` (`day` or `month`, UTC) and when it resets.
+    #[schema(nullable = false)]
+    cap: Option<i64>,
+    #[schema(nullable = false)]
+    period: Option<String>,
+    #[schema(nullable = false, format = DateTime)]
+    resets_at: Option<String>,
+    /// On `too_many_in_flight`: the limit.
+    #[schema(nullable = false)]
+    max_in_flight: Option<i64>,
 }
 
 #[derive(OpenApi)]

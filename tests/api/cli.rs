@@ -117,7 +117,11 @@ async fn admin_commands_manage_accounts_keys_and_credits() {
     assert!(ok, "{audit}");
     let actions: Vec<&str> =
         audit["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
-    assert_eq!(actions, ["key.revoke", "credits.grant", "key.create", "account.create"], "{audit}");
+    assert_eq!(
+        actions,
+        ["key.revoke", "account.limits", "key.limits", "key.limits", "credits.grant", "key.create", "account.create"],
+        "{audit}"
+    );
     assert!(audit["entries"].as_array().expect("entries").iter().all(|e| e["actor"]["kind"] == "cli"));
     assert!(!audit.to_string().contains(&api_key), "no key in the audit log");
     let (ok, refused) = run_json(&db, &["audit", "--action", "credits"]);

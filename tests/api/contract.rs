@@ -79,6 +79,7 @@ pub fn check(method: &str, path: &str, status: u16, content_type: Option<&str>, 
 static DOCUMENT: LazyLock<Document> = LazyLock::new(|| {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document as JSON");
     close_objects(&mut doc);
+    reopen_composed_components(&mut doc);
     Document { doc, validators: Mutex::default() }
 });
 
@@ -240,6 +241,32 @@ impl Document {
             .build(&root)
             .unwrap_or_else(|e| panic!("OpenAPI: the schema at {pointer} does not compile: {e}"));
         Arc::clone(validators().entry(pointer.to_owned()).or_insert(Arc::new(validator)))
+    }
+}
+
+/// A component that is a member of an `allOf` (a `#[serde(flatten)]`ed struct, e.g. the limits inside a
+/// key) only holds part of the object: closing it would refuse the fields of its siblings, so it stays
+/// open (the fields it does declare are still checked).
+fn reopen_composed_components(doc: &mut Value) {
+    fn members(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::Array(all)) = map.get("allOf") {
+                    let refs = all.iter().filter_map(|m| m.get("$ref").and_then(Value::as_str));
+                    found.extend(refs.filter_map(|r| r.strip_prefix("#/components/schemas/")).map(str::to_owned));
+                }
+                map.values().for_each(|child| members(child, found));
+            }
+            Value::Array(items) => items.iter().for_each(|child| members(child, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    members(doc, &mut found);
+    for name in found {
+        if let Some(Value::Object(schema)) = doc.pointer_mut(&format!("/components/schemas/{name}")) {
+            schema.remove("additionalProperties");
+        }
     }
 }
 
