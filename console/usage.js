@@ -90,7 +90,7 @@
   window.AIO.page('usage', async () => {
     const [credits, catalog] = await Promise.all([window.AIO.refreshBalance(), window.AIO.models()]);
     const status = el('select', { id: 'filter-status' },
-      ['', 'pending', 'running', 'succeeded', 'failed', 'cancelled'].map((s) => el('option', { value: s, text: s || 'any status' })));
+      ['', 'queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'].map((s) => el('option', { value: s, text: s || 'any status' })));
     const modelIds = catalog.data.flatMap((m) => [m.id, ...m.sub_models.filter((s) => s !== m.id)]);
     const model = el('select', { id: 'filter-model' },
       el('option', { value: '', text: 'any model' }), modelIds.map((id) => el('option', { value: id, text: id })));

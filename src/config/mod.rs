@@ -33,7 +33,7 @@ pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
 pub use files::{FileSettings, ImageType, ResultSettings, RetentionSettings, S3Settings, StoreKind};
 pub use openai::{EventSettings, OpenAiSettings};
-pub use providers::{ProviderKind, ProviderMode, ProviderSettings};
+pub use providers::{ProviderKind, ProviderMode, ProviderSettings, SubmitWindow};
 pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
 pub use webhooks::{BodyVersion, WebhookSettings};

@@ -43,6 +43,7 @@ pub const TABLES: &[&str] = &[
     "signed_out_sessions",
     "instances",
     "limit_usage",
+    "provider_submits",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.

@@ -23,6 +23,8 @@ pub struct TaskView {
     pub created_at: String,
     pub updated_at: String,
     pub completed_at: Option<String>,
+    /// While `queued`: its place among the account's queued tasks, 1 = dispatched next; else `null`.
+    pub queue_position: Option<i64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -69,7 +71,7 @@ impl TaskView {
 impl From<&Task> for TaskView {
     fn from(task: &Task) -> Self {
         let state = match task.status {
-            TaskStatus::Pending | TaskStatus::Running => "held",
+            TaskStatus::Queued | TaskStatus::Pending | TaskStatus::Running => "held",
             TaskStatus::Succeeded => "charged",
             TaskStatus::Failed | TaskStatus::Cancelled => "refunded",
         };
@@ -95,6 +97,7 @@ impl From<&Task> for TaskView {
             created_at: timestamp(task.created_at),
             updated_at: timestamp(task.updated_at),
             completed_at: task.completed_at.map(timestamp),
+            queue_position: task.queue_position,
         }
     }
 }
