@@ -438,7 +438,7 @@ impl TestApp {
         loop {
             self.run_pending().await;
             let (open,): (i64,) = on_db!(&self.db, pool => sqlx::query_as(
-                "SELECT (SELECT count(*) FROM tasks WHERE status IN ('pending', 'running'))
+                "SELECT (SELECT count(*) FROM tasks WHERE status IN ('queued', 'pending', 'running'))
                       + (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')",
             )
             .fetch_one(pool)
@@ -780,7 +780,7 @@ pub async fn wait_all_terminal_on(db: &Db) {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let open: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as(
-            "SELECT id, status FROM tasks WHERE status IN ('pending', 'running') ORDER BY id",
+            "SELECT id, status FROM tasks WHERE status IN ('queued', 'pending', 'running') ORDER BY id",
         )
         .fetch_all(pool)
         .await)

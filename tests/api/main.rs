@@ -32,6 +32,7 @@ mod openai_compat;
 mod openapi;
 mod pricing;
 mod properties;
+mod queue;
 mod rate_limits;
 mod receiver;
 mod recovery;
