@@ -216,12 +216,14 @@ pub enum Admit {
 
 /// [`decide`], except that a full `max_in_flight` queues the task instead of refusing it: its
 /// credits still count against the caps (they are held), but it is not in flight until dispatched.
+/// A `max_in_flight` of 0 still refuses (`too_many_in_flight`): such a task could never start.
 pub fn admit(state: &mut LimitState, model: &str, sub_model: &str, price: i64) -> Result<Admit, Refusal> {
     match decide(state, model, sub_model, price) {
         Err(Refusal::InFlight { .. }) => {
+            // A max of 0 stays: it refuses whatever is in flight.
             let mut unbounded = state.clone();
-            unbounded.key.0.max_in_flight = None;
-            unbounded.account.0.max_in_flight = None;
+            unbounded.key.0.max_in_flight = unbounded.key.0.max_in_flight.filter(|max| *max == 0);
+            unbounded.account.0.max_in_flight = unbounded.account.0.max_in_flight.filter(|max| *max == 0);
             decide(&mut unbounded, model, sub_model, price)?;
             state.key.1.day_credits = unbounded.key.1.day_credits;
             state.key.1.month_credits = unbounded.key.1.month_credits;
@@ -539,6 +541,11 @@ mod tests {
         assert_eq!(state.key.1.day_credits, 24, "a refusal counts nothing");
         assert_eq!(decide(&mut state, "m", "m/t", 1), Ok(()));
         assert_eq!(decide(&mut state, "m", "m/t", 0), Err(Refusal::InFlight { scope: Scope::Account, max: 3 }));
+        // Queued instead: counted against the caps, not in flight; a max of 0 still refuses.
+        assert_eq!(admit(&mut state, "m", "m/t", 0), Ok(Admit::Queue));
+        assert_eq!((state.key.1.day_credits, state.account.1.in_flight), (25, 3));
+        state.key.0.max_in_flight = Some(0);
+        assert_eq!(admit(&mut state, "m", "m/t", 0), Err(Refusal::InFlight { scope: Scope::Key, max: 0 }));
     }
 
     #[test]

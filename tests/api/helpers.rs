@@ -665,7 +665,7 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
         "SELECT a.id, a.balance, a.held,
                 CAST(COALESCE((SELECT SUM(l.amount) FROM ledger l WHERE l.account_id = a.id), 0) AS BIGINT),
                 CAST(COALESCE((SELECT SUM(t.price) FROM tasks t
-                               WHERE t.account_id = a.id AND t.status IN ('pending', 'running')), 0) AS BIGINT)
+                               WHERE t.account_id = a.id AND t.status IN ('queued', 'pending', 'running')), 0) AS BIGINT)
          FROM accounts a ORDER BY a.id",
     )
     .fetch_all(pool)
@@ -737,7 +737,7 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
                 assert_eq!(release, price, "task {id}: release amount {release}, price {price}");
                 assert_eq!(charged, 0, "task {id} {status}: charged {charged}");
             }
-            "pending" | "running" => {
+            "queued" | "pending" | "running" => {
                 assert_eq!((captures, releases), (0, 0), "task {id} {status}: settled while unfinished");
             }
             other => panic!("task {id}: unknown status {other}"),
