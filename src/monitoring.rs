@@ -164,7 +164,7 @@ pub fn idempotent_replay() {
     counter!(IDEMPOTENT_REPLAYS).increment(1);
 }
 
-/// A create refused by a limit: `code` (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`)
+/// A create refused by a limit: `code` (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`, `queue_full`)
 /// and `scope` (`key`, `account`).
 pub fn limit_refused(code: &'static str, scope: &'static str) {
     counter!(LIMIT_REFUSALS, "code" => code, "scope" => scope).increment(1);
