@@ -581,7 +581,7 @@ impl Engine {
         async {
             let ended = |task: &Task| {
                 Error::Conflict(format!(
-                    "Task {} has already ended ({}); only a pending or running task can be cancelled.",
+                    "Task {} has already ended ({}); only a queued, pending or running task can be cancelled.",
                     task.id,
                     task.status.as_str()
                 ))

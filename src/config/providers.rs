@@ -126,7 +126,7 @@ impl std::str::FromStr for SubmitWindow {
 impl<'de> Deserialize<'de> for SubmitWindow {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.parse().map_err(|why| serde::de::Error::custom(format!("max_submits: {why}")))
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
