@@ -39,7 +39,7 @@
     return el('tr', { 'data-task': task.task_id },
       el('td', { text: format.time(task.created_at) }),
       el('td', {}, el('code', { text: task.sub_model })),
-      el('td', {}, el('span', { class: 'status', 'data-status': task.status, text: task.status })),
+      el('td', {}, el('span', { class: 'status', 'data-status': task.status, text: task.queue_position ? `${task.status} #${task.queue_position}` : task.status })),
       el('td', { class: 'num', text: `${task.credits.charged} / ${task.credits.price}` }),
       el('td', { text: format.duration(task.created_at, task.completed_at) }),
       el('td', {}, images.length ? images.map((image, i) => el('a', { href: image.url, target: '_blank', rel: 'noopener', text: images.length > 1 ? `image ${i + 1}` : 'image' })) : '—'));
