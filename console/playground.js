@@ -146,7 +146,8 @@
     const line = el('p', {}, 'Task ', el('code', { id: 'run-task', text: task.task_id }), ': ', status, ' ', cancel);
     result.replaceChildren(line);
     const show = (state) => {
-      status.textContent = state.status;
+      // A queued task shows its place in the account's queue.
+      status.textContent = state.queue_position ? `${state.status} #${state.queue_position}` : state.status;
       status.dataset.status = state.status;
       cancel.hidden = TERMINAL.includes(state.status);
     };

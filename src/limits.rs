@@ -99,6 +99,8 @@ pub enum Refusal {
     CapReached { scope: Scope, period: Period, cap: i64, used: i64, price: i64, resets_at: DateTime<Utc> },
     /// 429 `too_many_in_flight`.
     InFlight { scope: Scope, max: i64 },
+    /// 429 `queue_full`: the account has `max` tasks `queued` (`tasks.max_queued_per_account`).
+    QueueFull { max: i64 },
 }
 
 impl Refusal {
@@ -108,6 +110,7 @@ impl Refusal {
             Refusal::ModelNotAllowed { scope, .. }
             | Refusal::CapReached { scope, .. }
             | Refusal::InFlight { scope, .. } => *scope,
+            Refusal::QueueFull { .. } => Scope::Account,
         }
     }
 
@@ -117,6 +120,7 @@ impl Refusal {
             Refusal::ModelNotAllowed { .. } => "model_not_allowed",
             Refusal::CapReached { .. } => "credit_cap_reached",
             Refusal::InFlight { .. } => "too_many_in_flight",
+            Refusal::QueueFull { .. } => "queue_full",
         }
     }
 
@@ -140,6 +144,9 @@ impl Refusal {
                 "The {} has {max} unfinished tasks, its max_in_flight; create more when one has ended.",
                 scope.as_str()
             ),
+            Refusal::QueueFull { max } => {
+                format!("The account has {max} tasks queued, the most it may; create more when some have started.")
+            }
         }
     }
 
@@ -150,7 +157,7 @@ impl Refusal {
             Refusal::CapReached { resets_at, .. } => {
                 Some(u64::try_from((*resets_at - Utc::now()).num_seconds()).unwrap_or(0).max(1))
             }
-            Refusal::InFlight { .. } => Some(1),
+            Refusal::InFlight { .. } | Refusal::QueueFull { .. } => Some(1),
         }
     }
 
@@ -163,6 +170,7 @@ impl Refusal {
                 "resets_at": crate::tasks::timestamp(*resets_at),
             }),
             Refusal::InFlight { scope, max } => serde_json::json!({"scope": scope.as_str(), "max_in_flight": max}),
+            Refusal::QueueFull { max } => serde_json::json!({"scope": "account", "max_queued": max}),
         }
     }
 }
@@ -199,6 +207,43 @@ pub fn decide(state: &mut LimitState, model: &str, sub_model: &str, price: i64) 
         usage.in_flight += 1;
     }
     Ok(())
+}
+
+/// How an admitted create goes on: at once, or `queued` because a `max_in_flight` is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Now,
+    Queue,
+}
+
+/// [`decide`], except that a full `max_in_flight` queues the task instead of refusing it: its
+/// credits still count against the caps (they are held), but it is not in flight until dispatched.
+/// A `max_in_flight` of 0 still refuses (`too_many_in_flight`): such a task could never start.
+pub fn admit(state: &mut LimitState, model: &str, sub_model: &str, price: i64) -> Result<Admit, Refusal> {
+    match decide(state, model, sub_model, price) {
+        Err(Refusal::InFlight { .. }) => {
+            // A max of 0 stays: it refuses whatever is in flight.
+            let mut unbounded = state.clone();
+            unbounded.key.0.max_in_flight = unbounded.key.0.max_in_flight.filter(|max| *max == 0);
+            unbounded.account.0.max_in_flight = unbounded.account.0.max_in_flight.filter(|max| *max == 0);
+            decide(&mut unbounded, model, sub_model, price)?;
+            state.key.1.day_credits = unbounded.key.1.day_credits;
+            state.key.1.month_credits = unbounded.key.1.month_credits;
+            state.account.1.day_credits = unbounded.account.1.day_credits;
+            state.account.1.month_credits = unbounded.account.1.month_credits;
+            Ok(Admit::Queue)
+        }
+        decided => decided.map(|()| Admit::Now),
+    }
+}
+
+impl LimitState {
+    /// Whether the key and the account both have room for one more task in flight.
+    pub fn has_room(&self) -> bool {
+        [&self.key, &self.account]
+            .iter()
+            .all(|(limits, usage)| limits.max_in_flight.is_none_or(|max| usage.in_flight < max))
+    }
 }
 
 /// The start of the next UTC day or month after `now`.
@@ -269,6 +314,19 @@ impl LimitState {
     }
 }
 
+/// A queued task of the key was dispatched: one more in flight.
+pub async fn record_dispatch(tx: &mut Tx, account_id: i64, key_id: &str) -> sqlx::Result<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE limit_usage SET in_flight = in_flight + 1 WHERE account_id = $1 AND key_id IN ($2, '')",
+    )
+    .bind(account_id)
+    .bind(key_id)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected()))?;
+    Ok(())
+}
+
 /// Counts an admitted create of `price` credits at `now` for the key and the account.
 pub async fn record_create(
     tx: &mut Tx,
@@ -276,9 +334,10 @@ pub async fn record_create(
     key_id: &str,
     price: i64,
     now: DateTime<Utc>,
+    in_flight: bool,
 ) -> sqlx::Result<()> {
     const SQL: &str = "INSERT INTO limit_usage (account_id, key_id, day, day_credits, month, month_credits, in_flight)
-         VALUES ($1, $2, $3, $4, $5, $4, 1)
+         VALUES ($1, $2, $3, $4, $5, $4, $6)
          ON CONFLICT (account_id, key_id) DO UPDATE SET
              day_credits = CASE WHEN limit_usage.day = EXCLUDED.day
                                 THEN limit_usage.day_credits + EXCLUDED.day_credits ELSE EXCLUDED.day_credits END,
@@ -286,7 +345,7 @@ pub async fn record_create(
              month_credits = CASE WHEN limit_usage.month = EXCLUDED.month
                                   THEN limit_usage.month_credits + EXCLUDED.month_credits ELSE EXCLUDED.month_credits END,
              month = EXCLUDED.month,
-             in_flight = limit_usage.in_flight + 1";
+             in_flight = limit_usage.in_flight + EXCLUDED.in_flight";
     for id in [key_id, ACCOUNT] {
         on_tx!(tx, conn => sqlx::query(SQL)
             .bind(account_id)
@@ -294,6 +353,7 @@ pub async fn record_create(
             .bind(day_of(now))
             .bind(price)
             .bind(month_of(now))
+            .bind(i64::from(in_flight))
             .execute(conn)
             .await
             .map(|done| done.rows_affected()))?;
@@ -302,18 +362,20 @@ pub async fn record_create(
 }
 
 /// A task of the key, created at `created_at`, ended: one fewer in flight, and what its settlement
-/// released (`released`) no longer counts against the periods it was created in.
+/// released (`released`) no longer counts against the periods it was created in. `in_flight`: it was
+/// in flight (not still `queued`).
 pub async fn record_settle(
     tx: &mut Tx,
     account_id: i64,
     key_id: &str,
     created_at: DateTime<Utc>,
     released: i64,
+    in_flight: bool,
 ) -> sqlx::Result<()> {
     const SQL: &str = "UPDATE limit_usage SET
              day_credits = CASE WHEN day <> $3 THEN day_credits WHEN day_credits > $4 THEN day_credits - $4 ELSE 0 END,
              month_credits = CASE WHEN month <> $5 THEN month_credits WHEN month_credits > $4 THEN month_credits - $4 ELSE 0 END,
-             in_flight = CASE WHEN in_flight > 0 THEN in_flight - 1 ELSE 0 END
+             in_flight = CASE WHEN in_flight > $6 THEN in_flight - $6 ELSE 0 END
          WHERE account_id = $1 AND key_id IN ($2, '')";
     on_tx!(tx, conn => sqlx::query(SQL)
         .bind(account_id)
@@ -321,6 +383,7 @@ pub async fn record_settle(
         .bind(day_of(created_at))
         .bind(released)
         .bind(month_of(created_at))
+        .bind(i64::from(in_flight))
         .execute(conn)
         .await
         .map(|done| done.rows_affected()))?;
@@ -503,6 +566,11 @@ mod tests {
         assert_eq!(state.key.1.day_credits, 24, "a refusal counts nothing");
         assert_eq!(decide(&mut state, "m", "m/t", 1), Ok(()));
         assert_eq!(decide(&mut state, "m", "m/t", 0), Err(Refusal::InFlight { scope: Scope::Account, max: 3 }));
+        // Queued instead: counted against the caps, not in flight; a max of 0 still refuses.
+        assert_eq!(admit(&mut state, "m", "m/t", 0), Ok(Admit::Queue));
+        assert_eq!((state.key.1.day_credits, state.account.1.in_flight), (25, 3));
+        state.key.0.max_in_flight = Some(0);
+        assert_eq!(admit(&mut state, "m", "m/t", 0), Err(Refusal::InFlight { scope: Scope::Key, max: 0 }));
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub struct TaskSettings {
     /// `breaker_cooldown_secs`. …for this long; then one trial request decides whether it closes.
     #[serde(rename = "breaker_cooldown_secs", with = "durations::secs")]
     pub breaker_cooldown: Duration,
+    /// The most `queued` tasks one account may have; a create beyond is refused 429 `queue_full`.
+    pub max_queued_per_account: NonZeroUsize,
+    /// `max_queue_secs`. A task `queued` longer fails with `timeout` and its credits are released.
+    #[serde(rename = "max_queue_secs", with = "durations::positive_secs")]
+    pub max_queue: Duration,
 }
 
 impl Default for TaskSettings {
@@ -69,6 +74,8 @@ impl Default for TaskSettings {
             dispatch_wait: Duration::from_millis(5000),
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(30),
+            max_queued_per_account: const { NonZeroUsize::new(1000).unwrap() },
+            max_queue: Duration::from_secs(600),
         }
     }
 }

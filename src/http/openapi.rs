@@ -51,6 +51,9 @@ pub struct ErrorDetail {
     /// On `too_many_in_flight`: the limit.
     #[schema(nullable = false)]
     max_in_flight: Option<i64>,
+    /// On `queue_full`: how many tasks an account may have `queued` (`tasks.max_queued_per_account`).
+    #[schema(nullable = false)]
+    max_queued: Option<i64>,
 }
 
 #[derive(OpenApi)]

@@ -35,6 +35,7 @@ mod openapi;
 mod poll;
 mod pricing;
 mod properties;
+mod queue;
 mod rate_limits;
 mod receiver;
 mod recovery;

@@ -142,7 +142,10 @@ async fn the_document_types_what_clients_parse() {
     let strings = |value: &Value| -> Vec<String> {
         value.as_array().map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
     };
-    assert_eq!(strings(&schemas["TaskStatus"]["enum"]), ["pending", "running", "succeeded", "failed", "cancelled"]);
+    assert_eq!(
+        strings(&schemas["TaskStatus"]["enum"]),
+        ["queued", "pending", "running", "succeeded", "failed", "cancelled"]
+    );
     assert_eq!(strings(&schemas["CreditsState"]["enum"]), ["held", "charged", "refunded"]);
     assert_eq!(strings(&schemas["EntryKind"]["enum"]), ["grant", "hold", "capture", "release", "adjust"]);
     assert_eq!(strings(&schemas["CallbackEvent"]["enum"]), ["completed", "started"]);

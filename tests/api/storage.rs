@@ -87,6 +87,8 @@ fn new_task<'a>(
         lease: None,
         owner: "inst_test",
         idempotency,
+        window: None,
+        max_queued: 1000,
     }
 }
 

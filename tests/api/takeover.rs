@@ -225,6 +225,8 @@ async fn only_the_leases_of_dead_instances_are_released() {
                 lease: Some(Duration::from_secs(3600)),
                 owner,
                 idempotency: None,
+                window: None,
+                max_queued: 1000,
             };
             assert!(matches!(tasks::create(db, new).await.expect("create"), tasks::Created::Task(_)));
             ids.push(id);
