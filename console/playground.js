@@ -58,6 +58,15 @@
     return request;
   }
 
+  // One step of a quote's breakdown in words: `base 12`, `quality = high ×1.5: 18`, `× 2 images: 36`.
+  function describeStep(step) {
+    if (step.step === 'images') return `× ${step.n} images: ${step.credits}`;
+    if (step.step !== 'rule') return `base ${step.credits}`;
+    const when = Object.entries(step.when || {}).map(([k, v]) => `${k} = ${v}`).join(', ');
+    const how = step.multiply !== undefined ? `×${step.multiply}` : step.set !== undefined ? `= ${step.set}` : `+${step.add}`;
+    return `${when} ${how}: ${step.credits}`;
+  }
+
   const shellQuote = (text) => "'" + text.replace(/'/g, "'\\''") + "'";
 
   function examples(request) {
@@ -146,7 +155,8 @@
     const line = el('p', {}, 'Task ', el('code', { id: 'run-task', text: task.task_id }), ': ', status, ' ', cancel);
     result.replaceChildren(line);
     const show = (state) => {
-      status.textContent = state.status;
+      // A queued task shows its place in the account's queue.
+      status.textContent = state.queue_position ? `${state.status} #${state.queue_position}` : state.status;
       status.dataset.status = state.status;
       cancel.hidden = TERMINAL.includes(state.status);
     };
@@ -184,11 +194,35 @@
     const tabs = exampleTabs();
     const result = el('div', { id: 'run-result', class: 'result' });
     const runButton = el('button', { type: 'button', id: 'run', text: 'Run' });
-    const price = el('p', { class: 'muted' });
+    const price = el('p', { class: 'muted', id: 'quote' });
     if (list.data.some((m) => m.id === params.get('model'))) modelSelect.value = params.get('model');
 
     const model = () => list.data.find((m) => m.id === modelSelect.value);
-    const refresh = () => tabs.update(body(form, subSelect.value));
+    // The price of the request as the form stands (POST /api/v1/quotes: nothing is created), asked again
+    // on every change; an answer that arrives after a newer question is dropped.
+    let asked = 0;
+    const quote = async (request) => {
+      const m = model();
+      const mine = ++asked;
+      const perImage = `${m.credits} credits (${format.usd(m.usd)}) per image; charged only for images delivered.`;
+      try {
+        const answer = await api('POST', '/api/v1/quotes', request);
+        if (mine !== asked) return;
+        const steps = (answer.breakdown || []).map(describeStep).join(' → ');
+        price.dataset.quote = String(answer.credits);
+        price.textContent = `This request: ${answer.credits} credits (${format.usd(answer.credits * m.usd / m.credits)})` +
+          (steps ? ` — ${steps}` : '') + `. ${perImage}`;
+      } catch (_) {
+        if (mine !== asked) return;
+        delete price.dataset.quote;
+        price.textContent = perImage;
+      }
+    };
+    const refresh = () => {
+      const request = body(form, subSelect.value);
+      tabs.update(request);
+      quote(request);
+    };
     const pickSubModel = () => {
       for (const field of form.children) field.forSubModel(subSelect.value);
       refresh();
@@ -197,7 +231,6 @@
       const m = model();
       subSelect.replaceChildren(...m.sub_models.map((s) => el('option', { value: s, text: s })));
       form.replaceChildren(...m.parameters.map(control));
-      price.textContent = `${m.credits} credits (${format.usd(m.usd)}) per image task; charged only if it succeeds.`;
       pickSubModel();
     };
     modelSelect.addEventListener('change', pickModel);

@@ -99,7 +99,7 @@
     row.append(
       el('td', { text: format.time(task.created_at) }),
       el('td', {}, el('code', { text: task.sub_model })),
-      el('td', {}, el('span', { class: 'status', 'data-status': task.status, text: task.status })),
+      el('td', {}, el('span', { class: 'status', 'data-status': task.status, text: task.queue_position ? `${task.status} #${task.queue_position}` : task.status })),
       el('td', { class: 'num', text: `${task.credits.charged} / ${task.credits.price}` }),
       el('td', { text: format.duration(task.created_at, task.completed_at) }),
       el('td', { class: 'outcome' }, outcome(task)),
@@ -176,7 +176,7 @@
   window.AIO.page('usage', async () => {
     const [credits, catalog] = await Promise.all([window.AIO.refreshBalance(), window.AIO.models()]);
     const status = el('select', { id: 'filter-status' },
-      ['', 'pending', 'running', 'succeeded', 'failed', 'cancelled'].map((s) => el('option', { value: s, text: s || 'any status' })));
+      ['', 'queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled'].map((s) => el('option', { value: s, text: s || 'any status' })));
     const modelIds = catalog.data.flatMap((m) => [m.id, ...m.sub_models.filter((s) => s !== m.id)]);
     const model = el('select', { id: 'filter-model' },
       el('option', { value: '', text: 'any model' }), modelIds.map((id) => el('option', { value: id, text: id })));

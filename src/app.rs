@@ -135,6 +135,7 @@ impl Application {
             streams: Arc::default(),
             guard,
             files,
+            finished: crate::tasks::FinishedTasks::shared(),
             limits,
             jwt,
             sessions,

@@ -6,7 +6,7 @@
 //! it survives restarts and several gateways can share one database: each claims due tasks with
 //! `FOR UPDATE SKIP LOCKED`, and terminal transitions are guarded so only one of them settles.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,13 @@ use tracing::Instrument;
 
 use crate::breakers::{Breakers, Gate};
 use crate::catalog::{Catalog, CreateRequest};
-use crate::config::{Settings, TaskSettings};
+use crate::config::{Settings, SubmitWindow, TaskSettings};
 use crate::error::Error;
 use crate::files::{FileStore, Rehost, RehostError};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::providers::{JobState, Providers, SubmitRequest, Submitted, LOST, UNAVAILABLE};
 use crate::task_events::TaskEvents;
+use crate::tasks::admission::{self, Dispatch};
 use crate::tasks::{
     self, Batcher, BatcherSettings, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskInput,
     TaskOutput, TaskStatus,
@@ -87,6 +88,8 @@ pub struct Engine {
     idle: Notify,
     /// This process's instance: its claims name it (see [`crate::instances`]).
     instance: String,
+    /// The providers with a submit window (`providers.<id>.max_submits`).
+    windows: HashMap<String, SubmitWindow>,
 }
 
 /// Marks a task as worked on by this process while it lives.
@@ -119,6 +122,11 @@ impl Engine {
         instance: &str,
     ) -> Arc<Engine> {
         let events = Arc::new(TaskEvents::new(pool.clone()));
+        let windows = settings
+            .providers
+            .iter()
+            .filter_map(|(id, provider)| provider.max_submits.map(|window| (id.clone(), window)))
+            .collect();
         let fast_path = settings.server.role.runs_engine();
         let settings = settings.tasks.clone();
         let batcher = BatcherSettings {
@@ -147,6 +155,7 @@ impl Engine {
             claimed: Mutex::new(HashSet::new()),
             idle: Notify::new(),
             instance: instance.to_owned(),
+            windows,
         })
     }
 
@@ -199,11 +208,17 @@ impl Engine {
             owner: self.instance.clone(),
             idempotency: key,
             callback_token: callback_token.clone(),
+            window: self.windows.get(&valid.route.provider).copied(),
+            max_queued: i64::try_from(self.settings.max_queued_per_account.get()).unwrap_or(i64::MAX),
         };
         let task = match self.creates.create(new).await? {
             Created::Task(task) => {
                 tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
                 monitoring::task_created(&task.sub_model, &task.provider, task.price);
+                if task.status == TaskStatus::Queued {
+                    tracing::info!(task_id = %task.id, "task queued");
+                    return Ok(tasks::get(&self.pool, account_id, &task.id).await?.unwrap_or(*task));
+                }
                 if !self.fast_path {
                     return Ok(*task);
                 }
@@ -271,6 +286,7 @@ impl Engine {
     pub async fn run_pending(&self) -> sqlx::Result<usize> {
         let mut worked = 0;
         loop {
+            self.admit_queued().await?;
             let batch = self.settings.batch_size.get() as i64;
             let due = tasks::claim_due(&self.pool, batch, self.lease(), &self.instance).await?;
             if due.is_empty() {
@@ -344,7 +360,7 @@ impl Engine {
             let result = match task.status {
                 TaskStatus::Pending => self.submit(&task, callback_token).await,
                 TaskStatus::Running => self.poll(&task).await,
-                TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => Ok(()),
+                TaskStatus::Queued | TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => Ok(()),
             };
             if let Err(error) = result {
                 tracing::warn!(error = %error, "task step failed; it will be retried after its lease");
@@ -382,6 +398,14 @@ impl Engine {
                 }
                 Gate::Unavailable => {
                     unavailable = true;
+                    continue;
+                }
+            }
+            // A provider with a submit window: the slot reserved at admission, or a new one.
+            let window = self.windows.get(provider_id).copied();
+            if let Some(window) = window {
+                if !admission::slot_for_submit(&self.pool, provider_id, &task.id, window).await? {
+                    waiting = true;
                     continue;
                 }
             }
@@ -425,6 +449,11 @@ impl Engine {
             };
             let started = Instant::now();
             let result = provider.submit(request).await;
+            if window.is_some() {
+                if let Err(error) = admission::submitted(&self.pool, provider_id, &task.id).await {
+                    tracing::warn!(error = %error, "recording the submit time failed");
+                }
+            }
             monitoring::upstream_call(provider_id, "submit", started, result.as_ref().err().map(|e| e.retriable));
             match &result {
                 Err(error) if error.route_unavailable => self.breakers.unavailable(provider_id, upstream_model),
@@ -565,6 +594,8 @@ impl Engine {
             self.webhooks.wake();
         }
         self.events.publish(&settled.id).await;
+        // Room in flight freed: queued tasks may go now.
+        self.runner.wake();
         Ok(Some(settled))
     }
 
@@ -579,7 +610,7 @@ impl Engine {
         async {
             let ended = |task: &Task| {
                 Error::Conflict(format!(
-                    "Task {} has already ended ({}); only a pending or running task can be cancelled.",
+                    "Task {} has already ended ({}); only a queued, pending or running task can be cancelled.",
                     task.id,
                     task.status.as_str()
                 ))
@@ -702,6 +733,60 @@ impl Engine {
         Ok(())
     }
 
+    /// The admission queue's turn (on every tick, and woken by every settlement): queued tasks past
+    /// `tasks.max_queue_secs` fail with `timeout`; then rounds of the round robin (the oldest queued
+    /// task of each account, accounts by last dispatch) dispatch what the in-flight limits and the
+    /// submit windows have room for, until a round dispatches nothing. At most a batch per call.
+    /// Returns how many were dispatched.
+    async fn admit_queued(&self) -> sqlx::Result<usize> {
+        let batch = self.settings.batch_size.get();
+        for task in admission::expired(&self.pool, self.settings.max_queue, batch as i64).await? {
+            let error = TaskError {
+                code: TaskErrorCode::Timeout,
+                message: format!(
+                    "The task waited in the queue longer than {} seconds; its credits were released.",
+                    self.settings.max_queue.as_secs()
+                ),
+            };
+            if self.settle(&task, Outcome::Failed(error)).await?.is_some() {
+                monitoring::queue_timeout();
+            }
+        }
+        let mut dispatched = 0;
+        let mut full: HashSet<String> = HashSet::new();
+        while dispatched < batch {
+            let heads = admission::heads(&self.pool, batch as i64).await?;
+            let mut this_round = 0;
+            for head in &heads {
+                if full.contains(&head.provider) {
+                    continue;
+                }
+                let window = self.windows.get(&head.provider).copied();
+                match admission::dispatch(&self.pool, head, window, self.settings.deadline).await? {
+                    Dispatch::Dispatched(task) => {
+                        let waited = (Utc::now() - task.created_at).to_std().unwrap_or_default();
+                        monitoring::queue_wait(waited);
+                        tracing::info!(task_id = %task.id, waited_ms = waited.as_millis() as u64, "queued task dispatched");
+                        self.events.publish(&task.id).await;
+                        this_round += 1;
+                    }
+                    Dispatch::WindowFull => {
+                        full.insert(head.provider.clone());
+                    }
+                    Dispatch::InFlightFull | Dispatch::Gone => {}
+                }
+            }
+            if this_round == 0 {
+                break;
+            }
+            dispatched += this_round;
+        }
+        if dispatched > 0 {
+            self.runner.wake();
+        }
+        Ok(dispatched)
+    }
+
     /// Next submit attempt after a retriable failure: doubling, up to poll_max.
     fn retry_delay(&self, attempts: i32) -> Duration {
         let delay = self.settings.retry_initial.mul_f64(2f64.powi(attempts.clamp(0, 30)));
@@ -713,6 +798,9 @@ impl Job for Engine {
     type Item = Task;
 
     async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Task>> {
+        if let Err(error) = self.admit_queued().await {
+            tracing::warn!(error = %error, "dispatching queued tasks failed");
+        }
         tasks::claim_due(&self.pool, limit as i64, self.lease(), &self.instance).await
     }
 

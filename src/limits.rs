@@ -102,6 +102,8 @@ pub enum Refusal {
     CapReached { scope: Scope, period: Period, cap: i64, used: i64, price: i64, resets_at: DateTime<Utc> },
     /// 429 `too_many_in_flight`.
     InFlight { scope: Scope, max: i64 },
+    /// 429 `queue_full`: the account has `max` tasks `queued` (`tasks.max_queued_per_account`).
+    QueueFull { max: i64 },
 }
 
 impl Refusal {
@@ -111,6 +113,7 @@ impl Refusal {
             Refusal::ModelNotAllowed { scope, .. }
             | Refusal::CapReached { scope, .. }
             | Refusal::InFlight { scope, .. } => *scope,
+            Refusal::QueueFull { .. } => Scope::Account,
         }
     }
 
@@ -120,6 +123,7 @@ impl Refusal {
             Refusal::ModelNotAllowed { .. } => "model_not_allowed",
             Refusal::CapReached { .. } => "credit_cap_reached",
             Refusal::InFlight { .. } => "too_many_in_flight",
+            Refusal::QueueFull { .. } => "queue_full",
         }
     }
 
@@ -143,6 +147,9 @@ impl Refusal {
                 "The {} has {max} unfinished tasks, its max_in_flight; create more when one has ended.",
                 scope.as_str()
             ),
+            Refusal::QueueFull { max } => {
+                format!("The account has {max} tasks queued, the most it may; create more when some have started.")
+            }
         }
     }
 
@@ -153,7 +160,7 @@ impl Refusal {
             Refusal::CapReached { resets_at, .. } => {
                 Some(u64::try_from((*resets_at - Utc::now()).num_seconds()).unwrap_or(0).max(1))
             }
-            Refusal::InFlight { .. } => Some(1),
+            Refusal::InFlight { .. } | Refusal::QueueFull { .. } => Some(1),
         }
     }
 
@@ -166,6 +173,7 @@ impl Refusal {
                 "resets_at": crate::tasks::timestamp(*resets_at),
             }),
             Refusal::InFlight { scope, max } => serde_json::json!({"scope": scope.as_str(), "max_in_flight": max}),
+            Refusal::QueueFull { max } => serde_json::json!({"scope": "account", "max_queued": max}),
         }
     }
 }
@@ -202,6 +210,43 @@ pub fn decide(state: &mut LimitState, model: &str, sub_model: &str, price: i64) 
         usage.in_flight += 1;
     }
     Ok(())
+}
+
+/// How an admitted create goes on: at once, or `queued` because a `max_in_flight` is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Now,
+    Queue,
+}
+
+/// [`decide`], except that a full `max_in_flight` queues the task instead of refusing it: its
+/// credits still count against the caps (they are held), but it is not in flight until dispatched.
+/// A `max_in_flight` of 0 still refuses (`too_many_in_flight`): such a task could never start.
+pub fn admit(state: &mut LimitState, model: &str, sub_model: &str, price: i64) -> Result<Admit, Refusal> {
+    match decide(state, model, sub_model, price) {
+        Err(Refusal::InFlight { .. }) => {
+            // A max of 0 stays: it refuses whatever is in flight.
+            let mut unbounded = state.clone();
+            unbounded.key.0.max_in_flight = unbounded.key.0.max_in_flight.filter(|max| *max == 0);
+            unbounded.account.0.max_in_flight = unbounded.account.0.max_in_flight.filter(|max| *max == 0);
+            decide(&mut unbounded, model, sub_model, price)?;
+            state.key.1.day_credits = unbounded.key.1.day_credits;
+            state.key.1.month_credits = unbounded.key.1.month_credits;
+            state.account.1.day_credits = unbounded.account.1.day_credits;
+            state.account.1.month_credits = unbounded.account.1.month_credits;
+            Ok(Admit::Queue)
+        }
+        decided => decided.map(|()| Admit::Now),
+    }
+}
+
+impl LimitState {
+    /// Whether the key and the account both have room for one more task in flight.
+    pub fn has_room(&self) -> bool {
+        [&self.key, &self.account]
+            .iter()
+            .all(|(limits, usage)| limits.max_in_flight.is_none_or(|max| usage.in_flight < max))
+    }
 }
 
 /// The start of the next UTC day or month after `now`.
@@ -272,9 +317,23 @@ impl LimitState {
     }
 }
 
-/// Counts admitted creates at `now`, each `(account_id, key_id, price)`: one statement per counter row
-/// (each key's and each account's), with the credits and the number of its creates.
-pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64)], now: DateTime<Utc>) -> sqlx::Result<()> {
+/// A queued task of the key was dispatched: one more in flight.
+pub async fn record_dispatch(tx: &mut Tx, account_id: i64, key_id: &str) -> sqlx::Result<()> {
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE limit_usage SET in_flight = in_flight + 1 WHERE account_id = $1 AND key_id IN ($2, '')",
+    )
+    .bind(account_id)
+    .bind(key_id)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected()))?;
+    Ok(())
+}
+
+/// Counts admitted creates at `now`, each `(account_id, key_id, price, in_flight)` (`in_flight`: it
+/// starts now, not `queued`): one statement per counter row (each key's and each account's), with the
+/// credits and the number of its creates in flight.
+pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64, bool)], now: DateTime<Utc>) -> sqlx::Result<()> {
     const SQL: &str = "INSERT INTO limit_usage (account_id, key_id, day, day_credits, month, month_credits, in_flight)
          VALUES ($1, $2, $3, $4, $5, $4, $6)
          ON CONFLICT (account_id, key_id) DO UPDATE SET
@@ -287,10 +346,10 @@ pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64)], now: Date
              in_flight = limit_usage.in_flight + EXCLUDED.in_flight";
     // In (account, key) order: concurrent transactions update the rows in one order.
     let mut rows: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
-    for &(account_id, key_id, price) in creates {
+    for &(account_id, key_id, price, in_flight) in creates {
         for id in [key_id, ACCOUNT] {
             let row = rows.entry((account_id, id)).or_default();
-            *row = (row.0.saturating_add(price), row.1 + 1);
+            *row = (row.0.saturating_add(price), row.1 + i64::from(in_flight));
         }
     }
     for ((account_id, id), (credits, count)) in rows {
@@ -309,18 +368,20 @@ pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64)], now: Date
 }
 
 /// A task of the key, created at `created_at`, ended: one fewer in flight, and what its settlement
-/// released (`released`) no longer counts against the periods it was created in.
+/// released (`released`) no longer counts against the periods it was created in. `in_flight`: it was
+/// in flight (not still `queued`).
 pub async fn record_settle(
     tx: &mut Tx,
     account_id: i64,
     key_id: &str,
     created_at: DateTime<Utc>,
     released: i64,
+    in_flight: bool,
 ) -> sqlx::Result<()> {
     const SQL: &str = "UPDATE limit_usage SET
              day_credits = CASE WHEN day <> $3 THEN day_credits WHEN day_credits > $4 THEN day_credits - $4 ELSE 0 END,
              month_credits = CASE WHEN month <> $5 THEN month_credits WHEN month_credits > $4 THEN month_credits - $4 ELSE 0 END,
-             in_flight = CASE WHEN in_flight > 0 THEN in_flight - 1 ELSE 0 END
+             in_flight = CASE WHEN in_flight > $6 THEN in_flight - $6 ELSE 0 END
          WHERE account_id = $1 AND key_id IN ($2, '')";
     on_tx!(tx, conn => sqlx::query(SQL)
         .bind(account_id)
@@ -328,6 +389,7 @@ pub async fn record_settle(
         .bind(day_of(created_at))
         .bind(released)
         .bind(month_of(created_at))
+        .bind(i64::from(in_flight))
         .execute(conn)
         .await
         .map(|done| done.rows_affected()))?;
@@ -510,6 +572,11 @@ mod tests {
         assert_eq!(state.key.1.day_credits, 24, "a refusal counts nothing");
         assert_eq!(decide(&mut state, "m", "m/t", 1), Ok(()));
         assert_eq!(decide(&mut state, "m", "m/t", 0), Err(Refusal::InFlight { scope: Scope::Account, max: 3 }));
+        // Queued instead: counted against the caps, not in flight; a max of 0 still refuses.
+        assert_eq!(admit(&mut state, "m", "m/t", 0), Ok(Admit::Queue));
+        assert_eq!((state.key.1.day_credits, state.account.1.in_flight), (25, 3));
+        state.key.0.max_in_flight = Some(0);
+        assert_eq!(admit(&mut state, "m", "m/t", 0), Err(Refusal::InFlight { scope: Scope::Key, max: 0 }));
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub const LEASES_TAKEN_OVER: &str = "aio_leases_taken_over_total";
 pub const AUDIT_ENTRIES: &str = "aio_audit_entries_total";
 /// Creates refused by a key's or account's limit, by code and scope.
 pub const LIMIT_REFUSALS: &str = "aio_limit_refusals_total";
+/// The admission queue: its depth, how long dispatched tasks waited, and the tasks that waited too long.
+pub const TASKS_QUEUED: &str = "aio_tasks_queued";
+pub const QUEUE_WAIT: &str = "aio_queue_wait_seconds";
+pub const QUEUE_TIMEOUTS: &str = "aio_queue_timeouts_total";
 
 /// Creates per batch (group commit, [`crate::tasks::batch`]), the batch's commit time and the creates
 /// waiting for a batch; creates refused because the queue was full.
@@ -99,6 +103,9 @@ fn describe() {
     describe_gauge!(TASKS_OPEN, "Unfinished tasks in the database, by status (pending, running).");
     describe_counter!(IDEMPOTENT_REPLAYS, "Creates answered with an earlier task of the same Idempotency-Key.");
     describe_counter!(LIMIT_REFUSALS, "Creates refused by a key's or account's limit, by code and scope.");
+    describe_gauge!(TASKS_QUEUED, "Tasks queued in the database (all accounts), waiting for room.");
+    describe_histogram!(QUEUE_WAIT, Unit::Seconds, "How long dispatched tasks waited queued.");
+    describe_counter!(QUEUE_TIMEOUTS, "Queued tasks failed with timeout after tasks.max_queue_secs.");
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
@@ -189,7 +196,7 @@ pub fn idempotent_replay() {
     counter!(IDEMPOTENT_REPLAYS).increment(1);
 }
 
-/// A create refused by a limit: `code` (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`)
+/// A create refused by a limit: `code` (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`, `queue_full`)
 /// and `scope` (`key`, `account`).
 pub fn limit_refused(code: &'static str, scope: &'static str) {
     counter!(LIMIT_REFUSALS, "code" => code, "scope" => scope).increment(1);
@@ -283,6 +290,21 @@ pub fn leases_taken_over(queue: &'static str, rows: u64) {
 }
 
 /// The unfinished tasks in the database, sampled when `/metrics` is scraped.
+/// The admission queue's depth, sampled by `/metrics`.
+pub fn queued_tasks(queued: i64) {
+    gauge!(TASKS_QUEUED).set(queued as f64);
+}
+
+/// A queued task was dispatched after waiting `waited`.
+pub fn queue_wait(waited: std::time::Duration) {
+    histogram!(QUEUE_WAIT).record(waited.as_secs_f64());
+}
+
+/// A queued task failed with `timeout`.
+pub fn queue_timeout() {
+    counter!(QUEUE_TIMEOUTS).increment(1);
+}
+
 pub fn open_tasks(pending: i64, running: i64) {
     gauge!(TASKS_OPEN, "status" => "pending").set(pending as f64);
     gauge!(TASKS_OPEN, "status" => "running").set(running as f64);

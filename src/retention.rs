@@ -174,5 +174,9 @@ async fn purge_tasks(db: &Db, age_secs: f64, limit: usize) -> sqlx::Result<usize
         })?;
     }
     tx.commit().await?;
+    let finished = crate::tasks::FinishedTasks::shared();
+    for id in &ids {
+        finished.forget(id);
+    }
     Ok(ids.len())
 }

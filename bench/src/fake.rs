@@ -2,10 +2,15 @@
 //! is neither the gateway's nor the load generator's. `createTask` answers a new job id at once;
 //! `recordInfo` answers `success` at once, except for jobs whose id starts with `hold-`, which stay
 //! `generating` for ever (the memory scenario's running tasks).
+//!
+//! `GET /floor/task` is the poll floor: a bare handler on the gateway's stack (axum on tokio) that
+//! answers a fixed JSON body of a finished task's size, with nothing else to do.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::body::Bytes;
 use axum::extract::Query;
+use axum::http::header;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -13,8 +18,10 @@ use serde_json::{json, Value};
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 pub async fn serve(port: u16) -> anyhow::Result<()> {
-    let router =
-        Router::new().route("/api/v1/jobs/createTask", post(create)).route("/api/v1/jobs/recordInfo", get(record_info));
+    let router = Router::new()
+        .route("/api/v1/jobs/createTask", post(create))
+        .route("/api/v1/jobs/recordInfo", get(record_info))
+        .route("/floor/task", get(floor_task));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, router).await?;
     Ok(())
@@ -23,6 +30,27 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
 async fn create() -> Json<Value> {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     Json(json!({"code": 200, "msg": "success", "data": {"taskId": format!("bench-{id}")}}))
+}
+
+/// A finished task's answer, as the gateway's `GET /api/v1/tasks/{id}` gives it (same fields, same
+/// size, a signed link), made once.
+static FLOOR_TASK: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+    let task = json!({
+        "task_id": "task_01KBFLOORFLOORFLOORFLOORFL", "model": "seedream-4-5", "sub_model": "seedream/4.5-text-to-image",
+        "status": "succeeded",
+        "input": {"prompt": "A serene mountain lake at sunrise with reflections, photorealistic", "aspect_ratio": "16:9",
+                  "quality": "high", "image_urls": []},
+        "output": {"images": [{"url": "http://127.0.0.1:8080/files/Q2xvb3JGbG9vckZsb29yRmxvb3JGbG9vcg.png?exp=1764460800&sig=c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXI"}]},
+        "error": null, "credits": {"price": 12, "charged": 12, "state": "charged"}, "callback_url": null,
+        "provider": {"label": "KIE", "simulated": false},
+        "created_at": "2026-11-30T01:00:00.000Z", "updated_at": "2026-11-30T01:00:01.000Z",
+        "completed_at": "2026-11-30T01:00:01.000Z"
+    });
+    Bytes::from(task.to_string())
+});
+
+async fn floor_task() -> ([(header::HeaderName, &'static str); 1], Bytes) {
+    ([(header::CONTENT_TYPE, "application/json")], FLOOR_TASK.clone())
 }
 
 async fn record_info(Query(query): Query<Vec<(String, String)>>) -> Json<Value> {

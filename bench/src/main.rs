@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p aio-bench -- takeover`: see [`takeover`].
 //!
-//! `cargo run --release -p aio-bench -- all [--secs N] [--rows N] [--running N]`: builds the gateway
+//! `cargo run --release -p aio-bench -- all [--secs N] [--rows N] [--running N] [--poll-rate N]
+//! [--create-rate N] [--only a,b]`: builds the gateway
 //! (release), starts an instant fake KIE upstream and the gateway as separate processes on a fresh
 //! database of the local PostgreSQL server, runs the scenarios of docs/performance.md,
 //! prints a Markdown table and writes `bench/results/latest.json`.
@@ -30,10 +31,25 @@ pub struct Options {
     pub rows: i64,
     /// Running tasks for the memory measurement.
     pub running: i64,
+    /// The open-loop poll's rate (requests/s).
+    pub poll_rate: f64,
+    /// The open-loop create's rate (requests/s).
+    pub create_rate: f64,
+    /// Only these scenarios (create, poll, open, writes, e2e, scale, memory); empty: all.
+    pub only: Vec<String>,
 }
 
+const SCENARIOS: [&str; 7] = ["create", "poll", "open", "writes", "e2e", "scale", "memory"];
+
 fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut options = Options { measure: Duration::from_secs(8), rows: 1_000_000, running: 100_000 };
+    let mut options = Options {
+        measure: Duration::from_secs(8),
+        rows: 1_000_000,
+        running: 100_000,
+        poll_rate: 10_000.0,
+        create_rate: 300.0,
+        only: Vec::new(),
+    };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{arg} needs a value"));
@@ -41,9 +57,18 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--secs" => options.measure = Duration::from_secs(value()?.parse()?),
             "--rows" => options.rows = value()?.parse()?,
             "--running" => options.running = value()?.parse()?,
+            "--poll-rate" => options.poll_rate = value()?.parse()?,
+            "--create-rate" => options.create_rate = value()?.parse()?,
+            "--only" => {
+                options.only = value()?.split(',').map(str::to_owned).collect();
+                if let Some(unknown) = options.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+                    bail!("--only: unknown scenario {unknown} (one of {})", SCENARIOS.join(", "));
+                }
+            }
             other => bail!("unknown option {other}"),
         }
     }
+    anyhow::ensure!(options.poll_rate > 0.0 && options.create_rate > 0.0, "rates must be positive");
     Ok(options)
 }
 
@@ -59,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Some("time-to-result") => result_time::run(result_time::parse(&args[1..])?).await,
         Some("takeover") => takeover::run(takeover::parse(&args[1..])?).await,
         _ => bail!(
-            "usage: aio-bench all [--secs N] [--rows N] [--running N]\n       \
+            "usage: aio-bench all [--secs N] [--rows N] [--running N] [--poll-rate N] [--create-rate N] [--only create,poll,open,writes,e2e,scale,memory]\n       \
              aio-bench time-to-result [--gateway BINARY] [--catalog PATH] [--config PATH] [--concurrency N] [--tasks N] [--poll-after SECS]\n       \
              aio-bench takeover [--gateway BINARY] [--tasks N] [--heartbeat-ms MS] [--stale-ms MS] [--lease-secs SECS]"
         ),

@@ -13,30 +13,38 @@ fn cpu_ticks(pid: &str) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// CPU used by a process since this clock was started.
+/// CPU used by a group of processes since this clock was started (a process that ends meanwhile
+/// counts up to its last reading: none, so its CPU is left out).
 pub struct CpuClock {
-    pid: String,
-    ticks: u64,
+    pids: Vec<(String, u64)>,
     at: Instant,
 }
 
 impl CpuClock {
     pub fn own() -> Option<CpuClock> {
-        CpuClock::start("self".into())
+        CpuClock::start(vec!["self".into()])
     }
 
     pub fn of(pid: u32) -> Option<CpuClock> {
-        CpuClock::start(pid.to_string())
+        CpuClock::start(vec![pid.to_string()])
     }
 
-    fn start(pid: String) -> Option<CpuClock> {
-        Some(CpuClock { ticks: cpu_ticks(&pid)?, pid, at: Instant::now() })
+    /// The processes `pids` together; `None` when none of them can be read.
+    pub fn of_all(pids: &[u32]) -> Option<CpuClock> {
+        CpuClock::start(pids.iter().map(u32::to_string).collect())
+    }
+
+    fn start(pids: Vec<String>) -> Option<CpuClock> {
+        let pids: Vec<(String, u64)> =
+            pids.into_iter().filter_map(|pid| cpu_ticks(&pid).map(|ticks| (pid, ticks))).collect();
+        (!pids.is_empty()).then(|| CpuClock { pids, at: Instant::now() })
     }
 
     /// Average cores busy since the start (1.0 = one core all the time).
     pub fn cores(&self) -> f64 {
-        let used = cpu_ticks(&self.pid).map_or(0, |now| now.saturating_sub(self.ticks)) as f64 / TICKS_PER_SEC;
-        used / self.at.elapsed().as_secs_f64()
+        let used: u64 =
+            self.pids.iter().map(|(pid, start)| cpu_ticks(pid).map_or(0, |now| now.saturating_sub(*start))).sum();
+        used as f64 / TICKS_PER_SEC / self.at.elapsed().as_secs_f64()
     }
 }
 

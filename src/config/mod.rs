@@ -33,7 +33,7 @@ pub use catalog::{BillingSettings, BootstrapSettings, CatalogSettings};
 pub use durations::{format_duration, parse_duration};
 pub use files::{FileSettings, ImageType, ResultSettings, RetentionSettings, S3Settings, StoreKind};
 pub use openai::{EventSettings, OpenAiSettings};
-pub use providers::{ProviderKind, ProviderMode, ProviderSettings};
+pub use providers::{ProviderKind, ProviderMode, ProviderSettings, SubmitWindow};
 pub use server::{DatabaseBackend, DatabaseSettings, LogFormat, LogSettings, RateLimitSettings, Role, ServerSettings};
 pub use tasks::TaskSettings;
 pub use webhooks::{BodyVersion, WebhookSettings};
@@ -230,6 +230,8 @@ mod tests {
             "tasks.lease_secs",
             "tasks.batch_size",
             "tasks.max_in_flight",
+            "tasks.max_queued_per_account",
+            "tasks.max_queue_secs",
             "results.max_bytes",
             "results.timeout_secs",
             "files.link_ttl_secs",
@@ -249,6 +251,18 @@ mod tests {
         // Where 0 means "no wait", it stays allowed.
         assert_eq!(with("tasks.dispatch_wait_ms", 0).map(|s| s.tasks.dispatch_wait), Ok(Duration::ZERO));
         assert_eq!(with("server.shutdown_grace_secs", 0).map(|s| s.server.shutdown_grace), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_submit_window_is_parsed_at_load_and_a_bad_one_refused_naming_the_key() {
+        let settings = from_toml("[providers.kie]\nkind = \"kie\"\nmax_submits = \"20/10s\"").expect("loads");
+        let window = settings.providers["kie"].max_submits.expect("a window");
+        assert_eq!((window.max, window.window), (20, Duration::from_secs(10)));
+        for bad in ["20", "0/10s", "20/0s", "20 per 10s", "x/1s"] {
+            let toml = format!("[providers.kie]\nkind = \"kie\"\nmax_submits = \"{bad}\"");
+            let error = from_toml(&toml).map(|_| ()).expect_err("refused");
+            assert!(error.contains("providers.kie.max_submits"), "{error}");
+        }
     }
 
     #[test]

@@ -95,6 +95,45 @@ pub struct ProviderSettings {
     /// `node30`; default the provider id.
     #[serde(default)]
     pub node_label: Option<String>,
+    /// `max_submits`, e.g. `"20/10s"`: at most 20 submits to this provider in any 10 s. Tasks beyond
+    /// wait `queued` (see [`crate::admission`]). Absent: no window.
+    #[serde(default)]
+    pub max_submits: Option<SubmitWindow>,
+}
+
+/// A provider's submit window: at most `max` submits in any `window`. Written `"20/10s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitWindow {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl std::str::FromStr for SubmitWindow {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a submit window like \"20/10s\" (submits / duration, both above 0)");
+        let (max, window) = text.split_once('/').ok_or_else(bad)?;
+        let max: u32 = max.trim().parse().map_err(|_| bad())?;
+        let window = durations::parse_duration(window).map_err(|_| bad())?;
+        if max == 0 || window.is_zero() {
+            return Err(bad());
+        }
+        Ok(SubmitWindow { max, window })
+    }
+}
+
+impl<'de> Deserialize<'de> for SubmitWindow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for SubmitWindow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{}/{}", self.max, durations::format_duration(self.window)))
+    }
 }
 
 fn default_true() -> bool {
@@ -132,6 +171,7 @@ impl ProviderSettings {
             webhook_hmac_key: None,
             jwks_url: None,
             node_label: None,
+            max_submits: None,
         }
     }
 

@@ -58,6 +58,11 @@ pub struct TaskSettings {
     pub create_queue_max: NonZeroUsize,
     /// Batches committing at once on PostgreSQL (SQLite: always one).
     pub create_committers: NonZeroUsize,
+    /// The most `queued` tasks one account may have; a create beyond is refused 429 `queue_full`.
+    pub max_queued_per_account: NonZeroUsize,
+    /// `max_queue_secs`. A task `queued` longer fails with `timeout` and its credits are released.
+    #[serde(rename = "max_queue_secs", with = "durations::positive_secs")]
+    pub max_queue: Duration,
 }
 
 impl Default for TaskSettings {
@@ -79,6 +84,8 @@ impl Default for TaskSettings {
             create_batch_max: const { NonZeroUsize::new(256).unwrap() },
             create_queue_max: const { NonZeroUsize::new(4096).unwrap() },
             create_committers: const { NonZeroUsize::new(2).unwrap() },
+            max_queued_per_account: const { NonZeroUsize::new(1000).unwrap() },
+            max_queue: Duration::from_secs(600),
         }
     }
 }

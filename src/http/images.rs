@@ -24,7 +24,7 @@ use crate::tasks::TaskView;
     request_body = CreateRequest,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "1–255 characters. The same key and request within 24 h return the first task and hold nothing new; another request with it is 409.")),
     responses(
-        (status = 200, description = "The task, pending or running; its price is held.", body = TaskView,
+        (status = 200, description = "The task, queued, pending or running; its price is held.", body = TaskView,
          headers(("Location" = String, description = "/api/v1/tasks/{task_id}"))),
         (status = 402, description = "The price is above the available credits.", body = ErrorEnvelope),
         (status = 409, description = "The Idempotency-Key was used with another request.", body = ErrorEnvelope),

@@ -32,6 +32,10 @@ pub async fn render(State(state): State<AppState>) -> Response {
         Ok((pending, running)) => monitoring::open_tasks(pending, running),
         Err(error) => tracing::warn!(error = %error, "counting open tasks for /metrics failed"),
     }
+    match tasks::admission::depth(&state.pool).await {
+        Ok(queued) => monitoring::queued_tasks(queued),
+        Err(error) => tracing::warn!(error = %error, "counting queued tasks for /metrics failed"),
+    }
     let text = monitoring::render(&state.pool);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

@@ -34,7 +34,8 @@ pub struct ErrorDetail {
     message: String,
     /// Also in the `x-request-id` header.
     request_id: String,
-    /// A limit's refusal (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`): whose limit.
+    /// A limit's refusal (`model_not_allowed`, `credit_cap_reached`, `too_many_in_flight`, `queue_full`):
+    /// whose limit (`queue_full`: always `account`).
     #[schema(nullable = false)]
     scope: Option<RefusalScope>,
     /// `model_not_allowed`: the sub-model refused.
@@ -47,11 +48,14 @@ pub struct ErrorDetail {
     #[schema(nullable = false)]
     period: Option<CapPeriod>,
     /// `credit_cap_reached`: when the period's count starts again (UTC).
-    #[schema(nullable = false)]
+    #[schema(nullable = false, format = DateTime)]
     resets_at: Option<String>,
     /// `too_many_in_flight`: the limit reached.
     #[schema(nullable = false)]
     max_in_flight: Option<i64>,
+    /// `queue_full`: how many tasks an account may have `queued` (`tasks.max_queued_per_account`).
+    #[schema(nullable = false)]
+    max_queued: Option<i64>,
 }
 
 #[derive(ToSchema)]

@@ -30,6 +30,8 @@ pub struct AppState {
     /// The outbound URL guard, for URLs in requests.
     pub guard: Arc<Guard>,
     pub files: FileStore,
+    /// Finished tasks, for the status poll (`GET /api/v1/tasks/{id}`).
+    pub finished: Arc<crate::tasks::FinishedTasks>,
     pub limits: Arc<RateLimiter>,
     /// Session tokens of the dashboard and admin routes; `None` when no key is configured.
     pub jwt: Option<Arc<JwtAuth>>,

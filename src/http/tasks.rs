@@ -1,9 +1,13 @@
 //! `GET /api/v1/tasks/{task_id}` and `GET /api/v1/tasks`.
 
 use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery};
@@ -20,9 +24,15 @@ use crate::tasks::{self, TaskStatus, TaskView};
     path = "/api/v1/tasks/{task_id}",
     operation_id = "getTask",
     tag = "tasks",
-    params(("task_id" = String, Path, description = "The task id, `task_…`.")),
+    params(
+        ("task_id" = String, Path, description = "The task id, `task_…`."),
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` of an earlier answer: 304 while the answer is still the same."),
+    ),
     responses(
-        (status = 200, description = "The task.", body = TaskView),
+        (status = 200, description = "The task.", body = TaskView,
+         headers(("ETag" = String, description = "A strong validator of this answer (it changes with the task and with its file links)."))),
+        (status = 304, description = "Unchanged since the answer whose `ETag` was sent in `If-None-Match` (no body).",
+         headers(("ETag" = String, description = "The answer's validator."))),
         (status = 404, description = "No such task of this account.", body = ErrorEnvelope),
         KeyErrors,
     ),
@@ -32,11 +42,31 @@ pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(task_id): ApiPath<String>,
-) -> Result<Json<TaskView>, ApiError> {
-    let Some(task) = tasks::get(&state.pool, caller.account_id, &task_id).await? else {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(task) = state.finished.get(&state.pool, caller.account_id, &task_id).await? else {
         return Err(tasks::missing(&state.pool, caller.account_id, &task_id).await.into());
     };
-    Ok(Json(TaskView::from(&task).with_links(|url| state.files.link(url))))
+    let view = TaskView::from(&*task).with_links(|url| state.files.link(url));
+    Ok(tagged(&headers, &view))
+}
+
+/// The JSON answer with a strong `ETag` (a digest of the body itself, so it changes whenever the body
+/// does, link refreshes included), or `304 Not Modified` when `If-None-Match` names it.
+fn tagged(request: &HeaderMap, value: &impl Serialize) -> Response {
+    let Ok(body) = serde_json::to_vec(value) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let digest = Sha256::digest(&body);
+    let etag = format!("\"{}\"", hex::encode(&digest[..16]));
+    let tag = HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    let matches = request.get_all(IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|list| {
+        list.split(',').map(str::trim).any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == etag)
+    });
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(ETAG, tag)]).into_response();
+    }
+    (StatusCode::OK, [(CONTENT_TYPE, HeaderValue::from_static("application/json")), (ETAG, tag)], body).into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -44,6 +44,7 @@ pub const TABLES: &[&str] = &[
     "instances",
     "audit_log",
     "limit_usage",
+    "provider_submits",
 ];
 
 /// How long a SQLite writer waits for the one write lock before giving up.

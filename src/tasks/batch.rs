@@ -21,7 +21,7 @@
 //! to `tasks.create_batch_max`. A batch that fails (a constraint, text the database refuses) is
 //! retried one request at a time, so only the request at fault fails.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,11 +34,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::task::TaskTracker;
 
-use super::{get, CallbackEvent, Created, NewTask, Task, TaskInput, COLUMNS};
+use super::{admission, get, CallbackEvent, Created, NewTask, Task, TaskInput, TaskStatus, COLUMNS};
+use crate::config::SubmitWindow;
 use crate::error::Error;
 use crate::idempotency::{self, Use};
 use crate::ledger::{self, BatchHold};
-use crate::limits::{self, LimitState, Limits, Refusal, Usage};
+use crate::limits::{self, Admit, LimitState, Limits, Refusal, Usage};
 use crate::monitoring;
 use crate::on_tx;
 use crate::pricing::PriceStep;
@@ -55,11 +56,13 @@ pub struct AccountState {
     pub limits: Option<(Limits, Usage)>,
     /// The limits and usage of each key creating in the batch.
     pub keys: HashMap<String, (Limits, Usage)>,
+    /// The account's `queued` tasks: stored, and queued by the batch's earlier requests.
+    pub queued: i64,
 }
 
 impl AccountState {
     pub fn new(balance: i64, now: DateTime<Utc>) -> AccountState {
-        AccountState { balance, now, limits: None, keys: HashMap::new() }
+        AccountState { balance, now, limits: None, keys: HashMap::new(), queued: 0 }
     }
 
     /// Adds what [`limits::load`] read for one key of the account.
@@ -68,23 +71,35 @@ impl AccountState {
         self.keys.insert(key_id.to_owned(), state.key);
     }
 
-    /// [`limits::decide`] for `key_id`'s request: the usage counts it when admitted.
-    fn admit(&mut self, key_id: &str, new: &NewTask) -> Result<(), Refusal> {
-        let (Some(account), Some(key)) = (self.limits.as_mut(), self.keys.get_mut(key_id)) else {
-            // Not loaded: a request without limits to check (the batch loads every key it names).
-            return Ok(());
+    /// [`limits::admit`] for the request's key: the state it would leave (`None`: no limits to check;
+    /// the batch loads every key it names), not yet applied.
+    fn admit(&self, new: &NewTask) -> Result<(Admit, Option<LimitState>), Refusal> {
+        let Some(key_id) = &new.key_id else { return Ok((Admit::Now, None)) };
+        let (Some(account), Some(key)) = (&self.limits, self.keys.get(key_id)) else {
+            return Ok((Admit::Now, None));
         };
         let mut state = LimitState { now: self.now, key: key.clone(), account: account.clone() };
-        limits::decide(&mut state, &new.model, &new.sub_model, new.price)?;
-        (key.1, account.1) = (state.key.1, state.account.1);
-        Ok(())
+        let admit = limits::admit(&mut state, &new.model, &new.sub_model, new.price)?;
+        Ok((admit, Some(state)))
     }
+}
+
+/// A provider's submit window (`providers.<id>.max_submits`) as a batch decides on it: loaded once per
+/// batch (its lock then held until the commit) and changed in memory by each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowState {
+    /// Slots left: each request admitted at once takes one.
+    pub free: i64,
+    /// Tasks for the provider wait `queued` (stored, or queued by the batch's earlier requests).
+    pub queued: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Hold {
         balance_after: i64,
+        /// The task waits `queued` (admission queue) instead of starting now.
+        queued: bool,
     },
     Insufficient {
         available: i64,
@@ -94,22 +109,47 @@ pub enum Decision {
 }
 
 /// Whether the account takes `new`, after the batch's earlier requests took theirs: its balance first,
-/// then its key's and account's limits. Pure: no SQL; the batch writes what the decisions say.
-pub fn decide(account: &mut AccountState, new: &NewTask) -> Decision {
+/// then its key's and account's limits ([`limits::admit`]), then the admission queue: the task is
+/// `queued` when a `max_in_flight` is full, when the account has queued tasks (first in, first out),
+/// or when its provider has a submit window (`window`) that is full or has queued tasks; else it takes
+/// a slot of the window. A task that would queue beyond `max_queued` is refused (`queue_full`).
+/// Pure: no SQL; the batch writes what the decisions say. A refusal changes nothing.
+pub fn decide(account: &mut AccountState, window: Option<&mut WindowState>, new: &NewTask) -> Decision {
     if account.balance < new.price {
         return Decision::Insufficient { available: account.balance };
     }
-    if let Some(key_id) = &new.key_id {
-        match account.admit(key_id, new) {
-            Ok(()) => {}
-            // The key or account has its max_in_flight unfinished tasks (an admission queue would
-            // queue the request here instead).
-            Err(refusal @ Refusal::InFlight { .. }) => return Decision::Refused(refusal),
-            Err(refusal) => return Decision::Refused(refusal),
+    let (admit, state) = match account.admit(new) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return Decision::Refused(refusal),
+    };
+    // The one branch point of the admission queue: queue instead of refusing (or starting now).
+    let queued = admit == Admit::Queue
+        || account.queued > 0
+        || window.as_ref().is_some_and(|window| window.queued || window.free <= 0);
+    if queued && account.queued >= new.max_queued {
+        return Decision::Refused(Refusal::QueueFull { max: new.max_queued });
+    }
+    if let (Some(mut state), Some(key_id)) = (state, &new.key_id) {
+        if queued && admit == Admit::Now {
+            // Admitted at once by the limits but queued behind others: not in flight until dispatched.
+            state.key.1.in_flight -= 1;
+            state.account.1.in_flight -= 1;
         }
+        account.limits = Some(state.account);
+        account.keys.insert(key_id.clone(), state.key);
+    }
+    match (queued, window) {
+        (true, window) => {
+            account.queued += 1;
+            if let Some(window) = window {
+                window.queued = true;
+            }
+        }
+        (false, Some(window)) => window.free -= 1,
+        (false, None) => {}
     }
     account.balance -= new.price;
-    Decision::Hold { balance_after: account.balance }
+    Decision::Hold { balance_after: account.balance, queued }
 }
 
 /// Commits `batch` in one transaction (see the module). One answer per request, in order: `None` when
@@ -131,6 +171,17 @@ pub async fn commit(db: &Db, batch: &[&NewTask]) -> sqlx::Result<Vec<Option<Crea
             account.add_limits(limits::load(&mut tx, new.account_id, key_id, now).await?, key_id);
         }
     }
+    for (account_id, account) in &mut accounts {
+        account.queued = admission::count_queued(&mut tx, *account_id).await?;
+    }
+    // The windows in provider order: concurrent batches lock them in one order.
+    let named: BTreeMap<&str, SubmitWindow> =
+        batch.iter().filter_map(|new| Some((new.provider.as_str(), new.window?))).collect();
+    let mut windows: HashMap<&str, WindowState> = HashMap::new();
+    for (provider, window) in named {
+        let free = admission::free_slots(&mut tx, provider, window).await?;
+        windows.insert(provider, WindowState { free, queued: admission::provider_queued(&mut tx, provider).await? });
+    }
     let uses: Vec<Use> = batch.iter().filter_map(|new| key_use(new)).collect();
     let mut keys: HashSet<(i64, String)> =
         if uses.is_empty() { HashSet::new() } else { idempotency::taken(&mut tx, &uses).await?.into_iter().collect() };
@@ -142,8 +193,9 @@ pub async fn commit(db: &Db, batch: &[&NewTask]) -> sqlx::Result<Vec<Option<Crea
                     return None;
                 }
             }
+            let window = new.window.and_then(|_| windows.get_mut(new.provider.as_str()));
             Some(match accounts.get_mut(&new.account_id) {
-                Some(account) => decide(account, new),
+                Some(account) => decide(account, window, new),
                 None => Decision::Insufficient { available: 0 },
             })
         })
@@ -151,11 +203,15 @@ pub async fn commit(db: &Db, batch: &[&NewTask]) -> sqlx::Result<Vec<Option<Crea
     let mut held = Vec::new();
     let mut holds = Vec::new();
     let mut counted = Vec::new();
+    let mut slots = Vec::new();
     for (new, decision) in batch.iter().zip(&decisions) {
-        if let Some(Decision::Hold { balance_after }) = decision {
-            held.push(*new);
+        if let Some(Decision::Hold { balance_after, queued }) = decision {
+            held.push((*new, *queued));
             if let Some(key_id) = &new.key_id {
-                counted.push((new.account_id, key_id.as_str(), new.price));
+                counted.push((new.account_id, key_id.as_str(), new.price, !queued));
+            }
+            if new.window.is_some() && !queued {
+                slots.push(*new);
             }
             holds.push(BatchHold {
                 account_id: new.account_id,
@@ -168,7 +224,7 @@ pub async fn commit(db: &Db, batch: &[&NewTask]) -> sqlx::Result<Vec<Option<Crea
     let mut tasks: HashMap<String, Task> = HashMap::new();
     if !held.is_empty() {
         tasks = insert(&mut tx, &held).await?.into_iter().map(|task| (task.id.clone(), task)).collect();
-        let claims: Vec<Use> = held.iter().filter_map(|new| key_use(new)).collect();
+        let claims: Vec<Use> = held.iter().filter_map(|(new, _)| key_use(new)).collect();
         if tasks.len() != held.len()
             || (!claims.is_empty() && idempotency::claim(&mut tx, &claims).await? != claims.len() as u64)
         {
@@ -176,6 +232,9 @@ pub async fn commit(db: &Db, batch: &[&NewTask]) -> sqlx::Result<Vec<Option<Crea
         }
         ledger::hold_all(&mut tx, &holds).await?;
         limits::record_creates(&mut tx, &counted, now).await?;
+        for new in slots {
+            admission::reserve_slot(&mut tx, &new.provider, &new.id, false).await?;
+        }
     }
     tx.commit().await?;
     Ok(batch
@@ -212,6 +271,7 @@ struct Row<'a> {
     deadline_secs: f64,
     lease_secs: f64,
     callback_events: Option<&'a [CallbackEvent]>,
+    status: TaskStatus,
     leased_by: Option<&'a str>,
     token_hash: Option<String>,
 }
@@ -233,15 +293,17 @@ const ROW_COLUMNS: &[(&str, &str)] = &[
     ("deadline_secs", "float8"),
     ("lease_secs", "float8"),
     ("callback_events", "jsonb"),
+    ("status", "text"),
     ("leased_by", "text"),
     ("token_hash", "text"),
 ];
 
-/// The tasks in one statement, pending, each born claimed by its creator when it has a lease.
-async fn insert(tx: &mut Tx, batch: &[&NewTask]) -> sqlx::Result<Vec<Task>> {
+/// The tasks in one statement: `pending`, each born claimed by its creator when it has a lease, or
+/// `queued` (unleased, with no callback token: its dispatch makes one).
+async fn insert(tx: &mut Tx, batch: &[(&NewTask, bool)]) -> sqlx::Result<Vec<Task>> {
     let rows: Vec<Row> = batch
         .iter()
-        .map(|new| Row {
+        .map(|&(new, queued)| Row {
             id: &new.id,
             account_id: new.account_id,
             model: &new.model,
@@ -258,8 +320,13 @@ async fn insert(tx: &mut Tx, batch: &[&NewTask]) -> sqlx::Result<Vec<Task>> {
             deadline_secs: new.deadline.as_secs_f64(),
             lease_secs: new.lease.unwrap_or_default().as_secs_f64(),
             callback_events: new.callback_events.as_deref(),
-            leased_by: new.lease.map(|_| new.owner.as_str()),
-            token_hash: new.callback_token.as_ref().map(|token| hex::encode(Sha256::digest(token.as_bytes()))),
+            status: if queued { TaskStatus::Queued } else { TaskStatus::Pending },
+            leased_by: new.lease.filter(|_| !queued).map(|_| new.owner.as_str()),
+            token_hash: new
+                .callback_token
+                .as_ref()
+                .filter(|_| !queued)
+                .map(|token| hex::encode(Sha256::digest(token.as_bytes()))),
         })
         .collect();
     let d = tx.dialect();
@@ -267,7 +334,7 @@ async fn insert(tx: &mut Tx, batch: &[&NewTask]) -> sqlx::Result<Vec<Task>> {
         "INSERT INTO tasks (id, account_id, model, sub_model, status, input, price, callback_url, provider,
                             upstream_model, provider_label, simulated, deadline_at, next_poll_at, callback_events,
                             leased_by, callback_token_hash, price_breakdown, key_id)
-         SELECT r.id, r.account_id, r.model, r.sub_model, 'pending', r.input, r.price, r.callback_url, r.provider,
+         SELECT r.id, r.account_id, r.model, r.sub_model, r.status, r.input, r.price, r.callback_url, r.provider,
                 r.upstream_model, r.provider_label, r.simulated, {deadline}, {lease}, r.callback_events,
                 r.leased_by, {token}, r.price_breakdown, r.key_id
          FROM {rows}
@@ -449,6 +516,8 @@ mod tests {
             owner: "inst".into(),
             idempotency: None,
             callback_token: None,
+            window: None,
+            max_queued: 1000,
         }
     }
 
@@ -456,15 +525,15 @@ mod tests {
     fn requests_are_decided_in_order_against_what_the_earlier_ones_took() {
         let mut account = AccountState::new(30, Utc::now());
         let decisions: Vec<Decision> =
-            [12, 12, 12, 6, 0].iter().map(|price| decide(&mut account, &costing(*price))).collect();
+            [12, 12, 12, 6, 0].iter().map(|price| decide(&mut account, None, &costing(*price))).collect();
         assert_eq!(
             decisions,
             [
-                Decision::Hold { balance_after: 18 },
-                Decision::Hold { balance_after: 6 },
+                Decision::Hold { balance_after: 18, queued: false },
+                Decision::Hold { balance_after: 6, queued: false },
                 Decision::Insufficient { available: 6 },
-                Decision::Hold { balance_after: 0 },
-                Decision::Hold { balance_after: 0 },
+                Decision::Hold { balance_after: 0, queued: false },
+                Decision::Hold { balance_after: 0, queued: false },
             ]
         );
         assert_eq!(account.balance, 0);
@@ -480,8 +549,11 @@ mod tests {
             .add_limits(LimitState { now, key: (key, Usage::default()), account: (whole, Usage::default()) }, "key_a");
         let keyed = |price| NewTask { key_id: Some("key_a".into()), ..costing(price) };
         let decisions: Vec<Decision> =
-            [10, 10, 1].into_iter().map(|price| decide(&mut account, &keyed(price))).collect();
-        assert_eq!(decisions[..2], [Decision::Hold { balance_after: 90 }, Decision::Hold { balance_after: 80 }]);
+            [10, 10, 1].into_iter().map(|price| decide(&mut account, None, &keyed(price))).collect();
+        assert_eq!(
+            decisions[..2],
+            [Decision::Hold { balance_after: 90, queued: false }, Decision::Hold { balance_after: 80, queued: false }]
+        );
         assert!(matches!(decisions[2], Decision::Refused(Refusal::InFlight { max: 2, .. })));
         let other = NewTask { key_id: Some("key_b".into()), ..costing(10) };
         account.add_limits(
@@ -493,7 +565,7 @@ mod tests {
             "key_b",
         );
         // The account's cap counts key_a's 20: 10 more would pass 25.
-        assert!(matches!(decide(&mut account, &other), Decision::Refused(Refusal::CapReached { cap: 25, .. })));
+        assert!(matches!(decide(&mut account, None, &other), Decision::Refused(Refusal::CapReached { cap: 25, .. })));
         assert_eq!(account.balance, 80);
     }
 }

@@ -1,10 +1,13 @@
 //! Tasks: the type, its state machine and its queries; [`view`] is the task object clients see.
 //!
-//! `pending → running → succeeded | failed | cancelled` (a client may cancel while unfinished). Every transition is an `UPDATE … WHERE status IN (…)`,
+//! `[queued →] pending → running → succeeded | failed | cancelled` (a client may cancel while
+//! unfinished; `queued` waits for room, see [`admission`]). Every transition is an `UPDATE … WHERE status IN (…)`,
 //! so when two workers race, the row count tells exactly one of them that it won. Terminal
 //! transitions settle the credits and enqueue the webhook in the same transaction.
 
+pub mod admission;
 pub mod batch;
+mod finished;
 mod view;
 
 use std::time::Duration;
@@ -14,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 
-use crate::config::BodyVersion;
+use crate::config::{BodyVersion, SubmitWindow};
 use crate::error::Error;
 use crate::files::FileStore;
 use crate::idempotency::IdempotencyKey;
@@ -26,12 +29,15 @@ use crate::webhooks::queue::{self, Delivery, Event};
 use crate::{ids, on_db, on_tx};
 
 pub use batch::{AccountState, Batcher, BatcherSettings, Decision};
+pub use finished::FinishedTasks;
 pub use view::{timestamp, CreditsState, CreditsView, TaskView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// Waiting for room under a `max_in_flight` or a provider's submit window; credits held.
+    Queued,
     Pending,
     Running,
     Succeeded,
@@ -42,6 +48,7 @@ pub enum TaskStatus {
 impl TaskStatus {
     pub fn parse(value: &str) -> Option<TaskStatus> {
         match value {
+            "queued" => Some(TaskStatus::Queued),
             "pending" => Some(TaskStatus::Pending),
             "running" => Some(TaskStatus::Running),
             "succeeded" => Some(TaskStatus::Succeeded),
@@ -54,6 +61,7 @@ impl TaskStatus {
     /// As serialised.
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskStatus::Queued => "queued",
             TaskStatus::Pending => "pending",
             TaskStatus::Running => "running",
             TaskStatus::Succeeded => "succeeded",
@@ -63,7 +71,7 @@ impl TaskStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, TaskStatus::Pending | TaskStatus::Running)
+        !matches!(self, TaskStatus::Queued | TaskStatus::Pending | TaskStatus::Running)
     }
 }
 
@@ -181,6 +189,10 @@ pub struct Task {
     pub charged: Option<i64>,
     /// The key that created it (`None` before limits): its settlement updates that key's usage.
     pub key_id: Option<String>,
+    /// Its place in its account's queue while `queued` (not a column: see
+    /// [`admission::fill_positions`]).
+    #[sqlx(default)]
+    pub queue_position: Option<i64>,
 }
 
 impl Task {
@@ -247,6 +259,10 @@ pub struct NewTask {
     /// The callback token of the first submit, stored (its SHA-256) with the task when the creating
     /// process submits it itself: one write less than [`new_callback_token`] after the create.
     pub callback_token: Option<String>,
+    /// The submit window of the task's provider, if it has one: full, the task is queued.
+    pub window: Option<SubmitWindow>,
+    /// `tasks.max_queued_per_account`: a create that would queue beyond it is refused.
+    pub max_queued: i64,
 }
 
 /// What makes two creates with one `Idempotency-Key` the same request: the request after validation
@@ -301,7 +317,11 @@ pub async fn create(db: &Db, new: NewTask) -> sqlx::Result<Created> {
 /// One task of one account: another account's task is indistinguishable from a missing one.
 pub async fn get(db: &Db, account_id: i64, task_id: &str) -> sqlx::Result<Option<Task>> {
     let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 AND account_id = $2");
-    on_db!(db, pool => sqlx::query_as(&sql).bind(task_id).bind(account_id).fetch_optional(pool).await)
+    let task: Option<Task> =
+        on_db!(db, pool => sqlx::query_as(&sql).bind(task_id).bind(account_id).fetch_optional(pool).await)?;
+    let mut found: Vec<Task> = task.into_iter().collect();
+    admission::fill_positions(db, &mut found).await?;
+    Ok(found.pop())
 }
 
 /// A page cursor is the id of the last task of the previous page (see [`crate::paging`]).
@@ -328,7 +348,9 @@ pub async fn list(
            AND ($6 IS NULL OR model = $6 OR sub_model = $6)
          ORDER BY id DESC LIMIT $7"
     );
-    on_db!(db, pool => filter.bind_to(sqlx::query_as(&sql).bind(account_id).bind(before).bind(status)).bind(limit).fetch_all(pool).await)
+    let mut page: Vec<Task> = on_db!(db, pool => filter.bind_to(sqlx::query_as(&sql).bind(account_id).bind(before).bind(status)).bind(limit).fetch_all(pool).await)?;
+    admission::fill_positions(db, &mut page).await?;
+    Ok(page)
 }
 
 /// An account's tasks matching `filter`, newest first, strictly older than `before` when given.
@@ -567,6 +589,12 @@ pub async fn settle_as(
     body_version: BodyVersion,
 ) -> sqlx::Result<Option<Task>> {
     let mut tx = db.begin().await?;
+    // What it was: a `queued` task was not in flight. The row is locked (SQLite: the one writer).
+    let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
+    let was: Option<TaskStatus> = on_tx!(&mut tx, conn => sqlx::query_scalar(&format!("SELECT status FROM tasks WHERE id = $1{lock}"))
+        .bind(task_id)
+        .fetch_optional(conn)
+        .await)?;
     let (status, output, error) = match &outcome {
         Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
         Outcome::Failed(error) => (TaskStatus::Failed, None, Some(Json(error))),
@@ -575,7 +603,7 @@ pub async fn settle_as(
     let sql = format!(
         "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now},
                           leased_by = NULL
-         WHERE id = $1 AND status IN ('pending', 'running')
+         WHERE id = $1 AND status IN ('queued', 'pending', 'running')
          RETURNING {COLUMNS}",
         now = tx.dialect().now()
     );
@@ -589,7 +617,7 @@ pub async fn settle_as(
     let Some(task) = settled else {
         return Ok(None);
     };
-    let task = settle_credits(&mut tx, task).await?;
+    let task = settle_credits(&mut tx, task, was != Some(TaskStatus::Queued)).await?;
     if let Some(event) = webhook_event(&task, CallbackEvent::Completed, body_version, files) {
         queue::enqueue(&mut tx, &event, webhook_delay).await?;
     }
@@ -599,7 +627,7 @@ pub async fn settle_as(
 
 /// The settlement of a task that just ended: a success is charged per image delivered (see
 /// [`Task::charge_for`]), anything else nothing; the rest of the hold is released. Records `charged`.
-async fn settle_credits(tx: &mut Tx, mut task: Task) -> sqlx::Result<Task> {
+async fn settle_credits(tx: &mut Tx, mut task: Task, in_flight: bool) -> sqlx::Result<Task> {
     let delivered = task.output.as_ref().map_or(0, |output| output.images.len());
     let charged = match task.status {
         TaskStatus::Succeeded => task.charge_for(delivered),
@@ -608,7 +636,7 @@ async fn settle_credits(tx: &mut Tx, mut task: Task) -> sqlx::Result<Task> {
     let reason = format!("{delivered} of {} images delivered", task.input.images());
     ledger::settle(tx, task.account_id, &task.id, task.price, charged, &reason).await?;
     if let Some(key_id) = &task.key_id {
-        limits::record_settle(tx, task.account_id, key_id, task.created_at, task.price - charged).await?;
+        limits::record_settle(tx, task.account_id, key_id, task.created_at, task.price - charged, in_flight).await?;
     }
     on_tx!(tx, conn => sqlx::query("UPDATE tasks SET charged = $2 WHERE id = $1")
         .bind(&task.id)

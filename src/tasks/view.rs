@@ -29,6 +29,9 @@ pub struct TaskView {
     pub updated_at: String,
     #[schema(required = true, format = DateTime)]
     pub completed_at: Option<String>,
+    /// While `queued`: its place among the account's queued tasks, 1 = dispatched next; else `null`.
+    #[schema(required = true)]
+    pub queue_position: Option<i64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -88,7 +91,7 @@ impl TaskView {
 impl From<&Task> for TaskView {
     fn from(task: &Task) -> Self {
         let state = match task.status {
-            TaskStatus::Pending | TaskStatus::Running => CreditsState::Held,
+            TaskStatus::Queued | TaskStatus::Pending | TaskStatus::Running => CreditsState::Held,
             TaskStatus::Succeeded => CreditsState::Charged,
             TaskStatus::Failed | TaskStatus::Cancelled => CreditsState::Refunded,
         };
@@ -114,6 +117,7 @@ impl From<&Task> for TaskView {
             created_at: timestamp(task.created_at),
             updated_at: timestamp(task.updated_at),
             completed_at: task.completed_at.map(timestamp),
+            queue_position: task.queue_position,
         }
     }
 }

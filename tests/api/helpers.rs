@@ -445,7 +445,7 @@ impl TestApp {
         loop {
             self.run_pending().await;
             let (open,): (i64,) = on_db!(&self.db, pool => sqlx::query_as(
-                "SELECT (SELECT count(*) FROM tasks WHERE status IN ('pending', 'running'))
+                "SELECT (SELECT count(*) FROM tasks WHERE status IN ('queued', 'pending', 'running'))
                       + (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')",
             )
             .fetch_one(pool)
@@ -691,7 +691,7 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
         "SELECT a.id, a.balance, a.held,
                 CAST(COALESCE((SELECT SUM(l.amount) FROM ledger l WHERE l.account_id = a.id), 0) AS BIGINT),
                 CAST(COALESCE((SELECT SUM(t.price) FROM tasks t
-                               WHERE t.account_id = a.id AND t.status IN ('pending', 'running')), 0) AS BIGINT)
+                               WHERE t.account_id = a.id AND t.status IN ('queued', 'pending', 'running')), 0) AS BIGINT)
          FROM accounts a ORDER BY a.id",
     )
     .fetch_all(pool)
@@ -763,7 +763,7 @@ pub async fn assert_ledger_consistent_on(db: &Db) {
                 assert_eq!(release, price, "task {id}: release amount {release}, price {price}");
                 assert_eq!(charged, 0, "task {id} {status}: charged {charged}");
             }
-            "pending" | "running" => {
+            "queued" | "pending" | "running" => {
                 assert_eq!((captures, releases), (0, 0), "task {id} {status}: settled while unfinished");
             }
             other => panic!("task {id}: unknown status {other}"),
@@ -806,7 +806,7 @@ pub async fn wait_all_terminal_on(db: &Db) {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let open: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as(
-            "SELECT id, status FROM tasks WHERE status IN ('pending', 'running') ORDER BY id",
+            "SELECT id, status FROM tasks WHERE status IN ('queued', 'pending', 'running') ORDER BY id",
         )
         .fetch_all(pool)
         .await)

@@ -5,8 +5,10 @@ use aio_gateway::accounts;
 use aio_gateway::audit::Actor;
 use aio_gateway::jwt::Role;
 use aio_gateway::limits::{self, Limits};
+use aio_gateway::on_db;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::num::NonZeroUsize;
 
 use crate::helpers::{
     assert_error, assert_ledger_consistent_on, session_token, spawn_dashboard_app_with, Backend, TestApp,
@@ -45,7 +47,11 @@ async fn race(app: &TestApp, key: &str, prompt: &str, status: StatusCode, code: 
 }
 
 async fn caps_hold_under_200_concurrent_creates(backend: Backend) {
-    let app = TestApp::builder().backend(backend).spawn().await;
+    let app = TestApp::builder()
+        .backend(backend)
+        .configure(|settings| settings.tasks.max_queued_per_account = NonZeroUsize::new(100).expect("100"))
+        .spawn()
+        .await;
 
     // A key's daily cap of 120: ten seed tasks of 12, however the creates race.
     let daily = Limits { daily_credit_cap: Some(120), ..Limits::default() };
@@ -57,11 +63,21 @@ async fn caps_hold_under_200_concurrent_creates(backend: Backend) {
     let (_, key) = limited(&app, 100_000, Limits::default(), monthly).await;
     assert_eq!(race(&app, &key, "monthly", StatusCode::TOO_MANY_REQUESTS, "credit_cap_reached").await, (5, 195));
 
-    // At most 7 unfinished at once (the tasks take a minute).
+    // At most 7 unfinished at once (the tasks take a minute): the rest queue, up to
+    // tasks.max_queued_per_account (100 here); beyond, `queue_full`.
     let in_flight = Limits { max_in_flight: Some(7), ..Limits::default() };
-    let (_, key) = limited(&app, 100_000, in_flight, Limits::default()).await;
+    let (account_id, key) = limited(&app, 100_000, in_flight, Limits::default()).await;
     let slow = "[simulate:delay=60000] slow";
-    assert_eq!(race(&app, &key, slow, StatusCode::TOO_MANY_REQUESTS, "too_many_in_flight").await, (7, 193));
+    assert_eq!(race(&app, &key, slow, StatusCode::TOO_MANY_REQUESTS, "queue_full").await, (107, 93));
+    let statuses: Vec<(String, i64)> = on_db!(&app.db, pool => sqlx::query_as(
+        "SELECT CASE WHEN status = 'queued' THEN 'queued' ELSE 'in flight' END AS s, count(*) FROM tasks
+         WHERE account_id = $1 GROUP BY s ORDER BY s",
+    )
+    .bind(account_id)
+    .fetch_all(pool)
+    .await)
+    .expect("count statuses");
+    assert_eq!(statuses, [("in flight".to_owned(), 7), ("queued".to_owned(), 100)]);
     assert_ledger_consistent_on(&app.db).await;
 }
 
@@ -81,16 +97,13 @@ async fn released_credits_and_ended_tasks_free_the_limits_again() {
     let key_limits = Limits { daily_credit_cap: Some(24), max_in_flight: Some(1), ..Limits::default() };
     let (_, key) = limited(&app, 1000, key_limits, Limits::default()).await;
     // A failure releases its credits: they count no more against the day's cap.
-    let failed = app.create_ok(&key, json!({"prompt": "a lake [simulate:fail]"})).await;
-    let (_, message) = assert_error(
-        app.create(&key, json!({"prompt": "another"})).await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_in_flight",
-    )
-    .await;
-    assert!(message.contains("max_in_flight"), "{message}");
+    let failed = app.create_ok(&key, json!({"prompt": "a lake [simulate:fail] [simulate:delay=500]"})).await;
+    // max_in_flight is full: the next one waits, queued, and goes when the first has ended.
+    let queued = app.create_ok(&key, json!({"prompt": "another"})).await;
+    assert_eq!((&queued["status"], &queued["queue_position"]), (&json!("queued"), &json!(1)), "{queued}");
     assert_eq!(app.wait_terminal(&key, failed["task_id"].as_str().expect("id")).await["status"], "failed");
-    for prompt in ["first", "second"] {
+    assert_eq!(app.wait_terminal(&key, queued["task_id"].as_str().expect("id")).await["status"], "succeeded");
+    for prompt in ["second"] {
         let task = app.create_ok(&key, json!({"prompt": prompt})).await;
         app.wait_terminal(&key, task["task_id"].as_str().expect("id")).await;
     }

@@ -194,6 +194,8 @@ async fn migrate_to_moves_a_sqlite_gateway_to_postgres() {
         owner: "inst_test".into(),
         idempotency: None,
         callback_token: None,
+        window: None,
+        max_queued: 1000,
     };
     assert!(matches!(tasks::create(&source.db, open).await.expect("create"), tasks::Created::Task(_)));
     let before = accounts_and_ledger(&source.db).await;

@@ -88,6 +88,8 @@ fn new_task(
         owner: "inst_test".into(),
         idempotency: idempotency.cloned(),
         callback_token: None,
+        window: None,
+        max_queued: 1000,
     }
 }
 

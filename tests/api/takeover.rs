@@ -226,6 +226,8 @@ async fn only_the_leases_of_dead_instances_are_released() {
                 owner: owner.into(),
                 idempotency: None,
                 callback_token: None,
+                window: None,
+                max_queued: 1000,
             };
             assert!(matches!(tasks::create(db, new).await.expect("create"), tasks::Created::Task(_)));
             ids.push(id);

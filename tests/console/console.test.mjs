@@ -657,7 +657,7 @@ test('dollars print with two decimals', async () => {
   assert.deepEqual(
     [await usd(0.04), await usd(0.1), await usd(0.12), await usd(1.2), await usd(25), await usd(0.005), await usd(0.0125)],
     ['$0.04', '$0.10', '$0.12', '$1.20', '$25.00', '$0.005', '$0.0125']);
-  const cells = await page.$$eval('tr[data-model] td.num:not([data-credits])', (tds) => tds.map((td) => td.textContent));
+  const cells = await page.$$eval('tr[data-model] td.num:not([data-credits]):not([data-position])', (tds) => tds.map((td) => td.textContent));
   assert.ok(cells.length > 0 && cells.every((text) => /^\$\d+\.\d\d\d*$/.test(text) && !/^\$0\.0[1-9]0$/.test(text)), cells.join(' '));
 });
 
@@ -673,4 +673,26 @@ test('sign-out ends the session', async () => {
   assert.equal(await page.isVisible('#nav'), false);
   assert.deepEqual(page.problems, [], 'no script errors or CSP violations');
   await shot(page, '10-signed-out');
+});
+
+test('the API console quotes the request live from its price rules', async () => {
+  const page = await signIn(user.key);
+  try {
+    await page.goto(base + '/console#/console?model=gpt-image-2-6-sunburst');
+    const quote = page.locator('#quote[data-quote="25"]');
+    await quote.waitFor(WAIT);
+    await page.selectOption('#param-quality', 'high');
+    await page.locator('#quote[data-quote="100"]').waitFor(WAIT);
+    await page.selectOption('#param-aspect_ratio', '3:2');
+    await page.locator('#quote[data-quote="150"]').waitFor(WAIT);
+    assert.match(await page.textContent('#quote'), /quality = high ×4: 100 → aspect_ratio = 3:2 ×1\.5: 150/);
+    // What the page quoted is what POST /api/v1/quotes answers for the same body.
+    const answer = await page.evaluate(async () => (await fetch('/api/v1/quotes', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-image-2-6-sunburst/text-to-image', prompt: 'a cat', quality: 'high', aspect_ratio: '3:2' }),
+    })).json());
+    assert.equal(answer.credits, 150);
+  } finally {
+    await page.close();
+  }
 });

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -68,6 +69,11 @@ struct Fake {
     jobs: Mutex<HashMap<String, Job>>,
     /// Finish each new job at once and call back before answering createTask, signed like this.
     call_back_first: Mutex<Option<Signing>>,
+    /// KIE's submit window (20 per 10 s): beyond `max` createTask requests in any `window`, the
+    /// envelope's 429 (docs.kie.ai/common-api). `None`: no window.
+    window: Mutex<Option<(usize, Duration)>>,
+    /// When each createTask the window admitted arrived, and how many it refused.
+    submits: Mutex<(Vec<Instant>, usize)>,
 }
 
 pub struct FakeKie {
@@ -88,6 +94,8 @@ impl FakeKie {
             plan: Plan::new(2, Outcome::Success),
             jobs: Mutex::new(HashMap::new()),
             call_back_first: Mutex::new(None),
+            window: Mutex::new(None),
+            submits: Mutex::new((Vec::new(), 0)),
         })
         .await;
         FakeKie { state, _server: server }
@@ -128,6 +136,17 @@ impl FakeKie {
         self.state.recorder.requests_to("/api/v1/jobs/recordInfo")
     }
 
+    /// Refuses createTask with KIE's 429 beyond `max` in any `window`, as KIE does.
+    pub fn submit_window(&self, max: usize, window: Duration) -> &Self {
+        *self.state.window.lock().expect("window") = Some((max, window));
+        self
+    }
+
+    /// When each admitted createTask arrived, in order, and how many the window refused.
+    pub fn submit_times(&self) -> (Vec<Instant>, usize) {
+        self.state.submits.lock().expect("submits").clone()
+    }
+
     /// The downloads of result images.
     pub fn downloads(&self) -> Vec<super::Request> {
         self.state.recorder.requests_to("/results/")
@@ -156,6 +175,15 @@ async fn create(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers
     }
     if !authorized(&headers, &format!("Bearer {KEY}")) {
         return error_under_200(401, "You do not have access permissions").into_response();
+    }
+    if let Some((max, window)) = *fake.window.lock().expect("window") {
+        let now = Instant::now();
+        let mut submits = fake.submits.lock().expect("submits");
+        if submits.0.iter().filter(|at| now.duration_since(**at) < window).count() >= max {
+            submits.1 += 1;
+            return error_under_200(429, "Rate limited: too many requests").into_response();
+        }
+        submits.0.push(now);
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
     if request["model"].as_str().is_none() || request["input"]["prompt"].as_str().is_none() {
