@@ -554,7 +554,9 @@ mod tests {
             decisions[..2],
             [Decision::Hold { balance_after: 90, queued: false }, Decision::Hold { balance_after: 80, queued: false }]
         );
-        assert!(matches!(decisions[2], Decision::Refused(Refusal::InFlight { max: 2, .. })));
+        // The key's max_in_flight is full: the third waits queued, its credits held and counted.
+        assert_eq!(decisions[2], Decision::Hold { balance_after: 79, queued: true });
+        assert_eq!((account.keys["key_a"].1.in_flight, account.queued), (2, 1));
         let other = NewTask { key_id: Some("key_b".into()), ..costing(10) };
         account.add_limits(
             LimitState {
@@ -564,8 +566,35 @@ mod tests {
             },
             "key_b",
         );
-        // The account's cap counts key_a's 20: 10 more would pass 25.
+        // The account's cap counts key_a's 21: 10 more would pass 25.
         assert!(matches!(decide(&mut account, None, &other), Decision::Refused(Refusal::CapReached { cap: 25, .. })));
-        assert_eq!(account.balance, 80);
+        assert_eq!(account.balance, 79);
+    }
+
+    #[test]
+    fn the_queue_keeps_its_order_its_windows_and_its_bound() {
+        let mut account = AccountState::new(100, Utc::now());
+        let mut window = WindowState { free: 1, queued: false };
+        let windowed = NewTask { max_queued: 2, ..costing(1) };
+        let decisions: Vec<Decision> = (0..4).map(|_| decide(&mut account, Some(&mut window), &windowed)).collect();
+        assert_eq!(
+            decisions,
+            [
+                Decision::Hold { balance_after: 99, queued: false },
+                Decision::Hold { balance_after: 98, queued: true },
+                Decision::Hold { balance_after: 97, queued: true },
+                Decision::Refused(Refusal::QueueFull { max: 2 }),
+            ]
+        );
+        assert_eq!((window, account.queued, account.balance), (WindowState { free: 0, queued: true }, 2, 97));
+        // Another account's create for that provider queues behind its queued tasks, even with a slot free.
+        let mut other = AccountState::new(100, Utc::now());
+        window.free = 5;
+        assert_eq!(
+            decide(&mut other, Some(&mut window), &windowed),
+            Decision::Hold { balance_after: 99, queued: true }
+        );
+        // Without a window, an account with queued tasks still queues its next create (first in, first out).
+        assert_eq!(decide(&mut other, None, &windowed), Decision::Hold { balance_after: 98, queued: true });
     }
 }
