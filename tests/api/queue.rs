@@ -18,7 +18,9 @@ use crate::helpers::{assert_error, assert_ledger_consistent_on, wait_all_termina
 async fn limited(app: &TestApp, credits: i64, key: Limits) -> (i64, String) {
     let account_id = accounts::create(&app.db, &Actor::cli(), "queued", credits).await.expect("account");
     let created = accounts::create_key(&app.db, &Actor::cli(), account_id, Some("k"), None).await.expect("key");
-    assert!(limits::set_key(&app.db, &Actor::cli(), Some(account_id), &created.key_id, &Limits::default(), &key).await.expect("key limits"));
+    assert!(limits::set_key(&app.db, &Actor::cli(), Some(account_id), &created.key_id, &Limits::default(), &key)
+        .await
+        .expect("key limits"));
     (account_id, created.api_key)
 }
 
