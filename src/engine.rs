@@ -27,8 +27,8 @@ use crate::providers::{JobState, Providers, SubmitRequest, Submitted, LOST, UNAV
 use crate::task_events::TaskEvents;
 use crate::tasks::admission::{self, Dispatch};
 use crate::tasks::{
-    self, Batcher, BatcherSettings, Created, NewTask, Outcome, OutputImage, Task, TaskError, TaskErrorCode, TaskInput,
-    TaskOutput, TaskStatus,
+    self, Batcher, Created, Ending, GroupSettings, NewTask, Outcome, OutputImage, Settler, Task, TaskError,
+    TaskErrorCode, TaskInput, TaskOutput, TaskStatus,
 };
 use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
@@ -76,6 +76,8 @@ pub struct Engine {
     events: Arc<TaskEvents>,
     /// Creates commit in batches (group commit).
     creates: Batcher,
+    /// Terminal transitions, committed in batches.
+    settles: Settler,
     /// The background loop; it bounds the provider calls in flight.
     runner: Runner,
     /// The fast path's submits, which outlive the request that created them; [`Engine::drain`] waits
@@ -129,16 +131,20 @@ impl Engine {
             .collect();
         let fast_path = settings.server.role.runs_engine();
         let settings = settings.tasks.clone();
-        let batcher = BatcherSettings {
+        let batcher = GroupSettings {
+            name: "create",
             max_batch: settings.create_batch_max.get(),
             queue: settings.create_queue_max.get(),
             committers: settings.create_committers.get(),
         };
+        // Settlements wait for room instead: they must happen. As many as creates may wait.
+        let settles = Settler::start(pool.clone(), files.clone(), GroupSettings { name: "settle", ..batcher });
         let runner = Runner::new("engine", settings.tick, settings.batch_size.get(), settings.max_in_flight.get());
         let breakers = Breakers::new(settings.breaker_failures, settings.breaker_cooldown);
         let creates = Batcher::start(pool.clone(), batcher);
         Arc::new(Engine {
             creates,
+            settles,
             pool,
             providers,
             catalog,
@@ -467,8 +473,7 @@ impl Engine {
                     let delay = self.poll_delay(&task.model, provider_id, Duration::ZERO, None);
                     let body_version = self.webhooks.body_version();
                     if let Some(running) =
-                        tasks::mark_running(&self.pool, &task.id, &upstream_id, delay, body_version, &self.files)
-                            .await?
+                        tasks::mark_running(&self.pool, task, &upstream_id, delay, body_version, &self.files).await?
                     {
                         if running.wants(tasks::CallbackEvent::Started) {
                             self.webhooks.wake();
@@ -579,7 +584,8 @@ impl Engine {
     /// ended (someone else settled it, exactly once).
     async fn settle(&self, task: &Task, outcome: Outcome) -> sqlx::Result<Option<Task>> {
         let (delay, version) = (self.webhooks.first_delay(), self.webhooks.body_version());
-        let Some(settled) = tasks::settle_as(&self.pool, &task.id, outcome, delay, &self.files, version).await? else {
+        let ending = Ending { task_id: task.id.clone(), outcome, webhook_delay: delay, body_version: version };
+        let Some(settled) = self.settles.settle(ending).await? else {
             return Ok(None);
         };
         let code = settled.error.as_ref().map(|e| e.code);
@@ -593,7 +599,8 @@ impl Engine {
         if settled.callback_url.is_some() {
             self.webhooks.wake();
         }
-        self.events.publish(&settled.id).await;
+        // Published by the settlement's own transaction on PostgreSQL.
+        self.events.published_with_change(&settled.id);
         // Room in flight freed: queued tasks may go now.
         self.runner.wake();
         Ok(Some(settled))

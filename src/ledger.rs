@@ -6,6 +6,8 @@
 //! callers guarantee "once" with guarded task transitions; the unique indexes on `ledger (task_id, …)`
 //! make the database refuse a second settlement even if a caller got it wrong.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::types::Json;
@@ -47,42 +49,99 @@ pub async fn hold(tx: &mut Tx, account_id: i64, task_id: &str, price: i64) -> sq
     Ok(Hold::Held { balance_after })
 }
 
-/// Settles a task's hold of `held` credits once, in the caller's transaction (the task's guarded
-/// terminal transition): `charged` (capped to `0..=held`) is captured, the rest goes back to the
-/// balance. All of it charged is one `capture`, nothing charged one `release`; a part is a `capture`
-/// of that part plus a `release` of the rest with its `reason` (e.g. "3 of 4 images delivered"). The
-/// ledger's unique indexes refuse any second settlement of the task.
-pub async fn settle(
-    tx: &mut Tx,
+/// One task's settlement: of its hold of `held` credits, `charged` (capped to `0..=held`) is captured
+/// and the rest goes back to the balance.
+#[derive(Debug, Clone)]
+pub struct Settlement<'a> {
+    pub account_id: i64,
+    pub task_id: &'a str,
+    pub held: i64,
+    pub charged: i64,
+    /// Why only a part was charged (e.g. "3 of 4 images delivered").
+    pub reason: String,
+}
+
+/// A ledger row as a batch writes it.
+#[derive(Debug, Serialize)]
+struct Row<'a> {
     account_id: i64,
-    task_id: &str,
-    held: i64,
-    charged: i64,
-    reason: &str,
-) -> sqlx::Result<()> {
-    let charged = charged.clamp(0, held);
-    if charged > 0 {
-        let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
-            "UPDATE accounts SET held = held - $2 WHERE id = $1 RETURNING balance",
-        )
-        .bind(account_id)
-        .bind(charged)
-        .fetch_one(conn)
-        .await)?;
-        append(tx, account_id, EntryKind::Capture, 0, Some(task_id), balance_after, None).await?;
+    kind: EntryKind,
+    amount: i64,
+    task_id: &'a str,
+    balance_after: i64,
+    reason: Option<&'a str>,
+}
+
+/// Settles tasks' holds once each, in the caller's transaction (the tasks' guarded terminal
+/// transitions). All of a hold charged is one `capture`, nothing charged one `release`; a part is a
+/// `capture` of that part plus a `release` of the rest with its reason. The accounts are locked last
+/// and once each (in id order, like the create batches), so a busy account's row is held only for
+/// the end of the transaction; the ledger rows go in one insert. The ledger's unique indexes refuse
+/// any second settlement of a task.
+pub async fn settle_all(tx: &mut Tx, settlements: &[Settlement<'_>]) -> sqlx::Result<()> {
+    if settlements.is_empty() {
+        return Ok(());
     }
-    let rest = held - charged;
-    if rest > 0 || charged == 0 {
-        let (balance_after,): (i64,) = on_tx!(tx, conn => sqlx::query_as(
-            "UPDATE accounts SET balance = balance + $2, held = held - $2 WHERE id = $1 RETURNING balance",
-        )
-        .bind(account_id)
-        .bind(rest)
-        .fetch_one(conn)
-        .await)?;
-        let reason = (charged > 0).then_some(reason);
-        append(tx, account_id, EntryKind::Release, rest, Some(task_id), balance_after, reason).await?;
+    let mut account_ids: Vec<i64> = settlements.iter().map(|s| s.account_id).collect();
+    account_ids.sort_unstable();
+    account_ids.dedup();
+    let mut balances: HashMap<i64, (i64, i64)> =
+        lock_balances(tx, &account_ids).await?.into_iter().map(|(id, balance)| (id, (balance, 0))).collect();
+    let mut rows = Vec::with_capacity(settlements.len());
+    for s in settlements {
+        let Some((balance, settled)) = balances.get_mut(&s.account_id) else {
+            return Err(sqlx::Error::RowNotFound);
+        };
+        let charged = s.charged.clamp(0, s.held);
+        *settled += s.held;
+        if charged > 0 {
+            rows.push(Row {
+                account_id: s.account_id,
+                kind: EntryKind::Capture,
+                amount: 0,
+                task_id: s.task_id,
+                balance_after: *balance,
+                reason: None,
+            });
+        }
+        let rest = s.held - charged;
+        if rest > 0 || charged == 0 {
+            *balance += rest;
+            let reason = (charged > 0).then_some(s.reason.as_str());
+            rows.push(Row {
+                account_id: s.account_id,
+                kind: EntryKind::Release,
+                amount: rest,
+                task_id: s.task_id,
+                balance_after: *balance,
+                reason,
+            });
+        }
     }
+    let d = tx.dialect();
+    let changes: Vec<serde_json::Value> = balances
+        .iter()
+        .map(|(id, (balance, settled))| serde_json::json!({"id": id, "balance": balance, "settled": settled}))
+        .collect();
+    let update = format!(
+        "UPDATE accounts SET balance = r.balance, held = accounts.held - r.settled FROM {} WHERE accounts.id = r.id",
+        d.json_rows("$1", &[("id", "bigint"), ("balance", "bigint"), ("settled", "bigint")])
+    );
+    on_tx!(tx, conn => sqlx::query(&update).bind(Json(&changes)).execute(conn).await.map(|done| done.rows_affected()))?;
+    let columns = [
+        ("account_id", "bigint"),
+        ("kind", "text"),
+        ("amount", "bigint"),
+        ("task_id", "text"),
+        ("balance_after", "bigint"),
+        ("reason", "text"),
+    ];
+    let insert = format!(
+        "INSERT INTO ledger (account_id, kind, amount, task_id, balance_after, reason)
+         SELECT r.account_id, r.kind, r.amount, r.task_id, r.balance_after, r.reason FROM {}",
+        d.json_rows("$1", &columns)
+    );
+    on_tx!(tx, conn => sqlx::query(&insert).bind(Json(&rows)).execute(conn).await.map(|done| done.rows_affected()))?;
     Ok(())
 }
 

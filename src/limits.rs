@@ -263,50 +263,67 @@ pub fn resets_at(now: DateTime<Utc>, period: Period) -> DateTime<Utc> {
     Utc.from_utc_datetime(&next.and_hms_opt(0, 0, 0).unwrap_or_default())
 }
 
-fn day_of(at: DateTime<Utc>) -> String {
+pub fn day_of(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d").to_string()
 }
 
-fn month_of(at: DateTime<Utc>) -> String {
+pub fn month_of(at: DateTime<Utc>) -> String {
     at.format("%Y-%m").to_string()
 }
 
 /// The account's key (`''` for the account as a whole) in `limit_usage`.
 const ACCOUNT: &str = "";
 
+/// One row of [`load`]'s read: the account's limits (`source` = `account`), the key's (`key`), or a
+/// usage row (`usage`).
+#[derive(sqlx::FromRow)]
+struct LoadRow {
+    source: String,
+    #[sqlx(flatten)]
+    limits: Limits,
+    key_id: Option<String>,
+    day: Option<String>,
+    day_credits: Option<i64>,
+    month: Option<String>,
+    month_credits: Option<i64>,
+    in_flight: Option<i64>,
+}
+
 /// Loads the limits of the account and the key, and their usage in the periods of `now`, in the
-/// caller's transaction (which holds the account's row).
+/// caller's transaction (which holds the account's row): one statement.
 pub async fn load(tx: &mut Tx, account_id: i64, key_id: &str, now: DateTime<Utc>) -> sqlx::Result<LimitState> {
-    const LIMITS: &str = "SELECT allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap FROM";
-    let account: Option<Limits> = on_tx!(tx, conn => sqlx::query_as(&format!("{LIMITS} accounts WHERE id = $1"))
-        .bind(account_id)
-        .fetch_optional(conn)
-        .await)?;
-    let key: Option<Limits> = on_tx!(tx, conn => sqlx::query_as(&format!("{LIMITS} api_keys WHERE id = $1 AND account_id = $2"))
-            .bind(key_id)
-            .bind(account_id)
-            .fetch_optional(conn)
-            .await)?;
-    let rows: Vec<(String, String, i64, String, i64, i64)> = on_tx!(tx, conn => sqlx::query_as(
-        "SELECT key_id, day, day_credits, month, month_credits, in_flight FROM limit_usage
-         WHERE account_id = $1 AND key_id IN ($2, '')",
-    )
-    .bind(account_id)
-    .bind(key_id)
-    .fetch_all(conn)
-    .await)?;
+    const SQL: &str = "SELECT 'account' AS source, allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap,
+                CAST(NULL AS TEXT) AS key_id, CAST(NULL AS TEXT) AS day, CAST(NULL AS BIGINT) AS day_credits,
+                CAST(NULL AS TEXT) AS month, CAST(NULL AS BIGINT) AS month_credits, CAST(NULL AS BIGINT) AS in_flight
+         FROM accounts WHERE id = $1
+         UNION ALL
+         SELECT 'key', allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap, NULL, NULL, NULL, NULL, NULL, NULL
+         FROM api_keys WHERE id = $2 AND account_id = $1
+         UNION ALL
+         SELECT 'usage', NULL, NULL, NULL, NULL, key_id, day, day_credits, month, month_credits, in_flight
+         FROM limit_usage WHERE account_id = $1 AND key_id IN ($2, '')";
+    let rows: Vec<LoadRow> =
+        on_tx!(tx, conn => sqlx::query_as(SQL).bind(account_id).bind(key_id).fetch_all(conn).await)?;
     let (day, month) = (day_of(now), month_of(now));
+    let limits = |source: &str| rows.iter().find(|row| row.source == source).map(|row| row.limits.clone());
     let usage = |id: &str| {
-        rows.iter().find(|row| row.0 == id).map_or(Usage::default(), |row| Usage {
-            day_credits: if row.1 == day { row.2 } else { 0 },
-            month_credits: if row.3 == month { row.4 } else { 0 },
-            in_flight: row.5,
-        })
+        rows.iter().find(|row| row.source == "usage" && row.key_id.as_deref() == Some(id)).map_or(
+            Usage::default(),
+            |row| Usage {
+                day_credits: if row.day.as_deref() == Some(day.as_str()) { row.day_credits.unwrap_or(0) } else { 0 },
+                month_credits: if row.month.as_deref() == Some(month.as_str()) {
+                    row.month_credits.unwrap_or(0)
+                } else {
+                    0
+                },
+                in_flight: row.in_flight.unwrap_or(0),
+            },
+        )
     };
     Ok(LimitState {
         now,
-        key: (key.unwrap_or_default(), usage(key_id)),
-        account: (account.unwrap_or_default(), usage(ACCOUNT)),
+        key: (limits("key").unwrap_or_default(), usage(key_id)),
+        account: (limits("account").unwrap_or_default(), usage(ACCOUNT)),
     })
 }
 
@@ -367,16 +384,16 @@ pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64, bool)], now
     Ok(())
 }
 
-/// A task of the key, created at `created_at`, ended: one fewer in flight, and what its settlement
-/// released (`released`) no longer counts against the periods it was created in. `in_flight`: it was
-/// in flight (not still `queued`).
+/// Tasks of the key, created in the day and month of `created_at`, ended: `in_flight` fewer in flight
+/// (those not still `queued`), and what their settlements released (`released`) no longer counts
+/// against the periods they were created in.
 pub async fn record_settle(
     tx: &mut Tx,
     account_id: i64,
     key_id: &str,
     created_at: DateTime<Utc>,
     released: i64,
-    in_flight: bool,
+    in_flight: i64,
 ) -> sqlx::Result<()> {
     const SQL: &str = "UPDATE limit_usage SET
              day_credits = CASE WHEN day <> $3 THEN day_credits WHEN day_credits > $4 THEN day_credits - $4 ELSE 0 END,
@@ -389,7 +406,7 @@ pub async fn record_settle(
         .bind(day_of(created_at))
         .bind(released)
         .bind(month_of(created_at))
-        .bind(i64::from(in_flight))
+        .bind(in_flight)
         .execute(conn)
         .await
         .map(|done| done.rows_affected()))?;

@@ -64,10 +64,10 @@ pub const QUEUE_TIMEOUTS: &str = "aio_queue_timeouts_total";
 
 /// Creates per batch (group commit, [`crate::tasks::batch`]), the batch's commit time and the creates
 /// waiting for a batch; creates refused because the queue was full.
-pub const CREATE_BATCH_SIZE: &str = "aio_create_batch_size";
-pub const CREATE_BATCH_SECONDS: &str = "aio_create_batch_commit_seconds";
-pub const CREATE_BATCH_QUEUE: &str = "aio_create_batch_queue";
-pub const CREATE_BATCH_REFUSED: &str = "aio_create_batch_refused_total";
+pub const BATCH_SIZE: &str = "aio_batch_size";
+pub const BATCH_SECONDS: &str = "aio_batch_commit_seconds";
+pub const BATCH_QUEUE: &str = "aio_batch_queue";
+pub const BATCH_REFUSED: &str = "aio_batch_refused_total";
 const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Seconds: from a fast cached poll to a slow provider call.
@@ -80,9 +80,7 @@ pub fn handle() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
-            .and_then(|builder| {
-                builder.set_buckets_for_metric(Matcher::Full(CREATE_BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS)
-            })
+            .and_then(|builder| builder.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS))
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -140,10 +138,14 @@ fn describe() {
         "Task-change notifications, by kind (published, received, reconnected, listen_failed)."
     );
     describe_gauge!(EVENT_STREAMS, "Open live-event streams of this process.");
-    describe_histogram!(CREATE_BATCH_SIZE, Unit::Count, "Creates per committed batch (group commit).");
-    describe_histogram!(CREATE_BATCH_SECONDS, Unit::Seconds, "Time to commit one batch of creates.");
-    describe_gauge!(CREATE_BATCH_QUEUE, "Creates waiting for a batch, when the last batch was taken.");
-    describe_counter!(CREATE_BATCH_REFUSED, "Creates refused with 503 overloaded: the create queue was full.");
+    describe_histogram!(
+        BATCH_SIZE,
+        Unit::Count,
+        "Requests per committed batch (group commit), by work: create, settle."
+    );
+    describe_histogram!(BATCH_SECONDS, Unit::Seconds, "Time to commit one batch, by work.");
+    describe_gauge!(BATCH_QUEUE, "Requests waiting for a batch when the last batch was taken, by work.");
+    describe_counter!(BATCH_REFUSED, "Requests refused with 503 overloaded: the queue of that work was full.");
     describe_counter!(TASKS_CANCELLED, "Tasks cancelled by their client, by upstream cancel (none, ok, failed).");
     describe_counter!(INSTANCE_HEARTBEATS, "Heartbeats of this gateway instance, by outcome (ok, failed).");
     describe_counter!(LEASES_TAKEN_OVER, "Leases of dead instances taken over by this process, by queue.");
@@ -156,22 +158,22 @@ pub fn http_request(labels: &[(&'static str, String); 3], started: Instant) {
     histogram!(HTTP_DURATION, labels).record(started.elapsed().as_secs_f64());
 }
 
+/// One batch of `work` committed (group commit, see `tasks::group`).
+pub fn group_batch(work: &'static str, size: usize, started: Instant) {
+    histogram!(BATCH_SIZE, "work" => work).record(size as f64);
+    histogram!(BATCH_SECONDS, "work" => work).record(started.elapsed().as_secs_f64());
+}
+
+/// Requests of `work` waiting for a batch, as a committer took its batch.
+pub fn group_queue(work: &'static str, waiting: usize) {
+    gauge!(BATCH_QUEUE, "work" => work).set(waiting as f64);
+}
+
+pub fn group_refused(work: &'static str) {
+    counter!(BATCH_REFUSED, "work" => work).increment(1);
+}
+
 /// A task of `model` (its sub-model id) on `provider` and its hold of `price` were committed.
-/// A batch of `size` creates committed (or failed) `started` ago.
-pub fn create_batch(size: usize, started: Instant) {
-    histogram!(CREATE_BATCH_SIZE).record(size as f64);
-    histogram!(CREATE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-}
-
-/// Creates waiting for a batch, as a committer took its batch.
-pub fn create_queue(waiting: usize) {
-    gauge!(CREATE_BATCH_QUEUE).set(waiting as f64);
-}
-
-pub fn create_refused() {
-    counter!(CREATE_BATCH_REFUSED).increment(1);
-}
-
 pub fn task_created(model: &str, provider: &str, price: i64) {
     let labels = [("model", model.to_owned()), ("provider", provider.to_owned())];
     counter!(TASKS_CREATED, &labels).increment(1);

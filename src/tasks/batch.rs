@@ -24,23 +24,19 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::types::Json;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio_util::task::TaskTracker;
 
+use super::group::{Group, GroupSettings};
 use super::{admission, get, CallbackEvent, Created, NewTask, Task, TaskInput, TaskStatus, COLUMNS};
 use crate::config::SubmitWindow;
 use crate::error::Error;
 use crate::idempotency::{self, Use};
 use crate::ledger::{self, BatchHold};
 use crate::limits::{self, Admit, LimitState, Limits, Refusal, Usage};
-use crate::monitoring;
 use crate::on_tx;
 use crate::pricing::PriceStep;
 use crate::store::{Db, Tx};
@@ -373,119 +369,38 @@ where
     Err(sqlx::Error::Protocol("idempotency key kept changing hands".into()).into())
 }
 
-/// The sizes of the batcher (`tasks.create_*`).
-#[derive(Debug, Clone, Copy)]
-pub struct BatcherSettings {
-    /// Most creates in one transaction.
-    pub max_batch: usize,
-    /// Most creates waiting; one more is refused (`overloaded`).
-    pub queue: usize,
-    /// Batches committing at once (always one on SQLite, which has one writer).
-    pub committers: usize,
-}
-
-struct Job {
-    new: Arc<NewTask>,
-    reply: oneshot::Sender<sqlx::Result<Option<Created>>>,
-}
-
-/// The create queue and its committers (see the module).
+/// The create queue and its committers ([`group`]): a full queue refuses a create with `Overloaded`.
 pub struct Batcher {
     db: Db,
-    sender: mpsc::Sender<Job>,
-    /// The committers: each ends when the queue closes (the batcher is dropped) and it is empty.
-    _committers: TaskTracker,
+    group: Group<NewTask, Option<Created>>,
 }
 
 impl Batcher {
-    /// Starts the committers on the current runtime; they stop when the batcher is dropped.
-    pub fn start(db: Db, settings: BatcherSettings) -> Batcher {
-        let (sender, receiver) = mpsc::channel(settings.queue.max(1));
-        let receiver = Arc::new(Mutex::new(receiver));
-        let tracker = TaskTracker::new();
-        let committers = if matches!(db, Db::Sqlite(_)) { 1 } else { settings.committers.max(1) };
-        for _ in 0..committers {
-            let committer =
-                Committer { db: db.clone(), receiver: Arc::clone(&receiver), max_batch: settings.max_batch.max(1) };
-            tracker.spawn(committer.run());
+    /// Starts the committers on the current runtime (always one on SQLite, which has one writer);
+    /// they stop when the batcher is dropped.
+    pub fn start(db: Db, mut settings: GroupSettings) -> Batcher {
+        if matches!(db, Db::Sqlite(_)) {
+            settings.committers = 1;
         }
-        tracker.close();
-        Batcher { db, sender, _committers: tracker }
+        let committing = db.clone();
+        let group = Group::start(
+            settings,
+            Arc::new(move |batch: Vec<Arc<NewTask>>| {
+                let db = committing.clone();
+                Box::pin(async move {
+                    let batch: Vec<&NewTask> = batch.iter().map(|new| &**new).collect();
+                    commit(&db, &batch).await
+                })
+            }),
+        );
+        Batcher { db, group }
     }
 
     /// [`super::create`] through the batches: a full queue is `Overloaded`.
     pub async fn create(&self, new: NewTask) -> Result<Created, Error> {
         let new = Arc::new(new);
-        create_with(&self.db, &new, || self.submit(Arc::clone(&new))).await
-    }
-
-    async fn submit(&self, new: Arc<NewTask>) -> Result<Option<Created>, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.sender.try_send(Job { new, reply }).map_err(|error| match error {
-            TrySendError::Full(_) => {
-                monitoring::create_refused();
-                Error::Overloaded("Too many creates are waiting to be stored; retry in a second.".into())
-            }
-            TrySendError::Closed(_) => Error::Unavailable("The gateway is shutting down; retry shortly.".into()),
-        })?;
-        match answer.await {
-            Ok(answer) => Ok(answer?),
-            Err(_) => Err(Error::Unavailable("The gateway is shutting down; retry shortly.".into())),
-        }
-    }
-}
-
-struct Committer {
-    db: Db,
-    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
-    max_batch: usize,
-}
-
-impl Committer {
-    async fn run(self) {
-        while let Some(jobs) = self.take().await {
-            self.commit(jobs).await;
-        }
-    }
-
-    /// The first waiting create (waiting for one when none is), with whatever else is waiting, up to
-    /// the batch size. `None` once the batcher is gone.
-    async fn take(&self) -> Option<Vec<Job>> {
-        let mut receiver = self.receiver.lock().await;
-        let first = receiver.recv().await?;
-        let mut jobs = Vec::with_capacity(receiver.len().min(self.max_batch - 1) + 1);
-        jobs.push(first);
-        while jobs.len() < self.max_batch {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        monitoring::create_queue(receiver.len());
-        Some(jobs)
-    }
-
-    async fn commit(&self, jobs: Vec<Job>) {
-        let started = Instant::now();
-        let batch: Vec<&NewTask> = jobs.iter().map(|job| &*job.new).collect();
-        let answers = match commit(&self.db, &batch).await {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(error) if jobs.len() > 1 => {
-                tracing::warn!(error = %error, size = jobs.len(), "create batch failed; committing its creates one by one");
-                let mut answers = Vec::with_capacity(jobs.len());
-                for new in &batch {
-                    answers.push(commit(&self.db, &[new]).await.map(|mut answer| answer.pop().flatten()));
-                }
-                answers
-            }
-            Err(error) => vec![Err(error)],
-        };
-        monitoring::create_batch(jobs.len(), started);
         // No task event for a new task: nobody can wait on a task before its create answered.
-        for (job, answer) in jobs.into_iter().zip(answers) {
-            // A client that hung up no longer waits; its task stands.
-            let _ = job.reply.send(answer);
-        }
+        create_with(&self.db, &new, || self.group.submit(Arc::clone(&new))).await
     }
 }
 

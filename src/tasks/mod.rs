@@ -8,6 +8,8 @@
 pub mod admission;
 pub mod batch;
 mod finished;
+pub mod group;
+pub mod settle;
 mod view;
 
 use std::time::Duration;
@@ -21,15 +23,17 @@ use crate::config::{BodyVersion, SubmitWindow};
 use crate::error::Error;
 use crate::files::FileStore;
 use crate::idempotency::IdempotencyKey;
-use crate::ledger::{self, UsageFilter};
+use crate::ledger::UsageFilter;
 use crate::limits;
 use crate::pricing::PriceStep;
-use crate::store::{self, Db, Dialect, Tx, WorkQueue};
+use crate::store::{self, Db, Dialect, WorkQueue};
 use crate::webhooks::queue::{self, Delivery, Event};
 use crate::{ids, on_db, on_tx};
 
-pub use batch::{AccountState, Batcher, BatcherSettings, Decision};
+pub use batch::{AccountState, Batcher, Decision};
 pub use finished::FinishedTasks;
+pub use group::GroupSettings;
+pub use settle::{Ending, Settler};
 pub use view::{timestamp, CreditsState, CreditsView, TaskView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
@@ -434,14 +438,13 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
 /// [`TaskEvents::published_with_change`]: crate::task_events::TaskEvents::published_with_change
 pub async fn mark_running(
     db: &Db,
-    task_id: &str,
+    task: &Task,
     upstream_id: &str,
     next_poll_in: Duration,
     body_version: BodyVersion,
     files: &FileStore,
 ) -> sqlx::Result<Option<Task>> {
-    let mut tx = db.begin().await?;
-    let d = tx.dialect();
+    let d = db.dialect();
     let sql = format!(
         "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now}, leased_by = NULL,
                           next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
@@ -454,8 +457,18 @@ pub async fn mark_running(
             Dialect::Sqlite => String::new(),
         },
     );
+    // Without a `started` webhook the transition is one statement, committed on its own.
+    if !task.wants(CallbackEvent::Started) {
+        return on_db!(db, pool => sqlx::query_as(&sql)
+            .bind(&task.id)
+            .bind(upstream_id)
+            .bind(next_poll_in.as_secs_f64())
+            .fetch_optional(pool)
+            .await);
+    }
+    let mut tx = db.begin().await?;
     let running: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
-        .bind(task_id)
+        .bind(&task.id)
         .bind(upstream_id)
         .bind(next_poll_in.as_secs_f64())
         .fetch_optional(conn)
@@ -577,9 +590,9 @@ pub async fn settle(
 }
 
 /// The terminal transition, its settlement and, for a task whose webhook wants `completed` (the
-/// default), its webhook delivery (due after `webhook_delay`), in one transaction. Returns the settled
-/// task when this call made the transition, `None` when the task was already terminal (someone else
-/// settled).
+/// default), its webhook delivery (due after `webhook_delay`), in one transaction (a batch of one, see
+/// [`settle`]; the engine settles through a [`Settler`]). Returns the settled task when this call made
+/// the transition, `None` when the task was already terminal (someone else settled).
 pub async fn settle_as(
     db: &Db,
     task_id: &str,
@@ -588,64 +601,8 @@ pub async fn settle_as(
     files: &FileStore,
     body_version: BodyVersion,
 ) -> sqlx::Result<Option<Task>> {
-    let mut tx = db.begin().await?;
-    // What it was: a `queued` task was not in flight. The row is locked (SQLite: the one writer).
-    let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
-    let was: Option<TaskStatus> = on_tx!(&mut tx, conn => sqlx::query_scalar(&format!("SELECT status FROM tasks WHERE id = $1{lock}"))
-        .bind(task_id)
-        .fetch_optional(conn)
-        .await)?;
-    let (status, output, error) = match &outcome {
-        Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
-        Outcome::Failed(error) => (TaskStatus::Failed, None, Some(Json(error))),
-        Outcome::Cancelled => (TaskStatus::Cancelled, None, None),
-    };
-    let sql = format!(
-        "UPDATE tasks SET status = $2, output = $3, error = $4, updated_at = {now}, completed_at = {now},
-                          leased_by = NULL
-         WHERE id = $1 AND status IN ('queued', 'pending', 'running')
-         RETURNING {COLUMNS}",
-        now = tx.dialect().now()
-    );
-    let settled: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
-        .bind(task_id)
-        .bind(status)
-        .bind(output)
-        .bind(error)
-        .fetch_optional(conn)
-        .await)?;
-    let Some(task) = settled else {
-        return Ok(None);
-    };
-    let task = settle_credits(&mut tx, task, was != Some(TaskStatus::Queued)).await?;
-    if let Some(event) = webhook_event(&task, CallbackEvent::Completed, body_version, files) {
-        queue::enqueue(&mut tx, &event, webhook_delay).await?;
-    }
-    tx.commit().await?;
-    Ok(Some(task))
-}
-
-/// The settlement of a task that just ended: a success is charged per image delivered (see
-/// [`Task::charge_for`]), anything else nothing; the rest of the hold is released. Records `charged`.
-async fn settle_credits(tx: &mut Tx, mut task: Task, in_flight: bool) -> sqlx::Result<Task> {
-    let delivered = task.output.as_ref().map_or(0, |output| output.images.len());
-    let charged = match task.status {
-        TaskStatus::Succeeded => task.charge_for(delivered),
-        _ => 0,
-    };
-    let reason = format!("{delivered} of {} images delivered", task.input.images());
-    ledger::settle(tx, task.account_id, &task.id, task.price, charged, &reason).await?;
-    if let Some(key_id) = &task.key_id {
-        limits::record_settle(tx, task.account_id, key_id, task.created_at, task.price - charged, in_flight).await?;
-    }
-    on_tx!(tx, conn => sqlx::query("UPDATE tasks SET charged = $2 WHERE id = $1")
-        .bind(&task.id)
-        .bind(charged)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected()))?;
-    task.charged = Some(charged);
-    Ok(task)
+    let ending = settle::Ending { task_id: task_id.to_owned(), outcome, webhook_delay, body_version };
+    Ok(settle::commit(db, files, &[&ending]).await?.pop().flatten())
 }
 
 /// The event a task's webhook reports, if it wants `kind`: its task object as it is now (its file

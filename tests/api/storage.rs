@@ -213,7 +213,9 @@ async fn ledger_operations(backend: Backend) {
         .expect("settled now");
     assert_eq!(balance(db, account).await, (10, 0));
     let mut tx = db.begin().await.expect("begin");
-    assert!(ledger::settle(&mut tx, account, &held.id, PRICE, 0, "").await.is_err(), "released after a capture");
+    let again =
+        ledger::Settlement { account_id: account, task_id: &held.id, held: PRICE, charged: 0, reason: String::new() };
+    assert!(ledger::settle_all(&mut tx, &[again]).await.is_err(), "released after a capture");
     drop(tx);
     assert_eq!(balance(db, account).await, (10, 0));
 
@@ -288,12 +290,12 @@ async fn task_lifecycle_and_webhooks(backend: Backend) {
     );
     assert!(tasks::by_callback_token(db, "kie", &token).await.expect("by token").is_none(), "another provider");
     let files = helpers::test_files();
-    assert!(tasks::mark_running(db, &task.id, "up-1", Duration::from_secs(3600), BodyVersion::V1, &files)
+    assert!(tasks::mark_running(db, &task, "up-1", Duration::from_secs(3600), BodyVersion::V1, &files)
         .await
         .expect("running")
         .is_some());
     assert!(
-        tasks::mark_running(db, &task.id, "up-2", Duration::ZERO, BodyVersion::V1, &files)
+        tasks::mark_running(db, &task, "up-2", Duration::ZERO, BodyVersion::V1, &files)
             .await
             .expect("running")
             .is_none(),
@@ -488,17 +490,10 @@ async fn crash_recovery(backend: Backend) {
         if task.id == ids[0] {
             assert_eq!(upstream_id, first_job, "a resubmit finds the first job");
         }
-        assert!(tasks::mark_running(
-            db,
-            &task.id,
-            &upstream_id,
-            Duration::ZERO,
-            BodyVersion::V1,
-            &helpers::test_files()
-        )
-        .await
-        .expect("running")
-        .is_some());
+        assert!(tasks::mark_running(db, task, &upstream_id, Duration::ZERO, BodyVersion::V1, &helpers::test_files())
+            .await
+            .expect("running")
+            .is_some());
         let JobState::Succeeded { images } = provider.poll(&upstream_id).await.expect("poll") else {
             panic!("a job without delay is done");
         };

@@ -1,0 +1,151 @@
+//! Group commit: requests that arrive while a transaction commits wait in a bounded queue and go
+//! together in the next transaction. A committer takes the first waiting request at once (no added
+//! wait when idle) and with it whatever queued meanwhile, up to the batch size; under load the batches
+//! grow by themselves, so one durable commit (and one update of a busy account row) serves many
+//! requests. Nobody is answered before the commit of its batch.
+//!
+//! A batch that fails (a constraint, text the database refuses, a deadlock) is committed again one
+//! request at a time, so only the request at fault fails. Used by the creates ([`super::batch`]) and
+//! the settlements ([`super::settle`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::task::TaskTracker;
+
+use crate::error::Error;
+use crate::monitoring;
+
+/// Commits one batch in one transaction: one answer per request, in order.
+pub type CommitFn<I, A> = Arc<dyn Fn(Vec<Arc<I>>) -> BoxFuture<'static, sqlx::Result<Vec<A>>> + Send + Sync>;
+
+/// The sizes of a group and what it does when its queue is full.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    /// What the metrics call it (`work` label): `create`, `settle`.
+    pub name: &'static str,
+    /// Most requests in one transaction.
+    pub max_batch: usize,
+    /// Most requests waiting.
+    pub queue: usize,
+    /// Batches committing at once.
+    pub committers: usize,
+}
+
+struct Job<I, A> {
+    item: Arc<I>,
+    reply: oneshot::Sender<sqlx::Result<A>>,
+}
+
+/// The queue and its committers; the committers stop when the group is dropped and the queue is empty.
+pub struct Group<I, A> {
+    sender: mpsc::Sender<Job<I, A>>,
+    name: &'static str,
+    _committers: TaskTracker,
+}
+
+impl<I: Send + Sync + 'static, A: Send + 'static> Group<I, A> {
+    /// Starts the committers on the current runtime.
+    pub fn start(settings: GroupSettings, commit: CommitFn<I, A>) -> Group<I, A> {
+        let (sender, receiver) = mpsc::channel(settings.queue.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let tracker = TaskTracker::new();
+        for _ in 0..settings.committers.max(1) {
+            let committer = Committer {
+                receiver: Arc::clone(&receiver),
+                max_batch: settings.max_batch.max(1),
+                name: settings.name,
+                commit: Arc::clone(&commit),
+            };
+            tracker.spawn(committer.run());
+        }
+        tracker.close();
+        Group { sender, name: settings.name, _committers: tracker }
+    }
+
+    /// Queues `item` for the next batch and waits for its answer (after the batch's commit); a full
+    /// queue refuses it with `Overloaded` (a client can retry).
+    pub async fn submit(&self, item: Arc<I>) -> Result<A, Error> {
+        let closed = || Error::Unavailable("The gateway is shutting down; retry shortly.".into());
+        let (reply, answer) = oneshot::channel();
+        self.sender.try_send(Job { item, reply }).map_err(|error| match error {
+            TrySendError::Full(_) => {
+                monitoring::group_refused(self.name);
+                Error::Overloaded("Too many requests are waiting to be stored; retry in a second.".into())
+            }
+            TrySendError::Closed(_) => closed(),
+        })?;
+        Ok(answer.await.map_err(|_| closed())??)
+    }
+
+    /// Queues `item`, waiting for room in a full queue (work that must be done, such as a
+    /// settlement), and waits for its answer.
+    pub async fn submit_waiting(&self, item: Arc<I>) -> sqlx::Result<A> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(Job { item, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
+        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+}
+
+struct Committer<I, A> {
+    receiver: Arc<Mutex<mpsc::Receiver<Job<I, A>>>>,
+    max_batch: usize,
+    name: &'static str,
+    commit: CommitFn<I, A>,
+}
+
+impl<I, A> Committer<I, A> {
+    async fn run(self) {
+        while let Some(jobs) = self.take().await {
+            self.commit(jobs).await;
+        }
+    }
+
+    /// The first waiting request (waiting for one when none is), with whatever else is waiting, up
+    /// to the batch size. `None` once the group is gone.
+    async fn take(&self) -> Option<Vec<Job<I, A>>> {
+        let mut receiver = self.receiver.lock().await;
+        let first = receiver.recv().await?;
+        let mut jobs = Vec::with_capacity(receiver.len().min(self.max_batch - 1) + 1);
+        jobs.push(first);
+        while jobs.len() < self.max_batch {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        monitoring::group_queue(self.name, receiver.len());
+        Some(jobs)
+    }
+
+    async fn commit(&self, jobs: Vec<Job<I, A>>) {
+        let started = Instant::now();
+        let items: Vec<Arc<I>> = jobs.iter().map(|job| Arc::clone(&job.item)).collect();
+        let answers = match (self.commit)(items.clone()).await {
+            Ok(answers) if answers.len() == jobs.len() => answers.into_iter().map(Ok).collect(),
+            Ok(_) => {
+                let error = || sqlx::Error::Protocol("a batch answered a different number of requests".into());
+                jobs.iter().map(|_| Err(error())).collect()
+            }
+            Err(error) if jobs.len() > 1 => {
+                tracing::warn!(error = %error, size = jobs.len(), work = self.name, "batch failed; committing its requests one by one");
+                let mut answers = Vec::with_capacity(jobs.len());
+                for item in items {
+                    answers.push((self.commit)(vec![item]).await.and_then(|mut answer| {
+                        answer.pop().ok_or_else(|| sqlx::Error::Protocol("a batch of one answered nothing".into()))
+                    }));
+                }
+                answers
+            }
+            Err(error) => vec![Err(error)],
+        };
+        monitoring::group_batch(self.name, jobs.len(), started);
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            // A requester that is gone no longer waits; what was committed stands.
+            let _ = job.reply.send(answer);
+        }
+    }
+}
