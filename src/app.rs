@@ -23,7 +23,7 @@ use crate::url_guard::{Guard, SystemResolver};
 use crate::webhooks::Webhooks;
 
 use crate::http::serve::{self, ConnectionLimits};
-use crate::http::AppState;
+use crate::http::{AppState, Parts};
 
 pub struct Application {
     listener: TcpListener,
@@ -124,7 +124,7 @@ impl Application {
         let auth = KeyAuth::new(pool.clone(), settings.auth.key_cache_ttl);
         let stripe = &settings.billing.stripe;
         let stripe = Arc::new(crate::billing::stripe::Client::new(&stripe.api_base, stripe.secret_key.clone())?);
-        let state = AppState {
+        let state = AppState::new(Parts {
             pool,
             settings: Arc::new(settings),
             catalog,
@@ -140,7 +140,7 @@ impl Application {
             jwt,
             sessions,
             stripe,
-        };
+        });
         Ok(Application { listener, metrics_listener, state, instance: runs_engine.then_some(instance) })
     }
 

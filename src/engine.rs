@@ -7,6 +7,7 @@
 //! `FOR UPDATE SKIP LOCKED`, and terminal transitions are guarded so only one of them settles.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,10 @@ pub struct Engine {
     creates: Batcher,
     /// Terminal transitions, committed in batches.
     settles: Settler,
+    /// Whether the last look at the admission queue found tasks, or this process queued one since.
+    queue_seen: AtomicBool,
+    /// When the engine's pass last looked at the admission queue.
+    last_admission: Mutex<Instant>,
     /// The background loop; it bounds the provider calls in flight.
     runner: Runner,
     /// The fast path's submits, which outlive the request that created them; [`Engine::drain`] waits
@@ -160,6 +165,8 @@ impl Engine {
             dispatched: TaskTracker::new(),
             claimed: Mutex::new(HashSet::new()),
             idle: Notify::new(),
+            queue_seen: AtomicBool::new(true),
+            last_admission: Mutex::new(Instant::now()),
             instance: instance.to_owned(),
             windows,
         })
@@ -222,14 +229,17 @@ impl Engine {
                 tracing::info!(task_id = %task.id, model = %task.sub_model, price = task.price, "task created");
                 monitoring::task_created(&task.sub_model, &task.provider, task.price);
                 if task.status == TaskStatus::Queued {
+                    self.queue_seen.store(true, Ordering::Relaxed);
                     tracing::info!(task_id = %task.id, "task queued");
                     return Ok(tasks::get(&self.pool, account_id, &task.id).await?.unwrap_or(*task));
                 }
                 if !self.fast_path {
                     return Ok(*task);
                 }
-                self.dispatch((*task).clone(), callback_token).await;
-                tasks::get(&self.pool, account_id, &task.id).await?.unwrap_or(*task)
+                match self.dispatch((*task).clone(), callback_token).await {
+                    Some(running) => running,
+                    None => tasks::get(&self.pool, account_id, &task.id).await?.unwrap_or(*task),
+                }
             }
             // The same key and request again: the first task, as it is now; nothing new is held.
             Created::Replayed(task) => {
@@ -265,11 +275,12 @@ impl Engine {
     /// The create fast path: submit a task this process just created (born claimed, see
     /// [`Engine::lease`]) instead of waiting for a tick, and wait a little for the provider to
     /// accept it. The work is spawned, so it completes even if the client hangs up; if this process
-    /// dies first, the lease runs out and another process takes the task.
-    async fn dispatch(self: &Arc<Self>, task: Task, callback_token: Option<String>) {
+    /// dies first, the lease runs out and another process takes the task. Returns the task as the
+    /// provider's acceptance left it, when that happened in time.
+    async fn dispatch(self: &Arc<Self>, task: Task, callback_token: Option<String>) -> Option<Task> {
         let engine = Arc::clone(self);
         let work = self.dispatched.spawn(async move { engine.process_with(task, callback_token).await });
-        let _ = tokio::time::timeout(self.settings.dispatch_wait, work).await;
+        tokio::time::timeout(self.settings.dispatch_wait, work).await.ok().and_then(Result::ok).flatten()
     }
 
     /// Runs until `shutdown`: every tick, claim what is due and work on it; now and then, purge
@@ -355,30 +366,32 @@ impl Engine {
 
     /// One step for one claimed task. Errors leave the task to its lease: it becomes due again.
     async fn process(&self, task: Task) {
-        self.process_with(task, None).await
+        self.process_with(task, None).await;
     }
 
     /// [`Engine::process`], with the callback token stored at create for the task's first submit.
-    async fn process_with(&self, task: Task, callback_token: Option<String>) {
+    /// Returns the task as a submit the provider accepted left it (`running`).
+    async fn process_with(&self, task: Task, callback_token: Option<String>) -> Option<Task> {
         let _claim = self.track(&task.id);
         let span = tracing::info_span!("task", task_id = %task.id, provider = %task.provider, status = ?task.status);
         async {
             let result = match task.status {
                 TaskStatus::Pending => self.submit(&task, callback_token).await,
-                TaskStatus::Running => self.poll(&task).await,
-                TaskStatus::Queued | TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => Ok(()),
+                TaskStatus::Running => self.poll(&task).await.map(|()| None),
+                TaskStatus::Queued | TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled => Ok(None),
             };
-            if let Err(error) = result {
+            result.unwrap_or_else(|error| {
                 tracing::warn!(error = %error, "task step failed; it will be retried after its lease");
-            }
+                None
+            })
         }
         .instrument(span)
         .await
     }
 
-    async fn submit(&self, task: &Task, mut stored_token: Option<String>) -> sqlx::Result<()> {
+    async fn submit(&self, task: &Task, mut stored_token: Option<String>) -> sqlx::Result<Option<Task>> {
         if Utc::now() >= task.deadline_at {
-            return self.time_out(task).await;
+            return self.time_out(task).await.map(|()| None);
         }
         // The task's route first (while its breaker lets it through), then the sub-model's other
         // routes in order: a retriable failure moves on to the next one.
@@ -422,7 +435,7 @@ impl Engine {
                 };
                 let simulated = self.catalog.is_simulated(provider_id);
                 if !tasks::switch_route(&self.pool, &task.id, provider_id, upstream_model, label, simulated).await? {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             // A new token per attempt (or the provider's stable one), stored before the provider can
@@ -472,9 +485,9 @@ impl Engine {
                     tracing::info!(upstream_id = %upstream_id, provider = %provider_id, "accepted upstream");
                     let delay = self.poll_delay(&task.model, provider_id, Duration::ZERO, None);
                     let body_version = self.webhooks.body_version();
-                    if let Some(running) =
-                        tasks::mark_running(&self.pool, task, &upstream_id, delay, body_version, &self.files).await?
-                    {
+                    let running =
+                        tasks::mark_running(&self.pool, task, &upstream_id, delay, body_version, &self.files).await?;
+                    if let Some(running) = &running {
                         if running.wants(tasks::CallbackEvent::Started) {
                             self.webhooks.wake();
                         }
@@ -489,9 +502,9 @@ impl Engine {
                         // Cancelled while the provider accepted it: the job is no use to anyone.
                         self.cancel_upstream(provider_id, &upstream_id).await;
                     }
-                    return Ok(());
+                    return Ok(running);
                 }
-                Ok(Submitted::Completed { images }) => return self.succeed_now(task, images).await,
+                Ok(Submitted::Completed { images }) => return self.succeed_now(task, images).await.map(|()| None),
                 Err(error) if error.route_unavailable => {
                     tracing::error!(error = %error, provider = %provider_id, "route unavailable; trying the next one");
                     unavailable = true;
@@ -500,17 +513,17 @@ impl Engine {
                     tracing::warn!(error = %error, provider = %provider_id, attempt = task.attempts, "submit failed");
                     waiting = true;
                 }
-                Err(error) => return self.finish(task, Outcome::Failed(error.into_task_error())).await,
+                Err(error) => return self.finish(task, Outcome::Failed(error.into_task_error())).await.map(|()| None),
             }
         }
         if !waiting {
             // No route can take the task, now or later: it ends now rather than at its deadline.
             let message = if unavailable { UNAVAILABLE } else { "No provider serves this model any more." };
             let error = TaskError { code: TaskErrorCode::UpstreamFailed, message: message.into() };
-            return self.finish(task, Outcome::Failed(error)).await;
+            return self.finish(task, Outcome::Failed(error)).await.map(|()| None);
         }
         // A route failed for now or is resting: try again later.
-        tasks::reschedule(&self.pool, &task.id, self.retry_delay(task.attempts)).await
+        tasks::reschedule(&self.pool, &task.id, self.retry_delay(task.attempts)).await.map(|()| None)
     }
 
     async fn poll(&self, task: &Task) -> sqlx::Result<()> {
@@ -745,9 +758,23 @@ impl Engine {
     /// task of each account, accounts by last dispatch) dispatch what the in-flight limits and the
     /// submit windows have room for, until a round dispatches nothing. At most a batch per call.
     /// Returns how many were dispatched.
+    /// Whether the engine's pass should look at the queue now: always while the last look found queued
+    /// tasks or this process queued one since; else once per tick (a replica's queued tasks are found
+    /// within a tick), not at every wake — every settlement wakes the engine.
+    fn admission_due(&self) -> bool {
+        let mut last = self.last_admission.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.queue_seen.load(Ordering::Relaxed) || last.elapsed() >= self.settings.tick {
+            *last = Instant::now();
+            return true;
+        }
+        false
+    }
+
     async fn admit_queued(&self) -> sqlx::Result<usize> {
         let batch = self.settings.batch_size.get();
-        for task in admission::expired(&self.pool, self.settings.max_queue, batch as i64).await? {
+        let expired = admission::expired(&self.pool, self.settings.max_queue, batch as i64).await?;
+        let mut seen = !expired.is_empty();
+        for task in expired {
             let error = TaskError {
                 code: TaskErrorCode::Timeout,
                 message: format!(
@@ -763,6 +790,7 @@ impl Engine {
         let mut full: HashSet<String> = HashSet::new();
         while dispatched < batch {
             let heads = admission::heads(&self.pool, batch as i64).await?;
+            seen |= !heads.is_empty();
             let mut this_round = 0;
             for head in &heads {
                 if full.contains(&head.provider) {
@@ -788,6 +816,7 @@ impl Engine {
             }
             dispatched += this_round;
         }
+        self.queue_seen.store(seen, Ordering::Relaxed);
         if dispatched > 0 {
             self.runner.wake();
         }
@@ -805,8 +834,10 @@ impl Job for Engine {
     type Item = Task;
 
     async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Task>> {
-        if let Err(error) = self.admit_queued().await {
-            tracing::warn!(error = %error, "dispatching queued tasks failed");
+        if self.admission_due() {
+            if let Err(error) = self.admit_queued().await {
+                tracing::warn!(error = %error, "dispatching queued tasks failed");
+            }
         }
         tasks::claim_due(&self.pool, limit as i64, self.lease(), &self.instance).await
     }

@@ -38,7 +38,7 @@ use crate::error::Error;
 use error::ApiError;
 pub use events::StreamSlots;
 use extract::BodyLimit;
-pub use state::AppState;
+pub use state::{AppState, Parts};
 
 pub fn router(state: AppState) -> Router {
     let routes = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));

@@ -14,9 +14,27 @@ use crate::task_events::TaskEvents;
 use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one shared [`Parts`], so a clone (axum clones the state for every
+/// request and extractor) is one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Parts>);
+
+impl AppState {
+    pub fn new(parts: Parts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// The parts of the application a handler can reach.
+pub struct Parts {
     pub pool: Db,
     pub settings: Arc<Settings>,
     pub catalog: Arc<Catalog>,
