@@ -1,3 +1,4 @@
--- PostgreSQL drops the foreign keys to accounts of tasks, ledger and idempotency_keys here (they lock
--- the hot account row once per inserted row). SQLite's checks take no row locks: nothing to do.
+-- PostgreSQL drops the foreign keys to accounts of tasks, ledger, idempotency_keys and
+-- webhook_deliveries here (they lock the busy account row once per inserted row). SQLite's checks
+-- take no row locks: nothing to do.
 SELECT 1;
