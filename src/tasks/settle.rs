@@ -3,9 +3,9 @@
 //! in one transaction ([`super::group`]):
 //!
 //! 1. the batch's tasks are read and locked once, in id order;
-//! 2. each settlement, in order, is a guarded `UPDATE … WHERE status IN (unfinished)` of its task with
-//!    its outcome and what it is charged (a task already ended, or ended earlier in the batch, is
-//!    left alone: `None`), then its webhook;
+//! 2. one guarded `UPDATE … FROM (rows) WHERE status IN (unfinished)` ends them all, each with its
+//!    outcome and what it is charged (a task already ended, or ended by an earlier request of the
+//!    batch, is left alone: `None`); then each one's webhook;
 //! 3. the holds are settled together ([`ledger::settle_all`]): the accounts are locked last, once
 //!    each, so a busy account's row is held only for the end of one transaction instead of once per
 //!    task; then the limit counters, one update per (account, key, period) — after the accounts, the
@@ -18,10 +18,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use sqlx::types::Json;
 
 use super::group::{Group, GroupSettings};
-use super::{webhook_event, CallbackEvent, Outcome, Task, TaskStatus, COLUMNS};
+use super::{webhook_event, CallbackEvent, Outcome, Task, TaskError, TaskOutput, TaskStatus, COLUMNS};
 use crate::config::BodyVersion;
 use crate::files::FileStore;
 use crate::ledger::{self, Settlement};
@@ -39,6 +40,19 @@ pub struct Ending {
     pub body_version: BodyVersion,
 }
 
+/// One task's end as the batch's update reads it (named apart from the `tasks` columns it sets).
+#[derive(Serialize)]
+struct EndRow<'a> {
+    s_id: &'a str,
+    s_status: TaskStatus,
+    s_output: Option<&'a TaskOutput>,
+    s_error: Option<&'a TaskError>,
+    s_charged: i64,
+}
+
+const END_COLUMNS: &[(&str, &str)] =
+    &[("s_id", "text"), ("s_status", "text"), ("s_output", "jsonb"), ("s_error", "jsonb"), ("s_charged", "bigint")];
+
 /// Ends the batch's tasks in one transaction (see the module): per ending, in order, the settled task
 /// when this batch ended it, `None` when it had already ended.
 pub async fn commit(db: &Db, files: &FileStore, batch: &[&Ending]) -> sqlx::Result<Vec<Option<Task>>> {
@@ -54,49 +68,59 @@ pub async fn commit(db: &Db, files: &FileStore, batch: &[&Ending]) -> sqlx::Resu
     );
     let rows: Vec<serde_json::Value> = ids.iter().map(|id| serde_json::json!({ "id": id })).collect();
     let found: Vec<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&read).bind(Json(&rows)).fetch_all(conn).await)?;
-    // What each task was before this batch: a `queued` task was not in flight.
-    let mut was: HashMap<String, TaskStatus> = found.iter().map(|task| (task.id.clone(), task.status)).collect();
-    let mut tasks: HashMap<String, Task> = found.into_iter().map(|task| (task.id.clone(), task)).collect();
+    let tasks: HashMap<&str, &Task> = found.iter().map(|task| (task.id.as_str(), task)).collect();
+    // Each unfinished task ends by the first of the batch's endings for it; the others find it ended.
+    let mut rows = Vec::new();
+    let mut firsts: Vec<Option<&str>> = Vec::with_capacity(batch.len());
+    for ending in batch {
+        let id = ending.task_id.as_str();
+        let Some(before) = tasks.get(id).filter(|task| !task.status.is_terminal()) else {
+            firsts.push(None);
+            continue;
+        };
+        if rows.iter().any(|row: &EndRow| row.s_id == id) {
+            firsts.push(None);
+            continue;
+        }
+        let (status, output, error) = match &ending.outcome {
+            Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(output), None),
+            Outcome::Failed(error) => (TaskStatus::Failed, None, Some(error)),
+            Outcome::Cancelled => (TaskStatus::Cancelled, None, None),
+        };
+        // A success is charged per image delivered (see [`Task::charge_for`]), anything else nothing.
+        let charged = output.map_or(0, |output| before.charge_for(output.images.len()));
+        rows.push(EndRow { s_id: id, s_status: status, s_output: output, s_error: error, s_charged: charged });
+        firsts.push(Some(id));
+    }
+    // One guarded update for all of them.
     let update = format!(
-        "UPDATE tasks SET status = $2, output = $3, error = $4, charged = $5, updated_at = {now}, completed_at = {now},
-                          leased_by = NULL
-         WHERE id = $1 AND status IN ('queued', 'pending', 'running')
+        "UPDATE tasks SET status = r.s_status, output = r.s_output, error = r.s_error, charged = r.s_charged,
+                          updated_at = {now}, completed_at = {now}, leased_by = NULL
+         FROM {rows}
+         WHERE tasks.id = r.s_id AND tasks.status IN ('queued', 'pending', 'running')
          RETURNING {COLUMNS}",
-        now = d.now()
+        now = d.now(),
+        rows = d.json_rows("$1", END_COLUMNS),
     );
+    let mut ended: HashMap<String, Task> = if rows.is_empty() {
+        HashMap::new()
+    } else {
+        let ended: Vec<Task> =
+            on_tx!(&mut tx, conn => sqlx::query_as(&update).bind(Json(&rows)).fetch_all(conn).await)?;
+        ended.into_iter().map(|task| (task.id.clone(), task)).collect()
+    };
     let mut answers = Vec::with_capacity(batch.len());
     let mut settled: Vec<Task> = Vec::new();
     // Per (account, key, day and month created): (a creation time, released, ended in flight).
     let mut ended_keys = BTreeMap::new();
-    for ending in batch {
-        let Some(before) = tasks.get(&ending.task_id).filter(|task| !task.status.is_terminal()) else {
-            answers.push(None);
-            continue;
-        };
-        let (status, output, error) = match &ending.outcome {
-            Outcome::Succeeded(output) => (TaskStatus::Succeeded, Some(Json(output)), None),
-            Outcome::Failed(error) => (TaskStatus::Failed, None, Some(Json(error))),
-            Outcome::Cancelled => (TaskStatus::Cancelled, None, None),
-        };
-        // A success is charged per image delivered (see [`Task::charge_for`]), anything else nothing.
-        let charged = match &ending.outcome {
-            Outcome::Succeeded(output) => before.charge_for(output.images.len()),
-            _ => 0,
-        };
-        let ended: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&update)
-            .bind(&ending.task_id)
-            .bind(status)
-            .bind(output)
-            .bind(error)
-            .bind(charged)
-            .fetch_optional(conn)
-            .await)?;
-        let Some(task) = ended else {
+    for (ending, first) in batch.iter().zip(firsts) {
+        let Some(task) = first.and_then(|id| ended.remove(id)) else {
             answers.push(None);
             continue;
         };
         if let Some(key_id) = &task.key_id {
-            let in_flight = was.remove(&task.id) != Some(TaskStatus::Queued);
+            // A `queued` task was not in flight.
+            let in_flight = tasks.get(task.id.as_str()).is_none_or(|before| before.status != TaskStatus::Queued);
             let counted = ended_keys
                 .entry((
                     task.account_id,
@@ -105,13 +129,12 @@ pub async fn commit(db: &Db, files: &FileStore, batch: &[&Ending]) -> sqlx::Resu
                     limits::month_of(task.created_at),
                 ))
                 .or_insert((task.created_at, 0, 0));
-            counted.1 += task.price - charged;
+            counted.1 += task.price - task.charged();
             counted.2 += i64::from(in_flight);
         }
         if let Some(event) = webhook_event(&task, CallbackEvent::Completed, ending.body_version, files) {
             queue::enqueue(&mut tx, &event, ending.webhook_delay).await?;
         }
-        tasks.insert(task.id.clone(), task.clone());
         answers.push(Some(settled.len()));
         settled.push(task);
     }
