@@ -13,6 +13,9 @@ use std::num::NonZeroUsize;
 use crate::helpers::{
     assert_error, assert_ledger_consistent_on, session_token, spawn_dashboard_app_with, Backend, TestApp,
 };
+use crate::storage::both;
+
+both!(caps_hold_under_200_concurrent_creates);
 
 /// An account with `credits` and one key, with these limits on the key and the account.
 async fn limited(app: &TestApp, credits: i64, key: Limits, account: Limits) -> (i64, String) {
@@ -79,16 +82,6 @@ async fn caps_hold_under_200_concurrent_creates(backend: Backend) {
     .expect("count statuses");
     assert_eq!(statuses, [("in flight".to_owned(), 7), ("queued".to_owned(), 100)]);
     assert_ledger_consistent_on(&app.db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caps_hold_under_200_concurrent_creates_on_postgres() {
-    caps_hold_under_200_concurrent_creates(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caps_hold_under_200_concurrent_creates_on_sqlite() {
-    caps_hold_under_200_concurrent_creates(Backend::Sqlite).await;
 }
 
 #[tokio::test]

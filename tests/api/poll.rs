@@ -6,6 +6,9 @@ use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
 use reqwest::StatusCode;
 
 use crate::helpers::{assert_error, bearer, Backend, TestApp};
+use crate::storage::both;
+
+both!(another_account_gets_404_for_a_cached_task, if_none_match_with_the_etag_answers_304);
 
 /// A driven gateway (the simulated provider stores its result in the file store).
 async fn app() -> TestApp {
@@ -52,17 +55,7 @@ async fn a_finishing_task_is_seen_at_once_then_answered_from_the_cache() {
     assert_eq!(cached["status"], "succeeded");
 }
 
-#[tokio::test]
-async fn another_account_gets_404_for_a_cached_task() {
-    another_account_gets_404_for_a_cached_task_on(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn another_account_gets_404_for_a_cached_task_on_sqlite() {
-    another_account_gets_404_for_a_cached_task_on(Backend::Sqlite).await;
-}
-
-async fn another_account_gets_404_for_a_cached_task_on(backend: Backend) {
+async fn another_account_gets_404_for_a_cached_task(backend: Backend) {
     let app = TestApp::builder().backend(backend).driven().spawn().await;
     let (_, owner) = app.new_account(100).await;
     let (_, other) = app.new_account(100).await;
@@ -99,17 +92,7 @@ async fn cached_answers_carry_freshly_signed_links_that_work() {
     }
 }
 
-#[tokio::test]
-async fn if_none_match_with_the_etag_answers_304() {
-    if_none_match_with_the_etag_answers_304_on(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn if_none_match_with_the_etag_answers_304_on_sqlite() {
-    if_none_match_with_the_etag_answers_304_on(Backend::Sqlite).await;
-}
-
-async fn if_none_match_with_the_etag_answers_304_on(backend: Backend) {
+async fn if_none_match_with_the_etag_answers_304(backend: Backend) {
     // Public links do not expire, so a finished task's answer stays byte for byte the same.
     let app = TestApp::builder()
         .backend(backend)

@@ -13,6 +13,13 @@ use serde_json::{json, Value};
 
 use crate::fakes::kie::FakeKie;
 use crate::helpers::{assert_error, assert_ledger_consistent_on, wait_all_terminal_on, Backend, TestApp};
+use crate::storage::both;
+
+both!(
+    a_full_max_in_flight_queues_and_every_task_ends,
+    queued_tasks_time_out_or_cancel_and_are_released_once,
+    a_provider_window_queues_a_burst_fairly_and_kie_never_refuses,
+);
 
 /// An account with `credits` and one key with these limits.
 async fn limited(app: &TestApp, credits: i64, key: Limits) -> (i64, String) {
@@ -56,16 +63,6 @@ async fn a_full_max_in_flight_queues_and_every_task_ends(backend: Backend) {
     assert_ledger_consistent_on(&app.db).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_max_in_flight_queues_and_every_task_ends_on_postgres() {
-    a_full_max_in_flight_queues_and_every_task_ends(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_max_in_flight_queues_and_every_task_ends_on_sqlite() {
-    a_full_max_in_flight_queues_and_every_task_ends(Backend::Sqlite).await;
-}
-
 async fn queued_tasks_time_out_or_cancel_and_are_released_once(backend: Backend) {
     let app = TestApp::builder()
         .backend(backend)
@@ -107,29 +104,9 @@ async fn queued_tasks_time_out_or_cancel_and_are_released_once(backend: Backend)
     assert_ledger_consistent_on(&app.db).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_tasks_time_out_or_cancel_and_are_released_once_on_postgres() {
-    queued_tasks_time_out_or_cancel_and_are_released_once(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_tasks_time_out_or_cancel_and_are_released_once_on_sqlite() {
-    queued_tasks_time_out_or_cancel_and_are_released_once(Backend::Sqlite).await;
-}
-
 /// KIE's window of 20 submits per 10 s, shortened to 2 s: 100 tasks created at once by two accounts
 /// all succeed, KIE never sees more than 20 submits in 2 s nor refuses one, and the queue serves
 /// the two accounts in turn.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_window_queues_a_burst_fairly_and_kie_never_refuses_on_postgres() {
-    a_provider_window_queues_a_burst_fairly_and_kie_never_refuses(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_window_queues_a_burst_fairly_and_kie_never_refuses_on_sqlite() {
-    a_provider_window_queues_a_burst_fairly_and_kie_never_refuses(Backend::Sqlite).await;
-}
-
 async fn a_provider_window_queues_a_burst_fairly_and_kie_never_refuses(backend: Backend) {
     let window = Duration::from_secs(2);
     let fake = FakeKie::start().await;
