@@ -28,8 +28,8 @@ use crate::providers::{JobState, Providers, SubmitRequest, Submitted, LOST, UNAV
 use crate::task_events::TaskEvents;
 use crate::tasks::admission::{self, Dispatch};
 use crate::tasks::{
-    self, Batcher, Created, Ending, GroupSettings, NewTask, Outcome, OutputImage, Settler, Task, TaskError,
-    TaskErrorCode, TaskInput, TaskOutput, TaskStatus,
+    self, Batcher, Created, Ending, GroupSettings, NewTask, Outcome, OutputImage, Settler, Start, Starter, Task,
+    TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus,
 };
 use crate::url_guard::Guard;
 use crate::webhooks::Webhooks;
@@ -79,6 +79,8 @@ pub struct Engine {
     creates: Batcher,
     /// Terminal transitions, committed in batches.
     settles: Settler,
+    /// Starts (the provider accepted a task), committed in batches.
+    starts: Starter,
     /// Whether the last look at the admission queue found tasks, or this process queued one since.
     queue_seen: AtomicBool,
     /// When the engine's pass last looked at the admission queue.
@@ -144,12 +146,14 @@ impl Engine {
         };
         // Settlements wait for room instead: they must happen. As many as creates may wait.
         let settles = Settler::start(pool.clone(), files.clone(), GroupSettings { name: "settle", ..batcher });
+        let starts = Starter::start(pool.clone(), files.clone(), GroupSettings { name: "start", ..batcher });
         let runner = Runner::new("engine", settings.tick, settings.batch_size.get(), settings.max_in_flight.get());
         let breakers = Breakers::new(settings.breaker_failures, settings.breaker_cooldown);
         let creates = Batcher::start(pool.clone(), batcher);
         Arc::new(Engine {
             creates,
             settles,
+            starts,
             pool,
             providers,
             catalog,
@@ -484,9 +488,14 @@ impl Engine {
                 Ok(Submitted::Accepted { upstream_id }) => {
                     tracing::info!(upstream_id = %upstream_id, provider = %provider_id, "accepted upstream");
                     let delay = self.poll_delay(&task.model, provider_id, Duration::ZERO, None);
-                    let body_version = self.webhooks.body_version();
-                    let running =
-                        tasks::mark_running(&self.pool, task, &upstream_id, delay, body_version, &self.files).await?;
+                    let start = Start {
+                        task_id: task.id.clone(),
+                        upstream_id: upstream_id.clone(),
+                        next_poll_in: delay,
+                        wants_started: task.wants(tasks::CallbackEvent::Started),
+                        body_version: self.webhooks.body_version(),
+                    };
+                    let running = self.starts.start_task(start).await?;
                     if let Some(running) = &running {
                         if running.wants(tasks::CallbackEvent::Started) {
                             self.webhooks.wake();
@@ -598,7 +607,7 @@ impl Engine {
     async fn settle(&self, task: &Task, outcome: Outcome) -> sqlx::Result<Option<Task>> {
         let (delay, version) = (self.webhooks.first_delay(), self.webhooks.body_version());
         let ending = Ending { task_id: task.id.clone(), outcome, webhook_delay: delay, body_version: version };
-        let Some(settled) = self.settles.settle(ending).await? else {
+        let Some(settled) = self.settles.settle(task.account_id, ending).await? else {
             return Ok(None);
         };
         let code = settled.error.as_ref().map(|e| e.code);

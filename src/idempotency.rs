@@ -67,7 +67,7 @@ pub async fn taken(tx: &mut Tx, uses: &[Use<'_>]) -> sqlx::Result<Vec<(i64, Stri
     let sql = format!(
         "SELECT k.account_id, k.key FROM idempotency_keys k JOIN {rows} ON k.account_id = r.account_id AND k.key = r.key
          WHERE k.created_at >= {expired}",
-        rows = d.json_rows("$1", USE_COLUMNS),
+        rows = d.json_rows("$1", USE_COLUMNS, uses.len()),
         expired = expired_before(d),
     );
     on_tx!(tx, conn => sqlx::query_as(&sql).bind(Json(uses)).fetch_all(conn).await)
@@ -84,7 +84,7 @@ pub async fn claim(tx: &mut Tx, uses: &[Use<'_>]) -> sqlx::Result<u64> {
              SET request_hash = EXCLUDED.request_hash, task_id = EXCLUDED.task_id, created_at = {now}
              WHERE idempotency_keys.created_at < {expired}",
         hash = d.unhex("r.hash"),
-        rows = d.json_rows("$1", USE_COLUMNS),
+        rows = d.json_rows("$1", USE_COLUMNS, uses.len()),
         now = d.now(),
         expired = expired_before(d),
     );

@@ -125,7 +125,7 @@ pub async fn settle_all(tx: &mut Tx, settlements: &[Settlement<'_>]) -> sqlx::Re
         .collect();
     let update = format!(
         "UPDATE accounts SET balance = r.balance, held = accounts.held - r.settled FROM {} WHERE accounts.id = r.id",
-        d.json_rows("$1", &[("id", "bigint"), ("balance", "bigint"), ("settled", "bigint")])
+        d.json_rows("$1", &[("id", "bigint"), ("balance", "bigint"), ("settled", "bigint")], changes.len())
     );
     on_tx!(tx, conn => sqlx::query(&update).bind(Json(&changes)).execute(conn).await.map(|done| done.rows_affected()))?;
     let columns = [
@@ -139,7 +139,7 @@ pub async fn settle_all(tx: &mut Tx, settlements: &[Settlement<'_>]) -> sqlx::Re
     let insert = format!(
         "INSERT INTO ledger (account_id, kind, amount, task_id, balance_after, reason)
          SELECT r.account_id, r.kind, r.amount, r.task_id, r.balance_after, r.reason FROM {}",
-        d.json_rows("$1", &columns)
+        d.json_rows("$1", &columns, rows.len())
     );
     on_tx!(tx, conn => sqlx::query(&insert).bind(Json(&rows)).execute(conn).await.map(|done| done.rows_affected()))?;
     Ok(())
@@ -181,7 +181,7 @@ pub struct BatchHold<'a> {
 pub async fn hold_all(tx: &mut Tx, holds: &[BatchHold<'_>]) -> sqlx::Result<()> {
     let d = tx.dialect();
     let columns = [("account_id", "bigint"), ("task_id", "text"), ("price", "bigint"), ("balance_after", "bigint")];
-    let rows = d.json_rows("$1", &columns);
+    let rows = d.json_rows("$1", &columns, holds.len());
     let insert = format!(
         "INSERT INTO ledger (account_id, kind, amount, task_id, balance_after)
          SELECT r.account_id, 'hold', -r.price, r.task_id, r.balance_after FROM {rows}"

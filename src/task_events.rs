@@ -58,7 +58,7 @@ impl TaskEvents {
     }
 
     /// A change whose statement notified the waiters itself on PostgreSQL (`pg_notify` in the same
-    /// transaction, see [`tasks::mark_running`]): published here only on SQLite.
+    /// transaction, see [`tasks::start`]): published here only on SQLite.
     pub fn published_with_change(&self, task_id: &str) {
         if let Db::Sqlite(_) = &self.db {
             let _ = self.sender.send(task_id.to_owned());

@@ -338,7 +338,7 @@ async fn insert(tx: &mut Tx, batch: &[(&NewTask, bool)]) -> sqlx::Result<Vec<Tas
         deadline = d.now_plus_secs("r.deadline_secs"),
         lease = d.now_plus_secs("r.lease_secs"),
         token = d.unhex("r.token_hash"),
-        rows = d.json_rows("$1", ROW_COLUMNS),
+        rows = d.json_rows("$1", ROW_COLUMNS, rows.len()),
     );
     on_tx!(tx, conn => sqlx::query_as(&sql).bind(Json(&rows)).fetch_all(conn).await)
 }
@@ -400,7 +400,7 @@ impl Batcher {
     pub async fn create(&self, new: NewTask) -> Result<Created, Error> {
         let new = Arc::new(new);
         // No task event for a new task: nobody can wait on a task before its create answered.
-        create_with(&self.db, &new, || self.group.submit(Arc::clone(&new))).await
+        create_with(&self.db, &new, || self.group.submit(new.account_id as u64, Arc::clone(&new))).await
     }
 }
 

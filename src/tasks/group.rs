@@ -4,6 +4,11 @@
 //! grow by themselves, so one durable commit (and one update of a busy account row) serves many
 //! requests. Nobody is answered before the commit of its batch.
 //!
+//! Each committer has its own queue, and a request names its queue by a shard key (the account, for
+//! work that updates the account's row): all the work of one account goes to one committer, so its
+//! batches are as large as they can be and two committers never wait for each other's lock on the
+//! row; different accounts commit side by side.
+//!
 //! A batch that fails (a constraint, text the database refuses, a deadlock) is committed again one
 //! request at a time, so only the request at fault fails. Used by the creates ([`super::batch`]) and
 //! the settlements ([`super::settle`]).
@@ -13,7 +18,7 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
@@ -29,9 +34,9 @@ pub struct GroupSettings {
     pub name: &'static str,
     /// Most requests in one transaction.
     pub max_batch: usize,
-    /// Most requests waiting.
+    /// Most requests waiting (over all committers' queues).
     pub queue: usize,
-    /// Batches committing at once.
+    /// Batches committing at once, each from its own queue.
     pub committers: usize,
 }
 
@@ -40,9 +45,10 @@ struct Job<I, A> {
     reply: oneshot::Sender<sqlx::Result<A>>,
 }
 
-/// The queue and its committers; the committers stop when the group is dropped and the queue is empty.
+/// The queues and their committers; the committers stop when the group is dropped and the queues
+/// are empty.
 pub struct Group<I, A> {
-    sender: mpsc::Sender<Job<I, A>>,
+    senders: Vec<mpsc::Sender<Job<I, A>>>,
     name: &'static str,
     _committers: TaskTracker,
 }
@@ -50,28 +56,36 @@ pub struct Group<I, A> {
 impl<I: Send + Sync + 'static, A: Send + 'static> Group<I, A> {
     /// Starts the committers on the current runtime.
     pub fn start(settings: GroupSettings, commit: CommitFn<I, A>) -> Group<I, A> {
-        let (sender, receiver) = mpsc::channel(settings.queue.max(1));
-        let receiver = Arc::new(Mutex::new(receiver));
+        let committers = settings.committers.max(1);
         let tracker = TaskTracker::new();
-        for _ in 0..settings.committers.max(1) {
-            let committer = Committer {
-                receiver: Arc::clone(&receiver),
-                max_batch: settings.max_batch.max(1),
-                name: settings.name,
-                commit: Arc::clone(&commit),
-            };
-            tracker.spawn(committer.run());
-        }
+        let senders = (0..committers)
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(settings.queue.div_ceil(committers).max(1));
+                let committer = Committer {
+                    receiver,
+                    max_batch: settings.max_batch.max(1),
+                    name: settings.name,
+                    commit: Arc::clone(&commit),
+                };
+                tracker.spawn(committer.run());
+                sender
+            })
+            .collect();
         tracker.close();
-        Group { sender, name: settings.name, _committers: tracker }
+        Group { senders, name: settings.name, _committers: tracker }
     }
 
-    /// Queues `item` for the next batch and waits for its answer (after the batch's commit); a full
-    /// queue refuses it with `Overloaded` (a client can retry).
-    pub async fn submit(&self, item: Arc<I>) -> Result<A, Error> {
+    /// The queue of `shard`.
+    fn queue(&self, shard: u64) -> &mpsc::Sender<Job<I, A>> {
+        &self.senders[(shard % self.senders.len() as u64) as usize]
+    }
+
+    /// Queues `item` for the next batch of its shard's committer and waits for its answer (after the
+    /// batch's commit); a full queue refuses it with `Overloaded` (a client can retry).
+    pub async fn submit(&self, shard: u64, item: Arc<I>) -> Result<A, Error> {
         let closed = || Error::Unavailable("The gateway is shutting down; retry shortly.".into());
         let (reply, answer) = oneshot::channel();
-        self.sender.try_send(Job { item, reply }).map_err(|error| match error {
+        self.queue(shard).try_send(Job { item, reply }).map_err(|error| match error {
             TrySendError::Full(_) => {
                 monitoring::group_refused(self.name);
                 Error::Overloaded("Too many requests are waiting to be stored; retry in a second.".into())
@@ -81,24 +95,24 @@ impl<I: Send + Sync + 'static, A: Send + 'static> Group<I, A> {
         Ok(answer.await.map_err(|_| closed())??)
     }
 
-    /// Queues `item`, waiting for room in a full queue (work that must be done, such as a
-    /// settlement), and waits for its answer.
-    pub async fn submit_waiting(&self, item: Arc<I>) -> sqlx::Result<A> {
+    /// Queues `item` in its shard's queue, waiting for room in a full queue (work that must be done,
+    /// such as a settlement), and waits for its answer.
+    pub async fn submit_waiting(&self, shard: u64, item: Arc<I>) -> sqlx::Result<A> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send(Job { item, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
+        self.queue(shard).send(Job { item, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 }
 
 struct Committer<I, A> {
-    receiver: Arc<Mutex<mpsc::Receiver<Job<I, A>>>>,
+    receiver: mpsc::Receiver<Job<I, A>>,
     max_batch: usize,
     name: &'static str,
     commit: CommitFn<I, A>,
 }
 
 impl<I, A> Committer<I, A> {
-    async fn run(self) {
+    async fn run(mut self) {
         while let Some(jobs) = self.take().await {
             self.commit(jobs).await;
         }
@@ -106,8 +120,8 @@ impl<I, A> Committer<I, A> {
 
     /// The first waiting request (waiting for one when none is), with whatever else is waiting, up
     /// to the batch size. `None` once the group is gone.
-    async fn take(&self) -> Option<Vec<Job<I, A>>> {
-        let mut receiver = self.receiver.lock().await;
+    async fn take(&mut self) -> Option<Vec<Job<I, A>>> {
+        let receiver = &mut self.receiver;
         let first = receiver.recv().await?;
         let mut jobs = Vec::with_capacity(receiver.len().min(self.max_batch - 1) + 1);
         jobs.push(first);

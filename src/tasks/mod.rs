@@ -10,6 +10,7 @@ pub mod batch;
 mod finished;
 pub mod group;
 pub mod settle;
+pub mod start;
 mod view;
 
 use std::time::Duration;
@@ -28,12 +29,13 @@ use crate::limits;
 use crate::pricing::PriceStep;
 use crate::store::{self, Db, Dialect, WorkQueue};
 use crate::webhooks::queue::{self, Delivery, Event};
-use crate::{ids, on_db, on_tx};
+use crate::{ids, on_db};
 
 pub use batch::{AccountState, Batcher, Decision};
 pub use finished::FinishedTasks;
 pub use group::GroupSettings;
 pub use settle::{Ending, Settler};
+pub use start::{Start, Starter};
 pub use view::{timestamp, CreditsState, CreditsView, TaskView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
@@ -429,13 +431,9 @@ pub async fn release(db: &Db, task_ids: &[String]) -> sqlx::Result<u64> {
     Ok(done)
 }
 
-/// The provider accepted the task: remember its job id and when to look again (at once when its
-/// callback already arrived), and for a task whose webhook wants it, enqueue its `started` event in
-/// the same transaction. On PostgreSQL the same statement notifies the task's waiters (sent at the
-/// commit: one commit, not two; see [`TaskEvents::published_with_change`]). `None` when the task was
-/// no longer pending (cancelled meanwhile).
-///
-/// [`TaskEvents::published_with_change`]: crate::task_events::TaskEvents::published_with_change
+/// The provider accepted the task: remember its job id and when to look again, as a batch of one
+/// (see [`start`]; the engine starts its tasks through a [`Starter`]). `None` when the task was no
+/// longer pending (cancelled meanwhile).
 pub async fn mark_running(
     db: &Db,
     task: &Task,
@@ -444,42 +442,14 @@ pub async fn mark_running(
     body_version: BodyVersion,
     files: &FileStore,
 ) -> sqlx::Result<Option<Task>> {
-    let d = db.dialect();
-    let sql = format!(
-        "UPDATE tasks SET status = 'running', upstream_id = $2, attempts = 0, updated_at = {now}, leased_by = NULL,
-                          next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
-         WHERE id = $1 AND status = 'pending'
-         RETURNING {COLUMNS}{notify}",
-        now = d.now(),
-        next = d.least(&d.now_plus_secs("$3"), "deadline_at"),
-        notify = match d {
-            Dialect::Postgres => format!(", pg_notify('{}', id)::text AS notified", crate::task_events::CHANNEL),
-            Dialect::Sqlite => String::new(),
-        },
-    );
-    // Without a `started` webhook the transition is one statement, committed on its own.
-    if !task.wants(CallbackEvent::Started) {
-        return on_db!(db, pool => sqlx::query_as(&sql)
-            .bind(&task.id)
-            .bind(upstream_id)
-            .bind(next_poll_in.as_secs_f64())
-            .fetch_optional(pool)
-            .await);
-    }
-    let mut tx = db.begin().await?;
-    let running: Option<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql)
-        .bind(&task.id)
-        .bind(upstream_id)
-        .bind(next_poll_in.as_secs_f64())
-        .fetch_optional(conn)
-        .await)?;
-    if let Some(event) =
-        running.as_ref().and_then(|task| webhook_event(task, CallbackEvent::Started, body_version, files))
-    {
-        queue::enqueue_started(&mut tx, &event).await?;
-    }
-    tx.commit().await?;
-    Ok(running)
+    let start = Start {
+        task_id: task.id.clone(),
+        upstream_id: upstream_id.to_owned(),
+        next_poll_in,
+        wants_started: task.wants(CallbackEvent::Started),
+        body_version,
+    };
+    Ok(start::commit(db, files, &[&start]).await?.pop().flatten())
 }
 
 /// Submit to another route (failover): only while the task is still pending. `label` and `simulated`

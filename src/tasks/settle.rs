@@ -64,7 +64,7 @@ pub async fn commit(db: &Db, files: &FileStore, batch: &[&Ending]) -> sqlx::Resu
     let lock = if d == Dialect::Postgres { " FOR UPDATE" } else { "" };
     let read = format!(
         "SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT r.id FROM {}) ORDER BY id{lock}",
-        d.json_rows("$1", &[("id", "text")])
+        d.json_rows("$1", &[("id", "text")], ids.len())
     );
     let rows: Vec<serde_json::Value> = ids.iter().map(|id| serde_json::json!({ "id": id })).collect();
     let found: Vec<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&read).bind(Json(&rows)).fetch_all(conn).await)?;
@@ -100,7 +100,7 @@ pub async fn commit(db: &Db, files: &FileStore, batch: &[&Ending]) -> sqlx::Resu
          WHERE tasks.id = r.s_id AND tasks.status IN ('queued', 'pending', 'running')
          RETURNING {COLUMNS}",
         now = d.now(),
-        rows = d.json_rows("$1", END_COLUMNS),
+        rows = d.json_rows("$1", END_COLUMNS, rows.len()),
     );
     let mut ended: HashMap<String, Task> = if rows.is_empty() {
         HashMap::new()
@@ -197,8 +197,9 @@ impl Settler {
         Settler { group }
     }
 
-    /// Ends the task: `Some(task)` when this call ended it, `None` when it had already ended.
-    pub async fn settle(&self, ending: Ending) -> sqlx::Result<Option<Task>> {
-        self.group.submit_waiting(Arc::new(ending)).await
+    /// Ends the task of `account_id` (its account's settlements go to one committer, see
+    /// [`super::group`]): `Some(task)` when this call ended it, `None` when it had already ended.
+    pub async fn settle(&self, account_id: i64, ending: Ending) -> sqlx::Result<Option<Task>> {
+        self.group.submit_waiting(account_id as u64, Arc::new(ending)).await
     }
 }
