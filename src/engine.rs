@@ -500,8 +500,7 @@ impl Engine {
                         if running.wants(tasks::CallbackEvent::Started) {
                             self.webhooks.wake();
                         }
-                        // On PostgreSQL the transition's own transaction notified the waiters.
-                        self.events.published_with_change(&task.id);
+                        self.events.publish(&task.id);
                         self.runner.wake_at(delay);
                         // Its callback may have come while the submit was in flight: then it is due now.
                         if callback_url.is_some() {
@@ -621,8 +620,7 @@ impl Engine {
         if settled.callback_url.is_some() {
             self.webhooks.wake();
         }
-        // Published by the settlement's own transaction on PostgreSQL.
-        self.events.published_with_change(&settled.id);
+        self.events.publish(&settled.id);
         // Room in flight freed: queued tasks may go now.
         self.runner.wake();
         Ok(Some(settled))
@@ -811,7 +809,7 @@ impl Engine {
                         let waited = (Utc::now() - task.created_at).to_std().unwrap_or_default();
                         monitoring::queue_wait(waited);
                         tracing::info!(task_id = %task.id, waited_ms = waited.as_millis() as u64, "queued task dispatched");
-                        self.events.publish(&task.id).await;
+                        self.events.publish(&task.id);
                         this_round += 1;
                     }
                     Dispatch::WindowFull => {

@@ -6,10 +6,11 @@
 //! another; each process `LISTEN`s once and fans the ids out in process. On SQLite (one process) the
 //! change goes straight to the in-process fan-out.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use tokio::sync::broadcast;
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::monitoring;
@@ -22,6 +23,12 @@ pub const CHANNEL: &str = "aio_task_events";
 /// Ids buffered per waiter; one that falls further behind re-reads its task (see [`Waiter::changed`]).
 const BUFFER: usize = 1024;
 
+/// Events waiting to be sent, at most (beyond, they are dropped: waiters re-read their task).
+const OUTBOX: usize = 8192;
+
+/// Events sent in one statement, at most.
+const NOTIFY_BATCH: usize = 256;
+
 /// Wait before listening again after the listening connection failed.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -32,36 +39,33 @@ pub const RECHECK: Duration = Duration::from_secs(2);
 pub struct TaskEvents {
     db: Db,
     sender: broadcast::Sender<String>,
+    /// On PostgreSQL: ids to notify, sent by [`TaskEvents::run`] (bounded; see [`TaskEvents::publish`]).
+    outbox: mpsc::Sender<String>,
+    outbox_receiver: Mutex<Option<mpsc::Receiver<String>>>,
 }
 
 impl TaskEvents {
     pub fn new(db: Db) -> TaskEvents {
-        TaskEvents { db, sender: broadcast::channel(BUFFER).0 }
+        let (outbox, receiver) = mpsc::channel(OUTBOX);
+        TaskEvents { db, sender: broadcast::channel(BUFFER).0, outbox, outbox_receiver: Mutex::new(Some(receiver)) }
     }
 
-    /// Task `task_id` changed (it was created, started, reported progress or settled). Best effort: a
-    /// waiter also re-reads its task now and then, so a notification lost in a crash only delays it.
-    pub async fn publish(&self, task_id: &str) {
+    /// Task `task_id` changed (it was started, dispatched or settled; call it once the change is
+    /// committed). Best effort and without waiting: a waiter also re-reads its task every [`RECHECK`],
+    /// so an event lost in a crash, or dropped because [`OUTBOX`] events wait already, only delays it.
+    /// On PostgreSQL the id goes to the outbox that [`TaskEvents::run`] sends (see [`notify`]).
+    pub fn publish(&self, task_id: &str) {
         match &self.db {
-            Db::Pg(pool) => {
-                let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(task_id).execute(pool).await;
-                if let Err(error) = sent {
-                    tracing::warn!(error = %error, task_id, "task event not published");
+            Db::Pg(_) => {
+                if self.outbox.try_send(task_id.to_owned()).is_err() {
+                    monitoring::task_event("dropped");
+                    return;
                 }
             }
             Db::Sqlite(_) => {
                 // No receiver is not an error: nobody is waiting.
                 let _ = self.sender.send(task_id.to_owned());
             }
-        }
-        monitoring::task_event("published");
-    }
-
-    /// A change whose statement notified the waiters itself on PostgreSQL (`pg_notify` in the same
-    /// transaction, see [`tasks::start`]): published here only on SQLite.
-    pub fn published_with_change(&self, task_id: &str) {
-        if let Db::Sqlite(_) = &self.db {
-            let _ = self.sender.send(task_id.to_owned());
         }
         monitoring::task_event("published");
     }
@@ -90,10 +94,29 @@ impl TaskEvents {
         }
     }
 
-    /// On PostgreSQL: `LISTEN` until `shutdown`, passing every task id heard to this process's
-    /// waiters; a failed connection is opened again. On SQLite there is nothing to listen to.
+    /// On PostgreSQL, until `shutdown`: sends the outbox's events ([`notify`], whatever waits at once
+    /// in one statement), and `LISTEN`s, passing every task id heard to this process's waiters (a
+    /// failed connection is opened again). On SQLite events go straight to the waiters.
     pub async fn run(&self, shutdown: CancellationToken) {
         let Db::Pg(pool) = &self.db else { return };
+        let outbox = self.outbox_receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let Some(mut outbox) = outbox else { return };
+        let send = async {
+            let mut ids = Vec::new();
+            while outbox.recv_many(&mut ids, NOTIFY_BATCH).await > 0 {
+                let batch: Vec<&str> = ids.iter().map(String::as_str).collect();
+                notify(pool, &batch).await;
+                ids.clear();
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = send => {}
+            _ = self.listen(pool, &shutdown) => {}
+        }
+    }
+
+    async fn listen(&self, pool: &PgPool, shutdown: &CancellationToken) {
         loop {
             let listened = async {
                 let mut listener = PgListener::connect_with(pool).await?;
@@ -158,5 +181,22 @@ impl Waiter {
             }
         };
         let _ = tokio::time::timeout(at_most, wait).await;
+    }
+}
+
+/// Tells the waiters of every replica that `task_ids` changed: one `NOTIFY` per task, sent after the
+/// change committed, in a transaction of its own that does not wait for the disk. A `NOTIFY` inside
+/// the change's transaction would take PostgreSQL's notify lock through that commit's flush, so every
+/// notifying transaction of the cluster would commit one after another (seen in the create bench:
+/// starts and settlements waiting on `Lock:object`). Best effort, like every event: a failure is
+/// logged, and waiters re-read their task every [`RECHECK`].
+async fn notify(pool: &PgPool, task_ids: &[&str]) {
+    if task_ids.is_empty() {
+        return;
+    }
+    const SQL: &str = "SELECT pg_notify($1, id)
+                       FROM (SELECT set_config('synchronous_commit', 'off', true)) AS durability, UNNEST($2::text[]) AS id";
+    if let Err(error) = sqlx::query(SQL).bind(CHANNEL).bind(task_ids).execute(pool).await {
+        tracing::warn!(error = %error, tasks = task_ids.len(), "task events not published");
     }
 }

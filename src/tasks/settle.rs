@@ -9,7 +9,8 @@
 //! 3. the holds are settled together ([`ledger::settle_all`]): the accounts are locked last, once
 //!    each, so a busy account's row is held only for the end of one transaction instead of once per
 //!    task; then the limit counters, one update per (account, key, period) — after the accounts, the
-//!    order the creates lock them in; then, on PostgreSQL, one `NOTIFY` per settled task; the commit.
+//!    order the creates lock them in; then the commit (the engine then publishes the change to the
+//!    task's waiters, see [`crate::task_events`]).
 //!
 //! Each settlement still happens exactly once: the guarded update decides, and the ledger's unique
 //! indexes refuse a second settlement of a task (a batch that fails is settled again one by one).
@@ -28,7 +29,7 @@ use crate::files::FileStore;
 use crate::ledger::{self, Settlement};
 use crate::limits;
 use crate::on_tx;
-use crate::store::{Db, Dialect, Tx};
+use crate::store::{Db, Dialect};
 use crate::webhooks::queue;
 
 /// One task to end.
@@ -155,17 +156,6 @@ pub async fn commit(db: &Db, files: &FileStore, batch: &[&Ending]) -> sqlx::Resu
     // After the accounts, like the creates: rows are always locked account first, then its counters.
     for ((account_id, key_id, _, _), (created_at, released, in_flight)) in &ended_keys {
         limits::record_settle(&mut tx, *account_id, key_id, *created_at, *released, *in_flight).await?;
-    }
-    if d == Dialect::Postgres && !settled.is_empty() {
-        // Waiters on any replica hear of the change once it is committed (see `task_events`).
-        let ids: Vec<&str> = settled.iter().map(|task| task.id.as_str()).collect();
-        if let Tx::Pg(tx) = &mut tx {
-            sqlx::query("SELECT pg_notify($1, id) FROM UNNEST($2::text[]) AS id")
-                .bind(crate::task_events::CHANNEL)
-                .bind(&ids)
-                .execute(&mut **tx)
-                .await?;
-        }
     }
     tx.commit().await?;
     let mut settled: Vec<Option<Task>> = settled.into_iter().map(Some).collect();

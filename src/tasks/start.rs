@@ -3,9 +3,9 @@
 //! go together ([`super::group`]) in one guarded multi-row `UPDATE … FROM (rows) WHERE status =
 //! 'pending'`: under load one durable commit serves many submits instead of one each.
 //!
-//! On PostgreSQL the same statement notifies each started task's waiters (`pg_notify` in its
-//! `RETURNING`, sent at the commit). A batch in which no task wants a `started` webhook is that one
-//! statement, committed on its own; otherwise the webhooks are enqueued in the same transaction.
+//! A batch in which no task wants a `started` webhook is that one statement, committed on its own;
+//! otherwise the webhooks are enqueued in the same transaction. (The engine then publishes the change
+//! to the task's waiters, see [`crate::task_events`].)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,7 @@ use super::group::{Group, GroupSettings};
 use super::{webhook_event, CallbackEvent, Task, COLUMNS};
 use crate::config::BodyVersion;
 use crate::files::FileStore;
-use crate::store::{Db, Dialect};
+use crate::store::Db;
 use crate::webhooks::queue;
 use crate::{on_db, on_tx};
 
@@ -68,19 +68,14 @@ pub async fn commit(db: &Db, files: &FileStore, batch: &[&Start]) -> sqlx::Resul
                           next_poll_at = CASE WHEN callback_at IS NOT NULL THEN {now} ELSE {next} END
          FROM {rows}
          WHERE tasks.id = r.s_id AND tasks.status = 'pending'
-         RETURNING {COLUMNS}{notify}",
+         RETURNING {COLUMNS}",
         now = d.now(),
         next = d.least(&d.now_plus_secs("r.s_delay"), "deadline_at"),
         rows = d.json_rows("$1", START_COLUMNS, rows.len()),
-        notify = match d {
-            Dialect::Postgres => format!(", pg_notify('{}', id)::text AS notified", crate::task_events::CHANNEL),
-            Dialect::Sqlite => String::new(),
-        },
     );
     let started: Vec<Task> = if batch.iter().any(|start| start.wants_started) {
         let mut tx = db.begin().await?;
-        let started: Vec<Task> =
-            on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(Json(&rows)).fetch_all(conn).await)?;
+        let started: Vec<Task> = on_tx!(&mut tx, conn => sqlx::query_as(&sql).bind(Json(&rows)).fetch_all(conn).await)?;
         let wanting: HashMap<&str, BodyVersion> = batch
             .iter()
             .filter(|start| start.wants_started)
