@@ -169,12 +169,11 @@ impl Application {
         if role.runs_engine() && retention.enabled() {
             background.spawn(retention.run(shutdown.clone()));
         }
-        // Waiters on tasks (live events, synchronous waits) are API requests.
-        if role.serves_api() {
-            let events = Arc::clone(&self.state.events);
-            let shutdown = shutdown.clone();
-            background.spawn(async move { events.run(shutdown).await });
-        }
+        // Every process publishes its changes; waiters on tasks (live events, synchronous waits) are
+        // API requests.
+        let (events, listen) = (Arc::clone(&self.state.events), role.serves_api());
+        let events_shutdown = shutdown.clone();
+        background.spawn(async move { events.run(listen, events_shutdown).await });
         // Stopped after the loops and the drain (below): it stays alive while they hand back leases.
         let instance_stop = CancellationToken::new();
         let heartbeat = self.instance.map(|instance| {

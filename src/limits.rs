@@ -348,11 +348,31 @@ pub async fn record_dispatch(tx: &mut Tx, account_id: i64, key_id: &str) -> sqlx
 }
 
 /// Counts admitted creates at `now`, each `(account_id, key_id, price, in_flight)` (`in_flight`: it
-/// starts now, not `queued`): one statement per counter row (each key's and each account's), with the
-/// credits and the number of its creates in flight.
+/// starts now, not `queued`): one statement for every counter row (each key's and each account's),
+/// each with the credits and the number of its creates in flight.
 pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64, bool)], now: DateTime<Utc>) -> sqlx::Result<()> {
-    const SQL: &str = "INSERT INTO limit_usage (account_id, key_id, day, day_credits, month, month_credits, in_flight)
-         VALUES ($1, $2, $3, $4, $5, $4, $6)
+    // In (account, key) order: concurrent transactions update the rows in one order.
+    let mut counters: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
+    for &(account_id, key_id, price, in_flight) in creates {
+        for id in [key_id, ACCOUNT] {
+            let row = counters.entry((account_id, id)).or_default();
+            *row = (row.0.saturating_add(price), row.1 + i64::from(in_flight));
+        }
+    }
+    if counters.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = counters
+        .iter()
+        .map(|((account_id, key_id), (credits, count))| {
+            json!({"account_id": account_id, "key_id": key_id, "credits": credits, "in_flight": count})
+        })
+        .collect();
+    let columns = [("account_id", "bigint"), ("key_id", "text"), ("credits", "bigint"), ("in_flight", "bigint")];
+    // `WHERE true`: SQLite reads `ON CONFLICT` after a bare `FROM` as part of the join.
+    let sql = format!(
+        "INSERT INTO limit_usage (account_id, key_id, day, day_credits, month, month_credits, in_flight)
+         SELECT r.account_id, r.key_id, $2, r.credits, $3, r.credits, r.in_flight FROM {rows} WHERE true
          ON CONFLICT (account_id, key_id) DO UPDATE SET
              day_credits = CASE WHEN limit_usage.day = EXCLUDED.day
                                 THEN limit_usage.day_credits + EXCLUDED.day_credits ELSE EXCLUDED.day_credits END,
@@ -360,27 +380,16 @@ pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64, bool)], now
              month_credits = CASE WHEN limit_usage.month = EXCLUDED.month
                                   THEN limit_usage.month_credits + EXCLUDED.month_credits ELSE EXCLUDED.month_credits END,
              month = EXCLUDED.month,
-             in_flight = limit_usage.in_flight + EXCLUDED.in_flight";
-    // In (account, key) order: concurrent transactions update the rows in one order.
-    let mut rows: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
-    for &(account_id, key_id, price, in_flight) in creates {
-        for id in [key_id, ACCOUNT] {
-            let row = rows.entry((account_id, id)).or_default();
-            *row = (row.0.saturating_add(price), row.1 + i64::from(in_flight));
-        }
-    }
-    for ((account_id, id), (credits, count)) in rows {
-        on_tx!(tx, conn => sqlx::query(SQL)
-            .bind(account_id)
-            .bind(id)
-            .bind(day_of(now))
-            .bind(credits)
-            .bind(month_of(now))
-            .bind(count)
-            .execute(conn)
-            .await
-            .map(|done| done.rows_affected()))?;
-    }
+             in_flight = limit_usage.in_flight + EXCLUDED.in_flight",
+        rows = tx.dialect().json_rows("$1", &columns, rows.len()),
+    );
+    on_tx!(tx, conn => sqlx::query(&sql)
+        .bind(Json(&rows))
+        .bind(day_of(now))
+        .bind(month_of(now))
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected()))?;
     Ok(())
 }
 

@@ -95,9 +95,10 @@ impl TaskEvents {
     }
 
     /// On PostgreSQL, until `shutdown`: sends the outbox's events ([`notify`], whatever waits at once
-    /// in one statement), and `LISTEN`s, passing every task id heard to this process's waiters (a
-    /// failed connection is opened again). On SQLite events go straight to the waiters.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    /// in one statement), and when this process has waiters (`listen`: it serves the API), `LISTEN`s,
+    /// passing every task id heard to them (a failed connection is opened again). On SQLite events go
+    /// straight to the waiters.
+    pub async fn run(&self, listen: bool, shutdown: CancellationToken) {
         let Db::Pg(pool) = &self.db else { return };
         let outbox = self.outbox_receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         let Some(mut outbox) = outbox else { return };
@@ -109,10 +110,16 @@ impl TaskEvents {
                 ids.clear();
             }
         };
+        let listening = async {
+            match listen {
+                true => self.listen(pool, &shutdown).await,
+                false => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = send => {}
-            _ = self.listen(pool, &shutdown) => {}
+            _ = listening => {}
         }
     }
 
