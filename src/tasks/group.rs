@@ -163,3 +163,44 @@ impl<I, A> Committer<I, A> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Every request is answered, and a batch only holds requests of one shard's queue: the work of an
+    /// account never commits in two committers at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_shard_commits_in_its_own_committer() {
+        let batches: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
+        let seen = Arc::clone(&batches);
+        let commit: CommitFn<u64, u64> = Arc::new(move |batch: Vec<Arc<u64>>| {
+            let seen = Arc::clone(&seen);
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                let shards: Vec<u64> = batch.iter().map(|shard| **shard).collect();
+                seen.lock().unwrap().push(shards.clone());
+                Ok(shards.into_iter().map(|shard| shard * 10).collect())
+            })
+        });
+        let settings = GroupSettings { name: "test", max_batch: 64, queue: 1024, committers: 3 };
+        let group = Arc::new(Group::start(settings, commit));
+        let requests = (0..300u64).map(|i| {
+            let group = Arc::clone(&group);
+            let shard = i % 7;
+            tokio::spawn(async move { (shard, group.submit(shard, Arc::new(shard)).await) })
+        });
+        for request in futures_util::future::join_all(requests).await {
+            let (shard, answer) = request.expect("the request ran");
+            assert_eq!(answer.expect("answered"), shard * 10);
+        }
+        let batches = batches.lock().unwrap();
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 300);
+        assert!(batches.iter().any(|batch| batch.len() > 1), "requests waiting together commit together");
+        for batch in batches.iter() {
+            assert!(batch.iter().all(|shard| shard % 3 == batch[0] % 3), "one committer's queue per batch: {batch:?}");
+        }
+    }
+}

@@ -16,7 +16,8 @@ use aio_gateway::providers::simulated::Simulated;
 use aio_gateway::providers::{JobState, Provider, SubmitRequest, Submitted};
 use aio_gateway::store::{self, Db};
 use aio_gateway::tasks::{
-    self, Created, NewTask, Outcome, OutputImage, TaskError, TaskErrorCode, TaskInput, TaskOutput, TaskStatus,
+    self, CallbackEvent, Created, NewTask, Outcome, OutputImage, Start, TaskError, TaskErrorCode, TaskInput,
+    TaskOutput, TaskStatus,
 };
 use aio_gateway::webhooks::queue::{self, Attempt, DeliveryStatus, Next, Trigger};
 use aio_gateway::webhooks::secrets;
@@ -52,6 +53,7 @@ both!(
     concurrent_creates_never_overspend,
     crash_recovery,
     bootstrap_once,
+    starts_in_one_batch,
 );
 
 const PRICE: i64 = 12;
@@ -532,4 +534,64 @@ async fn bootstrap_once(backend: Backend) {
     let all = accounts::list(db, None, 10).await.expect("list");
     assert_eq!(all.iter().map(|a| (a.name.as_str(), a.balance)).collect::<Vec<_>>(), [("default", 1000)]);
     assert_ledger_consistent_on(db).await;
+}
+
+/// A batch of starts ([`tasks::start`]): each pending task becomes `running` with its own job id and
+/// schedule; a task no longer pending, or started twice in the batch, is left alone (`None`); only the
+/// task whose webhook wants it gets a `started` delivery.
+async fn starts_in_one_batch(backend: Backend) {
+    let store = TestStore::new(backend, 5).await;
+    let db = &store.db;
+    let account = accounts::create(db, &Actor::cli(), "starts", 100).await.expect("create");
+    let input = input("a lake");
+    let mut wanting = new_task(&tasks::new_task_id(), account, &input, Some("https://example.com/hook"), None);
+    wanting.callback_events = Some(vec![CallbackEvent::Started, CallbackEvent::Completed]);
+    let wanting = match tasks::create(db, wanting).await.expect("create") {
+        Created::Task(task) => *task,
+        _ => panic!("the task was not created"),
+    };
+    let plain = create_task(db, account, Some("https://example.com/hook")).await;
+    let cancelled = create_task(db, account, None).await;
+    tasks::settle(db, &cancelled.id, Outcome::Cancelled, Duration::ZERO, &helpers::test_files())
+        .await
+        .expect("cancel")
+        .expect("cancelled now");
+    let start = |task: &tasks::Task, upstream_id: &str, next_poll_in: Duration| Start {
+        task_id: task.id.clone(),
+        upstream_id: upstream_id.into(),
+        next_poll_in,
+        wants_started: task.wants(CallbackEvent::Started),
+        body_version: BodyVersion::V1,
+    };
+    let batch = [
+        start(&plain, "up-plain", Duration::from_secs(3600)),
+        start(&cancelled, "up-cancelled", Duration::ZERO),
+        start(&wanting, "up-wanting", Duration::ZERO),
+        start(&plain, "up-again", Duration::ZERO),
+    ];
+    let refs: Vec<&Start> = batch.iter().collect();
+    let started = tasks::start::commit(db, &helpers::test_files(), &refs).await.expect("start");
+    let ids: Vec<Option<(&str, TaskStatus, Option<&str>)>> =
+        started.iter().map(|task| task.as_ref().map(|t| (t.id.as_str(), t.status, t.upstream_id.as_deref()))).collect();
+    assert_eq!(
+        ids,
+        [
+            Some((plain.id.as_str(), TaskStatus::Running, Some("up-plain"))),
+            None,
+            Some((wanting.id.as_str(), TaskStatus::Running, Some("up-wanting"))),
+            None,
+        ]
+    );
+    // Each kept its own schedule: the one due at once is claimed, the other waits an hour.
+    let due = tasks::claim_due(db, 10, Duration::from_secs(60), "inst_test").await.expect("claim");
+    assert_eq!(due.iter().map(|task| task.id.as_str()).collect::<Vec<_>>(), [wanting.id.as_str()]);
+    let triggers: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT task_id, trigger FROM webhook_deliveries ORDER BY task_id, trigger",
+    )
+    .fetch_all(pool)
+    .await)
+    .expect("deliveries");
+    assert_eq!(triggers, [(wanting.id.clone(), "started".to_owned())], "one started delivery, none for the others");
+    let cancelled_now = tasks::get(db, account, &cancelled.id).await.expect("get").expect("found");
+    assert_eq!((cancelled_now.status, cancelled_now.upstream_id), (TaskStatus::Cancelled, None));
 }
