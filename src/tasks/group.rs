@@ -190,10 +190,9 @@ mod tests {
         let requests = (0..300u64).map(|i| {
             let group = Arc::clone(&group);
             let shard = i % 7;
-            tokio::spawn(async move { (shard, group.submit(shard, Arc::new(shard)).await) })
+            async move { (shard, group.submit(shard, Arc::new(shard)).await) }
         });
-        for request in futures_util::future::join_all(requests).await {
-            let (shard, answer) = request.expect("the request ran");
+        for (shard, answer) in futures_util::future::join_all(requests).await {
             assert_eq!(answer.expect("answered"), shard * 10);
         }
         let batches = batches.lock().unwrap();
