@@ -13,7 +13,7 @@
 //! [`decide`] is pure: it decides one request against a [`LimitState`] and updates the state, so that
 //! a batch of creates in one transaction can be decided one after the other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -274,11 +274,12 @@ pub fn month_of(at: DateTime<Utc>) -> String {
 /// The account's key (`''` for the account as a whole) in `limit_usage`.
 const ACCOUNT: &str = "";
 
-/// One row of [`load`]'s read: the account's limits (`source` = `account`), the key's (`key`), or a
-/// usage row (`usage`).
+/// One row of [`load_all`]'s read: an account's limits and its `queued` tasks (`source` = `account`),
+/// a key's limits (`key`), or a usage row (`usage`).
 #[derive(sqlx::FromRow)]
 struct LoadRow {
     source: String,
+    account_id: i64,
     #[sqlx(flatten)]
     limits: Limits,
     key_id: Option<String>,
@@ -287,29 +288,66 @@ struct LoadRow {
     month: Option<String>,
     month_credits: Option<i64>,
     in_flight: Option<i64>,
+    queued: Option<i64>,
+}
+
+/// What a batch of creates is decided against: per `(account, key)`, the limits and their usage in
+/// the periods of `now` ([`LimitState`]); per account, its `queued` tasks.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub limits: HashMap<(i64, String), LimitState>,
+    pub queued: HashMap<i64, i64>,
 }
 
 /// Loads the limits of the account and the key, and their usage in the periods of `now`, in the
-/// caller's transaction (which holds the account's row): one statement.
+/// caller's transaction (which holds the account's row): [`load_all`] for one key.
 pub async fn load(tx: &mut Tx, account_id: i64, key_id: &str, now: DateTime<Utc>) -> sqlx::Result<LimitState> {
-    const SQL: &str = "SELECT 'account' AS source, allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap,
-                CAST(NULL AS TEXT) AS key_id, CAST(NULL AS TEXT) AS day, CAST(NULL AS BIGINT) AS day_credits,
-                CAST(NULL AS TEXT) AS month, CAST(NULL AS BIGINT) AS month_credits, CAST(NULL AS BIGINT) AS in_flight
-         FROM accounts WHERE id = $1
+    let mut loaded = load_all(tx, &[account_id], &[(account_id, key_id)], now).await?;
+    Ok(loaded.limits.remove(&(account_id, key_id.to_owned())).unwrap_or_else(|| LimitState {
+        now,
+        key: Default::default(),
+        account: Default::default(),
+    }))
+}
+
+/// [`Loaded`] for `accounts` and the `(account, key)` pairs creating, in the caller's transaction
+/// (which holds the accounts' rows, so no other create of theirs changes what it read): one
+/// statement, however many accounts and keys.
+pub async fn load_all(tx: &mut Tx, accounts: &[i64], keys: &[(i64, &str)], now: DateTime<Utc>) -> sqlx::Result<Loaded> {
+    let d = tx.dialect();
+    let account_rows = d.json_rows("$1", &[("id", "bigint")], accounts.len());
+    let key_rows = d.json_rows("$2", &[("account_id", "bigint"), ("key_id", "text")], keys.len());
+    let sql = format!(
+        "SELECT 'account' AS source, a.id AS account_id, a.allowed_models, a.max_in_flight, a.daily_credit_cap,
+                a.monthly_credit_cap, CAST(NULL AS TEXT) AS key_id, CAST(NULL AS TEXT) AS day,
+                CAST(NULL AS BIGINT) AS day_credits, CAST(NULL AS TEXT) AS month, CAST(NULL AS BIGINT) AS month_credits,
+                CAST(NULL AS BIGINT) AS in_flight,
+                (SELECT count(*) FROM tasks t WHERE t.account_id = a.id AND t.status = 'queued') AS queued
+         FROM accounts a WHERE a.id IN (SELECT r.id FROM {account_rows})
          UNION ALL
-         SELECT 'key', allowed_models, max_in_flight, daily_credit_cap, monthly_credit_cap, NULL, NULL, NULL, NULL, NULL, NULL
-         FROM api_keys WHERE id = $2 AND account_id = $1
+         SELECT 'key', k.account_id, k.allowed_models, k.max_in_flight, k.daily_credit_cap, k.monthly_credit_cap, k.id,
+                NULL, NULL, NULL, NULL, NULL, NULL
+         FROM api_keys k WHERE (k.account_id, k.id) IN (SELECT r.account_id, r.key_id FROM {key_rows})
          UNION ALL
-         SELECT 'usage', NULL, NULL, NULL, NULL, key_id, day, day_credits, month, month_credits, in_flight
-         FROM limit_usage WHERE account_id = $1 AND key_id IN ($2, '')";
-    let rows: Vec<LoadRow> =
-        on_tx!(tx, conn => sqlx::query_as(SQL).bind(account_id).bind(key_id).fetch_all(conn).await)?;
+         SELECT 'usage', u.account_id, NULL, NULL, NULL, NULL, u.key_id, u.day, u.day_credits, u.month, u.month_credits,
+                u.in_flight, NULL
+         FROM limit_usage u
+         WHERE (u.key_id = '' AND u.account_id IN (SELECT r.id FROM {account_rows}))
+            OR (u.account_id, u.key_id) IN (SELECT r.account_id, r.key_id FROM {key_rows})"
+    );
+    let account_json: Vec<serde_json::Value> = accounts.iter().map(|id| json!({ "id": id })).collect();
+    let key_json: Vec<serde_json::Value> =
+        keys.iter().map(|(account_id, key_id)| json!({ "account_id": account_id, "key_id": key_id })).collect();
+    let rows: Vec<LoadRow> = on_tx!(tx, conn => sqlx::query_as(&sql)
+        .bind(Json(&account_json))
+        .bind(Json(&key_json))
+        .fetch_all(conn)
+        .await)?;
     let (day, month) = (day_of(now), month_of(now));
-    let limits = |source: &str| rows.iter().find(|row| row.source == source).map(|row| row.limits.clone());
-    let usage = |id: &str| {
-        rows.iter().find(|row| row.source == "usage" && row.key_id.as_deref() == Some(id)).map_or(
-            Usage::default(),
-            |row| Usage {
+    let usage = |account_id: i64, id: &str| {
+        rows.iter()
+            .find(|row| row.source == "usage" && row.account_id == account_id && row.key_id.as_deref() == Some(id))
+            .map_or(Usage::default(), |row| Usage {
                 day_credits: if row.day.as_deref() == Some(day.as_str()) { row.day_credits.unwrap_or(0) } else { 0 },
                 month_credits: if row.month.as_deref() == Some(month.as_str()) {
                     row.month_credits.unwrap_or(0)
@@ -317,14 +355,27 @@ pub async fn load(tx: &mut Tx, account_id: i64, key_id: &str, now: DateTime<Utc>
                     0
                 },
                 in_flight: row.in_flight.unwrap_or(0),
-            },
-        )
+            })
     };
-    Ok(LimitState {
-        now,
-        key: (limits("key").unwrap_or_default(), usage(key_id)),
-        account: (limits("account").unwrap_or_default(), usage(ACCOUNT)),
-    })
+    let limits = |source: &str, account_id: i64, key_id: Option<&str>| {
+        rows.iter()
+            .find(|row| row.source == source && row.account_id == account_id && row.key_id.as_deref() == key_id)
+            .map(|row| row.limits.clone())
+            .unwrap_or_default()
+    };
+    let mut loaded = Loaded::default();
+    for row in rows.iter().filter(|row| row.source == "account") {
+        loaded.queued.insert(row.account_id, row.queued.unwrap_or(0));
+    }
+    for &(account_id, key_id) in keys {
+        let state = LimitState {
+            now,
+            key: (limits("key", account_id, Some(key_id)), usage(account_id, key_id)),
+            account: (limits("account", account_id, None), usage(account_id, ACCOUNT)),
+        };
+        loaded.limits.insert((account_id, key_id.to_owned()), state);
+    }
+    Ok(loaded)
 }
 
 impl LimitState {

@@ -142,14 +142,6 @@ pub async fn provider_queued(tx: &mut Tx, provider: &str) -> sqlx::Result<bool> 
     Ok(queued.is_some())
 }
 
-/// The account's queued tasks.
-pub async fn count_queued(tx: &mut Tx, account_id: i64) -> sqlx::Result<i64> {
-    on_tx!(tx, conn => sqlx::query_scalar("SELECT count(*) FROM tasks WHERE account_id = $1 AND status = 'queued'")
-        .bind(account_id)
-        .fetch_one(conn)
-        .await)
-}
-
 /// 1-based place of each queued task among its account's queued tasks (oldest first, the order its
 /// account's tasks are dispatched in); `None` for the others.
 pub async fn fill_positions(db: &Db, tasks: &mut [Task]) -> sqlx::Result<()> {

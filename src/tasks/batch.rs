@@ -4,8 +4,9 @@
 //!    each other in a circle), and their balances loaded into memory ([`AccountState`]);
 //! 2. idempotency keys already in use are read (race-free: every writer of an account's keys holds
 //!    the account's row first);
-//! 3. the limits and usage of every (account, key) of the batch are loaded once ([`limits::load`]),
-//!    in the same transaction, so no other create of those accounts can change them meanwhile;
+//! 3. the limits and usage of every (account, key) of the batch, and each account's queued tasks, are
+//!    loaded once, in one statement ([`limits::load_all`]), in the same transaction, so no other
+//!    create of those accounts can change them meanwhile;
 //! 4. each request is decided **in order** against that in-memory state by [`decide`], a pure function:
 //!    its balance, then its key's and account's limits ([`limits::decide`]), so a request sees the
 //!    spend and the unfinished tasks of the batch's earlier ones. One that does not fit gets its own
@@ -61,7 +62,7 @@ impl AccountState {
         AccountState { balance, now, limits: None, keys: HashMap::new(), queued: 0 }
     }
 
-    /// Adds what [`limits::load`] read for one key of the account.
+    /// Adds what [`limits::load_all`] read for one key of the account.
     pub fn add_limits(&mut self, state: LimitState, key_id: &str) {
         self.limits.get_or_insert(state.account);
         self.keys.insert(key_id.to_owned(), state.key);
@@ -161,14 +162,18 @@ pub async fn commit(db: &Db, batch: &[&NewTask]) -> sqlx::Result<Vec<Option<Crea
         .into_iter()
         .map(|(id, balance)| (id, AccountState::new(balance, now)))
         .collect();
-    for new in batch {
-        let (Some(key_id), Some(account)) = (&new.key_id, accounts.get_mut(&new.account_id)) else { continue };
-        if !account.keys.contains_key(key_id) {
-            account.add_limits(limits::load(&mut tx, new.account_id, key_id, now).await?, key_id);
+    let mut keys: Vec<(i64, &str)> =
+        batch.iter().filter_map(|new| Some((new.account_id, new.key_id.as_deref()?))).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let loaded = limits::load_all(&mut tx, &account_ids, &keys, now).await?;
+    for ((account_id, key_id), state) in loaded.limits {
+        if let Some(account) = accounts.get_mut(&account_id) {
+            account.add_limits(state, &key_id);
         }
     }
     for (account_id, account) in &mut accounts {
-        account.queued = admission::count_queued(&mut tx, *account_id).await?;
+        account.queued = loaded.queued.get(account_id).copied().unwrap_or(0);
     }
     // The windows in provider order: concurrent batches lock them in one order.
     let named: BTreeMap<&str, SubmitWindow> =
