@@ -621,8 +621,11 @@ impl Engine {
             self.webhooks.wake();
         }
         self.events.publish(&settled.id);
-        // Room in flight freed: queued tasks may go now.
-        self.runner.wake();
+        // Room in flight freed: queued tasks may go now (those this process saw; a queue it has not
+        // seen is looked at on the next tick). Not otherwise: each wake is a claim statement.
+        if self.queue_seen.load(Ordering::Relaxed) {
+            self.runner.wake();
+        }
         Ok(Some(settled))
     }
 
