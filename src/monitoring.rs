@@ -135,7 +135,7 @@ fn describe() {
     );
     describe_counter!(
         TASK_EVENTS,
-        "Task-change notifications, by kind (published, received, reconnected, listen_failed)."
+        "Task-change notifications, by kind (published, dropped, received, reconnected, listen_failed)."
     );
     describe_gauge!(EVENT_STREAMS, "Open live-event streams of this process.");
     describe_histogram!(
