@@ -383,13 +383,10 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the committers on the current runtime (always one on SQLite, which has one writer);
     /// they stop when the batcher is dropped.
-    pub fn start(db: Db, mut settings: GroupSettings) -> Batcher {
-        if matches!(db, Db::Sqlite(_)) {
-            settings.committers = 1;
-        }
+    pub fn start(db: Db, settings: GroupSettings) -> Batcher {
         let committing = db.clone();
         let group = Group::start(
-            settings,
+            settings.for_db(&db),
             Arc::new(move |batch: Vec<Arc<NewTask>>| {
                 let db = committing.clone();
                 Box::pin(async move {

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::monitoring;
+use crate::store::Db;
 
 /// Commits one batch in one transaction: one answer per request, in order.
 pub type CommitFn<I, A> = Arc<dyn Fn(Vec<Arc<I>>) -> BoxFuture<'static, sqlx::Result<Vec<A>>> + Send + Sync>;
@@ -38,6 +39,16 @@ pub struct GroupSettings {
     pub queue: usize,
     /// Batches committing at once, each from its own queue.
     pub committers: usize,
+}
+
+impl GroupSettings {
+    /// These settings for a group writing to `db`: one committer on SQLite, which has one writer.
+    pub fn for_db(self, db: &Db) -> GroupSettings {
+        match db {
+            Db::Sqlite(_) => GroupSettings { committers: 1, ..self },
+            Db::Pg(_) => self,
+        }
+    }
 }
 
 struct Job<I, A> {

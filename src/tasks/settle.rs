@@ -170,12 +170,9 @@ pub struct Settler {
 
 impl Settler {
     /// Starts the committers on the current runtime (one on SQLite, which has one writer).
-    pub fn start(db: Db, files: FileStore, mut settings: GroupSettings) -> Settler {
-        if matches!(db, Db::Sqlite(_)) {
-            settings.committers = 1;
-        }
+    pub fn start(db: Db, files: FileStore, settings: GroupSettings) -> Settler {
         let group = Group::start(
-            settings,
+            settings.for_db(&db),
             Arc::new(move |batch: Vec<Arc<Ending>>| {
                 let (db, files) = (db.clone(), files.clone());
                 Box::pin(async move {

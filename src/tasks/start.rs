@@ -106,12 +106,9 @@ pub struct Starter {
 
 impl Starter {
     /// Starts the committers on the current runtime (one on SQLite, which has one writer).
-    pub fn start(db: Db, files: FileStore, mut settings: GroupSettings) -> Starter {
-        if matches!(db, Db::Sqlite(_)) {
-            settings.committers = 1;
-        }
+    pub fn start(db: Db, files: FileStore, settings: GroupSettings) -> Starter {
         let group = Group::start(
-            settings,
+            settings.for_db(&db),
             Arc::new(move |batch: Vec<Arc<Start>>| {
                 let (db, files) = (db.clone(), files.clone());
                 Box::pin(async move {
