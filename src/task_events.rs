@@ -2,9 +2,10 @@
 //! route's synchronous wait). An event is only "task X changed": the task row stays the one truth,
 //! and a waiter reads it again, so a lost or duplicated event costs one read, never a wrong answer.
 //!
-//! On PostgreSQL a change is a `NOTIFY` on [`CHANNEL`], so a waiter on one replica hears the engine of
-//! another; each process `LISTEN`s once and fans the ids out in process. On SQLite (one process) the
-//! change goes straight to the in-process fan-out.
+//! On PostgreSQL a change is a `NOTIFY` on [`CHANNEL`], sent after its commit (see [`notify`]), so a
+//! waiter on one replica hears the engine of another; each process that serves the API `LISTEN`s once
+//! and fans the ids out in process. On SQLite (one process) the change goes straight to the
+//! in-process fan-out.
 
 use std::sync::Mutex;
 use std::time::Duration;
