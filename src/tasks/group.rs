@@ -22,11 +22,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
+use crate::files::FileStore;
 use crate::monitoring;
 use crate::store::Db;
 
 /// Commits one batch in one transaction: one answer per request, in order.
 pub type CommitFn<I, A> = Arc<dyn Fn(Vec<Arc<I>>) -> BoxFuture<'static, sqlx::Result<Vec<A>>> + Send + Sync>;
+
+/// Commits one batch with the database and the file store (see [`Group::with_store`]).
+pub type StoreCommit<I, A> = for<'a> fn(&'a Db, &'a FileStore, &'a [&'a I]) -> BoxFuture<'a, sqlx::Result<Vec<A>>>;
 
 /// The sizes of a group and what it does when its queue is full.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +88,22 @@ impl<I: Send + Sync + 'static, A: Send + 'static> Group<I, A> {
             .collect();
         tracker.close();
         Group { senders, name: settings.name, _committers: tracker }
+    }
+
+    /// A group whose batches `commit` writes to `db`, signing file links with `files` (starts,
+    /// settlements): one committer on SQLite ([`GroupSettings::for_db`]).
+    pub fn with_store(db: Db, files: FileStore, settings: GroupSettings, commit: StoreCommit<I, A>) -> Group<I, A> {
+        let settings = settings.for_db(&db);
+        Group::start(
+            settings,
+            Arc::new(move |batch: Vec<Arc<I>>| {
+                let (db, files) = (db.clone(), files.clone());
+                Box::pin(async move {
+                    let batch: Vec<&I> = batch.iter().map(|item| &**item).collect();
+                    commit(&db, &files, &batch).await
+                })
+            }),
+        )
     }
 
     /// The queue of `shard`.

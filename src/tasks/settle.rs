@@ -171,16 +171,7 @@ pub struct Settler {
 impl Settler {
     /// Starts the committers on the current runtime (one on SQLite, which has one writer).
     pub fn start(db: Db, files: FileStore, settings: GroupSettings) -> Settler {
-        let group = Group::start(
-            settings.for_db(&db),
-            Arc::new(move |batch: Vec<Arc<Ending>>| {
-                let (db, files) = (db.clone(), files.clone());
-                Box::pin(async move {
-                    let batch: Vec<&Ending> = batch.iter().map(|ending| &**ending).collect();
-                    commit(&db, &files, &batch).await
-                })
-            }),
-        );
+        let group = Group::with_store(db, files, settings, |db, files, batch| Box::pin(commit(db, files, batch)));
         Settler { group }
     }
 

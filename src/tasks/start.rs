@@ -107,16 +107,7 @@ pub struct Starter {
 impl Starter {
     /// Starts the committers on the current runtime (one on SQLite, which has one writer).
     pub fn start(db: Db, files: FileStore, settings: GroupSettings) -> Starter {
-        let group = Group::start(
-            settings.for_db(&db),
-            Arc::new(move |batch: Vec<Arc<Start>>| {
-                let (db, files) = (db.clone(), files.clone());
-                Box::pin(async move {
-                    let batch: Vec<&Start> = batch.iter().map(|start| &**start).collect();
-                    commit(&db, &files, &batch).await
-                })
-            }),
-        );
+        let group = Group::with_store(db, files, settings, |db, files, batch| Box::pin(commit(db, files, batch)));
         Starter { group, next: AtomicU64::new(0) }
     }
 
