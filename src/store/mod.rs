@@ -240,9 +240,15 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Db> {
     }
 }
 
+/// Prepared statements kept per PostgreSQL connection (sqlx's default is 100). The batch statements
+/// come in up to nine sizes each ([`Dialect::json_rows`]), so a gateway under mixed load uses more than
+/// 100 distinct statements, and each one evicted is prepared again: a round trip and a plan.
+const PG_STATEMENT_CACHE: usize = 400;
+
 async fn connect_postgres(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions =
         settings.url.parse().context("database.url (DATABASE_URL) is not a valid PostgreSQL URL")?;
+    let options = options.statement_cache_capacity(PG_STATEMENT_CACHE);
     let database = options.get_database().unwrap_or("postgres").to_owned();
     if !Postgres::database_exists(&settings.url)
         .await
