@@ -488,13 +488,7 @@ impl Engine {
                 Ok(Submitted::Accepted { upstream_id }) => {
                     tracing::info!(upstream_id = %upstream_id, provider = %provider_id, "accepted upstream");
                     let delay = self.poll_delay(&task.model, provider_id, Duration::ZERO, None);
-                    let start = Start {
-                        task_id: task.id.clone(),
-                        upstream_id: upstream_id.clone(),
-                        next_poll_in: delay,
-                        wants_started: task.wants(tasks::CallbackEvent::Started),
-                        body_version: self.webhooks.body_version(),
-                    };
+                    let start = Start::of(task, &upstream_id, delay, self.webhooks.body_version());
                     let running = self.starts.start_task(start).await?;
                     if let Some(running) = &running {
                         if running.wants(tasks::CallbackEvent::Started) {

@@ -344,27 +344,25 @@ pub async fn load_all(tx: &mut Tx, accounts: &[i64], keys: &[(i64, &str)], now: 
         .fetch_all(conn)
         .await)?;
     let (day, month) = (day_of(now), month_of(now));
+    // Each row once by (source, account, key): a batch of many keys looks each up, not each scan.
+    let found: HashMap<(&str, i64, Option<&str>), &LoadRow> =
+        rows.iter().map(|row| ((row.source.as_str(), row.account_id, row.key_id.as_deref()), row)).collect();
     let usage = |account_id: i64, id: &str| {
-        rows.iter()
-            .find(|row| row.source == "usage" && row.account_id == account_id && row.key_id.as_deref() == Some(id))
-            .map_or(Usage::default(), |row| Usage {
-                day_credits: if row.day.as_deref() == Some(day.as_str()) { row.day_credits.unwrap_or(0) } else { 0 },
-                month_credits: if row.month.as_deref() == Some(month.as_str()) {
-                    row.month_credits.unwrap_or(0)
-                } else {
-                    0
-                },
-                in_flight: row.in_flight.unwrap_or(0),
-            })
+        found.get(&("usage", account_id, Some(id))).map_or(Usage::default(), |row| Usage {
+            day_credits: if row.day.as_deref() == Some(day.as_str()) { row.day_credits.unwrap_or(0) } else { 0 },
+            month_credits: if row.month.as_deref() == Some(month.as_str()) {
+                row.month_credits.unwrap_or(0)
+            } else {
+                0
+            },
+            in_flight: row.in_flight.unwrap_or(0),
+        })
     };
     let limits = |source: &str, account_id: i64, key_id: Option<&str>| {
-        rows.iter()
-            .find(|row| row.source == source && row.account_id == account_id && row.key_id.as_deref() == key_id)
-            .map(|row| row.limits.clone())
-            .unwrap_or_default()
+        found.get(&(source, account_id, key_id)).map(|row| row.limits.clone()).unwrap_or_default()
     };
     let mut loaded = Loaded::default();
-    for row in rows.iter().filter(|row| row.source == "account") {
+    for row in found.values().filter(|row| row.source == "account") {
         loaded.queued.insert(row.account_id, row.queued.unwrap_or(0));
     }
     for &(account_id, key_id) in keys {
@@ -399,8 +397,8 @@ pub async fn record_dispatch(tx: &mut Tx, account_id: i64, key_id: &str) -> sqlx
 }
 
 /// Counts admitted creates at `now`, each `(account_id, key_id, price, in_flight)` (`in_flight`: it
-/// starts now, not `queued`): one statement for every counter row (each key's and each account's),
-/// each with the credits and the number of its creates in flight.
+/// starts now, not `queued`): one statement that adds to every counter row concerned (each key's and
+/// each account's) its credits and the number of its creates in flight.
 pub async fn record_creates(tx: &mut Tx, creates: &[(i64, &str, i64, bool)], now: DateTime<Utc>) -> sqlx::Result<()> {
     // In (account, key) order: concurrent transactions update the rows in one order.
     let mut counters: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();

@@ -442,13 +442,7 @@ pub async fn mark_running(
     body_version: BodyVersion,
     files: &FileStore,
 ) -> sqlx::Result<Option<Task>> {
-    let start = Start {
-        task_id: task.id.clone(),
-        upstream_id: upstream_id.to_owned(),
-        next_poll_in,
-        wants_started: task.wants(CallbackEvent::Started),
-        body_version,
-    };
+    let start = Start::of(task, upstream_id, next_poll_in, body_version);
     Ok(start::commit(db, files, &[&start]).await?.pop().flatten())
 }
 

@@ -35,6 +35,19 @@ pub struct Start {
     pub body_version: BodyVersion,
 }
 
+impl Start {
+    /// `task` (as its submitter read it) accepted by the provider as `upstream_id`.
+    pub fn of(task: &Task, upstream_id: &str, next_poll_in: Duration, body_version: BodyVersion) -> Start {
+        Start {
+            task_id: task.id.clone(),
+            upstream_id: upstream_id.to_owned(),
+            next_poll_in,
+            wants_started: task.wants(CallbackEvent::Started),
+            body_version,
+        }
+    }
+}
+
 /// One start as the batch's update reads it (named apart from the `tasks` columns it sets).
 #[derive(Serialize)]
 struct StartRow<'a> {

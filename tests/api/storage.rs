@@ -556,12 +556,8 @@ async fn starts_in_one_batch(backend: Backend) {
         .await
         .expect("cancel")
         .expect("cancelled now");
-    let start = |task: &tasks::Task, upstream_id: &str, next_poll_in: Duration| Start {
-        task_id: task.id.clone(),
-        upstream_id: upstream_id.into(),
-        next_poll_in,
-        wants_started: task.wants(CallbackEvent::Started),
-        body_version: BodyVersion::V1,
+    let start = |task: &tasks::Task, upstream_id: &str, next_poll_in: Duration| {
+        Start::of(task, upstream_id, next_poll_in, BodyVersion::V1)
     };
     let batch = [
         start(&plain, "up-plain", Duration::from_secs(3600)),
